@@ -1,0 +1,5 @@
+//! Implementations of [`herald_core::Broker`].
+
+mod memory;
+
+pub use memory::MemoryBroker;

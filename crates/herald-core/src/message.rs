@@ -1,0 +1,153 @@
+//! Messages, and their encodings shared by every subscriber of one wire format.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::channel::ChannelKey;
+
+/// How many wire formats one process may register (see [`Format::slot`]).
+pub const MAX_FORMATS: usize = 16;
+
+/// What a publisher hands in: everything but the channel position.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Unique message id; the publisher's own or a generated UUIDv7.
+    pub id: Arc<str>,
+    /// Optional event name (SSE `event:`, push-stream `Event-Type`).
+    pub event: Option<Arc<str>>,
+    /// The payload as JSON text, kept raw so it is never re-parsed.
+    pub data: Bytes,
+    /// Wall-clock publish time in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl Publication {
+    /// A publication of `data` (JSON text) with a fresh id, stamped now.
+    pub fn new(data: Bytes) -> Self {
+        Self {
+            id: new_message_id(),
+            event: None,
+            data,
+            time_ms: now_ms(),
+        }
+    }
+}
+
+/// A fresh, time-ordered, globally unique message id.
+pub fn new_message_id() -> Arc<str> {
+    Arc::from(uuid::Uuid::now_v7().to_string())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A publication placed in a channel: what subscribers receive.
+#[derive(Debug)]
+pub struct Message {
+    /// The channel it was published to.
+    pub channel: ChannelKey,
+    /// The publication itself.
+    pub publication: Publication,
+    /// Position in the channel; grows by one per message.
+    pub offset: u64,
+    /// Names the channel's history generation; changes when history is lost.
+    pub epoch: Arc<str>,
+    /// When this node accepted it, for the publish-to-fan-out histogram.
+    pub accepted_at: Instant,
+    /// One encoding per registered wire format, built on first use.
+    encoded: [OnceLock<Bytes>; MAX_FORMATS],
+}
+
+impl Message {
+    pub fn new(channel: ChannelKey, publication: Publication, offset: u64, epoch: Arc<str>) -> Self {
+        Self {
+            channel,
+            publication,
+            offset,
+            epoch,
+            accepted_at: Instant::now(),
+            encoded: Default::default(),
+        }
+    }
+
+    /// The bytes of this message in `format`, encoded once and shared afterwards.
+    pub fn encoded(&self, format: &dyn Format) -> Bytes {
+        self.encoded[format.slot()]
+            .get_or_init(|| format.encode(self))
+            .clone()
+    }
+
+    /// The payload as JSON text.
+    pub fn data(&self) -> &[u8] {
+        &self.publication.data
+    }
+
+    /// The payload as the Push seed and push-stream deliver it: a JSON string
+    /// payload unquoted, anything else as its JSON text.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let data = &self.publication.data;
+        if data.first() == Some(&b'"') {
+            if let Ok(s) = serde_json::from_slice::<String>(data) {
+                return std::borrow::Cow::Owned(s);
+            }
+        }
+        String::from_utf8_lossy(data)
+    }
+}
+
+/// A wire format: how a message looks on one transport and dialect.
+///
+/// Fan-out encodes a message once per format and hands every subscriber of
+/// that format the same bytes.
+pub trait Format: Send + Sync + 'static {
+    /// This format's cache slot, unique per process and below [`MAX_FORMATS`].
+    fn slot(&self) -> usize;
+    /// Encodes `msg`; called at most once per message.
+    fn encode(&self, msg: &Message) -> Bytes;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+    impl Format for Counting {
+        fn slot(&self) -> usize {
+            3
+        }
+        fn encode(&self, msg: &Message) -> Bytes {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Bytes::copy_from_slice(msg.data())
+        }
+    }
+
+    fn message(data: &str) -> Message {
+        let app: Arc<str> = Arc::from("app");
+        let key = ChannelKey::new(&app, "c").unwrap();
+        Message::new(key, Publication::new(Bytes::from(data.to_owned())), 1, Arc::from("e"))
+    }
+
+    #[test]
+    fn encodes_once_per_format() {
+        let f = Counting(AtomicUsize::new(0));
+        let m = message("1");
+        for _ in 0..5 {
+            assert_eq!(m.encoded(&f), Bytes::from_static(b"1"));
+        }
+        assert_eq!(f.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn text_unquotes_json_strings_only() {
+        assert_eq!(message(r#""hi \"x\"""#).text(), r#"hi "x""#);
+        assert_eq!(message(r#"{"a":1}"#).text(), r#"{"a":1}"#);
+        assert_eq!(message("12").text(), "12");
+    }
+}

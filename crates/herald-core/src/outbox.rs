@@ -1,0 +1,196 @@
+//! A connection's outgoing queue: bounded in bytes, filled by fan-out without
+//! ever waiting, drained by the connection's own task.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::message::Format;
+
+/// Identifies a connection within this process.
+pub type ConnId = u64;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id.
+pub fn next_conn_id() -> ConnId {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What happened to a frame handed to [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the writer.
+    Queued,
+    /// The queue was over its byte bound: the frame was dropped and the outbox
+    /// closed as a slow consumer. Returned once, on the frame that overflowed.
+    Overflowed,
+    /// The outbox was already closed; the frame was dropped.
+    Closed,
+}
+
+/// Why an outbox stopped accepting frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client fell behind by more than the byte bound.
+    SlowConsumer,
+    /// The server removed the subscriptions (channel deleted, kicked).
+    Evicted,
+}
+
+/// The outgoing queue of one connection.
+pub struct Outbox {
+    /// The connection this queue belongs to.
+    id: ConnId,
+    /// The wire format the connection's subscribers are encoded in.
+    format: Arc<dyn Format>,
+    /// Queued bytes allowed before the client counts as slow.
+    limit: usize,
+    /// Frames and their byte total; held only for O(1) pushes and drains.
+    state: Mutex<State>,
+    /// Wakes the writer when frames arrive or the outbox closes.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closed: Option<Closed>,
+}
+
+impl Outbox {
+    pub fn new(id: ConnId, format: Arc<dyn Format>, limit: usize) -> Self {
+        Self {
+            id,
+            format,
+            limit,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn format(&self) -> &dyn Format {
+        &*self.format
+    }
+
+    /// Queues `frame` unless that would exceed the byte bound. Never waits.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Pushed::Closed;
+        }
+        // A single frame larger than the bound still goes through to an empty
+        // queue: the bound is about falling behind, not about message size.
+        if state.bytes + frame.len() > self.limit && !state.frames.is_empty() {
+            state.closed = Some(Closed::SlowConsumer);
+            state.frames.clear();
+            state.bytes = 0;
+            drop(state);
+            self.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        let first = state.frames.len() == 1;
+        drop(state);
+        if first {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Moves every queued frame into `out`; returns why the outbox closed, if
+    /// it did. Frames queued before a close are still handed out.
+    pub fn drain(&self, out: &mut Vec<Bytes>) -> Option<Closed> {
+        let mut state = self.state.lock();
+        out.extend(state.frames.drain(..));
+        state.bytes = 0;
+        if state.frames.capacity() > 64 {
+            state.frames.shrink_to(8);
+        }
+        state.closed
+    }
+
+    /// Stops accepting frames and wakes the writer.
+    pub fn close(&self, why: Closed) {
+        let mut state = self.state.lock();
+        if state.closed.is_none() {
+            state.closed = Some(why);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Resolves once frames are queued or the outbox closed since the last drain.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    struct Raw;
+    impl Format for Raw {
+        fn slot(&self) -> usize {
+            0
+        }
+        fn encode(&self, msg: &Message) -> Bytes {
+            Bytes::copy_from_slice(msg.data())
+        }
+    }
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_once() {
+        let o = Outbox::new(1, Arc::new(Raw), 10);
+        assert_eq!(o.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"1")), Pushed::Overflowed);
+        assert_eq!(o.push(Bytes::from_static(b"1")), Pushed::Closed);
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out), Some(Closed::SlowConsumer));
+        assert!(out.is_empty(), "a slow consumer's backlog is discarded");
+    }
+
+    #[test]
+    fn drain_empties_the_byte_count() {
+        let o = Outbox::new(1, Arc::new(Raw), 10);
+        o.push(Bytes::from_static(b"123456"));
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out), None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
+    }
+
+    #[test]
+    fn oversize_frame_passes_an_empty_queue() {
+        let o = Outbox::new(1, Arc::new(Raw), 4);
+        assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
+    }
+
+    #[tokio::test]
+    async fn ready_is_not_lost_when_push_comes_first() {
+        let o = Outbox::new(1, Arc::new(Raw), 10);
+        o.push(Bytes::from_static(b"x"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
+            .await
+            .expect("permit stored by notify_one");
+    }
+}
