@@ -236,7 +236,8 @@ impl Hub {
 
     /// Local subscribers of `key`.
     pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
-        self.get(key).map_or(0, |ch| ch.inner.lock().subscribers.len())
+        self.get(key)
+            .map_or(0, |ch| ch.inner.lock().subscribers.len())
     }
 
     /// Counts for `key`, if the channel exists on this node.
@@ -302,7 +303,10 @@ mod tests {
     }
 
     fn publish(hub: &Hub, ch: &str, data: &'static str) -> Published {
-        hub.publish_local(&key(ch), Publication::new(Bytes::from_static(data.as_bytes())))
+        hub.publish_local(
+            &key(ch),
+            Publication::new(Bytes::from_static(data.as_bytes())),
+        )
     }
 
     #[test]
@@ -317,7 +321,10 @@ mod tests {
         for o in [&a, &b] {
             let mut out = Vec::new();
             o.drain(&mut out);
-            assert_eq!(out, vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
+            assert_eq!(
+                out,
+                vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+            );
         }
     }
 

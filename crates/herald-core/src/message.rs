@@ -65,7 +65,12 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(channel: ChannelKey, publication: Publication, offset: u64, epoch: Arc<str>) -> Self {
+    pub fn new(
+        channel: ChannelKey,
+        publication: Publication,
+        offset: u64,
+        epoch: Arc<str>,
+    ) -> Self {
         Self {
             channel,
             publication,
@@ -131,7 +136,12 @@ mod tests {
     fn message(data: &str) -> Message {
         let app: Arc<str> = Arc::from("app");
         let key = ChannelKey::new(&app, "c").unwrap();
-        Message::new(key, Publication::new(Bytes::from(data.to_owned())), 1, Arc::from("e"))
+        Message::new(
+            key,
+            Publication::new(Bytes::from(data.to_owned())),
+            1,
+            Arc::from("e"),
+        )
     }
 
     #[test]

@@ -1,1 +1,25 @@
+//! Herald's network side.
+//!
+//! - [`server`]: the listener and graceful shutdown.
+//! - `transport`: WebSocket and SSE plumbing, shared by every dialect.
+//! - `dialect`: wire protocols (native, the Push seed) over the core.
+//! - [`http`]: the route table, health and metrics.
+//! - [`config`]: every setting and its default.
 
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+
+mod dialect;
+mod error;
+mod lifetime;
+mod session;
+mod transport;
+
+pub use config::Config;
+pub use server::Server;
+pub use shutdown::Shutdown;
+pub use state::AppState;

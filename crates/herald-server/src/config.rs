@@ -1,0 +1,194 @@
+//! Server configuration. Every key has a default; the binary layers a TOML
+//! file and `HERALD_…` environment variables on top.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub connection: ConnectionConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub broker: BrokerConfig,
+}
+
+/// The listener and shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Pending connections the kernel queues before `accept`.
+    pub backlog: u32,
+    /// Whether WebSocket clients may publish with the `publish` command.
+    pub allow_client_publish: bool,
+    /// How long shutdown waits for connections to close after the reconnect hint.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            backlog: 4096,
+            allow_client_publish: false,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Timing of every streaming connection, on every transport. The defaults are
+/// the Push seed's (`push.reconnect.dither.*`, `push.client.close.grace…`,
+/// `push.heartbeat.interval…`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Interval of server heartbeats (WS pings, SSE heartbeat events).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Shortest connection lifetime; each connection draws uniformly from
+    /// `[lifetime_min, lifetime_max)`. Zero for both disables the lifetime.
+    #[serde(with = "humantime_serde")]
+    pub lifetime_min: Duration,
+    /// Longest connection lifetime.
+    #[serde(with = "humantime_serde")]
+    pub lifetime_max: Duration,
+    /// Gap between the reconnect hint and the forced close.
+    #[serde(with = "humantime_serde")]
+    pub close_grace: Duration,
+    /// SSE `retry:` hint sent to native EventSource clients.
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(30),
+            lifetime_min: Duration::from_secs(120),
+            lifetime_max: Duration::from_secs(180),
+            close_grace: Duration::from_secs(4),
+            sse_retry: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Bounds that protect the server from clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Streaming connections (WebSocket + SSE) this node accepts.
+    pub max_connections: usize,
+    /// Largest published payload or WebSocket message, in bytes.
+    pub max_message_size: usize,
+    /// Channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Messages in one batch publish.
+    pub max_batch: usize,
+    /// Bytes queued for one connection before it is dropped as a slow consumer.
+    pub outbox_bytes: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub ws_read_buffer: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_message_size: 64 * 1024,
+            max_channels_per_connection: 128,
+            max_batch: 1000,
+            outbox_bytes: 1024 * 1024,
+            ws_read_buffer: 4096,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `herald_server=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which broker links nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `memory` (one node) for now.
+    pub kind: BrokerKind,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Memory,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Memory,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Checks relations between keys that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.connection;
+        if c.lifetime_min > c.lifetime_max {
+            return Err(ConfigError(
+                "connection.lifetime_min is greater than connection.lifetime_max".into(),
+            ));
+        }
+        if !c.lifetime_max.is_zero() && c.close_grace >= c.lifetime_min {
+            return Err(ConfigError(
+                "connection.close_grace must be shorter than connection.lifetime_min".into(),
+            ));
+        }
+        if c.heartbeat.is_zero() {
+            return Err(ConfigError("connection.heartbeat must be positive".into()));
+        }
+        let l = &self.limits;
+        if l.max_message_size == 0 || l.max_channels_per_connection == 0 || l.max_batch == 0 {
+            return Err(ConfigError("limits must be positive".into()));
+        }
+        if l.ws_read_buffer < 512 {
+            return Err(ConfigError(
+                "limits.ws_read_buffer must be at least 512".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Dialects: each translates one wire protocol to engine calls. They hold no
+//! state beyond a connection's own.
+//!
+//! Every wire format gets a fixed cache slot (see [`herald_core::Format`]);
+//! the constants below keep them unique.
+
+pub(crate) mod native;
+pub(crate) mod push;
+
+pub(crate) mod slot {
+    pub(crate) const NATIVE_WS: usize = 0;
+    pub(crate) const NATIVE_SSE: usize = 1;
+    pub(crate) const PUSH_WS: usize = 2;
+    pub(crate) const PUSH_SSE: usize = 3;
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The payload bytes of a JSON value, on one line. Raw JSON is kept as sent
+/// unless it spans lines, which would break SSE `data:` framing.
+pub(crate) fn one_line_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
+    let text = raw.get();
+    if text.contains(['\n', '\r']) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+            return bytes::Bytes::from(v.to_string());
+        }
+    }
+    bytes::Bytes::copy_from_slice(text.as_bytes())
+}

@@ -1,0 +1,376 @@
+//! Herald's native protocol: JSON over WebSocket with request ids, SSE, and
+//! the HTTP publish API. See docs/api.md.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::{ChannelKey, Format, Message, Publication, Published};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::dialect::{one_line_json, push_json_str, slot};
+use crate::error::ApiError;
+use crate::http::read_body;
+use crate::session::{Session, parse_channel_list};
+use crate::state::AppState;
+use crate::transport::sse::{self, SseStyle};
+use crate::transport::ws::{self, Reply, WsDialect, close};
+
+/// Longest accepted message id or event name.
+const MAX_LABEL_LEN: usize = 128;
+
+/// `{"channel","id","offset","epoch","event"?,"data"}`: one push, as JSON.
+fn envelope(msg: &Message) -> Vec<u8> {
+    let p = &msg.publication;
+    let mut out = Vec::with_capacity(96 + p.data.len());
+    out.extend_from_slice(b"{\"channel\":");
+    push_json_str(&mut out, msg.channel.name());
+    out.extend_from_slice(b",\"id\":");
+    push_json_str(&mut out, &p.id);
+    out.extend_from_slice(format!(",\"offset\":{},\"epoch\":", msg.offset).as_bytes());
+    push_json_str(&mut out, &msg.epoch);
+    if let Some(event) = &p.event {
+        out.extend_from_slice(b",\"event\":");
+        push_json_str(&mut out, event);
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(&p.data);
+    out.push(b'}');
+    out
+}
+
+/// Native WebSocket pushes.
+pub(crate) struct WsFormat;
+
+impl Format for WsFormat {
+    fn slot(&self) -> usize {
+        slot::NATIVE_WS
+    }
+    fn encode(&self, msg: &Message) -> Bytes {
+        Bytes::from(envelope(msg))
+    }
+}
+
+/// Native SSE events: `id:` and `event:` lines, the envelope as `data:`.
+pub(crate) struct SseFormat;
+
+impl Format for SseFormat {
+    fn slot(&self) -> usize {
+        slot::NATIVE_SSE
+    }
+    fn encode(&self, msg: &Message) -> Bytes {
+        let p = &msg.publication;
+        let body = envelope(msg);
+        let mut out = Vec::with_capacity(body.len() + 64);
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(p.id.as_bytes());
+        out.push(b'\n');
+        if let Some(event) = &p.event {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(event.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChannelsQuery {
+    channels: Option<String>,
+}
+
+/// `GET /ws`: native WebSocket, optionally subscribed via `?channels=a,b`.
+pub(crate) async fn ws(
+    State(state): State<AppState>,
+    Query(q): Query<ChannelsQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
+    let mut session = Session::new(state.clone(), Arc::new(WsFormat));
+    session.subscribe(keys).await?;
+    ws::upgrade(&state, req, session, NativeWs { alive: true })
+}
+
+/// `GET /sse?channels=a,b`: native Server-Sent Events.
+pub(crate) async fn sse(
+    State(state): State<AppState>,
+    Query(q): Query<ChannelsQuery>,
+) -> Result<Response, ApiError> {
+    let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
+    if keys.is_empty() {
+        return Err(ApiError::bad_request("'channels' query parameter required"));
+    }
+    let mut session = Session::new(state.clone(), Arc::new(SseFormat));
+    session.subscribe(keys).await?;
+    let retry = state.config.connection.sse_retry.as_millis();
+    let style = SseStyle {
+        preamble: Bytes::from(format!("retry: {retry}\n: connected\n\n")),
+        heartbeat: Bytes::from_static(b": heartbeat\n\n"),
+        reconnect: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"),
+    };
+    sse::respond(&state, session, style)
+}
+
+/// Native WebSocket connection state.
+struct NativeWs {
+    /// Whether the client answered since the last ping.
+    alive: bool,
+}
+
+/// One client command, parsed loosely so that errors can be precise.
+#[derive(Deserialize)]
+struct Command {
+    id: Option<Value>,
+    cmd: Option<String>,
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    data: Option<Box<RawValue>>,
+    event: Option<String>,
+}
+
+impl WsDialect for NativeWs {
+    fn heartbeat(&mut self) -> Result<Option<Bytes>, (u16, &'static str)> {
+        if !std::mem::replace(&mut self.alive, false) {
+            return Err((close::PING_TIMEOUT, "no pong to the last ping"));
+        }
+        Ok(None)
+    }
+
+    fn on_activity(&mut self) {
+        self.alive = true;
+    }
+
+    fn reconnect_hint(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(b"{\"type\":\"reconnect\"}"))
+    }
+
+    async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
+        let cmd: Command = match serde_json::from_str(text) {
+            Ok(c) => c,
+            Err(e) => return error_reply(None, "bad_request", format!("malformed command: {e}")),
+        };
+        let id = cmd.id.clone();
+        match execute(session, cmd).await {
+            Ok(result) => Reply::frame(json!({"id": id, "result": result}).to_string()),
+            Err(e) => error_reply(id, e.code, e.message),
+        }
+    }
+}
+
+fn error_reply(id: Option<Value>, code: &str, message: impl Into<Cow<'static, str>>) -> Reply {
+    let message = message.into();
+    Reply::frame(json!({"id": id, "error": {"code": code, "message": message}}).to_string())
+}
+
+async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError> {
+    let state = session.state.clone();
+    let names = || -> Result<Vec<ChannelKey>, ApiError> {
+        let names = cmd
+            .channels
+            .clone()
+            .or_else(|| cmd.channel.clone().map(|c| vec![c]))
+            .ok_or_else(|| ApiError::bad_request("'channels' is required"))?;
+        names.iter().map(|n| Ok(state.channel(n)?)).collect()
+    };
+    match cmd.cmd.as_deref() {
+        Some("subscribe") => {
+            session.subscribe(names()?).await?;
+            Ok(json!({"channels": channel_names(session.channels())}))
+        }
+        Some("unsubscribe") => {
+            session.unsubscribe(&names()?).await;
+            Ok(json!({"channels": channel_names(session.channels())}))
+        }
+        Some("publish") => {
+            if !state.config.server.allow_client_publish {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "publishing over WebSocket is disabled (server.allow_client_publish)",
+                ));
+            }
+            let channel = cmd
+                .channel
+                .as_deref()
+                .ok_or_else(|| ApiError::bad_request("'channel' is required"))?;
+            let key = state.channel(channel)?;
+            let data = cmd
+                .data
+                .ok_or_else(|| ApiError::bad_request("'data' is required"))?;
+            let publication = publication(&state, &data, cmd.event, None)?;
+            let p = state.engine.publish(&key, publication).await?;
+            Ok(published_json(&p))
+        }
+        Some("ping") => Ok(json!({})),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_command",
+            format!("unknown command {other:?}; expected subscribe, unsubscribe, publish or ping"),
+        )),
+        None => Err(ApiError::bad_request("'cmd' is required")),
+    }
+}
+
+fn channel_names(keys: &[ChannelKey]) -> Vec<&str> {
+    keys.iter().map(ChannelKey::name).collect()
+}
+
+fn published_json(p: &Published) -> Value {
+    json!({"id": p.id, "offset": p.offset, "epoch": p.epoch, "subscribers": p.subscribers})
+}
+
+/// Builds a publication, enforcing the size limit and label rules.
+fn publication(
+    state: &AppState,
+    data: &RawValue,
+    event: Option<String>,
+    id: Option<String>,
+) -> Result<Publication, ApiError> {
+    let max = state.config.limits.max_message_size;
+    if data.get().len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("data is larger than {max} bytes"),
+        ));
+    }
+    let mut p = Publication::new(one_line_json(data));
+    if let Some(id) = id {
+        p.id = Arc::from(label("id", &id)?);
+    }
+    if let Some(event) = event {
+        p.event = Some(Arc::from(label("event", &event)?));
+    }
+    Ok(p)
+}
+
+/// Ids and event names end up on SSE lines: short, no control characters.
+fn label<'a>(what: &str, s: &'a str) -> Result<&'a str, ApiError> {
+    if s.is_empty() || s.len() > MAX_LABEL_LEN || s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "'{what}' must be 1 to {MAX_LABEL_LEN} bytes without control characters"
+        )));
+    }
+    Ok(s)
+}
+
+/// One message of `POST /api/v1/publish` (and of a batch).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    data: Box<RawValue>,
+    event: Option<String>,
+    id: Option<String>,
+}
+
+/// A validated publish: where to and what.
+struct PublishPlan {
+    keys: Vec<ChannelKey>,
+    publication: Publication,
+}
+
+fn plan(state: &AppState, req: PublishRequest) -> Result<PublishPlan, ApiError> {
+    let names = match (req.channel, req.channels) {
+        (Some(c), None) => vec![c],
+        (None, Some(cs)) if !cs.is_empty() => cs,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give 'channel' or 'channels', not both",
+            ));
+        }
+        _ => return Err(ApiError::bad_request("'channel' or 'channels' is required")),
+    };
+    let max = state.config.limits.max_channels_per_connection;
+    if names.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "at most {max} channels per publish"
+        )));
+    }
+    let keys = names
+        .iter()
+        .map(|n| state.channel(n).map_err(ApiError::from))
+        .collect::<Result<_, _>>()?;
+    let publication = publication(state, &req.data, req.event, req.id)?;
+    Ok(PublishPlan { keys, publication })
+}
+
+async fn run(state: &AppState, plan: PublishPlan) -> Result<Value, ApiError> {
+    if let [key] = plan.keys.as_slice() {
+        let p = state.engine.publish(key, plan.publication).await?;
+        return Ok(published_json(&p));
+    }
+    let id = plan.publication.id.clone();
+    let mut subscribers = 0;
+    let mut channels = Vec::with_capacity(plan.keys.len());
+    for key in &plan.keys {
+        let p = state.engine.publish(key, plan.publication.clone()).await?;
+        subscribers += p.subscribers;
+        channels.push(json!({"channel": key.name(), "offset": p.offset, "epoch": p.epoch}));
+    }
+    Ok(json!({"id": id, "subscribers": subscribers, "channels": channels}))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// `POST /api/v1/publish`.
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let body = read_body(req, state.config.limits.max_message_size + 64 * 1024).await?;
+    let plan = plan(&state, parse(&body)?)?;
+    Ok(Json(run(&state, plan).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    messages: Vec<PublishRequest>,
+}
+
+/// `POST /api/v1/publish/batch`: every message is validated before any is
+/// published, so a bad batch publishes nothing.
+pub(crate) async fn publish_batch(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let limits = &state.config.limits;
+    let body = read_body(req, limits.max_batch * (limits.max_message_size + 1024)).await?;
+    let batch: BatchRequest = parse(&body)?;
+    if batch.messages.is_empty() || batch.messages.len() > limits.max_batch {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {} messages",
+            limits.max_batch
+        )));
+    }
+    let plans = batch
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            plan(&state, m).map_err(|mut e| {
+                e.message = format!("messages[{i}]: {}", e.message);
+                e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(plans.len());
+    for plan in plans {
+        results.push(run(&state, plan).await?);
+    }
+    Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
+}

@@ -1,0 +1,100 @@
+//! HTTP routes: the native API, the seeds' compatibility routes, ops.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::dialect::{native, push};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route Herald serves.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        // Native API (docs/api.md).
+        .route("/api/v1/publish", post(native::publish))
+        .route("/api/v1/publish/batch", post(native::publish_batch))
+        .route("/ws", get(native::ws))
+        .route("/sse", get(native::sse))
+        // The Push seed's API.
+        .route("/messages", post(push::publish))
+        .route("/sse/messages", get(push::sse))
+        .route("/ws/messages", get(push::ws))
+        // Operations.
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util_limited::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body is larger than {limit} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })
+}
+
+/// axum reports an over-long body through `http_body_util::LengthLimitError`.
+mod http_body_util_limited {
+    pub(crate) use http_body_util::LengthLimitError;
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let broker = state.engine.broker();
+    if state.shutdown.is_signalled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "reason": "shutting down"})),
+        )
+            .into_response();
+    }
+    if !broker.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({"ready": false, "reason": "broker unavailable", "broker": broker.name()}),
+            ),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"ready": true, "broker": broker.name()})).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(state.engine.hub().stats());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

@@ -1,0 +1,184 @@
+//! Connection counters and the Prometheus text exposition. Labels are of
+//! bounded cardinality: transport names only, never channels or connections.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herald_core::stats::{HubStats, LATENCY_BUCKETS_US};
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Ws,
+    Sse,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::Ws, Transport::Sse];
+
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// Server-side counters; the hub keeps the message counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// Open streaming connections per transport.
+    open: [AtomicU64; 2],
+    /// Connections accepted since start per transport.
+    opened: [AtomicU64; 2],
+    /// Connections refused because `max_connections` was reached.
+    refused: AtomicU64,
+}
+
+/// Holds one connection slot; releases it on drop.
+pub(crate) struct ConnectionSlot {
+    metrics: Arc<Metrics>,
+    transport: Transport,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.open[self.transport as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Takes a connection slot unless `max` streaming connections are open.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        transport: Transport,
+        max: usize,
+    ) -> Option<ConnectionSlot> {
+        let slot = &self.open[transport as usize];
+        if self.connections() >= max as u64 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        slot.fetch_add(1, Ordering::Relaxed);
+        self.opened[transport as usize].fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot {
+            metrics: self.clone(),
+            transport,
+        })
+    }
+
+    /// Open streaming connections across transports.
+    pub fn connections(&self) -> u64 {
+        self.open.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub(crate) fn render(&self, hub: &HubStats) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        header(
+            &mut out,
+            "herald_connections",
+            "gauge",
+            "Open streaming connections.",
+        );
+        for t in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "herald_connections{{transport=\"{}\"}} {}",
+                t.label(),
+                load(&self.open[t as usize])
+            );
+        }
+        header(
+            &mut out,
+            "herald_connections_opened_total",
+            "counter",
+            "Streaming connections accepted.",
+        );
+        for t in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "herald_connections_opened_total{{transport=\"{}\"}} {}",
+                t.label(),
+                load(&self.opened[t as usize])
+            );
+        }
+        for (name, help, value) in [
+            (
+                "herald_connections_refused_total",
+                "Connections refused at the connection limit.",
+                load(&self.refused),
+            ),
+            (
+                "herald_messages_published_total",
+                "Messages accepted for fan-out on this node.",
+                load(&hub.published),
+            ),
+            (
+                "herald_messages_delivered_total",
+                "Messages queued to a subscriber.",
+                load(&hub.delivered),
+            ),
+            (
+                "herald_messages_dropped_total",
+                "Messages not queued: subscriber closed or too slow.",
+                load(&hub.dropped),
+            ),
+            (
+                "herald_slow_consumer_disconnects_total",
+                "Connections dropped for falling behind.",
+                load(&hub.slow_consumers),
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+
+        let name = "herald_fanout_latency_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Time from accepting a message to queuing it for every local subscriber.",
+        );
+        let (counts, sum_us) = hub.fanout_latency.snapshot();
+        for (bound, count) in LATENCY_BUCKETS_US.iter().zip(&counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {count}",
+                *bound as f64 / 1e6
+            );
+        }
+        let total = counts.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_and_release() {
+        let m = Arc::new(Metrics::default());
+        let a = m.open(Transport::Ws, 2).unwrap();
+        let _b = m.open(Transport::Sse, 2).unwrap();
+        assert!(m.open(Transport::Ws, 2).is_none());
+        drop(a);
+        assert_eq!(m.connections(), 1);
+        let text = m.render(&HubStats::default());
+        assert!(text.contains("herald_connections{transport=\"sse\"} 1"));
+        assert!(text.contains("herald_connections_refused_total 1"));
+        assert!(text.contains("herald_fanout_latency_seconds_bucket{le=\"+Inf\"} 0"));
+    }
+}

@@ -1,0 +1,116 @@
+//! The listener: accepts TCP connections, serves HTTP/1.1 on each (with
+//! upgrades), and shuts down gracefully.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_broker::MemoryBroker;
+use herald_core::{Engine, Hub};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::config::Config;
+use crate::http;
+use crate::shutdown::Shutdown;
+use crate::state::AppState;
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Binds the listener and builds the engine with the configured broker.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let engine = Engine::new(hub, broker);
+        let listener = listen(config.server.listen, config.server.backlog)?;
+        let state = AppState::new(engine, config, Shutdown::default());
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `signal` resolves (or the state's shutdown is triggered),
+    /// then tells every client to reconnect and waits for them to go, up to
+    /// `server.shutdown_timeout`.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Self { listener, state } = self;
+        let shutdown = state.shutdown.clone();
+        let service = TowerToHyperService::new(http::router(state.clone()));
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                () = shutdown.signalled() => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off briefly.
+                            tracing::warn!(error = %e, "Accept failed.");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = service.clone();
+                    let shutdown = shutdown.clone();
+                    state.shutdown.spawn(async move {
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
+                        tokio::pin!(conn);
+                        let result = tokio::select! {
+                            r = conn.as_mut() => r,
+                            () = shutdown.signalled() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        shutdown.trigger();
+        let timeout = state.config.server.shutdown_timeout;
+        tracing::info!(connections = shutdown.active(), ?timeout, "Shutting down.");
+        if !shutdown.drain(timeout).await {
+            tracing::warn!(
+                remaining = shutdown.active(),
+                "Shutdown timed out; closing the rest."
+            );
+        }
+        tracing::info!("Herald stopped.");
+    }
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}

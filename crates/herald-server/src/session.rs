@@ -1,0 +1,108 @@
+//! A streaming connection's subscriptions, shared by every transport and
+//! dialect. Dropping a session unsubscribes it everywhere.
+
+use std::sync::Arc;
+
+use herald_core::{ChannelKey, Format, Outbox, outbox::next_conn_id};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// One connection's outbox and subscriptions.
+pub(crate) struct Session {
+    /// Shared server state.
+    pub(crate) state: AppState,
+    /// Where fan-out queues this connection's frames.
+    pub(crate) outbox: Arc<Outbox>,
+    /// Channels subscribed to, in subscription order; few per connection.
+    channels: Vec<ChannelKey>,
+}
+
+impl Session {
+    pub(crate) fn new(state: AppState, format: Arc<dyn Format>) -> Self {
+        let outbox = Arc::new(Outbox::new(
+            next_conn_id(),
+            format,
+            state.config.limits.outbox_bytes,
+        ));
+        Self {
+            state,
+            outbox,
+            channels: Vec::new(),
+        }
+    }
+
+    /// Subscribes to every channel in `keys` (already validated); all or none
+    /// within the per-connection channel limit.
+    pub(crate) async fn subscribe(&mut self, keys: Vec<ChannelKey>) -> Result<(), ApiError> {
+        let fresh: Vec<ChannelKey> = keys
+            .into_iter()
+            .filter(|k| !self.channels.contains(k))
+            .collect();
+        let limit = self.state.config.limits.max_channels_per_connection;
+        if self.channels.len() + fresh.len() > limit {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "too_many_channels",
+                format!("at most {limit} channels per connection"),
+            ));
+        }
+        for key in fresh {
+            if self.channels.contains(&key) {
+                continue;
+            }
+            self.state.engine.subscribe(&key, &self.outbox).await?;
+            tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
+            self.channels.push(key);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from `keys`; unknown channels are ignored.
+    pub(crate) async fn unsubscribe(&mut self, keys: &[ChannelKey]) {
+        for key in keys {
+            if let Some(i) = self.channels.iter().position(|k| k == key) {
+                self.channels.swap_remove(i);
+                self.state.engine.unsubscribe(key, &self.outbox).await;
+            }
+        }
+    }
+
+    pub(crate) fn channels(&self) -> &[ChannelKey] {
+        &self.channels
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let hub = self.state.engine.hub();
+        let id = self.outbox.id();
+        let vacated: Vec<ChannelKey> = self
+            .channels
+            .drain(..)
+            .filter(|key| hub.unsubscribe(key, id))
+            .collect();
+        if vacated.is_empty() {
+            return;
+        }
+        let broker = self.state.engine.broker().clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for key in vacated {
+                    let _ = broker.unsubscribe(&key).await;
+                }
+            });
+        }
+    }
+}
+
+/// Parses a comma-separated channel list into keys of the default app.
+pub(crate) fn parse_channel_list(
+    state: &AppState,
+    list: &str,
+) -> Result<Vec<ChannelKey>, ApiError> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|name| state.channel(name).map_err(ApiError::from))
+        .collect()
+}

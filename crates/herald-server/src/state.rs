@@ -1,0 +1,50 @@
+//! What every handler and connection shares.
+
+use std::sync::Arc;
+
+use herald_core::{ChannelKey, ChannelNameError, Engine};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// Shared state, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    /// Hub + broker.
+    pub engine: Engine,
+    /// The configuration the server was started with.
+    pub config: Config,
+    /// Connection counters.
+    pub metrics: Arc<Metrics>,
+    /// The shutdown signal and connection tracker.
+    pub shutdown: Shutdown,
+    /// The app that unauthenticated routes and the seeds' APIs use.
+    pub default_app: Arc<str>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: Config, shutdown: Shutdown) -> Self {
+        Self(Arc::new(Inner {
+            engine,
+            config,
+            metrics: Arc::default(),
+            shutdown,
+            default_app: Arc::from(herald_core::channel::DEFAULT_APP),
+        }))
+    }
+
+    /// A channel of the default app.
+    pub(crate) fn channel(&self, name: &str) -> Result<ChannelKey, ChannelNameError> {
+        ChannelKey::new(&self.default_app, name)
+    }
+}

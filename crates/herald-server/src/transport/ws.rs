@@ -1,0 +1,329 @@
+//! WebSocket transport: the handshake, and one task per connection that
+//! selects over shutdown, the outbox, the socket and the connection's clock.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::error::ApiError;
+use crate::lifetime::{Clock, Tick};
+use crate::metrics::Transport;
+use crate::session::Session;
+use crate::state::AppState;
+
+/// The socket type every WebSocket dialect works on.
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Close codes Herald uses (documented in docs/api.md).
+pub(crate) mod close {
+    /// Malformed frame or command the server cannot continue after. Don't reconnect.
+    pub(crate) const BAD_REQUEST: u16 = 4000;
+    /// Client is too slow: its queue overflowed. Reconnect with backoff.
+    pub(crate) const SLOW_CONSUMER: u16 = 4100;
+    /// Connection lifetime over. Reconnect now.
+    pub(crate) const LIFETIME: u16 = 4200;
+    /// No pong to the server's ping. Reconnect now.
+    pub(crate) const PING_TIMEOUT: u16 = 4201;
+    /// Server shutting down or restarting. Reconnect (standard code).
+    pub(crate) const RESTART: u16 = 1012;
+}
+
+/// What a dialect wants after handling a client frame.
+#[derive(Default)]
+pub(crate) struct Reply {
+    /// Text frames to send, in order.
+    pub(crate) frames: Vec<Bytes>,
+    /// Close after sending them.
+    pub(crate) close: Option<(u16, Cow<'static, str>)>,
+}
+
+impl Reply {
+    pub(crate) fn frame(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            frames: vec![bytes.into()],
+            close: None,
+        }
+    }
+
+    pub(crate) fn close(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            frames: Vec::new(),
+            close: Some((code, reason.into())),
+        }
+    }
+}
+
+/// How one WebSocket dialect speaks: everything but the plumbing.
+pub(crate) trait WsDialect: Send + 'static {
+    /// Frames sent right after the handshake.
+    fn greeting(&mut self) -> Reply {
+        Reply::default()
+    }
+
+    /// Called every heartbeat: a frame to send (`None` sends a WS Ping), or
+    /// an error close when the client failed the liveness check.
+    fn heartbeat(&mut self) -> Result<Option<Bytes>, (u16, &'static str)>;
+
+    /// The client answered something: a WS Pong or any frame.
+    fn on_activity(&mut self) {}
+
+    /// The frame telling the client to reconnect soon.
+    fn reconnect_hint(&self) -> Option<Bytes>;
+
+    /// The close sent when the lifetime ends.
+    fn lifetime_close(&self) -> (u16, &'static str) {
+        (close::LIFETIME, "lifetime expired, reconnect")
+    }
+
+    /// Handles one text frame from the client.
+    fn on_text(&mut self, session: &mut Session, text: &str) -> impl Future<Output = Reply> + Send;
+
+    /// Handles one binary frame from the client.
+    fn on_binary(&mut self, _session: &mut Session, _data: &[u8]) -> Reply {
+        Reply::close(close::BAD_REQUEST, "binary frames are not supported")
+    }
+}
+
+/// Checks the upgrade request and builds the 101 response. The caller spawns
+/// [`serve`] on the upgraded socket.
+pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(ApiError::bad_request("Sec-WebSocket-Key is missing"));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(ApiError::bad_request("connection cannot be upgraded"));
+    };
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h: &mut HeaderMap = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    Ok((res, on_upgrade))
+}
+
+/// Upgrades `req` and runs `dialect` on the socket with `session`, which the
+/// caller has already subscribed. Takes a connection slot first.
+pub(crate) fn upgrade<D: WsDialect>(
+    state: &AppState,
+    mut req: Request,
+    session: Session,
+    dialect: D,
+) -> Result<Response, ApiError> {
+    let slot = state
+        .metrics
+        .open(Transport::Ws, state.config.limits.max_connections)
+        .ok_or_else(connection_limit)?;
+    let (response, on_upgrade) = accept(&mut req)?;
+    let state = state.clone();
+    state.shutdown.clone().spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(socket_config(&state)),
+                )
+                .await;
+                run(state, socket, session, dialect).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "Upgrade failed."),
+        }
+    });
+    Ok(response)
+}
+
+pub(crate) fn connection_limit() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "connection_limit",
+        "the server is at its connection limit; retry later",
+    )
+}
+
+fn socket_config(state: &AppState) -> WebSocketConfig {
+    let limits = &state.config.limits;
+    WebSocketConfig::default()
+        .read_buffer_size(limits.ws_read_buffer)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(limits.outbox_bytes + 64 * 1024)
+        .max_message_size(Some(limits.max_message_size))
+        .max_frame_size(Some(limits.max_message_size))
+}
+
+/// A text frame from already-valid UTF-8 bytes, without validating again.
+fn text(bytes: Bytes) -> Message {
+    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
+}
+
+async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session, mut dialect: D) {
+    let conn = session.outbox.id();
+    tracing::debug!(conn, "WebSocket opened.");
+    let mut clock = Clock::start(&state.config.connection);
+    let sleep = tokio::time::sleep_until(clock.next_deadline());
+    tokio::pin!(sleep);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let outbox = session.outbox.clone();
+
+    let close: Option<(u16, Cow<'static, str>)> = 'conn: {
+        let hello = dialect.greeting();
+        for frame in hello.frames {
+            if ws.feed(text(frame)).await.is_err() {
+                break 'conn None;
+            }
+        }
+        if ws.flush().await.is_err() {
+            break 'conn None;
+        }
+        if hello.close.is_some() {
+            break 'conn hello.close;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = state.shutdown.signalled() => {
+                    if let Some(hint) = dialect.reconnect_hint() {
+                        let _ = ws.feed(text(hint)).await;
+                    }
+                    break 'conn Some((close::RESTART, "server restarting, reconnect".into()));
+                }
+                () = outbox.ready() => {
+                    let closed = outbox.drain(&mut batch);
+                    for frame in batch.drain(..) {
+                        if ws.feed(text(frame)).await.is_err() {
+                            break 'conn None;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        break 'conn None;
+                    }
+                    if closed.is_some() {
+                        tracing::debug!(conn, "Slow consumer disconnected.");
+                        break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
+                    }
+                }
+                frame = ws.next() => {
+                    dialect.on_activity();
+                    let reply = match frame {
+                        Some(Ok(Message::Text(t))) => dialect.on_text(&mut session, t.as_str()).await,
+                        Some(Ok(Message::Binary(b))) => dialect.on_binary(&mut session, &b),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Reply::default(),
+                        Some(Ok(Message::Close(_))) | None => break 'conn None,
+                        Some(Err(e)) => break 'conn protocol_error_close(e),
+                    };
+                    for frame in reply.frames {
+                        if ws.feed(text(frame)).await.is_err() {
+                            break 'conn None;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        break 'conn None;
+                    }
+                    if let Some(close) = reply.close {
+                        break 'conn Some(close);
+                    }
+                }
+                () = &mut sleep => {
+                    match clock.fire(tokio::time::Instant::now()) {
+                        Some(Tick::Heartbeat) => {
+                            let sent = match dialect.heartbeat() {
+                                Ok(Some(frame)) => ws.send(text(frame)).await,
+                                Ok(None) => ws.send(Message::Ping(Bytes::new())).await,
+                                Err((code, reason)) => break 'conn Some((code, reason.into())),
+                            };
+                            if sent.is_err() {
+                                break 'conn None;
+                            }
+                        }
+                        Some(Tick::ReconnectHint) => {
+                            if let Some(hint) = dialect.reconnect_hint() {
+                                if ws.send(text(hint)).await.is_err() {
+                                    break 'conn None;
+                                }
+                            }
+                        }
+                        Some(Tick::Expire) => {
+                            let (code, reason) = dialect.lifetime_close();
+                            break 'conn Some((code, reason.into()));
+                        }
+                        None => {}
+                    }
+                    sleep.as_mut().reset(clock.next_deadline());
+                }
+            }
+        }
+    };
+
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.as_ref().into(),
+        };
+        // Best effort: send our close, then give the client a moment to answer.
+        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+    drop(session);
+    tracing::debug!(conn, "WebSocket closed.");
+}
+
+/// The close for a frame-level error, or `None` when the socket is gone.
+fn protocol_error_close(e: WsError) -> Option<(u16, Cow<'static, str>)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((u16::from(CloseCode::Size), "message too big".into()))
+        }
+        WsError::Utf8(_) => Some((
+            u16::from(CloseCode::Invalid),
+            "invalid UTF-8 in text frame".into(),
+        )),
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        ) => None,
+        WsError::Protocol(p) => Some((u16::from(CloseCode::Protocol), p.to_string().into())),
+        _ => None,
+    }
+}

@@ -1,0 +1,201 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use herald_server::config::LogFormat;
+use herald_server::{Config, Server};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::settings;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    about = "Herald: real-time push over WebSocket and SSE",
+    version
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Publish one message.
+    Publish {
+        channel: String,
+        /// JSON, or any text (sent as a JSON string).
+        data: String,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Print messages from channels (comma-separated) as they arrive.
+    Subscribe {
+        channels: String,
+        #[arg(long, default_value = "ws://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the effective configuration (file + environment) and print it.
+    Check,
+    /// Print the default configuration as TOML.
+    Default,
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => settings::load(cli.config.as_deref()).and_then(serve),
+        Command::Publish {
+            channel,
+            data,
+            event,
+            url,
+        } => runtime(publish(url, channel, data, event)),
+        Command::Subscribe { channels, url } => runtime(subscribe(url, channels)),
+        Command::Config {
+            action: ConfigAction::Check,
+        } => settings::load(cli.config.as_deref()).map(|c| {
+            print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+            eprintln!("configuration is valid");
+        }),
+        Command::Config {
+            action: ConfigAction::Default,
+        } => {
+            print!("{}", settings::default_toml());
+            Ok(())
+        }
+        Command::Version => {
+            println!("herald {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(f)
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    init_logs(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let server = Server::bind(config)
+            .await
+            .map_err(|e| format!("cannot start: {e}"))?;
+        server.run(terminate()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminate() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn publish(
+    url: String,
+    channel: String,
+    data: String,
+    event: Option<String>,
+) -> Result<(), String> {
+    let data: serde_json::Value =
+        serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+    let mut body = serde_json::json!({"channel": channel, "data": data});
+    if let Some(event) = event {
+        body["event"] = event.into();
+    }
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/publish", url.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status();
+    let text = res.text().await.map_err(|e| e.to_string())?;
+    println!("{text}");
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("server answered {status}"))
+    }
+}
+
+async fn subscribe(url: String, channels: String) -> Result<(), String> {
+    let url = format!("{}/ws?channels={channels}", url.trim_end_matches('/'));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    while let Some(frame) = ws.next().await {
+        match frame.map_err(|e| e.to_string())? {
+            Message::Text(t) => println!("{t}"),
+            Message::Close(c) => {
+                eprintln!("closed: {c:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
