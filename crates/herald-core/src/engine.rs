@@ -38,11 +38,11 @@ impl Engine {
         channel: &ChannelKey,
         outbox: &Arc<Outbox>,
     ) -> Result<(), BrokerError> {
-        if self.hub.subscribe(channel, outbox) {
-            if let Err(e) = self.broker.subscribe(channel).await {
-                self.hub.unsubscribe(channel, outbox.id());
-                return Err(e);
-            }
+        if self.hub.subscribe(channel, outbox)
+            && let Err(e) = self.broker.subscribe(channel).await
+        {
+            self.hub.unsubscribe(channel, outbox.id());
+            return Err(e);
         }
         Ok(())
     }

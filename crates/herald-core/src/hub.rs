@@ -21,6 +21,9 @@ use crate::stats::HubStats;
 
 const SHARDS: usize = 64;
 
+/// One shard of the channel map.
+type Shard = RwLock<HashMap<ChannelKey, Arc<Channel>>>;
+
 /// The result of publishing one message to one channel.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -51,7 +54,7 @@ pub struct ChannelInfo {
 /// The local subscription registry and fan-out engine.
 pub struct Hub {
     /// Channels by key, split across shards to spread lock contention.
-    shards: Box<[RwLock<HashMap<ChannelKey, Arc<Channel>>>]>,
+    shards: Box<[Shard]>,
     /// Picks a key's shard; fixed for the hub's life.
     hasher: RandomState,
     /// Counters shared with the metrics endpoint.
@@ -95,7 +98,7 @@ impl Hub {
         &self.stats
     }
 
-    fn shard(&self, key: &ChannelKey) -> &RwLock<HashMap<ChannelKey, Arc<Channel>>> {
+    fn shard(&self, key: &ChannelKey) -> &Shard {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 

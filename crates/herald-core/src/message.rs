@@ -97,10 +97,10 @@ impl Message {
     /// payload unquoted, anything else as its JSON text.
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         let data = &self.publication.data;
-        if data.first() == Some(&b'"') {
-            if let Ok(s) = serde_json::from_slice::<String>(data) {
-                return std::borrow::Cow::Owned(s);
-            }
+        if data.first() == Some(&b'"')
+            && let Ok(s) = serde_json::from_slice::<String>(data)
+        {
+            return std::borrow::Cow::Owned(s);
         }
         String::from_utf8_lossy(data)
     }

@@ -57,18 +57,14 @@ impl Clock {
 
     /// Returns what is due at `now` and moves past it.
     pub(crate) fn fire(&mut self, now: Instant) -> Option<Tick> {
-        if let Some(t) = self.expire_at {
-            if now >= t {
-                self.expire_at = None;
-                self.hint_at = None;
-                return Some(Tick::Expire);
-            }
+        if self.expire_at.is_some_and(|t| now >= t) {
+            self.expire_at = None;
+            self.hint_at = None;
+            return Some(Tick::Expire);
         }
-        if let Some(t) = self.hint_at {
-            if now >= t {
-                self.hint_at = None;
-                return Some(Tick::ReconnectHint);
-            }
+        if self.hint_at.is_some_and(|t| now >= t) {
+            self.hint_at = None;
+            return Some(Tick::ReconnectHint);
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.heartbeat;

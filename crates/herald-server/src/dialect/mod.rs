@@ -24,10 +24,10 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 /// unless it spans lines, which would break SSE `data:` framing.
 pub(crate) fn one_line_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
     let text = raw.get();
-    if text.contains(['\n', '\r']) {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-            return bytes::Bytes::from(v.to_string());
-        }
+    if text.contains(['\n', '\r'])
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        return bytes::Bytes::from(v.to_string());
     }
     bytes::Bytes::copy_from_slice(text.as_bytes())
 }

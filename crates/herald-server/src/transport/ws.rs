@@ -274,10 +274,11 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
                             }
                         }
                         Some(Tick::ReconnectHint) => {
-                            if let Some(hint) = dialect.reconnect_hint() {
-                                if ws.send(text(hint)).await.is_err() {
-                                    break 'conn None;
-                                }
+                            let hint = dialect.reconnect_hint();
+                            if let Some(hint) = hint
+                                && ws.send(text(hint)).await.is_err()
+                            {
+                                break 'conn None;
                             }
                         }
                         Some(Tick::Expire) => {

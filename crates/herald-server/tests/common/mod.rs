@@ -1,0 +1,316 @@
+//! Test support: a real Herald on a free port, and real WebSocket, SSE and
+//! HTTP clients.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald_server::{Config, Server, Shutdown};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running server; shut down when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.shutdown_timeout = Duration::from_secs(5);
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr().unwrap();
+        let shutdown = server.state().shutdown.clone();
+        let task = tokio::spawn(server.run(std::future::pending()));
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn ws(&self, path: &str) -> Ws {
+        let url = format!("ws://{}{}", self.addr, path);
+        let (ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        assert_eq!(res.status(), 101);
+        ws
+    }
+
+    /// Publishes natively and returns the JSON reply.
+    pub async fn publish(&self, body: Value) -> Value {
+        let res = reqwest::Client::new()
+            .post(self.http("/api/v1/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "publish {body}");
+        res.json().await.unwrap()
+    }
+
+    /// Starts shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("shutdown timed out")
+                .unwrap();
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// The next text frame, skipping pings.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame in time")
+            .expect("stream ended")
+            .expect("frame error");
+        match frame {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+pub async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}
+
+/// Sends a JSON command and returns the next frame.
+pub async fn command(ws: &mut Ws, cmd: Value) -> Value {
+    ws.send(Message::text(cmd.to_string())).await.unwrap();
+    next_json(ws).await
+}
+
+/// Reads until the server's close frame; returns its code and reason.
+pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no close in time");
+        match frame {
+            Some(Ok(Message::Close(Some(c)))) => return (c.code.into(), c.reason.to_string()),
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before close: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// A Server-Sent Events client over a real HTTP response.
+pub struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+/// One parsed SSE block (comment-only blocks included, as `comment`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Event {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl Sse {
+    pub async fn connect(url: &str) -> Self {
+        let res = reqwest::get(url).await.unwrap();
+        assert_eq!(res.status(), 200, "{url}");
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Self {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next block, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Event::default();
+                for line in block.lines().filter(|l| !l.is_empty()) {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                    match field {
+                        "" => ev.comment = Some(value),
+                        "event" => ev.event = Some(value),
+                        "id" => ev.id = Some(value),
+                        "data" => ev.data = Some(value),
+                        "retry" => ev.retry = Some(value),
+                        other => panic!("unknown SSE field {other:?}"),
+                    }
+                }
+                return Some(ev);
+            }
+            match tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("no SSE data in time")
+            {
+                Some(Ok(chunk)) => self.buf.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next block that carries data.
+    pub async fn next_data(&mut self) -> Event {
+        loop {
+            let ev = self.next().await.expect("stream ended");
+            if ev.data.is_some() {
+                return ev;
+            }
+        }
+    }
+}
+
+/// A bare WebSocket client over TCP that never answers pings, to test the
+/// server's liveness checks and read frames exactly as sent.
+pub struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                buf.drain(..end + 4);
+                return Self { stream, buf };
+            }
+        }
+    }
+
+    /// Sends one masked frame with `opcode` and `payload`.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x80 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            frame.push(0x80 | len as u8);
+        } else if len <= u16::MAX as usize {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let mask = [1u8, 2, 3, 4];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame as (opcode, payload); `None` on EOF.
+    pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= start + len {
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    return Some((opcode, payload));
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("no frame in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Skips frames until a close; returns its code and reason.
+    pub async fn close_frame(&mut self) -> (u16, String) {
+        while let Some((opcode, payload)) = self.frame().await {
+            if opcode == 8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).to_string());
+            }
+        }
+        panic!("EOF without a close frame");
+    }
+}

@@ -1,0 +1,173 @@
+//! Connection lifetimes, liveness, slow consumers and graceful shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn short_lifetime(c: &mut herald_server::Config) {
+    c.connection.lifetime_min = Duration::from_millis(1500);
+    c.connection.lifetime_max = Duration::from_millis(1500);
+    c.connection.close_grace = Duration::from_millis(700);
+}
+
+#[tokio::test]
+async fn native_ws_gets_reconnect_hint_then_close_at_lifetime() {
+    let server = TestServer::with(short_lifetime).await;
+    let start = Instant::now();
+    let mut ws = server.ws("/ws?channels=a").await;
+    assert_eq!(next_json(&mut ws).await, json!({"type": "reconnect"}));
+    let hinted = start.elapsed();
+    let (code, _) = expect_close(&mut ws).await;
+    let closed = start.elapsed();
+    assert_eq!(code, 4200);
+    assert!(hinted >= Duration::from_millis(700), "hint at {hinted:?}");
+    assert!(
+        closed - hinted >= Duration::from_millis(600),
+        "grace {:?}",
+        closed - hinted
+    );
+}
+
+#[tokio::test]
+async fn push_ws_and_sse_get_the_seed_reconnect_event() {
+    let server = TestServer::with(short_lifetime).await;
+    let mut ws = server.ws("/ws/messages?channels=a").await;
+    assert_eq!(next_json(&mut ws).await["event"], "ping");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "reconnect", "data": {}})
+    );
+    assert_eq!(expect_close(&mut ws).await.0, 1000);
+
+    let mut sse = Sse::connect(&server.http("/sse/messages?channels=a")).await;
+    assert_eq!(
+        sse.next().await.unwrap().event.as_deref(),
+        Some("heartbeat")
+    );
+    let hint = sse.next().await.unwrap();
+    assert_eq!(
+        (hint.event.as_deref(), hint.data.as_deref()),
+        (Some("reconnect"), Some("{}"))
+    );
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends at the lifetime"
+    );
+}
+
+#[tokio::test]
+async fn silent_native_client_is_closed_with_4201() {
+    let server = TestServer::with(|c| c.connection.heartbeat = Duration::from_millis(150)).await;
+    let mut raw = RawWs::connect(server.addr, "/ws?channels=a").await;
+    let (opcode, _) = raw.frame().await.unwrap();
+    assert_eq!(opcode, 9, "a WS ping");
+    assert_eq!(
+        raw.close_frame().await,
+        (4201, "no pong to the last ping".into())
+    );
+}
+
+#[tokio::test]
+async fn frame_errors_close_with_standard_codes() {
+    let server = TestServer::with(|c| c.limits.max_message_size = 1024).await;
+    let mut raw = RawWs::connect(server.addr, "/ws").await;
+    raw.send(1, &[b'"', 0xff, 0xfe, b'"']).await;
+    assert_eq!(raw.close_frame().await.0, 1007, "invalid UTF-8");
+
+    let mut raw = RawWs::connect(server.addr, "/ws").await;
+    raw.send(1, &vec![b' '; 4096]).await;
+    assert_eq!(raw.close_frame().await.0, 1009, "too big");
+
+    let mut raw = RawWs::connect(server.addr, "/ws").await;
+    raw.send(2, b"\x00\x01").await;
+    assert_eq!(
+        raw.close_frame().await,
+        (4000, "binary frames are not supported".into())
+    );
+    // The server is unaffected.
+    let mut ws = server.ws("/ws?channels=a").await;
+    server.publish(json!({"channel": "a", "data": 1})).await;
+    assert_eq!(next_json(&mut ws).await["data"], 1);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_dropped_without_hurting_others() {
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
+    let mut slow = RawWs::connect(server.addr, "/ws?channels=firehose").await;
+    let mut fast = server.ws("/ws?channels=firehose").await;
+    let payload = "x".repeat(8 * 1024);
+    let client = reqwest::Client::new();
+    // The slow client reads nothing; once the kernel buffers fill, its
+    // outbox overflows. The fast client reads everything.
+    let mut published = 0;
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server
+        .metric("herald_slow_consumer_disconnects_total")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "slow consumer never detected");
+        for _ in 0..50 {
+            let res = client
+                .post(server.http("/api/v1/publish"))
+                .json(&json!({"channel": "firehose", "data": payload}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            published += 1;
+        }
+        while received < published {
+            next_json(&mut fast).await;
+            received += 1;
+        }
+    }
+    assert_eq!(received, published, "the fast client got every message");
+    let (code, reason) = slow.close_frame().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4100, "slow consumer: too far behind")
+    );
+    assert!(server.metric("herald_messages_dropped_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn shutdown_sends_reconnect_hints_and_closes_with_1012() {
+    let mut server = TestServer::start().await;
+    let mut native = server.ws("/ws?channels=a").await;
+    let mut push = server.ws("/ws/messages?channels=a").await;
+    assert_eq!(next_json(&mut push).await["event"], "ping");
+    let mut sse = Sse::connect(&server.http("/sse?channels=a")).await;
+    sse.next().await.unwrap();
+    let mut push_sse = Sse::connect(&server.http("/sse/messages?channels=a")).await;
+    push_sse.next().await.unwrap();
+
+    let started = Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+
+    assert_eq!(next_json(&mut native).await, json!({"type": "reconnect"}));
+    assert_eq!(expect_close(&mut native).await.0, 1012);
+    assert_eq!(next_json(&mut push).await["event"], "reconnect");
+    assert_eq!(expect_close(&mut push).await.0, 1012);
+    assert_eq!(
+        sse.next().await.unwrap().event.as_deref(),
+        Some("reconnect")
+    );
+    assert!(sse.next().await.is_none());
+    assert_eq!(
+        push_sse.next().await.unwrap().event.as_deref(),
+        Some("reconnect")
+    );
+    assert!(push_sse.next().await.is_none());
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}

@@ -1,0 +1,213 @@
+//! Limits and bad input: clear errors, never a panic or a hang.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn status_and_json(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_publish_requests_get_json_errors() {
+    let server = TestServer::with(|c| c.limits.max_message_size = 100).await;
+    let client = reqwest::Client::new();
+    let url = server.http("/api/v1/publish");
+    let cases = [
+        ("{", 400, "bad_request"),
+        (r#"{"channel":"a"}"#, 400, "bad_request"),
+        (r#"{"data":1}"#, 400, "bad_request"),
+        (
+            r#"{"channel":"a","channels":["b"],"data":1}"#,
+            400,
+            "bad_request",
+        ),
+        (r#"{"channel":"","data":1}"#, 400, "invalid_channel"),
+        (r#"{"channel":"a b","data":1}"#, 400, "invalid_channel"),
+        (
+            r#"{"channel":"a","data":1,"event":"x\ny"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"channel":"a","data":1,"extra":true}"#,
+            400,
+            "bad_request",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let res = client.post(&url).body(body).send().await.unwrap();
+        let (s, v) = status_and_json(res).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let big = json!({"channel": "a", "data": "x".repeat(200)});
+    let (s, v) = status_and_json(client.post(&url).json(&big).send().await.unwrap()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("message_too_large"))
+    );
+    let huge = "x".repeat(200_000);
+    let (s, v) = status_and_json(client.post(&url).body(huge).send().await.unwrap()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    let (s, v) = status_and_json(
+        client
+            .post(&url)
+            .body(vec![0xff, 0xfe])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+}
+
+#[tokio::test]
+async fn wrong_methods_and_routes() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let (s, v) = status_and_json(
+        client
+            .get(server.http("/api/v1/publish"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (s, v) = status_and_json(
+        client
+            .delete(server.http("/messages"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 405, "{v}");
+    let (s, v) = status_and_json(client.get(server.http("/nope")).send().await.unwrap()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    // A plain GET on a WebSocket route is told to upgrade.
+    let (s, v) = status_and_json(client.get(server.http("/ws")).send().await.unwrap()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (426, Some("upgrade_required"))
+    );
+}
+
+#[tokio::test]
+async fn channel_limits_per_connection() {
+    let server = TestServer::with(|c| c.limits.max_channels_per_connection = 2).await;
+    let client = reqwest::Client::new();
+    let (s, v) = status_and_json(
+        client
+            .get(server.http("/sse?channels=a,b,c"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("too_many_channels"))
+    );
+    let (s, v) = status_and_json(
+        client
+            .get(server.http("/sse?channels=a,b%2Fc"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_channel"))
+    );
+
+    let mut ws = server.ws("/ws?channels=a").await;
+    let r = command(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channels": ["b", "c"]}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "too_many_channels");
+    let r = command(
+        &mut ws,
+        json!({"id": 2, "cmd": "subscribe", "channels": ["b"]}),
+    )
+    .await;
+    assert_eq!(r["result"]["channels"], json!(["a", "b"]));
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_503() {
+    let server = TestServer::with(|c| c.limits.max_connections = 2).await;
+    let _a = server.ws("/ws?channels=a").await;
+    let _b = Sse::connect(&server.http("/sse?channels=a")).await;
+    let url = format!("ws://{}/ws?channels=a", server.addr);
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let res = reqwest::get(server.http("/sse?channels=a")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(server.metric("herald_connections_refused_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        reqwest::get(server.http("/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (s, v) = status_and_json(reqwest::get(server.http("/health/ready")).await.unwrap()).await;
+    assert_eq!((s, v["ready"].as_bool()), (200, Some(true)));
+
+    let mut ws = server.ws("/ws?channels=m").await;
+    let mut sse = Sse::connect(&server.http("/sse?channels=m")).await;
+    server.publish(json!({"channel": "m", "data": 1})).await;
+    next_json(&mut ws).await;
+    sse.next_data().await;
+    assert_eq!(
+        server.metric("herald_connections{transport=\"ws\"}").await,
+        1.0
+    );
+    assert_eq!(
+        server.metric("herald_connections{transport=\"sse\"}").await,
+        1.0
+    );
+    assert_eq!(server.metric("herald_messages_published_total").await, 1.0);
+    assert_eq!(server.metric("herald_messages_delivered_total").await, 2.0);
+    assert_eq!(
+        server.metric("herald_fanout_latency_seconds_count").await,
+        1.0
+    );
+    drop(ws);
+    drop(sse);
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.metric("herald_connections{transport=\"ws\"}").await
+        + server.metric("herald_connections{transport=\"sse\"}").await
+        > 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

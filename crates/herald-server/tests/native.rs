@@ -1,0 +1,216 @@
+//! The native API over real sockets: HTTP publish, WebSocket, SSE.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn websocket_subscriber_receives_published_messages_in_order() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws?channels=news,other").await;
+    let first = server
+        .publish(json!({"channel": "news", "data": {"n": 1}, "event": "tick"}))
+        .await;
+    assert_eq!(first["subscribers"], 1);
+    server
+        .publish(json!({"channel": "news", "data": "two", "id": "my-id"}))
+        .await;
+
+    let m1 = next_json(&mut ws).await;
+    assert_eq!(m1["channel"], "news");
+    assert_eq!(m1["data"], json!({"n": 1}));
+    assert_eq!(m1["event"], "tick");
+    assert_eq!(m1["id"], first["id"]);
+    assert_eq!(m1["offset"], first["offset"]);
+    let m2 = next_json(&mut ws).await;
+    assert_eq!(m2["id"], "my-id");
+    assert_eq!(m2["data"], "two");
+    assert_eq!(
+        m2["offset"].as_u64().unwrap(),
+        m1["offset"].as_u64().unwrap() + 1
+    );
+    assert_eq!(m2["epoch"], m1["epoch"]);
+    assert!(m2.get("event").is_none());
+}
+
+#[tokio::test]
+async fn publish_to_several_channels_and_in_batches() {
+    let server = TestServer::start().await;
+    let mut a = server.ws("/ws?channels=a").await;
+    let mut b = server.ws("/ws?channels=b").await;
+    let reply = server
+        .publish(json!({"channels": ["a", "b", "c"], "data": 7}))
+        .await;
+    assert_eq!(reply["subscribers"], 2);
+    assert_eq!(reply["channels"].as_array().unwrap().len(), 3);
+    assert_eq!(next_json(&mut a).await["data"], 7);
+    assert_eq!(next_json(&mut b).await["data"], 7);
+
+    let client = reqwest::Client::new();
+    let res = client
+        .post(server.http("/api/v1/publish/batch"))
+        .json(&json!({"messages": [{"channel": "a", "data": 1}, {"channel": "b", "data": 2}, {"channel": "a", "data": 3}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["results"].as_array().unwrap().len(), 3);
+    assert_eq!(next_json(&mut a).await["data"], 1);
+    assert_eq!(next_json(&mut a).await["data"], 3);
+    assert_eq!(next_json(&mut b).await["data"], 2);
+
+    // One bad message rejects the whole batch: nothing is published.
+    let res = client
+        .post(server.http("/api/v1/publish/batch"))
+        .json(&json!({"messages": [{"channel": "a", "data": "never"}, {"channel": "bad,name", "data": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_channel");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[1]")
+    );
+    server
+        .publish(json!({"channel": "a", "data": "after"}))
+        .await;
+    assert_eq!(
+        next_json(&mut a).await["data"],
+        "after",
+        "the rejected batch published nothing"
+    );
+}
+
+#[tokio::test]
+async fn websocket_commands_reply_with_their_ids() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws").await;
+    let r = command(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channels": ["x", "y"]}),
+    )
+    .await;
+    assert_eq!(r, json!({"id": 1, "result": {"channels": ["x", "y"]}}));
+    let r = command(&mut ws, json!({"id": "two", "cmd": "ping"})).await;
+    assert_eq!(r, json!({"id": "two", "result": {}}));
+    let r = command(
+        &mut ws,
+        json!({"id": 3, "cmd": "unsubscribe", "channel": "x"}),
+    )
+    .await;
+    assert_eq!(r["result"]["channels"], json!(["y"]));
+
+    server
+        .publish(json!({"channel": "x", "data": "gone"}))
+        .await;
+    server
+        .publish(json!({"channel": "y", "data": "here"}))
+        .await;
+    assert_eq!(next_json(&mut ws).await["data"], "here");
+
+    let r = command(
+        &mut ws,
+        json!({"id": 4, "cmd": "publish", "channel": "y", "data": 1}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    let r = command(&mut ws, json!({"id": 5, "cmd": "dance"})).await;
+    assert_eq!(r["id"], 5);
+    assert_eq!(r["error"]["code"], "unknown_command");
+    ws.send(Message::text("{not json")).await.unwrap();
+    let r = next_json(&mut ws).await;
+    assert_eq!(r["error"]["code"], "bad_request");
+    let r = command(
+        &mut ws,
+        json!({"id": 6, "cmd": "subscribe", "channels": ["bad/name"]}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "invalid_channel");
+    // The connection survives every error above.
+    let r = command(&mut ws, json!({"id": 7, "cmd": "ping"})).await;
+    assert_eq!(r["id"], 7);
+}
+
+#[tokio::test]
+async fn websocket_publish_when_allowed() {
+    let server = TestServer::with(|c| c.server.allow_client_publish = true).await;
+    let mut sub = server.ws("/ws?channels=room").await;
+    let mut publisher = server.ws("/ws").await;
+    let r = command(&mut publisher, json!({"id": 1, "cmd": "publish", "channel": "room", "data": {"hi": true}, "event": "chat"})).await;
+    assert_eq!(r["result"]["subscribers"], 1, "{r}");
+    let m = next_json(&mut sub).await;
+    assert_eq!(m["data"], json!({"hi": true}));
+    assert_eq!(m["event"], "chat");
+}
+
+#[tokio::test]
+async fn sse_subscriber_gets_retry_ids_events_and_data() {
+    let server = TestServer::start().await;
+    let mut sse = Sse::connect(&server.http("/sse?channels=feed")).await;
+    let hello = sse.next().await.unwrap();
+    assert_eq!(hello.retry.as_deref(), Some("3000"));
+    let p = server
+        .publish(json!({"channel": "feed", "data": {"k": "v"}, "event": "update"}))
+        .await;
+    let ev = sse.next_data().await;
+    assert_eq!(ev.event.as_deref(), Some("update"));
+    assert_eq!(ev.id.as_deref(), p["id"].as_str());
+    let data: serde_json::Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["data"], json!({"k": "v"}));
+    assert_eq!(data["channel"], "feed");
+}
+
+#[tokio::test]
+async fn multi_line_json_is_sent_on_one_sse_line() {
+    let server = TestServer::start().await;
+    let mut sse = Sse::connect(&server.http("/sse?channels=feed")).await;
+    let res = reqwest::Client::new()
+        .post(server.http("/api/v1/publish"))
+        .header("content-type", "application/json")
+        .body("{\"channel\": \"feed\",\n \"data\": {\n  \"a\": [1,\n 2]\n}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ev = sse.next_data().await;
+    let data: serde_json::Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["data"], json!({"a": [1, 2]}));
+}
+
+#[tokio::test]
+async fn sse_heartbeats_arrive() {
+    let server =
+        TestServer::with(|c| c.connection.heartbeat = std::time::Duration::from_millis(100)).await;
+    let mut sse = Sse::connect(&server.http("/sse?channels=feed")).await;
+    sse.next().await.unwrap();
+    let beat = sse.next().await.unwrap();
+    assert_eq!(beat.comment.as_deref(), Some("heartbeat"));
+}
+
+#[tokio::test]
+async fn clients_that_read_answer_pings_and_stay_connected() {
+    // tungstenite answers pings only while the client reads; a client that
+    // stops reading is closed with 4201 after two heartbeats.
+    let server =
+        TestServer::with(|c| c.connection.heartbeat = std::time::Duration::from_millis(150)).await;
+    let mut alive = server.ws("/ws?channels=a").await;
+    // Reading keeps answering pings: still open after several heartbeats.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(700);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(frame)) =
+            tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut alive)).await
+        {
+            assert!(matches!(frame.unwrap(), Message::Ping(_)));
+        }
+    }
+    let r = command(&mut alive, json!({"id": 1, "cmd": "ping"})).await;
+    assert_eq!(r["id"], 1);
+}

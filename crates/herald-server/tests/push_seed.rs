@@ -1,0 +1,175 @@
+//! The Push seed's API, exactly as its README and tests use it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn post_message(server: &TestServer, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(server.http("/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn post_messages_answers_202_with_subscriber_count() {
+    let server = TestServer::start().await;
+    let (status, body) = post_message(
+        &server,
+        json!({"channel": "qwerty", "message": "a message"}),
+    )
+    .await;
+    assert_eq!((status, body), (202, json!({"subscribers": 0})));
+    let _ws = server.ws("/ws/messages?channels=qwerty,xyz").await;
+    let _sse = Sse::connect(&server.http("/sse/messages?channels=qwerty")).await;
+    let (status, body) = post_message(&server, json!({"channel": "qwerty", "message": "x"})).await;
+    assert_eq!((status, body), (202, json!({"subscribers": 2})));
+}
+
+#[tokio::test]
+async fn sse_matches_the_seed_framing() {
+    let server = TestServer::start().await;
+    let mut sse = Sse::connect(&server.http("/sse/messages?channels=xyz,qwerty")).await;
+    let first = sse.next().await.unwrap();
+    assert_eq!(
+        (first.event.as_deref(), first.data.as_deref()),
+        (Some("heartbeat"), Some("{}"))
+    );
+    post_message(
+        &server,
+        json!({"channel": "qwerty", "message": "a message to channel qwerty"}),
+    )
+    .await;
+    post_message(&server, json!({"channel": "xyz", "message": {"a": 1}})).await;
+    let ev = sse.next().await.unwrap();
+    assert_eq!(ev.event.as_deref(), Some("message"));
+    assert_eq!(
+        ev.data.as_deref(),
+        Some(r#"{"channel":"qwerty","message":"a message to channel qwerty"}"#)
+    );
+    let ev = sse.next().await.unwrap();
+    // Subscribers always get `message` as a string.
+    assert_eq!(
+        ev.data.as_deref(),
+        Some(r#"{"channel":"xyz","message":"{\"a\":1}"}"#)
+    );
+}
+
+#[tokio::test]
+async fn sse_without_channels_is_400() {
+    let server = TestServer::start().await;
+    let res = reqwest::get(server.http("/sse/messages")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "'channels' query parameter required"})
+    );
+}
+
+#[tokio::test]
+async fn ws_matches_the_seed_frames() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws/messages?channels=qwerty,xyz").await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "ping", "data": {}})
+    );
+    post_message(
+        &server,
+        json!({"channel": "qwerty", "message": "a message to channel 'qwerty'"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "message", "data": {"channel": "qwerty", "message": "a message to channel 'qwerty'"}})
+    );
+    ws.send(Message::text(r#"{"event":"ping"}"#)).await.unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "pong", "data": {}})
+    );
+}
+
+#[tokio::test]
+async fn ws_without_channels_sends_the_error_then_closes() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws/messages").await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"error": "'channels' query parameter required"})
+    );
+    let (code, _) = expect_close(&mut ws).await;
+    assert_eq!(code, 4000);
+}
+
+#[tokio::test]
+async fn ws_liveness_requires_a_pong_before_each_ping() {
+    let server = TestServer::with(|c| c.connection.heartbeat = Duration::from_millis(200)).await;
+    let mut polite = server.ws("/ws/messages?channels=a").await;
+    let mut silent = server.ws("/ws/messages?channels=a").await;
+    // The polite client answers three pings and is still served.
+    for _ in 0..3 {
+        assert_eq!(next_json(&mut polite).await["event"], "ping");
+        polite
+            .send(Message::text(r#"{"event":"pong"}"#))
+            .await
+            .unwrap();
+    }
+    // The silent one got its pings but is closed at the tick after its first unanswered ping.
+    assert_eq!(next_json(&mut silent).await["event"], "ping");
+    assert_eq!(next_json(&mut silent).await["event"], "ping");
+    let (code, reason) = expect_close(&mut silent).await;
+    assert_eq!((code, reason.as_str()), (4201, "no pong to the last ping"));
+    post_message(&server, json!({"channel": "a", "message": "still here"})).await;
+    loop {
+        let m = next_json(&mut polite).await;
+        if m["event"] == "message" {
+            assert_eq!(m["data"]["message"], "still here");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn ws_non_json_input_gets_an_error_and_a_close() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws/messages?channels=a").await;
+    next_json(&mut ws).await;
+    ws.send(Message::text("hello?")).await.unwrap();
+    let err = next_json(&mut ws).await;
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed frame")
+    );
+    assert_eq!(expect_close(&mut ws).await.0, 4000);
+}
+
+#[tokio::test]
+async fn malformed_publish_body_is_a_json_error() {
+    let server = TestServer::start().await;
+    let res = reqwest::Client::new()
+        .post(server.http("/messages"))
+        .body("{\"channel\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed body")
+    );
+}
