@@ -171,3 +171,41 @@ async fn shutdown_sends_reconnect_hints_and_closes_with_1012() {
     // The listener is gone.
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_finishes_an_in_flight_publish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start().await;
+    let mut ws = server.ws("/ws?channels=late").await;
+    let body = br#"{"channel":"late","data":"made it"}"#;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // "100 Continue" means the handler is running and reading the body: the
+    // publish is in flight.
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    server.shutdown.trigger();
+    tcp.write_all(body).await.unwrap();
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("\"offset\""),
+        "a real publish reply: {response}"
+    );
+    // Subscribers were told to reconnect as shutdown began.
+    assert_eq!(next_json(&mut ws).await, json!({"type": "reconnect"}));
+    server.stop().await;
+}

@@ -1,0 +1,254 @@
+//! The `herald` binary as operators run it: CLI, config, signals, memory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A `herald serve` child process on a free port.
+struct Herald {
+    child: Child,
+    addr: String,
+}
+
+impl Herald {
+    fn start(env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(HERALD)
+            .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
+            .env("HERALD_LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("no listening log line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == "Herald listening." {
+                break v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        };
+        Self { child, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_publish_and_subscribe_then_sigterm() {
+    let mut herald = Herald::start(&[]);
+    let mut sub = Command::new(HERALD)
+        .args([
+            "subscribe",
+            "news,alerts",
+            "--url",
+            &format!("ws://{}", herald.addr),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while herald.metric("herald_connections{transport=\"ws\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "subscriber never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = Command::new(HERALD)
+        .args([
+            "publish",
+            "alerts",
+            r#"{"level":"high"}"#,
+            "--url",
+            &format!("http://{}", herald.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["subscribers"], 1);
+
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["channel"], "alerts");
+    assert_eq!(first["data"], serde_json::json!({"level": "high"}));
+
+    // SIGTERM: the server hints the subscriber to reconnect, closes it with 1012, exits 0.
+    let status = herald.terminate();
+    assert!(status.success(), "{status:?}");
+    let hint: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(hint["type"], "reconnect");
+    let sub_out = sub.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&sub_out.stderr);
+    assert!(stderr.contains("Restart"), "subscriber saw: {stderr}");
+}
+
+#[test]
+fn config_check_default_and_env_overrides() {
+    let out = Command::new(HERALD)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("lifetime_min = \"2m\""), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("herald-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("herald.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:9999\"\n[connection]\nheartbeat = \"5s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(HERALD)
+        .args(["--config", file.to_str().unwrap(), "config", "check"])
+        .env("HERALD_CONNECTION__HEARTBEAT", "7s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("listen = \"127.0.0.1:9999\""),
+        "file applies: {text}"
+    );
+    assert!(
+        text.contains("heartbeat = \"7s\""),
+        "environment wins: {text}"
+    );
+
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:9999\"\nunknown_key = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(HERALD)
+        .args(["--config", file.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_key"));
+
+    let out = Command::new(HERALD)
+        .args(["config", "check"])
+        .env("HERALD_CONNECTION__LIFETIME_MIN", "10s")
+        .env("HERALD_CONNECTION__LIFETIME_MAX", "5s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lifetime_min"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = Command::new(HERALD).arg("version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("herald {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Memory per idle WebSocket connection, measured on the real process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_connections_cost_under_16_kib_each() {
+    const WARM: usize = 200;
+    const MEASURED: usize = 2000;
+    let herald = Herald::start(&[]);
+    let mut clients = Vec::with_capacity(WARM + MEASURED);
+    let connect = |i: usize| {
+        let url = format!("ws://{}/ws?channels=idle{i}", herald.addr);
+        async move {
+            tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .expect("connect")
+                .0
+        }
+    };
+    for i in 0..WARM {
+        clients.push(connect(i).await);
+    }
+    let before = herald.rss_kib();
+    for i in WARM..WARM + MEASURED {
+        clients.push(connect(i).await);
+    }
+    assert_eq!(
+        herald.metric("herald_connections{transport=\"ws\"}").await,
+        (WARM + MEASURED) as f64
+    );
+    let after = herald.rss_kib();
+    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / MEASURED as f64;
+    eprintln!("RSS {before} KiB -> {after} KiB: {per_conn:.0} bytes per idle WebSocket connection");
+    assert!(
+        per_conn < 16.0 * 1024.0,
+        "{per_conn:.0} bytes per connection"
+    );
+    drop(clients);
+}
