@@ -1,0 +1,44 @@
+//! Herald native protocol: `/ws?channels=`, `/sse?channels=`, `POST /api/v1/publish`, and the
+//! `publish` command over a WebSocket.
+
+use crate::net::Endpoint;
+
+pub(crate) fn ws_path(channels: &[String]) -> String {
+    format!("/ws?channels={}", channels.join(","))
+}
+
+pub(crate) fn sse_path(channels: &[String]) -> String {
+    format!("/sse?channels={}", channels.join(","))
+}
+
+/// `payload` is already JSON and channel names are generated from `[A-Za-z0-9_-]`, so the body
+/// is assembled without re-serialising the payload.
+pub(crate) fn publish(
+    http: &reqwest::Client,
+    ep: &Endpoint,
+    channel: &str,
+    payload: &str,
+) -> reqwest::RequestBuilder {
+    http.post(ep.http("/api/v1/publish"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"channel":"{channel}","data":{payload}}}"#))
+}
+
+pub(crate) fn ws_publish_frame(id: u64, channel: &str, payload: &str) -> String {
+    format!(r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":{payload}}}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_json() {
+        let f = ws_publish_frame(7, "c1", r#"{"x":"hbp:1:2;"}"#);
+        let v: serde_json::Value = serde_json::from_str(&f).expect("json");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["cmd"], "publish");
+        assert_eq!(v["data"]["x"], "hbp:1:2;");
+        assert_eq!(ws_path(&["a".into(), "b".into()]), "/ws?channels=a,b");
+    }
+}

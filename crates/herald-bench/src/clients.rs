@@ -1,0 +1,477 @@
+//! A worker's share of connections: one task per connection, counting what it receives.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::adapters::Adapter;
+use crate::stats::Recorder;
+use crate::token::{Token, now_ns};
+
+/// Fan-out sequence numbers above this are treated as junk rather than sized into a bitmap.
+const MAX_SEQ: u64 = 1 << 30;
+/// Commands queued per connection for sending (pairs over WebSocket).
+const SEND_QUEUE: usize = 64;
+
+/// Channel names: `<prefix>c<index>`.
+pub(crate) fn channel_name(prefix: &str, index: u32) -> String {
+    format!("{prefix}c{index}")
+}
+
+/// Which connections this worker opens and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Run id: messages carrying another run's token are ignored.
+    pub(crate) run: u32,
+    /// Global indices of this worker's connections (global index g listens on channel g % channels).
+    pub(crate) globals: Vec<u32>,
+    /// Number of channels the connections are spread over.
+    pub(crate) channels: u32,
+    pub(crate) prefix: String,
+    /// Source addresses to spread connections over; empty lets the kernel choose.
+    pub(crate) sources: Vec<Ipv4Addr>,
+    /// Connections being set up at once.
+    pub(crate) connect_concurrency: usize,
+    /// Give each connection a queue of frames to send (pairs over WebSocket).
+    pub(crate) senders: bool,
+    /// Size of the pairs message-id space, for exactly-once checking; 0 outside pairs.
+    pub(crate) pair_ids: u64,
+}
+
+/// Counters shared by the connection tasks of one worker.
+pub(crate) struct Shared {
+    pub(crate) run: u32,
+    pub(crate) connected: AtomicU64,
+    pub(crate) connect_errors: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) confirmed: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) duplicated: AtomicU64,
+    pub(crate) misrouted: AtomicU64,
+    pub(crate) unexpected: AtomicU64,
+    /// Frames with a token from another run (replayed history), ignored.
+    pub(crate) stale: AtomicU64,
+    /// Error replies to WebSocket publish commands.
+    pub(crate) ws_publish_errors: AtomicU64,
+    /// Per connection: a warm-up probe arrived.
+    pub(crate) confirmed_flags: Vec<AtomicBool>,
+    /// Per connection: confirmed when measuring started, so its deliveries are expected.
+    pub(crate) included: Vec<AtomicBool>,
+    pub(crate) latency: Recorder,
+    pub(crate) connect_latency: Recorder,
+    pub(crate) first_connect_ns: AtomicU64,
+    pub(crate) last_connect_ns: AtomicU64,
+    /// Pairs: one bit per message id, set on first delivery.
+    pair_seen: Vec<AtomicU64>,
+    /// Pairs: messages sent and neither delivered nor refused yet.
+    pub(crate) inflight: AtomicU64,
+    /// Woken when `inflight` drops.
+    pub(crate) inflight_dropped: Notify,
+}
+
+impl Shared {
+    fn new(run: u32, connections: usize, pair_ids: u64) -> Self {
+        let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+        Shared {
+            run,
+            connected: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
+            unexpected: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            ws_publish_errors: AtomicU64::new(0),
+            confirmed_flags: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            included: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            latency: Recorder::new(shards),
+            connect_latency: Recorder::new(shards),
+            first_connect_ns: AtomicU64::new(0),
+            last_connect_ns: AtomicU64::new(0),
+            pair_seen: (0..pair_ids.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            inflight: AtomicU64::new(0),
+            inflight_dropped: Notify::new(),
+        }
+    }
+
+    /// Marks pairs message `id` delivered; true the first time.
+    fn first_pair_delivery(&self, id: u64) -> Option<bool> {
+        let word = self.pair_seen.get(usize::try_from(id / 64).ok()?)?;
+        let bit = 1u64 << (id % 64);
+        Some(word.fetch_or(bit, Relaxed) & bit == 0)
+    }
+
+    pub(crate) fn release_inflight(&self) {
+        // Saturating: a late duplicate never drives the count below zero.
+        let _ = self
+            .inflight
+            .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+        self.inflight_dropped.notify_one();
+    }
+
+    fn on_connected(&self, local: usize, took: Duration) {
+        let now = now_ns();
+        let _ = self
+            .first_connect_ns
+            .compare_exchange(0, now, Relaxed, Relaxed);
+        self.last_connect_ns.fetch_max(now, Relaxed);
+        self.connect_latency
+            .record(local, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.connected.fetch_add(1, Relaxed);
+    }
+}
+
+/// What one connection task saw, collected when the worker stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientResult {
+    pub(crate) local: usize,
+    pub(crate) channel: u32,
+    /// Distinct measured fan-out messages received.
+    pub(crate) unique: u64,
+    /// Still connected when stopped.
+    pub(crate) alive: bool,
+}
+
+pub(crate) struct ClientSet {
+    pub(crate) plan: Plan,
+    pub(crate) shared: Arc<Shared>,
+    /// Per connection, the queue of frames to send (when `plan.senders`).
+    pub(crate) senders: Vec<Option<mpsc::Sender<String>>>,
+    handles: Vec<JoinHandle<ClientResult>>,
+    stop: watch::Sender<bool>,
+}
+
+impl ClientSet {
+    /// Starts one task per connection; they connect `connect_concurrency` at a time.
+    pub(crate) fn start(plan: Plan, adapter: Arc<Adapter>) -> Self {
+        let n = plan.globals.len();
+        let shared = Arc::new(Shared::new(plan.run, n, plan.pair_ids));
+        let gate = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for (local, &global) in plan.globals.iter().enumerate() {
+            let (tx, rx) = if plan.senders {
+                let (tx, rx) = mpsc::channel(SEND_QUEUE);
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            senders.push(tx);
+            let channel = global % plan.channels.max(1);
+            let source = if plan.sources.is_empty() {
+                None
+            } else {
+                Some(plan.sources[local % plan.sources.len()])
+            };
+            let task = ClientTask {
+                local,
+                global,
+                channel,
+                channel_name: channel_name(&plan.prefix, channel),
+                source,
+                adapter: adapter.clone(),
+                gate: gate.clone(),
+                shared: shared.clone(),
+                stop: stop_rx.clone(),
+                outgoing: rx,
+            };
+            handles.push(tokio::spawn(task.run()));
+        }
+        ClientSet {
+            plan,
+            shared,
+            senders,
+            handles,
+            stop,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.plan.globals.len()
+    }
+
+    /// Channels that still have a connected, unconfirmed subscriber here (at most `limit`).
+    pub(crate) fn unconfirmed_channels(&self, limit: usize) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .shared
+            .confirmed_flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.load(Relaxed))
+            .map(|(local, _)| self.plan.globals[local] % self.plan.channels.max(1))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(limit);
+        out
+    }
+
+    /// Freezes which connections are measured: those confirmed now.
+    pub(crate) fn include_confirmed(&self) -> u64 {
+        let mut n = 0;
+        for (flag, inc) in self
+            .shared
+            .confirmed_flags
+            .iter()
+            .zip(&self.shared.included)
+        {
+            let yes = flag.load(Relaxed);
+            inc.store(yes, Relaxed);
+            n += u64::from(yes);
+        }
+        n
+    }
+
+    /// Stops every task (closing the connections) and collects their results.
+    pub(crate) async fn stop(self) -> Vec<ClientResult> {
+        let _ = self.stop.send(true);
+        drop(self.senders);
+        let mut out = Vec::with_capacity(self.handles.len());
+        for h in self.handles {
+            if let Ok(r) = h.await {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
+struct ClientTask {
+    local: usize,
+    global: u32,
+    channel: u32,
+    channel_name: String,
+    source: Option<Ipv4Addr>,
+    adapter: Arc<Adapter>,
+    gate: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    outgoing: Option<mpsc::Receiver<String>>,
+}
+
+impl ClientTask {
+    async fn run(mut self) -> ClientResult {
+        let mut result = ClientResult {
+            local: self.local,
+            channel: self.channel,
+            unique: 0,
+            alive: false,
+        };
+        let shared = self.shared.clone();
+        let channels = [self.channel_name.clone()];
+        let conn = {
+            let Ok(_permit) = self.gate.acquire().await else {
+                return result;
+            };
+            let started = Instant::now();
+            let conn = tokio::select! {
+                c = self.adapter.subscribe(&channels, self.source) => c,
+                _ = self.stop.changed() => return result,
+            };
+            if conn.is_ok() {
+                shared.on_connected(self.local, started.elapsed());
+            }
+            conn
+        };
+        let Ok(mut conn) = conn else {
+            shared.connect_errors.fetch_add(1, Relaxed);
+            return result;
+        };
+        result.alive = true;
+        let mut seen = SeqSet::default();
+        let (local, global) = (self.local, self.global);
+        let mut on_payload = |frame: &[u8]| {
+            on_frame(&shared, local, global, &mut seen, frame);
+        };
+        // Bounded by the stop signal, which the worker always sends, and by the connection's end.
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.changed() => break,
+                Some(frame) = next_outgoing(&mut self.outgoing) => {
+                    if conn.send_text(frame).await.is_err() {
+                        shared.disconnects.fetch_add(1, Relaxed);
+                        result.alive = false;
+                        break;
+                    }
+                }
+                r = conn.recv(&mut on_payload) => {
+                    if !matches!(r, Ok(true)) {
+                        shared.disconnects.fetch_add(1, Relaxed);
+                        result.alive = false;
+                        break;
+                    }
+                }
+            }
+        }
+        result.unique = seen.count;
+        result
+    }
+}
+
+async fn next_outgoing(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles one payload of connection `local` (global index `global`).
+fn on_frame(shared: &Shared, local: usize, global: u32, seen: &mut SeqSet, frame: &[u8]) {
+    let Some(token) = Token::find(frame) else {
+        // Herald replies to WebSocket commands: {"id":n,"result":..} or {"id":n,"error":..}.
+        if frame.starts_with(b"{\"id\":") && memchr::memmem::find(frame, b"\"error\"").is_some() {
+            shared.ws_publish_errors.fetch_add(1, Relaxed);
+            shared.release_inflight();
+        }
+        return;
+    };
+    if token.run() != shared.run {
+        shared.stale.fetch_add(1, Relaxed);
+        return;
+    }
+    match token {
+        Token::Probe { .. } => {
+            if !shared.confirmed_flags[local].swap(true, Relaxed) {
+                shared.confirmed.fetch_add(1, Relaxed);
+            }
+        }
+        Token::Measured { seq, sent_ns, .. } => match seen.insert(seq) {
+            Some(true) if shared.included[local].load(Relaxed) => {
+                shared.deliveries.fetch_add(1, Relaxed);
+                shared.latency.record(local, latency_us(sent_ns));
+            }
+            Some(true) => {
+                shared.unexpected.fetch_add(1, Relaxed);
+            }
+            Some(false) => {
+                shared.duplicated.fetch_add(1, Relaxed);
+            }
+            None => {
+                shared.misrouted.fetch_add(1, Relaxed);
+            }
+        },
+        Token::Pair {
+            receiver,
+            id,
+            sent_ns,
+            ..
+        } => {
+            if receiver != global {
+                shared.misrouted.fetch_add(1, Relaxed);
+                return;
+            }
+            match shared.first_pair_delivery(id) {
+                Some(true) => {
+                    shared.deliveries.fetch_add(1, Relaxed);
+                    shared.latency.record(local, latency_us(sent_ns));
+                    shared.release_inflight();
+                }
+                Some(false) => {
+                    shared.duplicated.fetch_add(1, Relaxed);
+                }
+                None => {
+                    shared.misrouted.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn latency_us(sent_ns: u64) -> u64 {
+    now_ns().saturating_sub(sent_ns) / 1000
+}
+
+/// The set of fan-out sequence numbers a connection has received: a growable bitmap.
+#[derive(Debug, Default)]
+pub(crate) struct SeqSet {
+    words: Vec<u64>,
+    /// Distinct members.
+    pub(crate) count: u64,
+}
+
+impl SeqSet {
+    /// `Some(true)` if newly added, `Some(false)` if already present, `None` if out of range.
+    pub(crate) fn insert(&mut self, seq: u64) -> Option<bool> {
+        if seq >= MAX_SEQ {
+            return None;
+        }
+        let word = usize::try_from(seq / 64).ok()?;
+        if word >= self.words.len() {
+            self.words.resize((word + 1).next_power_of_two(), 0);
+        }
+        let bit = 1u64 << (seq % 64);
+        let fresh = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        self.count += u64::from(fresh);
+        Some(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_set_counts_distinct() {
+        let mut s = SeqSet::default();
+        assert_eq!(s.insert(0), Some(true));
+        assert_eq!(s.insert(1000), Some(true));
+        assert_eq!(s.insert(0), Some(false));
+        assert_eq!(s.insert(MAX_SEQ), None);
+        assert_eq!(s.count, 2);
+    }
+
+    #[test]
+    fn frames_are_counted_once_and_by_run() {
+        let shared = Shared::new(9, 2, 128);
+        shared.included[0].store(true, Relaxed);
+        let mut seen = SeqSet::default();
+        let m = |run, seq| {
+            Token::Measured {
+                run,
+                channel: 0,
+                seq,
+                sent_ns: now_ns(),
+            }
+            .payload(32)
+        };
+        for frame in [m(9, 0), m(9, 1), m(9, 1), m(8, 2)] {
+            on_frame(&shared, 0, 0, &mut seen, frame.as_bytes());
+        }
+        assert_eq!(shared.deliveries.load(Relaxed), 2);
+        assert_eq!(shared.duplicated.load(Relaxed), 1);
+        assert_eq!(shared.stale.load(Relaxed), 1);
+        let probe = Token::Probe { run: 9, channel: 0 }.payload(0);
+        on_frame(&shared, 1, 1, &mut SeqSet::default(), probe.as_bytes());
+        on_frame(&shared, 1, 1, &mut SeqSet::default(), probe.as_bytes());
+        assert_eq!(shared.confirmed.load(Relaxed), 1);
+        // Pairs: the receiver check and exactly-once by id.
+        shared.inflight.store(2, Relaxed);
+        let p = |receiver, id| {
+            Token::Pair {
+                run: 9,
+                receiver,
+                id,
+                sent_ns: now_ns(),
+            }
+            .payload(0)
+        };
+        on_frame(&shared, 1, 1, &mut seen, p(1, 5).as_bytes());
+        on_frame(&shared, 1, 1, &mut seen, p(1, 5).as_bytes());
+        on_frame(&shared, 1, 1, &mut seen, p(0, 6).as_bytes());
+        assert_eq!(shared.deliveries.load(Relaxed), 3);
+        assert_eq!(shared.duplicated.load(Relaxed), 2);
+        assert_eq!(shared.misrouted.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 1);
+    }
+}

@@ -1,0 +1,252 @@
+//! Pairs (the Pushca scenario): each client listens on its own channel `c<i>`; a sender picks
+//! two distinct clients at random and sends a uniquely numbered message from one to the other,
+//! over the sender's WebSocket (`--via ws`, Herald's publish command) or over HTTP.
+//! With `--procs P`, each worker process pairs its own clients, with 1/P of the rate and
+//! concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::{Ctx, own_cpu_since};
+use crate::adapters::Adapter;
+use crate::cli::{Cli, Scenario, Via};
+use crate::clients::{Plan, Shared, channel_name};
+use crate::error::Result;
+use crate::proc::self_cpu_seconds;
+use crate::report::{Report, ServerUsage};
+use crate::token::{Token, now_ns};
+
+/// One worker's share of the pairs load.
+#[derive(Debug, Clone)]
+pub(crate) struct PairsConfig {
+    /// Messages per second; 0 = unpaced.
+    rate: f64,
+    /// Messages in flight (sent, not yet delivered or refused), at most.
+    concurrency: u64,
+    via: Via,
+    duration: Duration,
+    max_messages: u64,
+    payload_bytes: usize,
+    /// HTTP publish requests in flight, at most.
+    publish_concurrency: usize,
+}
+
+impl PairsConfig {
+    /// This worker's share, or `None` outside the pairs scenario.
+    pub(crate) fn share(cli: &Cli, _local_clients: usize) -> Option<Self> {
+        let Scenario::Pairs {
+            rate,
+            concurrency,
+            via,
+            max_messages,
+            ..
+        } = cli.scenario
+        else {
+            return None;
+        };
+        let procs = cli.common.procs.max(1);
+        Some(PairsConfig {
+            rate: rate / f64::from(procs),
+            concurrency: u64::from(concurrency.div_ceil(procs).max(1)),
+            via,
+            duration: cli.common.duration,
+            max_messages: max_messages / u64::from(procs),
+            payload_bytes: cli.common.payload_bytes,
+            publish_concurrency: cli
+                .common
+                .publish_concurrency
+                .div_ceil(procs as usize)
+                .max(1),
+        })
+    }
+}
+
+/// What the sender did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sent {
+    /// Publishes accepted (HTTP 2xx) or written to the sender's WebSocket.
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+}
+
+/// Sends pairs messages among this worker's measured clients until the duration or the message
+/// limit is reached.
+pub(crate) async fn dispatch(
+    cfg: PairsConfig,
+    shared: Arc<Shared>,
+    senders: Vec<Option<mpsc::Sender<String>>>,
+    plan: Plan,
+    adapter: Arc<Adapter>,
+) -> Sent {
+    let clients: Vec<usize> = shared
+        .included
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.load(Relaxed))
+        .map(|(i, _)| i)
+        .collect();
+    if clients.len() < 2 {
+        return Sent::default();
+    }
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let http_gate = Arc::new(Semaphore::new(cfg.publish_concurrency));
+    let mut rng = StdRng::from_os_rng();
+    let start = Instant::now();
+    let end = start + cfg.duration;
+    // Bounded by max_messages and the end time (every wait below is cut at `end`).
+    'send: for id in 0..cfg.max_messages.min(plan.pair_ids) {
+        if cfg.rate > 0.0 {
+            let due = start + Duration::from_secs_f64(id as f64 / cfg.rate);
+            if due >= end {
+                break;
+            }
+            sleep_until(due).await;
+        }
+        while shared.inflight.load(Relaxed) >= cfg.concurrency {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break 'send;
+            }
+            let _ = timeout(
+                left.min(Duration::from_millis(10)),
+                shared.inflight_dropped.notified(),
+            )
+            .await;
+        }
+        if Instant::now() >= end {
+            break;
+        }
+        let from = clients[rng.random_range(0..clients.len())];
+        let mut to = clients[rng.random_range(0..clients.len() - 1)];
+        if to == from {
+            to = clients[clients.len() - 1];
+        }
+        let receiver = plan.globals[to];
+        let channel = channel_name(&plan.prefix, receiver);
+        let payload = Token::Pair {
+            run: plan.run,
+            receiver,
+            id,
+            sent_ns: now_ns(),
+        }
+        .payload(cfg.payload_bytes);
+        shared.inflight.fetch_add(1, Relaxed);
+        match cfg.via {
+            Via::Ws => {
+                let frame = adapter.ws_publish_frame(id, &channel, &payload);
+                let queued = match (frame, &senders[from]) {
+                    (Some(frame), Some(tx)) => {
+                        let left = end.saturating_duration_since(Instant::now());
+                        matches!(timeout(left, tx.send(frame)).await, Ok(Ok(())))
+                    }
+                    _ => false,
+                };
+                if queued {
+                    ok.fetch_add(1, Relaxed);
+                } else {
+                    errors.fetch_add(1, Relaxed);
+                    shared.release_inflight();
+                }
+            }
+            Via::Http => {
+                let Ok(permit) = http_gate.clone().acquire_owned().await else {
+                    break;
+                };
+                let (adapter, shared, ok, errors) =
+                    (adapter.clone(), shared.clone(), ok.clone(), errors.clone());
+                tokio::spawn(async move {
+                    if adapter.publish(&channel, &payload).await.is_ok() {
+                        ok.fetch_add(1, Relaxed);
+                    } else {
+                        errors.fetch_add(1, Relaxed);
+                        shared.release_inflight();
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Wait for HTTP publishes still running (each bounded by the client's timeout).
+    let _ = http_gate
+        .acquire_many(u32::try_from(cfg.publish_concurrency).unwrap_or(u32::MAX))
+        .await;
+    Sent {
+        ok: ok.load(Relaxed),
+        errors: errors.load(Relaxed),
+    }
+}
+
+pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
+    let Scenario::Pairs {
+        clients,
+        rate,
+        concurrency,
+        via,
+        ..
+    } = ctx.cli.scenario
+    else {
+        unreachable!("pairs::run is only called for pairs");
+    };
+    if via == Via::Ws && ctx.adapter.ws_publish_frame(0, "c", "{}").is_none() {
+        return Err(crate::error::BenchError::Config(format!(
+            "--via ws needs a WebSocket publish command, which {} lacks; use --via http",
+            ctx.adapter.target.name()
+        )));
+    }
+    let before = ctx.server_sample();
+    let status = ctx.connect_all().await?;
+    eprintln!(
+        "pairs: {} connected, {} failed; warming up",
+        status.connected, status.connect_errors
+    );
+    let status = ctx.warm_up().await?;
+    eprintln!(
+        "pairs: {} confirmed; sending for {:?}",
+        status.confirmed, ctx.cli.common.duration
+    );
+    let start_sample = ctx.server_sample();
+    let cpu0 = self_cpu_seconds();
+    let start = Instant::now();
+    ctx.workers.command(crate::worker::Cmd::Measure).await?;
+    tokio::time::sleep(ctx.cli.common.duration).await;
+    // Stop waits for each worker's sender to finish and for its in-flight messages to drain.
+    let end_sample = ctx.server_sample();
+    let coordinator_cpu = own_cpu_since(cpu0);
+    let mut stats = ctx.workers.stop(Vec::new()).await?;
+    let elapsed = ctx
+        .cli
+        .common
+        .duration
+        .as_secs_f64()
+        .min(start.elapsed().as_secs_f64());
+    stats.cpu_seconds += coordinator_cpu;
+    stats.processes += 1;
+    let mut report = Report::new(
+        "pairs",
+        ctx.adapter.target.name(),
+        serde_json::json!({
+            "clients": clients,
+            "rate": rate,
+            "concurrency": concurrency,
+            "via": via,
+            "payload_bytes": ctx.cli.common.payload_bytes,
+            "duration_s": ctx.cli.common.duration.as_secs_f64(),
+            "procs": ctx.cli.common.procs,
+        }),
+        &stats,
+        elapsed,
+    );
+    if let (Some(pid), Some(b), Some(s), Some(e)) =
+        (ctx.cli.common.server_pid, before, start_sample, end_sample)
+    {
+        report.server = Some(ServerUsage::between(pid, b, s, e));
+    }
+    Ok(report)
+}

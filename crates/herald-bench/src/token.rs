@@ -1,0 +1,187 @@
+//! The marker every generated message carries, found without parsing JSON.
+//!
+//! A token is plain ASCII with no quote or backslash, so it survives every wrapping the servers
+//! apply: Herald's envelope (`"data":{...}`), Nchan's raw body and sockudo's JSON-in-a-string.
+//! Subscribers search a received frame for `hb` and parse the fields that follow:
+//!
+//! - `hbm:<run>:<channel>:<seq>:<sent_ns>;` a measured fan-out message,
+//! - `hbp:<run>:<channel>;` a warm-up probe,
+//! - `hbq:<run>:<receiver>:<id>:<sent_ns>;` a point-to-point (pairs) message.
+//!
+//! `run` is random per benchmark run, so messages a server buffered from an earlier run
+//! (Nchan replays the newest one to new subscribers) are told apart and ignored.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What a subscriber found in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token {
+    Measured {
+        run: u32,
+        channel: u32,
+        seq: u64,
+        sent_ns: u64,
+    },
+    Probe {
+        run: u32,
+        channel: u32,
+    },
+    Pair {
+        run: u32,
+        receiver: u32,
+        id: u64,
+        sent_ns: u64,
+    },
+}
+
+impl Token {
+    pub(crate) fn run(&self) -> u32 {
+        match *self {
+            Token::Measured { run, .. } | Token::Probe { run, .. } | Token::Pair { run, .. } => run,
+        }
+    }
+
+    /// The token's text.
+    pub(crate) fn encode(&self) -> String {
+        match *self {
+            Token::Measured {
+                run,
+                channel,
+                seq,
+                sent_ns,
+            } => format!("hbm:{run}:{channel}:{seq}:{sent_ns};"),
+            Token::Probe { run, channel } => format!("hbp:{run}:{channel};"),
+            Token::Pair {
+                run,
+                receiver,
+                id,
+                sent_ns,
+            } => format!("hbq:{run}:{receiver}:{id}:{sent_ns};"),
+        }
+    }
+
+    /// A JSON object carrying the token, padded to about `size` bytes so message size is a parameter.
+    pub(crate) fn payload(&self, size: usize) -> String {
+        let token = self.encode();
+        let overhead = token.len() + r#"{"x":"","pad":""}"#.len();
+        let pad = size.saturating_sub(overhead);
+        format!(r#"{{"x":"{token}","pad":"{}"}}"#, "p".repeat(pad))
+    }
+
+    /// The first token in `frame`, if any.
+    pub(crate) fn find(frame: &[u8]) -> Option<Token> {
+        memchr::memmem::find_iter(frame, b"hb").find_map(|at| parse_at(&frame[at + 2..]))
+    }
+}
+
+/// Parses the part after `hb`.
+fn parse_at(s: &[u8]) -> Option<Token> {
+    let (&kind, rest) = s.split_first()?;
+    let rest = rest.strip_prefix(b":")?;
+    let end = memchr::memchr(b';', rest)?;
+    let mut fields = rest[..end].split(|b| *b == b':');
+    let mut next = || -> Option<u64> { parse_u64(fields.next()?) };
+    let token = match kind {
+        b'm' => Token::Measured {
+            run: u32::try_from(next()?).ok()?,
+            channel: u32::try_from(next()?).ok()?,
+            seq: next()?,
+            sent_ns: next()?,
+        },
+        b'p' => Token::Probe {
+            run: u32::try_from(next()?).ok()?,
+            channel: u32::try_from(next()?).ok()?,
+        },
+        b'q' => Token::Pair {
+            run: u32::try_from(next()?).ok()?,
+            receiver: u32::try_from(next()?).ok()?,
+            id: next()?,
+            sent_ns: next()?,
+        },
+        _ => return None,
+    };
+    Some(token)
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(v)
+}
+
+/// Wall-clock time as unix nanoseconds: the clock both the sender and the receiver read.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_all_kinds() {
+        for t in [
+            Token::Measured {
+                run: 7,
+                channel: 3,
+                seq: 99,
+                sent_ns: 1_712_000_000_123_456_789,
+            },
+            Token::Probe { run: 1, channel: 0 },
+            Token::Pair {
+                run: u32::MAX,
+                receiver: 999,
+                id: 12345,
+                sent_ns: 1,
+            },
+        ] {
+            let payload = t.payload(200);
+            assert!(payload.len() >= 200 - 1, "{payload}");
+            assert_eq!(Token::find(payload.as_bytes()), Some(t));
+        }
+    }
+
+    #[test]
+    fn found_inside_each_server_wrapping() {
+        let t = Token::Measured {
+            run: 5,
+            channel: 1,
+            seq: 2,
+            sent_ns: 3,
+        };
+        let payload = t.payload(0);
+        let herald =
+            format!(r#"{{"channel":"hb","id":"0190","offset":1,"epoch":"e","data":{payload}}}"#);
+        let sockudo = serde_json::json!({"event":"m","channel":"c1","data":payload}).to_string();
+        let sse = format!("id: 1\nevent: message\ndata: {herald}");
+        for frame in [&payload, &herald, &sockudo, &sse] {
+            assert_eq!(Token::find(frame.as_bytes()), Some(t), "{frame}");
+        }
+    }
+
+    #[test]
+    fn junk_is_ignored() {
+        for s in [
+            "",
+            "hb",
+            "hbm:",
+            "hbm:1:2:3;",
+            "hbx:1;",
+            "hbp:1:99999999999;",
+            "hbm:1:2:3:4",
+            r#"{"type":"reconnect"}"#,
+        ] {
+            assert_eq!(Token::find(s.as_bytes()), None, "{s}");
+        }
+    }
+}
