@@ -1,0 +1,197 @@
+//! The wire form of a sequenced message, as published on Redis pub/sub and
+//! kept in history streams.
+//!
+//! A frame is a short text header the Lua script writes, followed by the
+//! binary body this node builds before publishing:
+//!
+//! ```text
+//! frame = "H1 " offset " " epoch " " body
+//! body  = str16(app) str16(name) str16(id) str16(event) u64(time_ms) data
+//! str16 = u16 big-endian length, then that many bytes
+//! ```
+//!
+//! `event` has length 0 when absent (an empty event name is not meaningful).
+//! `data` is the raw JSON text and runs to the end of the frame, so it is
+//! never escaped or copied more than once.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::{ChannelKey, Message, Publication};
+
+/// What starts every frame; bump it when the layout changes.
+const MAGIC: &[u8] = b"H1 ";
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("frame does not start with {MAGIC:?}")]
+    Magic,
+    #[error("frame is truncated")]
+    Truncated,
+    #[error("frame field {0} is malformed")]
+    Malformed(&'static str),
+}
+
+/// Why a publication could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is longer than 65535 bytes")]
+pub(crate) struct TooLong(pub(crate) &'static str);
+
+/// Builds the body of a frame; the script prepends offset and epoch.
+pub(crate) fn encode_body(channel: &ChannelKey, p: &Publication) -> Result<Bytes, TooLong> {
+    let event = p.event.as_deref().unwrap_or("");
+    let len = 8 + 8 + channel.app().len() + channel.name().len() + p.id.len() + event.len();
+    let mut buf = BytesMut::with_capacity(len + p.data.len());
+    put_str16(&mut buf, channel.app(), "app")?;
+    put_str16(&mut buf, channel.name(), "channel name")?;
+    put_str16(&mut buf, &p.id, "message id")?;
+    put_str16(&mut buf, event, "event name")?;
+    buf.put_u64(p.time_ms);
+    buf.put_slice(&p.data);
+    Ok(buf.freeze())
+}
+
+fn put_str16(buf: &mut BytesMut, s: &str, what: &'static str) -> Result<(), TooLong> {
+    let len = u16::try_from(s.len()).map_err(|_| TooLong(what))?;
+    buf.put_u16(len);
+    buf.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Reads a whole frame back into a message. `data` shares `frame`'s memory.
+pub(crate) fn decode(frame: Bytes) -> Result<Message, DecodeError> {
+    let rest = frame.strip_prefix(MAGIC).ok_or(DecodeError::Magic)?;
+    let (offset, rest) = split_word(rest)?;
+    let (epoch, body) = split_word(rest)?;
+    let offset: u64 = std::str::from_utf8(offset)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DecodeError::Malformed("offset"))?;
+    let epoch: Arc<str> = Arc::from(utf8(epoch, "epoch")?);
+    let body_start = frame.len() - body.len();
+
+    let mut r = Reader { buf: body, pos: 0 };
+    let app: Arc<str> = Arc::from(utf8(r.str16()?, "app")?);
+    let name = utf8(r.str16()?, "channel name")?;
+    let id: Arc<str> = Arc::from(utf8(r.str16()?, "message id")?);
+    let event = utf8(r.str16()?, "event name")?;
+    let time_ms = u64::from_be_bytes(r.take(8)?.try_into().expect("took 8 bytes"));
+    let data = frame.slice(body_start + r.pos..);
+
+    let channel =
+        ChannelKey::new(&app, name).map_err(|_| DecodeError::Malformed("channel name"))?;
+    let publication = Publication {
+        id,
+        event: (!event.is_empty()).then(|| Arc::from(event)),
+        data,
+        time_ms,
+    };
+    Ok(Message::new(channel, publication, offset, epoch))
+}
+
+/// Splits at the first space.
+fn split_word(b: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let i = b
+        .iter()
+        .position(|&c| c == b' ')
+        .ok_or(DecodeError::Truncated)?;
+    Ok((&b[..i], &b[i + 1..]))
+}
+
+fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b).map_err(|_| DecodeError::Malformed(what))
+}
+
+/// A cursor over the body.
+struct Reader<'a> {
+    /// The body being read.
+    buf: &'a [u8],
+    /// Bytes of `buf` consumed so far.
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn str16(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().expect("took 2 bytes"));
+        self.take(len as usize)
+    }
+}
+
+/// Prepends the header the Lua script writes; used by tests and nowhere on
+/// the hot path (the script does this inside Redis).
+#[cfg(test)]
+pub(crate) fn frame(offset: u64, epoch: &str, body: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_slice(MAGIC);
+    buf.put_slice(format!("{offset} {epoch} ").as_bytes());
+    buf.put_slice(body);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(app: &str, name: &str) -> ChannelKey {
+        ChannelKey::new(&Arc::from(app), name).unwrap()
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let mut p = Publication::new(Bytes::from_static(br#"{"a":[1,2]} "#));
+        p.event = Some(Arc::from("update"));
+        let body = encode_body(&key("tenant", "room:1"), &p).unwrap();
+        let m = decode(frame(42, "00ab", &body)).unwrap();
+        assert_eq!(m.channel, key("tenant", "room:1"));
+        assert_eq!(m.offset, 42);
+        assert_eq!(&*m.epoch, "00ab");
+        assert_eq!(m.publication.id, p.id);
+        assert_eq!(m.publication.event.as_deref(), Some("update"));
+        assert_eq!(m.publication.time_ms, p.time_ms);
+        assert_eq!(m.publication.data, p.data);
+    }
+
+    #[test]
+    fn absent_event_stays_absent_and_empty_data_is_fine() {
+        let p = Publication::new(Bytes::new());
+        let body = encode_body(&key("a", "b"), &p).unwrap();
+        let m = decode(frame(1, "e", &body)).unwrap();
+        assert!(m.publication.event.is_none());
+        assert!(m.publication.data.is_empty());
+    }
+
+    #[test]
+    fn refuses_garbage_without_panicking() {
+        let p = Publication::new(Bytes::from_static(b"1"));
+        let body = encode_body(&key("a", "b"), &p).unwrap();
+        let good = frame(7, "e", &body);
+        // Every cut into the header or the fixed fields fails (the last byte
+        // is the data, which may be empty).
+        for cut in 0..good.len() - 1 {
+            assert!(decode(good.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert!(matches!(
+            decode(Bytes::from_static(b"X1 1 e ")),
+            Err(DecodeError::Magic)
+        ));
+        assert!(matches!(
+            decode(Bytes::from_static(b"H1 x e ")),
+            Err(DecodeError::Malformed("offset"))
+        ));
+    }
+
+    #[test]
+    fn refuses_oversized_ids() {
+        let mut p = Publication::new(Bytes::new());
+        p.id = Arc::from("x".repeat(70_000));
+        assert!(encode_body(&key("a", "b"), &p).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Redis key and pub/sub channel names.
+//!
+//! Everything about one channel shares the hash tag `{app/name}`, so on a
+//! cluster its metadata, history stream, subscriber counts and sharded pub/sub
+//! channel all live in one slot and one Lua script can touch them all.
+//! `/` cannot appear in a channel name, so `app/name` is unambiguous even when
+//! the app contains `/` or `:`.
+//!
+//! | name                        | kind    | holds                                  |
+//! |-----------------------------|---------|----------------------------------------|
+//! | `P:{app/name}`              | pub/sub | the channel's messages                 |
+//! | `P:{app/name}:m`            | hash    | `o` last offset, `e` epoch             |
+//! | `P:{app/name}:h`            | stream  | history, entry id `<offset>-0`         |
+//! | `P:{app/name}:s`            | hash    | node id → `count:expires_ms`           |
+//! | `P:node:{id}`               | string  | node liveness, refreshed with a TTL    |
+//! | `P:node:{id}:direct`        | pub/sub | node-to-node messages                  |
+
+use herald_core::ChannelKey;
+
+/// Builds names under one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// Separates Herald deployments sharing one Redis (`P` above).
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The pub/sub channel carrying `channel`'s messages.
+    pub(crate) fn pubsub(&self, channel: &ChannelKey) -> String {
+        format!("{}:{{{}/{}}}", self.prefix, channel.app(), channel.name())
+    }
+
+    /// The hash holding `channel`'s last offset and epoch.
+    pub(crate) fn meta(&self, channel: &ChannelKey) -> String {
+        self.pubsub(channel) + ":m"
+    }
+
+    /// The stream holding `channel`'s history.
+    pub(crate) fn history(&self, channel: &ChannelKey) -> String {
+        self.pubsub(channel) + ":h"
+    }
+
+    /// The hash holding each node's subscriber count for `channel`.
+    pub(crate) fn subscribers(&self, channel: &ChannelKey) -> String {
+        self.pubsub(channel) + ":s"
+    }
+
+    /// The key whose presence says node `id` is alive.
+    pub(crate) fn node(&self, id: &str) -> String {
+        format!("{}:node:{{{id}}}", self.prefix)
+    }
+
+    /// The pub/sub channel node `id` listens on for direct messages.
+    pub(crate) fn node_direct(&self, id: &str) -> String {
+        self.node(id) + ":direct"
+    }
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag).
+/// Used by tests and diagnostics to see where a channel lands.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&c| c == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&c| c == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % 16384
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_channels_names_share_one_slot() {
+        let keys = Keys::new("herald");
+        let ch = ChannelKey::new(&Arc::from("app"), "room:1").unwrap();
+        assert_eq!(keys.pubsub(&ch), "herald:{app/room:1}");
+        let slots: Vec<u16> = [
+            keys.pubsub(&ch),
+            keys.meta(&ch),
+            keys.history(&ch),
+            keys.subscribers(&ch),
+        ]
+        .iter()
+        .map(|k| slot(k.as_bytes()))
+        .collect();
+        assert!(slots.iter().all(|&s| s == slots[0]), "{slots:?}");
+    }
+
+    #[test]
+    fn slot_matches_redis() {
+        // Reference values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"123456789"), 0x31C3); // the CRC16/XMODEM check value
+    }
+}

@@ -1,0 +1,434 @@
+//! The Redis broker: many Herald nodes acting as one.
+//!
+//! - Messages travel over Redis pub/sub, sharded pub/sub on a cluster; a node
+//!   subscribes only to channels with local subscribers ([`subscriber`]).
+//! - One Lua script per publish assigns the offset, keeps the epoch, appends
+//!   to history and broadcasts, atomically ([`script`]), in a compact frame
+//!   ([`codec`]) under per-channel hash-tagged names ([`keys`]).
+//! - Publishes report the cluster-wide subscriber count ([`counts`]).
+//! - A supervisor pings both connections, rebuilds them when Redis goes away
+//!   or a connection dies silently, and resubscribes every wanted channel
+//!   ([`session`]).
+
+mod codec;
+mod config;
+mod conn;
+mod counts;
+mod keys;
+mod script;
+mod session;
+mod subscriber;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_core::{Broker, BrokerError, ChannelKey, Hub, Message, Publication, Published};
+use parking_lot::{Mutex, RwLock};
+use redis::{RedisError, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+pub use config::{HistoryLimits, HistoryPolicy, RedisConfig, random_node_id};
+pub use keys::slot;
+pub use subscriber::NodeHandler;
+
+use conn::{Conn, bounded};
+use keys::Keys;
+use session::Session;
+use subscriber::{Op, Subscriptions, Want};
+
+/// A [`Broker`] over Redis or Redis Cluster.
+pub struct RedisBroker {
+    /// State shared with the background tasks.
+    inner: Arc<Inner>,
+    /// Supervisor, subscriber, reader, sweeper and count tasks; aborted on drop.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Channel history as read by [`RedisBroker::history`].
+#[derive(Debug)]
+pub struct History {
+    /// Messages in offset order.
+    pub messages: Vec<Message>,
+    /// The channel's current epoch; empty if the channel has no state in Redis.
+    pub epoch: Arc<str>,
+    /// The channel's last assigned offset (0 if none).
+    pub offset: u64,
+}
+
+pub(crate) struct Inner {
+    /// Settings, fixed after connect.
+    config: RedisConfig,
+    /// Whether Redis is a cluster (sharded pub/sub, per-node routing).
+    cluster: bool,
+    /// Receives messages for local subscribers.
+    hub: Arc<Hub>,
+    /// Names of keys and pub/sub channels.
+    keys: Keys,
+    /// The live connections, or `None` while Redis is unreachable.
+    session: RwLock<Option<Session>>,
+    /// Set once a session is established and resubscribed; cleared on any
+    /// sign of a dead connection. Publishes fail fast while it is false.
+    ready: AtomicBool,
+    /// Numbers sessions, so a late disconnect of an old one is ignored.
+    generation: AtomicU64,
+    /// Wakes the supervisor to probe (or rebuild) now.
+    wake: Notify,
+    /// Wakes the count task after a subscribe.
+    counts_dirty: Notify,
+    /// Channels wanted from Redis and the queue of subscription requests.
+    subs: Subscriptions,
+    /// Where direct node-to-node messages go.
+    node_handler: RwLock<Option<NodeHandler>>,
+    /// Where the supervisor sends pushes of new subscriber connections.
+    push_tx: conn::PushTx,
+}
+
+impl RedisBroker {
+    /// Connects to Redis, starts the background tasks and returns once the
+    /// broker is ready. Fails if Redis cannot be reached now.
+    pub async fn connect(config: RedisConfig, hub: Arc<Hub>) -> Result<Arc<Self>, BrokerError> {
+        config.validate().map_err(BrokerError::Protocol)?;
+        let cluster = match config.cluster {
+            Some(c) => c,
+            None => bounded(config.timeout(), conn::detect_cluster(&config))
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?,
+        };
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            cluster,
+            hub: hub.clone(),
+            keys: Keys::new(&config.key_prefix),
+            session: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            wake: Notify::new(),
+            counts_dirty: Notify::new(),
+            subs: Subscriptions {
+                channels: Mutex::default(),
+                ops: ops_tx,
+            },
+            node_handler: RwLock::new(None),
+            push_tx,
+            config,
+        });
+        let fanout = subscriber::Fanout::start(&hub, inner.config.fanout_workers);
+        let mut tasks = vec![
+            tokio::spawn(subscriber::run_ops(inner.clone(), ops_rx)),
+            tokio::spawn(subscriber::run_reader(inner.clone(), fanout, push_rx)),
+        ];
+        // Abort the tasks started so far if the first session fails.
+        let guard = Self {
+            inner: inner.clone(),
+            tasks: std::mem::take(&mut tasks),
+        };
+        session::establish(&inner).await?;
+        let mut broker = guard;
+        broker.tasks.extend([
+            tokio::spawn(session::run_supervisor(inner.clone())),
+            tokio::spawn(session::run_sweeper(inner.clone())),
+            tokio::spawn(counts::run_counts(inner.clone())),
+        ]);
+        info!(cluster, node_id = %inner.config.node_id, "Redis broker connected.");
+        Ok(Arc::new(broker))
+    }
+
+    /// This node's id in Redis.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// Whether Redis is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    /// Reads `channel`'s history: with `since`, up to `limit` messages after
+    /// that offset, oldest first; without, the newest `limit` messages, in
+    /// offset order. Messages older than the channel's history TTL are left out.
+    pub async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.publisher_conn()?;
+        let mut call = script::HISTORY.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
+            .arg(limit.max(1));
+        let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let (epoch, offset, entries) = parse_history(reply)?;
+        let min_time = inner
+            .config
+            .history
+            .limits(channel)
+            .map(|l| herald_core::message::now_ms().saturating_sub(l.ttl.as_millis() as u64));
+        let mut messages = Vec::with_capacity(entries.len());
+        for frame in entries {
+            let msg = codec::decode(frame).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+            if min_time.is_none_or(|t| msg.publication.time_ms >= t) {
+                messages.push(msg);
+            }
+        }
+        if since.is_none() {
+            messages.reverse();
+        }
+        Ok(History {
+            messages,
+            epoch: Arc::from(epoch),
+            offset,
+        })
+    }
+
+    /// Sends `bytes` to node `node_id`'s direct channel. Returns whether a
+    /// node received it.
+    pub async fn send_to_node(&self, node_id: &str, bytes: Bytes) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.ready_publisher()?;
+        let cmd = conn.publish_command();
+        let receivers: u64 = bounded(
+            inner.config.timeout(),
+            redis::cmd(cmd)
+                .arg(inner.keys.node_direct(node_id))
+                .arg(bytes.as_ref())
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|e| inner.failed(e))?;
+        Ok(receivers > 0)
+    }
+
+    /// Calls `handler` with every message sent to this node by
+    /// [`RedisBroker::send_to_node`]. Replaces any earlier handler.
+    pub fn on_node_message(&self, handler: impl Fn(Bytes) + Send + Sync + 'static) {
+        *self.inner.node_handler.write() = Some(Arc::new(handler));
+    }
+
+    /// Whether node `node_id` refreshed its liveness key recently.
+    pub async fn node_alive(&self, node_id: &str) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.publisher_conn()?;
+        bounded(
+            inner.config.timeout(),
+            redis::cmd("EXISTS")
+                .arg(inner.keys.node(node_id))
+                .query_async::<bool>(&mut conn),
+        )
+        .await
+        .map_err(|e| inner.failed(e))
+    }
+
+    /// The Redis pub/sub channel carrying `channel` (for diagnostics).
+    pub fn pubsub_channel(&self, channel: &ChannelKey) -> String {
+        self.inner.keys.pubsub(channel)
+    }
+
+    /// Whether this node is currently subscribed in Redis to `channel`
+    /// (including a pending lazy unsubscribe).
+    pub fn is_subscribed(&self, channel: &ChannelKey) -> bool {
+        self.inner.subs.channels.lock().contains_key(channel)
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        channel: &ChannelKey,
+        publication: Publication,
+    ) -> Result<Published, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.ready_publisher()?;
+        let body = codec::encode_body(channel, &publication)
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let limits = inner.config.history.limits(channel);
+        let (max_len, history_ttl) = limits.map_or((0, 0), |l| (l.max_len, l.ttl.as_secs().max(1)));
+        let meta_ttl = inner.config.meta_ttl_secs.max(history_ttl).max(1);
+        let mut call = script::PUBLISH.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .key(inner.keys.subscribers(channel))
+            .arg(body.as_ref())
+            .arg(inner.keys.pubsub(channel))
+            .arg(conn.publish_command())
+            .arg(new_epoch())
+            .arg(meta_ttl)
+            .arg(max_len)
+            .arg(history_ttl)
+            .arg(script::EXACT_TRIM_BELOW);
+        let (offset, epoch, subscribers): (u64, String, u64) =
+            bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+                .await
+                .map_err(|e| inner.failed(e))?;
+        Ok(Published {
+            id: publication.id,
+            offset,
+            epoch: Arc::from(epoch),
+            subscribers: subscribers as usize,
+        })
+    }
+
+    async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if !inner.ready.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable("redis: not connected".into()));
+        }
+        {
+            let mut channels = inner.subs.channels.lock();
+            if let Some(want) = channels.get_mut(channel) {
+                // Still subscribed in Redis: a pending unsubscribe is cancelled.
+                *want = Want::Active;
+                debug!(%channel, "Unsubscribe cancelled.");
+                return Ok(());
+            }
+            channels.insert(channel.clone(), Want::Active);
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = inner
+            .subs
+            .ops
+            .send(Op::Subscribe(inner.keys.pubsub(channel), tx));
+        // The request may queue behind a batch; allow for one ahead of it.
+        let result = match tokio::time::timeout(inner.config.timeout() * 2, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::Unavailable("redis: broker stopped".into())),
+            Err(_) => Err(BrokerError::Unavailable(
+                "redis: subscribe timed out".into(),
+            )),
+        };
+        match result {
+            Ok(()) => {
+                debug!(%channel, "Subscribed.");
+                inner.counts_dirty.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                let mut channels = inner.subs.channels.lock();
+                if channels.get(channel) == Some(&Want::Active) {
+                    channels.remove(channel);
+                }
+                debug!(%channel, error = %e, "Subscribe failed.");
+                Err(e)
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        if let Some(want) = self.inner.subs.channels.lock().get_mut(channel) {
+            *want = Want::Leaving(Instant::now());
+            debug!(%channel, "Unsubscribe scheduled.");
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+impl Inner {
+    /// The current session, if any.
+    fn session(&self) -> Option<Session> {
+        self.session.read().clone()
+    }
+
+    fn publisher_conn(&self) -> Result<Conn, BrokerError> {
+        self.session()
+            .map(|s| s.publisher)
+            .ok_or_else(|| BrokerError::Unavailable("redis: not connected".into()))
+    }
+
+    /// The publishing connection, failing fast unless the broker is ready.
+    fn ready_publisher(&self) -> Result<Conn, BrokerError> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable("redis: not connected".into()));
+        }
+        self.publisher_conn()
+    }
+
+    fn subscriber_conn(&self) -> Result<Conn, BrokerError> {
+        self.session()
+            .map(|s| s.subscriber)
+            .ok_or_else(|| BrokerError::Unavailable("redis: not connected".into()))
+    }
+
+    /// Maps a failed operation to a broker error; a connection problem also
+    /// wakes the supervisor to probe at once.
+    fn failed(&self, e: RedisError) -> BrokerError {
+        if conn::is_unavailable(&e) {
+            self.wake.notify_one();
+            BrokerError::Unavailable(e.to_string())
+        } else {
+            BrokerError::Protocol(e.to_string())
+        }
+    }
+
+    /// The subscriber connection of `generation` closed.
+    fn connection_lost(&self, generation: u64) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            session::drop_session(self, "subscriber connection closed");
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A fresh channel epoch: 8 hex digits.
+fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Splits the history script's reply into epoch, last offset and frames.
+fn parse_history(reply: Value) -> Result<(String, u64, Vec<Bytes>), BrokerError> {
+    let bad = |what: &str| BrokerError::Protocol(format!("history reply: {what}"));
+    let Value::Array(parts) = reply else {
+        return Err(bad("not an array"));
+    };
+    let mut parts = parts.into_iter();
+    let (Some(epoch), Some(offset), Some(Value::Array(entries))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("wrong shape"));
+    };
+    let epoch: String = redis::from_redis_value(epoch).map_err(|_| bad("epoch"))?;
+    let offset: u64 = redis::from_redis_value(offset).map_err(|_| bad("offset"))?;
+    let frames = entries
+        .into_iter()
+        .map(|entry| {
+            // [id, [field, value]]
+            let Value::Array(entry) = entry else {
+                return Err(bad("entry"));
+            };
+            match entry.into_iter().nth(1) {
+                Some(Value::Array(fields)) => match fields.into_iter().nth(1) {
+                    Some(Value::BulkString(frame)) => Ok(Bytes::from(frame)),
+                    _ => Err(bad("entry value")),
+                },
+                _ => Err(bad("entry fields")),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((epoch, offset, frames))
+}

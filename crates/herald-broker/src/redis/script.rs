@@ -1,0 +1,111 @@
+//! The Lua scripts. Each touches only keys of one channel (one hash tag), so
+//! it runs atomically on the one cluster node that owns the channel.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Sequences, stores and broadcasts one message, atomically.
+///
+/// The offset comes from `HINCRBY`, so every node sees one sequence. When the
+/// metadata is new (first publish, or it expired or Redis lost it) the channel
+/// gets the caller's fresh epoch and any older history is dropped: offsets
+/// restart at 1, and the new epoch tells clients their positions are void.
+///
+/// KEYS: meta hash, history stream, subscriber-count hash.
+/// ARGV: body, pub/sub channel, `PUBLISH`|`SPUBLISH`, fresh epoch,
+/// meta ttl (s), history max length (0: none), history ttl (s),
+/// exact-trim threshold.
+///
+/// Returns `{offset, epoch, subscribers}` where `subscribers` sums the
+/// unexpired per-node counts (expired ones are removed on the way).
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if offset == 1 or not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+
+local frame = 'H1 ' .. string.format('%d', offset) .. ' ' .. epoch .. ' ' .. ARGV[1]
+
+local max_len = tonumber(ARGV[6])
+if max_len > 0 then
+  local trim = '~'
+  if max_len < tonumber(ARGV[8]) then trim = '=' end
+  redis.call('XADD', KEYS[2], 'MAXLEN', trim, max_len,
+    string.format('%d-0', offset), 'm', frame)
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+end
+
+local subscribers = 0
+local counts = redis.call('HGETALL', KEYS[3])
+if #counts > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 1, #counts, 2 do
+    local n, expires = string.match(counts[i + 1], '^(%d+):(%d+)$')
+    if n and tonumber(expires) > now then
+      subscribers = subscribers + tonumber(n)
+    else
+      redis.call('HDEL', KEYS[3], counts[i])
+    end
+  end
+end
+
+redis.call(ARGV[3], ARGV[2], frame)
+return {offset, epoch, subscribers}
+"#,
+    )
+});
+
+/// Below this history length trimming is exact (`MAXLEN =`); above it
+/// approximate (`MAXLEN ~`), which trims whole stream nodes and is cheaper.
+pub(crate) const EXACT_TRIM_BELOW: u64 = 1_000;
+
+/// Reads history: the epoch, the last offset, and entries.
+///
+/// KEYS: meta hash, history stream. ARGV: `since` offset (empty: the newest
+/// entries, newest first), count.
+///
+/// Returns `{epoch, last_offset, entries}`; `epoch` is empty when the channel
+/// has no metadata.
+pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then return {'', 0, {}} end
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local entries
+if ARGV[1] == '' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+else
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {epoch, last, entries}
+"#,
+    )
+});
+
+/// Sets (or with count 0 removes) this node's subscriber count for a channel,
+/// stamped with an expiry in Redis' own clock so node clocks do not matter.
+///
+/// KEYS: subscriber-count hash. ARGV: node id, count, ttl (ms).
+pub(crate) static SET_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[2] == '0' then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#,
+    )
+});

@@ -1,0 +1,143 @@
+//! Connection lifecycle: establishing a session, probing it, replacing it.
+//!
+//! A session is a pair of connections: one for publishes and reads, one that
+//! carries pub/sub (RESP3 pushes). The supervisor PINGs both every probe
+//! interval; a failed probe, a failed command, or the subscriber connection
+//! closing drops the session (the broker turns unready and publishes fail
+//! fast) and the supervisor builds a new one, resubscribes every wanted
+//! channel, and only then turns ready again. Because the wanted set lives
+//! here, not in the client library, a connection that died silently and was
+//! replaced gets exactly the same subscriptions back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herald_core::BrokerError;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use super::conn::{Conn, bounded};
+use super::subscriber::{Op, sweep};
+
+/// The live connections of one generation.
+#[derive(Clone)]
+pub(crate) struct Session {
+    /// Counts sessions; pushes from older ones are ignored.
+    pub(crate) generation: u64,
+    /// Scripts, reads, counts: multiplexed, never blocked by pub/sub.
+    pub(crate) publisher: Conn,
+    /// Pub/sub subscriptions; pushes arrive on the broker's push queue.
+    pub(crate) subscriber: Conn,
+}
+
+/// Builds a session, resubscribes what is wanted, and turns ready.
+pub(crate) async fn establish(inner: &Inner) -> Result<(), BrokerError> {
+    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let config = &inner.config;
+    let unavailable = |e: redis::RedisError| BrokerError::Unavailable(e.to_string());
+    let publisher = bounded(config.timeout(), Conn::open(config, inner.cluster, None))
+        .await
+        .map_err(unavailable)?;
+    let push = Some((inner.push_tx.clone(), generation));
+    let subscriber = bounded(config.timeout(), Conn::open(config, inner.cluster, push))
+        .await
+        .map_err(unavailable)?;
+    *inner.session.write() = Some(Session {
+        generation,
+        publisher,
+        subscriber,
+    });
+    let (tx, rx) = oneshot::channel();
+    let _ = inner.subs.ops.send(Op::Resync(tx));
+    let resynced = match rx.await {
+        Ok(r) => r,
+        Err(_) => Err(BrokerError::Unavailable("redis: broker stopped".into())),
+    };
+    if let Err(e) = resynced {
+        drop_session(inner, "resubscribe failed");
+        return Err(e);
+    }
+    refresh_node_key(inner).await;
+    inner.ready.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Forgets the current session and turns unready.
+pub(crate) fn drop_session(inner: &Inner, why: &str) {
+    let was_ready = inner.ready.swap(false, Ordering::AcqRel);
+    if inner.session.write().take().is_some() && was_ready {
+        warn!(reason = why, "Redis connection lost.");
+    }
+}
+
+/// PINGs both connections of the current session.
+async fn probe(inner: &Inner) -> Result<(), redis::RedisError> {
+    let Some(session) = inner.session() else {
+        return Ok(());
+    };
+    let limit = inner.config.timeout();
+    let (mut p, mut s) = (session.publisher, session.subscriber);
+    bounded(limit, p.ping()).await?;
+    bounded(limit, s.ping()).await?;
+    Ok(())
+}
+
+/// Marks this node alive for a few probe intervals.
+async fn refresh_node_key(inner: &Inner) {
+    let Ok(mut conn) = inner.publisher_conn() else {
+        return;
+    };
+    let ttl = inner.config.probe_interval() * 3;
+    let mut set = redis::cmd("SET");
+    set.arg(inner.keys.node(&inner.config.node_id))
+        .arg(herald_core::message::now_ms())
+        .arg("PX")
+        .arg(ttl.as_millis() as u64);
+    if let Err(error) = bounded(inner.config.timeout(), set.query_async::<()>(&mut conn)).await {
+        debug!(%error, "Node key not refreshed.");
+    }
+}
+
+/// Probes the session every interval (or when woken) and rebuilds it when
+/// it is gone, backing off while Redis stays unreachable.
+pub(crate) async fn run_supervisor(inner: Arc<Inner>) {
+    let interval = inner.config.probe_interval();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if inner.session().is_none() {
+            match establish(&inner).await {
+                Ok(()) => {
+                    info!("Redis connection restored.");
+                    backoff = Duration::from_millis(50);
+                }
+                Err(error) => {
+                    debug!(%error, "Redis still unreachable.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(interval);
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = inner.wake.notified() => {}
+        }
+        match probe(&inner).await {
+            Ok(()) => refresh_node_key(&inner).await,
+            Err(error) => drop_session(&inner, &format!("probe failed: {error}")),
+        }
+    }
+}
+
+/// Carries out lazy unsubscribes a few times per delay.
+pub(crate) async fn run_sweeper(inner: Arc<Inner>) {
+    let tick = (inner.config.unsubscribe_delay() / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(tick).await;
+        if !sweep(&inner).is_empty() {
+            inner.counts_dirty.notify_one();
+        }
+    }
+}

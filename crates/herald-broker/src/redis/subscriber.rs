@@ -1,0 +1,250 @@
+//! Which channels this node listens to, and the tasks that keep Redis in line
+//! with that: ordered, batched SUBSCRIBE/UNSUBSCRIBE; lazy unsubscribes; and
+//! the reader that turns pub/sub pushes into hub deliveries.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use herald_core::{BrokerError, ChannelKey, Hub, Message};
+use parking_lot::Mutex;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace, warn};
+
+use super::Inner;
+use super::codec;
+
+/// Most channels named in one SUBSCRIBE/UNSUBSCRIBE.
+const BATCH: usize = 256;
+
+/// Whether a channel is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Local subscribers exist (or are arriving).
+    Active,
+    /// The last local subscriber left at this instant; unsubscribed from Redis
+    /// once the delay passes, unless a subscriber returns first.
+    Leaving(Instant),
+}
+
+/// A request to the subscriber task. Requests run in the order sent, so an
+/// UNSUBSCRIBE queued before a SUBSCRIBE of the same channel never wins.
+pub(crate) enum Op {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+    /// Subscribe everything wanted, on a fresh connection.
+    Resync(oneshot::Sender<Result<(), BrokerError>>),
+}
+
+/// The channels this node wants from Redis.
+pub(crate) struct Subscriptions {
+    /// Wanted channels; the source of truth that reconnects restore.
+    pub(crate) channels: Mutex<HashMap<ChannelKey, Want>>,
+    /// Feeds the subscriber task.
+    pub(crate) ops: mpsc::UnboundedSender<Op>,
+}
+
+/// Runs subscription requests one batch at a time, in order.
+pub(crate) async fn run_ops(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut held: Option<Op> = None;
+    loop {
+        let op = match held.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        match op {
+            Op::Resync(done) => {
+                let _ = done.send(resync(&inner).await);
+            }
+            Op::Subscribe(name, done) => {
+                let (mut names, mut waiters) = (vec![name], vec![done]);
+                while names.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(Op::Subscribe(name, done)) => {
+                            names.push(name);
+                            waiters.push(done);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = subscribe(&inner, &names).await;
+                for w in waiters {
+                    let _ = w.send(result.as_ref().map(|_| ()).map_err(clone_error));
+                }
+            }
+            Op::Unsubscribe(name) => {
+                let mut names = vec![name];
+                while names.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(Op::Unsubscribe(name)) => names.push(name),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = unsubscribe(&inner, &names).await {
+                    // Only costs unwanted traffic, which the hub drops; the
+                    // next reconnect starts from the wanted set anyway.
+                    debug!(error = %e, count = names.len(), "Unsubscribe failed.");
+                }
+            }
+        }
+    }
+}
+
+fn clone_error(e: &BrokerError) -> BrokerError {
+    match e {
+        BrokerError::Unavailable(s) => BrokerError::Unavailable(s.clone()),
+        BrokerError::Protocol(s) => BrokerError::Protocol(s.clone()),
+    }
+}
+
+async fn subscribe(inner: &Inner, names: &[String]) -> Result<(), BrokerError> {
+    let mut conn = inner.subscriber_conn()?;
+    let result = super::conn::bounded(inner.config.timeout(), conn.subscribe(names)).await;
+    result.map_err(|e| inner.failed(e))?;
+    trace!(count = names.len(), "Subscribed batch.");
+    Ok(())
+}
+
+async fn unsubscribe(inner: &Inner, names: &[String]) -> Result<(), BrokerError> {
+    let mut conn = inner.subscriber_conn()?;
+    let result = super::conn::bounded(inner.config.timeout(), conn.unsubscribe(names)).await;
+    result.map_err(|e| inner.failed(e))?;
+    trace!(count = names.len(), "Unsubscribed batch.");
+    Ok(())
+}
+
+/// Subscribes every wanted channel and the node's direct channel.
+async fn resync(inner: &Inner) -> Result<(), BrokerError> {
+    let mut names: Vec<String> = inner
+        .subs
+        .channels
+        .lock()
+        .keys()
+        .map(|k| inner.keys.pubsub(k))
+        .collect();
+    names.push(inner.keys.node_direct(&inner.config.node_id));
+    for chunk in names.chunks(BATCH) {
+        subscribe(inner, chunk).await?;
+    }
+    debug!(count = names.len(), "Resubscribed.");
+    Ok(())
+}
+
+/// Unsubscribes channels whose last subscriber left more than the delay ago.
+/// Returns them, so their subscriber counts can be cleared.
+pub(crate) fn sweep(inner: &Inner) -> Vec<ChannelKey> {
+    let delay = inner.config.unsubscribe_delay();
+    let mut gone = Vec::new();
+    let mut channels = inner.subs.channels.lock();
+    channels.retain(|key, want| {
+        let Want::Leaving(since) = *want else {
+            return true;
+        };
+        if since.elapsed() < delay {
+            return true;
+        }
+        if inner.hub.subscriber_count(key) > 0 {
+            // A subscriber came back without the engine telling us; keep it.
+            *want = Want::Active;
+            return true;
+        }
+        // Queued under the lock, so a later subscribe's SUBSCRIBE follows it.
+        let _ = inner.subs.ops.send(Op::Unsubscribe(inner.keys.pubsub(key)));
+        debug!(channel = %key, "Unsubscribed.");
+        gone.push(key.clone());
+        false
+    });
+    gone
+}
+
+/// Hands received messages to fan-out workers, one per channel hash, so a
+/// channel with many local subscribers never delays the others for long and
+/// each channel keeps its order.
+pub(crate) struct Fanout {
+    /// One queue per worker task.
+    workers: Vec<mpsc::UnboundedSender<Message>>,
+    /// Picks a channel's worker.
+    hasher: RandomState,
+}
+
+impl Fanout {
+    /// Starts `n` workers feeding `hub`; they end when the `Fanout` drops.
+    pub(crate) fn start(hub: &Arc<Hub>, n: usize) -> Self {
+        let workers = (0..n.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    while let Some(msg) = rx.recv().await {
+                        hub.deliver(&msg);
+                    }
+                });
+                tx
+            })
+            .collect();
+        Self {
+            workers,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn dispatch(&self, msg: Message) {
+        let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
+        let _ = self.workers[i].send(msg);
+    }
+}
+
+/// What the reader calls for a message on this node's direct channel.
+pub type NodeHandler = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// Reads pushes from the subscriber connections: messages go to fan-out, a
+/// lost current connection wakes the supervisor.
+pub(crate) async fn run_reader(
+    inner: Arc<Inner>,
+    fanout: Fanout,
+    mut rx: mpsc::UnboundedReceiver<(u64, PushInfo)>,
+) {
+    let direct = inner.keys.node_direct(&inner.config.node_id);
+    while let Some((generation, push)) = rx.recv().await {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let kind = push.kind;
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    warn!(?kind, "Pub/sub push without channel and payload.");
+                    continue;
+                };
+                let payload = Bytes::from(payload);
+                if name == direct.as_bytes() {
+                    let handler = inner.node_handler.read().clone();
+                    if let Some(handler) = handler {
+                        handler(payload);
+                    }
+                    continue;
+                }
+                match codec::decode(payload) {
+                    Ok(msg) => fanout.dispatch(msg),
+                    Err(error) => warn!(%error, "Undecodable message dropped."),
+                }
+            }
+            PushKind::Disconnection => inner.connection_lost(generation),
+            _ => {}
+        }
+    }
+}
