@@ -144,6 +144,15 @@ impl RedisBroker {
         &self.inner.config.node_id
     }
 
+    /// How many times the connections were replaced since connect (after
+    /// Redis went away, or a probe found a connection dead). For metrics.
+    pub fn reconnects(&self) -> u64 {
+        self.inner
+            .generation
+            .load(Ordering::Acquire)
+            .saturating_sub(1)
+    }
+
     /// Whether Redis is a cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.cluster
