@@ -124,3 +124,53 @@ async fn cluster_unsubscribes_lazily_on_the_owning_master() {
         assert_eq!(a.publish(&ch, "2").await.subscribers, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_master_restart_is_survived_without_resubscribing() {
+    let mut cluster = RedisCluster::start();
+    let a = Node::start(config(cluster.urls())).await;
+    let b = Node::start(config(cluster.urls())).await;
+    let channels = spread_channels(&b);
+    let mut outboxes = Vec::new();
+    for ch in &channels {
+        outboxes.push(b.subscribe(ch).await);
+    }
+
+    // The master owning channels[0] dies; its slots are uncovered, so the
+    // cluster refuses writes and both nodes turn unready.
+    cluster.servers[0].kill();
+    assert!(
+        eventually(STEP, || !a.broker.is_ready() && !b.broker.is_ready()).await,
+        "nodes notice the lost master"
+    );
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        STEP,
+        a.engine
+            .publish(&channels[0], herald_core::Publication::new("1".into())),
+    )
+    .await
+    .expect("publish must not hang");
+    assert!(r.is_err());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    // It comes back (same port, same cluster config, no data).
+    let server = &mut cluster.servers[0];
+    server.restart();
+    cluster.wait_ok();
+    assert!(
+        eventually(Duration::from_secs(30), || a.broker.is_ready()
+            && b.broker.is_ready())
+        .await,
+        "nodes reconnect"
+    );
+    for (ch, outbox) in channels.iter().zip(&outboxes) {
+        let p = a.publish(ch, "\"back\"").await;
+        let got = recv_n(outbox, 1, STEP).await;
+        assert_eq!(got.len(), 1, "{ch:?} resubscribed");
+        assert_eq!(
+            (got[0].offset, got[0].epoch.as_str()),
+            (p.offset, &*p.epoch)
+        );
+    }
+}

@@ -176,7 +176,7 @@ pub(crate) fn sweep(inner: &Inner) -> Vec<ChannelKey> {
 /// each channel keeps its order.
 pub(crate) struct Fanout {
     /// One queue per worker task.
-    workers: Vec<mpsc::UnboundedSender<Message>>,
+    workers: Vec<mpsc::UnboundedSender<Arc<Message>>>,
     /// Picks a channel's worker.
     hasher: RandomState,
 }
@@ -186,10 +186,11 @@ impl Fanout {
     pub(crate) fn start(hub: &Arc<Hub>, n: usize) -> Self {
         let workers = (0..n.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Message>>();
                 let hub = hub.clone();
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
+                        // `&Arc<Message>` also coerces to `&Message`.
                         hub.deliver(&msg);
                     }
                 });
@@ -204,7 +205,7 @@ impl Fanout {
 
     fn dispatch(&self, msg: Message) {
         let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
-        let _ = self.workers[i].send(msg);
+        let _ = self.workers[i].send(Arc::new(msg));
     }
 }
 

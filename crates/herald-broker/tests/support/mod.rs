@@ -196,8 +196,15 @@ impl RedisCluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        let cluster = Self { servers };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every server reports `cluster_state:ok`.
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for s in &servers {
+        for s in &self.servers {
             while !command(s.port, &["CLUSTER", "INFO"])
                 .is_some_and(|info| info.contains("cluster_state:ok"))
             {
@@ -205,7 +212,6 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Self { servers }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -342,7 +348,7 @@ pub async fn recv_n(outbox: &Outbox, n: usize, limit: Duration) -> Vec<Got> {
     frames
         .iter()
         .map(|f| {
-            let s = String::from_utf8_lossy(f);
+            let s = frame_text(f);
             let mut parts = s.splitn(3, ' ');
             Got {
                 offset: parts.next().unwrap().parse().unwrap(),
@@ -351,6 +357,11 @@ pub async fn recv_n(outbox: &Outbox, n: usize, limit: Duration) -> Vec<Got> {
             }
         })
         .collect()
+}
+
+/// A queued frame as text. (The one place that knows the outbox frame type.)
+fn frame_text(frame: &Bytes) -> String {
+    String::from_utf8_lossy(frame).into_owned()
 }
 
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
