@@ -130,6 +130,11 @@ async fn history_is_kept_per_policy_and_read_by_offset() {
             .messages
             .is_empty()
     );
+    let none = a.broker.history(&kept, None, 0).await.unwrap();
+    assert!(
+        none.messages.is_empty() && none.offset == 8,
+        "limit 0 reads only the position"
+    );
 
     // Without history the offset still advances, but nothing is stored.
     let plain = key("plain");

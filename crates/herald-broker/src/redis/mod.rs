@@ -52,7 +52,8 @@ pub struct RedisBroker {
 /// Channel history as read by [`RedisBroker::history`].
 #[derive(Debug)]
 pub struct History {
-    /// Messages in offset order.
+    /// Messages in offset order. When reading `since` an offset and the first
+    /// message is past `since + 1`, the messages between were trimmed.
     pub messages: Vec<Message>,
     /// The channel's current epoch; empty if the channel has no state in Redis.
     pub epoch: Arc<str>,
@@ -173,7 +174,7 @@ impl RedisBroker {
         call.key(inner.keys.meta(channel))
             .key(inner.keys.history(channel))
             .arg(since.map(|s| s.to_string()).unwrap_or_default())
-            .arg(limit.max(1));
+            .arg(limit);
         let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
             .await
             .map_err(|e| inner.failed(e))?;

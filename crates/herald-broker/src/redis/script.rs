@@ -81,7 +81,9 @@ local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then return {'', 0, {}} end
 local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries
-if ARGV[1] == '' then
+if ARGV[2] == '0' then
+  entries = {}
+elseif ARGV[1] == '' then
   entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 else
   entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
