@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::broker::{Broker, BrokerError};
 use crate::channel::ChannelKey;
-use crate::hub::{Hub, Published};
+use crate::hub::{Hub, Published, Replay, Subscribed};
 use crate::message::Publication;
 use crate::outbox::Outbox;
 
@@ -38,13 +38,27 @@ impl Engine {
         channel: &ChannelKey,
         outbox: &Arc<Outbox>,
     ) -> Result<(), BrokerError> {
-        if self.hub.subscribe(channel, outbox)
+        self.subscribe_with(channel, outbox, Replay::None)
+            .await
+            .map(drop)
+    }
+
+    /// Subscribes `outbox` to `channel` after replaying what `replay` selects
+    /// from the channel's history.
+    pub async fn subscribe_with(
+        &self,
+        channel: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        replay: Replay<'_>,
+    ) -> Result<Subscribed, BrokerError> {
+        let subscribed = self.hub.subscribe_with(channel, outbox, replay);
+        if subscribed.first_local
             && let Err(e) = self.broker.subscribe(channel).await
         {
             self.hub.unsubscribe(channel, outbox.id());
             return Err(e);
         }
-        Ok(())
+        Ok(subscribed)
     }
 
     /// Removes `outbox` from `channel`.

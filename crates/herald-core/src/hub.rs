@@ -15,7 +15,8 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelKey;
-use crate::message::{Message, Publication};
+use crate::history::{History, HistoryPolicy, Position, Recovery, Retention};
+use crate::message::{Message, Publication, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
 
@@ -49,6 +50,38 @@ pub struct ChannelInfo {
     pub next_offset: u64,
     /// The channel's history generation.
     pub epoch: Arc<str>,
+    /// Messages stored for resume.
+    pub stored: usize,
+}
+
+/// What a subscribe did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel's first local subscriber: the node must start listening.
+    pub first_local: bool,
+    /// Messages replayed into the outbox before live ones.
+    pub replayed: usize,
+    /// The outcome of a resume, when one was asked for.
+    pub recovery: Option<Recovery>,
+    /// The channel's position at subscribe time: the last offset and epoch.
+    pub position: Position,
+}
+
+/// Picks where replay starts in a channel's history: an index, or why the
+/// history cannot serve the request.
+pub type ReplayPick<'a> = Box<dyn FnOnce(&History) -> Result<usize, Recovery> + Send + 'a>;
+
+/// Where a subscriber wants replay to start, decided under the channel lock.
+pub enum Replay<'a> {
+    /// Live messages only.
+    None,
+    /// Everything after this position, if still stored.
+    After(Position),
+    /// The last `n` stored messages.
+    Last(usize),
+    /// A custom choice: the index in the history to start from, or why the
+    /// history cannot serve the request.
+    Custom(ReplayPick<'a>),
 }
 
 /// The local subscription registry and fan-out engine.
@@ -59,6 +92,8 @@ pub struct Hub {
     hasher: RandomState,
     /// Counters shared with the metrics endpoint.
     stats: Arc<HubStats>,
+    /// Which channels keep history.
+    policy: HistoryPolicy,
 }
 
 struct Channel {
@@ -74,6 +109,10 @@ struct ChannelInner {
     epoch: Arc<str>,
     /// Messages published since creation.
     published: u64,
+    /// How much history this channel keeps.
+    retention: Retention,
+    /// Stored messages for resume.
+    history: History,
     /// Set when the channel left the shard map; holders of a stale `Arc`
     /// must look it up again.
     removed: bool,
@@ -86,12 +125,24 @@ impl Default for Hub {
 }
 
 impl Hub {
+    /// A hub whose channels keep no history.
     pub fn new() -> Self {
+        Self::with_policy(HistoryPolicy::default())
+    }
+
+    /// A hub whose channels keep history as `policy` says.
+    pub fn with_policy(policy: HistoryPolicy) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             stats: Arc::default(),
+            policy,
         }
+    }
+
+    /// The retention policy channels are created with.
+    pub fn policy(&self) -> &HistoryPolicy {
+        &self.policy
     }
 
     pub fn stats(&self) -> &Arc<HubStats> {
@@ -120,6 +171,8 @@ impl Hub {
                         next_offset: 1,
                         epoch: new_epoch(),
                         published: 0,
+                        retention: self.policy.retention(key),
+                        history: History::default(),
                         removed: false,
                     }),
                 })
@@ -130,15 +183,54 @@ impl Hub {
     /// Adds `outbox` to `key`'s subscribers. Returns true when it is the
     /// channel's first local subscriber, so the node must start listening.
     pub fn subscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) -> bool {
+        self.subscribe_with(key, outbox, Replay::None).first_local
+    }
+
+    /// Adds `outbox` to `key`'s subscribers after queuing the stored messages
+    /// `replay` selects. Both happen under the channel lock, so replayed and
+    /// live messages meet with no gap and no duplicate.
+    pub fn subscribe_with(
+        &self,
+        key: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        replay: Replay<'_>,
+    ) -> Subscribed {
         loop {
             let ch = self.get_or_create(key);
             let mut inner = ch.inner.lock();
             if inner.removed {
                 continue;
             }
-            let first = inner.subscribers.is_empty();
+            let inner = &mut *inner;
+            let asked = !matches!(replay, Replay::None);
+            let start = match replay {
+                Replay::None => Ok(inner.history.len()),
+                Replay::After(pos) => inner.history.after(&pos, &inner.epoch, inner.next_offset),
+                Replay::Last(n) => Ok(inner.history.len().saturating_sub(n)),
+                Replay::Custom(pick) => pick(&inner.history),
+            };
+            let mut replayed = 0;
+            if let Ok(from) = start {
+                for msg in inner.history.iter().skip(from) {
+                    outbox.push_message(msg);
+                    replayed += 1;
+                }
+            }
+            let first_local = inner.subscribers.is_empty();
             inner.subscribers.insert(outbox.id(), outbox.clone());
-            return first;
+            return Subscribed {
+                first_local,
+                replayed,
+                recovery: match start {
+                    Ok(_) if asked => Some(Recovery::Recovered),
+                    Ok(_) => None,
+                    Err(r) => Some(r),
+                },
+                position: Position {
+                    offset: inner.next_offset - 1,
+                    epoch: inner.epoch.clone(),
+                },
+            };
         }
     }
 
@@ -157,10 +249,49 @@ impl Hub {
         true
     }
 
+    /// Removes `key` with its history, telling its subscribers in their
+    /// format. Returns how many subscribers it had, or `None` if unknown.
+    pub fn delete(&self, key: &ChannelKey) -> Option<usize> {
+        let mut shard = self.shard(key).write();
+        let ch = shard.remove(key)?;
+        let mut inner = ch.inner.lock();
+        inner.removed = true;
+        drop(shard);
+        for outbox in inner.subscribers.values() {
+            if let Some(frame) = outbox.format().deleted(key) {
+                outbox.push(frame);
+            }
+        }
+        Some(inner.subscribers.len())
+    }
+
+    /// Drops expired history and forgets channels with neither subscribers
+    /// nor stored messages. Call periodically.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let idle: Vec<(ChannelKey, Arc<Channel>)> = shard
+                .read()
+                .iter()
+                .filter_map(|(k, ch)| {
+                    let mut inner = ch.inner.lock();
+                    let ttl = inner.retention.ttl;
+                    inner.history.expire(now, ttl);
+                    (inner.subscribers.is_empty() && inner.history.is_empty())
+                        .then(|| (k.clone(), ch.clone()))
+                })
+                .collect();
+            for (key, ch) in idle {
+                self.remove_if_idle(&key, &ch);
+            }
+        }
+    }
+
     fn remove_if_idle(&self, key: &ChannelKey, ch: &Arc<Channel>) {
         let mut shard = self.shard(key).write();
         let mut inner = ch.inner.lock();
         if inner.subscribers.is_empty()
+            && inner.history.is_empty()
             && !inner.removed
             && shard.get(key).is_some_and(|c| Arc::ptr_eq(c, ch))
         {
@@ -169,20 +300,24 @@ impl Hub {
         }
     }
 
-    /// Assigns the next offset in `key` and queues the message for every local
-    /// subscriber. Used when this node is the channel's only sequencer (the
-    /// memory broker).
+    /// Assigns the next offset in `key`, stores the message if the channel
+    /// keeps history, and queues it for every local subscriber. Used when
+    /// this node is the channel's only sequencer (the memory broker).
     pub fn publish_local(&self, key: &ChannelKey, publication: Publication) -> Published {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         loop {
-            let Some(ch) = self.get(key) else {
-                // Nobody listens and nothing is kept: nothing to sequence.
-                return Published {
-                    id: publication.id,
-                    offset: 0,
-                    epoch: Arc::from(""),
-                    subscribers: 0,
-                };
+            let ch = match self.get(key) {
+                Some(ch) => ch,
+                None if self.policy.retention(key).keeps() => self.get_or_create(key),
+                None => {
+                    // Nobody listens and nothing is kept: nothing to sequence.
+                    return Published {
+                        id: publication.id,
+                        offset: 0,
+                        epoch: Arc::from(""),
+                        subscribers: 0,
+                    };
+                }
             };
             let mut inner = ch.inner.lock();
             if inner.removed {
@@ -191,8 +326,17 @@ impl Hub {
             let offset = inner.next_offset;
             inner.next_offset += 1;
             inner.published += 1;
-            let msg = Message::new(key.clone(), publication, offset, inner.epoch.clone());
+            let msg = Arc::new(Message::new(
+                key.clone(),
+                publication,
+                offset,
+                inner.epoch.clone(),
+            ));
             let subscribers = self.fan_out(&inner.subscribers, &msg);
+            let retention = inner.retention;
+            if retention.keeps() {
+                inner.history.push(msg.clone(), retention);
+            }
             return Published {
                 id: msg.publication.id.clone(),
                 offset,
@@ -204,7 +348,7 @@ impl Hub {
 
     /// Queues an already-sequenced message (from another node) for every local
     /// subscriber of its channel. Returns how many it reached.
-    pub fn deliver(&self, msg: &Message) -> usize {
+    pub fn deliver(&self, msg: &Arc<Message>) -> usize {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         let Some(ch) = self.get(&msg.channel) else {
             return 0;
@@ -215,10 +359,10 @@ impl Hub {
         self.fan_out(&inner.subscribers, msg)
     }
 
-    fn fan_out(&self, subscribers: &IndexMap<ConnId, Arc<Outbox>>, msg: &Message) -> usize {
+    fn fan_out(&self, subscribers: &IndexMap<ConnId, Arc<Outbox>>, msg: &Arc<Message>) -> usize {
         let (mut delivered, mut dropped, mut slow) = (0u64, 0u64, 0u64);
         for outbox in subscribers.values() {
-            match outbox.push(msg.encoded(outbox.format())) {
+            match outbox.push_message(msg) {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflowed => {
                     slow += 1;
@@ -253,7 +397,19 @@ impl Hub {
             published: inner.published,
             next_offset: inner.next_offset,
             epoch: inner.epoch.clone(),
+            stored: inner.history.len(),
         })
+    }
+
+    /// Runs `read` on `key`'s history with its epoch and next offset.
+    pub fn with_history<R>(
+        &self,
+        key: &ChannelKey,
+        read: impl FnOnce(&History, &Arc<str>, u64) -> R,
+    ) -> Option<R> {
+        let ch = self.get(key)?;
+        let inner = ch.inner.lock();
+        Some(read(&inner.history, &inner.epoch, inner.next_offset))
     }
 
     /// Every channel of `app` on this node, sorted by name.
@@ -284,8 +440,10 @@ fn new_epoch() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::RetentionRule;
     use crate::message::Format;
     use bytes::Bytes;
+    use std::time::Duration;
 
     struct Raw;
     impl Format for Raw {
@@ -294,6 +452,9 @@ mod tests {
         }
         fn encode(&self, msg: &Message) -> Bytes {
             Bytes::copy_from_slice(msg.data())
+        }
+        fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
+            Some(Bytes::from(format!("deleted {channel}")))
         }
     }
 
@@ -305,16 +466,31 @@ mod tests {
         Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20))
     }
 
-    fn publish(hub: &Hub, ch: &str, data: &'static str) -> Published {
-        hub.publish_local(
-            &key(ch),
-            Publication::new(Bytes::from_static(data.as_bytes())),
-        )
+    fn drained(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        out.into_iter().map(|f| f.bytes).collect()
+    }
+
+    fn publish(hub: &Hub, ch: &str, data: &str) -> Published {
+        hub.publish_local(&key(ch), Publication::new(Bytes::from(data.to_owned())))
+    }
+
+    fn keeping(size: usize) -> Hub {
+        Hub::with_policy(HistoryPolicy {
+            rules: vec![RetentionRule {
+                pattern: "h*".into(),
+                retention: Retention {
+                    size,
+                    ttl: Duration::from_secs(60),
+                },
+            }],
+        })
     }
 
     #[test]
     fn fan_out_reaches_each_subscriber_once_in_order() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, b) = (outbox(1), outbox(2));
         assert!(hub.subscribe(&key("c"), &a));
         assert!(!hub.subscribe(&key("c"), &b));
@@ -322,10 +498,8 @@ mod tests {
         let p2 = publish(&hub, "c", "2");
         assert_eq!(p2.offset, 2);
         for o in [&a, &b] {
-            let mut out = Vec::new();
-            o.drain(&mut out);
             assert_eq!(
-                out,
+                drained(o),
                 vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
             );
         }
@@ -333,18 +507,16 @@ mod tests {
 
     #[test]
     fn channels_are_isolated() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let a = outbox(1);
         hub.subscribe(&key("c"), &a);
         assert_eq!(publish(&hub, "d", "x").subscribers, 0);
-        let mut out = Vec::new();
-        a.drain(&mut out);
-        assert!(out.is_empty());
+        assert!(drained(&a).is_empty());
     }
 
     #[test]
     fn last_unsubscribe_removes_the_channel() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, b) = (outbox(1), outbox(2));
         hub.subscribe(&key("c"), &a);
         hub.subscribe(&key("c"), &b);
@@ -357,7 +529,7 @@ mod tests {
 
     #[test]
     fn stats_count_deliveries() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         hub.subscribe(&key("c"), &outbox(1));
         hub.subscribe(&key("c"), &outbox(2));
         publish(&hub, "c", "x");
@@ -370,8 +542,149 @@ mod tests {
     }
 
     #[test]
+    fn history_is_kept_without_subscribers_and_replayed() {
+        let hub = keeping(3);
+        for i in 1..=5 {
+            assert_eq!(publish(&hub, "hist", &i.to_string()).offset, i);
+        }
+        assert_eq!(
+            publish(&hub, "plain", "x").offset,
+            0,
+            "no history, no sequence"
+        );
+        let info = hub.channel_info(&key("hist")).unwrap();
+        assert_eq!((info.stored, info.next_offset), (3, 6));
+
+        let late = outbox(1);
+        let s = hub.subscribe_with(&key("hist"), &late, Replay::Last(2));
+        assert_eq!((s.replayed, s.position.offset), (2, 5));
+        assert_eq!(
+            drained(&late),
+            vec![Bytes::from_static(b"4"), Bytes::from_static(b"5")]
+        );
+
+        let resumer = outbox(2);
+        let pos = Position {
+            offset: 3,
+            epoch: info.epoch.clone(),
+        };
+        let s = hub.subscribe_with(&key("hist"), &resumer, Replay::After(pos));
+        assert_eq!(s.recovery, Some(Recovery::Recovered));
+        assert_eq!(
+            hub.subscribe_with(&key("hist"), &outbox(9), Replay::None)
+                .recovery,
+            None
+        );
+        assert_eq!(
+            drained(&resumer),
+            vec![Bytes::from_static(b"4"), Bytes::from_static(b"5")]
+        );
+
+        let stale = outbox(3);
+        let pos = Position {
+            offset: 1,
+            epoch: info.epoch.clone(),
+        };
+        assert_eq!(
+            hub.subscribe_with(&key("hist"), &stale, Replay::After(pos))
+                .recovery,
+            Some(Recovery::TooOld)
+        );
+        let lost = outbox(4);
+        let pos = Position {
+            offset: 4,
+            epoch: Arc::from("other"),
+        };
+        let s = hub.subscribe_with(&key("hist"), &lost, Replay::After(pos));
+        assert_eq!((s.recovery, s.replayed), (Some(Recovery::EpochChanged), 0));
+    }
+
+    #[test]
+    fn delete_tells_subscribers_and_resets_the_epoch() {
+        let hub = keeping(10);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        publish(&hub, "hist", "1");
+        let epoch = hub.channel_info(&key("hist")).unwrap().epoch;
+        assert_eq!(hub.delete(&key("hist")), Some(1));
+        assert_eq!(
+            drained(&a),
+            vec![
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"deleted hist")
+            ]
+        );
+        assert_eq!(hub.delete(&key("hist")), None);
+        let p = publish(&hub, "hist", "2");
+        assert_eq!(p.subscribers, 0, "deleted channels drop their subscribers");
+        assert_eq!(p.offset, 1);
+        assert_ne!(p.epoch, epoch);
+    }
+
+    #[test]
+    fn sweep_forgets_idle_channels_only() {
+        let hub = Hub::with_policy(HistoryPolicy {
+            rules: vec![RetentionRule {
+                pattern: "h*".into(),
+                retention: Retention {
+                    size: 10,
+                    ttl: Duration::from_millis(1),
+                },
+            }],
+        });
+        let mut p = Publication::new(Bytes::from_static(b"old"));
+        p.time_ms -= 1000;
+        hub.publish_local(&key("hist"), p);
+        hub.subscribe(&key("busy"), &outbox(1));
+        hub.sweep();
+        assert!(hub.channel_info(&key("hist")).is_none());
+        assert!(hub.channel_info(&key("busy")).is_some());
+    }
+
+    #[test]
+    fn resume_races_publishes_without_gaps_or_duplicates() {
+        let hub = Arc::new(keeping(100_000));
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for i in 1..=20_000u64 {
+                    publish(&hub, "hot", &i.to_string());
+                }
+            })
+        };
+        // Subscribers resume from wherever the publisher is, repeatedly.
+        let mut checked = 0;
+        while !publisher.is_finished() || checked == 0 {
+            let Some(info) = hub.channel_info(&key("hot")) else {
+                continue;
+            };
+            let from = info.next_offset.saturating_sub(1) / 2;
+            let o = outbox(1000 + checked);
+            let s = hub.subscribe_with(
+                &key("hot"),
+                &o,
+                Replay::After(Position {
+                    offset: from,
+                    epoch: info.epoch,
+                }),
+            );
+            assert_eq!(s.recovery, Some(Recovery::Recovered));
+            std::thread::yield_now();
+            hub.unsubscribe(&key("hot"), o.id());
+            let got: Vec<u64> = drained(&o)
+                .iter()
+                .map(|b| std::str::from_utf8(b).unwrap().parse().unwrap())
+                .collect();
+            let expected: Vec<u64> = (from + 1..from + 1 + got.len() as u64).collect();
+            assert_eq!(got, expected, "contiguous from the resume point");
+            checked += 1;
+        }
+        publisher.join().unwrap();
+    }
+
+    #[test]
     fn concurrent_subscribe_and_unsubscribe_never_lose_a_subscriber() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::default());
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let hub = hub.clone();

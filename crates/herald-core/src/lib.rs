@@ -4,6 +4,7 @@
 //! - [`message`]: publications, sequenced messages, per-format encodings.
 //! - [`outbox`]: each connection's bounded outgoing queue.
 //! - [`hub`]: local subscriptions and fan-out.
+//! - [`history`]: stored messages per channel and resume points.
 //! - [`broker`]: the trait that links nodes.
 //! - [`engine`]: hub + broker, the API transports call.
 //! - [`stats`]: counters for metrics.
@@ -13,6 +14,7 @@
 pub mod broker;
 pub mod channel;
 pub mod engine;
+pub mod history;
 pub mod hub;
 pub mod message;
 pub mod outbox;
@@ -21,6 +23,7 @@ pub mod stats;
 pub use broker::{Broker, BrokerError};
 pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::Engine;
-pub use hub::{ChannelInfo, Hub, Published};
+pub use history::{HistoryPolicy, Position, Recovery, Retention};
+pub use hub::{ChannelInfo, Hub, Published, Replay, Subscribed};
 pub use message::{Format, Message, Publication};
-pub use outbox::{Closed, ConnId, Outbox, Pushed};
+pub use outbox::{Closed, ConnId, Frame, Outbox, Pushed};

@@ -15,6 +15,26 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub broker: BrokerConfig,
+    /// Which channels keep history for resume, by name pattern.
+    pub history: herald_core::HistoryPolicy,
+    pub poll: PollConfig,
+}
+
+/// Polling and long-polling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// Longest a long-poll waits for a message before answering empty.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The listener and shutdown.
@@ -183,6 +203,14 @@ impl Config {
         let l = &self.limits;
         if l.max_message_size == 0 || l.max_channels_per_connection == 0 || l.max_batch == 0 {
             return Err(ConfigError("limits must be positive".into()));
+        }
+        for rule in &self.history.rules {
+            if rule.pattern.matches('*').count() > 1 {
+                return Err(ConfigError(format!(
+                    "history pattern {:?} has more than one '*'",
+                    rule.pattern
+                )));
+            }
         }
         if l.ws_read_buffer < 512 {
             return Err(ConfigError(

@@ -13,6 +13,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 
+mod cursor;
 mod dialect;
 mod error;
 mod lifetime;

@@ -29,7 +29,7 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::with_policy(config.history.clone()));
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
         let engine = Engine::new(hub, broker);
         let listener = listen(config.server.listen, config.server.backlog)?;
@@ -54,6 +54,7 @@ impl Server {
         let service = TowerToHyperService::new(http::router(state.clone()));
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
         tokio::pin!(signal);
+        let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         loop {
             tokio::select! {
                 () = &mut signal => break,
@@ -91,6 +92,7 @@ impl Server {
             }
         }
         drop(listener);
+        sweeper.abort();
         shutdown.trigger();
         let timeout = state.config.server.shutdown_timeout;
         tracing::info!(connections = shutdown.active(), ?timeout, "Shutting down.");
@@ -101,6 +103,16 @@ impl Server {
             );
         }
         tracing::info!("Herald stopped.");
+    }
+}
+
+/// Expires history and forgets idle channels, once a second.
+async fn sweep(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.sweep();
     }
 }
 
