@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald_broker::{RedisBroker, RedisConfig};
 use herald_core::outbox::next_conn_id;
-use herald_core::{ChannelKey, Engine, Format, Hub, Message, Outbox};
+use herald_core::{ChannelKey, Engine, Format, Frame, Hub, Message, Outbox};
 
 /// Bound on every await in the tests.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -359,9 +359,9 @@ pub async fn recv_n(outbox: &Outbox, n: usize, limit: Duration) -> Vec<Got> {
         .collect()
 }
 
-/// A queued frame as text. (The one place that knows the outbox frame type.)
-fn frame_text(frame: &Bytes) -> String {
-    String::from_utf8_lossy(frame).into_owned()
+/// A queued frame as text.
+fn frame_text(frame: &Frame) -> String {
+    String::from_utf8_lossy(&frame.bytes).into_owned()
 }
 
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
