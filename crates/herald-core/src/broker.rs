@@ -3,9 +3,21 @@
 
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
 use crate::channel::ChannelKey;
+use crate::history::Position;
 use crate::hub::Published;
-use crate::message::Publication;
+use crate::message::{Message, Publication};
+
+/// Stored messages read from a broker that keeps history itself.
+#[derive(Debug, Clone)]
+pub struct StoredPage {
+    /// Oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// The channel's last offset and epoch when the page was read.
+    pub position: Position,
+}
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +52,25 @@ pub trait Broker: Send + Sync + 'static {
     /// This node lost its last local subscriber on `channel`. Brokers may
     /// defer the actual unsubscribe so that channel churn stays cheap.
     async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
+
+    /// Whether history lives in the broker (shared by every node) rather than
+    /// in the local hub.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Reads stored messages of `channel`: after offset `since` (up to
+    /// `limit`), or the newest `limit`. Only called when
+    /// [`keeps_history`](Broker::keeps_history) is true.
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<StoredPage, BrokerError> {
+        let _ = (channel, since, limit);
+        Err(BrokerError::Protocol("this broker keeps no history".into()))
+    }
 
     /// Whether the broker can take publishes right now (readiness probe).
     fn is_ready(&self) -> bool;

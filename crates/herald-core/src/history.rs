@@ -89,6 +89,53 @@ pub enum Recovery {
     TooOld,
 }
 
+/// Picks where replay starts in a channel's history: an index, or why the
+/// history cannot serve the request.
+pub type ReplayPick<'a> = Box<dyn FnOnce(&History) -> Result<usize, Recovery> + Send + 'a>;
+
+/// Which stored messages a new subscriber wants first.
+pub enum Replay<'a> {
+    /// Live messages only.
+    None,
+    /// Everything after this position, if still stored.
+    After(Position),
+    /// The last `n` stored messages.
+    Last(usize),
+    /// A dialect's own choice (by time, by event id, …).
+    Custom(ReplayPick<'a>),
+}
+
+impl Replay<'_> {
+    /// Where replay starts in `history` (`None`: nothing to replay), and the
+    /// recovery outcome to report when a resume was asked for.
+    pub fn start(
+        self,
+        history: &History,
+        epoch: &str,
+        next_offset: u64,
+    ) -> (Option<Recovery>, Option<usize>) {
+        let start = match self {
+            Replay::None => return (None, None),
+            Replay::After(pos) => history.after(&pos, epoch, next_offset),
+            Replay::Last(n) => Ok(history.len().saturating_sub(n)),
+            Replay::Custom(pick) => pick(history),
+        };
+        match start {
+            Ok(i) => (Some(Recovery::Recovered), Some(i)),
+            Err(r) => (Some(r), None),
+        }
+    }
+
+    /// How many stored messages this replay can need at most, when known.
+    pub fn wants(&self) -> Option<usize> {
+        match self {
+            Replay::None => Some(0),
+            Replay::Last(n) => Some(*n),
+            Replay::After(_) | Replay::Custom(_) => None,
+        }
+    }
+}
+
 /// One channel's stored messages, oldest first.
 #[derive(Debug, Default)]
 pub struct History {
@@ -96,6 +143,13 @@ pub struct History {
 }
 
 impl History {
+    /// A history holding `messages` (oldest first), e.g. read from a broker.
+    pub fn from_messages(messages: Vec<Arc<Message>>) -> Self {
+        Self {
+            messages: messages.into(),
+        }
+    }
+
     /// Stores `msg` and trims to `retention`.
     pub(crate) fn push(&mut self, msg: Arc<Message>, retention: Retention) {
         self.messages.push_back(msg);

@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelKey;
-use crate::history::{History, HistoryPolicy, Position, Recovery, Retention};
+use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
 use crate::message::{Message, Publication, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
@@ -67,23 +67,6 @@ pub struct Subscribed {
     pub position: Position,
 }
 
-/// Picks where replay starts in a channel's history: an index, or why the
-/// history cannot serve the request.
-pub type ReplayPick<'a> = Box<dyn FnOnce(&History) -> Result<usize, Recovery> + Send + 'a>;
-
-/// Where a subscriber wants replay to start, decided under the channel lock.
-pub enum Replay<'a> {
-    /// Live messages only.
-    None,
-    /// Everything after this position, if still stored.
-    After(Position),
-    /// The last `n` stored messages.
-    Last(usize),
-    /// A custom choice: the index in the history to start from, or why the
-    /// history cannot serve the request.
-    Custom(ReplayPick<'a>),
-}
-
 /// The local subscription registry and fan-out engine.
 pub struct Hub {
     /// Channels by key, split across shards to spread lock contention.
@@ -100,9 +83,28 @@ struct Channel {
     inner: Mutex<ChannelInner>,
 }
 
+/// One local subscription.
+struct Subscriber {
+    /// Where its frames go.
+    outbox: Arc<Outbox>,
+    /// While set, live messages wait here instead of the outbox: the
+    /// subscriber is still reading history from the broker, and the two are
+    /// merged by offset when it activates.
+    pending: Option<Vec<Arc<Message>>>,
+}
+
+impl Subscriber {
+    fn live(outbox: &Arc<Outbox>) -> Self {
+        Self {
+            outbox: outbox.clone(),
+            pending: None,
+        }
+    }
+}
+
 struct ChannelInner {
     /// Local subscribers; `IndexMap` for O(1) removal and dense iteration.
-    subscribers: IndexMap<ConnId, Arc<Outbox>>,
+    subscribers: IndexMap<ConnId, Subscriber>,
     /// Offset of the next message.
     next_offset: u64,
     /// History generation; new each time the channel is created here.
@@ -202,35 +204,75 @@ impl Hub {
                 continue;
             }
             let inner = &mut *inner;
-            let asked = !matches!(replay, Replay::None);
-            let start = match replay {
-                Replay::None => Ok(inner.history.len()),
-                Replay::After(pos) => inner.history.after(&pos, &inner.epoch, inner.next_offset),
-                Replay::Last(n) => Ok(inner.history.len().saturating_sub(n)),
-                Replay::Custom(pick) => pick(&inner.history),
-            };
+            let (recovery, start) = replay.start(&inner.history, &inner.epoch, inner.next_offset);
             let mut replayed = 0;
-            if let Ok(from) = start {
+            if let Some(from) = start {
                 for msg in inner.history.iter().skip(from) {
                     outbox.push_message(msg);
                     replayed += 1;
                 }
             }
             let first_local = inner.subscribers.is_empty();
-            inner.subscribers.insert(outbox.id(), outbox.clone());
+            inner
+                .subscribers
+                .insert(outbox.id(), Subscriber::live(outbox));
             return Subscribed {
                 first_local,
                 replayed,
-                recovery: match start {
-                    Ok(_) if asked => Some(Recovery::Recovered),
-                    Ok(_) => None,
-                    Err(r) => Some(r),
-                },
+                recovery,
                 position: Position {
                     offset: inner.next_offset - 1,
                     epoch: inner.epoch.clone(),
                 },
             };
+        }
+    }
+
+    /// Adds `outbox` to `key` with live messages held back, for a subscriber
+    /// that first reads history kept by the broker. Returns true when it is
+    /// the channel's first local subscriber. Call [`Hub::activate`] next.
+    pub fn subscribe_pending(&self, key: &ChannelKey, outbox: &Arc<Outbox>) -> bool {
+        loop {
+            let ch = self.get_or_create(key);
+            let mut inner = ch.inner.lock();
+            if inner.removed {
+                continue;
+            }
+            let first_local = inner.subscribers.is_empty();
+            inner.subscribers.insert(
+                outbox.id(),
+                Subscriber {
+                    outbox: outbox.clone(),
+                    pending: Some(Vec::new()),
+                },
+            );
+            return first_local;
+        }
+    }
+
+    /// Ends a pending subscription: queues `replay` (history read after the
+    /// subscription began), then the held-back live messages newer than
+    /// `history_head` (the last offset that history read covered), and
+    /// delivers live from then on. Nothing is lost and nothing repeats.
+    pub fn activate(
+        &self,
+        key: &ChannelKey,
+        id: ConnId,
+        replay: &[Arc<Message>],
+        history_head: u64,
+    ) {
+        let Some(ch) = self.get(key) else { return };
+        let mut inner = ch.inner.lock();
+        let Some(sub) = inner.subscribers.get_mut(&id) else {
+            return;
+        };
+        for msg in replay {
+            sub.outbox.push_message(msg);
+        }
+        for msg in sub.pending.take().unwrap_or_default() {
+            if msg.offset > history_head {
+                sub.outbox.push_message(&msg);
+            }
         }
     }
 
@@ -257,9 +299,9 @@ impl Hub {
         let mut inner = ch.inner.lock();
         inner.removed = true;
         drop(shard);
-        for outbox in inner.subscribers.values() {
-            if let Some(frame) = outbox.format().deleted(key) {
-                outbox.push(frame);
+        for sub in inner.subscribers.values() {
+            if let Some(frame) = sub.outbox.format().deleted(key) {
+                sub.outbox.push(frame);
             }
         }
         Some(inner.subscribers.len())
@@ -332,7 +374,7 @@ impl Hub {
                 offset,
                 inner.epoch.clone(),
             ));
-            let subscribers = self.fan_out(&inner.subscribers, &msg);
+            let subscribers = self.fan_out(&mut inner.subscribers, &msg);
             let retention = inner.retention;
             if retention.keeps() {
                 inner.history.push(msg.clone(), retention);
@@ -356,13 +398,18 @@ impl Hub {
         let mut inner = ch.inner.lock();
         inner.published += 1;
         inner.next_offset = inner.next_offset.max(msg.offset + 1);
-        self.fan_out(&inner.subscribers, msg)
+        self.fan_out(&mut inner.subscribers, msg)
     }
 
-    fn fan_out(&self, subscribers: &IndexMap<ConnId, Arc<Outbox>>, msg: &Arc<Message>) -> usize {
+    fn fan_out(&self, subscribers: &mut IndexMap<ConnId, Subscriber>, msg: &Arc<Message>) -> usize {
         let (mut delivered, mut dropped, mut slow) = (0u64, 0u64, 0u64);
-        for outbox in subscribers.values() {
-            match outbox.push_message(msg) {
+        for sub in subscribers.values_mut() {
+            if let Some(pending) = &mut sub.pending {
+                pending.push(msg.clone());
+                delivered += 1;
+                continue;
+            }
+            match sub.outbox.push_message(msg) {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflowed => {
                     slow += 1;

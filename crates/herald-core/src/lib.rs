@@ -20,10 +20,10 @@ pub mod message;
 pub mod outbox;
 pub mod stats;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, StoredPage};
 pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::Engine;
-pub use history::{HistoryPolicy, Position, Recovery, Retention};
-pub use hub::{ChannelInfo, Hub, Published, Replay, Subscribed};
+pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
+pub use hub::{ChannelInfo, Hub, Published, Subscribed};
 pub use message::{Format, Message, Publication};
 pub use outbox::{Closed, ConnId, Frame, Outbox, Pushed};
