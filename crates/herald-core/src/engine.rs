@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
-use crate::history::{History, Replay};
+use crate::history::{History, Position, Replay};
 use crate::hub::{Hub, Published, Subscribed};
 use crate::message::Publication;
 use crate::outbox::Outbox;
@@ -110,6 +110,33 @@ impl Engine {
         })
     }
 
+    /// Reads stored messages of `channel` wherever history lives: after
+    /// `since` (up to `limit`) or the newest `limit`. `None` when the channel
+    /// is unknown to a hub that keeps history locally.
+    pub async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<StoredPage>, BrokerError> {
+        if self.broker.keeps_history() {
+            return self.broker.history(channel, since, limit).await.map(Some);
+        }
+        Ok(self.hub.with_history(channel, |history, epoch, next_offset| {
+            let from = match since {
+                Some(s) => history.iter().take_while(|m| m.offset <= s).count(),
+                None => history.len().saturating_sub(limit),
+            };
+            StoredPage {
+                messages: history.iter().skip(from).take(limit).cloned().collect(),
+                position: Position {
+                    offset: next_offset - 1,
+                    epoch: epoch.clone(),
+                },
+            }
+        }))
+    }
+
     /// Removes `outbox` from `channel`.
     pub async fn unsubscribe(&self, channel: &ChannelKey, outbox: &Outbox) {
         if self.hub.unsubscribe(channel, outbox.id()) {
@@ -132,8 +159,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::StoredPage;
-    use crate::history::{Position, Recovery};
+    use crate::history::Recovery;
     use crate::message::{Format, Message};
     use async_trait::async_trait;
     use bytes::Bytes;

@@ -157,25 +157,21 @@ pub enum LogFormat {
 }
 
 /// Which broker links nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `memory` (one node) for now.
+    /// `memory` (one node, the default) or `redis` (many nodes as one).
     pub kind: BrokerKind,
+    /// Used when `kind = "redis"`: URLs, cluster mode, key prefix, password, TLS.
+    pub redis: herald_broker::RedisConfig,
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            kind: BrokerKind::Memory,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
+    #[default]
     Memory,
+    Redis,
 }
 
 /// A configuration that cannot work.

@@ -6,13 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use herald_broker::MemoryBroker;
-use herald_core::{Engine, Hub};
+use herald_broker::{MemoryBroker, RedisBroker};
+use herald_core::{Broker, Engine, Hub};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::Config;
+use crate::config::{BrokerKind, Config};
 use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
@@ -30,7 +30,16 @@ impl Server {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let hub = Arc::new(Hub::with_policy(config.history.clone()));
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let broker: Arc<dyn Broker> = match config.broker.kind {
+            BrokerKind::Memory => Arc::new(MemoryBroker::new(hub.clone())),
+            BrokerKind::Redis => {
+                let mut redis = config.broker.redis.clone();
+                redis.history = config.history.clone().into();
+                RedisBroker::connect(redis, hub.clone())
+                    .await
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?
+            }
+        };
         let engine = Engine::new(hub, broker);
         let listener = listen(config.server.listen, config.server.backlog)?;
         let state = AppState::new(engine, config, Shutdown::default());

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::ChannelKey;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How to reach Redis and how to use it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Seed addresses (`redis://host:port`); one for a single server, any

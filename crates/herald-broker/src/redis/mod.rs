@@ -25,7 +25,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_core::{Broker, BrokerError, ChannelKey, Hub, Message, Publication, Published};
+use herald_core::{
+    Broker, BrokerError, ChannelKey, Hub, Message, Position, Publication, Published, StoredPage,
+};
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -348,6 +350,26 @@ impl Broker for RedisBroker {
             debug!(%channel, "Unsubscribe scheduled.");
         }
         Ok(())
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<StoredPage, BrokerError> {
+        let page = RedisBroker::history(self, channel, since, limit).await?;
+        Ok(StoredPage {
+            messages: page.messages.into_iter().map(Arc::new).collect(),
+            position: Position {
+                offset: page.offset,
+                epoch: page.epoch,
+            },
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -94,34 +94,37 @@ pub(crate) async fn history(
     let key = state.channel(&name)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let since = match (q.since, q.epoch) {
-        (Some(offset), Some(epoch)) => Some(Position {
-            offset,
-            epoch: epoch.into(),
-        }),
+        (Some(offset), Some(epoch)) => Some(Position { offset, epoch: epoch.into() }),
         (None, None) => None,
         _ => return Err(ApiError::bad_request("'since' and 'epoch' go together")),
     };
-    let page = state.engine.hub().with_history(&key, |history, epoch, next_offset| {
-        let start = match &since {
-            Some(pos) => history.after(pos, epoch, next_offset),
-            None => Ok(history.len().saturating_sub(limit)),
-        };
-        let messages: Vec<Box<RawValue>> = match start {
-            Ok(from) => history
-                .iter()
-                .skip(from)
-                .take(limit)
-                .filter_map(|m| RawValue::from_string(String::from_utf8(envelope(m)).ok()?).ok())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let recovery = since.as_ref().map(|_| start.err().unwrap_or(Recovery::Recovered));
-        json!({
-            "channel": key.name(),
-            "position": position_json(&Position { offset: next_offset - 1, epoch: epoch.clone() }),
-            "recovery": recovery,
-            "messages": messages,
-        })
+    let page = state
+        .engine
+        .history(&key, since.as_ref().map(|p| p.offset), limit)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    let head = &page.position;
+    let recovery = since.as_ref().map(|pos| {
+        if pos.epoch != head.epoch {
+            Recovery::EpochChanged
+        } else if pos.offset < head.offset && page.messages.first().is_none_or(|m| m.offset > pos.offset + 1) {
+            Recovery::TooOld
+        } else {
+            Recovery::Recovered
+        }
     });
-    page.map(Json).ok_or_else(|| not_found(&name))
+    let messages: Vec<Box<RawValue>> = if recovery.is_none_or(|r| r == Recovery::Recovered) {
+        page.messages
+            .iter()
+            .filter_map(|m| RawValue::from_string(String::from_utf8(envelope(m)).ok()?).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Json(json!({
+        "channel": key.name(),
+        "position": position_json(head),
+        "recovery": recovery,
+        "messages": messages,
+    })))
 }
