@@ -55,7 +55,11 @@ impl Engine {
         outbox: &Arc<Outbox>,
         replay: Replay<'_>,
     ) -> Result<Subscribed, BrokerError> {
-        if self.broker.keeps_history() && !matches!(replay, Replay::None) {
+        // Where the broker keeps history, positions come from it: even a
+        // plain subscribe asks it, so the client learns a resumable position.
+        let from_broker = self.broker.keeps_history()
+            && (!matches!(replay, Replay::None) || self.hub.policy().retention(channel).keeps());
+        if from_broker {
             return self.subscribe_from_broker(channel, outbox, replay).await;
         }
         let subscribed = self.hub.subscribe_with(channel, outbox, replay);
@@ -101,7 +105,7 @@ impl Engine {
             .map(|from| history.iter().skip(from).cloned().collect())
             .unwrap_or_default();
         self.hub
-            .activate(channel, outbox.id(), &replayed, page.position.offset);
+            .activate(channel, outbox.id(), &replayed, &page.position);
         Ok(Subscribed {
             first_local,
             replayed: replayed.len(),
@@ -122,19 +126,21 @@ impl Engine {
         if self.broker.keeps_history() {
             return self.broker.history(channel, since, limit).await.map(Some);
         }
-        Ok(self.hub.with_history(channel, |history, epoch, next_offset| {
-            let from = match since {
-                Some(s) => history.iter().take_while(|m| m.offset <= s).count(),
-                None => history.len().saturating_sub(limit),
-            };
-            StoredPage {
-                messages: history.iter().skip(from).take(limit).cloned().collect(),
-                position: Position {
-                    offset: next_offset - 1,
-                    epoch: epoch.clone(),
-                },
-            }
-        }))
+        Ok(self
+            .hub
+            .with_history(channel, |history, epoch, next_offset| {
+                let from = match since {
+                    Some(s) => history.iter().take_while(|m| m.offset <= s).count(),
+                    None => history.len().saturating_sub(limit),
+                };
+                StoredPage {
+                    messages: history.iter().skip(from).take(limit).cloned().collect(),
+                    position: Position {
+                        offset: next_offset - 1,
+                        epoch: epoch.clone(),
+                    },
+                }
+            }))
     }
 
     /// Removes `outbox` from `channel`.
@@ -184,7 +190,10 @@ mod tests {
                 Arc::from("E"),
             ));
             log.push(msg.clone());
-            let subscribers = self.hub.deliver(&msg);
+            let subscribers = match self.hub.deliver(&msg) {
+                crate::hub::Delivery::Reached(n) => n,
+                _ => 0,
+            };
             Published {
                 id: msg.publication.id.clone(),
                 offset,

@@ -38,6 +38,20 @@ pub struct Published {
     pub subscribers: usize,
 }
 
+/// What [`Hub::deliver`] did with a message from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for this many local subscribers.
+    Reached(usize),
+    /// Already delivered (offset behind the channel): dropped.
+    Duplicate,
+    /// Held back behind an open gap.
+    Held,
+    /// Offsets `after + 1 .. before` are missing: read them from history and
+    /// call [`Hub::fill`]. The message was held back.
+    Gap { after: u64, before: u64 },
+}
+
 /// Counts for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
@@ -115,6 +129,9 @@ struct ChannelInner {
     retention: Retention,
     /// Stored messages for resume.
     history: History,
+    /// Messages from the broker held back while a gap before them is read
+    /// from history; `None` when in order.
+    gap: Option<Vec<Arc<Message>>>,
     /// Set when the channel left the shard map; holders of a stale `Arc`
     /// must look it up again.
     removed: bool,
@@ -175,6 +192,7 @@ impl Hub {
                         published: 0,
                         retention: self.policy.retention(key),
                         history: History::default(),
+                        gap: None,
                         removed: false,
                     }),
                 })
@@ -252,17 +270,25 @@ impl Hub {
 
     /// Ends a pending subscription: queues `replay` (history read after the
     /// subscription began), then the held-back live messages newer than
-    /// `history_head` (the last offset that history read covered), and
+    /// `position` (where that history read ended), and
     /// delivers live from then on. Nothing is lost and nothing repeats.
     pub fn activate(
         &self,
         key: &ChannelKey,
         id: ConnId,
         replay: &[Arc<Message>],
-        history_head: u64,
+        position: &Position,
     ) {
         let Some(ch) = self.get(key) else { return };
         let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        if inner.published == 0 && inner.gap.is_none() {
+            // Nothing delivered here yet: start from the broker's position so
+            // the next message is checked for a gap against it.
+            inner.epoch = position.epoch.clone();
+            inner.next_offset = inner.next_offset.max(position.offset + 1);
+        }
+        let history_head = position.offset;
         let Some(sub) = inner.subscribers.get_mut(&id) else {
             return;
         };
@@ -388,17 +414,68 @@ impl Hub {
         }
     }
 
-    /// Queues an already-sequenced message (from another node) for every local
-    /// subscriber of its channel. Returns how many it reached.
-    pub fn deliver(&self, msg: &Arc<Message>) -> usize {
+    /// Queues an already-sequenced message (from the broker) for every local
+    /// subscriber of its channel, in offset order.
+    ///
+    /// On a channel that keeps history, a message past the next expected
+    /// offset means messages went missing on the way (a broker reconnect):
+    /// it is held back with everything after it, and [`Delivery::Gap`] asks
+    /// the caller to read the missing range from history and [`Hub::fill`] it.
+    pub fn deliver(&self, msg: &Arc<Message>) -> Delivery {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         let Some(ch) = self.get(&msg.channel) else {
-            return 0;
+            return Delivery::Reached(0);
         };
         let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        if *inner.epoch != *msg.epoch {
+            // A new history generation (first message seen here, or the
+            // broker lost its state): start counting from this message.
+            inner.epoch = msg.epoch.clone();
+            inner.next_offset = msg.offset;
+            inner.gap = None;
+        }
+        if let Some(held) = &mut inner.gap {
+            held.push(msg.clone());
+            return Delivery::Held;
+        }
+        if msg.offset < inner.next_offset {
+            return Delivery::Duplicate;
+        }
+        if msg.offset > inner.next_offset && inner.retention.keeps() {
+            inner.gap = Some(vec![msg.clone()]);
+            return Delivery::Gap {
+                after: inner.next_offset - 1,
+                before: msg.offset,
+            };
+        }
         inner.published += 1;
-        inner.next_offset = inner.next_offset.max(msg.offset + 1);
-        self.fan_out(&mut inner.subscribers, msg)
+        inner.next_offset = msg.offset + 1;
+        Delivery::Reached(self.fan_out(&mut inner.subscribers, msg))
+    }
+
+    /// Closes a gap [`Hub::deliver`] reported: delivers `recovered` (read
+    /// from history) and the held-back messages in offset order, once each.
+    /// With nothing recovered (history trimmed), the held messages go out
+    /// anyway and the gap stays visible to clients as an offset jump.
+    pub fn fill(&self, key: &ChannelKey, recovered: Vec<Arc<Message>>) {
+        let Some(ch) = self.get(key) else { return };
+        let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        let Some(held) = inner.gap.take() else { return };
+        let mut all: Vec<Arc<Message>> = recovered
+            .into_iter()
+            .filter(|m| *m.epoch == *inner.epoch)
+            .chain(held)
+            .collect();
+        all.sort_by_key(|m| m.offset);
+        for msg in all {
+            if msg.offset >= inner.next_offset {
+                inner.published += 1;
+                inner.next_offset = msg.offset + 1;
+                self.fan_out(&mut inner.subscribers, &msg);
+            }
+        }
     }
 
     fn fan_out(&self, subscribers: &mut IndexMap<ConnId, Subscriber>, msg: &Arc<Message>) -> usize {
@@ -727,6 +804,65 @@ mod tests {
             checked += 1;
         }
         publisher.join().unwrap();
+    }
+
+    fn remote(offset: u64, epoch: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            key("hist"),
+            Publication::new(Bytes::from(offset.to_string())),
+            offset,
+            Arc::from(epoch),
+        ))
+    }
+
+    #[test]
+    fn deliver_orders_dedupes_and_reports_gaps() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        assert_eq!(
+            hub.deliver(&remote(5, "R")),
+            Delivery::Reached(1),
+            "adopts the broker's epoch"
+        );
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Reached(1));
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Duplicate);
+        assert_eq!(
+            hub.deliver(&remote(9, "R")),
+            Delivery::Gap {
+                after: 6,
+                before: 9
+            }
+        );
+        assert_eq!(hub.deliver(&remote(10, "R")), Delivery::Held);
+        // History returns 7 and 8 (and a stale 6): each goes out once, in order.
+        hub.fill(
+            &key("hist"),
+            vec![remote(6, "R"), remote(7, "R"), remote(8, "R")],
+        );
+        assert_eq!(hub.deliver(&remote(11, "R")), Delivery::Reached(1));
+        let got: Vec<Bytes> = drained(&a);
+        let want: Vec<Bytes> = [5, 6, 7, 8, 9, 10, 11]
+            .iter()
+            .map(|i: &u64| Bytes::from(i.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        // A new epoch (the broker lost its state) restarts the count.
+        assert_eq!(hub.deliver(&remote(1, "S")), Delivery::Reached(1));
+    }
+
+    #[test]
+    fn unfilled_gap_still_releases_held_messages() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        hub.deliver(&remote(1, "R"));
+        assert!(matches!(hub.deliver(&remote(4, "R")), Delivery::Gap { .. }));
+        hub.fill(&key("hist"), Vec::new());
+        assert_eq!(
+            drained(&a),
+            vec![Bytes::from_static(b"1"), Bytes::from_static(b"4")]
+        );
     }
 
     #[test]

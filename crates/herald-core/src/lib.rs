@@ -24,6 +24,6 @@ pub use broker::{Broker, BrokerError, StoredPage};
 pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::Engine;
 pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
-pub use hub::{ChannelInfo, Hub, Published, Subscribed};
+pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
 pub use message::{Format, Message, Publication};
 pub use outbox::{Closed, ConnId, Frame, Outbox, Pushed};

@@ -121,7 +121,7 @@ impl RedisBroker {
             push_tx,
             config,
         });
-        let fanout = subscriber::Fanout::start(&hub, inner.config.fanout_workers);
+        let fanout = subscriber::Fanout::start(&inner, inner.config.fanout_workers);
         let mut tasks = vec![
             tokio::spawn(subscriber::run_ops(inner.clone(), ops_rx)),
             tokio::spawn(subscriber::run_reader(inner.clone(), fanout, push_rx)),
@@ -170,37 +170,7 @@ impl RedisBroker {
         since: Option<u64>,
         limit: usize,
     ) -> Result<History, BrokerError> {
-        let inner = &self.inner;
-        let mut conn = inner.publisher_conn()?;
-        let mut call = script::HISTORY.prepare_invoke();
-        call.key(inner.keys.meta(channel))
-            .key(inner.keys.history(channel))
-            .arg(since.map(|s| s.to_string()).unwrap_or_default())
-            .arg(limit);
-        let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
-            .await
-            .map_err(|e| inner.failed(e))?;
-        let (epoch, offset, entries) = parse_history(reply)?;
-        let min_time = inner
-            .config
-            .history
-            .limits(channel)
-            .map(|l| herald_core::message::now_ms().saturating_sub(l.ttl.as_millis() as u64));
-        let mut messages = Vec::with_capacity(entries.len());
-        for frame in entries {
-            let msg = codec::decode(frame).map_err(|e| BrokerError::Protocol(e.to_string()))?;
-            if min_time.is_none_or(|t| msg.publication.time_ms >= t) {
-                messages.push(msg);
-            }
-        }
-        if since.is_none() {
-            messages.reverse();
-        }
-        Ok(History {
-            messages,
-            epoch: Arc::from(epoch),
-            offset,
-        })
+        self.inner.history(channel, since, limit).await
     }
 
     /// Sends `bytes` to node `node_id`'s direct channel. Returns whether a
@@ -382,6 +352,46 @@ impl Broker for RedisBroker {
 }
 
 impl Inner {
+    /// See [`RedisBroker::history`].
+    pub(crate) async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let inner = self;
+        let mut conn = inner.publisher_conn()?;
+        let mut call = script::HISTORY.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
+            .arg(limit);
+        let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let (epoch, offset, entries) = parse_history(reply)?;
+        let min_time = inner
+            .config
+            .history
+            .limits(channel)
+            .map(|l| herald_core::message::now_ms().saturating_sub(l.ttl.as_millis() as u64));
+        let mut messages = Vec::with_capacity(entries.len());
+        for frame in entries {
+            let msg = codec::decode(frame).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+            if min_time.is_none_or(|t| msg.publication.time_ms >= t) {
+                messages.push(msg);
+            }
+        }
+        if since.is_none() {
+            messages.reverse();
+        }
+        Ok(History {
+            messages,
+            epoch: Arc::from(epoch),
+            offset,
+        })
+    }
+
     /// The current session, if any.
     fn session(&self) -> Option<Session> {
         self.session.read().clone()

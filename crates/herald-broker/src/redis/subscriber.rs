@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_core::{BrokerError, ChannelKey, Hub, Message};
+use herald_core::{BrokerError, ChannelKey, Delivery, Message};
 use parking_lot::Mutex;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -182,16 +182,24 @@ pub(crate) struct Fanout {
 }
 
 impl Fanout {
-    /// Starts `n` workers feeding `hub`; they end when the `Fanout` drops.
-    pub(crate) fn start(hub: &Arc<Hub>, n: usize) -> Self {
+    /// Starts `n` workers feeding the hub; they end when the `Fanout` drops.
+    /// A worker that finds a gap in a channel with history (messages lost
+    /// while a connection was down) reads the missing range from Redis.
+    pub(crate) fn start(inner: &Arc<Inner>, n: usize) -> Self {
         let workers = (0..n.max(1))
             .map(|_| {
                 let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Message>>();
-                let hub = hub.clone();
+                let inner = inner.clone();
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
-                        // `&Arc<Message>` also coerces to `&Message`.
-                        hub.deliver(&msg);
+                        if let Delivery::Gap { after, before } = inner.hub.deliver(&msg) {
+                            tokio::spawn(recover_gap(
+                                inner.clone(),
+                                msg.channel.clone(),
+                                after,
+                                before,
+                            ));
+                        }
                     }
                 });
                 tx
@@ -207,6 +215,28 @@ impl Fanout {
         let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
         let _ = self.workers[i].send(Arc::new(msg));
     }
+}
+
+/// Reads offsets `after + 1 .. before` of `channel` from history and hands
+/// them to the hub, which then releases the messages it held back.
+async fn recover_gap(inner: Arc<Inner>, channel: ChannelKey, after: u64, before: u64) {
+    let missing = (before - after - 1) as usize;
+    for attempt in 0..3u32 {
+        match inner.history(&channel, Some(after), missing).await {
+            Ok(page) => {
+                let recovered = page.messages.into_iter().map(Arc::new).collect();
+                debug!(%channel, after, before, "Gap recovered from history.");
+                inner.hub.fill(&channel, recovered);
+                return;
+            }
+            Err(e) => {
+                debug!(%channel, attempt, error = %e, "Gap recovery failed.");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    warn!(%channel, after, before, "Messages lost: gap not in history.");
+    inner.hub.fill(&channel, Vec::new());
 }
 
 /// What the reader calls for a message on this node's direct channel.
