@@ -454,6 +454,23 @@ impl Hub {
         Delivery::Reached(self.fan_out(&mut inner.subscribers, msg))
     }
 
+    /// Opens a gap when the broker's `position` for `key` is ahead of what
+    /// this node delivered (messages published while it was not listening).
+    /// Returns the missing range `(after, before)` to read from history and
+    /// [`fill`](Hub::fill); live messages are held back meanwhile.
+    pub fn catch_up(&self, key: &ChannelKey, position: &Position) -> Option<(u64, u64)> {
+        let ch = self.get(key)?;
+        let mut inner = ch.inner.lock();
+        if *inner.epoch != *position.epoch
+            || inner.gap.is_some()
+            || position.offset < inner.next_offset
+        {
+            return None;
+        }
+        inner.gap = Some(Vec::new());
+        Some((inner.next_offset - 1, position.offset + 1))
+    }
+
     /// Closes a gap [`Hub::deliver`] reported: delivers `recovered` (read
     /// from history) and the held-back messages in offset order, once each.
     /// With nothing recovered (history trimmed), the held messages go out
@@ -849,6 +866,25 @@ mod tests {
         assert_eq!(got, want);
         // A new epoch (the broker lost its state) restarts the count.
         assert_eq!(hub.deliver(&remote(1, "S")), Delivery::Reached(1));
+    }
+
+    #[test]
+    fn catch_up_opens_a_gap_only_when_behind() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        hub.deliver(&remote(3, "R"));
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: Arc::from(epoch),
+        };
+        assert_eq!(hub.catch_up(&key("hist"), &at(3, "R")), None, "up to date");
+        assert_eq!(hub.catch_up(&key("hist"), &at(9, "X")), None, "other epoch");
+        assert_eq!(hub.catch_up(&key("hist"), &at(5, "R")), Some((3, 6)));
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Held);
+        hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
+        let got = drained(&a);
+        assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
     }
 
     #[test]

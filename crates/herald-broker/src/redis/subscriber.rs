@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_core::{BrokerError, ChannelKey, Delivery, Message};
+use herald_core::{BrokerError, ChannelKey, Delivery, Message, Position};
 use parking_lot::Mutex;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -214,6 +214,27 @@ impl Fanout {
     fn dispatch(&self, msg: Message) {
         let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
         let _ = self.workers[i].send(Arc::new(msg));
+    }
+}
+
+/// After a reconnect, finds channels with history whose messages were
+/// published while this node was not listening, and recovers them.
+pub(crate) async fn catch_up(inner: Arc<Inner>) {
+    let channels: Vec<ChannelKey> = inner.subs.channels.lock().keys().cloned().collect();
+    for channel in channels {
+        if inner.config.history.limits(&channel).is_none() {
+            continue;
+        }
+        let Ok(page) = inner.history(&channel, None, 0).await else {
+            continue;
+        };
+        let position = Position {
+            offset: page.offset,
+            epoch: page.epoch,
+        };
+        if let Some((after, before)) = inner.hub.catch_up(&channel, &position) {
+            recover_gap(inner.clone(), channel, after, before).await;
+        }
     }
 }
 
