@@ -10,6 +10,18 @@ use crate::history::Position;
 use crate::hub::Published;
 use crate::message::{Message, Publication};
 
+/// One channel's counts across every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Connections subscribed on any node.
+    pub subscribers: usize,
+    /// Messages in the shared history.
+    pub stored: usize,
+    /// The last offset and the epoch; the offset counts every publish of
+    /// this epoch.
+    pub position: Position,
+}
+
 /// Stored messages read from a broker that keeps history itself.
 #[derive(Debug, Clone)]
 pub struct StoredPage {
@@ -70,6 +82,16 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<StoredPage, BrokerError> {
         let _ = (channel, since, limit);
         Err(BrokerError::Protocol("this broker keeps no history".into()))
+    }
+
+    /// Counts of `channel` across every node, for brokers that know them;
+    /// `None` leaves the answer to the local hub.
+    async fn channel_stats(
+        &self,
+        channel: &ChannelKey,
+    ) -> Result<Option<ChannelStats>, BrokerError> {
+        let _ = channel;
+        Ok(None)
     }
 
     /// Whether the broker can take publishes right now (readiness probe).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
 use crate::history::{History, Position, Replay};
-use crate::hub::{Hub, Published, Subscribed};
+use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
 use crate::message::Publication;
 use crate::outbox::Outbox;
 
@@ -141,6 +141,25 @@ impl Engine {
                     },
                 }
             }))
+    }
+
+    /// Counts for `channel`: across the cluster when the broker knows them,
+    /// else this node's.
+    pub async fn channel_info(
+        &self,
+        channel: &ChannelKey,
+    ) -> Result<Option<ChannelInfo>, BrokerError> {
+        let Some(stats) = self.broker.channel_stats(channel).await? else {
+            return Ok(self.hub.channel_info(channel));
+        };
+        Ok(Some(ChannelInfo {
+            key: channel.clone(),
+            subscribers: stats.subscribers,
+            published: stats.position.offset,
+            next_offset: stats.position.offset + 1,
+            epoch: stats.position.epoch,
+            stored: stats.stored,
+        }))
     }
 
     /// Removes `outbox` from `channel`.

@@ -20,7 +20,7 @@ pub mod message;
 pub mod outbox;
 pub mod stats;
 
-pub use broker::{Broker, BrokerError, StoredPage};
+pub use broker::{Broker, BrokerError, ChannelStats, StoredPage};
 pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::Engine;
 pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};

@@ -134,9 +134,9 @@ async fn cross_node_fan_out_and_cluster_wide_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_resumes_on_another_node() {
+async fn client_of_a_dead_node_resumes_on_another() {
     let redis = RedisServer::start();
-    let n = nodes(&[redis.url()], 3);
+    let mut n = nodes(&[redis.url()], 3);
     let mut first = ws(&n[0], "/ws?channels=hbook").await;
     let mut last = Value::Null;
     for i in 1..=3 {
@@ -144,7 +144,15 @@ async fn client_resumes_on_another_node() {
         last = next_json(&mut first).await;
         assert_eq!(last["data"], i);
     }
-    drop(first);
+    // Node A dies; its client goes elsewhere.
+    n[0].child.kill().unwrap();
+    n[0].child.wait().unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, first.next())
+            .await
+            .unwrap()
+            .is_none_or(|r| r.is_err())
+    );
     for i in 4..=8 {
         publish_ok(&n[2], "hbook", json!(i)).await;
     }
@@ -163,7 +171,7 @@ async fn client_resumes_on_another_node() {
     for i in 4..=8 {
         assert_eq!(next_json(&mut again).await["data"], i);
     }
-    publish_ok(&n[0], "hbook", json!(9)).await;
+    publish_ok(&n[2], "hbook", json!(9)).await;
     assert_eq!(
         next_json(&mut again).await["data"],
         9,

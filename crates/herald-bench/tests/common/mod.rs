@@ -61,7 +61,8 @@ impl Drop for Server {
                 let _ = child.wait();
             }
             None => {
-                // nginx: TERM is its fast shutdown; the master stops its workers.
+                // Started by a script: nginx's TERM is its fast shutdown (the master stops its
+                // workers); sockudo exits on TERM.
                 let _ = Command::new("kill")
                     .args(["-TERM", &self.pid.to_string()])
                     .status();
@@ -98,6 +99,43 @@ pub fn start_nchan() -> Result<Server, String> {
         .last()
         .and_then(|l| l.trim().parse().ok())
         .ok_or_else(|| format!("no pid from start-nchan.sh: {stdout:?}"))?;
+    Ok(Server {
+        pid,
+        port,
+        child: None,
+    })
+}
+
+/// Starts sockudo with `start-sockudo.sh`, but only if it is already built: building it takes
+/// about 13 minutes on 2 cores, too long for a test (`bench/compare.sh` builds it).
+pub fn start_sockudo() -> Result<Server, String> {
+    let root = std::env::var_os("SOCKUDO_ROOT").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/peers/sockudo"),
+        PathBuf::from,
+    );
+    if !root.join("bin/sockudo").exists() {
+        return Err(format!(
+            "{} is not built (run ../shared/peers/start-sockudo.sh once)",
+            root.join("bin/sockudo").display()
+        ));
+    }
+    let script = peers_dir().join("start-sockudo.sh");
+    let port = free_port();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(port.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", script.display(), out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("no pid from start-sockudo.sh: {stdout:?}"))?;
     Ok(Server {
         pid,
         port,

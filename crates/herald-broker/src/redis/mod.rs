@@ -26,7 +26,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
-    Broker, BrokerError, ChannelKey, Hub, Message, Position, Publication, Published, StoredPage,
+    Broker, BrokerError, ChannelKey, ChannelStats, Hub, Message, Position, Publication, Published,
+    StoredPage,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
@@ -324,6 +325,33 @@ impl Broker for RedisBroker {
 
     fn keeps_history(&self) -> bool {
         true
+    }
+
+    async fn channel_stats(
+        &self,
+        channel: &ChannelKey,
+    ) -> Result<Option<ChannelStats>, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.publisher_conn()?;
+        let mut call = script::STATS.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .key(inner.keys.subscribers(channel));
+        let (epoch, offset, stored, subscribers): (String, u64, u64, u64) =
+            bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+                .await
+                .map_err(|e| inner.failed(e))?;
+        if epoch.is_empty() && subscribers == 0 {
+            return Ok(None);
+        }
+        Ok(Some(ChannelStats {
+            subscribers: subscribers as usize,
+            stored: stored as usize,
+            position: Position {
+                offset,
+                epoch: Arc::from(epoch),
+            },
+        }))
     }
 
     async fn history(

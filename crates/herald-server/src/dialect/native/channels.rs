@@ -94,7 +94,10 @@ pub(crate) async fn history(
     let key = state.channel(&name)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let since = match (q.since, q.epoch) {
-        (Some(offset), Some(epoch)) => Some(Position { offset, epoch: epoch.into() }),
+        (Some(offset), Some(epoch)) => Some(Position {
+            offset,
+            epoch: epoch.into(),
+        }),
         (None, None) => None,
         _ => return Err(ApiError::bad_request("'since' and 'epoch' go together")),
     };
@@ -107,7 +110,12 @@ pub(crate) async fn history(
     let recovery = since.as_ref().map(|pos| {
         if pos.epoch != head.epoch {
             Recovery::EpochChanged
-        } else if pos.offset < head.offset && page.messages.first().is_none_or(|m| m.offset > pos.offset + 1) {
+        } else if pos.offset < head.offset
+            && page
+                .messages
+                .first()
+                .is_none_or(|m| m.offset > pos.offset + 1)
+        {
             Recovery::TooOld
         } else {
             Recovery::Recovered
