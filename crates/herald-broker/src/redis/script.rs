@@ -20,7 +20,7 @@ use redis::Script;
 /// Returns `{offset, epoch, subscribers}` where `subscribers` sums the
 /// unexpired per-node counts (expired ones are removed on the way).
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r#"
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -42,25 +42,12 @@ if max_len > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[7])
 end
 
-local subscribers = 0
-local counts = redis.call('HGETALL', KEYS[3])
-if #counts > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for i = 1, #counts, 2 do
-    local n, expires = string.match(counts[i + 1], '^(%d+):(%d+)$')
-    if n and tonumber(expires) > now then
-      subscribers = subscribers + tonumber(n)
-    else
-      redis.call('HDEL', KEYS[3], counts[i])
-    end
-  end
-end
+{SUM_COUNTS}
 
 redis.call(ARGV[3], ARGV[2], frame)
-return {offset, epoch, subscribers}
-"#,
-    )
+return {{offset, epoch, subscribers}}
+"#
+    ))
 });
 
 /// Below this history length trimming is exact (`MAXLEN =`); above it
@@ -119,12 +106,20 @@ return 1
 /// Returns `{epoch, last_offset, stored, subscribers}`; `epoch` is empty when
 /// the channel has no metadata.
 pub(crate) static STATS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r#"
 local epoch = redis.call('HGET', KEYS[1], 'e') or ''
 local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local stored = redis.call('XLEN', KEYS[2])
-local subscribers = 0
+{SUM_COUNTS}
+return {{epoch, last, stored, subscribers}}
+"#
+    ))
+});
+
+/// Lua: sums the unexpired per-node counts of hash `KEYS[3]` into
+/// `subscribers`, deleting expired entries (in Redis' own clock).
+const SUM_COUNTS: &str = r#"local subscribers = 0
 local counts = redis.call('HGETALL', KEYS[3])
 if #counts > 0 then
   local t = redis.call('TIME')
@@ -133,10 +128,8 @@ if #counts > 0 then
     local n, expires = string.match(counts[i + 1], '^(%d+):(%d+)$')
     if n and tonumber(expires) > now then
       subscribers = subscribers + tonumber(n)
+    else
+      redis.call('HDEL', KEYS[3], counts[i])
     end
   end
-end
-return {epoch, last, stored, subscribers}
-"#,
-    )
-});
+end"#;
