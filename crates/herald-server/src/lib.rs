@@ -13,9 +13,11 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 
+mod auth;
 mod dialect;
 mod error;
 mod lifetime;
+mod ratelimit;
 mod session;
 mod transport;
 
