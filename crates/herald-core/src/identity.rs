@@ -173,6 +173,9 @@ pub struct SendOutcome {
     pub delivered: usize,
 }
 
+/// A registered waiter: its ticket and the channel to wake it.
+type Waiting = (u64, oneshot::Sender<ConnId>);
+
 /// One connection in the directory.
 struct Entry {
     /// Who it is.
@@ -203,7 +206,7 @@ pub struct Directory {
     rotation: Mutex<HashMap<Filter, u64>>,
     /// Senders waiting for an ack, by message id, with the waiter's ticket
     /// so a dropped waiter never removes a newer one for the same id.
-    pending: Mutex<HashMap<Arc<str>, (u64, oneshot::Sender<ConnId>)>>,
+    pending: Mutex<HashMap<Arc<str>, Waiting>>,
     /// Next waiter ticket.
     tickets: AtomicU64,
     /// Targeted messages queued, for metrics.
