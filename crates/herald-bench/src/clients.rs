@@ -292,11 +292,14 @@ impl ClientTask {
         let mut on_payload = |frame: &[u8]| {
             on_frame(&shared, local, global, &mut seen, frame);
         };
+        // One stop future for the whole loop: re-creating it per frame showed in profiles.
+        let stopped = self.stop.changed();
+        tokio::pin!(stopped);
         // Bounded by the stop signal, which the worker always sends, and by the connection's end.
         loop {
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => break,
+                _ = &mut stopped => break,
                 Some(frame) = next_outgoing(&mut self.outgoing) => {
                     if conn.send_text(frame).await.is_err() {
                         shared.disconnects.fetch_add(1, Relaxed);

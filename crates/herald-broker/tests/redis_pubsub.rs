@@ -130,6 +130,11 @@ async fn history_is_kept_per_policy_and_read_by_offset() {
             .messages
             .is_empty()
     );
+    let none = a.broker.history(&kept, None, 0).await.unwrap();
+    assert!(
+        none.messages.is_empty() && none.offset == 8,
+        "limit 0 reads only the position"
+    );
 
     // Without history the offset still advances, but nothing is stored.
     let plain = key("plain");
@@ -251,4 +256,25 @@ async fn nodes_can_message_each_other_directly() {
         .unwrap();
     assert_eq!(&got[..], b"hello");
     assert!(!a.broker.send_to_node("nobody", "x".into()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_subscribes_are_batched_and_all_work() {
+    let redis = RedisServer::start();
+    let a = Node::start(config(vec![redis.url()])).await;
+    let b = Node::start(config(vec![redis.url()])).await;
+    let channels: Vec<_> = (0..600).map(|i| key(&format!("many-{i}"))).collect();
+    let outboxes = tokio::time::timeout(
+        STEP,
+        futures_util::future::join_all(channels.iter().map(|ch| b.subscribe(ch))),
+    )
+    .await
+    .expect("subscribes timed out");
+    let channels_in_redis = command(redis.port, &["PUBSUB", "CHANNELS", "t:{app/many-*"]).unwrap();
+    assert_eq!(channels_in_redis.matches("many-").count(), 600);
+    for (ch, outbox) in channels.iter().zip(&outboxes).step_by(37) {
+        let p = a.publish(ch, "1").await;
+        let got = recv_n(outbox, 1, STEP).await;
+        assert_eq!(got[0].offset, p.offset);
+    }
 }

@@ -3,11 +3,35 @@
 
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
 use crate::channel::ChannelKey;
+use crate::history::Position;
 use crate::hub::Published;
 use crate::identity::{Directory, Filter, SendOutcome, Targeted};
-use crate::message::Publication;
+use crate::message::{Message, Publication};
 use crate::outbox::ConnId;
+
+/// One channel's counts across every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Connections subscribed on any node.
+    pub subscribers: usize,
+    /// Messages in the shared history.
+    pub stored: usize,
+    /// The last offset and the epoch; the offset counts every publish of
+    /// this epoch.
+    pub position: Position,
+}
+
+/// Stored messages read from a broker that keeps history itself.
+#[derive(Debug, Clone)]
+pub struct StoredPage {
+    /// Oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// The channel's last offset and epoch when the page was read.
+    pub position: Position,
+}
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +89,35 @@ pub trait Broker: Send + Sync + 'static {
     /// The default resolves the waiter on this node only, through `local`.
     async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
         Ok(local.ack_received(id, conn))
+    }
+
+    /// Whether history lives in the broker (shared by every node) rather than
+    /// in the local hub.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Reads stored messages of `channel`: after offset `since` (up to
+    /// `limit`), or the newest `limit`. Only called when
+    /// [`keeps_history`](Broker::keeps_history) is true.
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<StoredPage, BrokerError> {
+        let _ = (channel, since, limit);
+        Err(BrokerError::Protocol("this broker keeps no history".into()))
+    }
+
+    /// Counts of `channel` across every node, for brokers that know them;
+    /// `None` leaves the answer to the local hub.
+    async fn channel_stats(
+        &self,
+        channel: &ChannelKey,
+    ) -> Result<Option<ChannelStats>, BrokerError> {
+        let _ = channel;
+        Ok(None)
     }
 
     /// Whether the broker can take publishes right now (readiness probe).

@@ -15,7 +15,8 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelKey;
-use crate::message::{Message, Publication};
+use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
+use crate::message::{Message, Publication, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
 
@@ -37,6 +38,20 @@ pub struct Published {
     pub subscribers: usize,
 }
 
+/// What [`Hub::deliver`] did with a message from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for this many local subscribers.
+    Reached(usize),
+    /// Already delivered (offset behind the channel): dropped.
+    Duplicate,
+    /// Held back behind an open gap.
+    Held,
+    /// Offsets `after + 1 .. before` are missing: read them from history and
+    /// call [`Hub::fill`]. The message was held back.
+    Gap { after: u64, before: u64 },
+}
+
 /// Counts for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
@@ -49,6 +64,21 @@ pub struct ChannelInfo {
     pub next_offset: u64,
     /// The channel's history generation.
     pub epoch: Arc<str>,
+    /// Messages stored for resume.
+    pub stored: usize,
+}
+
+/// What a subscribe did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel's first local subscriber: the node must start listening.
+    pub first_local: bool,
+    /// Messages replayed into the outbox before live ones.
+    pub replayed: usize,
+    /// The outcome of a resume, when one was asked for.
+    pub recovery: Option<Recovery>,
+    /// The channel's position at subscribe time: the last offset and epoch.
+    pub position: Position,
 }
 
 /// The local subscription registry and fan-out engine.
@@ -59,21 +89,49 @@ pub struct Hub {
     hasher: RandomState,
     /// Counters shared with the metrics endpoint.
     stats: Arc<HubStats>,
+    /// Which channels keep history.
+    policy: HistoryPolicy,
 }
 
 struct Channel {
     inner: Mutex<ChannelInner>,
 }
 
+/// One local subscription.
+struct Subscriber {
+    /// Where its frames go.
+    outbox: Arc<Outbox>,
+    /// While set, live messages wait here instead of the outbox: the
+    /// subscriber is still reading history from the broker, and the two are
+    /// merged by offset when it activates.
+    pending: Option<Vec<Arc<Message>>>,
+}
+
+impl Subscriber {
+    fn live(outbox: &Arc<Outbox>) -> Self {
+        Self {
+            outbox: outbox.clone(),
+            pending: None,
+        }
+    }
+}
+
 struct ChannelInner {
     /// Local subscribers; `IndexMap` for O(1) removal and dense iteration.
-    subscribers: IndexMap<ConnId, Arc<Outbox>>,
+    subscribers: IndexMap<ConnId, Subscriber>,
     /// Offset of the next message.
     next_offset: u64,
     /// History generation; new each time the channel is created here.
     epoch: Arc<str>,
     /// Messages published since creation.
     published: u64,
+    /// How much history this channel keeps.
+    retention: Retention,
+    /// Stored messages for resume.
+    history: History,
+    /// Messages from the broker held back while a gap before them is read
+    /// from history; `None` when in order.
+    gap: Option<Vec<Arc<Message>>>,
     /// Set when the channel left the shard map; holders of a stale `Arc`
     /// must look it up again.
     removed: bool,
@@ -86,12 +144,24 @@ impl Default for Hub {
 }
 
 impl Hub {
+    /// A hub whose channels keep no history.
     pub fn new() -> Self {
+        Self::with_policy(HistoryPolicy::default())
+    }
+
+    /// A hub whose channels keep history as `policy` says.
+    pub fn with_policy(policy: HistoryPolicy) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             stats: Arc::default(),
+            policy,
         }
+    }
+
+    /// The retention policy channels are created with.
+    pub fn policy(&self) -> &HistoryPolicy {
+        &self.policy
     }
 
     pub fn stats(&self) -> &Arc<HubStats> {
@@ -120,6 +190,9 @@ impl Hub {
                         next_offset: 1,
                         epoch: new_epoch(),
                         published: 0,
+                        retention: self.policy.retention(key),
+                        history: History::default(),
+                        gap: None,
                         removed: false,
                     }),
                 })
@@ -130,15 +203,102 @@ impl Hub {
     /// Adds `outbox` to `key`'s subscribers. Returns true when it is the
     /// channel's first local subscriber, so the node must start listening.
     pub fn subscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) -> bool {
+        self.subscribe_with(key, outbox, Replay::None).first_local
+    }
+
+    /// Adds `outbox` to `key`'s subscribers after queuing the stored messages
+    /// `replay` selects. Both happen under the channel lock, so replayed and
+    /// live messages meet with no gap and no duplicate.
+    pub fn subscribe_with(
+        &self,
+        key: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        replay: Replay<'_>,
+    ) -> Subscribed {
         loop {
             let ch = self.get_or_create(key);
             let mut inner = ch.inner.lock();
             if inner.removed {
                 continue;
             }
-            let first = inner.subscribers.is_empty();
-            inner.subscribers.insert(outbox.id(), outbox.clone());
-            return first;
+            let inner = &mut *inner;
+            let (recovery, start) = replay.start(&inner.history, &inner.epoch, inner.next_offset);
+            let mut replayed = 0;
+            if let Some(from) = start {
+                for msg in inner.history.iter().skip(from) {
+                    outbox.push_message(msg);
+                    replayed += 1;
+                }
+            }
+            let first_local = inner.subscribers.is_empty();
+            inner
+                .subscribers
+                .insert(outbox.id(), Subscriber::live(outbox));
+            return Subscribed {
+                first_local,
+                replayed,
+                recovery,
+                position: Position {
+                    offset: inner.next_offset - 1,
+                    epoch: inner.epoch.clone(),
+                },
+            };
+        }
+    }
+
+    /// Adds `outbox` to `key` with live messages held back, for a subscriber
+    /// that first reads history kept by the broker. Returns true when it is
+    /// the channel's first local subscriber. Call [`Hub::activate`] next.
+    pub fn subscribe_pending(&self, key: &ChannelKey, outbox: &Arc<Outbox>) -> bool {
+        loop {
+            let ch = self.get_or_create(key);
+            let mut inner = ch.inner.lock();
+            if inner.removed {
+                continue;
+            }
+            let first_local = inner.subscribers.is_empty();
+            inner.subscribers.insert(
+                outbox.id(),
+                Subscriber {
+                    outbox: outbox.clone(),
+                    pending: Some(Vec::new()),
+                },
+            );
+            return first_local;
+        }
+    }
+
+    /// Ends a pending subscription: queues `replay` (history read after the
+    /// subscription began), then the held-back live messages newer than
+    /// `position` (where that history read ended), and
+    /// delivers live from then on. Nothing is lost and nothing repeats.
+    pub fn activate(
+        &self,
+        key: &ChannelKey,
+        id: ConnId,
+        replay: &[Arc<Message>],
+        position: &Position,
+    ) {
+        let Some(ch) = self.get(key) else { return };
+        let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        if inner.published == 0 && inner.gap.is_none() {
+            // Nothing delivered here yet: start from the broker's position so
+            // the next message is checked for a gap against it.
+            inner.epoch = position.epoch.clone();
+            inner.next_offset = inner.next_offset.max(position.offset + 1);
+        }
+        let history_head = position.offset;
+        let Some(sub) = inner.subscribers.get_mut(&id) else {
+            return;
+        };
+        for msg in replay {
+            sub.outbox.push_message(msg);
+        }
+        for msg in sub.pending.take().unwrap_or_default() {
+            if msg.offset > history_head {
+                sub.outbox.push_message(&msg);
+            }
         }
     }
 
@@ -157,10 +317,49 @@ impl Hub {
         true
     }
 
+    /// Removes `key` with its history, telling its subscribers in their
+    /// format. Returns how many subscribers it had, or `None` if unknown.
+    pub fn delete(&self, key: &ChannelKey) -> Option<usize> {
+        let mut shard = self.shard(key).write();
+        let ch = shard.remove(key)?;
+        let mut inner = ch.inner.lock();
+        inner.removed = true;
+        drop(shard);
+        for sub in inner.subscribers.values() {
+            if let Some(frame) = sub.outbox.format().deleted(key) {
+                sub.outbox.push(frame);
+            }
+        }
+        Some(inner.subscribers.len())
+    }
+
+    /// Drops expired history and forgets channels with neither subscribers
+    /// nor stored messages. Call periodically.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let idle: Vec<(ChannelKey, Arc<Channel>)> = shard
+                .read()
+                .iter()
+                .filter_map(|(k, ch)| {
+                    let mut inner = ch.inner.lock();
+                    let ttl = inner.retention.ttl;
+                    inner.history.expire(now, ttl);
+                    (inner.subscribers.is_empty() && inner.history.is_empty())
+                        .then(|| (k.clone(), ch.clone()))
+                })
+                .collect();
+            for (key, ch) in idle {
+                self.remove_if_idle(&key, &ch);
+            }
+        }
+    }
+
     fn remove_if_idle(&self, key: &ChannelKey, ch: &Arc<Channel>) {
         let mut shard = self.shard(key).write();
         let mut inner = ch.inner.lock();
         if inner.subscribers.is_empty()
+            && inner.history.is_empty()
             && !inner.removed
             && shard.get(key).is_some_and(|c| Arc::ptr_eq(c, ch))
         {
@@ -169,20 +368,24 @@ impl Hub {
         }
     }
 
-    /// Assigns the next offset in `key` and queues the message for every local
-    /// subscriber. Used when this node is the channel's only sequencer (the
-    /// memory broker).
+    /// Assigns the next offset in `key`, stores the message if the channel
+    /// keeps history, and queues it for every local subscriber. Used when
+    /// this node is the channel's only sequencer (the memory broker).
     pub fn publish_local(&self, key: &ChannelKey, publication: Publication) -> Published {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         loop {
-            let Some(ch) = self.get(key) else {
-                // Nobody listens and nothing is kept: nothing to sequence.
-                return Published {
-                    id: publication.id,
-                    offset: 0,
-                    epoch: Arc::from(""),
-                    subscribers: 0,
-                };
+            let ch = match self.get(key) {
+                Some(ch) => ch,
+                None if self.policy.retention(key).keeps() => self.get_or_create(key),
+                None => {
+                    // Nobody listens and nothing is kept: nothing to sequence.
+                    return Published {
+                        id: publication.id,
+                        offset: 0,
+                        epoch: Arc::from(""),
+                        subscribers: 0,
+                    };
+                }
             };
             let mut inner = ch.inner.lock();
             if inner.removed {
@@ -191,8 +394,17 @@ impl Hub {
             let offset = inner.next_offset;
             inner.next_offset += 1;
             inner.published += 1;
-            let msg = Message::new(key.clone(), publication, offset, inner.epoch.clone());
-            let subscribers = self.fan_out(&inner.subscribers, &msg);
+            let msg = Arc::new(Message::new(
+                key.clone(),
+                publication,
+                offset,
+                inner.epoch.clone(),
+            ));
+            let subscribers = self.fan_out(&mut inner.subscribers, &msg);
+            let retention = inner.retention;
+            if retention.keeps() {
+                inner.history.push(msg.clone(), retention);
+            }
             return Published {
                 id: msg.publication.id.clone(),
                 offset,
@@ -202,23 +414,96 @@ impl Hub {
         }
     }
 
-    /// Queues an already-sequenced message (from another node) for every local
-    /// subscriber of its channel. Returns how many it reached.
-    pub fn deliver(&self, msg: &Message) -> usize {
+    /// Queues an already-sequenced message (from the broker) for every local
+    /// subscriber of its channel, in offset order.
+    ///
+    /// On a channel that keeps history, a message past the next expected
+    /// offset means messages went missing on the way (a broker reconnect):
+    /// it is held back with everything after it, and [`Delivery::Gap`] asks
+    /// the caller to read the missing range from history and [`Hub::fill`] it.
+    pub fn deliver(&self, msg: &Arc<Message>) -> Delivery {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         let Some(ch) = self.get(&msg.channel) else {
-            return 0;
+            return Delivery::Reached(0);
         };
         let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        if *inner.epoch != *msg.epoch {
+            // A new history generation (first message seen here, or the
+            // broker lost its state): start counting from this message.
+            inner.epoch = msg.epoch.clone();
+            inner.next_offset = msg.offset;
+            inner.gap = None;
+        }
+        if let Some(held) = &mut inner.gap {
+            held.push(msg.clone());
+            return Delivery::Held;
+        }
+        if msg.offset < inner.next_offset {
+            return Delivery::Duplicate;
+        }
+        if msg.offset > inner.next_offset && inner.retention.keeps() {
+            inner.gap = Some(vec![msg.clone()]);
+            return Delivery::Gap {
+                after: inner.next_offset - 1,
+                before: msg.offset,
+            };
+        }
         inner.published += 1;
-        inner.next_offset = inner.next_offset.max(msg.offset + 1);
-        self.fan_out(&inner.subscribers, msg)
+        inner.next_offset = msg.offset + 1;
+        Delivery::Reached(self.fan_out(&mut inner.subscribers, msg))
     }
 
-    fn fan_out(&self, subscribers: &IndexMap<ConnId, Arc<Outbox>>, msg: &Message) -> usize {
+    /// Opens a gap when the broker's `position` for `key` is ahead of what
+    /// this node delivered (messages published while it was not listening).
+    /// Returns the missing range `(after, before)` to read from history and
+    /// [`fill`](Hub::fill); live messages are held back meanwhile.
+    pub fn catch_up(&self, key: &ChannelKey, position: &Position) -> Option<(u64, u64)> {
+        let ch = self.get(key)?;
+        let mut inner = ch.inner.lock();
+        if *inner.epoch != *position.epoch
+            || inner.gap.is_some()
+            || position.offset < inner.next_offset
+        {
+            return None;
+        }
+        inner.gap = Some(Vec::new());
+        Some((inner.next_offset - 1, position.offset + 1))
+    }
+
+    /// Closes a gap [`Hub::deliver`] reported: delivers `recovered` (read
+    /// from history) and the held-back messages in offset order, once each.
+    /// With nothing recovered (history trimmed), the held messages go out
+    /// anyway and the gap stays visible to clients as an offset jump.
+    pub fn fill(&self, key: &ChannelKey, recovered: Vec<Arc<Message>>) {
+        let Some(ch) = self.get(key) else { return };
+        let mut inner = ch.inner.lock();
+        let inner = &mut *inner;
+        let Some(held) = inner.gap.take() else { return };
+        let mut all: Vec<Arc<Message>> = recovered
+            .into_iter()
+            .filter(|m| *m.epoch == *inner.epoch)
+            .chain(held)
+            .collect();
+        all.sort_by_key(|m| m.offset);
+        for msg in all {
+            if msg.offset >= inner.next_offset {
+                inner.published += 1;
+                inner.next_offset = msg.offset + 1;
+                self.fan_out(&mut inner.subscribers, &msg);
+            }
+        }
+    }
+
+    fn fan_out(&self, subscribers: &mut IndexMap<ConnId, Subscriber>, msg: &Arc<Message>) -> usize {
         let (mut delivered, mut dropped, mut slow) = (0u64, 0u64, 0u64);
-        for outbox in subscribers.values() {
-            match outbox.push(msg.encoded(outbox.format())) {
+        for sub in subscribers.values_mut() {
+            if let Some(pending) = &mut sub.pending {
+                pending.push(msg.clone());
+                delivered += 1;
+                continue;
+            }
+            match sub.outbox.push_message(msg) {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflowed => {
                     slow += 1;
@@ -253,7 +538,19 @@ impl Hub {
             published: inner.published,
             next_offset: inner.next_offset,
             epoch: inner.epoch.clone(),
+            stored: inner.history.len(),
         })
+    }
+
+    /// Runs `read` on `key`'s history with its epoch and next offset.
+    pub fn with_history<R>(
+        &self,
+        key: &ChannelKey,
+        read: impl FnOnce(&History, &Arc<str>, u64) -> R,
+    ) -> Option<R> {
+        let ch = self.get(key)?;
+        let inner = ch.inner.lock();
+        Some(read(&inner.history, &inner.epoch, inner.next_offset))
     }
 
     /// Every channel of `app` on this node, sorted by name.
@@ -284,8 +581,10 @@ fn new_epoch() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::RetentionRule;
     use crate::message::Format;
     use bytes::Bytes;
+    use std::time::Duration;
 
     struct Raw;
     impl Format for Raw {
@@ -294,6 +593,9 @@ mod tests {
         }
         fn encode(&self, msg: &Message) -> Bytes {
             Bytes::copy_from_slice(msg.data())
+        }
+        fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
+            Some(Bytes::from(format!("deleted {channel}")))
         }
     }
 
@@ -305,16 +607,31 @@ mod tests {
         Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20))
     }
 
-    fn publish(hub: &Hub, ch: &str, data: &'static str) -> Published {
-        hub.publish_local(
-            &key(ch),
-            Publication::new(Bytes::from_static(data.as_bytes())),
-        )
+    fn drained(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        out.into_iter().map(|f| f.bytes).collect()
+    }
+
+    fn publish(hub: &Hub, ch: &str, data: &str) -> Published {
+        hub.publish_local(&key(ch), Publication::new(Bytes::from(data.to_owned())))
+    }
+
+    fn keeping(size: usize) -> Hub {
+        Hub::with_policy(HistoryPolicy {
+            rules: vec![RetentionRule {
+                pattern: "h*".into(),
+                retention: Retention {
+                    size,
+                    ttl: Duration::from_secs(60),
+                },
+            }],
+        })
     }
 
     #[test]
     fn fan_out_reaches_each_subscriber_once_in_order() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, b) = (outbox(1), outbox(2));
         assert!(hub.subscribe(&key("c"), &a));
         assert!(!hub.subscribe(&key("c"), &b));
@@ -322,10 +639,8 @@ mod tests {
         let p2 = publish(&hub, "c", "2");
         assert_eq!(p2.offset, 2);
         for o in [&a, &b] {
-            let mut out = Vec::new();
-            o.drain(&mut out);
             assert_eq!(
-                out,
+                drained(o),
                 vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
             );
         }
@@ -333,18 +648,16 @@ mod tests {
 
     #[test]
     fn channels_are_isolated() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let a = outbox(1);
         hub.subscribe(&key("c"), &a);
         assert_eq!(publish(&hub, "d", "x").subscribers, 0);
-        let mut out = Vec::new();
-        a.drain(&mut out);
-        assert!(out.is_empty());
+        assert!(drained(&a).is_empty());
     }
 
     #[test]
     fn last_unsubscribe_removes_the_channel() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, b) = (outbox(1), outbox(2));
         hub.subscribe(&key("c"), &a);
         hub.subscribe(&key("c"), &b);
@@ -357,7 +670,7 @@ mod tests {
 
     #[test]
     fn stats_count_deliveries() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         hub.subscribe(&key("c"), &outbox(1));
         hub.subscribe(&key("c"), &outbox(2));
         publish(&hub, "c", "x");
@@ -370,8 +683,227 @@ mod tests {
     }
 
     #[test]
+    fn history_is_kept_without_subscribers_and_replayed() {
+        let hub = keeping(3);
+        for i in 1..=5 {
+            assert_eq!(publish(&hub, "hist", &i.to_string()).offset, i);
+        }
+        assert_eq!(
+            publish(&hub, "plain", "x").offset,
+            0,
+            "no history, no sequence"
+        );
+        let info = hub.channel_info(&key("hist")).unwrap();
+        assert_eq!((info.stored, info.next_offset), (3, 6));
+
+        let late = outbox(1);
+        let s = hub.subscribe_with(&key("hist"), &late, Replay::Last(2));
+        assert_eq!((s.replayed, s.position.offset), (2, 5));
+        assert_eq!(
+            drained(&late),
+            vec![Bytes::from_static(b"4"), Bytes::from_static(b"5")]
+        );
+
+        let resumer = outbox(2);
+        let pos = Position {
+            offset: 3,
+            epoch: info.epoch.clone(),
+        };
+        let s = hub.subscribe_with(&key("hist"), &resumer, Replay::After(pos));
+        assert_eq!(s.recovery, Some(Recovery::Recovered));
+        assert_eq!(
+            hub.subscribe_with(&key("hist"), &outbox(9), Replay::None)
+                .recovery,
+            None
+        );
+        assert_eq!(
+            drained(&resumer),
+            vec![Bytes::from_static(b"4"), Bytes::from_static(b"5")]
+        );
+
+        let stale = outbox(3);
+        let pos = Position {
+            offset: 1,
+            epoch: info.epoch.clone(),
+        };
+        assert_eq!(
+            hub.subscribe_with(&key("hist"), &stale, Replay::After(pos))
+                .recovery,
+            Some(Recovery::TooOld)
+        );
+        let lost = outbox(4);
+        let pos = Position {
+            offset: 4,
+            epoch: Arc::from("other"),
+        };
+        let s = hub.subscribe_with(&key("hist"), &lost, Replay::After(pos));
+        assert_eq!((s.recovery, s.replayed), (Some(Recovery::EpochChanged), 0));
+    }
+
+    #[test]
+    fn delete_tells_subscribers_and_resets_the_epoch() {
+        let hub = keeping(10);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        publish(&hub, "hist", "1");
+        let epoch = hub.channel_info(&key("hist")).unwrap().epoch;
+        assert_eq!(hub.delete(&key("hist")), Some(1));
+        assert_eq!(
+            drained(&a),
+            vec![
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"deleted hist")
+            ]
+        );
+        assert_eq!(hub.delete(&key("hist")), None);
+        let p = publish(&hub, "hist", "2");
+        assert_eq!(p.subscribers, 0, "deleted channels drop their subscribers");
+        assert_eq!(p.offset, 1);
+        assert_ne!(p.epoch, epoch);
+    }
+
+    #[test]
+    fn sweep_forgets_idle_channels_only() {
+        let hub = Hub::with_policy(HistoryPolicy {
+            rules: vec![RetentionRule {
+                pattern: "h*".into(),
+                retention: Retention {
+                    size: 10,
+                    ttl: Duration::from_millis(1),
+                },
+            }],
+        });
+        let mut p = Publication::new(Bytes::from_static(b"old"));
+        p.time_ms -= 1000;
+        hub.publish_local(&key("hist"), p);
+        hub.subscribe(&key("busy"), &outbox(1));
+        hub.sweep();
+        assert!(hub.channel_info(&key("hist")).is_none());
+        assert!(hub.channel_info(&key("busy")).is_some());
+    }
+
+    #[test]
+    fn resume_races_publishes_without_gaps_or_duplicates() {
+        let hub = Arc::new(keeping(100_000));
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for i in 1..=20_000u64 {
+                    publish(&hub, "hot", &i.to_string());
+                }
+            })
+        };
+        // Subscribers resume from wherever the publisher is, repeatedly.
+        let mut checked = 0;
+        while !publisher.is_finished() || checked == 0 {
+            let Some(info) = hub.channel_info(&key("hot")) else {
+                continue;
+            };
+            let from = info.next_offset.saturating_sub(1) / 2;
+            let o = outbox(1000 + checked);
+            let s = hub.subscribe_with(
+                &key("hot"),
+                &o,
+                Replay::After(Position {
+                    offset: from,
+                    epoch: info.epoch,
+                }),
+            );
+            assert_eq!(s.recovery, Some(Recovery::Recovered));
+            std::thread::yield_now();
+            hub.unsubscribe(&key("hot"), o.id());
+            let got: Vec<u64> = drained(&o)
+                .iter()
+                .map(|b| std::str::from_utf8(b).unwrap().parse().unwrap())
+                .collect();
+            let expected: Vec<u64> = (from + 1..from + 1 + got.len() as u64).collect();
+            assert_eq!(got, expected, "contiguous from the resume point");
+            checked += 1;
+        }
+        publisher.join().unwrap();
+    }
+
+    fn remote(offset: u64, epoch: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            key("hist"),
+            Publication::new(Bytes::from(offset.to_string())),
+            offset,
+            Arc::from(epoch),
+        ))
+    }
+
+    #[test]
+    fn deliver_orders_dedupes_and_reports_gaps() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        assert_eq!(
+            hub.deliver(&remote(5, "R")),
+            Delivery::Reached(1),
+            "adopts the broker's epoch"
+        );
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Reached(1));
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Duplicate);
+        assert_eq!(
+            hub.deliver(&remote(9, "R")),
+            Delivery::Gap {
+                after: 6,
+                before: 9
+            }
+        );
+        assert_eq!(hub.deliver(&remote(10, "R")), Delivery::Held);
+        // History returns 7 and 8 (and a stale 6): each goes out once, in order.
+        hub.fill(
+            &key("hist"),
+            vec![remote(6, "R"), remote(7, "R"), remote(8, "R")],
+        );
+        assert_eq!(hub.deliver(&remote(11, "R")), Delivery::Reached(1));
+        let got: Vec<Bytes> = drained(&a);
+        let want: Vec<Bytes> = [5, 6, 7, 8, 9, 10, 11]
+            .iter()
+            .map(|i: &u64| Bytes::from(i.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        // A new epoch (the broker lost its state) restarts the count.
+        assert_eq!(hub.deliver(&remote(1, "S")), Delivery::Reached(1));
+    }
+
+    #[test]
+    fn catch_up_opens_a_gap_only_when_behind() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        hub.deliver(&remote(3, "R"));
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: Arc::from(epoch),
+        };
+        assert_eq!(hub.catch_up(&key("hist"), &at(3, "R")), None, "up to date");
+        assert_eq!(hub.catch_up(&key("hist"), &at(9, "X")), None, "other epoch");
+        assert_eq!(hub.catch_up(&key("hist"), &at(5, "R")), Some((3, 6)));
+        assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Held);
+        hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
+        let got = drained(&a);
+        assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    #[test]
+    fn unfilled_gap_still_releases_held_messages() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        hub.deliver(&remote(1, "R"));
+        assert!(matches!(hub.deliver(&remote(4, "R")), Delivery::Gap { .. }));
+        hub.fill(&key("hist"), Vec::new());
+        assert_eq!(
+            drained(&a),
+            vec![Bytes::from_static(b"1"), Bytes::from_static(b"4")]
+        );
+    }
+
+    #[test]
     fn concurrent_subscribe_and_unsubscribe_never_lose_a_subscriber() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::default());
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let hub = hub.clone();

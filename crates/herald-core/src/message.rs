@@ -115,6 +115,18 @@ pub trait Format: Send + Sync + 'static {
     fn slot(&self) -> usize;
     /// Encodes `msg`; called at most once per message.
     fn encode(&self, msg: &Message) -> Bytes;
+
+    /// Whether queued frames must carry the message itself, for framing
+    /// that differs per connection (such as SSE ids that hold a cursor).
+    fn wants_message(&self) -> bool {
+        false
+    }
+
+    /// The frame telling a subscriber that `channel` was deleted, if this
+    /// format has one.
+    fn deleted(&self, _channel: &ChannelKey) -> Option<Bytes> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::message::Format;
+use crate::message::{Format, Message};
 
 /// Identifies a connection within this process.
 pub type ConnId = u64;
@@ -56,9 +56,27 @@ pub struct Outbox {
     notify: Notify,
 }
 
+/// One queued write.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The encoded bytes, shared with every subscriber of the same format.
+    pub bytes: Bytes,
+    /// The message, for formats that add per-connection framing (SSE ids).
+    pub message: Option<Arc<Message>>,
+}
+
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            message: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     bytes: usize,
     closed: Option<Closed>,
 }
@@ -82,15 +100,24 @@ impl Outbox {
         &*self.format
     }
 
+    /// Queues `msg` in this connection's format. Never waits.
+    pub fn push_message(&self, msg: &Arc<Message>) -> Pushed {
+        let bytes = msg.encoded(&*self.format);
+        let message = self.format.wants_message().then(|| msg.clone());
+        self.push(Frame { bytes, message })
+    }
+
     /// Queues `frame` unless that would exceed the byte bound. Never waits.
-    pub fn push(&self, frame: Bytes) -> Pushed {
+    pub fn push(&self, frame: impl Into<Frame>) -> Pushed {
+        let frame = frame.into();
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
         // A single frame larger than the bound still goes through to an empty
         // queue: the bound is about falling behind, not about message size.
-        if state.bytes + frame.len() > self.limit && !state.frames.is_empty() {
+        let len = frame.bytes.len();
+        if state.bytes + len > self.limit && !state.frames.is_empty() {
             state.closed = Some(Closed::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
@@ -98,7 +125,7 @@ impl Outbox {
             self.notify.notify_one();
             return Pushed::Overflowed;
         }
-        state.bytes += frame.len();
+        state.bytes += len;
         state.frames.push_back(frame);
         let first = state.frames.len() == 1;
         drop(state);
@@ -110,7 +137,7 @@ impl Outbox {
 
     /// Moves every queued frame into `out`; returns why the outbox closed, if
     /// it did. Frames queued before a close are still handed out.
-    pub fn drain(&self, out: &mut Vec<Bytes>) -> Option<Closed> {
+    pub fn drain(&self, out: &mut Vec<Frame>) -> Option<Closed> {
         let mut state = self.state.lock();
         out.extend(state.frames.drain(..));
         state.bytes = 0;
@@ -175,6 +202,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), None);
         assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes, Bytes::from_static(b"123456"));
         assert_eq!(o.queued_bytes(), 0);
         assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
     }

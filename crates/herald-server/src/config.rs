@@ -19,6 +19,26 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub pushca: PushcaConfig,
+    /// Which channels keep history for resume, by name pattern.
+    pub history: herald_core::HistoryPolicy,
+    pub poll: PollConfig,
+}
+
+/// Polling and long-polling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// Longest a long-poll waits for a message before answering empty.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The listener and shutdown.
@@ -141,25 +161,21 @@ pub enum LogFormat {
 }
 
 /// Which broker links nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `memory` (one node) for now.
+    /// `memory` (one node, the default) or `redis` (many nodes as one).
     pub kind: BrokerKind,
+    /// Used when `kind = "redis"`: URLs, cluster mode, key prefix, password, TLS.
+    pub redis: herald_broker::RedisConfig,
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            kind: BrokerKind::Memory,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
+    #[default]
     Memory,
+    Redis,
 }
 
 /// Verification of native connection tokens (`GET /ws?token=<jwt>`). With
@@ -307,6 +323,14 @@ impl Config {
         }
         if self.pushca.token_ttl.is_zero() {
             return Err(ConfigError("pushca.token_ttl must be positive".into()));
+        }
+        for rule in &self.history.rules {
+            if rule.pattern.matches('*').count() > 1 {
+                return Err(ConfigError(format!(
+                    "history pattern {:?} has more than one '*'",
+                    rule.pattern
+                )));
+            }
         }
         if l.ws_read_buffer < 512 {
             return Err(ConfigError(

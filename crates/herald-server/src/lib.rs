@@ -14,6 +14,7 @@ pub mod shutdown;
 pub mod state;
 
 mod auth;
+mod cursor;
 mod dialect;
 mod error;
 mod lifetime;

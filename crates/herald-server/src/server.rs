@@ -6,13 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use herald_broker::MemoryBroker;
-use herald_core::{Engine, Hub};
+use herald_broker::{MemoryBroker, RedisBroker};
+use herald_core::{Broker, Engine, Hub};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::Config;
+use crate::config::{BrokerKind, Config};
 use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
@@ -29,8 +29,17 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let hub = Arc::new(Hub::with_policy(config.history.clone()));
+        let broker: Arc<dyn Broker> = match config.broker.kind {
+            BrokerKind::Memory => Arc::new(MemoryBroker::new(hub.clone())),
+            BrokerKind::Redis => {
+                let mut redis = config.broker.redis.clone();
+                redis.history = config.history.clone().into();
+                RedisBroker::connect(redis, hub.clone())
+                    .await
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?
+            }
+        };
         let engine = Engine::new(hub, broker);
         let listener = listen(config.server.listen, config.server.backlog)?;
         let state = AppState::new(engine, config, Shutdown::default())
@@ -55,6 +64,7 @@ impl Server {
         let service = TowerToHyperService::new(http::router(state.clone()));
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
         tokio::pin!(signal);
+        let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         loop {
             tokio::select! {
                 () = &mut signal => break,
@@ -92,6 +102,7 @@ impl Server {
             }
         }
         drop(listener);
+        sweeper.abort();
         shutdown.trigger();
         let timeout = state.config.server.shutdown_timeout;
         tracing::info!(connections = shutdown.active(), ?timeout, "Shutting down.");
@@ -102,6 +113,16 @@ impl Server {
             );
         }
         tracing::info!("Herald stopped.");
+    }
+}
+
+/// Expires history and forgets idle channels, once a second.
+async fn sweep(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.sweep();
     }
 }
 

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use herald_core::{ChannelKey, Format, Identity, Outbox, TargetFormat, outbox::next_conn_id};
+use herald_core::{
+    ChannelKey, Format, Identity, Outbox, Position, Replay, Subscribed, TargetFormat,
+    outbox::next_conn_id,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -50,25 +53,57 @@ impl Session {
     /// Subscribes to every channel in `keys` (already validated); all or none
     /// within the per-connection channel limit.
     pub(crate) async fn subscribe(&mut self, keys: Vec<ChannelKey>) -> Result<(), ApiError> {
-        let fresh: Vec<ChannelKey> = keys
-            .into_iter()
-            .filter(|k| !self.channels.contains(k))
-            .collect();
+        self.check_room(&keys)?;
+        for key in keys {
+            // The hub is authoritative: subscribing again is harmless, and
+            // re-registers a channel that was deleted meanwhile.
+            self.state.engine.subscribe(&key, &self.outbox).await?;
+            tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
+            if !self.channels.contains(&key) {
+                self.channels.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to one channel, first replaying what the client missed
+    /// since `since` when the channel's history still has it.
+    pub(crate) async fn subscribe_from(
+        &mut self,
+        key: ChannelKey,
+        since: Option<Position>,
+    ) -> Result<Subscribed, ApiError> {
+        self.subscribe_replaying(key, since.map_or(Replay::None, Replay::After))
+            .await
+    }
+
+    /// Subscribes with a dialect's own replay choice.
+    pub(crate) async fn subscribe_replaying(
+        &mut self,
+        key: ChannelKey,
+        replay: Replay<'_>,
+    ) -> Result<Subscribed, ApiError> {
+        self.check_room(std::slice::from_ref(&key))?;
+        let subscribed = self
+            .state
+            .engine
+            .subscribe_with(&key, &self.outbox, replay)
+            .await?;
+        if !self.channels.contains(&key) {
+            self.channels.push(key);
+        }
+        Ok(subscribed)
+    }
+
+    fn check_room(&self, keys: &[ChannelKey]) -> Result<(), ApiError> {
+        let fresh = keys.iter().filter(|k| !self.channels.contains(k)).count();
         let limit = self.state.config.limits.max_channels_per_connection;
-        if self.channels.len() + fresh.len() > limit {
+        if self.channels.len() + fresh > limit {
             return Err(ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "too_many_channels",
                 format!("at most {limit} channels per connection"),
             ));
-        }
-        for key in fresh {
-            if self.channels.contains(&key) {
-                continue;
-            }
-            self.state.engine.subscribe(&key, &self.outbox).await?;
-            tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
-            self.channels.push(key);
         }
         Ok(())
     }

@@ -162,10 +162,13 @@ async fn sse_subscriber_gets_retry_ids_events_and_data() {
         .await;
     let ev = sse.next_data().await;
     assert_eq!(ev.event.as_deref(), Some("update"));
-    assert_eq!(ev.id.as_deref(), p["id"].as_str());
+    // The id is the stream's cursor: channel, epoch and offset.
+    let cursor = format!("feed:{}:{}", p["epoch"].as_str().unwrap(), p["offset"]);
+    assert_eq!(ev.id.as_deref(), Some(cursor.as_str()));
     let data: serde_json::Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
     assert_eq!(data["data"], json!({"k": "v"}));
     assert_eq!(data["channel"], "feed");
+    assert_eq!(data["id"], p["id"]);
 }
 
 #[tokio::test]

@@ -18,7 +18,12 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Config, String> {
         figment = figment.merge(Toml::file(path));
     }
     let config: Config = figment
-        .merge(Env::prefixed("HERALD_").split("__"))
+        .merge(
+            Env::prefixed("HERALD_")
+                // `HERALD_CONFIG` names the file; it is not a setting.
+                .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                .split("__"),
+        )
         .extract()
         .map_err(|e| e.to_string())?;
     config.validate().map_err(|e| e.to_string())?;

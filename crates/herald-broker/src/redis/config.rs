@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::ChannelKey;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How to reach Redis and how to use it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Seed addresses (`redis://host:port`); one for a single server, any
@@ -157,6 +157,20 @@ impl HistoryPolicy {
     }
 }
 
+/// The hub's retention rules (`[history]` in the server config) as a broker
+/// policy, so one setting drives both.
+impl From<herald_core::HistoryPolicy> for HistoryPolicy {
+    fn from(core: herald_core::HistoryPolicy) -> Self {
+        Self::new(move |key| {
+            let r = core.retention(key);
+            r.keeps().then_some(HistoryLimits {
+                max_len: r.size as u64,
+                ttl: r.ttl,
+            })
+        })
+    }
+}
+
 impl fmt::Debug for HistoryPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.rule.is_some() {
@@ -164,5 +178,38 @@ impl fmt::Debug for HistoryPolicy {
         } else {
             "HistoryPolicy(none)"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::Retention;
+    use herald_core::history::RetentionRule;
+
+    #[test]
+    fn core_retention_rules_become_limits() {
+        let core = herald_core::HistoryPolicy {
+            rules: vec![RetentionRule {
+                pattern: "chat:*".into(),
+                retention: Retention {
+                    size: 50,
+                    ttl: Duration::from_secs(30),
+                },
+            }],
+        };
+        let policy = HistoryPolicy::from(core);
+        let app: Arc<str> = Arc::from("a");
+        let chat = ChannelKey::new(&app, "chat:1").unwrap();
+        let other = ChannelKey::new(&app, "news").unwrap();
+        assert_eq!(
+            policy.limits(&chat),
+            Some(HistoryLimits {
+                max_len: 50,
+                ttl: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(policy.limits(&other), None);
+        assert_eq!(HistoryPolicy::default().limits(&chat), None);
     }
 }

@@ -25,7 +25,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_core::{Broker, BrokerError, ChannelKey, Hub, Message, Publication, Published};
+use herald_core::{
+    Broker, BrokerError, ChannelKey, ChannelStats, Hub, Message, Position, Publication, Published,
+    StoredPage,
+};
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -52,7 +55,8 @@ pub struct RedisBroker {
 /// Channel history as read by [`RedisBroker::history`].
 #[derive(Debug)]
 pub struct History {
-    /// Messages in offset order.
+    /// Messages in offset order. When reading `since` an offset and the first
+    /// message is past `since + 1`, the messages between were trimmed.
     pub messages: Vec<Message>,
     /// The channel's current epoch; empty if the channel has no state in Redis.
     pub epoch: Arc<str>,
@@ -118,7 +122,7 @@ impl RedisBroker {
             push_tx,
             config,
         });
-        let fanout = subscriber::Fanout::start(&hub, inner.config.fanout_workers);
+        let fanout = subscriber::Fanout::start(&inner, inner.config.fanout_workers);
         let mut tasks = vec![
             tokio::spawn(subscriber::run_ops(inner.clone(), ops_rx)),
             tokio::spawn(subscriber::run_reader(inner.clone(), fanout, push_rx)),
@@ -144,6 +148,15 @@ impl RedisBroker {
         &self.inner.config.node_id
     }
 
+    /// How many times the connections were replaced since connect (after
+    /// Redis went away, or a probe found a connection dead). For metrics.
+    pub fn reconnects(&self) -> u64 {
+        self.inner
+            .generation
+            .load(Ordering::Acquire)
+            .saturating_sub(1)
+    }
+
     /// Whether Redis is a cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.cluster
@@ -158,37 +171,7 @@ impl RedisBroker {
         since: Option<u64>,
         limit: usize,
     ) -> Result<History, BrokerError> {
-        let inner = &self.inner;
-        let mut conn = inner.publisher_conn()?;
-        let mut call = script::HISTORY.prepare_invoke();
-        call.key(inner.keys.meta(channel))
-            .key(inner.keys.history(channel))
-            .arg(since.map(|s| s.to_string()).unwrap_or_default())
-            .arg(limit.max(1));
-        let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
-            .await
-            .map_err(|e| inner.failed(e))?;
-        let (epoch, offset, entries) = parse_history(reply)?;
-        let min_time = inner
-            .config
-            .history
-            .limits(channel)
-            .map(|l| herald_core::message::now_ms().saturating_sub(l.ttl.as_millis() as u64));
-        let mut messages = Vec::with_capacity(entries.len());
-        for frame in entries {
-            let msg = codec::decode(frame).map_err(|e| BrokerError::Protocol(e.to_string()))?;
-            if min_time.is_none_or(|t| msg.publication.time_ms >= t) {
-                messages.push(msg);
-            }
-        }
-        if since.is_none() {
-            messages.reverse();
-        }
-        Ok(History {
-            messages,
-            epoch: Arc::from(epoch),
-            offset,
-        })
+        self.inner.history(channel, since, limit).await
     }
 
     /// Sends `bytes` to node `node_id`'s direct channel. Returns whether a
@@ -340,6 +323,53 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    async fn channel_stats(
+        &self,
+        channel: &ChannelKey,
+    ) -> Result<Option<ChannelStats>, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.publisher_conn()?;
+        let mut call = script::STATS.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .key(inner.keys.subscribers(channel));
+        let (epoch, offset, stored, subscribers): (String, u64, u64, u64) =
+            bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+                .await
+                .map_err(|e| inner.failed(e))?;
+        if epoch.is_empty() && subscribers == 0 {
+            return Ok(None);
+        }
+        Ok(Some(ChannelStats {
+            subscribers: subscribers as usize,
+            stored: stored as usize,
+            position: Position {
+                offset,
+                epoch: Arc::from(epoch),
+            },
+        }))
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<StoredPage, BrokerError> {
+        let page = RedisBroker::history(self, channel, since, limit).await?;
+        Ok(StoredPage {
+            messages: page.messages.into_iter().map(Arc::new).collect(),
+            position: Position {
+                offset: page.offset,
+                epoch: page.epoch,
+            },
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
     }
@@ -350,6 +380,46 @@ impl Broker for RedisBroker {
 }
 
 impl Inner {
+    /// See [`RedisBroker::history`].
+    pub(crate) async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let inner = self;
+        let mut conn = inner.publisher_conn()?;
+        let mut call = script::HISTORY.prepare_invoke();
+        call.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
+            .arg(limit);
+        let reply: Value = bounded(inner.config.timeout(), call.invoke_async(&mut conn))
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let (epoch, offset, entries) = parse_history(reply)?;
+        let min_time = inner
+            .config
+            .history
+            .limits(channel)
+            .map(|l| herald_core::message::now_ms().saturating_sub(l.ttl.as_millis() as u64));
+        let mut messages = Vec::with_capacity(entries.len());
+        for frame in entries {
+            let msg = codec::decode(frame).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+            if min_time.is_none_or(|t| msg.publication.time_ms >= t) {
+                messages.push(msg);
+            }
+        }
+        if since.is_none() {
+            messages.reverse();
+        }
+        Ok(History {
+            messages,
+            epoch: Arc::from(epoch),
+            offset,
+        })
+    }
+
     /// The current session, if any.
     fn session(&self) -> Option<Session> {
         self.session.read().clone()

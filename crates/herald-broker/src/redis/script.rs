@@ -81,7 +81,9 @@ local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then return {'', 0, {}} end
 local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries
-if ARGV[1] == '' then
+if ARGV[2] == '0' then
+  entries = {}
+elseif ARGV[1] == '' then
   entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 else
   entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
@@ -106,6 +108,35 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"#,
+    )
+});
+
+/// Cluster-wide stats of one channel, read atomically.
+///
+/// KEYS: meta hash, history stream, subscriber-count hash.
+///
+/// Returns `{epoch, last_offset, stored, subscribers}`; `epoch` is empty when
+/// the channel has no metadata.
+pub(crate) static STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'e') or ''
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local stored = redis.call('XLEN', KEYS[2])
+local subscribers = 0
+local counts = redis.call('HGETALL', KEYS[3])
+if #counts > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 1, #counts, 2 do
+    local n, expires = string.match(counts[i + 1], '^(%d+):(%d+)$')
+    if n and tonumber(expires) > now then
+      subscribers = subscribers + tonumber(n)
+    end
+  end
+end
+return {epoch, last, stored, subscribers}
 "#,
     )
 });

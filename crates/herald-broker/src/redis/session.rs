@@ -111,6 +111,7 @@ pub(crate) async fn run_supervisor(inner: Arc<Inner>) {
                 Ok(()) => {
                     info!("Redis connection restored.");
                     backoff = Duration::from_millis(50);
+                    tokio::spawn(super::subscriber::catch_up(inner.clone()));
                 }
                 Err(error) => {
                     debug!(%error, "Redis still unreachable.");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_core::{BrokerError, ChannelKey, Hub, Message};
+use herald_core::{BrokerError, ChannelKey, Delivery, Message, Position};
 use parking_lot::Mutex;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -176,21 +176,30 @@ pub(crate) fn sweep(inner: &Inner) -> Vec<ChannelKey> {
 /// each channel keeps its order.
 pub(crate) struct Fanout {
     /// One queue per worker task.
-    workers: Vec<mpsc::UnboundedSender<Message>>,
+    workers: Vec<mpsc::UnboundedSender<Arc<Message>>>,
     /// Picks a channel's worker.
     hasher: RandomState,
 }
 
 impl Fanout {
-    /// Starts `n` workers feeding `hub`; they end when the `Fanout` drops.
-    pub(crate) fn start(hub: &Arc<Hub>, n: usize) -> Self {
+    /// Starts `n` workers feeding the hub; they end when the `Fanout` drops.
+    /// A worker that finds a gap in a channel with history (messages lost
+    /// while a connection was down) reads the missing range from Redis.
+    pub(crate) fn start(inner: &Arc<Inner>, n: usize) -> Self {
         let workers = (0..n.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-                let hub = hub.clone();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Message>>();
+                let inner = inner.clone();
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
-                        hub.deliver(&msg);
+                        if let Delivery::Gap { after, before } = inner.hub.deliver(&msg) {
+                            tokio::spawn(recover_gap(
+                                inner.clone(),
+                                msg.channel.clone(),
+                                after,
+                                before,
+                            ));
+                        }
                     }
                 });
                 tx
@@ -204,8 +213,51 @@ impl Fanout {
 
     fn dispatch(&self, msg: Message) {
         let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
-        let _ = self.workers[i].send(msg);
+        let _ = self.workers[i].send(Arc::new(msg));
     }
+}
+
+/// After a reconnect, finds channels with history whose messages were
+/// published while this node was not listening, and recovers them.
+pub(crate) async fn catch_up(inner: Arc<Inner>) {
+    let channels: Vec<ChannelKey> = inner.subs.channels.lock().keys().cloned().collect();
+    for channel in channels {
+        if inner.config.history.limits(&channel).is_none() {
+            continue;
+        }
+        let Ok(page) = inner.history(&channel, None, 0).await else {
+            continue;
+        };
+        let position = Position {
+            offset: page.offset,
+            epoch: page.epoch,
+        };
+        if let Some((after, before)) = inner.hub.catch_up(&channel, &position) {
+            recover_gap(inner.clone(), channel, after, before).await;
+        }
+    }
+}
+
+/// Reads offsets `after + 1 .. before` of `channel` from history and hands
+/// them to the hub, which then releases the messages it held back.
+async fn recover_gap(inner: Arc<Inner>, channel: ChannelKey, after: u64, before: u64) {
+    let missing = (before - after - 1) as usize;
+    for attempt in 0..3u32 {
+        match inner.history(&channel, Some(after), missing).await {
+            Ok(page) => {
+                let recovered = page.messages.into_iter().map(Arc::new).collect();
+                debug!(%channel, after, before, "Gap recovered from history.");
+                inner.hub.fill(&channel, recovered);
+                return;
+            }
+            Err(e) => {
+                debug!(%channel, attempt, error = %e, "Gap recovery failed.");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    warn!(%channel, after, before, "Messages lost: gap not in history.");
+    inner.hub.fill(&channel, Vec::new());
 }
 
 /// What the reader calls for a message on this node's direct channel.

@@ -8,6 +8,8 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
 use crate::dialect::{native, push, pushca, send};
@@ -23,6 +25,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/send", post(send::send))
         .route("/ws", get(native::ws))
         .route("/sse", get(native::sse))
+        .route("/poll", get(poll::poll))
+        .route("/api/v1/channels", get(channels::list))
+        .route(
+            "/api/v1/channels/{channel}",
+            get(channels::get).delete(channels::delete),
+        )
+        .route("/api/v1/channels/{channel}/history", get(channels::history))
         // The Push seed's API.
         .route("/messages", post(push::publish))
         .route("/sse/messages", get(push::sse))

@@ -8,6 +8,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
+use herald_core::Frame;
+
+use crate::cursor::Cursor;
 
 use crate::error::ApiError;
 use crate::lifetime::{Clock, Tick};
@@ -17,7 +20,7 @@ use crate::state::AppState;
 use crate::transport::ws::connection_limit;
 
 /// The fixed frames of one SSE dialect.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct SseStyle {
     /// Sent first (e.g. `retry:`, an initial heartbeat).
     pub(crate) preamble: Bytes,
@@ -25,6 +28,9 @@ pub(crate) struct SseStyle {
     pub(crate) heartbeat: Bytes,
     /// Sent once, `close_grace` before the lifetime ends, and on shutdown.
     pub(crate) reconnect: Bytes,
+    /// When set, every message gets an `id:` line holding the connection's
+    /// position in all its channels, so `Last-Event-ID` resumes them all.
+    pub(crate) cursor: Option<Cursor>,
 }
 
 /// State carried between body chunks.
@@ -34,7 +40,7 @@ struct Stream {
     style: SseStyle,
     clock: Clock,
     /// Reused between drains.
-    batch: Vec<Bytes>,
+    batch: Vec<Frame>,
     /// Set once the stream must end after the next chunk.
     done: bool,
     /// Held for the life of the response.
@@ -76,6 +82,25 @@ pub(crate) fn respond(
 
 use futures_util::StreamExt;
 
+impl Stream {
+    /// Joins the drained frames into one chunk, adding cursor ids.
+    fn render_batch(&mut self) -> Bytes {
+        if self.batch.len() == 1 && self.style.cursor.is_none() {
+            return self.batch.pop().map(|f| f.bytes).unwrap_or_default();
+        }
+        let size: usize = self.batch.iter().map(|f| f.bytes.len() + 64).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        for frame in self.batch.drain(..) {
+            if let (Some(cursor), Some(msg)) = (&mut self.style.cursor, &frame.message) {
+                cursor.advance(msg);
+                buf.extend_from_slice(format!("id: {cursor}\n").as_bytes());
+            }
+            buf.extend_from_slice(&frame.bytes);
+        }
+        buf.freeze()
+    }
+}
+
 /// Waits for the next thing to write; `None` ends the response.
 async fn next_chunk(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
     if s.done {
@@ -95,18 +120,13 @@ async fn next_chunk(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)
                 if closed.is_some() {
                     s.done = true;
                 }
-                let chunk = match s.batch.len() {
-                    0 if closed.is_some() => return None,
-                    0 => continue,
-                    1 => s.batch.pop().unwrap_or_default(),
-                    _ => {
-                        let mut buf = BytesMut::with_capacity(s.batch.iter().map(Bytes::len).sum());
-                        for b in s.batch.drain(..) {
-                            buf.extend_from_slice(&b);
-                        }
-                        buf.freeze()
+                if s.batch.is_empty() {
+                    if closed.is_some() {
+                        return None;
                     }
-                };
+                    continue;
+                }
+                let chunk = s.render_batch();
                 return Some((Ok(chunk), s));
             }
             () = tokio::time::sleep_until(deadline) => {

@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use herald_core::Frame;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -191,7 +192,7 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
 
 /// A text frame from already-valid UTF-8 bytes, without validating again.
 fn text(bytes: Bytes) -> Message {
-    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
+    Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
 }
 
 async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session, mut dialect: D) {
@@ -200,7 +201,7 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
     let mut clock = Clock::start(&state.config.connection);
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<Frame> = Vec::new();
     let outbox = session.outbox.clone();
 
     let close: Option<(u16, Cow<'static, str>)> = 'conn: {
@@ -228,7 +229,7 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
                 () = outbox.ready() => {
                     let closed = outbox.drain(&mut batch);
                     for frame in batch.drain(..) {
-                        if ws.feed(text(frame)).await.is_err() {
+                        if ws.feed(text(frame.bytes)).await.is_err() {
                             break 'conn None;
                         }
                     }

@@ -166,6 +166,10 @@ impl Sse {
     pub async fn connect(url: &str) -> Self {
         let res = reqwest::get(url).await.unwrap();
         assert_eq!(res.status(), 200, "{url}");
+        Self::from_response(res)
+    }
+
+    pub fn from_response(res: reqwest::Response) -> Self {
         assert_eq!(res.headers()["content-type"], "text/event-stream");
         Self {
             body: Box::pin(res.bytes_stream()),

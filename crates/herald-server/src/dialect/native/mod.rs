@@ -1,19 +1,23 @@
 //! Herald's native protocol: JSON over WebSocket with request ids, SSE, and
-//! the HTTP publish API. See docs/api.md.
+//! the HTTP publish, channel and polling APIs. See docs/api.md.
+
+pub(crate) mod channels;
+pub(crate) mod poll;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::{ChannelKey, Format, Message, Publication, Published};
+use herald_core::{ChannelKey, Format, Message, Position, Publication, Published, Recovery};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::cursor::Cursor;
 use crate::dialect::{one_line_json, push_json_str, slot};
 use crate::error::ApiError;
 use crate::http::read_body;
@@ -55,23 +59,28 @@ impl Format for WsFormat {
     fn encode(&self, msg: &Message) -> Bytes {
         Bytes::from(envelope(msg))
     }
+
+    fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
+        let mut out = b"{\"type\":\"deleted\",\"channel\":".to_vec();
+        push_json_str(&mut out, channel.name());
+        out.push(b'}');
+        Some(Bytes::from(out))
+    }
 }
 
-/// Native SSE events: `id:` and `event:` lines, the envelope as `data:`.
+/// Native SSE events: an `event:` line when given, the envelope as `data:`.
+/// The transport adds the `id:` line: the connection's cursor.
 pub(crate) struct SseFormat;
 
 impl Format for SseFormat {
     fn slot(&self) -> usize {
         slot::NATIVE_SSE
     }
+
     fn encode(&self, msg: &Message) -> Bytes {
-        let p = &msg.publication;
         let body = envelope(msg);
-        let mut out = Vec::with_capacity(body.len() + 64);
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(p.id.as_bytes());
-        out.push(b'\n');
-        if let Some(event) = &p.event {
+        let mut out = Vec::with_capacity(body.len() + 32);
+        if let Some(event) = &msg.publication.event {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(event.as_bytes());
             out.push(b'\n');
@@ -80,6 +89,17 @@ impl Format for SseFormat {
         out.extend_from_slice(&body);
         out.extend_from_slice(b"\n\n");
         Bytes::from(out)
+    }
+
+    fn wants_message(&self) -> bool {
+        true
+    }
+
+    fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
+        let mut out = b"event: deleted\ndata: {\"channel\":".to_vec();
+        push_json_str(&mut out, channel.name());
+        out.extend_from_slice(b"}\n\n");
+        Some(Bytes::from(out))
     }
 }
 
@@ -123,27 +143,61 @@ pub(crate) async fn ws(
     ws::upgrade(&state, req, session, NativeWs { alive: true })
 }
 
-/// `GET /sse?channels=a,b`: native Server-Sent Events.
+#[derive(Deserialize)]
+pub(crate) struct SseQuery {
+    channels: Option<String>,
+    /// A cursor to resume from, like `Last-Event-ID`.
+    since: Option<String>,
+}
+
+/// `GET /sse?channels=a,b[&since=cursor]`: native Server-Sent Events. A
+/// `Last-Event-ID` header (or `since`) resumes every channel it names.
 #[utoipa::path(get, path = "/sse", tag = "native",
     params(("channels" = String, Query, description = "Comma-separated channels")),
     responses((status = 200, description = "text/event-stream"), (status = 400)))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
-    Query(q): Query<ChannelsQuery>,
+    Query(q): Query<SseQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
     if keys.is_empty() {
         return Err(ApiError::bad_request("'channels' query parameter required"));
     }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(q.since.as_deref())
+        .map(Cursor::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?
+        .unwrap_or_default();
     let mut session = Session::new(state.clone(), Arc::new(SseFormat));
-    session.subscribe(keys).await?;
-    let retry = state.config.connection.sse_retry.as_millis();
+    let mut cursor = Cursor::default();
+    let mut preamble = format!(
+        "retry: {}\n: connected\n\n",
+        state.config.connection.sse_retry.as_millis()
+    );
+    for key in keys {
+        let since = resume.get(key.name()).cloned();
+        let s = session.subscribe_from(key.clone(), since).await?;
+        if let Some(recovery) = s.recovery.filter(|r| *r != Recovery::Recovered) {
+            let note = json!({"channel": key.name(), "recovery": recovery, "position": position_json(&s.position)});
+            preamble.push_str(&format!("event: recovery\ndata: {note}\n\n"));
+        }
+        cursor.set(&key, s.position);
+    }
     let style = SseStyle {
-        preamble: Bytes::from(format!("retry: {retry}\n: connected\n\n")),
+        preamble: Bytes::from(preamble),
         heartbeat: Bytes::from_static(b": heartbeat\n\n"),
         reconnect: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"),
+        cursor: Some(cursor),
     };
     sse::respond(&state, session, style)
+}
+
+pub(crate) fn position_json(p: &Position) -> Value {
+    json!({"offset": p.offset, "epoch": p.epoch})
 }
 
 /// Native WebSocket connection state.
@@ -163,6 +217,14 @@ struct Command {
     event: Option<String>,
     /// The targeted message an `ack` command acknowledges.
     message_id: Option<String>,
+    /// Resume point for `subscribe` to a single channel.
+    since: Option<SinceArg>,
+}
+
+#[derive(Deserialize)]
+struct SinceArg {
+    offset: u64,
+    epoch: String,
 }
 
 impl WsDialect for NativeWs {
@@ -211,8 +273,24 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
     };
     match cmd.cmd.as_deref() {
         Some("subscribe") => {
-            session.subscribe(names()?).await?;
-            Ok(json!({"channels": channel_names(session.channels())}))
+            let keys = names()?;
+            let Some(since) = cmd.since else {
+                session.subscribe(keys).await?;
+                return Ok(json!({"channels": channel_names(session.channels())}));
+            };
+            let [key] = <[ChannelKey; 1]>::try_from(keys)
+                .map_err(|_| ApiError::bad_request("'since' needs exactly one channel"))?;
+            let since = Position {
+                offset: since.offset,
+                epoch: Arc::from(since.epoch),
+            };
+            let s = session.subscribe_from(key, Some(since)).await?;
+            Ok(json!({
+                "channels": channel_names(session.channels()),
+                "recovery": s.recovery,
+                "replayed": s.replayed,
+                "position": position_json(&s.position),
+            }))
         }
         Some("unsubscribe") => {
             session.unsubscribe(&names()?).await;

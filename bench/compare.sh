@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Runs every herald-bench scenario against Herald, Nchan and sockudo on this machine and prints
+# one table: each figure per server and Herald's ratio to the best peer.
+#
+# Usage: bench/compare.sh [--quick] [--servers "herald nchan sockudo"] [--out DIR]
+#   --quick    smaller N and 10 s phases: a smoke run of a few minutes
+#   --servers  which servers to run (default: all three)
+#   --out      where the JSON reports and logs go (default: bench/results/<timestamp>)
+# Env: HERALD_PEERS_DIR (default: ../shared/peers from the repository root),
+#      CARGO_TARGET_DIR (default: $HOME/.cache/herald-target).
+#
+# The server under test is pinned to core 0 and the generator to core 1 (taskset). Every
+# server is started fresh for each scenario and killed afterwards (and on exit).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+peers=${HERALD_PEERS_DIR:-$root/../shared/peers}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/herald-target}
+quick=0
+servers="herald nchan sockudo"
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --servers) servers=$2; shift ;;
+    --out) out=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+out=${out:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+
+SERVER_CORE=0
+GEN_CORE=1
+PORT_HERALD=18080
+PORT_NCHAN=18090
+PORT_SOCKUDO=16001
+
+if [ "$quick" = 1 ]; then
+  SUBS=1000; CHANNELS_MANY=100; RATE_LOW=10; RATE_MANY=100
+  SUBS_HIGH=200; RATE_HIGH=100; SUBS_HIGHER=50; RATE_HIGHER=400
+  PAIRS_CLIENTS=200; IDLE_N=2000; CONNECT_N=2000
+  PHASE=10s; PAIRS_PHASE=10s; PROCS_BIG=1
+else
+  SUBS=10000; CHANNELS_MANY=1000; RATE_LOW=10; RATE_MANY=1000
+  # 10,000 subscribers at 100 msg/s would need 1M deliveries/s, beyond what one core of this
+  # machine can receive; the higher rates use fewer subscribers (100k deliveries/s each).
+  SUBS_HIGH=1000; RATE_HIGH=100; SUBS_HIGHER=100; RATE_HIGHER=1000
+  PAIRS_CLIENTS=1000; IDLE_N=19000; CONNECT_N=19000
+  PHASE=20s; PAIRS_PHASE=60s; PROCS_BIG=2
+fi
+
+echo "==> building herald and herald-bench (release)" >&2
+(cd "$root" && cargo build --release -q -p herald -p herald-bench)
+HERALD="$CARGO_TARGET_DIR/release/herald"
+BENCH="$CARGO_TARGET_DIR/release/herald-bench"
+
+server_pid=""
+server_kind=""
+
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid"
+    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap 'stop_server' EXIT INT TERM
+
+# Pins a process tree (every thread of every process) to the server core.
+pin_tree() {
+  local p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    taskset -a -p -c "$SERVER_CORE" "$p" >/dev/null
+  done
+}
+
+# start_server KIND -> sets server_pid, server_kind, url
+start_server() {
+  server_kind=$1
+  case "$1" in
+    herald)
+      HERALD_SERVER__LISTEN=127.0.0.1:$PORT_HERALD \
+      HERALD_SERVER__ALLOW_CLIENT_PUBLISH=true \
+      HERALD_CONNECTION__LIFETIME_MIN=0s HERALD_CONNECTION__LIFETIME_MAX=0s \
+      HERALD_LOG__LEVEL=warn \
+        taskset -c "$SERVER_CORE" "$HERALD" serve >>"$out/herald.server.log" 2>&1 &
+      server_pid=$!
+      url=http://127.0.0.1:$PORT_HERALD
+      for _ in $(seq 100); do curl -fs -o /dev/null "$url/health/ready" && break; sleep 0.1; done
+      curl -fs -o /dev/null "$url/health/ready"
+      ;;
+    nchan)
+      server_pid=$("$peers/start-nchan.sh" "$PORT_NCHAN" 1 | tail -1)
+      url=http://127.0.0.1:$PORT_NCHAN
+      ;;
+    sockudo)
+      server_pid=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1)
+      url=http://127.0.0.1:$PORT_SOCKUDO
+      ;;
+  esac
+  pin_tree "$server_pid"
+}
+
+# target SERVER TRANSPORT -> herald-bench --target value, or empty if unsupported
+target_for() {
+  case "$1/$2" in
+    herald/ws) echo herald ;; herald/sse) echo herald-sse ;;
+    nchan/ws) echo nchan ;; nchan/sse) echo nchan-sse ;;
+    sockudo/ws) echo sockudo ;; *) echo "" ;;
+  esac
+}
+
+# run NAME SERVER TRANSPORT ARGS... : one scenario against a fresh server
+run() {
+  local name=$1 server=$2 transport=$3; shift 3
+  local target; target=$(target_for "$server" "$transport")
+  [ -n "$target" ] || return 0
+  echo "==> $name on $server ($(cut -d' ' -f1-3 /proc/loadavg) load)" >&2
+  start_server "$server"
+  local json="$out/$name.$server.json"
+  if ! timeout 900 taskset -c "$GEN_CORE" "$BENCH" "$@" --target "$target" --url "$url" \
+       --server-pid "$server_pid" --json >"$json" 2>"$out/$name.$server.log"; then
+    echo "    failed (see $out/$name.$server.log)" >&2
+    rm -f "$json"
+  fi
+  stop_server
+  sleep 1
+}
+
+echo "loadavg at start: $(cat /proc/loadavg)" >"$out/machine.txt"
+grep -m1 'model name' /proc/cpuinfo >>"$out/machine.txt"
+nproc >>"$out/machine.txt"
+free -g | sed -n 2p >>"$out/machine.txt"
+
+for s in $servers; do
+  run fanout-1ch-${SUBS}sub-r$RATE_LOW "$s" ws fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
+done
+for s in $servers; do
+  run fanout-1ch-${SUBS_HIGH}sub-r$RATE_HIGH "$s" ws fanout --subscribers $SUBS_HIGH --channels 1 --rate $RATE_HIGH --duration $PHASE --drain 20s
+done
+for s in $servers; do
+  run fanout-1ch-${SUBS_HIGHER}sub-r$RATE_HIGHER "$s" ws fanout --subscribers $SUBS_HIGHER --channels 1 --rate $RATE_HIGHER --duration $PHASE --drain 20s
+done
+for s in $servers; do
+  run fanout-${CHANNELS_MANY}ch-${SUBS}sub-r$RATE_MANY "$s" ws fanout --subscribers $SUBS --channels $CHANNELS_MANY --rate $RATE_MANY --duration $PHASE
+done
+for s in $servers; do
+  run fanout-sse-1ch-${SUBS}sub-r$RATE_LOW "$s" sse fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
+done
+for s in $servers; do
+  run pairs-http "$s" ws pairs --clients $PAIRS_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
+done
+case " $servers " in *" herald "*)
+  run pairs-ws herald ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE ;;
+esac
+for s in $servers; do
+  run idle "$s" ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
+done
+for s in $servers; do
+  run connect "$s" ws connect --connections $CONNECT_N --procs $PROCS_BIG --connect-concurrency 200
+done
+
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$out/machine.txt"
+python3 "$root/bench/table.py" "$out" | tee "$out/table.md"

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Turns the herald-bench JSON reports of one compare.sh run into a Markdown table.
+
+Usage: table.py RESULTS_DIR   (files named <scenario-label>.<server>.json)
+Each row is one figure; columns are the servers and Herald's ratio to the best peer
+(for "higher is better" figures a ratio above 1 means Herald is ahead; for "lower is better"
+figures a ratio below 1 means Herald is ahead).
+"""
+import json
+import os
+import sys
+
+SERVERS = ["herald", "nchan", "sockudo"]
+
+
+def get(report, *path):
+    v = report
+    for p in path:
+        if v is None:
+            return None
+        v = v.get(p)
+    return v
+
+
+def per_delivery_us(r):
+    cpu, n = get(r, "server", "cpu_seconds"), r.get("deliveries") or 0
+    return cpu * 1e6 / n if cpu is not None and n else None
+
+
+def mib(kib):
+    return kib / 1024.0 if kib is not None else None
+
+
+# (label, extractor, better) ; better: "higher", "lower" or None (no ratio)
+FIGURES = {
+    "fanout": [
+        ("deliveries/s", lambda r: r["deliveries_per_second"], "higher"),
+        ("publishes/s", lambda r: r["publishes_per_second"], "higher"),
+        ("latency p50 ms", lambda r: get(r, "latency_ms", "p50_ms"), "lower"),
+        ("latency p90 ms", lambda r: get(r, "latency_ms", "p90_ms"), "lower"),
+        ("latency p99 ms", lambda r: get(r, "latency_ms", "p99_ms"), "lower"),
+        ("latency p99.9 ms", lambda r: get(r, "latency_ms", "p999_ms"), "lower"),
+        ("latency max ms", lambda r: get(r, "latency_ms", "max_ms"), "lower"),
+        ("lost", lambda r: r["lost"], "lower"),
+        ("duplicated", lambda r: r["duplicated"], "lower"),
+        ("connections dropped", lambda r: r["disconnects"], "lower"),
+        ("server CPU s", lambda r: get(r, "server", "cpu_seconds"), "lower"),
+        ("server CPU µs/delivery", per_delivery_us, "lower"),
+        ("server RSS MiB", lambda r: mib(get(r, "server", "rss_after_kib")), "lower"),
+        ("generator CPU s", lambda r: r["generator_cpu_seconds"], None),
+    ],
+    "pairs": [
+        ("deliveries/s", lambda r: r["deliveries_per_second"], "higher"),
+        ("latency p50 ms", lambda r: get(r, "latency_ms", "p50_ms"), "lower"),
+        ("latency p99 ms", lambda r: get(r, "latency_ms", "p99_ms"), "lower"),
+        ("latency p99.9 ms", lambda r: get(r, "latency_ms", "p999_ms"), "lower"),
+        ("latency max ms", lambda r: get(r, "latency_ms", "max_ms"), "lower"),
+        ("lost", lambda r: r["lost"], "lower"),
+        ("duplicated", lambda r: r["duplicated"], "lower"),
+        ("publish errors", lambda r: r["publish_errors"], "lower"),
+        ("server CPU µs/message", per_delivery_us, "lower"),
+        ("server RSS MiB", lambda r: mib(get(r, "server", "rss_after_kib")), "lower"),
+        ("generator CPU s", lambda r: r["generator_cpu_seconds"], None),
+    ],
+    "idle": [
+        ("connections open", lambda r: r["connections"], "higher"),
+        ("open at end", lambda r: r["alive_at_end"], "higher"),
+        ("server RSS MiB", lambda r: mib(get(r, "server", "rss_after_kib")), "lower"),
+        ("server RSS KiB/connection", lambda r: get(r, "server", "rss_per_connection_kib"), "lower"),
+        ("server CPU s while idle", lambda r: get(r, "server", "cpu_seconds"), "lower"),
+    ],
+    "connect": [
+        ("connections/s", lambda r: r.get("connects_per_second"), "higher"),
+        ("connections open", lambda r: r["connections"], "higher"),
+        ("connection errors", lambda r: r["connection_errors"], "lower"),
+        ("connect p50 ms", lambda r: get(r, "connect_latency_ms", "p50_ms"), "lower"),
+        ("connect p99 ms", lambda r: get(r, "connect_latency_ms", "p99_ms"), "lower"),
+        ("server CPU s", lambda r: get(r, "server", "cpu_seconds"), "lower"),
+        ("server RSS KiB/connection", lambda r: get(r, "server", "rss_per_connection_kib"), "lower"),
+    ],
+}
+
+
+def fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        return f"{int(v):,}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def ratio(herald, peers, better):
+    peers = [p for p in peers if p is not None]
+    if better is None or herald is None or not peers:
+        return "—"
+    best = max(peers) if better == "higher" else min(peers)
+    if best == 0:
+        return "=" if herald == 0 else "∞"
+    return f"{herald / best:.2f}×"
+
+
+def main():
+    d = sys.argv[1]
+    runs = {}
+    order = []
+    for name in sorted(os.listdir(d)):
+        if not name.endswith(".json"):
+            continue
+        label, server = name[: -len(".json")].rsplit(".", 1)
+        try:
+            with open(os.path.join(d, name)) as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if label not in runs:
+            runs[label] = {}
+            order.append(label)
+        runs[label][server] = report
+    key = lambda l: (["fanout", "pairs", "idle", "connect"].index(l.split("-")[0]), l)
+    # pairs over Herald's WebSocket publish has no peer equivalent: compare with the peers' HTTP run.
+    print("| scenario | figure | better | " + " | ".join(SERVERS) + " | Herald ÷ best peer |")
+    print("|---|---|---|" + "---|" * len(SERVERS) + "---|")
+    for label in sorted(order, key=key):
+        reps = runs[label]
+        any_report = next(iter(reps.values()))
+        kind = any_report["scenario"]
+        peer_reps = reps
+        if label == "pairs-ws" and "pairs-http" in runs:
+            peer_reps = dict(runs["pairs-http"], herald=reps.get("herald"))
+        for fig, extract, better in FIGURES.get(kind, []):
+            vals = {}
+            for s in SERVERS:
+                r = peer_reps.get(s) if s != "herald" else reps.get("herald")
+                try:
+                    vals[s] = extract(r) if r else None
+                except (KeyError, TypeError):
+                    vals[s] = None
+            cells = []
+            for s in SERVERS:
+                v = fmt(vals[s])
+                if label == "pairs-ws" and s != "herald" and vals[s] is not None:
+                    v += " (http)"
+                cells.append(v)
+            r = ratio(vals["herald"], [vals[s] for s in SERVERS if s != "herald"], better)
+            print(f"| {label} | {fig} | {better or ''} | " + " | ".join(cells) + f" | {r} |")
+
+
+if __name__ == "__main__":
+    main()

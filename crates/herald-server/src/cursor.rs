@@ -1,0 +1,99 @@
+//! A client's position in several channels, as one string:
+//! `news:4f1c2a9e:7,chat:0b33d2f1:12` (channel, epoch, last offset).
+//! Used as the SSE event id (so `Last-Event-ID` resumes every channel of a
+//! stream) and as the `since` of polling.
+
+use std::fmt::{self, Write};
+use std::sync::Arc;
+
+use herald_core::{ChannelKey, Message, Position};
+
+/// Positions per channel name, in subscription order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    entries: Vec<(Arc<str>, Position)>,
+}
+
+impl Cursor {
+    /// Parses `a:epoch:offset,b:epoch:offset`. Channel names may contain `:`,
+    /// so each entry is split from the right.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let bad = || format!("bad cursor entry {part:?}: expected channel:epoch:offset");
+            let (rest, offset) = part.rsplit_once(':').ok_or_else(bad)?;
+            let (channel, epoch) = rest.rsplit_once(':').ok_or_else(bad)?;
+            let offset = offset.parse().map_err(|_| bad())?;
+            if channel.is_empty() {
+                return Err(bad());
+            }
+            entries.push((
+                Arc::from(channel),
+                Position {
+                    offset,
+                    epoch: Arc::from(epoch),
+                },
+            ));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The position recorded for `channel`.
+    pub(crate) fn get(&self, channel: &str) -> Option<&Position> {
+        self.entries
+            .iter()
+            .find(|(c, _)| &**c == channel)
+            .map(|(_, p)| p)
+    }
+
+    /// Records `position` for `channel`.
+    pub(crate) fn set(&mut self, channel: &ChannelKey, position: Position) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(c, _)| &**c == channel.name())
+        {
+            Some((_, p)) => *p = position,
+            None => self.entries.push((Arc::from(channel.name()), position)),
+        }
+    }
+
+    /// Advances past `msg`.
+    pub(crate) fn advance(&mut self, msg: &Message) {
+        self.set(
+            &msg.channel,
+            Position {
+                offset: msg.offset,
+                epoch: msg.epoch.clone(),
+            },
+        );
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (channel, p)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            write!(f, "{channel}:{}:{}", p.epoch, p.offset)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_splits_from_the_right() {
+        let c = Cursor::parse("news:ab12:7,user:42:ff00:3").unwrap();
+        assert_eq!(c.get("user:42").unwrap().offset, 3);
+        assert_eq!(&*c.get("news").unwrap().epoch, "ab12");
+        assert_eq!(c.to_string(), "news:ab12:7,user:42:ff00:3");
+        assert!(Cursor::parse("news:7").is_err());
+        assert!(Cursor::parse("news:e:x").is_err());
+        assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+    }
+}

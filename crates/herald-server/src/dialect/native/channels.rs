@@ -1,0 +1,138 @@
+//! The channel API: list, stats, history, delete.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use herald_core::{ChannelInfo, Position, Recovery};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{envelope, position_json};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Most messages one history request returns.
+const MAX_HISTORY_PAGE: usize = 1000;
+
+fn info_json(i: &ChannelInfo) -> Value {
+    json!({
+        "channel": i.key.name(),
+        "subscribers": i.subscribers,
+        "published": i.published,
+        "stored": i.stored,
+        "position": {"offset": i.next_offset - 1, "epoch": i.epoch},
+    })
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no channel {name:?} on this node"),
+    )
+}
+
+/// `GET /api/v1/channels`: every channel with subscribers or stored messages.
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+    let channels: Vec<Value> = state
+        .engine
+        .hub()
+        .channels(&state.default_app)
+        .iter()
+        .map(info_json)
+        .collect();
+    Json(json!({"channels": channels}))
+}
+
+/// `GET /api/v1/channels/{ch}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.channel(&name)?;
+    let info = state
+        .engine
+        .hub()
+        .channel_info(&key)
+        .ok_or_else(|| not_found(&name))?;
+    Ok(Json(info_json(&info)))
+}
+
+/// `DELETE /api/v1/channels/{ch}`: subscribers are told and unsubscribed;
+/// history is dropped (the next message starts a new epoch).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.channel(&name)?;
+    let subscribers = state
+        .engine
+        .hub()
+        .delete(&key)
+        .ok_or_else(|| not_found(&name))?;
+    tracing::info!(channel = %key, subscribers, "Channel deleted.");
+    Ok(Json(json!({"deleted": true, "subscribers": subscribers})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryQuery {
+    /// Return messages after this offset …
+    since: Option<u64>,
+    /// … of this epoch (required with `since`).
+    epoch: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/channels/{ch}/history?since=&epoch=&limit=`: stored
+/// messages, oldest first. Without `since`, the newest `limit`.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.channel(&name)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
+    let since = match (q.since, q.epoch) {
+        (Some(offset), Some(epoch)) => Some(Position {
+            offset,
+            epoch: epoch.into(),
+        }),
+        (None, None) => None,
+        _ => return Err(ApiError::bad_request("'since' and 'epoch' go together")),
+    };
+    let page = state
+        .engine
+        .history(&key, since.as_ref().map(|p| p.offset), limit)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    let head = &page.position;
+    let recovery = since.as_ref().map(|pos| {
+        if pos.epoch != head.epoch {
+            Recovery::EpochChanged
+        } else if pos.offset < head.offset
+            && page
+                .messages
+                .first()
+                .is_none_or(|m| m.offset > pos.offset + 1)
+        {
+            Recovery::TooOld
+        } else {
+            Recovery::Recovered
+        }
+    });
+    let messages: Vec<Box<RawValue>> = if recovery.is_none_or(|r| r == Recovery::Recovered) {
+        page.messages
+            .iter()
+            .filter_map(|m| RawValue::from_string(String::from_utf8(envelope(m)).ok()?).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Json(json!({
+        "channel": key.name(),
+        "position": position_json(head),
+        "recovery": recovery,
+        "messages": messages,
+    })))
+}

@@ -1,0 +1,295 @@
+//! History, resume, the channel API and polling.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use herald_core::history::{Retention, RetentionRule};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn server_keeping(size: usize) -> TestServer {
+    TestServer::with(|c| {
+        c.history.rules = vec![RetentionRule {
+            pattern: "h*".into(),
+            retention: Retention {
+                size,
+                ttl: Duration::from_secs(300),
+            },
+        }]
+    })
+    .await
+}
+
+async fn get_json(url: String) -> (u16, Value) {
+    let res = reqwest::get(url).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn history_api_pages_by_offset() {
+    let server = server_keeping(3).await;
+    let mut epoch = Value::Null;
+    for i in 1..=5 {
+        let p = server.publish(json!({"channel": "hist", "data": i})).await;
+        assert_eq!(p["offset"], i);
+        epoch = p["epoch"].clone();
+    }
+    let (s, page) = get_json(server.http("/api/v1/channels/hist/history")).await;
+    assert_eq!(s, 200);
+    let data: Vec<Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!(3), json!(4), json!(5)]);
+    assert_eq!(page["position"], json!({"offset": 5, "epoch": epoch}));
+
+    let (_, page) = get_json(server.http(&format!(
+        "/api/v1/channels/hist/history?since=3&epoch={}&limit=1",
+        epoch.as_str().unwrap()
+    )))
+    .await;
+    assert_eq!(page["recovery"], "recovered");
+    assert_eq!(page["messages"][0]["offset"], 4);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    let (_, page) = get_json(server.http(&format!(
+        "/api/v1/channels/hist/history?since=1&epoch={}",
+        epoch.as_str().unwrap()
+    )))
+    .await;
+    assert_eq!(page["recovery"], "too_old");
+    let (_, page) = get_json(server.http("/api/v1/channels/hist/history?since=4&epoch=nope")).await;
+    assert_eq!(page["recovery"], "epoch_changed");
+    let (s, _) = get_json(server.http("/api/v1/channels/hist/history?since=4")).await;
+    assert_eq!(s, 400);
+    let (s, v) = get_json(server.http("/api/v1/channels/unknown/history")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn websocket_resume_replays_then_goes_live() {
+    let server = server_keeping(100).await;
+    let mut epoch = String::new();
+    for i in 1..=4 {
+        epoch = server.publish(json!({"channel": "hroom", "data": i})).await["epoch"]
+            .as_str()
+            .unwrap()
+            .into();
+    }
+    let mut ws = server.ws("/ws").await;
+    let reply = command(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": "hroom", "since": {"offset": 2, "epoch": epoch}})).await;
+    assert_eq!(reply["result"]["recovery"], "recovered", "{reply}");
+    assert_eq!(reply["result"]["replayed"], 2);
+    assert_eq!(reply["result"]["position"]["offset"], 4);
+    assert_eq!(next_json(&mut ws).await["offset"], 3);
+    assert_eq!(next_json(&mut ws).await["offset"], 4);
+    server.publish(json!({"channel": "hroom", "data": 5})).await;
+    assert_eq!(next_json(&mut ws).await["offset"], 5);
+
+    let reply = command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "hother", "since": {"offset": 9, "epoch": "gone"}})).await;
+    assert_eq!(reply["result"]["recovery"], "epoch_changed");
+    let reply = command(&mut ws, json!({"id": 3, "cmd": "subscribe", "channels": ["ha", "hb"], "since": {"offset": 1, "epoch": "x"}})).await;
+    assert_eq!(reply["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn sse_last_event_id_resumes_every_channel() {
+    let server = server_keeping(100).await;
+    let url = server.http("/sse?channels=ha,hb");
+    let mut sse = Sse::connect(&url).await;
+    sse.next().await.unwrap();
+    server.publish(json!({"channel": "ha", "data": "a1"})).await;
+    server.publish(json!({"channel": "hb", "data": "b1"})).await;
+    sse.next_data().await;
+    let last = sse.next_data().await;
+    let last_id = last.id.clone().unwrap();
+    drop(sse);
+    // Missed while away.
+    for (ch, d) in [("ha", "a2"), ("hb", "b2"), ("ha", "a3")] {
+        server.publish(json!({"channel": ch, "data": d})).await;
+    }
+    let res = reqwest::Client::new()
+        .get(&url)
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut sse = Sse::from_response(res);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = sse.next_data().await;
+        let v: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+        got.push(v["data"].as_str().unwrap().to_string());
+    }
+    let mut by_channel: Vec<String> = got.clone();
+    by_channel.sort();
+    assert_eq!(
+        by_channel,
+        ["a2", "a3", "b2"],
+        "exactly the missed messages: {got:?}"
+    );
+    assert!(got.iter().position(|d| d == "a2") < got.iter().position(|d| d == "a3"));
+}
+
+/// Many publishes race clients that keep disconnecting and resuming: every
+/// message arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_under_concurrent_publishing_has_no_gaps_or_duplicates() {
+    const N: u64 = 1500;
+    let server = server_keeping(10_000).await;
+    let first = server.publish(json!({"channel": "hrace", "data": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    let url = server.http("/api/v1/publish");
+    let publisher = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for i in 1..=N {
+            let res = client
+                .post(&url)
+                .json(&json!({"channel": "hrace", "data": i}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    });
+    let mut seen: Vec<u64> = Vec::new();
+    let mut last = 1u64; // offset 1 carried data 0
+    let mut reconnects = 0;
+    while last < N + 1 {
+        let mut ws = server.ws("/ws").await;
+        ws.send(Message::text(json!({"id": 1, "cmd": "subscribe", "channel": "hrace", "since": {"offset": last, "epoch": epoch}}).to_string())).await.unwrap();
+        // Read a handful of messages (or the reply), then drop the connection.
+        let mut read = 0;
+        while read < 25 && last < N + 1 {
+            let m = next_json(&mut ws).await;
+            if m.get("result").is_some() {
+                assert_eq!(m["result"]["recovery"], "recovered", "{m}");
+                continue;
+            }
+            let offset = m["offset"].as_u64().unwrap();
+            seen.push(offset);
+            last = offset;
+            read += 1;
+        }
+        reconnects += 1;
+    }
+    publisher.await.unwrap();
+    let expected: Vec<u64> = (2..=N + 1).collect();
+    assert_eq!(seen.len(), expected.len(), "after {reconnects} reconnects");
+    assert_eq!(seen, expected);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
+    assert!(reconnects > 10);
+}
+
+#[tokio::test]
+async fn channel_list_stats_and_delete() {
+    let server = server_keeping(10).await;
+    let mut ws = server.ws("/ws?channels=hdel,live").await;
+    server.publish(json!({"channel": "hdel", "data": 1})).await;
+    next_json(&mut ws).await;
+    let (_, list) = get_json(server.http("/api/v1/channels")).await;
+    let names: Vec<&str> = list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hdel", "live"]);
+    let (s, info) = get_json(server.http("/api/v1/channels/hdel")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            info["subscribers"].as_u64(),
+            info["published"].as_u64(),
+            info["stored"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+
+    let client = reqwest::Client::new();
+    let res = client
+        .delete(server.http("/api/v1/channels/hdel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"deleted": true, "subscribers": 1})
+    );
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "deleted", "channel": "hdel"})
+    );
+    let res = client
+        .delete(server.http("/api/v1/channels/hdel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // The subscriber no longer gets the deleted channel, but keeps the other.
+    let p = server.publish(json!({"channel": "hdel", "data": 2})).await;
+    assert_eq!(p["subscribers"], 0);
+    server.publish(json!({"channel": "live", "data": 3})).await;
+    assert_eq!(next_json(&mut ws).await["data"], 3);
+}
+
+#[tokio::test]
+async fn polling_and_long_polling() {
+    let server = server_keeping(100).await;
+    server.publish(json!({"channel": "hpoll", "data": 1})).await;
+    // A first poll starts from now: nothing, and a cursor.
+    let (s, first) = get_json(server.http("/poll?channels=hpoll")).await;
+    assert_eq!(s, 200);
+    assert_eq!(first["messages"], json!([]));
+    let cursor = first["cursor"].as_str().unwrap().to_string();
+    server.publish(json!({"channel": "hpoll", "data": 2})).await;
+    server.publish(json!({"channel": "hpoll", "data": 3})).await;
+    let (_, next) = get_json(server.http(&format!("/poll?channels=hpoll&since={cursor}"))).await;
+    let data: Vec<Value> = next["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!(2), json!(3)]);
+    let cursor = next["cursor"].as_str().unwrap().to_string();
+    assert!(cursor.ends_with(":3"), "{cursor}");
+
+    // Long poll: waits until a message arrives.
+    let url = server.http(&format!(
+        "/poll?channels=hpoll&since={cursor}&timeout=10000"
+    ));
+    let waiting = tokio::spawn(async move { get_json(url).await });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, info) = get_json(server.http("/api/v1/channels/hpoll")).await;
+        if info["subscribers"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "long poll never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.publish(json!({"channel": "hpoll", "data": 4})).await;
+    let (_, got) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(got["messages"][0]["data"], 4);
+
+    // A long poll with nothing to say answers empty at its timeout.
+    let started = std::time::Instant::now();
+    let cursor = got["cursor"].as_str().unwrap();
+    let (_, empty) =
+        get_json(server.http(&format!("/poll?channels=hpoll&since={cursor}&timeout=300"))).await;
+    assert_eq!(empty["messages"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (s, _) = get_json(server.http("/poll?channels=hpoll&since=garbage")).await;
+    assert_eq!(s, 400);
+}

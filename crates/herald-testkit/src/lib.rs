@@ -1,0 +1,3 @@
+//! Test support shared by Herald's crates.
+
+pub mod redis;

@@ -1,0 +1,264 @@
+//! Many Herald processes as one, on a real Redis: cross-node fan-out,
+//! cluster-wide counts, resume on another node, a Redis restart mid-stream.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Herald;
+use futures_util::{SinkExt, StreamExt};
+use herald_testkit::redis::{RedisCluster, RedisServer};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A config file for a node on `urls`, keeping history for `h*` channels.
+fn config_file(urls: &[String]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "herald-cluster-{}-{}.toml",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "[broker]\nkind = \"redis\"\n[broker.redis]\nurls = [{}]\n\
+             [[history.rules]]\npattern = \"h*\"\nsize = 10000\nttl = \"10m\"\n",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn nodes(urls: &[String], n: usize) -> Vec<Herald> {
+    let file = config_file(urls);
+    let file = file.to_str().unwrap().to_owned();
+    (0..n)
+        .map(|_| Herald::start(&[("HERALD_CONFIG", &file)]))
+        .collect()
+}
+
+async fn ws(node: &Herald, path: &str) -> Ws {
+    let url = format!("ws://{}{}", node.addr, path);
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame in time")
+            .expect("closed")
+            .expect("error");
+        if let Message::Text(t) = frame {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+async fn publish(node: &Herald, channel: &str, data: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}/api/v1/publish", node.addr))
+        .json(&json!({"channel": channel, "data": data}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn publish_ok(node: &Herald, channel: &str, data: Value) -> Value {
+    let res = publish(node, channel, data).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_fan_out_and_cluster_wide_counts() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let mut on_b = ws(&n[1], "/ws?channels=news").await;
+    let mut on_c = ws(&n[2], "/ws?channels=news").await;
+    let mut seed_c = ws(&n[2], "/ws/messages?channels=news").await;
+    assert_eq!(next_json(&mut seed_c).await["event"], "ping");
+
+    let p = publish_ok(&n[0], "news", json!({"n": 1})).await;
+    for sub in [&mut on_b, &mut on_c] {
+        let m = next_json(sub).await;
+        assert_eq!(
+            (m["data"].clone(), m["offset"].clone(), m["epoch"].clone()),
+            (json!({"n": 1}), p["offset"].clone(), p["epoch"].clone())
+        );
+    }
+    assert_eq!(
+        next_json(&mut seed_c).await["data"]["message"],
+        r#"{"n":1}"#
+    );
+
+    // The Push seed's count covers every node (counts settle within a second).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/messages", n[0].addr))
+            .json(&json!({"channel": "news", "message": "count me"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        if res.json::<Value>().await.unwrap() == json!({"subscribers": 3}) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster-wide count never reached 3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_of_a_dead_node_resumes_on_another() {
+    let redis = RedisServer::start();
+    let mut n = nodes(&[redis.url()], 3);
+    let mut first = ws(&n[0], "/ws?channels=hbook").await;
+    let mut last = Value::Null;
+    for i in 1..=3 {
+        publish_ok(&n[2], "hbook", json!(i)).await;
+        last = next_json(&mut first).await;
+        assert_eq!(last["data"], i);
+    }
+    // Node A dies; its client goes elsewhere.
+    n[0].child.kill().unwrap();
+    n[0].child.wait().unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, first.next())
+            .await
+            .unwrap()
+            .is_none_or(|r| r.is_err())
+    );
+    for i in 4..=8 {
+        publish_ok(&n[2], "hbook", json!(i)).await;
+    }
+    // Node B never had a subscriber on this channel: history comes from Redis.
+    let mut again = ws(&n[1], "/ws").await;
+    let since = json!({"offset": last["offset"], "epoch": last["epoch"]});
+    again
+        .send(Message::text(
+            json!({"id": 1, "cmd": "subscribe", "channel": "hbook", "since": since}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let reply = next_json(&mut again).await;
+    assert_eq!(reply["result"]["recovery"], "recovered", "{reply}");
+    assert_eq!(reply["result"]["replayed"], 5);
+    for i in 4..=8 {
+        assert_eq!(next_json(&mut again).await["data"], i);
+    }
+    publish_ok(&n[2], "hbook", json!(9)).await;
+    assert_eq!(
+        next_json(&mut again).await["data"],
+        9,
+        "then live, from another node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_loses_nothing_on_history_channels() {
+    const N: u64 = 300;
+    let mut redis = RedisServer::start_with(
+        herald_testkit::redis::free_port(),
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    );
+    let n = nodes(&[redis.url()], 2);
+    let mut sub = ws(&n[1], "/ws?channels=hstream").await;
+    let client = reqwest::Client::new();
+    let mut acked: Vec<u64> = Vec::new();
+    let mut saw_unready = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 1..=N {
+        if i == N / 3 {
+            redis.kill();
+            // While Redis is down, publishes fail fast with 503 and readiness is false.
+            let res = publish(&n[0], "hstream", json!("lost?")).await;
+            assert_eq!(res.status(), 503);
+            let ready = client
+                .get(format!("http://{}/health/ready", n[0].addr))
+                .send()
+                .await
+                .unwrap();
+            saw_unready = ready.status() == 503;
+            redis.restart();
+        }
+        loop {
+            assert!(Instant::now() < deadline, "publishing never recovered");
+            let res = publish(&n[0], "hstream", json!(i)).await;
+            if res.status() == 200 {
+                let body: Value = res.json().await.unwrap();
+                acked.push(body["offset"].as_u64().unwrap());
+                break;
+            }
+            assert_eq!(res.status(), 503, "only 'unavailable' while Redis restarts");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(saw_unready, "readiness turned false while Redis was down");
+    let mut got: Vec<u64> = Vec::new();
+    while got.len() < acked.len() {
+        let m = next_json(&mut sub).await;
+        got.push(m["data"].as_u64().unwrap());
+    }
+    let expected: Vec<u64> = (1..=N).collect();
+    assert_eq!(got, expected, "every acknowledged message, once, in order");
+    assert!(
+        acked.windows(2).all(|w| w[1] == w[0] + 1),
+        "offsets survive the restart: {acked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_with_sharded_pubsub() {
+    let cluster = RedisCluster::start();
+    let n = nodes(&cluster.urls(), 3);
+    // Enough channels to land on every master.
+    let channels: Vec<String> = (0..12).map(|i| format!("hroom{i}")).collect();
+    let mut subs = Vec::new();
+    for ch in &channels {
+        subs.push(ws(&n[(subs.len() % 2) + 1], &format!("/ws?channels={ch}")).await);
+    }
+    for (ch, sub) in channels.iter().zip(subs.iter_mut()) {
+        let p = publish_ok(&n[0], ch, json!(ch)).await;
+        let m = next_json(sub).await;
+        assert_eq!(
+            (m["data"].as_str(), m["offset"].clone()),
+            (Some(ch.as_str()), p["offset"].clone())
+        );
+    }
+    // Resume from history on another node works on the cluster too.
+    let p = publish_ok(&n[2], "hroom0", json!("again")).await;
+    let mut late = ws(&n[0], "/ws").await;
+    let since = json!({"offset": p["offset"].as_u64().unwrap() - 1, "epoch": p["epoch"]});
+    late.send(Message::text(
+        json!({"id": 1, "cmd": "subscribe", "channel": "hroom0", "since": since}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut late).await["result"]["replayed"], 1);
+    assert_eq!(next_json(&mut late).await["data"], "again");
+}
