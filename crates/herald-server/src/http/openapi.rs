@@ -4,6 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use crate::dialect::native::{channels, poll};
 use crate::dialect::{native, push, pushca, send};
 
 /// Every documented route.
@@ -15,6 +16,11 @@ use crate::dialect::{native, push, pushca, send};
         native::publish_batch,
         native::ws,
         native::sse,
+        poll::poll,
+        channels::list,
+        channels::get,
+        channels::delete,
+        channels::history,
         send::send,
         push::publish,
         push::sse,
