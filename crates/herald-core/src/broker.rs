@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::channel::ChannelKey;
 use crate::history::Position;
 use crate::hub::Published;
+use crate::identity::{Directory, Filter, SendOutcome, Targeted};
 use crate::message::{Message, Publication};
+use crate::outbox::ConnId;
 
 /// One channel's counts across every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,30 @@ pub trait Broker: Send + Sync + 'static {
     /// This node lost its last local subscriber on `channel`. Brokers may
     /// defer the actual unsubscribe so that channel churn stays cheap.
     async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
+
+    /// Delivers a targeted message to the connections `filter` selects. One
+    /// call is one delivery attempt; the engine retries and waits for acks.
+    ///
+    /// The default delivers on this node only, through `local`. A cluster
+    /// broker overrides it to reach matching connections on every node
+    /// (and must then keep `find_any` to exactly one match cluster-wide).
+    async fn send(
+        &self,
+        local: &Directory,
+        filter: &Filter,
+        msg: Targeted,
+    ) -> Result<SendOutcome, BrokerError> {
+        Ok(local.deliver(filter, &msg))
+    }
+
+    /// Carries a receiver's ack of message `id` (already checked against the
+    /// receiving connection `conn`) to the node whose sender waits for it.
+    /// Returns whether a sender was waiting.
+    ///
+    /// The default resolves the waiter on this node only, through `local`.
+    async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
+        Ok(local.ack_received(id, conn))
+    }
 
     /// Whether history lives in the broker (shared by every node) rather than
     /// in the local hub.

@@ -2,13 +2,64 @@
 //! the broker so that neither callers nor dialects hold routing state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
 use crate::history::{History, Position, Replay};
 use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
+use crate::identity::{Directory, Filter, SendOutcome, Targeted};
 use crate::message::Publication;
-use crate::outbox::Outbox;
+use crate::outbox::{ConnId, Outbox};
+
+/// How an acknowledged send waits and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckPolicy {
+    /// How long each attempt waits for an ack.
+    pub timeout: Duration,
+    /// Delivery attempts in total (1 = no retry, Pushca's behaviour).
+    pub attempts: u32,
+    /// Pause before the second attempt; doubles for each later one.
+    pub backoff: Duration,
+}
+
+impl AckPolicy {
+    /// The longest a send with this policy can take: every attempt's wait
+    /// plus every backoff.
+    pub fn max_wait(&self) -> Duration {
+        let attempts = self.attempts.max(1);
+        let mut total = self.timeout * attempts;
+        for n in 0..attempts.saturating_sub(1) {
+            total += self.backoff * 2u32.saturating_pow(n.min(16));
+        }
+        total
+    }
+}
+
+/// How an acknowledged send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// A receiver acknowledged, during attempt `attempts`.
+    Acked {
+        /// Connection that acknowledged.
+        conn: ConnId,
+        /// Attempts made, the acknowledged one included.
+        attempts: u32,
+        /// What the first attempt reached.
+        first: SendOutcome,
+    },
+    /// Nobody acknowledged within every attempt's timeout.
+    TimedOut {
+        /// Attempts made.
+        attempts: u32,
+        /// What the first attempt reached.
+        first: SendOutcome,
+    },
+    /// The first attempt found no matching connection: nothing was sent.
+    NotConnected,
+    /// Another send of the same message id is still waiting for its ack.
+    InFlight,
+}
 
 /// Most stored messages one resume reads from a broker.
 const MAX_REPLAY: usize = 10_000;
@@ -20,11 +71,21 @@ pub struct Engine {
     hub: Arc<Hub>,
     /// Carries messages between nodes and sequences channels.
     broker: Arc<dyn Broker>,
+    /// Local connections by identity, for targeted delivery and acks.
+    directory: Arc<Directory>,
 }
 
 impl Engine {
     pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
-        Self { hub, broker }
+        Self {
+            hub,
+            broker,
+            directory: Arc::default(),
+        }
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -178,6 +239,179 @@ impl Engine {
         publication: Publication,
     ) -> Result<Published, BrokerError> {
         self.broker.publish(channel, publication).await
+    }
+
+    /// Sends a targeted message once, without waiting for acks (even when
+    /// `msg.ack` asks receivers to acknowledge).
+    pub async fn send(&self, filter: &Filter, msg: Targeted) -> Result<SendOutcome, BrokerError> {
+        self.broker.send(&self.directory, filter, msg).await
+    }
+
+    /// Sends `msg` (marked as needing an ack) and waits until a receiver
+    /// acknowledges it. Each attempt re-resolves `filter`, so a retry also
+    /// reaches a receiver that reconnected, and carries the same id so
+    /// receivers can drop duplicates. Waits at most `policy.max_wait()`.
+    pub async fn send_acked(
+        &self,
+        filter: &Filter,
+        mut msg: Targeted,
+        policy: AckPolicy,
+    ) -> Result<AckOutcome, BrokerError> {
+        msg.ack = true;
+        let Some(mut waiter) = self.directory.expect_ack(msg.id.clone()) else {
+            return Ok(AckOutcome::InFlight);
+        };
+        let attempts = policy.attempts.max(1);
+        let mut first = SendOutcome::default();
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                let pause = policy.backoff * 2u32.saturating_pow((attempt - 2).min(16));
+                // A late ack of an earlier attempt ends the send.
+                if let Some(conn) = waiter.wait(pause).await {
+                    return Ok(AckOutcome::Acked {
+                        conn,
+                        attempts: attempt - 1,
+                        first,
+                    });
+                }
+            }
+            let sent = self.send(filter, msg.clone()).await?;
+            if attempt == 1 {
+                if sent.delivered == 0 {
+                    return Ok(AckOutcome::NotConnected);
+                }
+                first = sent;
+            }
+            if let Some(conn) = waiter.wait(policy.timeout).await {
+                return Ok(AckOutcome::Acked {
+                    conn,
+                    attempts: attempt,
+                    first,
+                });
+            }
+        }
+        Ok(AckOutcome::TimedOut { attempts, first })
+    }
+
+    /// Connection `conn` acknowledges message `id`. Returns whether `conn`
+    /// owed that ack; only then is it routed to the waiting sender.
+    pub async fn acknowledge(&self, conn: ConnId, id: &str) -> Result<bool, BrokerError> {
+        if !self.directory.acknowledge(conn, id) {
+            return Ok(false);
+        }
+        self.broker.ack(&self.directory, id, conn).await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+    use crate::identity::{Identity, TargetFormat};
+    use crate::message::{Format, Message};
+    use bytes::Bytes;
+
+    struct Memory(Arc<Hub>);
+    #[async_trait::async_trait]
+    impl Broker for Memory {
+        async fn publish(&self, c: &ChannelKey, p: Publication) -> Result<Published, BrokerError> {
+            Ok(self.0.publish_local(c, p))
+        }
+        async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    struct Raw;
+    impl Format for Raw {
+        fn slot(&self) -> usize {
+            0
+        }
+        fn encode(&self, msg: &Message) -> Bytes {
+            Bytes::copy_from_slice(msg.data())
+        }
+    }
+    impl TargetFormat for Raw {
+        fn encode_targeted(&self, msg: &Targeted) -> Bytes {
+            Bytes::copy_from_slice(msg.id.as_bytes())
+        }
+    }
+
+    fn engine_with(user: &str) -> (Engine, Arc<Outbox>) {
+        let hub = Arc::new(Hub::new());
+        let engine = Engine::new(hub.clone(), Arc::new(Memory(hub)));
+        let outbox = Arc::new(Outbox::new(7, Arc::new(Raw), 1 << 20));
+        engine.directory().register(
+            Identity::new([("user", user)]),
+            outbox.clone(),
+            Arc::new(Raw),
+        );
+        (engine, outbox)
+    }
+
+    fn policy(attempts: u32) -> AckPolicy {
+        AckPolicy {
+            timeout: Duration::from_millis(200),
+            attempts,
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    fn to(user: &str) -> Filter {
+        Filter::new(Identity::new([("user", user)]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacked_send_is_retried_with_the_same_id_then_times_out() {
+        let (engine, outbox) = engine_with("u");
+        let msg = Targeted::new(Bytes::from_static(b"1"));
+        let id = msg.id.clone();
+        let out = engine.send_acked(&to("u"), msg, policy(3)).await.unwrap();
+        assert!(matches!(out, AckOutcome::TimedOut { attempts: 3, .. }));
+        let mut frames = Vec::new();
+        outbox.drain(&mut frames);
+        assert_eq!(frames.len(), 3);
+        assert!(frames.iter().all(|f| f.bytes == id.as_bytes()));
+        assert_eq!(policy(3).max_wait(), Duration::from_millis(630));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ack_ends_the_send_and_nobody_means_not_connected() {
+        let (engine, outbox) = engine_with("u");
+        let msg = Targeted::new(Bytes::from_static(b"1"));
+        let id = msg.id.clone();
+        let e2 = engine.clone();
+        let task = tokio::spawn(async move { e2.send_acked(&to("u"), msg, policy(3)).await });
+        outbox.ready().await;
+        assert!(
+            !engine.acknowledge(8, &id).await.unwrap(),
+            "not the receiver"
+        );
+        assert!(engine.acknowledge(7, &id).await.unwrap());
+        let out = task.await.unwrap().unwrap();
+        assert!(matches!(
+            out,
+            AckOutcome::Acked {
+                conn: 7,
+                attempts: 1,
+                ..
+            }
+        ));
+
+        let out = engine
+            .send_acked(&to("nobody"), Targeted::new(Bytes::new()), policy(3))
+            .await
+            .unwrap();
+        assert_eq!(out, AckOutcome::NotConnected);
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`message`]: publications, sequenced messages, per-format encodings.
 //! - [`outbox`]: each connection's bounded outgoing queue.
 //! - [`hub`]: local subscriptions and fan-out.
+//! - [`identity`]: connection identities, filters, and the directory for
+//!   targeted delivery and acknowledgements.
 //! - [`history`]: stored messages per channel and resume points.
 //! - [`broker`]: the trait that links nodes.
 //! - [`engine`]: hub + broker, the API transports call.
@@ -16,14 +18,16 @@ pub mod channel;
 pub mod engine;
 pub mod history;
 pub mod hub;
+pub mod identity;
 pub mod message;
 pub mod outbox;
 pub mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelStats, StoredPage};
 pub use channel::{ChannelKey, ChannelNameError};
-pub use engine::Engine;
+pub use engine::{AckOutcome, AckPolicy, Engine};
 pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
 pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
+pub use identity::{Directory, Filter, Identity, SendOutcome, TargetFormat, Targeted};
 pub use message::{Format, Message, Publication};
 pub use outbox::{Closed, ConnId, Frame, Outbox, Pushed};

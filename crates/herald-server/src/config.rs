@@ -2,6 +2,7 @@
 //! file and `HERALD_…` environment variables on top.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub broker: BrokerConfig,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    pub pushca: PushcaConfig,
     /// Which channels keep history for resume, by name pattern.
     pub history: herald_core::HistoryPolicy,
     pub poll: PollConfig,
@@ -174,6 +178,116 @@ pub enum BrokerKind {
     Redis,
 }
 
+/// Verification of native connection tokens (`GET /ws?token=<jwt>`). With
+/// neither `secret` nor `public_key_path`, tokens are refused and
+/// connections are anonymous.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256/HS384/HS512 tokens.
+    pub secret: Option<String>,
+    /// The only algorithm accepted, e.g. `HS256`, `RS256`, `ES256`; tokens
+    /// naming another are refused (no algorithm confusion).
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// PEM public key for RS*/PS*/ES*/EdDSA tokens.
+    pub public_key_path: Option<PathBuf>,
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            public_key_path: None,
+            leeway: Duration::ZERO,
+        }
+    }
+}
+
+/// Acknowledged targeted sends (`POST /api/v1/send` with `ack`, and
+/// Pushca's with-acknowledge sends). See docs/targeting.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How long one attempt waits for the receiver's ack (native default;
+    /// requests may ask for another up to `max_ack_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Longest per-attempt timeout a native request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ack_timeout: Duration,
+    /// Delivery attempts per acknowledged send; 1 disables retries.
+    pub ack_attempts: u32,
+    /// Pause before the first retry; doubles for each later one.
+    #[serde(with = "humantime_serde")]
+    pub ack_backoff: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            ack_timeout: Duration::from_millis(1000),
+            max_ack_timeout: Duration::from_secs(60),
+            ack_attempts: 1,
+            ack_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The Pushca-compatible API (docs/targeting.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushcaConfig {
+    /// How long a with-acknowledge send waits per attempt
+    /// (`PUSHCA_ACKNOWLEDGE_TIMEOUT_MS`); attempts and backoff are
+    /// `delivery.ack_attempts` and `delivery.ack_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// HS256 secret signing connection tokens (`pushca.coordinator.secret-key`).
+    /// Unset: a random one per process, so tokens die with the process and
+    /// are not accepted by other nodes.
+    pub secret_key: Option<String>,
+    /// WebSocket base URL handed to clients, e.g. `ws://push.example.com/`.
+    /// Unset: `ws://<Host header>/`.
+    pub external_advertised_url: Option<String>,
+    /// WebSocket base URL for clients inside the deployment. Unset: as external.
+    pub internal_advertised_url: Option<String>,
+    /// WebSocket base URL for browsers. Unset: as external.
+    pub browser_advertised_url: Option<String>,
+    /// Lifetime of a connection token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// This node's `pusherInstanceId`. Unset: a random UUID per process.
+    pub pusher_instance_id: Option<String>,
+    /// Pushca REST requests per second this node accepts before answering
+    /// 429; 0 disables the limit.
+    pub rate_limit: u32,
+    /// Requests allowed in a burst above `rate_limit` (0: one second's worth).
+    pub rate_burst: u32,
+    /// Connection tokens one `open-connection-pool` request may ask for.
+    pub max_pool_size: usize,
+}
+
+impl Default for PushcaConfig {
+    fn default() -> Self {
+        Self {
+            ack_timeout: Duration::from_millis(1000),
+            secret_key: None,
+            external_advertised_url: None,
+            internal_advertised_url: None,
+            browser_advertised_url: None,
+            token_ttl: Duration::from_secs(30 * 60),
+            pusher_instance_id: None,
+            rate_limit: 0,
+            rate_burst: 0,
+            max_pool_size: 100,
+        }
+    }
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -199,6 +313,16 @@ impl Config {
         let l = &self.limits;
         if l.max_message_size == 0 || l.max_channels_per_connection == 0 || l.max_batch == 0 {
             return Err(ConfigError("limits must be positive".into()));
+        }
+        let d = &self.delivery;
+        if d.ack_timeout.is_zero() || self.pushca.ack_timeout.is_zero() || d.ack_attempts == 0 {
+            return Err(ConfigError(
+                "delivery.ack_timeout, delivery.ack_attempts and pushca.ack_timeout must be positive"
+                    .into(),
+            ));
+        }
+        if self.pushca.token_ttl.is_zero() {
+            return Err(ConfigError("pushca.token_ttl must be positive".into()));
         }
         for rule in &self.history.rules {
             if rule.pattern.matches('*').count() > 1 {

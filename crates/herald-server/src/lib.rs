@@ -13,10 +13,12 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 
+mod auth;
 mod cursor;
 mod dialect;
 mod error;
 mod lifetime;
+mod ratelimit;
 mod session;
 mod transport;
 

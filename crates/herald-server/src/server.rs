@@ -42,7 +42,8 @@ impl Server {
         };
         let engine = Engine::new(hub, broker);
         let listener = listen(config.server.listen, config.server.backlog)?;
-        let state = AppState::new(engine, config, Shutdown::default());
+        let state = AppState::new(engine, config, Shutdown::default())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Self { listener, state })
     }
 

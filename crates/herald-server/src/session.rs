@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use herald_core::{ChannelKey, Format, Outbox, Position, Replay, Subscribed, outbox::next_conn_id};
+use herald_core::{
+    ChannelKey, Format, Identity, Outbox, Position, Replay, Subscribed, TargetFormat,
+    outbox::next_conn_id,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -16,6 +19,9 @@ pub(crate) struct Session {
     pub(crate) outbox: Arc<Outbox>,
     /// Channels subscribed to, in subscription order; few per connection.
     channels: Vec<ChannelKey>,
+    /// Who the connection is, when a token said so; registered in the
+    /// engine's directory for targeted delivery while the session lives.
+    identity: Option<Identity>,
 }
 
 impl Session {
@@ -29,7 +35,19 @@ impl Session {
             state,
             outbox,
             channels: Vec::new(),
+            identity: None,
         }
+    }
+
+    /// Gives the connection `identity`, making it reachable by targeted
+    /// sends encoded with `format`.
+    pub(crate) fn identify(&mut self, identity: Identity, format: Arc<dyn TargetFormat>) {
+        tracing::debug!(conn = self.outbox.id(), identity = ?identity.dims(), "Identified.");
+        self.state
+            .engine
+            .directory()
+            .register(identity.clone(), self.outbox.clone(), format);
+        self.identity = Some(identity);
     }
 
     /// Subscribes to every channel in `keys` (already validated); all or none
@@ -107,6 +125,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if self.identity.is_some() {
+            self.state.engine.directory().unregister(self.outbox.id());
+        }
         let hub = self.state.engine.hub();
         let id = self.outbox.id();
         let vacated: Vec<ChannelKey> = self

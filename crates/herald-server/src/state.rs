@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use herald_core::{ChannelKey, ChannelNameError, Engine};
 
-use crate::config::Config;
+use crate::auth::Verifier;
+use crate::config::{Config, ConfigError};
+use crate::dialect::pushca::Pushca;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -23,6 +25,10 @@ pub struct Inner {
     pub shutdown: Shutdown,
     /// The app that unauthenticated routes and the seeds' APIs use.
     pub default_app: Arc<str>,
+    /// Verifies native connection tokens; `None` without an `[auth]` key.
+    pub(crate) auth: Option<Verifier>,
+    /// The Pushca dialect's token issuer, rate limit and instance id.
+    pub(crate) pushca: Pushca,
 }
 
 impl std::ops::Deref for AppState {
@@ -33,14 +39,19 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, config: Config, shutdown: Shutdown) -> Self {
-        Self(Arc::new(Inner {
+    /// Fails when a configured key cannot be loaded.
+    pub fn new(engine: Engine, config: Config, shutdown: Shutdown) -> Result<Self, ConfigError> {
+        let auth = Verifier::from_config(&config.auth)?;
+        let pushca = Pushca::from_config(&config.pushca);
+        Ok(Self(Arc::new(Inner {
             engine,
             config,
             metrics: Arc::default(),
             shutdown,
             default_app: Arc::from(herald_core::channel::DEFAULT_APP),
-        }))
+            auth,
+            pushca,
+        })))
     }
 
     /// A channel of the default app.

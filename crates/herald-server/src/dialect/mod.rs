@@ -6,12 +6,15 @@
 
 pub(crate) mod native;
 pub(crate) mod push;
+pub(crate) mod pushca;
+pub(crate) mod send;
 
 pub(crate) mod slot {
     pub(crate) const NATIVE_WS: usize = 0;
     pub(crate) const NATIVE_SSE: usize = 1;
     pub(crate) const PUSH_WS: usize = 2;
     pub(crate) const PUSH_SSE: usize = 3;
+    pub(crate) const PUSHCA_WS: usize = 4;
 }
 
 /// Appends `s` as a JSON string literal.

@@ -70,13 +70,16 @@ fn seed_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-#[derive(Deserialize)]
-struct PublishBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PublishBody {
     channel: String,
+    #[schema(value_type = Object)]
     message: Box<RawValue>,
 }
 
 /// `POST /messages` → 202 `{"subscribers":N}`.
+#[utoipa::path(post, path = "/messages", tag = "push", request_body = PublishBody,
+    responses((status = 202, description = "{\"subscribers\": N}"), (status = 500, description = "{\"error\": msg}")))]
 pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Response {
     let body = match read_body(req, state.config.limits.max_message_size + 64 * 1024).await {
         Ok(b) => b,
@@ -135,6 +138,9 @@ async fn subscribed(
 }
 
 /// `GET /sse/messages?channels=a,b`.
+#[utoipa::path(get, path = "/sse/messages", tag = "push",
+    params(("channels" = String, Query, description = "Comma-separated channels")),
+    responses((status = 200, description = "text/event-stream"), (status = 400)))]
 pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQuery>) -> Response {
     let session = match subscribed(&state, q.channels.as_deref(), Arc::new(SseFormat)).await {
         Ok(s) => s,
@@ -152,6 +158,9 @@ pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQ
 
 /// `GET /ws/messages?channels=a,b`. Without channels the seed upgrades, sends
 /// the error frame and closes; Herald does the same.
+#[utoipa::path(get, path = "/ws/messages", tag = "push",
+    params(("channels" = String, Query, description = "Comma-separated channels")),
+    responses((status = 101, description = "WebSocket: the Push seed's JSON frames")))]
 pub(crate) async fn ws(
     State(state): State<AppState>,
     Query(q): Query<ChannelsQuery>,

@@ -1,5 +1,7 @@
 //! HTTP routes: the native API, the seeds' compatibility routes, ops.
 
+pub(crate) mod openapi;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -10,7 +12,7 @@ use axum::routing::{get, post};
 use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
-use crate::dialect::{native, push};
+use crate::dialect::{native, push, pushca, send};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -20,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         // Native API (docs/api.md).
         .route("/api/v1/publish", post(native::publish))
         .route("/api/v1/publish/batch", post(native::publish_batch))
+        .route("/api/v1/send", post(send::send))
         .route("/ws", get(native::ws))
         .route("/sse", get(native::sse))
         .route("/poll", get(poll::poll))
@@ -33,6 +36,25 @@ pub fn router(state: AppState) -> Router {
         .route("/messages", post(push::publish))
         .route("/sse/messages", get(push::sse))
         .route("/ws/messages", get(push::ws))
+        // Pushca's API (docs/targeting.md). `/{token}` only matches
+        // single-segment paths no static route above or below claims.
+        .route("/open-connection", post(pushca::http::open_connection))
+        .route(
+            "/open-connection-pool",
+            post(pushca::http::open_connection_pool),
+        )
+        .route("/send-notification", post(pushca::http::send_notification))
+        .route(
+            "/send-notification-with-acknowledge",
+            post(pushca::http::send_with_acknowledge),
+        )
+        .route(
+            "/send-notification-with-delivery-guarantee",
+            post(pushca::http::send_with_delivery_guarantee),
+        )
+        .route("/sign-in/{request}", get(pushca::http::sign_in))
+        .route("/{token}", get(pushca::http::connect))
+        .route("/openapi.json", get(openapi::serve))
         // Operations.
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -66,11 +88,14 @@ mod http_body_util_limited {
     pub(crate) use http_body_util::LengthLimitError;
 }
 
-async fn live() -> &'static str {
+#[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, description = "ok")))]
+pub(crate) async fn live() -> &'static str {
     "ok"
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/health/ready", tag = "ops",
+    responses((status = 200, description = "{ready: true, broker}"), (status = 503, description = "Not ready")))]
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let broker = state.engine.broker();
     if state.shutdown.is_signalled() {
         return (
@@ -91,7 +116,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     axum::Json(json!({"ready": true, "broker": broker.name()})).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(state.engine.hub().stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -34,6 +34,7 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// `GET /api/v1/channels`: every channel with subscribers or stored messages.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels")))]
 pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
     let channels: Vec<Value> = state
         .engine
@@ -46,6 +47,8 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /api/v1/channels/{ch}`.
+#[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name")),
+    responses((status = 200, description = "Channel counts"), (status = 404)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -61,6 +64,8 @@ pub(crate) async fn get(
 
 /// `DELETE /api/v1/channels/{ch}`: subscribers are told and unsubscribed;
 /// history is dropped (the next message starts a new epoch).
+#[utoipa::path(delete, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name")),
+    responses((status = 200, description = "Deleted")))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -86,6 +91,8 @@ pub(crate) struct HistoryQuery {
 
 /// `GET /api/v1/channels/{ch}/history?since=&epoch=&limit=`: stored
 /// messages, oldest first. Without `since`, the newest `limit`.
+#[utoipa::path(get, path = "/api/v1/channels/{channel}/history", tag = "native", params(("channel" = String, Path, description = "Channel name")),
+    responses((status = 200, description = "Stored messages, oldest first"), (status = 400)))]
 pub(crate) async fn history(
     State(state): State<AppState>,
     Path(name): Path<String>,

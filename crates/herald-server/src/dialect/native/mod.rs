@@ -106,17 +106,40 @@ impl Format for SseFormat {
 #[derive(Deserialize)]
 pub(crate) struct ChannelsQuery {
     channels: Option<String>,
+    /// A JWT giving the connection an identity (docs/targeting.md).
+    token: Option<String>,
 }
 
-/// `GET /ws`: native WebSocket, optionally subscribed via `?channels=a,b`.
+/// `GET /ws`: native WebSocket, optionally subscribed via `?channels=a,b`
+/// and identified by `?token=<jwt>` or `Authorization: Bearer <jwt>`.
+#[utoipa::path(get, path = "/ws", tag = "native",
+    params(("channels" = Option<String>, Query, description = "Comma-separated channels"),
+        ("token" = Option<String>, Query, description = "JWT giving the connection an identity")),
+    responses((status = 101, description = "WebSocket: native JSON protocol"),
+        (status = 401, description = "Invalid or expired token")))]
 pub(crate) async fn ws(
     State(state): State<AppState>,
     Query(q): Query<ChannelsQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let identity = match crate::auth::request_token(q.token.as_deref(), req.headers()) {
+        None => None,
+        Some(token) => Some(
+            state
+                .auth
+                .as_ref()
+                .ok_or_else(|| {
+                    crate::auth::unauthorized("no [auth] key is configured to verify tokens")
+                })?
+                .verify(token)?,
+        ),
+    };
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
     let mut session = Session::new(state.clone(), Arc::new(WsFormat));
     session.subscribe(keys).await?;
+    if let Some(identity) = identity {
+        session.identify(identity, Arc::new(WsFormat));
+    }
     ws::upgrade(&state, req, session, NativeWs { alive: true })
 }
 
@@ -129,6 +152,9 @@ pub(crate) struct SseQuery {
 
 /// `GET /sse?channels=a,b[&since=cursor]`: native Server-Sent Events. A
 /// `Last-Event-ID` header (or `since`) resumes every channel it names.
+#[utoipa::path(get, path = "/sse", tag = "native",
+    params(("channels" = String, Query, description = "Comma-separated channels")),
+    responses((status = 200, description = "text/event-stream"), (status = 400)))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
     Query(q): Query<SseQuery>,
@@ -189,6 +215,8 @@ struct Command {
     channels: Option<Vec<String>>,
     data: Option<Box<RawValue>>,
     event: Option<String>,
+    /// The targeted message an `ack` command acknowledges.
+    message_id: Option<String>,
     /// Resume point for `subscribe` to a single channel.
     since: Option<SinceArg>,
 }
@@ -289,10 +317,21 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
             Ok(published_json(&p))
         }
         Some("ping") => Ok(json!({})),
+        Some("ack") => {
+            let id = cmd
+                .message_id
+                .as_deref()
+                .ok_or_else(|| ApiError::bad_request("'message_id' is required"))?;
+            let acked = state.engine.acknowledge(session.outbox.id(), id).await?;
+            tracing::debug!(conn = session.outbox.id(), message = id, acked, "Acked.");
+            Ok(crate::dialect::send::ack_result(acked))
+        }
         Some(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "unknown_command",
-            format!("unknown command {other:?}; expected subscribe, unsubscribe, publish or ping"),
+            format!(
+                "unknown command {other:?}; expected subscribe, unsubscribe, publish, ack or ping"
+            ),
         )),
         None => Err(ApiError::bad_request("'cmd' is required")),
     }
@@ -342,11 +381,12 @@ fn label<'a>(what: &str, s: &'a str) -> Result<&'a str, ApiError> {
 }
 
 /// One message of `POST /api/v1/publish` (and of a batch).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PublishRequest {
+pub(crate) struct PublishRequest {
     channel: Option<String>,
     channels: Option<Vec<String>>,
+    #[schema(value_type = Object)]
     data: Box<RawValue>,
     event: Option<String>,
     id: Option<String>,
@@ -405,6 +445,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// `POST /api/v1/publish`.
+#[utoipa::path(post, path = "/api/v1/publish", tag = "native", request_body = PublishRequest,
+    responses((status = 200, description = "{id, offset, epoch, subscribers}"), (status = 400), (status = 413)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     req: Request,
@@ -414,14 +456,16 @@ pub(crate) async fn publish(
     Ok(Json(run(&state, plan).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
+pub(crate) struct BatchRequest {
     messages: Vec<PublishRequest>,
 }
 
 /// `POST /api/v1/publish/batch`: every message is validated before any is
 /// published, so a bad batch publishes nothing.
+#[utoipa::path(post, path = "/api/v1/publish/batch", tag = "native", request_body = BatchRequest,
+    responses((status = 200, description = "{results: [...]}"), (status = 400), (status = 413)))]
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
     req: Request,

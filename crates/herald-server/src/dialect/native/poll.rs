@@ -47,6 +47,8 @@ pub(crate) struct PollQuery {
 }
 
 /// `GET /poll`.
+#[utoipa::path(get, path = "/poll", tag = "native",
+    responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400)))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Query(q): Query<PollQuery>,

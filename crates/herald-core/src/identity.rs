@@ -1,0 +1,672 @@
+//! Who a connection is, and the directory that finds connections by who they
+//! are: the base of targeted delivery (as opposed to channel fan-out).
+//!
+//! An [`Identity`] is a set of (dimension, value) pairs: natively `user` plus
+//! any labels from the token; Pushca's client maps to `workspace`, `account`,
+//! `device` and `application`. A [`Filter`] names some dimensions; a
+//! connection matches when it has every named dimension with the same value.
+//!
+//! The [`Directory`] indexes connections by (dimension, value). Resolving a
+//! filter with `k` dimensions intersects `k` posting sets, walking the
+//! smallest and probing the others, so it costs
+//! `O(min_i |P_i| · (k - 1) · log n)`: proportional to the most selective
+//! dimension, never to the number of connections. A filter without
+//! dimensions matches every connection that has an identity and walks them
+//! all, which is also the size of its result.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use crate::outbox::{ConnId, Outbox, Pushed};
+
+/// One (dimension, value) pair, e.g. `("account", "alice@example.com")`.
+pub type Dim = (Arc<str>, Arc<str>);
+
+/// Unacknowledged message ids remembered per connection; older ones are
+/// forgotten (their acks are then ignored and the sender times out).
+const MAX_AWAITING: usize = 1024;
+
+/// Round-robin counters kept for distinct `findAny` filters before the table
+/// is reset (rotation then restarts at the first match).
+const MAX_ROTATIONS: usize = 10_000;
+
+/// A connection's identity: dimensions sorted by name, each at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    /// Sorted by dimension; unique dimensions.
+    dims: Arc<[Dim]>,
+}
+
+impl Identity {
+    /// An identity from pairs; a repeated dimension keeps its last value.
+    pub fn new<K: Into<Arc<str>>, V: Into<Arc<str>>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            dims: normalize(pairs.into_iter().map(|(k, v)| (k.into(), v.into()))).into(),
+        }
+    }
+
+    /// The value of `dim`, if this identity has it.
+    pub fn get(&self, dim: &str) -> Option<&str> {
+        self.dims
+            .binary_search_by(|(k, _)| (**k).cmp(dim))
+            .ok()
+            .map(|i| &*self.dims[i].1)
+    }
+
+    /// Every (dimension, value) pair, sorted by dimension.
+    pub fn dims(&self) -> &[Dim] {
+        &self.dims
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dims.is_empty()
+    }
+}
+
+fn normalize(pairs: impl Iterator<Item = Dim>) -> Vec<Dim> {
+    let mut v: Vec<Dim> = pairs.collect();
+    // Stable sort keeps input order among equal keys, so "last wins" below.
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<Dim> = Vec::with_capacity(v.len());
+    for pair in v {
+        match out.last_mut() {
+            Some(last) if last.0 == pair.0 => *last = pair,
+            _ => out.push(pair),
+        }
+    }
+    out
+}
+
+/// Which connections a targeted message goes to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Filter {
+    /// Dimensions a connection must have, with these values; absent
+    /// dimensions match anything.
+    pub dims: Identity,
+    /// Deliver to exactly one match, rotating round-robin per message.
+    pub find_any: bool,
+    /// Exact identities to skip (typically the sender).
+    pub exclude: Vec<Identity>,
+}
+
+impl Filter {
+    /// A multicast filter on `dims`.
+    pub fn new(dims: Identity) -> Self {
+        Self {
+            dims,
+            find_any: false,
+            exclude: Vec::new(),
+        }
+    }
+
+    /// Whether a connection with `identity` is a target (ignoring `find_any`).
+    pub fn matches(&self, identity: &Identity) -> bool {
+        self.dims
+            .dims()
+            .iter()
+            .all(|(k, v)| identity.get(k) == Some(v))
+            && !self.exclude.contains(identity)
+    }
+}
+
+/// A message for the connections a filter selects.
+#[derive(Debug, Clone)]
+pub struct Targeted {
+    /// Message id; kept on retries so receivers can drop duplicates.
+    pub id: Arc<str>,
+    /// Optional event name.
+    pub event: Option<Arc<str>>,
+    /// The payload as JSON text.
+    pub data: Bytes,
+    /// Whether receivers must acknowledge it.
+    pub ack: bool,
+    /// Who sent it, when known (Pushca's `sender`).
+    pub sender: Option<Identity>,
+    /// Wall-clock send time in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl Targeted {
+    /// A message of `data` (JSON text) with a fresh id, stamped now.
+    pub fn new(data: Bytes) -> Self {
+        Self {
+            id: crate::message::new_message_id(),
+            event: None,
+            data,
+            ack: false,
+            sender: None,
+            time_ms: crate::message::now_ms(),
+        }
+    }
+
+    /// The payload as text: a JSON string unquoted, anything else as JSON.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        if self.data.first() == Some(&b'"')
+            && let Ok(s) = serde_json::from_slice::<String>(&self.data)
+        {
+            return std::borrow::Cow::Owned(s);
+        }
+        String::from_utf8_lossy(&self.data)
+    }
+}
+
+/// How a targeted message looks on one connection's wire.
+pub trait TargetFormat: Send + Sync + 'static {
+    /// Encodes `msg` for one receiver.
+    fn encode_targeted(&self, msg: &Targeted) -> Bytes;
+}
+
+/// What one delivery attempt reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Connections the filter selected.
+    pub matched: usize,
+    /// Of those, connections whose outbox took the message.
+    pub delivered: usize,
+}
+
+/// A registered waiter: its ticket and the channel to wake it.
+type Waiting = (u64, oneshot::Sender<ConnId>);
+
+/// One connection in the directory.
+struct Entry {
+    /// Who it is.
+    identity: Identity,
+    /// Where its frames go.
+    outbox: Arc<Outbox>,
+    /// How targeted messages are encoded for it.
+    format: Arc<dyn TargetFormat>,
+    /// Ids delivered with `ack` and not yet acknowledged, oldest first; an
+    /// ack is only accepted for an id this connection was actually sent.
+    awaiting: Mutex<VecDeque<Arc<str>>>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Every connection with an identity.
+    conns: HashMap<ConnId, Entry>,
+    /// (dimension, value) → connections, sorted so round-robin is stable.
+    postings: HashMap<Dim, BTreeSet<ConnId>>,
+}
+
+/// The local directory of connected identities.
+#[derive(Default)]
+pub struct Directory {
+    /// Connections and their postings, read-mostly.
+    index: RwLock<Index>,
+    /// `findAny` rotation per filter: the next message goes to match `n % len`.
+    rotation: Mutex<HashMap<Filter, u64>>,
+    /// Senders waiting for an ack, by message id, with the waiter's ticket
+    /// so a dropped waiter never removes a newer one for the same id.
+    pending: Mutex<HashMap<Arc<str>, Waiting>>,
+    /// Next waiter ticket.
+    tickets: AtomicU64,
+    /// Targeted messages queued, for metrics.
+    delivered: AtomicU64,
+}
+
+impl Directory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) connection `outbox`'s identity.
+    pub fn register(&self, identity: Identity, outbox: Arc<Outbox>, format: Arc<dyn TargetFormat>) {
+        let id = outbox.id();
+        let mut index = self.index.write();
+        if let Some(old) = index.conns.remove(&id) {
+            remove_postings(&mut index.postings, id, &old.identity);
+        }
+        for dim in identity.dims() {
+            index.postings.entry(dim.clone()).or_default().insert(id);
+        }
+        index.conns.insert(
+            id,
+            Entry {
+                identity,
+                outbox,
+                format,
+                awaiting: Mutex::default(),
+            },
+        );
+    }
+
+    /// Removes connection `id`; unknown ids are ignored.
+    pub fn unregister(&self, id: ConnId) {
+        let mut index = self.index.write();
+        if let Some(old) = index.conns.remove(&id) {
+            remove_postings(&mut index.postings, id, &old.identity);
+        }
+    }
+
+    /// Connections with an identity.
+    pub fn len(&self) -> usize {
+        self.index.read().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The identity of connection `id`, if it has one.
+    pub fn identity(&self, id: ConnId) -> Option<Identity> {
+        self.index.read().conns.get(&id).map(|e| e.identity.clone())
+    }
+
+    /// Targeted messages queued so far.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// The connections `filter` selects, ascending; one for `find_any`
+    /// (advancing that filter's rotation).
+    pub fn resolve(&self, filter: &Filter) -> Vec<ConnId> {
+        let index = self.index.read();
+        let all = matches(&index, filter);
+        if !filter.find_any || all.len() <= 1 {
+            return all;
+        }
+        vec![all[self.next_turn(filter, all.len())]]
+    }
+
+    fn next_turn(&self, filter: &Filter, len: usize) -> usize {
+        let mut rotation = self.rotation.lock();
+        if rotation.len() >= MAX_ROTATIONS && !rotation.contains_key(filter) {
+            rotation.clear();
+        }
+        let n = rotation.entry(filter.clone()).or_insert(0);
+        let turn = (*n % len as u64) as usize;
+        *n = n.wrapping_add(1);
+        turn
+    }
+
+    /// Queues `msg` for every connection `filter` selects on this node. With
+    /// `msg.ack`, each receiver is remembered as owing an ack for `msg.id`.
+    pub fn deliver(&self, filter: &Filter, msg: &Targeted) -> SendOutcome {
+        let targets = self.resolve(filter);
+        let index = self.index.read();
+        let mut outcome = SendOutcome {
+            matched: targets.len(),
+            delivered: 0,
+        };
+        for id in targets {
+            let Some(entry) = index.conns.get(&id) else {
+                continue;
+            };
+            if msg.ack {
+                let mut awaiting = entry.awaiting.lock();
+                if !awaiting.contains(&msg.id) {
+                    if awaiting.len() >= MAX_AWAITING {
+                        awaiting.pop_front();
+                    }
+                    awaiting.push_back(msg.id.clone());
+                }
+            }
+            if entry.outbox.push(entry.format.encode_targeted(msg)) == Pushed::Queued {
+                outcome.delivered += 1;
+            }
+        }
+        self.delivered
+            .fetch_add(outcome.delivered as u64, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Receiver side: connection `conn` acknowledges `id`. True when `conn`
+    /// was sent `id` with an ack request and had not acknowledged it yet.
+    pub fn acknowledge(&self, conn: ConnId, id: &str) -> bool {
+        let index = self.index.read();
+        let Some(entry) = index.conns.get(&conn) else {
+            return false;
+        };
+        let mut awaiting = entry.awaiting.lock();
+        match awaiting.iter().position(|a| &**a == id) {
+            Some(i) => {
+                awaiting.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sender side: starts waiting for an ack of `id`. `None` when another
+    /// send of the same id is already waiting.
+    pub fn expect_ack(self: &Arc<Self>, id: Arc<str>) -> Option<AckWaiter> {
+        let (tx, rx) = oneshot::channel();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        match self.pending.lock().entry(id.clone()) {
+            MapEntry::Occupied(_) => return None,
+            MapEntry::Vacant(v) => {
+                v.insert((ticket, tx));
+            }
+        }
+        Some(AckWaiter {
+            rx,
+            id,
+            ticket,
+            directory: self.clone(),
+        })
+    }
+
+    /// An ack of `id` by `conn` reached the node waiting for it. True when a
+    /// sender was waiting.
+    pub fn ack_received(&self, id: &str, conn: ConnId) -> bool {
+        match self.pending.lock().remove(id) {
+            Some((_, tx)) => tx.send(conn).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Connections matching `filter` (all of them, ascending), by intersecting
+/// postings from the smallest.
+fn matches(index: &Index, filter: &Filter) -> Vec<ConnId> {
+    let dims = filter.dims.dims();
+    let excluded = |id: &ConnId| {
+        !filter.exclude.is_empty()
+            && index
+                .conns
+                .get(id)
+                .is_some_and(|e| filter.exclude.contains(&e.identity))
+    };
+    if dims.is_empty() {
+        let mut all: Vec<ConnId> = index
+            .conns
+            .keys()
+            .copied()
+            .filter(|id| !excluded(id))
+            .collect();
+        all.sort_unstable();
+        return all;
+    }
+    let mut sets = Vec::with_capacity(dims.len());
+    for dim in dims {
+        match index.postings.get(dim) {
+            Some(set) => sets.push(set),
+            None => return Vec::new(),
+        }
+    }
+    sets.sort_by_key(|s| s.len());
+    let (smallest, rest) = sets.split_first().expect("at least one dimension");
+    smallest
+        .iter()
+        .copied()
+        .filter(|id| rest.iter().all(|s| s.contains(id)) && !excluded(id))
+        .collect()
+}
+
+fn remove_postings(postings: &mut HashMap<Dim, BTreeSet<ConnId>>, id: ConnId, identity: &Identity) {
+    for dim in identity.dims() {
+        if let Some(set) = postings.get_mut(dim) {
+            set.remove(&id);
+            if set.is_empty() {
+                postings.remove(dim);
+            }
+        }
+    }
+}
+
+/// A sender waiting for the ack of one message id; stops waiting when dropped.
+pub struct AckWaiter {
+    /// Resolves with the acknowledging connection.
+    rx: oneshot::Receiver<ConnId>,
+    /// The message id waited on.
+    id: Arc<str>,
+    /// Tells this waiter's registration from a later one for the same id.
+    ticket: u64,
+    /// Where the waiter is registered.
+    directory: Arc<Directory>,
+}
+
+impl AckWaiter {
+    /// Waits up to `timeout` for the ack; `Some(conn)` once acknowledged.
+    /// May be called again after a timeout.
+    pub async fn wait(&mut self, timeout: std::time::Duration) -> Option<ConnId> {
+        match tokio::time::timeout(timeout, &mut self.rx).await {
+            Ok(Ok(conn)) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The ack already arrived (without waiting).
+    pub fn try_acked(&mut self) -> Option<ConnId> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for AckWaiter {
+    fn drop(&mut self) {
+        let mut pending = self.directory.pending.lock();
+        if pending
+            .get(&self.id)
+            .is_some_and(|(t, _)| *t == self.ticket)
+        {
+            pending.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Format, Message};
+
+    struct Raw;
+    impl Format for Raw {
+        fn slot(&self) -> usize {
+            0
+        }
+        fn encode(&self, msg: &Message) -> Bytes {
+            Bytes::copy_from_slice(msg.data())
+        }
+    }
+    impl TargetFormat for Raw {
+        fn encode_targeted(&self, msg: &Targeted) -> Bytes {
+            msg.data.clone()
+        }
+    }
+
+    fn ident(pairs: &[(&str, &str)]) -> Identity {
+        Identity::new(pairs.iter().map(|&(k, v)| (k, v)))
+    }
+
+    fn add(dir: &Directory, id: ConnId, pairs: &[(&str, &str)]) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+        dir.register(ident(pairs), outbox.clone(), Arc::new(Raw));
+        outbox
+    }
+
+    fn client(ws: &str, acc: &str, dev: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("workspace", ws.to_owned()),
+            ("account", acc.to_owned()),
+            ("device", dev.to_owned()),
+            ("application", "app".to_owned()),
+        ]
+    }
+
+    fn add_client(dir: &Directory, id: ConnId, ws: &str, acc: &str, dev: &str) {
+        let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+        dir.register(Identity::new(client(ws, acc, dev)), outbox, Arc::new(Raw));
+    }
+
+    #[test]
+    fn identity_is_sorted_and_last_value_wins() {
+        let i = ident(&[("b", "1"), ("a", "2"), ("b", "3")]);
+        assert_eq!(i.get("a"), Some("2"));
+        assert_eq!(i.get("b"), Some("3"));
+        assert_eq!(i.get("c"), None);
+        assert_eq!(i, ident(&[("a", "2"), ("b", "3")]));
+    }
+
+    #[test]
+    fn filter_matches_any_subset_of_dimensions() {
+        let who = ident(&[("account", "a"), ("device", "d"), ("workspace", "w")]);
+        assert!(Filter::new(Identity::default()).matches(&who));
+        assert!(Filter::new(ident(&[("account", "a")])).matches(&who));
+        assert!(Filter::new(ident(&[("account", "a"), ("workspace", "w")])).matches(&who));
+        assert!(!Filter::new(ident(&[("account", "b")])).matches(&who));
+        assert!(!Filter::new(ident(&[("application", "x")])).matches(&who));
+        let mut f = Filter::new(ident(&[("account", "a")]));
+        f.exclude.push(who.clone());
+        assert!(!f.matches(&who));
+    }
+
+    #[test]
+    fn resolve_intersects_postings() {
+        let dir = Directory::new();
+        add_client(&dir, 1, "w1", "alice", "phone");
+        add_client(&dir, 2, "w1", "alice", "laptop");
+        add_client(&dir, 3, "w1", "bob", "phone");
+        add_client(&dir, 4, "w2", "alice", "phone");
+        let f = |pairs: &[(&str, &str)]| Filter::new(ident(pairs));
+        assert_eq!(dir.resolve(&f(&[("workspace", "w1")])), vec![1, 2, 3]);
+        assert_eq!(
+            dir.resolve(&f(&[("workspace", "w1"), ("account", "alice")])),
+            vec![1, 2]
+        );
+        assert_eq!(
+            dir.resolve(&f(&[("account", "alice"), ("device", "phone")])),
+            vec![1, 4]
+        );
+        assert_eq!(
+            dir.resolve(&f(&[("account", "carol")])),
+            Vec::<ConnId>::new()
+        );
+        assert_eq!(dir.resolve(&f(&[])), vec![1, 2, 3, 4]);
+        dir.unregister(2);
+        assert_eq!(
+            dir.resolve(&f(&[("workspace", "w1"), ("account", "alice")])),
+            vec![1]
+        );
+        dir.unregister(1);
+        dir.unregister(3);
+        dir.unregister(4);
+        assert!(
+            dir.index.read().postings.is_empty(),
+            "postings are cleaned up"
+        );
+    }
+
+    #[test]
+    fn resolve_agrees_with_a_scan() {
+        let dir = Directory::new();
+        let mut all = Vec::new();
+        for id in 0..200u64 {
+            let pairs = client(
+                &format!("w{}", id % 3),
+                &format!("a{}", id % 7),
+                &format!("d{}", id % 5),
+            );
+            let who = Identity::new(pairs.clone());
+            all.push((id, who));
+            let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+            dir.register(Identity::new(pairs), outbox, Arc::new(Raw));
+        }
+        for ws in 0..3 {
+            for acc in 0..7 {
+                let mut f = Filter::new(ident(&[
+                    ("workspace", &format!("w{ws}")),
+                    ("account", &format!("a{acc}")),
+                ]));
+                f.exclude.push(all[5].1.clone());
+                let scanned: Vec<ConnId> = all
+                    .iter()
+                    .filter(|(_, who)| f.matches(who))
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(dir.resolve(&f), scanned);
+            }
+        }
+    }
+
+    #[test]
+    fn find_any_rotates_fairly_and_skips_excluded() {
+        let dir = Directory::new();
+        for id in 1..=3 {
+            add_client(&dir, id, "w", "svc", &format!("d{id}"));
+        }
+        add_client(&dir, 4, "w", "other", "d4");
+        let mut f = Filter::new(ident(&[("account", "svc")]));
+        f.find_any = true;
+        let mut counts = HashMap::new();
+        for _ in 0..300 {
+            let got = dir.resolve(&f);
+            assert_eq!(got.len(), 1);
+            *counts.entry(got[0]).or_insert(0) += 1;
+        }
+        assert_eq!(counts, HashMap::from([(1, 100), (2, 100), (3, 100)]));
+
+        f.exclude.push(Identity::new(client("w", "svc", "d2")));
+        let picks: Vec<ConnId> = (0..4).flat_map(|_| dir.resolve(&f)).collect();
+        assert!(picks.iter().all(|&p| p == 1 || p == 3));
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 2);
+    }
+
+    #[test]
+    fn deliver_queues_encoded_frames_and_counts() {
+        let dir = Directory::new();
+        let a = add(&dir, 1, &[("user", "u1")]);
+        let b = add(&dir, 2, &[("user", "u2")]);
+        let msg = Targeted::new(Bytes::from_static(b"\"hi\""));
+        let out = dir.deliver(&Filter::new(ident(&[("user", "u1")])), &msg);
+        assert_eq!(
+            out,
+            SendOutcome {
+                matched: 1,
+                delivered: 1
+            }
+        );
+        let mut frames = Vec::new();
+        a.drain(&mut frames);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].bytes, Bytes::from_static(b"\"hi\""));
+        frames.clear();
+        b.drain(&mut frames);
+        assert!(frames.is_empty());
+        assert_eq!(msg.text(), "hi");
+    }
+
+    #[tokio::test]
+    async fn acks_are_accepted_only_from_receivers() {
+        let dir = Arc::new(Directory::new());
+        add(&dir, 1, &[("user", "u1")]);
+        add(&dir, 2, &[("user", "u2")]);
+        let mut msg = Targeted::new(Bytes::from_static(b"1"));
+        msg.ack = true;
+        let mut waiter = dir.expect_ack(msg.id.clone()).expect("first waiter");
+        assert!(
+            dir.expect_ack(msg.id.clone()).is_none(),
+            "one waiter per id"
+        );
+        dir.deliver(&Filter::new(ident(&[("user", "u1")])), &msg);
+        assert!(!dir.acknowledge(2, &msg.id), "u2 was not sent this id");
+        assert!(dir.acknowledge(1, &msg.id));
+        assert!(!dir.acknowledge(1, &msg.id), "a second ack is a no-op");
+        assert!(dir.ack_received(&msg.id, 1));
+        assert_eq!(
+            waiter.wait(std::time::Duration::from_secs(1)).await,
+            Some(1)
+        );
+        drop(waiter);
+        assert!(dir.expect_ack(msg.id.clone()).is_some(), "id free again");
+    }
+
+    #[tokio::test]
+    async fn dropped_waiter_frees_its_id() {
+        let dir = Arc::new(Directory::new());
+        let id: Arc<str> = Arc::from("m1");
+        let mut w = dir.expect_ack(id.clone()).unwrap();
+        assert_eq!(w.wait(std::time::Duration::from_millis(1)).await, None);
+        drop(w);
+        assert!(!dir.ack_received("m1", 1));
+        assert!(dir.expect_ack(id).is_some());
+    }
+}

@@ -1,0 +1,114 @@
+//! Native connection identity: a JWT, verified with the `[auth]` key, gives
+//! a connection a user id (`sub`) and string labels (`labels` claim).
+//! Identity never comes from an unsigned claim.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use herald_core::Identity;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use serde::Deserialize;
+
+use crate::config::{AuthConfig, ConfigError};
+use crate::error::ApiError;
+
+/// The identity dimension that holds the token's `sub`.
+pub(crate) const USER_DIM: &str = "user";
+
+/// Verifies native tokens.
+pub(crate) struct Verifier {
+    /// The configured key.
+    key: DecodingKey,
+    /// Algorithm pinned, `exp` required, leeway applied.
+    validation: Validation,
+}
+
+/// The claims Herald reads from a native token.
+#[derive(Deserialize)]
+struct Claims {
+    /// The user id.
+    sub: String,
+    /// Extra dimensions; values must be strings.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl Verifier {
+    /// The verifier `config` describes, or `None` when no key is configured.
+    pub(crate) fn from_config(config: &AuthConfig) -> Result<Option<Self>, ConfigError> {
+        use jsonwebtoken::AlgorithmFamily as F;
+        let alg = config.algorithm;
+        let key = match (alg.family(), &config.secret, &config.public_key_path) {
+            (_, None, None) => return Ok(None),
+            (F::Hmac, Some(secret), _) => DecodingKey::from_secret(secret.as_bytes()),
+            (F::Hmac, None, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "auth.algorithm {alg:?} needs auth.secret, not a public key"
+                )));
+            }
+            (family, _, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError(format!("auth.public_key_path {}: {e}", path.display()))
+                })?;
+                match family {
+                    F::Rsa => DecodingKey::from_rsa_pem(&pem),
+                    F::Ec => DecodingKey::from_ec_pem(&pem),
+                    _ => DecodingKey::from_ed_pem(&pem),
+                }
+                .map_err(|e| ConfigError(format!("auth.public_key_path: {e}")))?
+            }
+            (_, Some(_), None) => {
+                return Err(ConfigError(format!(
+                    "auth.algorithm {alg:?} needs auth.public_key_path"
+                )));
+            }
+        };
+        Ok(Some(Self {
+            key,
+            validation: validation(alg, config.leeway.as_secs()),
+        }))
+    }
+
+    /// The identity in `token`, or why it is refused.
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, ApiError> {
+        let claims = decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| unauthorized(format!("invalid token: {e}")))?
+            .claims;
+        if claims.sub.is_empty() || claims.labels.contains_key(USER_DIM) {
+            return Err(unauthorized(
+                "invalid token: 'sub' must be non-empty and labels must not redefine 'user'",
+            ));
+        }
+        Ok(Identity::new(
+            std::iter::once((USER_DIM.to_owned(), claims.sub)).chain(claims.labels),
+        ))
+    }
+}
+
+/// A validation pinned to `alg`, requiring an unexpired `exp`.
+pub(crate) fn validation(alg: Algorithm, leeway_secs: u64) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = leeway_secs;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp"]);
+    v
+}
+
+/// A 401 with code `unauthorized`.
+pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// The token of a native request: `?token=` or `Authorization: Bearer`.
+pub(crate) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    query.or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+    })
+}

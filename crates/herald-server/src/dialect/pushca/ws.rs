@@ -1,0 +1,406 @@
+//! Pushca's WebSocket text protocol.
+//!
+//! Client → server: `<id>@@<COMMAND>@@<json metaData>` or `<id>@@<COMMAND>`,
+//! and the legacy `{"command":…,"metaData":…}`. Server → client:
+//! `<id>@@ACKNOWLEDGE`, `<id>@@RESPONSE[@@{"body":…,"error":…}]`, messages
+//! needing an ack as `<id>@@<body>`, plain messages as the raw body, and
+//! `PONG` for the legacy `{"command":"PING"}`.
+//!
+//! Clients resend a command (same id) when no reply came; the last
+//! [`RECENT_COMMANDS`] ids are remembered with their reply, so a resent
+//! command is answered again, not executed again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{AckOutcome, Outbox};
+use indexmap::IndexMap;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{ClientSearchData, PClient, client_filter, targeted};
+use crate::session::Session;
+use crate::state::AppState;
+use crate::transport::ws::{Reply, WsDialect, close};
+
+/// Command ids remembered per connection for idempotency.
+const RECENT_COMMANDS: usize = 256;
+
+/// Commands of Pushca's protocol this server does not implement (channels,
+/// binaries, gateways): answered with an error RESPONSE.
+const UNSUPPORTED: &[&str] = &[
+    "SEND_GATEWAY_REQUEST",
+    "SEND_GATEWAY_RESPONSE",
+    "SEND_MESSAGE_WITH_PRESERVED_ORDER",
+    "SEND_ENVELOPES",
+    "SEND_MESSAGE_TO_CHANNEL",
+    "SEND_BINARY_MANIFEST",
+    "SEND_UPLOAD_BINARY_APPEAL",
+    "CREATE_CHANNEL",
+    "ADD_MEMBERS_TO_CHANNEL",
+    "MARK_CHANNEL_AS_READ",
+    "ADD_IMPRESSION",
+    "REMOVE_IMPRESSION",
+    "GET_IMPRESSION_STAT",
+    "GET_CHANNELS",
+    "GET_CHANNEL_HISTORY",
+    "GET_CHANNELS_PUBLIC_INFO",
+    "GET_CHANNEL_MEMBERS",
+    "REMOVE_ME_FROM_CHANNEL",
+    "REGISTER_FILTER",
+    "REMOVE_FILTER",
+];
+
+/// Replies already sent per command id; `None` while the command runs.
+type Recent = Arc<Mutex<IndexMap<String, Option<Bytes>>>>;
+
+/// One Pushca WebSocket connection.
+pub(crate) struct PushcaWs {
+    /// The client its token names; REFRESH_TOKEN reissues for it.
+    client: PClient,
+    /// Whether the client answered since the last ping.
+    alive: bool,
+    /// Recent command ids and their replies.
+    recent: Recent,
+}
+
+/// A parsed client frame.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Command<'a> {
+    /// The command id; empty for legacy frames without one.
+    pub(crate) id: &'a str,
+    /// The command name, e.g. `SEND_MESSAGE`.
+    pub(crate) name: String,
+    /// The metaData object, if any.
+    pub(crate) meta: Option<Value>,
+    /// Came in the legacy JSON form.
+    pub(crate) legacy: bool,
+}
+
+/// Parses one text frame; `Err` carries the best id found and the reason.
+pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Legacy {
+            command: String,
+            meta_data: Option<Value>,
+        }
+        let l: Legacy =
+            serde_json::from_str(trimmed).map_err(|e| ("", format!("malformed command: {e}")))?;
+        return Ok(Command {
+            id: "",
+            name: l.command,
+            meta: l.meta_data.filter(|m| !m.is_null()),
+            legacy: true,
+        });
+    }
+    let mut parts = text.splitn(3, "@@");
+    let (Some(id), Some(name)) = (parts.next(), parts.next()) else {
+        return Err((
+            "",
+            "malformed command: expected <id>@@<COMMAND>[@@<json>]".into(),
+        ));
+    };
+    if id.is_empty() || name.is_empty() || super::check_id(id).is_err() {
+        return Err(("", "malformed command: bad id or command name".into()));
+    }
+    let meta = match parts.next() {
+        None | Some("") => None,
+        Some(json) => {
+            Some(serde_json::from_str(json).map_err(|e| (id, format!("malformed metaData: {e}")))?)
+        }
+    };
+    Ok(Command {
+        id,
+        name: name.to_owned(),
+        meta,
+        legacy: false,
+    })
+}
+
+/// `<id>@@ACKNOWLEDGE`.
+fn acknowledge(id: &str) -> Bytes {
+    Bytes::from(format!("{id}@@ACKNOWLEDGE"))
+}
+
+/// `<id>@@RESPONSE@@{"body":…,"error":…}`.
+fn response(id: &str, body: Value, error: Option<&str>) -> Bytes {
+    let json = serde_json::json!({"body": body, "error": error});
+    Bytes::from(format!("{id}@@RESPONSE@@{json}"))
+}
+
+fn error(id: &str, message: &str) -> Bytes {
+    response(id, Value::Null, Some(message))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendMessage {
+    id: Option<String>,
+    filter: Option<ClientSearchData>,
+    sender: Option<PClient>,
+    message: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendWithAck {
+    id: Option<String>,
+    client: PClient,
+    sender: Option<PClient>,
+    message: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ack {
+    message_id: String,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| format!("malformed metaData: {e}"))
+}
+
+/// What running a command produced.
+enum Outcome {
+    /// Reply now with this frame (or nothing).
+    Now(Option<Bytes>),
+    /// A task replies later, through the outbox.
+    Later,
+}
+
+impl PushcaWs {
+    pub(crate) fn new(client: PClient) -> Self {
+        Self {
+            client,
+            alive: true,
+            recent: Arc::default(),
+        }
+    }
+
+    /// Records `id` as running; returns the earlier reply when it is a resend
+    /// (`Some(None)` while the first is still running).
+    fn begin(&self, id: &str) -> Option<Option<Bytes>> {
+        let mut recent = self.recent.lock();
+        if let Some(reply) = recent.get(id) {
+            return Some(reply.clone());
+        }
+        if recent.len() >= RECENT_COMMANDS {
+            recent.shift_remove_index(0);
+        }
+        recent.insert(id.to_owned(), None);
+        None
+    }
+
+    async fn run(&self, session: &Session, cmd: &Command<'_>) -> Result<Outcome, String> {
+        let state = &session.state;
+        let meta = || {
+            cmd.meta
+                .clone()
+                .ok_or_else(|| format!("{} needs metaData", cmd.name))
+        };
+        match cmd.name.as_str() {
+            "PING" => Ok(Outcome::Now(Some(Bytes::from(format!(
+                "{}@@RESPONSE",
+                cmd.id
+            ))))),
+            "REFRESH_TOKEN" => {
+                let token = state.pushca.tokens.issue(&self.client);
+                Ok(Outcome::Now(Some(response(
+                    cmd.id,
+                    Value::String(token),
+                    None,
+                ))))
+            }
+            "ACKNOWLEDGE" => {
+                let ack: Ack = decode(meta()?)?;
+                let acked = state
+                    .engine
+                    .acknowledge(session.outbox.id(), &ack.message_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::debug!(conn = session.outbox.id(), message = %ack.message_id, acked, "Acked.");
+                Ok(Outcome::Now(Some(acknowledge(cmd.id))))
+            }
+            "SEND_MESSAGE" => {
+                let m: SendMessage = decode(meta()?)?;
+                let filter = m.filter.ok_or("SEND_MESSAGE needs a filter")?.filter();
+                let sender = m.sender.unwrap_or_else(|| self.client.clone());
+                let msg = targeted(m.id.as_deref(), Some(&sender), &m.message)?;
+                let out = state
+                    .engine
+                    .send(&filter, msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::debug!(
+                    conn = session.outbox.id(),
+                    delivered = out.delivered,
+                    "Pushca message sent."
+                );
+                Ok(Outcome::Now(Some(acknowledge(cmd.id))))
+            }
+            "SEND_MESSAGE_WITH_ACKNOWLEDGE" => {
+                let m: SendWithAck = decode(meta()?)?;
+                if !m.client.is_complete() {
+                    return Err("'client' needs all four fields".into());
+                }
+                let id = m.id.as_deref().filter(|s| !s.is_empty()).unwrap_or(cmd.id);
+                let sender = m.sender.unwrap_or_else(|| self.client.clone());
+                let msg = targeted(Some(id), Some(&sender), &m.message)?;
+                spawn_acked(
+                    state.clone(),
+                    session.outbox.clone(),
+                    self.recent.clone(),
+                    cmd.id.to_owned(),
+                    client_filter(&m.client),
+                    msg,
+                );
+                Ok(Outcome::Later)
+            }
+            name if UNSUPPORTED.contains(&name) => Err(format!("command {name} is not supported")),
+            name => Err(format!("unknown command {name:?}")),
+        }
+    }
+}
+
+/// Waits for the receiver's ack off the connection's task, then queues the
+/// sender's reply: `<id>@@ACKNOWLEDGE`, or an error RESPONSE.
+fn spawn_acked(
+    state: AppState,
+    outbox: Arc<Outbox>,
+    recent: Recent,
+    cmd_id: String,
+    filter: herald_core::Filter,
+    msg: herald_core::Targeted,
+) {
+    let reply_id = msg.id.to_string();
+    tokio::spawn(async move {
+        let policy = super::http::ack_policy(&state);
+        let reply = match state.engine.send_acked(&filter, msg, policy).await {
+            Ok(AckOutcome::Acked { .. }) => acknowledge(&reply_id),
+            Ok(AckOutcome::NotConnected) => error(&reply_id, "client is not connected"),
+            Ok(AckOutcome::InFlight) => return,
+            Ok(AckOutcome::TimedOut { .. }) => error(&reply_id, "acknowledge timeout"),
+            Err(e) => error(&reply_id, &e.to_string()),
+        };
+        if let Some(slot) = recent.lock().get_mut(&cmd_id) {
+            *slot = Some(reply.clone());
+        }
+        outbox.push(reply);
+    });
+}
+
+impl WsDialect for PushcaWs {
+    fn heartbeat(&mut self) -> Result<Option<Bytes>, (u16, &'static str)> {
+        if !std::mem::replace(&mut self.alive, false) {
+            return Err((close::PING_TIMEOUT, "no pong to the last ping"));
+        }
+        Ok(None)
+    }
+
+    fn on_activity(&mut self) {
+        self.alive = true;
+    }
+
+    fn reconnect_hint(&self) -> Option<Bytes> {
+        None
+    }
+
+    async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
+        let cmd = match parse(text) {
+            Ok(cmd) => cmd,
+            Err((id, why)) => return Reply::frame(error(id, &why)),
+        };
+        if cmd.legacy && cmd.name == "PING" {
+            return Reply::frame(Bytes::from_static(b"PONG"));
+        }
+        if !cmd.id.is_empty()
+            && let Some(earlier) = self.begin(cmd.id)
+        {
+            return earlier.map(Reply::frame).unwrap_or_default();
+        }
+        let reply = match self.run(session, &cmd).await {
+            Ok(Outcome::Now(reply)) => reply,
+            Ok(Outcome::Later) => return Reply::default(),
+            Err(why) => Some(error(cmd.id, &why)),
+        };
+        if !cmd.id.is_empty()
+            && let Some(slot) = self.recent.lock().get_mut(cmd.id)
+        {
+            *slot = reply.clone();
+        }
+        // Legacy commands carry no id to answer to; only errors are reported.
+        match reply {
+            Some(r) if !cmd.id.is_empty() || r.starts_with(b"@@RESPONSE@@") => Reply::frame(r),
+            _ => Reply::default(),
+        }
+    }
+
+    fn on_binary(&mut self, _session: &mut Session, _data: &[u8]) -> Reply {
+        Reply::frame(error("", "binary frames are not supported"))
+    }
+}
+
+/// The browser sign-in socket: one OpenConnectionResponse frame, then close.
+pub(crate) struct SignIn {
+    /// The OpenConnectionResponse JSON.
+    reply: Option<String>,
+}
+
+impl SignIn {
+    pub(crate) fn new(reply: String) -> Self {
+        Self { reply: Some(reply) }
+    }
+}
+
+impl WsDialect for SignIn {
+    fn greeting(&mut self) -> Reply {
+        let mut reply = Reply::close(1000, "");
+        reply.frames.extend(self.reply.take().map(Bytes::from));
+        reply
+    }
+
+    fn heartbeat(&mut self) -> Result<Option<Bytes>, (u16, &'static str)> {
+        Ok(None)
+    }
+
+    fn reconnect_hint(&self) -> Option<Bytes> {
+        None
+    }
+
+    async fn on_text(&mut self, _session: &mut Session, _text: &str) -> Reply {
+        Reply::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_forms() {
+        let c = parse(r#"id1@@SEND_MESSAGE@@{"message":"a@@b"}"#).unwrap();
+        assert_eq!(
+            (c.id, c.name.as_str(), c.legacy),
+            ("id1", "SEND_MESSAGE", false)
+        );
+        assert_eq!(c.meta.unwrap()["message"], "a@@b");
+        let c = parse("id2@@PING").unwrap();
+        assert_eq!((c.id, c.meta), ("id2", None));
+        let c = parse(r#"{"command":"ACKNOWLEDGE","metaData":{"messageId":"m"}}"#).unwrap();
+        assert!(c.legacy);
+        assert_eq!(c.meta.unwrap()["messageId"], "m");
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_with_the_best_id() {
+        assert_eq!(parse("hello").unwrap_err().0, "");
+        assert_eq!(parse("@@PING").unwrap_err().0, "");
+        assert_eq!(parse("x@@SEND_MESSAGE@@{oops").unwrap_err().0, "x");
+        assert!(parse("{not json").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Native targeted delivery: `POST /api/v1/send` to connections by identity,
+//! optionally waiting for the receiver's ack. See docs/targeting.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::{AckOutcome, AckPolicy, Filter, Identity, TargetFormat, Targeted};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use crate::auth::USER_DIM;
+use crate::dialect::native::WsFormat;
+use crate::dialect::{one_line_json, push_json_str};
+use crate::error::ApiError;
+use crate::http::read_body;
+use crate::state::AppState;
+
+/// An identity as JSON: the token's `sub` and labels.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityBody {
+    /// The user id (`sub` of the connection's token).
+    user: Option<String>,
+    /// Further dimensions, e.g. `{"device": "phone-1"}`.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl IdentityBody {
+    fn identity(&self) -> Result<Identity, ApiError> {
+        if self.labels.contains_key(USER_DIM) {
+            return Err(ApiError::bad_request(
+                "give the user as 'user', not as a label",
+            ));
+        }
+        Ok(Identity::new(
+            self.user
+                .iter()
+                .map(|u| (USER_DIM.to_owned(), u.clone()))
+                .chain(self.labels.clone()),
+        ))
+    }
+}
+
+/// Which connections receive a targeted message.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterBody {
+    /// Match this user; absent matches any.
+    user: Option<String>,
+    /// Match these dimensions; absent ones match any.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Deliver to exactly one match, round-robin per message.
+    #[serde(default)]
+    find_any: bool,
+    /// Exact identities to skip.
+    #[serde(default)]
+    exclude: Vec<IdentityBody>,
+}
+
+impl FilterBody {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let dims = IdentityBody {
+            user: self.user.clone(),
+            labels: self.labels.clone(),
+        }
+        .identity()?;
+        Ok(Filter {
+            dims,
+            find_any: self.find_any,
+            exclude: self
+                .exclude
+                .iter()
+                .map(IdentityBody::identity)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// `POST /api/v1/send` request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendRequest {
+    filter: FilterBody,
+    /// Any JSON value.
+    #[schema(value_type = Object)]
+    data: Box<RawValue>,
+    event: Option<String>,
+    /// Message id (kept on retries); a UUIDv7 when absent.
+    id: Option<String>,
+    /// Wait until a receiver acknowledges.
+    #[serde(default)]
+    ack: bool,
+    /// Per-attempt ack timeout; `delivery.ack_timeout` when absent.
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /api/v1/send` reply.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SendResponse {
+    id: String,
+    /// Connections the filter selected on the first attempt.
+    matched: usize,
+    /// Of those, connections the message was queued for.
+    delivered: usize,
+    /// With `ack`: true (a timeout is a 408).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked: Option<bool>,
+    /// With `ack`: attempts made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+}
+
+/// Native WebSocket clients receive targeted messages as
+/// `{"type":"message","id","event"?,"ack"?,"data"}`.
+impl TargetFormat for WsFormat {
+    fn encode_targeted(&self, msg: &Targeted) -> Bytes {
+        let mut out = Vec::with_capacity(64 + msg.data.len());
+        out.extend_from_slice(b"{\"type\":\"message\",\"id\":");
+        push_json_str(&mut out, &msg.id);
+        if let Some(event) = &msg.event {
+            out.extend_from_slice(b",\"event\":");
+            push_json_str(&mut out, event);
+        }
+        if msg.ack {
+            out.extend_from_slice(b",\"ack\":true");
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(&msg.data);
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
+/// Sends to connections by identity. With `ack`, waits for a receiver's
+/// ack: 200 acked, 408 not acked in time, 404 nobody matched.
+#[utoipa::path(post, path = "/api/v1/send", tag = "native",
+    request_body = SendRequest,
+    responses((status = 200, body = SendResponse),
+        (status = 400, description = "Malformed request"),
+        (status = 404, description = "With ack: no connection matched"),
+        (status = 408, description = "With ack: not acknowledged in time"),
+        (status = 409, description = "With ack: this id is already waiting for an ack")))]
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let body = read_body(req, state.config.limits.max_message_size + 64 * 1024).await?;
+    let r: SendRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let filter = r.filter.filter()?;
+    let max = state.config.limits.max_message_size;
+    if r.data.get().len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("data is larger than {max} bytes"),
+        ));
+    }
+    let mut msg = Targeted::new(one_line_json(&r.data));
+    if let Some(id) = &r.id {
+        msg.id = Arc::from(label("id", id)?);
+    }
+    if let Some(event) = &r.event {
+        msg.event = Some(Arc::from(label("event", event)?));
+    }
+    let id = msg.id.to_string();
+    if !r.ack {
+        let out = state.engine.send(&filter, msg).await?;
+        return Ok(Json(SendResponse {
+            id,
+            matched: out.matched,
+            delivered: out.delivered,
+            acked: None,
+            attempts: None,
+        })
+        .into_response());
+    }
+    let delivery = &state.config.delivery;
+    let timeout = r
+        .timeout_ms
+        .map_or(delivery.ack_timeout, Duration::from_millis);
+    if timeout.is_zero() || timeout > delivery.max_ack_timeout {
+        return Err(ApiError::bad_request(format!(
+            "'timeout_ms' must be 1 to {}",
+            delivery.max_ack_timeout.as_millis()
+        )));
+    }
+    let policy = AckPolicy {
+        timeout,
+        attempts: delivery.ack_attempts,
+        backoff: delivery.ack_backoff,
+    };
+    match state.engine.send_acked(&filter, msg, policy).await? {
+        AckOutcome::Acked {
+            attempts, first, ..
+        } => Ok(Json(SendResponse {
+            id,
+            matched: first.matched,
+            delivered: first.delivered,
+            acked: Some(true),
+            attempts: Some(attempts),
+        })
+        .into_response()),
+        AckOutcome::TimedOut { attempts, .. } => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "ack_timeout",
+            format!(
+                "not acknowledged after {attempts} attempt(s) of {} ms",
+                timeout.as_millis()
+            ),
+        )),
+        AckOutcome::NotConnected => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            "no connection matches the filter",
+        )),
+        AckOutcome::InFlight => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_flight",
+            format!("message {id} is already waiting for an ack"),
+        )),
+    }
+}
+
+/// Ids and event names: short, printable.
+fn label<'a>(what: &str, s: &'a str) -> Result<&'a str, ApiError> {
+    if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "'{what}' must be 1 to 128 bytes without control characters"
+        )));
+    }
+    Ok(s)
+}
+
+/// The reply to a native `ack` command.
+pub(crate) fn ack_result(acked: bool) -> serde_json::Value {
+    json!({ "acked": acked })
+}

@@ -1,0 +1,54 @@
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers'
+//! and types' annotations.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::dialect::native::{channels, poll};
+use crate::dialect::{native, push, pushca, send};
+
+/// Every documented route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald", description = "Real-time push server: native API, the Push seed's and Pushca's APIs."),
+    paths(
+        native::publish,
+        native::publish_batch,
+        native::ws,
+        native::sse,
+        poll::poll,
+        channels::list,
+        channels::get,
+        channels::delete,
+        channels::history,
+        send::send,
+        push::publish,
+        push::sse,
+        push::ws,
+        pushca::http::open_connection,
+        pushca::http::open_connection_pool,
+        pushca::http::send_notification,
+        pushca::http::send_with_acknowledge,
+        pushca::http::send_with_delivery_guarantee,
+        pushca::http::connect,
+        pushca::http::sign_in,
+        super::live,
+        super::ready,
+        super::metrics,
+        serve,
+    ),
+    tags(
+        (name = "native", description = "Herald's own API (docs/api.md, docs/targeting.md)"),
+        (name = "push", description = "The Push seed's API"),
+        (name = "pushca", description = "Pushca's API"),
+        (name = "ops", description = "Health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 JSON")))]
+pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,549 @@
+//! Pushca's API over real sockets: REST endpoints, connection tokens, and the
+//! `@@` WebSocket protocol, with real WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use futures_util::SinkExt;
+use herald_server::Config;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "pushca-test-secret";
+
+fn pushca_config(c: &mut Config) {
+    c.pushca.secret_key = Some(SECRET.into());
+    c.pushca.ack_timeout = Duration::from_millis(300);
+}
+
+async fn server() -> TestServer {
+    TestServer::with(pushca_config).await
+}
+
+fn client(ws: &str, acc: &str, dev: &str, app: &str) -> Value {
+    json!({"workSpaceId": ws, "accountId": acc, "deviceId": dev, "applicationId": app})
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> (u16, String) {
+    let res = tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(server.http(path))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("request timed out")
+    .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+async fn open_connection(server: &TestServer, who: &Value) -> Value {
+    let (status, body) = post(server, "/open-connection", json!({"client": who})).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn connect_url(url: &str) -> Ws {
+    let (ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    assert_eq!(res.status(), 101);
+    ws
+}
+
+/// Opens a connection for `who` and connects to its external URL.
+async fn connect(server: &TestServer, who: &Value) -> Ws {
+    let opened = open_connection(server, who).await;
+    connect_url(opened["externalAdvertisedUrl"].as_str().unwrap()).await
+}
+
+async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text.to_owned())).await.unwrap();
+}
+
+async fn notify(server: &TestServer, filter: Value, message: &str) {
+    let (status, body) = post(
+        server,
+        "/send-notification",
+        json!({"filter": filter, "message": message}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Status of a refused WebSocket handshake.
+async fn refused(url: &str) -> u16 {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("{url} was accepted"),
+    }
+}
+
+fn token(secret: &str, exp_offset: i64, who: &Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims =
+        json!({"aud": "pushca", "iat": now, "exp": now + exp_offset, "jti": "x", "client": who});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn open_connection_returns_urls_with_a_token_for_the_client() {
+    let server = server().await;
+    let who = client("w", "a@x", "d1", "APP");
+    let opened = open_connection(&server, &who).await;
+    let external = opened["externalAdvertisedUrl"].as_str().unwrap();
+    assert!(
+        external.starts_with(&format!("ws://{}/", server.addr)),
+        "{external}"
+    );
+    assert!(
+        opened["pusherInstanceId"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    for key in ["internalAdvertisedUrl", "browserAdvertisedUrl"] {
+        assert!(opened[key].as_str().unwrap().starts_with("ws://"), "{key}");
+    }
+    let jwt = external.rsplit('/').next().unwrap();
+    let claims = jsonwebtoken::decode::<Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &{
+            let mut v = jsonwebtoken::Validation::default();
+            v.set_audience(&["pushca"]);
+            v
+        },
+    )
+    .unwrap()
+    .claims;
+    let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(ttl, 30 * 60, "tokens live 30 minutes");
+    assert_eq!(claims["client"], who);
+
+    let (status, body) = post(
+        &server,
+        "/open-connection-pool",
+        json!({"client": who, "pusherInstanceId": null, "poolSize": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let pool: Value = serde_json::from_str(&body).unwrap();
+    let addresses = pool["addresses"].as_array().unwrap();
+    assert_eq!(addresses.len(), 3);
+    let mut ws = connect_url(addresses[2]["externalAdvertisedUrl"].as_str().unwrap()).await;
+    send_text(&mut ws, "p1@@PING").await;
+    assert_eq!(next_text(&mut ws).await, "p1@@RESPONSE");
+}
+
+#[tokio::test]
+async fn send_notification_multicasts_by_partial_filter_and_honours_exclude() {
+    let server = server().await;
+    let a1 = client("w1", "alice", "phone", "APP");
+    let a2 = client("w1", "alice", "laptop", "APP");
+    let b = client("w1", "bob", "phone", "APP");
+    let other = client("w2", "alice", "phone", "APP");
+    let mut ws_a1 = connect(&server, &a1).await;
+    let mut ws_a2 = connect(&server, &a2).await;
+    let mut ws_b = connect(&server, &b).await;
+    let mut ws_other = connect(&server, &other).await;
+
+    notify(
+        &server,
+        json!({"workSpaceId": "w1", "accountId": "alice", "deviceId": null, "applicationId": "APP", "findAny": false, "exclude": null}),
+        "Hello dear users!",
+    )
+    .await;
+    assert_eq!(next_text(&mut ws_a1).await, "Hello dear users!");
+    assert_eq!(next_text(&mut ws_a2).await, "Hello dear users!");
+
+    // Exclude the sender: a multicast to w1 reaches everyone in w1 but a1.
+    notify(
+        &server,
+        json!({"workSpaceId": "w1", "exclude": [a1]}),
+        "second",
+    )
+    .await;
+    assert_eq!(next_text(&mut ws_a2).await, "second");
+    assert_eq!(next_text(&mut ws_b).await, "second");
+    // A message to all shows what each client got next: nothing in between.
+    notify(&server, json!({}), "to-all").await;
+    assert_eq!(next_text(&mut ws_a1).await, "to-all", "a1 was excluded");
+    assert_eq!(
+        next_text(&mut ws_b).await,
+        "to-all",
+        "bob got only w1 messages"
+    );
+    assert_eq!(
+        next_text(&mut ws_other).await,
+        "to-all",
+        "w2 got nothing else"
+    );
+    assert_eq!(next_text(&mut ws_a2).await, "to-all");
+}
+
+#[tokio::test]
+async fn find_any_rotates_evenly_over_matching_clients() {
+    let server = server().await;
+    let mut workers = Vec::new();
+    for dev in ["d1", "d2", "d3"] {
+        workers.push(connect(&server, &client("w", "svc", dev, "WORKER")).await);
+    }
+    let mut bystander = connect(&server, &client("w", "svc", "d4", "OTHER")).await;
+    for i in 0..300 {
+        notify(
+            &server,
+            json!({"workSpaceId": "w", "applicationId": "WORKER", "findAny": true}),
+            &format!("job-{i}"),
+        )
+        .await;
+    }
+    notify(&server, json!({"workSpaceId": "w"}), "end").await;
+    let mut seen = std::collections::HashSet::new();
+    for ws in &mut workers {
+        let mut mine = 0;
+        loop {
+            let text = next_text(ws).await;
+            if text == "end" {
+                break;
+            }
+            assert!(seen.insert(text), "each job goes to exactly one worker");
+            mine += 1;
+        }
+        assert_eq!(mine, 100, "round-robin gives each worker a third");
+    }
+    assert_eq!(seen.len(), 300);
+    assert_eq!(next_text(&mut bystander).await, "end");
+}
+
+#[tokio::test]
+async fn with_acknowledge_is_200_when_acked_and_408_when_not() {
+    let server = server().await;
+    let who = client("w", "acc", "dev", "APP");
+    let mut ws = connect(&server, &who).await;
+
+    let s = server.http("/send-notification-with-acknowledge");
+    let body = json!({"id": "m-1", "client": who, "message": "WithAcknowledgeTest1"});
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(s)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(next_text(&mut ws).await, "m-1@@WithAcknowledgeTest1");
+    send_text(&mut ws, r#"c-1@@ACKNOWLEDGE@@{"messageId":"m-1"}"#).await;
+    assert_eq!(next_text(&mut ws).await, "c-1@@ACKNOWLEDGE");
+    let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+
+    // Not acknowledged within pushca.ack_timeout (300 ms here): 408.
+    let (status, body) = post(
+        &server,
+        "/send-notification-with-acknowledge",
+        json!({"id": "m-2", "client": who, "message": "ignored"}),
+    )
+    .await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(next_text(&mut ws).await, "m-2@@ignored");
+
+    // An incomplete client cannot be sent with-acknowledge.
+    let (status, _) = post(
+        &server,
+        "/send-notification-with-acknowledge",
+        json!({"client": {"accountId": "acc"}, "message": "x"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn unacked_delivery_is_retried_with_the_same_id() {
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        c.delivery.ack_attempts = 3;
+        c.delivery.ack_backoff = Duration::from_millis(10);
+    })
+    .await;
+    let who = client("w", "acc", "dev", "APP");
+    let mut ws = connect(&server, &who).await;
+    let s = server.http("/send-notification-with-acknowledge");
+    let body = json!({"id": "retry-1", "client": who, "message": "hello"});
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(s)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    // The first delivery is not acknowledged; the retry carries the same id.
+    assert_eq!(next_text(&mut ws).await, "retry-1@@hello");
+    assert_eq!(next_text(&mut ws).await, "retry-1@@hello");
+    send_text(
+        &mut ws,
+        r#"{"command":"ACKNOWLEDGE","metaData":{"messageId":"retry-1"}}"#,
+    )
+    .await;
+    let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn delivery_guarantee_is_404_when_not_connected() {
+    let server = server().await;
+    let who = client("w", "acc", "dev", "APP");
+    let (status, body) = post(
+        &server,
+        "/send-notification-with-delivery-guarantee",
+        json!({"client": who, "sender": null, "message": "x"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    let mut ws = connect(&server, &who).await;
+    let s = server.http("/send-notification-with-delivery-guarantee");
+    let body = json!({"id": "g-1", "client": who, "message": "guaranteed"});
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(s)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(next_text(&mut ws).await, "g-1@@guaranteed");
+    send_text(&mut ws, r#"a@@ACKNOWLEDGE@@{"messageId":"g-1"}"#).await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, request).await.unwrap().unwrap(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn forged_expired_and_garbage_tokens_are_refused() {
+    let server = server().await;
+    let who = client("w", "acc", "dev", "APP");
+    let base = format!("ws://{}/", server.addr);
+    assert_eq!(
+        refused(&format!("{base}{}", token("wrong-secret", 600, &who))).await,
+        401
+    );
+    assert_eq!(
+        refused(&format!("{base}{}", token(SECRET, -600, &who))).await,
+        401
+    );
+    assert_eq!(refused(&format!("{base}aaa.bbb.ccc")).await, 401);
+    assert_eq!(refused(&format!("{base}not-a-token")).await, 404);
+    // A correctly signed token is accepted.
+    let mut ws = connect_url(&format!("{base}{}", token(SECRET, 600, &who))).await;
+    send_text(&mut ws, "p@@PING").await;
+    assert_eq!(next_text(&mut ws).await, "p@@RESPONSE");
+}
+
+#[tokio::test]
+async fn legacy_ping_and_malformed_frames_keep_the_connection() {
+    let server = server().await;
+    let mut ws = connect(&server, &client("w", "acc", "dev", "APP")).await;
+    send_text(&mut ws, r#"{"command":"PING"}"#).await;
+    assert_eq!(next_text(&mut ws).await, "PONG");
+
+    for (frame, id) in [
+        ("hello", ""),
+        ("{broken json", ""),
+        ("x1@@SEND_MESSAGE@@{not json", "x1"),
+        ("x2@@NO_SUCH_COMMAND", "x2"),
+        ("x3@@CREATE_CHANNEL@@{}", "x3"),
+        ("x4@@SEND_MESSAGE", "x4"),
+    ] {
+        send_text(&mut ws, frame).await;
+        let reply = next_text(&mut ws).await;
+        let prefix = format!("{id}@@RESPONSE@@");
+        let json: Value = serde_json::from_str(
+            reply
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("{frame:?} → {reply:?}")),
+        )
+        .unwrap();
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{reply}"
+        );
+        assert_eq!(json["body"], Value::Null);
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("@@RESPONSE@@"));
+    send_text(&mut ws, "still@@PING").await;
+    assert_eq!(next_text(&mut ws).await, "still@@RESPONSE");
+}
+
+#[tokio::test]
+async fn ws_commands_send_acknowledge_and_are_idempotent() {
+    let server = server().await;
+    let sender = client("w", "sender", "d", "APP");
+    let receiver = client("w", "receiver", "d", "APP");
+    let mut tx = connect(&server, &sender).await;
+    let mut rx = connect(&server, &receiver).await;
+
+    let send = format!(
+        r#"cmd-1@@SEND_MESSAGE@@{}"#,
+        json!({"filter": {"accountId": "receiver"}, "message": "over ws", "preserveOrder": false})
+    );
+    send_text(&mut tx, &send).await;
+    assert_eq!(next_text(&mut tx).await, "cmd-1@@ACKNOWLEDGE");
+    // The client resends (same id): answered again, not delivered again.
+    send_text(&mut tx, &send).await;
+    assert_eq!(next_text(&mut tx).await, "cmd-1@@ACKNOWLEDGE");
+    assert_eq!(next_text(&mut rx).await, "over ws");
+
+    let with_ack = format!(
+        "msg-7@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{}",
+        json!({"id": "msg-7", "client": receiver, "sender": sender, "message": "needs ack"})
+    );
+    send_text(&mut tx, &with_ack).await;
+    assert_eq!(next_text(&mut rx).await, "msg-7@@needs ack");
+    send_text(&mut rx, r#"r-1@@ACKNOWLEDGE@@{"messageId":"msg-7"}"#).await;
+    assert_eq!(next_text(&mut rx).await, "r-1@@ACKNOWLEDGE");
+    assert_eq!(next_text(&mut tx).await, "msg-7@@ACKNOWLEDGE");
+
+    // Nobody acknowledges: the sender gets an error RESPONSE after the timeout.
+    let unacked = format!(
+        "msg-8@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{}",
+        json!({"client": receiver, "message": "ignored"})
+    );
+    send_text(&mut tx, &unacked).await;
+    assert_eq!(next_text(&mut rx).await, "msg-8@@ignored");
+    let reply = next_text(&mut tx).await;
+    assert!(reply.starts_with("msg-8@@RESPONSE@@"), "{reply}");
+    assert!(reply.contains("timeout"), "{reply}");
+
+    // The multicast after shows the resend above was not delivered twice.
+    notify(&server, json!({"accountId": "receiver"}), "last").await;
+    assert_eq!(next_text(&mut rx).await, "last");
+}
+
+#[tokio::test]
+async fn refresh_token_returns_a_working_token() {
+    let server = server().await;
+    let who = client("w", "acc", "dev", "APP");
+    let opened = open_connection(&server, &who).await;
+    let url = opened["externalAdvertisedUrl"].as_str().unwrap();
+    let mut ws = connect_url(url).await;
+    send_text(&mut ws, "t-1@@REFRESH_TOKEN").await;
+    let reply = next_text(&mut ws).await;
+    let json: Value = serde_json::from_str(reply.strip_prefix("t-1@@RESPONSE@@").unwrap()).unwrap();
+    assert_eq!(json["error"], Value::Null);
+    let fresh = json["body"].as_str().unwrap();
+    let base = &url[..url.rfind('/').unwrap() + 1];
+    assert_ne!(format!("{base}{fresh}"), url);
+    let mut again = connect_url(&format!("{base}{fresh}")).await;
+    notify(&server, json!({"accountId": "acc"}), "both").await;
+    assert_eq!(next_text(&mut ws).await, "both");
+    assert_eq!(next_text(&mut again).await, "both");
+}
+
+#[tokio::test]
+async fn browser_sign_in_sends_the_urls_then_closes() {
+    let server = server().await;
+    let who = client("w", "browser", "tab", "WEB");
+    let request = json!({"client": who}).to_string();
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(request);
+    let mut ws = server.ws(&format!("/sign-in/{encoded}")).await;
+    let reply: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let (code, _) = expect_close(&mut ws).await;
+    assert_eq!(code, 1000);
+    let mut browser = connect_url(reply["browserAdvertisedUrl"].as_str().unwrap()).await;
+    notify(&server, json!({"accountId": "browser"}), "hi browser").await;
+    assert_eq!(next_text(&mut browser).await, "hi browser");
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429() {
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        c.pushca.rate_limit = 1;
+        c.pushca.rate_burst = 2;
+    })
+    .await;
+    let body = json!({"filter": {}, "message": "x"});
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&server, "/send-notification", body.clone()).await.0);
+    }
+    assert_eq!(statuses[..2], [200, 200]);
+    assert_eq!(statuses[2], 429);
+}
+
+#[tokio::test]
+async fn openapi_lists_every_api() {
+    let server = server().await;
+    let doc: Value = reqwest::get(server.http("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/open-connection",
+        "/open-connection-pool",
+        "/send-notification",
+        "/send-notification-with-acknowledge",
+        "/send-notification-with-delivery-guarantee",
+        "/{token}",
+        "/sign-in/{request}",
+        "/api/v1/send",
+        "/api/v1/publish",
+        "/api/v1/publish/batch",
+        "/ws",
+        "/sse",
+        "/poll",
+        "/api/v1/channels",
+        "/api/v1/channels/{channel}",
+        "/api/v1/channels/{channel}/history",
+        "/messages",
+        "/sse/messages",
+        "/ws/messages",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from /openapi.json"
+        );
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "PClient",
+        "ClientSearchData",
+        "SendNotificationRequest",
+        "OpenConnectionResponse",
+    ] {
+        assert!(schemas.contains_key(schema), "schema {schema} missing");
+    }
+}

@@ -1,0 +1,318 @@
+//! Native targeted delivery over real sockets: JWT identity on `/ws`,
+//! `POST /api/v1/send` by user and labels, and acknowledgements.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use herald_server::Config;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "native-test-secret";
+
+fn config(c: &mut Config) {
+    c.auth.secret = Some(SECRET.into());
+    c.delivery.ack_timeout = Duration::from_millis(300);
+}
+
+fn jwt(secret: &str, sub: &str, labels: Value, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "labels": labels, "exp": now + exp_offset}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn user(server: &TestServer, sub: &str, labels: Value) -> Ws {
+    server
+        .ws(&format!("/ws?token={}", jwt(SECRET, sub, labels, 600)))
+        .await
+}
+
+async fn send(server: &TestServer, body: Value) -> (u16, Value) {
+    let res = tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(server.http("/api/v1/send"))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("send timed out")
+    .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn refused(url: &str) -> u16 {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("{url} was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn send_reaches_connections_by_user_and_labels() {
+    let server = TestServer::with(config).await;
+    let mut phone = user(&server, "alice", json!({"device": "phone"})).await;
+    let mut laptop = user(&server, "alice", json!({"device": "laptop"})).await;
+    let mut bob = user(&server, "bob", json!({"device": "phone"})).await;
+
+    let (status, reply) = send(
+        &server,
+        json!({"filter": {"user": "alice"}, "data": {"n": 1}, "event": "note", "id": "n-1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (reply["matched"].as_u64(), reply["delivered"].as_u64()),
+        (Some(2), Some(2))
+    );
+    for ws in [&mut phone, &mut laptop] {
+        let m = next_json(ws).await;
+        assert_eq!(
+            m,
+            json!({"type": "message", "id": "n-1", "event": "note", "data": {"n": 1}})
+        );
+    }
+
+    let (_, reply) = send(
+        &server,
+        json!({"filter": {"labels": {"device": "phone"}, "exclude": [{"user": "alice", "labels": {"device": "phone"}}]}, "data": "x"}),
+    )
+    .await;
+    assert_eq!(reply["delivered"], 1);
+    assert_eq!(next_json(&mut bob).await["data"], "x");
+
+    let (_, reply) = send(&server, json!({"filter": {"user": "carol"}, "data": 1})).await;
+    assert_eq!(
+        (reply["matched"].as_u64(), reply["delivered"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // Channel subscriptions keep working on an identified connection.
+    let mut both = server
+        .ws(&format!(
+            "/ws?channels=news&token={}",
+            jwt(SECRET, "dave", json!({}), 600)
+        ))
+        .await;
+    server.publish(json!({"channel": "news", "data": 5})).await;
+    assert_eq!(next_json(&mut both).await["channel"], "news");
+    send(&server, json!({"filter": {"user": "dave"}, "data": 6})).await;
+    assert_eq!(next_json(&mut both).await["data"], 6);
+}
+
+#[tokio::test]
+async fn find_any_spreads_over_matches() {
+    let server = TestServer::with(config).await;
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(user(&server, &format!("w{i}"), json!({"role": "worker"})).await);
+    }
+    for i in 0..30 {
+        let (_, r) = send(
+            &server,
+            json!({"filter": {"labels": {"role": "worker"}, "find_any": true}, "data": i}),
+        )
+        .await;
+        assert_eq!(r["delivered"], 1);
+    }
+    send(
+        &server,
+        json!({"filter": {"labels": {"role": "worker"}}, "data": "end"}),
+    )
+    .await;
+    for ws in &mut workers {
+        let mut n = 0;
+        while next_json(ws).await["data"] != "end" {
+            n += 1;
+        }
+        assert_eq!(n, 10);
+    }
+}
+
+#[tokio::test]
+async fn ack_is_200_when_acknowledged_408_when_not_404_when_nobody() {
+    let server = TestServer::with(config).await;
+    let mut ws = user(&server, "alice", json!({})).await;
+
+    let url = server.http("/api/v1/send");
+    let request = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"filter": {"user": "alice"}, "data": "confirm me", "id": "a-1", "ack": true}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    });
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (m["id"].as_str(), m["ack"].as_bool()),
+        (Some("a-1"), Some(true))
+    );
+    let reply = command(&mut ws, json!({"id": 1, "cmd": "ack", "message_id": "a-1"})).await;
+    assert_eq!(reply, json!({"id": 1, "result": {"acked": true}}));
+    let (status, body) = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["acked"].as_bool(), body["attempts"].as_u64()),
+        (Some(true), Some(1))
+    );
+
+    // Acking twice, or an id never sent, is a harmless no-op.
+    let reply = command(&mut ws, json!({"id": 2, "cmd": "ack", "message_id": "a-1"})).await;
+    assert_eq!(reply["result"]["acked"], false);
+
+    let (status, body) = send(
+        &server,
+        json!({"filter": {"user": "alice"}, "data": 1, "ack": true, "timeout_ms": 100}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (408, Some("ack_timeout"))
+    );
+    let (status, body) = send(
+        &server,
+        json!({"filter": {"user": "nobody"}, "data": 1, "ack": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_connected"))
+    );
+    let (status, _) = send(
+        &server,
+        json!({"filter": {"user": "alice"}, "data": 1, "ack": true, "timeout_ms": 0}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn retries_carry_the_same_id_and_a_late_ack_counts() {
+    let server = TestServer::with(|c| {
+        config(c);
+        c.delivery.ack_attempts = 2;
+        c.delivery.ack_backoff = Duration::from_millis(10);
+    })
+    .await;
+    let mut ws = user(&server, "alice", json!({})).await;
+    let url = server.http("/api/v1/send");
+    let request = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"filter": {"user": "alice"}, "data": 1, "id": "r-1", "ack": true}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    });
+    let first = next_json(&mut ws).await;
+    let second = next_json(&mut ws).await;
+    assert_eq!(first, second, "a retry is the same message, same id");
+    command(&mut ws, json!({"cmd": "ack", "message_id": "r-1"})).await;
+    let (status, body) = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["attempts"], 2);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let server = TestServer::with(config).await;
+    let base = format!("ws://{}/ws?token=", server.addr);
+    assert_eq!(
+        refused(&format!("{base}{}", jwt("forged", "eve", json!({}), 600))).await,
+        401
+    );
+    assert_eq!(
+        refused(&format!("{base}{}", jwt(SECRET, "eve", json!({}), -600))).await,
+        401
+    );
+    assert_eq!(refused(&format!("{base}garbage")).await, 401);
+    let (res_status, body) = {
+        let res = reqwest::Client::new()
+            .get(server.http(&format!(
+                "/ws?token={}",
+                jwt("forged", "eve", json!({}), 600)
+            )))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(
+        (res_status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    // Authorization: Bearer works too.
+    let mut req = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", jwt(SECRET, "erin", json!({}), 600))
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap()
+        .unwrap();
+    send(&server, json!({"filter": {"user": "erin"}, "data": "hi"})).await;
+    assert_eq!(next_json(&mut ws).await["data"], "hi");
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // Without an [auth] key, a token cannot be verified: refused, not ignored.
+    let open = TestServer::start().await;
+    let url = format!(
+        "ws://{}/ws?token={}",
+        open.addr,
+        jwt(SECRET, "x", json!({}), 600)
+    );
+    assert_eq!(refused(&url).await, 401);
+}
+
+#[tokio::test]
+async fn pushca_and_native_connections_share_the_directory() {
+    let server = TestServer::with(|c| {
+        config(c);
+        c.pushca.secret_key = Some("p".into());
+    })
+    .await;
+    let res: Value = reqwest::Client::new()
+        .post(server.http("/open-connection"))
+        .json(&json!({"client": {"workSpaceId": "w", "accountId": "acc", "deviceId": "d", "applicationId": "a"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (mut pushca, _) =
+        tokio_tungstenite::connect_async(res["externalAdvertisedUrl"].as_str().unwrap())
+            .await
+            .unwrap();
+    let (_, reply) = send(
+        &server,
+        json!({"filter": {"labels": {"account": "acc"}}, "data": "from native"}),
+    )
+    .await;
+    assert_eq!(reply["delivered"], 1);
+    assert_eq!(next_text(&mut pushca).await, "from native");
+}
