@@ -261,6 +261,12 @@ impl Directory {
         self.index.read().conns.get(&id).map(|e| e.identity.clone())
     }
 
+    /// Every (dimension, value) pair some local connection has: what a
+    /// cluster registry must list for this node.
+    pub fn dims_present(&self) -> Vec<Dim> {
+        self.index.read().postings.keys().cloned().collect()
+    }
+
     /// Targeted messages queued so far.
     pub fn delivered_total(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)

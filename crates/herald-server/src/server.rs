@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use herald_broker::{MemoryBroker, RedisBroker};
-use herald_core::{Broker, Engine, Hub};
+use herald_core::{Engine, Hub};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
@@ -30,17 +30,19 @@ impl Server {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let hub = Arc::new(Hub::with_policy(config.history.clone()));
-        let broker: Arc<dyn Broker> = match config.broker.kind {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(hub.clone())),
+        let engine = match config.broker.kind {
+            BrokerKind::Memory => Engine::new(hub.clone(), Arc::new(MemoryBroker::new(hub))),
             BrokerKind::Redis => {
                 let mut redis = config.broker.redis.clone();
                 redis.history = config.history.clone().into();
-                RedisBroker::connect(redis, hub.clone())
+                let broker = RedisBroker::connect(redis, hub.clone())
                     .await
-                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
+                let engine = Engine::new(hub, broker.clone());
+                broker.enable_targeting(engine.directory().clone());
+                engine
             }
         };
-        let engine = Engine::new(hub, broker);
         let listener = listen(config.server.listen, config.server.backlog)?;
         let state = AppState::new(engine, config, Shutdown::default())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
+const SECRET: &str = "cluster-test-secret";
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -29,6 +30,7 @@ fn config_file(urls: &[String]) -> PathBuf {
         &path,
         format!(
             "[broker]\nkind = \"redis\"\n[broker.redis]\nurls = [{}]\n\
+             [auth]\nsecret = \"{SECRET}\"\n\
              [[history.rules]]\npattern = \"h*\"\nsize = 10000\nttl = \"10m\"\n",
             urls.join(", ")
         ),
@@ -261,4 +263,164 @@ async fn redis_cluster_with_sharded_pubsub() {
     .unwrap();
     assert_eq!(next_json(&mut late).await["result"]["replayed"], 1);
     assert_eq!(next_json(&mut late).await["data"], "again");
+}
+
+/// A connection token for user `sub` with `labels`.
+fn token(sub: &str, labels: Value) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "labels": labels, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn send(node: &Herald, body: Value) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/send", node.addr))
+        .json(&body)
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// Sends until the registry (synced every 250 ms) shows `want` matches.
+async fn send_until_matched(node: &Herald, body: Value, want: u64) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, reply) = send(node, body.clone()).await;
+        if status == 200 && reply["matched"] == want {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never matched {want}: {status} {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_sends_and_acks_cross_nodes() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let mut alice_b = ws(
+        &n[1],
+        &format!("/ws?token={}", token("alice", json!({"role": "worker"}))),
+    )
+    .await;
+    let mut bob_c = ws(
+        &n[2],
+        &format!("/ws?token={}", token("bob", json!({"role": "worker"}))),
+    )
+    .await;
+
+    // Multicast by label from node A reaches both other nodes.
+    let reply = send_until_matched(
+        &n[0],
+        json!({"filter": {"labels": {"role": "worker"}}, "data": "warmup"}),
+        2,
+    )
+    .await;
+    assert_eq!(reply["delivered"], 2);
+    let drain_to = |want: &'static str| move |m: &Value| m["data"] == want;
+    for ws in [&mut alice_b, &mut bob_c] {
+        loop {
+            let m = next_json(ws).await;
+            if drain_to("warmup")(&m) {
+                break;
+            }
+        }
+    }
+    let (status, reply) = send(
+        &n[0],
+        json!({"filter": {"labels": {"role": "worker"}}, "data": "hello"}),
+    )
+    .await;
+    assert_eq!((status, reply["delivered"].as_u64()), (200, Some(2)));
+    assert_eq!(next_json(&mut alice_b).await["data"], "hello");
+    assert_eq!(next_json(&mut bob_c).await["data"], "hello");
+
+    // find_any: exactly one connection per message, taking turns across nodes.
+    let mut got = [0u32; 2];
+    for i in 0..20 {
+        let (status, reply) = send(
+            &n[0],
+            json!({"filter": {"labels": {"role": "worker"}, "find_any": true}, "data": i}),
+        )
+        .await;
+        assert_eq!(
+            (status, reply["delivered"].as_u64()),
+            (200, Some(1)),
+            "{reply}"
+        );
+    }
+    for (k, ws) in [&mut alice_b, &mut bob_c].into_iter().enumerate() {
+        // Each side drains what it got; a sentinel after marks the end.
+        let (_, r) = send(
+            &n[0],
+            json!({"filter": {"user": if k == 0 { "alice" } else { "bob" }}, "data": "end"}),
+        )
+        .await;
+        assert_eq!(r["delivered"], 1);
+        loop {
+            let m = next_json(ws).await;
+            if m["data"] == "end" {
+                break;
+            }
+            got[k] += 1;
+        }
+    }
+    assert_eq!(
+        got[0] + got[1],
+        20,
+        "each find_any message went to exactly one: {got:?}"
+    );
+    assert_eq!(got, [10, 10], "turns alternate between the two nodes");
+
+    // Ack across nodes: the sender on A waits for alice's ack on B.
+    let sender = {
+        let node = n[0].addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{node}/api/v1/send"))
+                .json(&json!({"filter": {"user": "alice"}, "data": "confirm", "id": "x-1", "ack": true, "timeout_ms": 5000}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let m = next_json(&mut alice_b).await;
+    assert_eq!(
+        (m["id"].as_str(), m["ack"].as_bool()),
+        (Some("x-1"), Some(true))
+    );
+    alice_b
+        .send(Message::text(
+            json!({"id": 7, "cmd": "ack", "message_id": "x-1"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut alice_b).await["id"], 7);
+    assert_eq!(
+        tokio::time::timeout(WAIT, sender).await.unwrap().unwrap(),
+        200
+    );
+
+    // Nobody acks: 408 after the timeout.
+    let (status, _) = send(
+        &n[0],
+        json!({"filter": {"user": "bob"}, "data": "ignored", "ack": true, "timeout_ms": 300}),
+    )
+    .await;
+    assert_eq!(status, 408);
 }

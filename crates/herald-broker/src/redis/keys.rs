@@ -56,6 +56,23 @@ impl Keys {
         format!("{}:node:{{{id}}}", self.prefix)
     }
 
+    /// The set of nodes with a local connection that has identity pair
+    /// `dim=value`. Every identity key shares one hash tag, so a filter's
+    /// sets can be intersected in one command on a cluster too.
+    pub(crate) fn ident(&self, dim: &str, value: &str) -> String {
+        format!(
+            "{}:{{ident}}:d:{}={}",
+            self.prefix,
+            dim.len(),
+            [dim, value].concat()
+        )
+    }
+
+    /// The set of nodes with any identified connection.
+    pub(crate) fn ident_nodes(&self) -> String {
+        format!("{}:{{ident}}:nodes", self.prefix)
+    }
+
     /// The pub/sub channel node `id` listens on for direct messages.
     pub(crate) fn node_direct(&self, id: &str) -> String {
         self.node(id) + ":direct"

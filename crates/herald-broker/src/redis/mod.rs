@@ -14,20 +14,22 @@ mod codec;
 mod config;
 mod conn;
 mod counts;
+mod identity;
 mod keys;
 mod script;
 mod session;
 mod subscriber;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use herald_core::identity::{Directory, Filter, SendOutcome, Targeted};
 use herald_core::{
-    Broker, BrokerError, ChannelKey, ChannelStats, Hub, Message, Position, Publication, Published,
-    StoredPage,
+    Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, Publication,
+    Published, StoredPage,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
@@ -50,6 +52,10 @@ pub struct RedisBroker {
     inner: Arc<Inner>,
     /// Supervisor, subscriber, reader, sweeper and count tasks; aborted on drop.
     tasks: Vec<JoinHandle<()>>,
+    /// Cross-node targeting, once enabled.
+    router: OnceLock<Arc<identity::Router>>,
+    /// The identity registry sync task, once targeting is enabled.
+    sync_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Channel history as read by [`RedisBroker::history`].
@@ -131,6 +137,8 @@ impl RedisBroker {
         let guard = Self {
             inner: inner.clone(),
             tasks: std::mem::take(&mut tasks),
+            router: OnceLock::new(),
+            sync_task: Mutex::new(None),
         };
         session::establish(&inner).await?;
         let mut broker = guard;
@@ -177,19 +185,23 @@ impl RedisBroker {
     /// Sends `bytes` to node `node_id`'s direct channel. Returns whether a
     /// node received it.
     pub async fn send_to_node(&self, node_id: &str, bytes: Bytes) -> Result<bool, BrokerError> {
-        let inner = &self.inner;
-        let mut conn = inner.ready_publisher()?;
-        let cmd = conn.publish_command();
-        let receivers: u64 = bounded(
-            inner.config.timeout(),
-            redis::cmd(cmd)
-                .arg(inner.keys.node_direct(node_id))
-                .arg(bytes.as_ref())
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|e| inner.failed(e))?;
-        Ok(receivers > 0)
+        send_to_node(&self.inner, node_id, bytes).await
+    }
+
+    /// Routes targeted sends and acks to every node through `directory`
+    /// (this node's identified connections) and a registry in Redis. Takes
+    /// over the node-message handler.
+    pub fn enable_targeting(&self, directory: Arc<Directory>) {
+        let router = Arc::new(identity::Router::new(directory));
+        if self.router.set(router.clone()).is_err() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let handler_router = router.clone();
+        self.on_node_message(move |bytes| identity::on_message(&inner, &handler_router, bytes));
+        self.sync_task
+            .lock()
+            .replace(tokio::spawn(identity::run_sync(self.inner.clone(), router)));
     }
 
     /// Calls `handler` with every message sent to this node by
@@ -200,16 +212,7 @@ impl RedisBroker {
 
     /// Whether node `node_id` refreshed its liveness key recently.
     pub async fn node_alive(&self, node_id: &str) -> Result<bool, BrokerError> {
-        let inner = &self.inner;
-        let mut conn = inner.publisher_conn()?;
-        bounded(
-            inner.config.timeout(),
-            redis::cmd("EXISTS")
-                .arg(inner.keys.node(node_id))
-                .query_async::<bool>(&mut conn),
-        )
-        .await
-        .map_err(|e| inner.failed(e))
+        node_alive(&self.inner, node_id).await
     }
 
     /// The Redis pub/sub channel carrying `channel` (for diagnostics).
@@ -226,10 +229,43 @@ impl RedisBroker {
 
 impl Drop for RedisBroker {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(self.sync_task.lock().as_ref()) {
             task.abort();
         }
     }
+}
+
+/// Publishes `bytes` on node `node_id`'s direct channel; whether a node heard.
+pub(crate) async fn send_to_node(
+    inner: &Inner,
+    node_id: &str,
+    bytes: Bytes,
+) -> Result<bool, BrokerError> {
+    let mut conn = inner.ready_publisher()?;
+    let cmd = conn.publish_command();
+    let receivers: u64 = bounded(
+        inner.config.timeout(),
+        redis::cmd(cmd)
+            .arg(inner.keys.node_direct(node_id))
+            .arg(bytes.as_ref())
+            .query_async(&mut conn),
+    )
+    .await
+    .map_err(|e| inner.failed(e))?;
+    Ok(receivers > 0)
+}
+
+/// Whether node `node_id` refreshed its liveness key recently.
+pub(crate) async fn node_alive(inner: &Inner, node_id: &str) -> Result<bool, BrokerError> {
+    let mut conn = inner.publisher_conn()?;
+    bounded(
+        inner.config.timeout(),
+        redis::cmd("EXISTS")
+            .arg(inner.keys.node(node_id))
+            .query_async::<bool>(&mut conn),
+    )
+    .await
+    .map_err(|e| inner.failed(e))
 }
 
 #[async_trait]
@@ -321,6 +357,25 @@ impl Broker for RedisBroker {
             debug!(%channel, "Unsubscribe scheduled.");
         }
         Ok(())
+    }
+
+    async fn send(
+        &self,
+        local: &Directory,
+        filter: &Filter,
+        msg: Targeted,
+    ) -> Result<SendOutcome, BrokerError> {
+        match self.router.get() {
+            Some(router) => identity::send(&self.inner, router, filter, msg).await,
+            None => Ok(local.deliver(filter, &msg)),
+        }
+    }
+
+    async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
+        match self.router.get() {
+            Some(router) => identity::ack(&self.inner, router, id, conn).await,
+            None => Ok(local.ack_received(id, conn)),
+        }
     }
 
     fn keeps_history(&self) -> bool {

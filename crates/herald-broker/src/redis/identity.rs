@@ -1,0 +1,433 @@
+//! Targeted delivery across nodes: a registry in Redis of which nodes have
+//! connections with which identity pairs, and node-to-node requests over
+//! each node's direct pub/sub channel.
+//!
+//! Registry: for every (dimension, value) pair some local connection has,
+//! the node is a member of the set `…{ident}:d:<pair>`, and of
+//! `…{ident}:nodes` while it has any identified connection. A sync task keeps
+//! these current (every 250 ms). A filter's candidate nodes are the
+//! intersection of its pairs' sets (`SINTER`, one slot), minus nodes whose
+//! liveness key expired; dead nodes are removed from the sets on the way.
+//! Candidates resolve the filter exactly against their own directory.
+//!
+//! Requests: the sender asks each candidate to deliver (`find_any`: one
+//! candidate at a time, rotating per filter, until one delivers) and sums
+//! the replies. An ack travels to the node that sent the message, which the
+//! receiving node remembers per message id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::identity::{Dim, Directory, Filter, Identity, SendOutcome, Targeted};
+use herald_core::{BrokerError, ConnId};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::Inner;
+use super::conn::bounded;
+
+/// How often the registry is brought in line with the local directory.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// Message ids whose origin a node remembers for routing acks.
+const MAX_ORIGINS: usize = 100_000;
+
+/// One request or reply between nodes.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Wire {
+    /// Deliver `msg` to local matches of `filter` and reply with counts.
+    Send {
+        from: String,
+        req: u64,
+        filter: WireFilter,
+        msg: WireMsg,
+    },
+    /// The reply to a `Send`.
+    Sent {
+        req: u64,
+        matched: usize,
+        delivered: usize,
+    },
+    /// Connection `conn` of the sending node acknowledged message `id`.
+    Ack { id: String, conn: u64 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFilter {
+    dims: Vec<(String, String)>,
+    find_any: bool,
+    exclude: Vec<Vec<(String, String)>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireMsg {
+    id: String,
+    event: Option<String>,
+    /// The payload's JSON text.
+    data: String,
+    ack: bool,
+    sender: Option<Vec<(String, String)>>,
+    time_ms: u64,
+}
+
+fn pairs(identity: &Identity) -> Vec<(String, String)> {
+    identity
+        .dims()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn identity(pairs: Vec<(String, String)>) -> Identity {
+    Identity::new(pairs)
+}
+
+impl From<&Filter> for WireFilter {
+    fn from(f: &Filter) -> Self {
+        Self {
+            dims: pairs(&f.dims),
+            find_any: f.find_any,
+            exclude: f.exclude.iter().map(pairs).collect(),
+        }
+    }
+}
+
+impl From<WireFilter> for Filter {
+    fn from(w: WireFilter) -> Self {
+        Self {
+            dims: identity(w.dims),
+            find_any: w.find_any,
+            exclude: w.exclude.into_iter().map(identity).collect(),
+        }
+    }
+}
+
+impl From<&Targeted> for WireMsg {
+    fn from(m: &Targeted) -> Self {
+        Self {
+            id: m.id.to_string(),
+            event: m.event.as_deref().map(str::to_owned),
+            data: String::from_utf8_lossy(&m.data).into_owned(),
+            ack: m.ack,
+            sender: m.sender.as_ref().map(pairs),
+            time_ms: m.time_ms,
+        }
+    }
+}
+
+impl From<WireMsg> for Targeted {
+    fn from(w: WireMsg) -> Self {
+        Self {
+            id: Arc::from(w.id),
+            event: w.event.map(Arc::from),
+            data: Bytes::from(w.data),
+            ack: w.ack,
+            sender: w.sender.map(identity),
+            time_ms: w.time_ms,
+        }
+    }
+}
+
+/// Cross-node targeting state of one node.
+pub(crate) struct Router {
+    /// This node's directory of identified connections.
+    directory: Arc<Directory>,
+    /// Replies awaited by request number.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<SendOutcome>>>,
+    /// Next request number.
+    next_req: AtomicU64,
+    /// Origin node per remote message id delivered here with `ack`.
+    origins: Mutex<HashMap<Arc<str>, String>>,
+    /// `find_any` rotation over candidate nodes, per filter.
+    rotation: Mutex<HashMap<Vec<(String, String)>, u64>>,
+}
+
+impl Router {
+    pub(crate) fn new(directory: Arc<Directory>) -> Self {
+        Self {
+            directory,
+            waiting: Mutex::default(),
+            next_req: AtomicU64::new(1),
+            origins: Mutex::default(),
+            rotation: Mutex::default(),
+        }
+    }
+}
+
+/// Delivers `msg` to every connection `filter` selects on any node.
+pub(crate) async fn send(
+    inner: &Arc<Inner>,
+    router: &Router,
+    filter: &Filter,
+    msg: Targeted,
+) -> Result<SendOutcome, BrokerError> {
+    let me = inner.config.node_id.as_str();
+    let mut nodes = candidates(inner, filter).await?;
+    nodes.sort();
+    if !filter.find_any {
+        let mut total = SendOutcome::default();
+        let remote: Vec<&String> = nodes.iter().filter(|n| n.as_str() != me).collect();
+        let requests = remote
+            .iter()
+            .map(|node| request(inner, router, node, filter, &msg));
+        let local = router.directory.deliver(filter, &msg);
+        total.matched += local.matched;
+        total.delivered += local.delivered;
+        for outcome in futures_util::future::join_all(requests).await {
+            let outcome = outcome?;
+            total.matched += outcome.matched;
+            total.delivered += outcome.delivered;
+        }
+        return Ok(total);
+    }
+    // One connection cluster-wide: nodes with matches take turns per filter,
+    // each picking one of its own matches in turn. This node counts by its
+    // own directory, which is fresher than the registry.
+    let every = Filter {
+        find_any: false,
+        ..filter.clone()
+    };
+    let local_matches = !router.directory.resolve(&every).is_empty();
+    nodes.retain(|n| n != me);
+    if local_matches {
+        nodes.push(me.to_owned());
+        nodes.sort();
+    }
+    let start = {
+        let mut rotation = router.rotation.lock();
+        if rotation.len() > 10_000 {
+            rotation.clear();
+        }
+        let n = rotation.entry(pairs(&filter.dims)).or_insert(0);
+        let start = *n;
+        *n = n.wrapping_add(1);
+        start as usize
+    };
+    let mut matched = 0;
+    for i in 0..nodes.len() {
+        let node = &nodes[(start + i) % nodes.len()];
+        let outcome = if node == me {
+            router.directory.deliver(filter, &msg)
+        } else {
+            request(inner, router, node, filter, &msg).await?
+        };
+        matched += outcome.matched;
+        if outcome.delivered > 0 {
+            return Ok(SendOutcome {
+                matched,
+                delivered: outcome.delivered,
+            });
+        }
+    }
+    Ok(SendOutcome {
+        matched,
+        delivered: 0,
+    })
+}
+
+/// Routes an ack of `id` by local connection `conn` to the node that sent
+/// the message (or resolves it here when it was sent here).
+pub(crate) async fn ack(
+    inner: &Arc<Inner>,
+    router: &Router,
+    id: &str,
+    conn: ConnId,
+) -> Result<bool, BrokerError> {
+    let origin = router.origins.lock().remove(id);
+    match origin {
+        Some(node) if node != inner.config.node_id => {
+            let wire = Wire::Ack {
+                id: id.to_owned(),
+                conn,
+            };
+            super::send_to_node(inner, &node, encode(&wire)).await
+        }
+        _ => Ok(router.directory.ack_received(id, conn)),
+    }
+}
+
+/// Asks `node` to deliver; waits for its counts (bounded by the broker timeout).
+async fn request(
+    inner: &Arc<Inner>,
+    router: &Router,
+    node: &str,
+    filter: &Filter,
+    msg: &Targeted,
+) -> Result<SendOutcome, BrokerError> {
+    let req = router.next_req.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    router.waiting.lock().insert(req, tx);
+    let wire = Wire::Send {
+        from: inner.config.node_id.clone(),
+        req,
+        filter: filter.into(),
+        msg: msg.into(),
+    };
+    let reached = super::send_to_node(inner, node, encode(&wire)).await;
+    let outcome = match reached {
+        Ok(true) => tokio::time::timeout(inner.config.timeout(), rx)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        // Nobody listens on that node's channel: it is gone.
+        Ok(false) => None,
+        Err(e) => {
+            router.waiting.lock().remove(&req);
+            return Err(e);
+        }
+    };
+    router.waiting.lock().remove(&req);
+    Ok(outcome.unwrap_or_default())
+}
+
+fn encode(wire: &Wire) -> Bytes {
+    Bytes::from(serde_json::to_vec(wire).unwrap_or_default())
+}
+
+/// Handles a request or reply from another node.
+pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes) {
+    let Ok(wire) = serde_json::from_slice::<Wire>(&bytes) else {
+        debug!("Ignoring a malformed node message.");
+        return;
+    };
+    match wire {
+        Wire::Send {
+            from,
+            req,
+            filter,
+            msg,
+        } => {
+            let filter = Filter::from(filter);
+            let msg = Targeted::from(msg);
+            if msg.ack {
+                let mut origins = router.origins.lock();
+                if origins.len() >= MAX_ORIGINS {
+                    origins.clear();
+                }
+                origins.insert(msg.id.clone(), from.clone());
+            }
+            let outcome = router.directory.deliver(&filter, &msg);
+            let reply = Wire::Sent {
+                req,
+                matched: outcome.matched,
+                delivered: outcome.delivered,
+            };
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
+            });
+        }
+        Wire::Sent {
+            req,
+            matched,
+            delivered,
+        } => {
+            if let Some(tx) = router.waiting.lock().remove(&req) {
+                let _ = tx.send(SendOutcome { matched, delivered });
+            }
+        }
+        Wire::Ack { id, conn } => {
+            router.directory.ack_received(&id, conn);
+        }
+    }
+}
+
+/// Nodes that may have connections matching `filter`.
+async fn candidates(inner: &Inner, filter: &Filter) -> Result<Vec<String>, BrokerError> {
+    let mut conn = inner.publisher_conn()?;
+    let keys: Vec<String> = match filter.dims.dims() {
+        [] => vec![inner.keys.ident_nodes()],
+        dims => dims.iter().map(|(k, v)| inner.keys.ident(k, v)).collect(),
+    };
+    let nodes: Vec<String> = bounded(
+        inner.config.timeout(),
+        redis::cmd("SINTER").arg(&keys).query_async(&mut conn),
+    )
+    .await
+    .map_err(|e| inner.failed(e))?;
+    let mut alive = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        if node == inner.config.node_id || super::node_alive(inner, &node).await? {
+            alive.push(node);
+        } else {
+            forget_node(inner, &node, &keys).await;
+        }
+    }
+    Ok(alive)
+}
+
+/// Removes a dead node from the sets it was found in.
+async fn forget_node(inner: &Inner, node: &str, keys: &[String]) {
+    let Ok(mut conn) = inner.publisher_conn() else {
+        return;
+    };
+    let mut pipe = redis::pipe();
+    for key in keys
+        .iter()
+        .chain(std::iter::once(&inner.keys.ident_nodes()))
+    {
+        pipe.cmd("SREM").arg(key).arg(node).ignore();
+    }
+    let _: Result<(), _> = bounded(inner.config.timeout(), pipe.query_async(&mut conn)).await;
+    debug!(node, "Dead node removed from the identity registry.");
+}
+
+/// Keeps this node's registry entries equal to its directory's pairs.
+pub(crate) async fn run_sync(inner: Arc<Inner>, router: Arc<Router>) {
+    let me = inner.config.node_id.clone();
+    let mut written: HashSet<Dim> = HashSet::new();
+    let mut registered = false;
+    let mut generation = 0;
+    loop {
+        tokio::time::sleep(SYNC_EVERY).await;
+        let Some(session) = inner.session() else {
+            continue;
+        };
+        if session.generation != generation {
+            // Redis may have restarted empty: write everything again.
+            written.clear();
+            registered = false;
+            generation = session.generation;
+        }
+        let now: HashSet<Dim> = router.directory.dims_present().into_iter().collect();
+        let add: Vec<&Dim> = now.difference(&written).collect();
+        let remove: Vec<&Dim> = written.difference(&now).collect();
+        let want_registered = !now.is_empty();
+        if add.is_empty() && remove.is_empty() && want_registered == registered {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (k, v) in &add {
+            pipe.cmd("SADD")
+                .arg(inner.keys.ident(k, v))
+                .arg(&me)
+                .ignore();
+        }
+        for (k, v) in &remove {
+            pipe.cmd("SREM")
+                .arg(inner.keys.ident(k, v))
+                .arg(&me)
+                .ignore();
+        }
+        pipe.cmd(if want_registered { "SADD" } else { "SREM" })
+            .arg(inner.keys.ident_nodes())
+            .arg(&me)
+            .ignore();
+        let Ok(mut conn) = inner.publisher_conn() else {
+            continue;
+        };
+        if bounded(inner.config.timeout(), pipe.query_async::<()>(&mut conn))
+            .await
+            .is_ok()
+        {
+            written = now;
+            registered = want_registered;
+        }
+    }
+}
