@@ -167,11 +167,7 @@ impl ClientSet {
             };
             senders.push(tx);
             let channel = global % plan.channels.max(1);
-            let source = if plan.sources.is_empty() {
-                None
-            } else {
-                Some(plan.sources[local % plan.sources.len()])
-            };
+            let source = crate::net::source_for(&plan.sources, local);
             let task = ClientTask {
                 local,
                 global,
@@ -250,7 +246,7 @@ struct ClientTask {
     global: u32,
     channel: u32,
     channel_name: String,
-    source: Option<Ipv4Addr>,
+    source: Option<(Ipv4Addr, u16)>,
     adapter: Arc<Adapter>,
     gate: Arc<Semaphore>,
     shared: Arc<Shared>,

@@ -53,27 +53,52 @@ impl Endpoint {
     }
 }
 
-/// Connects to `addr`, first binding to `source` when given, so more than one source address's
-/// worth of ephemeral ports (~28k each) can be used.
+/// Source ports the generator assigns itself when it binds: below the kernel's ephemeral range
+/// (32768–60999 here), so they never collide with ports the kernel hands out.
+pub(crate) const SOURCE_PORTS: std::ops::Range<u16> = 10_000..32_768;
+
+/// Connects to `addr`, first binding to `source` (address and port) when given, so more than
+/// one source address's worth of ports can be used.
 ///
-/// The bound socket sets `SO_REUSEADDR`: without it, a port still held by a TIME_WAIT socket
-/// from an earlier run on the same source address conflicts at bind time, and once most of the
-/// range was in TIME_WAIT every bind searched it: the generator burnt tens of CPU seconds in
-/// the kernel and connected at a few hundred per second. With it, the port is free to bind and
-/// only the full 4-tuple must be unique at connect time.
-pub(crate) async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+/// The port is chosen by the caller, not by the kernel: a `bind` to port 0 searches the whole
+/// port range for a port no other socket holds, and with ~10,000 sockets (or a previous run's
+/// TIME_WAIT sockets) on the range that search burnt tens of CPU seconds in the kernel and cut
+/// the connect rate to a few hundred per second. `SO_REUSEADDR` lets a port still held by a
+/// TIME_WAIT socket be bound again; the 4-tuple is checked at connect time. If the chosen port
+/// is taken anyway, the kernel picks one.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    source: Option<(Ipv4Addr, u16)>,
+) -> Result<TcpStream> {
+    let new_socket = || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
     };
-    if let Some(ip) = source {
+    let mut socket = new_socket()?;
+    if let Some((ip, port)) = source {
         socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+        if socket.bind(SocketAddr::new(IpAddr::V4(ip), port)).is_err() {
+            socket = new_socket()?;
+            socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+        }
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Source address and port for the `local`-th connection of a worker spread over `sources`.
+pub(crate) fn source_for(sources: &[Ipv4Addr], local: usize) -> Option<(Ipv4Addr, u16)> {
+    if sources.is_empty() {
+        return None;
+    }
+    let span = usize::from(SOURCE_PORTS.end - SOURCE_PORTS.start);
+    let offset = (local / sources.len()) % span;
+    let port = SOURCE_PORTS.start + u16::try_from(offset).unwrap_or(0);
+    Some((sources[local % sources.len()], port))
 }
 
 /// `count` consecutive IPv4 addresses starting at `base`.
@@ -100,6 +125,17 @@ mod tests {
         let e = Endpoint::parse("http://127.0.0.1:8090/").expect("valid");
         assert_eq!(e.http("/pub/a"), "http://127.0.0.1:8090/pub/a");
         assert_eq!(e.ws("/sub/a"), "ws://127.0.0.1:8090/sub/a");
+    }
+
+    #[test]
+    fn sources_spread_over_addresses_then_ports() {
+        let a = Ipv4Addr::new(127, 0, 0, 2);
+        let b = Ipv4Addr::new(127, 0, 0, 3);
+        assert_eq!(source_for(&[], 5), None);
+        assert_eq!(source_for(&[a, b], 0), Some((a, 10_000)));
+        assert_eq!(source_for(&[a, b], 1), Some((b, 10_000)));
+        assert_eq!(source_for(&[a, b], 5), Some((b, 10_002)));
+        assert_eq!(source_for(&[a], 22_768), Some((a, 10_000)));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Adapter {
     pub(crate) async fn subscribe(
         &self,
         channels: &[String],
-        source: Option<Ipv4Addr>,
+        source: Option<(Ipv4Addr, u16)>,
     ) -> Result<Conn> {
         let attempt = async {
             let tcp = net::connect(self.endpoint.addr, source).await?;
