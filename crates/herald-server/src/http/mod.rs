@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
-use crate::dialect::{native, push, pushca, pushstream, send};
+use crate::dialect::{native, push, pushapi, pushca, pushstream, send};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -23,6 +23,11 @@ pub fn router(state: AppState) -> Router {
     let ps = &state.config.pushstream;
     if ps.enabled {
         router = router.nest(&ps.prefix, pushstream::router(&state));
+    }
+    // PushaaS's push-api (docs/pushstream.md).
+    let pa = &state.config.pushapi;
+    if pa.enabled {
+        router = router.nest(&pa.prefix, pushapi::router(&state));
     }
     router
         // Native API (docs/api.md).
