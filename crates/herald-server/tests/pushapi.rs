@@ -39,7 +39,10 @@ async fn post(s: &TestServer, path: &str, body: &str) -> reqwest::Response {
 }
 
 async fn body_json(res: reqwest::Response) -> Value {
-    assert_eq!(res.headers()["content-type"], "application/json; charset=utf-8");
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
     res.json().await.unwrap()
 }
 
@@ -51,7 +54,11 @@ struct Sub {
 
 impl Sub {
     async fn open(s: &TestServer, channels: &str) -> Self {
-        let res = client().get(s.http(&format!("/ps/sub/{channels}"))).send().await.unwrap();
+        let res = client()
+            .get(s.http(&format!("/ps/sub/{channels}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         Self {
             body: Box::pin(res.bytes_stream()),
@@ -80,7 +87,10 @@ async fn basic_auth_guards_every_api_route() {
     let s = TestServer::start().await;
     let res = client().get(api(&s, "/v1/auth")).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(res.headers()["www-authenticate"], "Basic realm=\"Authorization Required\"");
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Basic realm=\"Authorization Required\""
+    );
     let res = client()
         .get(api(&s, "/v1/channels"))
         .basic_auth("app", Some("wrong"))
@@ -107,7 +117,12 @@ async fn basic_auth_guards_every_api_route() {
     })
     .await;
     assert_eq!(get(&s, "/v1/auth").await.status(), 401);
-    let res = client().get(api(&s, "/v1/auth")).basic_auth("u", Some("p")).send().await.unwrap();
+    let res = client()
+        .get(api(&s, "/v1/auth"))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let s = TestServer::with(|c| c.pushapi.enable_auth = false).await;
     let res = client().get(api(&s, "/v1/auth")).send().await.unwrap();
@@ -131,22 +146,39 @@ async fn channels_crud_with_ttl_and_error_codes() {
     for bad in ["nope", r#"{"id":5}"#, r#"{"id":"x","ttl":1.5}"#, ""] {
         let res = post(&s, "/v1/channels", bad).await;
         assert_eq!(res.status(), 400, "{bad}");
-        assert_eq!(body_json(res).await, json!({"code": 10, "message": "invalid request body"}));
+        assert_eq!(
+            body_json(res).await,
+            json!({"code": 10, "message": "invalid request body"})
+        );
     }
     let all = body_json(get(&s, "/v1/channels").await).await;
-    let ids: Vec<&str> = all.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["c1", "c2"], "oldest first");
     let c2 = body_json(get(&s, "/v1/channels/c2").await).await;
-    assert_eq!((c2["id"].clone(), c2["ttl"].clone()), (json!("c2"), json!(0)));
+    assert_eq!(
+        (c2["id"].clone(), c2["ttl"].clone()),
+        (json!("c2"), json!(0))
+    );
     let created = c2["created"].as_str().unwrap();
-    assert!(created.ends_with('Z') && created.len() >= 20 && &created[10..11] == "T", "{created}");
+    assert!(
+        created.ends_with('Z') && created.len() >= 20 && &created[10..11] == "T",
+        "{created}"
+    );
 
     // c1 expires after its TTL.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let res = get(&s, "/v1/channels/c1").await;
         if res.status() == 404 {
-            assert_eq!(body_json(res).await, json!({"code": 20, "message": "channel not found"}));
+            assert_eq!(
+                body_json(res).await,
+                json!({"code": 20, "message": "channel not found"})
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "c1 never expired");
@@ -166,7 +198,10 @@ async fn channels_crud_with_ttl_and_error_codes() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(body_json(res).await, json!({"code": 30, "message": "channel not found"}));
+    assert_eq!(
+        body_json(res).await,
+        json!({"code": 30, "message": "channel not found"})
+    );
     assert_eq!(body_json(get(&s, "/v1/channels").await).await, json!([]));
 }
 
@@ -175,27 +210,56 @@ async fn messages_reach_push_stream_subscribers_path_escaped() {
     let s = TestServer::start().await;
     let mut news = Sub::open(&s, "news").await;
     let mut multi = Sub::open(&s, "a/b").await;
-    let res = post(&s, "/v1/messages", r#"{"channels":["news"],"content":"hello world/é?"}"#).await;
+    let res = post(
+        &s,
+        "/v1/messages",
+        r#"{"channels":["news"],"content":"hello world/é?"}"#,
+    )
+    .await;
     assert_eq!(res.status(), 204);
     let m = news.next().await;
     assert_eq!(m["text"], "hello%20world%2F%C3%A9%3F");
-    assert_eq!((m["channel"].clone(), m["id"].clone()), (json!("news"), json!(1)));
+    assert_eq!(
+        (m["channel"].clone(), m["id"].clone()),
+        (json!("news"), json!(1))
+    );
 
     // An empty content publishes nothing; "a/b" is two channels to push-stream.
-    assert_eq!(post(&s, "/v1/messages", r#"{"channels":["news"],"content":""}"#).await.status(), 204);
     assert_eq!(
-        post(&s, "/v1/messages", r#"{"channels":["news","a/b"],"content":"x"}"#).await.status(),
+        post(&s, "/v1/messages", r#"{"channels":["news"],"content":""}"#)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/v1/messages",
+            r#"{"channels":["news","a/b"],"content":"x"}"#
+        )
+        .await
+        .status(),
         204
     );
     assert_eq!(news.next().await["text"], "x");
-    let mut got = vec![multi.next().await["channel"].clone(), multi.next().await["channel"].clone()];
+    let mut got = vec![
+        multi.next().await["channel"].clone(),
+        multi.next().await["channel"].clone(),
+    ];
     got.sort_by_key(|v| v.to_string());
     assert_eq!(got, [json!("a"), json!("b")]);
 
-    for bad in ["{", r#"{"channels":"news","content":"x"}"#, r#"{"channels":["n"],"content":1}"#] {
+    for bad in [
+        "{",
+        r#"{"channels":"news","content":"x"}"#,
+        r#"{"channels":["n"],"content":1}"#,
+    ] {
         let res = post(&s, "/v1/messages", bad).await;
         assert_eq!(res.status(), 400, "{bad}");
-        assert_eq!(body_json(res).await, json!({"code": 100, "message": "invalid request body"}));
+        assert_eq!(
+            body_json(res).await,
+            json!({"code": 100, "message": "invalid request body"})
+        );
     }
 }
 
@@ -227,9 +291,13 @@ async fn config_and_stats() {
     assert_eq!(c["aggregated"], json!({"subscribers": 1}));
     let res = get(&s, "/v1/stats/channels/unknown").await;
     assert_eq!(res.status(), 404);
-    assert_eq!(body_json(res).await, json!({"code": 200, "message": "stats data not found"}));
+    assert_eq!(
+        body_json(res).await,
+        json!({"code": 200, "message": "stats data not found"})
+    );
 
-    let s = TestServer::with(|c| c.pushapi.push_stream_url = "http://push.example:9080".into()).await;
+    let s =
+        TestServer::with(|c| c.pushapi.push_stream_url = "http://push.example:9080".into()).await;
     assert_eq!(
         body_json(get(&s, "/v1/config").await).await["pushStream"],
         json!({"url": "http://push.example:9080", "hostname": "push.example", "port": "9080"})
@@ -238,8 +306,14 @@ async fn config_and_stats() {
 
 #[tokio::test]
 async fn persistent_channels_get_the_keepalive_ping() {
-    let s = TestServer::with(|c| c.pushapi.persistent_ping_interval = Duration::from_millis(100)).await;
+    let s =
+        TestServer::with(|c| c.pushapi.persistent_ping_interval = Duration::from_millis(100)).await;
     let mut sub = Sub::open(&s, "kept").await;
-    assert_eq!(post(&s, "/v1/channels", r#"{"id":"kept","ttl":60}"#).await.status(), 201);
+    assert_eq!(
+        post(&s, "/v1/channels", r#"{"id":"kept","ttl":60}"#)
+            .await
+            .status(),
+        201
+    );
     assert_eq!(sub.next().await["text"], "ping");
 }

@@ -27,12 +27,22 @@ async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
 }
 
 /// `POST /ps/pub?id=` with optional `Event-Id` / `Event-Type`.
-async fn publish(s: &TestServer, id: &str, body: &str, event: Option<(&str, &str)>) -> reqwest::Response {
-    let mut req = client().post(s.http(&format!("/ps/pub?id={id}"))).body(body.to_owned());
+async fn publish(
+    s: &TestServer,
+    id: &str,
+    body: &str,
+    event: Option<(&str, &str)>,
+) -> reqwest::Response {
+    let mut req = client()
+        .post(s.http(&format!("/ps/pub?id={id}")))
+        .body(body.to_owned());
     if let Some((eid, etype)) = event {
         req = req.header("Event-Id", eid).header("Event-Type", etype);
     }
-    tokio::time::timeout(WAIT, req.send()).await.unwrap().unwrap()
+    tokio::time::timeout(WAIT, req.send())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn explain(res: &reqwest::Response) -> Option<&str> {
@@ -53,7 +63,10 @@ impl Body {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let res = tokio::time::timeout(WAIT, req.send()).await.unwrap().unwrap();
+        let res = tokio::time::timeout(WAIT, req.send())
+            .await
+            .unwrap()
+            .unwrap();
         Self {
             headers: res.headers().clone(),
             status: res.status().as_u16(),
@@ -103,8 +116,16 @@ async fn publisher_errors_are_header_only_with_explain() {
     let res = publish(&s, "ch", "", None).await;
     assert_eq!(res.status(), 400);
     assert_eq!(explain(&res), Some("Empty post requests are not allowed."));
-    let res = client().post(s.http("/ps/pub")).body("x").send().await.unwrap();
-    assert_eq!((res.status().as_u16(), explain(&res)), (400, Some("No channel id provided.")));
+    let res = client()
+        .post(s.http("/ps/pub"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (400, Some("No channel id provided."))
+    );
     for id in ["ALL", "a*", "*"] {
         let res = publish(&s, id, "x", None).await;
         assert_eq!(
@@ -114,11 +135,23 @@ async fn publisher_errors_are_header_only_with_explain() {
         );
     }
     let res = publish(&s, &"a".repeat(201), "x", None).await;
-    assert_eq!((res.status().as_u16(), explain(&res)), (400, Some("Channel id is too large.")));
-    let res = client().patch(s.http("/ps/pub?id=ch")).body("x").send().await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (400, Some("Channel id is too large."))
+    );
+    let res = client()
+        .patch(s.http("/ps/pub?id=ch"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "GET, POST, PUT, DELETE");
-    let res = client().get(s.http("/ps/pub?id=nothing")).send().await.unwrap();
+    let res = client()
+        .get(s.http("/ps/pub?id=nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     let res = client()
         .request(reqwest::Method::OPTIONS, s.http("/ps/pub?id=ch"))
@@ -127,16 +160,27 @@ async fn publisher_errors_are_header_only_with_explain() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
-    assert_eq!(res.headers()["access-control-allow-methods"], "GET, POST, PUT, DELETE");
+    assert_eq!(
+        res.headers()["access-control-allow-methods"],
+        "GET, POST, PUT, DELETE"
+    );
     assert_eq!(
         res.headers()["access-control-allow-headers"],
         "If-Modified-Since,If-None-Match,Etag,Event-Id,Event-Type,Last-Event-Id"
     );
-    let res = client().delete(s.http("/ps/pub?id=nothing")).send().await.unwrap();
+    let res = client()
+        .delete(s.http("/ps/pub?id=nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
 
     let s = server_with(|c| c.pushstream.admin = false).await;
-    let res = client().delete(s.http("/ps/pub?id=ch")).send().await.unwrap();
+    let res = client()
+        .delete(s.http("/ps/pub?id=ch"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "GET, POST, PUT");
 }
@@ -151,8 +195,18 @@ async fn publish_answers_channel_info_and_fans_out_to_each_id() {
         res.text().await.unwrap(),
         "{\"channel\": \"ch\", \"published_messages\": 1, \"stored_messages\": 1, \"subscribers\": 0}\r\n"
     );
-    let res = client().put(s.http("/ps/pub?id=ch")).body("again").send().await.unwrap();
-    assert!(res.text().await.unwrap().contains("\"published_messages\": 2"));
+    let res = client()
+        .put(s.http("/ps/pub?id=ch"))
+        .body("again")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("\"published_messages\": 2")
+    );
     let res = publish(&s, "a/b", "both", None).await;
     let text = res.text().await.unwrap();
     let v = json(&text);
@@ -209,8 +263,14 @@ async fn backtrack_replays_the_last_stored_messages() {
     let mut sub = Body::open(s.http("/ps/sub/bt.b2/other"), &[]).await;
     let first = json(&sub.until("}").await);
     let second = json(&sub.until("}").await);
-    assert_eq!((first["id"].clone(), first["text"].clone()), (2.into(), "m2".into()));
-    assert_eq!((second["id"].clone(), second["text"].clone()), (3.into(), "m3".into()));
+    assert_eq!(
+        (first["id"].clone(), first["text"].clone()),
+        (2.into(), "m2".into())
+    );
+    assert_eq!(
+        (second["id"].clone(), second["text"].clone()),
+        (3.into(), "m3".into())
+    );
     assert_eq!(first["channel"], "bt");
     assert_eq!(first["eventid"], "");
     // The PushaaS template: tag and time are strings.
@@ -223,7 +283,10 @@ async fn backtrack_replays_the_last_stored_messages() {
 async fn eventsource_frames_pings_and_last_event_id() {
     let s = server_with(|c| c.pushstream.ping_interval = Duration::from_millis(300)).await;
     let mut ev = Body::open(s.http("/ps/ev/evc"), &[]).await;
-    assert_eq!(ev.headers["content-type"], "text/event-stream; charset=utf-8");
+    assert_eq!(
+        ev.headers["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
     assert_eq!(ev.until("\n").await, ": \n");
     publish(&s, "evc", "one", Some(("e1", "greeting"))).await;
     let block = ev.until("\n\n").await;
@@ -240,7 +303,10 @@ async fn eventsource_frames_pings_and_last_event_id() {
         .map(json)
         .collect();
     assert_eq!(data.len(), 2, "one data line per text line: {block:?}");
-    assert_eq!((data[0]["text"].clone(), data[1]["text"].clone()), ("line1".into(), "line2".into()));
+    assert_eq!(
+        (data[0]["text"].clone(), data[1]["text"].clone()),
+        ("line1".into(), "line2".into())
+    );
     assert_eq!(ev.until(": -1\n").await, ": -1\n");
     publish(&s, "evc", "three", Some(("e3", "t"))).await;
     drop(ev);
@@ -337,7 +403,10 @@ async fn long_polling_markers_resume_and_time_out() {
     // Query arguments work like the headers (pushstream.js's messagesControlByArgument).
     let tag = etag.trim_start_matches("W/");
     let res = client()
-        .get(s.http(&format!("/ps/lp/lpc?tag={tag}&time={}", lm.replace(' ', "%20").replace(',', "%2C"))))
+        .get(s.http(&format!(
+            "/ps/lp/lpc?tag={tag}&time={}",
+            lm.replace(' ', "%20").replace(',', "%2C")
+        )))
         .send()
         .await
         .unwrap();
@@ -354,10 +423,17 @@ async fn long_polling_markers_resume_and_time_out() {
         .unwrap();
     assert_eq!(res.status(), 304);
     assert_eq!(marker_headers(&res), (lm.clone(), etag.clone()));
-    let res = client().get(s.http("/ps/lp/lpc.b2?callback=cb")).send().await.unwrap();
+    let res = client()
+        .get(s.http("/ps/lp/lpc.b2?callback=cb"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["content-type"], "application/javascript");
     let body = res.text().await.unwrap();
-    assert!(body.starts_with("cb([{") && body.ends_with("}]);") && body.contains("},{"), "{body}");
+    assert!(
+        body.starts_with("cb([{") && body.ends_with("}]);") && body.contains("},{"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +446,10 @@ async fn long_poll_timeout_with_body_sends_the_minus_three_message() {
     let res = client().get(s.http("/ps/lp/tw")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let v = json(&res.text().await.unwrap());
-    assert_eq!((v["id"].clone(), v["text"].clone()), ((-3).into(), "Timed out".into()));
+    assert_eq!(
+        (v["id"].clone(), v["text"].clone()),
+        ((-3).into(), "Timed out".into())
+    );
 }
 
 #[tokio::test]
@@ -381,15 +460,26 @@ async fn websocket_frames_publish_and_pings() {
     publish(&s, "wsc", "from http", Some(("id1", "t"))).await;
     for ws in [&mut a, &mut b] {
         let v = json(&next_text(ws).await);
-        assert_eq!((v["text"].clone(), v["eventid"].clone()), ("from http".into(), "id1".into()));
+        assert_eq!(
+            (v["text"].clone(), v["eventid"].clone()),
+            ("from http".into(), "id1".into())
+        );
     }
     // allow_publish: a client text frame goes to every channel of its connection.
     b.send(Message::text("from ws")).await.unwrap();
     let v = json(&next_text(&mut a).await);
-    assert_eq!((v["text"].clone(), v["channel"].clone()), ("from ws".into(), "wsc".into()));
+    assert_eq!(
+        (v["text"].clone(), v["channel"].clone()),
+        ("from ws".into(), "wsc".into())
+    );
     let mut seen = Vec::new();
     for _ in 0..2 {
-        seen.push(json(&next_text(&mut b).await)["channel"].as_str().unwrap().to_owned());
+        seen.push(
+            json(&next_text(&mut b).await)["channel"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     seen.sort();
     assert_eq!(seen, ["other", "wsc"]);
@@ -411,7 +501,11 @@ async fn websocket_refusals_close_with_1008_and_the_explain_json() {
     );
     let res = client().get(s.http("/ps/ws/ch")).send().await.unwrap();
     assert_eq!(res.status(), 400);
-    assert!(explain(&res).unwrap().starts_with("Don't have at least one of the mandatory headers"));
+    assert!(
+        explain(&res)
+            .unwrap()
+            .starts_with("Don't have at least one of the mandatory headers")
+    );
 }
 
 #[tokio::test]
@@ -424,7 +518,16 @@ async fn deleting_a_channel_sends_minus_two_then_the_footer() {
     let mut ws = s.ws("/ps/ws/del").await;
     let lp = tokio::spawn({
         let url = s.http("/ps/lp/del");
-        async move { client().get(url).send().await.unwrap().text().await.unwrap() }
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
     });
     // Wait until every subscriber is registered.
     for _ in 0..500 {
@@ -434,20 +537,32 @@ async fn deleting_a_channel_sends_minus_two_then_the_footer() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let res = client().delete(s.http("/ps/pub?id=del")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), explain(&res)), (200, Some("Channel deleted.")));
+    let res = client()
+        .delete(s.http("/ps/pub?id=del"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (200, Some("Channel deleted."))
+    );
 
     let rest = sub.end().await;
     let (msg, footer) = rest.split_at(rest.len() - 4);
     assert_eq!(footer, "FOOT");
     let v = json(msg);
-    assert_eq!((v["id"].clone(), v["text"].clone(), v["channel"].clone()), ((-2).into(), "Channel deleted".into(), "del".into()));
+    assert_eq!(
+        (v["id"].clone(), v["text"].clone(), v["channel"].clone()),
+        ((-2).into(), "Channel deleted".into(), "del".into())
+    );
     let rest = ev.end().await;
     assert!(rest.starts_with("data: {\"id\":-2,"), "{rest:?}");
     assert_eq!(json(&next_text(&mut ws).await)["id"], -2);
     assert_eq!(expect_close(&mut ws).await.0, 1000);
     let lp = tokio::time::timeout(WAIT, lp).await.unwrap().unwrap();
-    let lp = lp.strip_suffix("FOOT").expect("long-poll replies end with the footer");
+    let lp = lp
+        .strip_suffix("FOOT")
+        .expect("long-poll replies end with the footer");
     assert_eq!(json(lp)["id"], -2);
     // A subscriber with another channel stays connected.
     assert_eq!(json(&both.until("}").await)["id"], -2);
@@ -458,7 +573,12 @@ async fn deleting_a_channel_sends_minus_two_then_the_footer() {
     let mut sub = Body::open(s.http("/ps/sub/del2"), &[]).await;
     publish(&s, "del2", "x", None).await;
     sub.until("}").await;
-    client().delete(s.http("/ps/pub?id=del2")).body("bye").send().await.unwrap();
+    client()
+        .delete(s.http("/ps/pub?id=del2"))
+        .body("bye")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json(&sub.until("}").await)["text"], "bye");
 }
 
@@ -482,26 +602,80 @@ async fn channels_stats_formats() {
     publish(&s, "s2", "y", None).await;
     publish(&s, "broad_w", "z", None).await;
     let _sub = Body::open(s.http("/ps/sub/s1"), &[]).await;
-    let res = client().get(s.http("/ps/channels-stats")).send().await.unwrap();
+    let res = client()
+        .get(s.http("/ps/channels-stats"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("x-nginx-pushstream-tag"));
     let v = json(&res.text().await.unwrap());
     for key in [
-        "hostname", "time", "channels", "wildcard_channels", "published_messages", "stored_messages",
-        "messages_in_trash", "channels_in_delete", "channels_in_trash", "subscribers", "uptime", "by_worker",
+        "hostname",
+        "time",
+        "channels",
+        "wildcard_channels",
+        "published_messages",
+        "stored_messages",
+        "messages_in_trash",
+        "channels_in_delete",
+        "channels_in_trash",
+        "subscribers",
+        "uptime",
+        "by_worker",
     ] {
         assert!(v.get(key).is_some(), "{key} in {v}");
     }
-    assert_eq!((v["channels"].clone(), v["wildcard_channels"].clone()), (2.into(), 1.into()));
+    assert_eq!(
+        (v["channels"].clone(), v["wildcard_channels"].clone()),
+        (2.into(), 1.into())
+    );
     assert_eq!(v["stored_messages"], 3);
-    let v = json(&client().get(s.http("/ps/channels-stats?id=ALL")).send().await.unwrap().text().await.unwrap());
+    let v = json(
+        &client()
+            .get(s.http("/ps/channels-stats?id=ALL"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert_eq!(v["infos"].as_array().unwrap().len(), 3);
-    let v = json(&client().get(s.http("/ps/channels-stats?id=s*")).send().await.unwrap().text().await.unwrap());
-    let names: Vec<&str> = v["infos"].as_array().unwrap().iter().map(|i| i["channel"].as_str().unwrap()).collect();
+    let v = json(
+        &client()
+            .get(s.http("/ps/channels-stats?id=s*"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let names: Vec<&str> = v["infos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["channel"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["s1", "s2"]);
-    let text = client().get(s.http("/ps/channels-stats?id=s1")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(text, "{\"channel\": \"s1\", \"published_messages\": 1, \"stored_messages\": 1, \"subscribers\": 1}\r\n");
-    let res = client().get(s.http("/ps/channels-stats?id=none")).send().await.unwrap();
+    let text = client()
+        .get(s.http("/ps/channels-stats?id=s1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        "{\"channel\": \"s1\", \"published_messages\": 1, \"stored_messages\": 1, \"subscribers\": 1}\r\n"
+    );
+    let res = client()
+        .get(s.http("/ps/channels-stats?id=none"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     let res = client()
         .get(s.http("/ps/channels-stats?id=ALL"))
@@ -510,24 +684,55 @@ async fn channels_stats_formats() {
         .await
         .unwrap();
     assert_eq!(res.headers()["content-type"], "application/yaml");
-    assert!(res.text().await.unwrap().contains(" -\r\n  channel: broad_w\r\n"));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains(" -\r\n  channel: broad_w\r\n")
+    );
     let res = client()
         .get(s.http("/ps/channels-stats"))
         .header("Accept", "application/xml")
         .send()
         .await
         .unwrap();
-    assert!(res.text().await.unwrap().starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\r\n<infos>"));
-    let res = client().post(s.http("/ps/channels-stats")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), res.headers()["allow"].to_str().unwrap()), (405, "GET"));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\r\n<infos>")
+    );
+    let res = client()
+        .post(s.http("/ps/channels-stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            res.status().as_u16(),
+            res.headers()["allow"].to_str().unwrap()
+        ),
+        (405, "GET")
+    );
 }
 
 #[tokio::test]
 async fn wildcard_channels_need_a_normal_channel() {
     let s = server().await;
-    let res = client().get(s.http("/ps/sub/broad_all")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), explain(&res)), (403, Some("Subscribed too much wildcard channels.")));
-    let res = client().get(s.http("/ps/sub/x/broad_1/broad_2/broad_3/broad_4")).send().await.unwrap();
+    let res = client()
+        .get(s.http("/ps/sub/broad_all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (403, Some("Subscribed too much wildcard channels."))
+    );
+    let res = client()
+        .get(s.http("/ps/sub/x/broad_1/broad_2/broad_3/broad_4"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 403);
     let mut sub = Body::open(s.http("/ps/sub/mine/broad_all"), &[]).await;
     assert_eq!(sub.status, 200);
@@ -539,15 +744,27 @@ async fn wildcard_channels_need_a_normal_channel() {
 async fn subscriber_errors() {
     let s = server().await;
     let res = client().get(s.http("/ps/sub/")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), explain(&res)), (400, Some("No channel id provided.")));
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (400, Some("No channel id provided."))
+    );
     let res = client().get(s.http("/ps/ev/ALL")).send().await.unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
     let res = client().post(s.http("/ps/lp/ch")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), res.headers()["allow"].to_str().unwrap()), (405, "GET"));
+    assert_eq!(
+        (
+            res.status().as_u16(),
+            res.headers()["allow"].to_str().unwrap()
+        ),
+        (405, "GET")
+    );
     let s = server_with(|c| c.pushstream.authorized_channels_only = true).await;
     let res = client().get(s.http("/ps/sub/fresh")).send().await.unwrap();
-    assert_eq!((res.status().as_u16(), explain(&res)), (403, Some("Subscriber could not create channels.")));
+    assert_eq!(
+        (res.status().as_u16(), explain(&res)),
+        (403, Some("Subscriber could not create channels."))
+    );
     publish(&s, "fresh", "now it exists", None).await;
     let sub = Body::open(s.http("/ps/sub/fresh"), &[]).await;
     assert_eq!(sub.status, 200);
@@ -564,7 +781,10 @@ async fn events_channel_reports_subscriptions() {
     let res = publish(&s, "events", "x", None).await;
     assert_eq!(
         (res.status().as_u16(), explain(&res)),
-        (403, Some("Only internal routines can change events channel."))
+        (
+            403,
+            Some("Only internal routines can change events channel.")
+        )
     );
     let mut events = Body::open(s.http("/ps/sub/events"), &[]).await;
     let sub = Body::open(s.http("/ps/sub/watched"), &[]).await;
@@ -586,5 +806,9 @@ async fn events_channel_reports_subscriptions() {
     );
     let s = server_with(|c| c.pushstream.allow_connections_to_events_channel = false).await;
     let res = client().get(s.http("/ps/sub/events")).send().await.unwrap();
-    assert_eq!(res.status(), 200, "without an events channel, 'events' is a plain name");
+    assert_eq!(
+        res.status(),
+        200,
+        "without an events channel, 'events' is a plain name"
+    );
 }

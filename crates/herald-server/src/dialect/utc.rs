@@ -76,6 +76,9 @@ mod tests {
         assert_eq!(Utc::from_ms(0).iso_seconds(), "1970-01-01T00:00:00");
         let t = Utc::from_ms(951_827_696_500); // 2000-02-29 12:34:56.5
         assert_eq!(t.rfc3339_nano(), "2000-02-29T12:34:56.5Z");
-        assert_eq!(Utc::from_ms(1_700_000_000_000).rfc3339_nano(), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            Utc::from_ms(1_700_000_000_000).rfc3339_nano(),
+            "2023-11-14T22:13:20Z"
+        );
     }
 }

@@ -83,7 +83,11 @@ pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Respon
     let id = body.id.unwrap_or_default();
     let ttl = body.ttl.unwrap_or(0);
     if state.channels.get(&id).is_some() {
-        return error(StatusCode::BAD_REQUEST, 11, "a channel with this id already exists");
+        return error(
+            StatusCode::BAD_REQUEST,
+            11,
+            "a channel with this id already exists",
+        );
     }
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

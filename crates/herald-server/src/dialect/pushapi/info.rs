@@ -31,7 +31,10 @@ fn host_and_port(url: &str) -> (String, String) {
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
-        return (host.to_owned(), after.strip_prefix(':').unwrap_or("").to_owned());
+        return (
+            host.to_owned(),
+            after.strip_prefix(':').unwrap_or("").to_owned(),
+        );
     }
     match authority.rsplit_once(':') {
         Some((h, p)) => (h.to_owned(), p.to_owned()),
@@ -140,7 +143,10 @@ struct ChannelResult {
 
 /// `GET /api/v1/stats/channels/{id}` → the channel's stats, or 404 with
 /// code 200 when this node has no such channel.
-pub(crate) async fn channel_stats(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn channel_stats(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Response {
     let ps = &state.ps;
     let info = ps
         .app
@@ -175,8 +181,17 @@ mod tests {
 
     #[test]
     fn splits_urls_like_go() {
-        assert_eq!(host_and_port("http://localhost:9080"), ("localhost".into(), "9080".into()));
-        assert_eq!(host_and_port("http://h.example/ps"), ("h.example".into(), String::new()));
-        assert_eq!(host_and_port("http://[::1]:80/x"), ("::1".into(), "80".into()));
+        assert_eq!(
+            host_and_port("http://localhost:9080"),
+            ("localhost".into(), "9080".into())
+        );
+        assert_eq!(
+            host_and_port("http://h.example/ps"),
+            ("h.example".into(), String::new())
+        );
+        assert_eq!(
+            host_and_port("http://[::1]:80/x"),
+            ("::1".into(), "80".into())
+        );
     }
 }

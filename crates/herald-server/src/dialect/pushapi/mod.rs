@@ -72,10 +72,8 @@ pub(crate) fn gin_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 /// gin's default 404 (also its answer to a wrong method).
 async fn not_found() -> Response {
     let mut res = (StatusCode::NOT_FOUND, "404 page not found").into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     res
 }
 
@@ -92,7 +90,10 @@ pub(crate) fn router(app: &AppState) -> Router<AppState> {
         .route("/api/", get(info::root))
         .route("/api/healthcheck", get(info::healthcheck))
         .route("/api/v1/auth", get(auth::check))
-        .route("/api/v1/channels", post(channels::create).get(channels::list))
+        .route(
+            "/api/v1/channels",
+            post(channels::create).get(channels::list),
+        )
         .route(
             "/api/v1/channels/{id}",
             get(channels::get).delete(channels::delete),

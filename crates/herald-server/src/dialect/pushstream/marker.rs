@@ -84,7 +84,10 @@ pub(crate) fn parse_http_date(text: &str) -> Option<u64> {
 pub(crate) fn parse_tag(text: &str) -> Option<u64> {
     let t = text.trim();
     let t = t.strip_prefix("W/").unwrap_or(t);
-    t.trim_matches('"').parse::<i64>().ok().map(i64::unsigned_abs)
+    t.trim_matches('"')
+        .parse::<i64>()
+        .ok()
+        .map(i64::unsigned_abs)
 }
 
 /// Where a client resumes, as it told the server.

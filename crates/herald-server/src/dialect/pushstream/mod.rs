@@ -5,8 +5,8 @@
 //! - [`publisher`]: `/pub` publish, channel info, delete.
 //! - [`stream`]: `/sub` (streaming) and `/ev` (EventSource) bodies.
 //! - [`longpoll`]: `/lp` long-polling and polling, `/jsonp`.
-//! - [`websocket`]: `/ws`.
-//! - [`stats`]: `/channels-stats`.
+//! - [`websocket`]: the `/ws` route.
+//! - [`stats`]: the `/channels-stats` route.
 //! - [`request`], [`marker`], [`template`], [`format`]: the shared rules.
 
 pub(crate) mod events;
@@ -38,7 +38,8 @@ use crate::lifetime::Clock;
 use crate::state::AppState;
 
 pub(crate) const EXPLAIN: &str = "x-nginx-pushstream-explain";
-const ALLOWED_HEADERS: &str = "If-Modified-Since,If-None-Match,Etag,Event-Id,Event-Type,Last-Event-Id";
+const ALLOWED_HEADERS: &str =
+    "If-Modified-Since,If-None-Match,Etag,Event-Id,Event-Type,Last-Event-Id";
 
 /// Everything push-stream handlers share; cheap to clone.
 #[derive(Clone)]

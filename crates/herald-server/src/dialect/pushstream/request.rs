@@ -2,15 +2,15 @@
 //! markers, and their validation, with the module's error texts.
 
 use axum::http::{HeaderMap, StatusCode};
-use herald_core::{ChannelKey, Replay};
 use herald_core::channel::MAX_CHANNEL_NAME_LEN;
 use herald_core::history::History;
+use herald_core::{ChannelKey, Replay};
 use serde::Deserialize;
 
 use super::PsState;
 use super::events::{self, Presence};
-use crate::session::Session;
 use super::marker::{Marker, Since, parse_http_date, parse_tag};
+use crate::session::Session;
 
 pub(crate) const NO_CHANNEL_ID: &str = "No channel id provided.";
 pub(crate) const NOT_AUTHORIZED: &str = "Channel id not authorized for this method.";

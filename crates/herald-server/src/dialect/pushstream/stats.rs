@@ -218,7 +218,10 @@ impl PsState {
     }
 
     pub(crate) fn global(&self, all: &[ChannelInfo]) -> Global {
-        let wildcard = all.iter().filter(|i| self.is_wildcard(i.key.name())).count();
+        let wildcard = all
+            .iter()
+            .filter(|i| self.is_wildcard(i.key.name()))
+            .count();
         Global {
             hostname: self.hostname.clone(),
             time: Utc::from_ms(herald_core::message::now_ms()).iso_seconds(),
@@ -284,13 +287,20 @@ pub(crate) async fn handle(
     if method != Method::GET {
         return super::not_allowed("GET");
     }
-    let mut res = answer(&ps, q.id.as_deref().unwrap_or(""), Fmt::from_accept(&headers));
+    let mut res = answer(
+        &ps,
+        q.id.as_deref().unwrap_or(""),
+        Fmt::from_accept(&headers),
+    );
     let h = res.headers_mut();
     h.insert(
         "x-nginx-pushstream-tag",
         HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
     );
-    h.insert("x-nginx-pushstream-commit", HeaderValue::from_static("herald"));
+    h.insert(
+        "x-nginx-pushstream-commit",
+        HeaderValue::from_static("herald"),
+    );
     res
 }
 
@@ -317,7 +327,12 @@ fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Response {
         if r.id == "ALL" {
             return group(ps, fmt, &ps.all_channels());
         }
-        if let Some(info) = ps.app.channel(&r.id).ok().and_then(|k| hub.channel_info(&k)) {
+        if let Some(info) = ps
+            .app
+            .channel(&r.id)
+            .ok()
+            .and_then(|k| hub.channel_info(&k))
+        {
             infos.push(info);
         }
     }

@@ -90,10 +90,11 @@ async fn open(
         Ok(s) => s,
         Err(r) => return header_only(r.status, Some(&r.explain)),
     };
-    let Some(slot) = ps.app.metrics.open(
-        Transport::Sse,
-        ps.app.config.limits.max_connections,
-    ) else {
+    let Some(slot) = ps
+        .app
+        .metrics
+        .open(Transport::Sse, ps.app.config.limits.max_connections)
+    else {
         return header_only(StatusCode::SERVICE_UNAVAILABLE, None);
     };
     let kind = if event_source {
@@ -107,7 +108,12 @@ async fn open(
     if let Err(r) = request::subscribe(ps, &mut session, &sub, &mut presence).await {
         return header_only(r.status, Some(&r.explain));
     }
-    tracing::debug!(conn = session.outbox.id(), channels = sub.channels.len(), event_source, "Push-stream subscriber connected.");
+    tracing::debug!(
+        conn = session.outbox.id(),
+        channels = sub.channels.len(),
+        event_source,
+        "Push-stream subscriber connected."
+    );
     let chunks = &ps.chunks;
     let (header, footer, ping) = if event_source {
         (

@@ -130,12 +130,17 @@ mod tests {
 
     #[test]
     fn replaces_every_token_and_keeps_text_raw() {
-        let t = Template::parse("~id~|~channel~|~text~|~size~|~time~|~tag~|~event-id~|~event-type~|~x~");
+        let t = Template::parse(
+            "~id~|~channel~|~text~|~size~|~time~|~tag~|~event-id~|~event-type~|~x~",
+        );
         let f = Fields {
             id: 7,
             channel: "ch",
             text: "a\"b",
-            marker: Marker { time: 784111777, tag: 3 },
+            marker: Marker {
+                time: 784111777,
+                tag: 3,
+            },
             event_id: "e1",
             event_type: "t1",
         };
@@ -147,6 +152,9 @@ mod tests {
 
     #[test]
     fn splits_lines_like_the_module() {
-        assert_eq!(lines("a\r\nb\rc\n\nd").collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert_eq!(
+            lines("a\r\nb\rc\n\nd").collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
     }
 }

@@ -36,13 +36,21 @@ pub(crate) async fn ws(
         return super::not_allowed("GET");
     }
     let h = req.headers();
-    if ["upgrade", "connection", "sec-websocket-key", "sec-websocket-version"]
-        .iter()
-        .any(|name| !h.contains_key(*name))
+    if [
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+    ]
+    .iter()
+    .any(|name| !h.contains_key(*name))
     {
         return header_only(StatusCode::BAD_REQUEST, Some(NO_MANDATORY_HEADERS));
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         let mut res = header_only(StatusCode::BAD_REQUEST, Some(WRONG_VERSION));
         res.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
@@ -53,11 +61,11 @@ pub(crate) async fn ws(
     let (format, deleted) = PsFormat::new(Kind::Text, ps.render.clone());
     let mut session = Session::new(ps.app.clone(), format);
     let mut presence = Presence::new(&ps);
-    let subscribed = match request::subscription(&ps, channels_path(req.uri()), req.headers(), &args)
-    {
-        Ok(sub) => request::subscribe(&ps, &mut session, &sub, &mut presence).await,
-        Err(r) => Err(r),
-    };
+    let subscribed =
+        match request::subscription(&ps, channels_path(req.uri()), req.headers(), &args) {
+            Ok(sub) => request::subscribe(&ps, &mut session, &sub, &mut presence).await,
+            Err(r) => Err(r),
+        };
     let dialect = PushStreamWs {
         ps: ps.clone(),
         refused: subscribed.err(),
@@ -123,7 +131,10 @@ impl WsDialect for PushStreamWs {
             self.presence.left(key);
         }
         session.unsubscribe(&gone).await;
-        session.channels().is_empty().then_some((1000, Cow::Borrowed("")))
+        session
+            .channels()
+            .is_empty()
+            .then_some((1000, Cow::Borrowed("")))
     }
 
     async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
