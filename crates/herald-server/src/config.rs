@@ -422,6 +422,9 @@ impl Default for PushcaConfig {
             rate_burst: 0,
             max_pool_size: 100,
         }
+    }
+}
+
 /// First path segments the native API and the Push seed use.
 const RESERVED_SEGMENTS: [&str; 8] = [
     "api", "ws", "sse", "poll", "messages", "health", "metrics", "",

@@ -8,8 +8,8 @@ pub(crate) mod native;
 pub(crate) mod push;
 pub(crate) mod pushapi;
 pub(crate) mod pushca;
-pub(crate) mod send;
 pub(crate) mod pushstream;
+pub(crate) mod send;
 pub(crate) mod utc;
 
 pub(crate) mod slot {
