@@ -2,10 +2,12 @@
 # Runs every herald-bench scenario against Herald, Nchan and sockudo on this machine and prints
 # one table: each figure per server and Herald's ratio to the best peer.
 #
-# Usage: bench/compare.sh [--quick] [--servers "herald nchan sockudo"] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--servers "herald nchan sockudo"] [--only REGEX] [--out DIR]
 #   --quick    smaller N and 10 s phases: a smoke run of a few minutes
 #   --servers  which servers to run (default: all three)
+#   --only     run only the scenarios whose label matches REGEX (grep -E), e.g. 'idle|connect'
 #   --out      where the JSON reports and logs go (default: bench/results/<timestamp>)
+#   --no-build use the release binaries already in $CARGO_TARGET_DIR
 # Env: HERALD_PEERS_DIR (default: ../shared/peers from the repository root),
 #      CARGO_TARGET_DIR (default: $HOME/.cache/herald-target).
 #
@@ -19,12 +21,16 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/herald-target}
 quick=0
 servers="herald nchan sockudo"
 out=""
+only=""
+build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --only) only=$2; shift ;;
+    --no-build) build=0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -52,8 +58,10 @@ else
   PHASE=20s; PAIRS_PHASE=60s; PROCS_BIG=2
 fi
 
-echo "==> building herald and herald-bench (release)" >&2
-(cd "$root" && cargo build --release -q -p herald -p herald-bench)
+if [ "$build" = 1 ]; then
+  echo "==> building herald and herald-bench (release)" >&2
+  (cd "$root" && cargo build --release -q -p herald -p herald-bench)
+fi
 HERALD="$CARGO_TARGET_DIR/release/herald"
 BENCH="$CARGO_TARGET_DIR/release/herald-bench"
 
@@ -78,9 +86,10 @@ pin_tree() {
   done
 }
 
-# start_server KIND -> sets server_pid, server_kind, url
+# start_server KIND -> sets server_pid, server_kind, url; fails if the server is not up.
 start_server() {
   server_kind=$1
+  server_pid=""
   case "$1" in
     herald)
       HERALD_SERVER__LISTEN=127.0.0.1:$PORT_HERALD \
@@ -91,17 +100,18 @@ start_server() {
       server_pid=$!
       url=http://127.0.0.1:$PORT_HERALD
       for _ in $(seq 100); do curl -fs -o /dev/null "$url/health/ready" && break; sleep 0.1; done
-      curl -fs -o /dev/null "$url/health/ready"
+      curl -fs -o /dev/null "$url/health/ready" || return 1
       ;;
     nchan)
-      server_pid=$("$peers/start-nchan.sh" "$PORT_NCHAN" 1 | tail -1)
+      server_pid=$("$peers/start-nchan.sh" "$PORT_NCHAN" 1 | tail -1) || return 1
       url=http://127.0.0.1:$PORT_NCHAN
       ;;
     sockudo)
-      server_pid=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1)
+      server_pid=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1) || return 1
       url=http://127.0.0.1:$PORT_SOCKUDO
       ;;
   esac
+  [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null || return 1
   pin_tree "$server_pid"
 }
 
@@ -119,8 +129,13 @@ run() {
   local name=$1 server=$2 transport=$3; shift 3
   local target; target=$(target_for "$server" "$transport")
   [ -n "$target" ] || return 0
+  if [ -n "$only" ] && ! grep -Eq "$only" <<<"$name"; then return 0; fi
   echo "==> $name on $server ($(cut -d' ' -f1-3 /proc/loadavg) load)" >&2
-  start_server "$server"
+  if ! start_server "$server"; then
+    echo "    $server did not start; skipped" >&2
+    stop_server
+    return 0
+  fi
   local json="$out/$name.$server.json"
   if ! timeout 900 taskset -c "$GEN_CORE" "$BENCH" "$@" --target "$target" --url "$url" \
        --server-pid "$server_pid" --json >"$json" 2>"$out/$name.$server.log"; then
@@ -131,8 +146,9 @@ run() {
   sleep 1
 }
 
-echo "loadavg at start: $(cat /proc/loadavg)" >"$out/machine.txt"
+echo "loadavg at start: $(cat /proc/loadavg)" >>"$out/machine.txt"
 grep -m1 'model name' /proc/cpuinfo >>"$out/machine.txt"
+echo "commit $(git -C "$root" rev-parse --short HEAD) (work tree may hold others' uncommitted changes)" >>"$out/machine.txt"
 nproc >>"$out/machine.txt"
 free -g | sed -n 2p >>"$out/machine.txt"
 

@@ -22,6 +22,143 @@ pub struct Config {
     /// Which channels keep history for resume, by name pattern.
     pub history: herald_core::HistoryPolicy,
     pub poll: PollConfig,
+    /// The nginx-push-stream-module URL API (docs/pushstream.md).
+    pub pushstream: PushStreamConfig,
+    /// PushaaS's push-api publisher API (docs/pushstream.md).
+    pub pushapi: PushApiConfig,
+}
+
+/// The push-stream dialect. Defaults are PushaaS's `nginx.conf`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushStreamConfig {
+    /// Whether the routes are mounted.
+    pub enabled: bool,
+    /// Path prefix of every push-stream route (`/ps/pub`, `/ps/sub/…`).
+    pub prefix: String,
+    /// `push_stream_message_template`.
+    pub message_template: String,
+    /// `push_stream_header_template`: sent first on streams and polls.
+    pub header_template: String,
+    /// `push_stream_footer_template`: sent last on streams and polls.
+    pub footer_template: String,
+    /// Content type of `/sub` streams and `/lp` replies (nginx `default_type`).
+    pub content_type: String,
+    /// `push_stream_ping_message_interval`; zero sends no pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// `push_stream_ping_message_text`, rendered with id -1 on `/sub` streams.
+    pub ping_message_text: String,
+    /// `push_stream_subscriber_connection_ttl`; zero keeps streams open.
+    #[serde(with = "humantime_serde")]
+    pub subscriber_ttl: Duration,
+    /// `push_stream_longpolling_connection_ttl`: longest a long-poll waits.
+    #[serde(with = "humantime_serde")]
+    pub longpolling_ttl: Duration,
+    /// `push_stream_timeout_with_body`: answer a long-poll timeout with the
+    /// -3 "Timed out" message instead of 304.
+    pub timeout_with_body: bool,
+    /// `push_stream_store_messages`: adds a history rule for every channel
+    /// (after the `[history]` rules, which win).
+    pub store_messages: bool,
+    /// `push_stream_max_messages_stored_per_channel`.
+    pub max_messages_stored_per_channel: usize,
+    /// `push_stream_message_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub message_ttl: Duration,
+    /// `push_stream_wildcard_channel_prefix`; empty disables wildcards.
+    pub wildcard_prefix: String,
+    /// `push_stream_wildcard_channel_max_qtd`.
+    pub wildcard_max: usize,
+    /// `push_stream_events_channel_id`; empty disables the events channel.
+    pub events_channel_id: String,
+    /// `push_stream_allow_connections_to_events_channel`.
+    pub allow_connections_to_events_channel: bool,
+    /// `push_stream_websocket_allow_publish`: client text frames are
+    /// published to the connection's channels.
+    pub websocket_allow_publish: bool,
+    /// `push_stream_channel_deleted_message_text`.
+    pub channel_deleted_message_text: String,
+    /// `push_stream_publisher admin`: `DELETE /pub?id=` deletes channels.
+    pub admin: bool,
+    /// `push_stream_channel_info_on_publish`.
+    pub channel_info_on_publish: bool,
+    /// `push_stream_authorized_channels_only`: subscribing needs stored messages.
+    pub authorized_channels_only: bool,
+    /// `push_stream_allowed_origins`: the CORS `Access-Control-Allow-Origin`;
+    /// empty sends no CORS headers.
+    pub allowed_origins: String,
+}
+
+impl Default for PushStreamConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: "/ps".into(),
+            message_template: r#"{"id":~id~,"channel":"~channel~","text":"~text~", "tag":"~tag~", "time":"~time~", "eventid":"~event-id~"}"#.into(),
+            header_template: String::new(),
+            footer_template: String::new(),
+            content_type: "text/plain; charset=utf-8".into(),
+            ping_interval: Duration::from_secs(30),
+            ping_message_text: " ".into(),
+            subscriber_ttl: Duration::from_secs(15 * 60),
+            longpolling_ttl: Duration::from_secs(30),
+            timeout_with_body: false,
+            store_messages: true,
+            max_messages_stored_per_channel: 20,
+            message_ttl: Duration::from_secs(5 * 60),
+            wildcard_prefix: "broad_".into(),
+            wildcard_max: 3,
+            events_channel_id: String::new(),
+            allow_connections_to_events_channel: false,
+            websocket_allow_publish: true,
+            channel_deleted_message_text: "Channel deleted".into(),
+            admin: true,
+            channel_info_on_publish: true,
+            authorized_channels_only: false,
+            allowed_origins: "*".into(),
+        }
+    }
+}
+
+/// PushaaS's push-api. Defaults are push-api's own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushApiConfig {
+    /// Whether the routes are mounted.
+    pub enabled: bool,
+    /// Path prefix (`/push-api/api/v1/messages`).
+    pub prefix: String,
+    /// `api.enable_auth`: HTTP basic auth on every `/api` route.
+    pub enable_auth: bool,
+    /// `api.basic_auth_user`.
+    pub basic_auth_user: String,
+    /// `api.basic_auth_password`.
+    pub basic_auth_password: String,
+    /// `push_stream.url` reported by `/api/v1/config`; empty reports this
+    /// server's push-stream prefix at the request's `Host`.
+    pub push_stream_url: String,
+    /// The agent name stats report (push-agent's random name).
+    pub agent: String,
+    /// How often every channel created through `/api/v1/channels` gets the
+    /// `ping` message push-api's persistent-channels worker sends; zero never.
+    #[serde(with = "humantime_serde")]
+    pub persistent_ping_interval: Duration,
+}
+
+impl Default for PushApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: "/push-api".into(),
+            enable_auth: true,
+            basic_auth_user: "app".into(),
+            basic_auth_password: "abc123".into(),
+            push_stream_url: String::new(),
+            agent: "herald".into(),
+            persistent_ping_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Polling and long-polling.
@@ -288,12 +425,48 @@ impl Default for PushcaConfig {
     }
 }
 
+/// First path segments the native API and the Push seed use.
+const RESERVED_SEGMENTS: [&str; 8] = [
+    "api", "ws", "sse", "poll", "messages", "health", "metrics", "",
+];
+
+/// A dialect prefix: `/name[/more]`, no trailing slash, clear of native routes.
+fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    let first = prefix
+        .strip_prefix('/')
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    match first {
+        Some(first) if !prefix.ends_with('/') && !RESERVED_SEGMENTS.contains(&first) => Ok(()),
+        _ => Err(ConfigError(format!(
+            "{key} {prefix:?} must start with '/', not end with '/', and not start with a native route (/api, /ws, /sse, /poll, /messages, /health, /metrics)"
+        ))),
+    }
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The history policy channels are created with: `[history]`, then, when
+    /// push-stream stores messages, a rule keeping every other channel's
+    /// last `max_messages_stored_per_channel` for `message_ttl`.
+    pub fn history_policy(&self) -> herald_core::HistoryPolicy {
+        let mut policy = self.history.clone();
+        let ps = &self.pushstream;
+        if ps.enabled && ps.store_messages {
+            policy.rules.push(herald_core::history::RetentionRule {
+                pattern: "*".into(),
+                retention: herald_core::Retention {
+                    size: ps.max_messages_stored_per_channel,
+                    ttl: ps.message_ttl,
+                },
+            });
+        }
+        policy
+    }
+
     /// Checks relations between keys that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.connection;
@@ -331,6 +504,26 @@ impl Config {
                     rule.pattern
                 )));
             }
+        }
+        let ps = &self.pushstream;
+        let pa = &self.pushapi;
+        for (enabled, key, prefix) in [
+            (ps.enabled, "pushstream.prefix", &ps.prefix),
+            (pa.enabled, "pushapi.prefix", &pa.prefix),
+        ] {
+            if enabled {
+                check_prefix(key, prefix)?;
+            }
+        }
+        if ps.enabled && pa.enabled && ps.prefix == pa.prefix {
+            return Err(ConfigError(
+                "pushstream.prefix and pushapi.prefix must differ".into(),
+            ));
+        }
+        if ps.enabled && ps.store_messages && ps.max_messages_stored_per_channel == 0 {
+            return Err(ConfigError(
+                "pushstream.max_messages_stored_per_channel must be positive".into(),
+            ));
         }
         if l.ws_read_buffer < 512 {
             return Err(ConfigError(

@@ -29,12 +29,12 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let hub = Arc::new(Hub::with_policy(config.history.clone()));
+        let hub = Arc::new(Hub::with_policy(config.history_policy()));
         let engine = match config.broker.kind {
             BrokerKind::Memory => Engine::new(hub.clone(), Arc::new(MemoryBroker::new(hub))),
             BrokerKind::Redis => {
                 let mut redis = config.broker.redis.clone();
-                redis.history = config.history.clone().into();
+                redis.history = config.history_policy().into();
                 let broker = RedisBroker::connect(redis, hub.clone())
                     .await
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;

@@ -6,8 +6,11 @@
 
 pub(crate) mod native;
 pub(crate) mod push;
+pub(crate) mod pushapi;
 pub(crate) mod pushca;
+pub(crate) mod pushstream;
 pub(crate) mod send;
+pub(crate) mod utc;
 
 pub(crate) mod slot {
     pub(crate) const NATIVE_WS: usize = 0;
@@ -15,6 +18,8 @@ pub(crate) mod slot {
     pub(crate) const PUSH_WS: usize = 2;
     pub(crate) const PUSH_SSE: usize = 3;
     pub(crate) const PUSHCA_WS: usize = 4;
+    pub(crate) const PUSHSTREAM_TEXT: usize = 5;
+    pub(crate) const PUSHSTREAM_EVENTSOURCE: usize = 6;
 }
 
 /// Appends `s` as a JSON string literal.

@@ -12,13 +12,24 @@ use axum::routing::{get, post};
 use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
-use crate::dialect::{native, push, pushca, send};
+use crate::dialect::{native, push, pushapi, pushca, pushstream, send};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every route Herald serves.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    // The push-stream URL API (docs/pushstream.md).
+    let ps = &state.config.pushstream;
+    if ps.enabled {
+        router = router.nest(&ps.prefix, pushstream::router(&state));
+    }
+    // PushaaS's push-api (docs/pushstream.md).
+    let pa = &state.config.pushapi;
+    if pa.enabled {
+        router = router.nest(&pa.prefix, pushapi::router(&state));
+    }
+    router
         // Native API (docs/api.md).
         .route("/api/v1/publish", post(native::publish))
         .route("/api/v1/publish/batch", post(native::publish_batch))

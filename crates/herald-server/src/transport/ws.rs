@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::config::ConnectionConfig;
 use crate::error::ApiError;
 use crate::lifetime::{Clock, Tick};
 use crate::metrics::Transport;
@@ -90,6 +91,20 @@ pub(crate) trait WsDialect: Send + 'static {
 
     /// Handles one text frame from the client.
     fn on_text(&mut self, session: &mut Session, text: &str) -> impl Future<Output = Reply> + Send;
+
+    /// Connection timing (heartbeat, lifetime); `None` uses `[connection]`.
+    fn timing(&self) -> Option<ConnectionConfig> {
+        None
+    }
+
+    /// Called after each batch of fanned-out frames is written: a close to
+    /// end the connection with (e.g. every channel was deleted).
+    fn after_batch(
+        &mut self,
+        _session: &mut Session,
+    ) -> impl Future<Output = Option<(u16, Cow<'static, str>)>> + Send {
+        async { None }
+    }
 
     /// Handles one binary frame from the client.
     fn on_binary(&mut self, _session: &mut Session, _data: &[u8]) -> Reply {
@@ -198,7 +213,8 @@ fn text(bytes: Bytes) -> Message {
 async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session, mut dialect: D) {
     let conn = session.outbox.id();
     tracing::debug!(conn, "WebSocket opened.");
-    let mut clock = Clock::start(&state.config.connection);
+    let timing = dialect.timing();
+    let mut clock = Clock::start(timing.as_ref().unwrap_or(&state.config.connection));
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
     let mut batch: Vec<Frame> = Vec::new();
@@ -239,6 +255,9 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
                     if closed.is_some() {
                         tracing::debug!(conn, "Slow consumer disconnected.");
                         break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
+                    }
+                    if let Some(close) = dialect.after_batch(&mut session).await {
+                        break 'conn Some(close);
                     }
                 }
                 frame = ws.next() => {

@@ -1,0 +1,197 @@
+//! push-api's informational routes: `/api/`, `/api/healthcheck`,
+//! `/api/v1/config` and the stats push-agent would have collected from
+//! push-stream (here read from this node directly, agent `[pushapi] agent`).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{ApiState, error, gin_json};
+
+/// `GET /api/`.
+pub(crate) async fn root() -> Response {
+    gin_json(StatusCode::OK, &json!({"data": {"app": "push-api"}}))
+}
+
+/// `GET /api/healthcheck`.
+pub(crate) async fn healthcheck() -> Response {
+    gin_json(
+        StatusCode::OK,
+        &json!({"data": {"services": [{"service": "app", "status": "working"}]}}),
+    )
+}
+
+/// Splits `scheme://host[:port]/…` as Go's `url.Parse` reports
+/// `Hostname()` and `Port()`.
+fn host_and_port(url: &str) -> (String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
+        return (
+            host.to_owned(),
+            after.strip_prefix(':').unwrap_or("").to_owned(),
+        );
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.to_owned()),
+        None => (authority.to_owned(), String::new()),
+    }
+}
+
+/// `GET /api/v1/config` → `{"pushStream":{"hostname","port","url"}}`.
+pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let cfg = &state.ps.app.config;
+    let url = if cfg.pushapi.push_stream_url.is_empty() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}{}", cfg.pushstream.prefix)
+    } else {
+        cfg.pushapi.push_stream_url.clone()
+    };
+    let (hostname, port) = host_and_port(&url);
+    gin_json(
+        StatusCode::OK,
+        &json!({"pushStream": {"url": url, "hostname": hostname, "port": port}}),
+    )
+}
+
+/// One agent's summarized push-stream stats.
+#[derive(Serialize)]
+struct GlobalStats {
+    hostname: String,
+    time: String,
+    channels: usize,
+    wildcard_channels: usize,
+    published_messages: u64,
+    stored_messages: usize,
+    messages_in_trash: u64,
+    channels_in_delete: u64,
+    channels_in_trash: u64,
+    subscribers: usize,
+    uptime: u64,
+    agent: String,
+}
+
+#[derive(Serialize)]
+struct GlobalAggregated {
+    time: String,
+    subscribers: usize,
+}
+
+#[derive(Serialize)]
+struct GlobalResult {
+    aggregated: GlobalAggregated,
+    all: Vec<GlobalStats>,
+}
+
+/// `GET /api/v1/stats/global`.
+pub(crate) async fn global_stats(State(state): State<ApiState>) -> Response {
+    let ps = &state.ps;
+    let all = ps.all_channels();
+    let g = ps.global(&all);
+    let s = ps.summary(&all);
+    let stats = GlobalStats {
+        hostname: g.hostname,
+        time: g.time.clone(),
+        channels: g.channels,
+        wildcard_channels: g.wildcard,
+        published_messages: s.published,
+        stored_messages: s.stored,
+        messages_in_trash: 0,
+        channels_in_delete: 0,
+        channels_in_trash: 0,
+        subscribers: s.subscribers,
+        uptime: g.uptime,
+        agent: ps.app.config.pushapi.agent.clone(),
+    };
+    let result = GlobalResult {
+        aggregated: GlobalAggregated {
+            time: g.time,
+            subscribers: s.subscribers,
+        },
+        all: vec![stats],
+    };
+    gin_json(StatusCode::OK, &result)
+}
+
+#[derive(Serialize)]
+struct ChannelStats {
+    channel: String,
+    published_messages: u64,
+    stored_messages: usize,
+    subscribers: usize,
+    hostname: String,
+    agent: String,
+}
+
+#[derive(Serialize)]
+struct ChannelAggregated {
+    subscribers: usize,
+}
+
+#[derive(Serialize)]
+struct ChannelResult {
+    aggregated: ChannelAggregated,
+    all: Vec<ChannelStats>,
+}
+
+/// `GET /api/v1/stats/channels/{id}` → the channel's stats, or 404 with
+/// code 200 when this node has no such channel.
+pub(crate) async fn channel_stats(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Response {
+    let ps = &state.ps;
+    let info = ps
+        .app
+        .channel(&id)
+        .ok()
+        .and_then(|key| ps.app.engine.hub().channel_info(&key));
+    let Some(info) = info else {
+        return error(StatusCode::NOT_FOUND, 200, "stats data not found");
+    };
+    let stats = ChannelStats {
+        channel: id,
+        published_messages: info.next_offset.saturating_sub(1),
+        stored_messages: info.stored,
+        subscribers: info.subscribers,
+        hostname: ps.hostname.clone(),
+        agent: ps.app.config.pushapi.agent.clone(),
+    };
+    gin_json(
+        StatusCode::OK,
+        &ChannelResult {
+            aggregated: ChannelAggregated {
+                subscribers: stats.subscribers,
+            },
+            all: vec![stats],
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_urls_like_go() {
+        assert_eq!(
+            host_and_port("http://localhost:9080"),
+            ("localhost".into(), "9080".into())
+        );
+        assert_eq!(
+            host_and_port("http://h.example/ps"),
+            ("h.example".into(), String::new())
+        );
+        assert_eq!(
+            host_and_port("http://[::1]:80/x"),
+            ("::1".into(), "80".into())
+        );
+    }
+}

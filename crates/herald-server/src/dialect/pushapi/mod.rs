@@ -1,0 +1,109 @@
+//! PushaaS's push-api publisher API, under `[pushapi] prefix`:
+//! `/api/`, `/api/healthcheck`, `/api/v1/auth`, `/api/v1/channels`,
+//! `/api/v1/messages`, `/api/v1/config`, `/api/v1/stats/…`, behind HTTP
+//! basic auth. Messages reach push-stream subscribers as push-api's
+//! push-agent would deliver them. See docs/pushstream.md.
+//!
+//! - [`auth`]: basic auth, as gin's `BasicAuth` answers.
+//! - [`channels`]: the channel records with their TTL, and the keep-alive ping.
+//! - [`messages`]: publishing, with push-api's path escaping.
+//! - [`info`]: root, healthcheck, config and stats.
+
+pub(crate) mod auth;
+pub(crate) mod channels;
+pub(crate) mod info;
+pub(crate) mod messages;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::dialect::pushstream::PsState;
+use crate::state::AppState;
+
+/// Everything push-api handlers share; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ApiState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    /// The push-stream side, for publishing and stats.
+    pub(crate) ps: PsState,
+    /// Channel records created through `/api/v1/channels`.
+    pub(crate) channels: channels::Store,
+    /// The exact `Authorization` value basic auth accepts.
+    pub(crate) authorization: String,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// push-api's error body: `{"code": N, "message": "…"}`.
+#[derive(Serialize)]
+pub(crate) struct ApiError {
+    code: u16,
+    message: &'static str,
+}
+
+/// An error reply with gin's JSON content type.
+pub(crate) fn error(status: StatusCode, code: u16, message: &'static str) -> Response {
+    gin_json(status, &ApiError { code, message })
+}
+
+/// A JSON reply as gin's `c.JSON` writes it.
+pub(crate) fn gin_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut res = (status, Json(body)).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    res
+}
+
+/// gin's default 404 (also its answer to a wrong method).
+async fn not_found() -> Response {
+    let mut res = (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}
+
+/// The routes, to nest under the prefix.
+pub(crate) fn router(app: &AppState) -> Router<AppState> {
+    let cfg = &app.config.pushapi;
+    let state = ApiState(Arc::new(Inner {
+        ps: PsState::new(app.clone()),
+        channels: channels::Store::default(),
+        authorization: auth::expected(&cfg.basic_auth_user, &cfg.basic_auth_password),
+    }));
+    channels::start_keepalive(&state);
+    let api = Router::new()
+        .route("/api/", get(info::root))
+        .route("/api/healthcheck", get(info::healthcheck))
+        .route("/api/v1/auth", get(auth::check))
+        .route(
+            "/api/v1/channels",
+            post(channels::create).get(channels::list),
+        )
+        .route(
+            "/api/v1/channels/{id}",
+            get(channels::get).delete(channels::delete),
+        )
+        .route("/api/v1/config", get(info::config))
+        .route("/api/v1/messages", post(messages::publish))
+        .route("/api/v1/stats/global", get(info::global_stats))
+        .route("/api/v1/stats/channels/{id}", get(info::channel_stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    api.fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(state)
+}

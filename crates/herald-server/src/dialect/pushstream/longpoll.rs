@@ -1,0 +1,190 @@
+//! `/lp/…` (and PushaaS's `/jsonp/…`): long-polling, and polling when
+//! `X-Nginx-PushStream-Mode: polling` asks for it.
+//!
+//! A request subscribes for its duration, replaying what the client's
+//! markers say it missed. With something to send it answers 200 at once,
+//! with `Last-Modified`/`Etag` naming the newest message sent; otherwise it
+//! waits up to `longpolling_ttl` (polling does not wait) and answers 304
+//! with the markers `(now, W/0)`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use herald_core::Frame;
+
+use super::events::Presence;
+use super::format::{Kind, PsFormat, TIMEOUT_ID, TIMEOUT_TEXT};
+use super::marker::Marker;
+use super::request::{self, ControlArgs, Refusal};
+use super::template::Fields;
+use super::{PsState, channels_path, header_only, no_cache};
+use crate::session::Session;
+
+/// `GET /lp/ch1/ch2`.
+pub(crate) async fn lp(
+    State(ps): State<PsState>,
+    method: Method,
+    uri: Uri,
+    Query(args): Query<ControlArgs>,
+    headers: HeaderMap,
+) -> Response {
+    let mut res = if method == Method::OPTIONS {
+        header_only(StatusCode::OK, None)
+    } else if method != Method::GET {
+        super::not_allowed("GET")
+    } else {
+        answer(&ps, &uri, &args, &headers, true).await
+    };
+    ps.cors(res.headers_mut(), "GET");
+    res
+}
+
+/// A JSONP callback name: letters, digits, `_`, `$` and `.` only.
+fn callback(args: &ControlArgs) -> Result<Option<String>, Refusal> {
+    let Some(name) = args.callback.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let name = request::percent_decode(name);
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_$.".contains(c))
+    {
+        Ok(Some(name))
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid callback name.",
+        ))
+    }
+}
+
+/// Answers one polling (`long` false) or long-polling request.
+pub(crate) async fn answer(
+    ps: &PsState,
+    uri: &Uri,
+    args: &ControlArgs,
+    headers: &HeaderMap,
+    long: bool,
+) -> Response {
+    let prepared = callback(args).and_then(|cb| {
+        request::subscription(ps, channels_path(uri), headers, args).map(|sub| (cb, sub))
+    });
+    let (callback, sub) = match prepared {
+        Ok(p) => p,
+        Err(r) => return header_only(r.status, Some(&r.explain)),
+    };
+    let (format, _deleted) = PsFormat::new(Kind::Poll, ps.render.clone());
+    let mut session = Session::new(ps.app.clone(), format);
+    let mut presence = Presence::new(ps);
+    if let Err(r) = request::subscribe(ps, &mut session, &sub, &mut presence).await {
+        return header_only(r.status, Some(&r.explain));
+    }
+    let outbox = session.outbox.clone();
+    let mut frames: Vec<Frame> = Vec::new();
+    outbox.drain(&mut frames);
+    if frames.is_empty() && !long {
+        // Nothing new: 304 with the client's own markers.
+        let mut res = header_only(StatusCode::NOT_MODIFIED, None);
+        if let Some(since) = sub.since {
+            markers(
+                res.headers_mut(),
+                Marker {
+                    time: since.time,
+                    tag: since.tag.unwrap_or(0),
+                },
+                since.tag.is_some(),
+            );
+        }
+        return res;
+    }
+    if frames.is_empty() {
+        let ttl = ps.cfg.longpolling_ttl;
+        tokio::select! {
+            () = outbox.ready() => {}
+            () = tokio::time::sleep(if ttl.is_zero() { Duration::from_secs(30) } else { ttl }) => {}
+            () = ps.app.shutdown.signalled() => {}
+        }
+        outbox.drain(&mut frames);
+    }
+    drop(session);
+    drop(presence);
+    if frames.is_empty() {
+        return timed_out(ps, callback.as_deref());
+    }
+    let newest = frames
+        .iter()
+        .filter_map(|f| f.message.as_deref().map(Marker::of))
+        .max()
+        .unwrap_or_else(Marker::now);
+    let parts: Vec<Bytes> = frames.into_iter().map(|f| f.bytes).collect();
+    reply(ps, StatusCode::OK, &parts, callback.as_deref(), newest)
+}
+
+/// The long-poll TTL ran out with nothing to send.
+fn timed_out(ps: &PsState, callback: Option<&str>) -> Response {
+    let now = Marker::now();
+    if ps.cfg.timeout_with_body {
+        let body = ps
+            .render
+            .message
+            .to_bytes(&Fields::control(TIMEOUT_ID, TIMEOUT_TEXT));
+        return reply(ps, StatusCode::OK, &[Bytes::from(body)], callback, now);
+    }
+    let mut res = header_only(StatusCode::NOT_MODIFIED, None);
+    markers(res.headers_mut(), now, true);
+    res
+}
+
+fn markers(h: &mut HeaderMap, m: Marker, with_tag: bool) {
+    if m.time > 0
+        && let Ok(v) = HeaderValue::from_str(&m.http_date())
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if with_tag && let Ok(v) = HeaderValue::from_str(&m.etag()) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// A 200 with `parts` between the header and footer templates, wrapped as
+/// `callback([a,b]);` for JSONP.
+fn reply(
+    ps: &PsState,
+    status: StatusCode,
+    parts: &[Bytes],
+    callback: Option<&str>,
+    newest: Marker,
+) -> Response {
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&ps.chunks.header);
+    if let Some(cb) = callback {
+        body.extend_from_slice(cb.as_bytes());
+        body.extend_from_slice(b"([");
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 && callback.is_some() {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(part);
+    }
+    if callback.is_some() {
+        body.extend_from_slice(b"]);");
+    }
+    body.extend_from_slice(&ps.chunks.footer);
+    let mut res = Response::new(Body::from(body.freeze()));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    let content_type = match callback {
+        Some(_) => HeaderValue::from_static("application/javascript"),
+        None => HeaderValue::from_str(&ps.cfg.content_type)
+            .unwrap_or(HeaderValue::from_static("text/plain")),
+    };
+    h.insert(header::CONTENT_TYPE, content_type);
+    no_cache(h);
+    markers(h, newest, true);
+    res
+}

@@ -1,0 +1,147 @@
+//! `/pub?id=ch`: `POST`/`PUT` publish the raw body (with `Event-Id` and
+//! `Event-Type`), `GET` reads channel info, `DELETE` (admin mode) deletes.
+//! `id=a/b` acts on each channel. Errors are header-only with
+//! `X-Nginx-PushStream-Explain`, as the module answers them.
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use herald_core::ChannelKey;
+use serde::Deserialize;
+
+use super::events::{self, CHANNEL_CREATED, CHANNEL_DESTROYED};
+use super::request::{NO_CHANNEL_ID, channel_key, parse_ids};
+use super::stats::{self, Fmt};
+use super::{PsState, header_only};
+use crate::http::read_body;
+
+const EMPTY_POST: &str = "Empty post requests are not allowed.";
+const EVENTS_CHANNEL: &str = "Only internal routines can change events channel.";
+const CHANNEL_DELETED: &str = "Channel deleted.";
+
+#[derive(Deserialize)]
+pub(crate) struct PubQuery {
+    id: Option<String>,
+}
+
+/// Every `/pub` request.
+pub(crate) async fn handle(
+    State(ps): State<PsState>,
+    Query(q): Query<PubQuery>,
+    req: Request,
+) -> Response {
+    let methods = if ps.cfg.admin {
+        "GET, POST, PUT, DELETE"
+    } else {
+        "GET, POST, PUT"
+    };
+    let mut res = answer(&ps, q, req, methods).await;
+    ps.cors(res.headers_mut(), methods);
+    res
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+}
+
+async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) -> Response {
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return header_only(StatusCode::OK, None);
+    }
+    let allowed = method == Method::GET
+        || method == Method::POST
+        || method == Method::PUT
+        || (method == Method::DELETE && ps.cfg.admin);
+    if !allowed {
+        return super::not_allowed(methods);
+    }
+    let requested = parse_ids(q.id.as_deref().unwrap_or(""));
+    if requested.is_empty() {
+        return header_only(StatusCode::BAD_REQUEST, Some(NO_CHANNEL_ID));
+    }
+    let mut keys: Vec<ChannelKey> = Vec::with_capacity(requested.len());
+    for r in &requested {
+        match channel_key(ps, &r.id) {
+            Ok(key) if method != Method::GET && ps.is_events_channel(&r.id) => {
+                drop(key);
+                return header_only(StatusCode::FORBIDDEN, Some(EVENTS_CHANNEL));
+            }
+            Ok(key) => {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            Err(refusal) => return header_only(refusal.status, Some(&refusal.explain)),
+        }
+    }
+    let fmt = Fmt::from_accept(req.headers());
+    let hub = ps.app.engine.hub().clone();
+    if method == Method::GET {
+        let infos: Vec<_> = keys.iter().filter_map(|k| hub.channel_info(k)).collect();
+        return stats::detailed(ps, fmt, &infos);
+    }
+    let event_id = header(req.headers(), "event-id").map(str::to_owned);
+    let event_type = header(req.headers(), "event-type").map(str::to_owned);
+    let body = match read_body(req, ps.app.config.limits.max_message_size).await {
+        Ok(b) => b,
+        Err(e) => return header_only(e.status, None),
+    };
+    if method == Method::DELETE {
+        return delete(ps, &keys, &body);
+    }
+    if body.is_empty() {
+        return header_only(StatusCode::BAD_REQUEST, Some(EMPTY_POST));
+    }
+    let text = String::from_utf8_lossy(&body);
+    for key in &keys {
+        let created = events::is_new(ps, key);
+        let publication = PsState::publication(&text, event_id.as_deref(), event_type.as_deref());
+        if let Err(e) = ps.app.engine.publish(key, publication).await {
+            tracing::warn!(channel = %key, error = %e, "Push-stream publish failed.");
+            return header_only(StatusCode::INTERNAL_SERVER_ERROR, None);
+        }
+        if created {
+            events::emit(ps, CHANNEL_CREATED, key.name());
+        }
+    }
+    if !ps.cfg.channel_info_on_publish {
+        return header_only(StatusCode::OK, None);
+    }
+    let infos: Vec<_> = keys.iter().filter_map(|k| hub.channel_info(k)).collect();
+    if infos.is_empty() {
+        // Nothing kept the channel (no history, no subscriber): report the
+        // publish alone.
+        return header_only(StatusCode::OK, None);
+    }
+    stats::detailed(ps, fmt, &infos)
+}
+
+/// `DELETE /pub?id=…`: subscribers get the -2 message (the body, when
+/// given, replaces the configured text) and leave; 404 when no channel existed.
+fn delete(ps: &PsState, keys: &[ChannelKey], body: &[u8]) -> Response {
+    let hub = ps.app.engine.hub();
+    let mut deleted = 0;
+    for key in keys {
+        if !body.is_empty() {
+            ps.render
+                .deleting
+                .lock()
+                .insert(key.clone(), String::from_utf8_lossy(body).into_owned());
+        }
+        let subscribers = hub.delete(key);
+        ps.render.deleting.lock().remove(key);
+        if let Some(subscribers) = subscribers {
+            deleted += 1;
+            tracing::info!(channel = %key, subscribers, "Push-stream channel deleted.");
+            events::emit(ps, CHANNEL_DESTROYED, key.name());
+        }
+    }
+    if deleted == 0 {
+        header_only(StatusCode::NOT_FOUND, None)
+    } else {
+        header_only(StatusCode::OK, Some(CHANNEL_DELETED))
+    }
+}

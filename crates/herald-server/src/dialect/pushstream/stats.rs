@@ -1,0 +1,340 @@
+//! `/channels-stats` and the channel info `/pub` answers with, in the
+//! module's exact text formats, chosen by `Accept` (JSON by default; plain,
+//! YAML and XML too).
+//!
+//! - no `id`: the summarized view;
+//! - `id=ALL`, `id=prefix_*`, `id=*`: every (matching) channel;
+//! - `id=a` or `id=a/b`: those channels (404 when none exists).
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use herald_core::ChannelInfo;
+use herald_core::channel::MAX_CHANNEL_NAME_LEN;
+use serde::Deserialize;
+
+use super::request::{TOO_LARGE, parse_ids};
+use super::{PsState, header_only, no_cache};
+use crate::dialect::utc::Utc;
+
+const CRLF: &str = "\r\n";
+
+/// A stats format, picked from `Accept` as the module does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fmt {
+    Plain,
+    Json,
+    Yaml,
+    Xml,
+    XJson,
+    XYaml,
+}
+
+impl Fmt {
+    /// The first subtype after a `/` in `Accept` that names a format.
+    pub(crate) fn from_accept(headers: &HeaderMap) -> Self {
+        const NAMES: [(&str, Fmt); 6] = [
+            ("plain", Fmt::Plain),
+            ("json", Fmt::Json),
+            ("yaml", Fmt::Yaml),
+            ("xml", Fmt::Xml),
+            ("x-json", Fmt::XJson),
+            ("x-yaml", Fmt::XYaml),
+        ];
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        for (i, _) in accept.match_indices('/') {
+            let rest = &accept[i + 1..];
+            if let Some((_, f)) = NAMES.iter().find(|(n, _)| rest.starts_with(n)) {
+                return *f;
+            }
+        }
+        Fmt::Json
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Fmt::Plain => "text/plain",
+            Fmt::Json => "application/json",
+            Fmt::Yaml => "application/yaml",
+            Fmt::Xml => "application/xml",
+            Fmt::XJson => "text/x-json",
+            Fmt::XYaml => "text/x-yaml",
+        }
+    }
+
+    fn base(self) -> Fmt {
+        match self {
+            Fmt::XJson => Fmt::Json,
+            Fmt::XYaml => Fmt::Yaml,
+            f => f,
+        }
+    }
+
+    /// One channel's info, without separators.
+    fn item(self, i: &Info<'_>) -> String {
+        let (c, p, s, n) = (i.channel, i.published, i.stored, i.subscribers);
+        match self.base() {
+            Fmt::Plain => format!(
+                "channel: {c}\r\npublished_messages: {p}\r\nstored_messages: {s}\r\nactive_subscribers: {n}"
+            ),
+            Fmt::Yaml => format!(
+                "  channel: {c}\r\n  published_messages: {p}\r\n  stored_messages: {s}\r\n  subscribers: {n}"
+            ),
+            Fmt::Xml => format!(
+                "<channel>\r\n  <name>{c}</name>\r\n  <published_messages>{p}</published_messages>\r\n  <stored_messages>{s}</stored_messages>\r\n  <subscribers>{n}</subscribers>\r\n</channel>\r\n"
+            ),
+            _ => format!(
+                "{{\"channel\": \"{c}\", \"published_messages\": {p}, \"stored_messages\": {s}, \"subscribers\": {n}}}"
+            ),
+        }
+    }
+
+    fn single(self, i: &Info<'_>) -> String {
+        match self.base() {
+            Fmt::Xml => format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\r\n{}{CRLF}",
+                self.item(i)
+            ),
+            _ => format!("{}{CRLF}", self.item(i)),
+        }
+    }
+
+    fn group(self, g: &Global, infos: &[Info<'_>]) -> String {
+        let (h, t, ch, w, up) = (&g.hostname, &g.time, g.channels, g.wildcard, g.uptime);
+        let mut out = match self.base() {
+            Fmt::Plain => format!(
+                "hostname: {h}, time: {t}, channels: {ch}, wildcard_channels: {w}, uptime: {up}, infos: \r\n"
+            ),
+            Fmt::Yaml => format!(
+                "hostname: {h}\r\ntime: {t}\r\nchannels: {ch}\r\nwildcard_channels: {w}\r\nuptime: {up}\r\ninfos: \r\n"
+            ),
+            Fmt::Xml => format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\r\n<root>\r\n  <hostname>{h}</hostname>\r\n  <time>{t}</time>\r\n  <channels>{ch}</channels>\r\n  <wildcard_channels>{w}</wildcard_channels>\r\n  <uptime>{up}</uptime>\r\n  <infos>\r\n"
+            ),
+            _ => format!(
+                "{{\"hostname\": \"{h}\", \"time\": \"{t}\", \"channels\": {ch}, \"wildcard_channels\": {w}, \"uptime\": {up}, \"infos\": [\r\n"
+            ),
+        };
+        for (idx, info) in infos.iter().enumerate() {
+            let last = idx + 1 == infos.len();
+            match self.base() {
+                Fmt::Plain => {
+                    out.push_str(&self.item(info));
+                    if !last {
+                        out.push_str(",\r\n");
+                    }
+                }
+                Fmt::Yaml => {
+                    out.push_str(" -\r\n");
+                    out.push_str(&self.item(info));
+                    if !last {
+                        out.push_str(CRLF);
+                    }
+                }
+                Fmt::Xml => out.push_str(&self.item(info)),
+                _ => {
+                    out.push_str(&self.item(info));
+                    out.push_str(if last { CRLF } else { ",\r\n" });
+                }
+            }
+        }
+        out.push_str(match self.base() {
+            Fmt::Xml => "  </infos>\r\n</root>\r\n",
+            Fmt::Plain | Fmt::Yaml => CRLF,
+            _ => "]}\r\n",
+        });
+        out
+    }
+
+    fn summarized(self, g: &Global, s: &Summary) -> String {
+        let (h, t, ch, w, up) = (&g.hostname, &g.time, g.channels, g.wildcard, g.uptime);
+        let (p, st, n, pid) = (s.published, s.stored, s.subscribers, std::process::id());
+        match self.base() {
+            Fmt::Plain => format!(
+                "hostname: {h}\r\ntime: {t}\r\nchannels: {ch}\r\nwildcard_channels: {w}\r\npublished_messages: {p}\r\nstored_messages: {st}\r\nmessages_in_trash: 0\r\nchannels_in_delete: 0\r\nchannels_in_trash: 0\r\nsubscribers: {n}\r\nuptime: {up}\r\nby_worker:\r\n  pid: {pid}\r\n  subscribers: {n}\r\n  uptime: {up}\r\n"
+            ),
+            Fmt::Yaml => format!(
+                "  hostname: {h}\r\n  time: {t}\r\n  channels: {ch}\r\n  wildcard_channels: {w}\r\n  published_messages: {p}\r\n  stored_messages: {st}\r\n  messages_in_trash: 0\r\n  channels_in_delete: 0\r\n  channels_in_trash: 0\r\n  subscribers: {n}\r\n  uptime: {up}\r\n  by_worker:\r\n   -\r\n    pid: {pid}\r\n    subscribers: {n}\r\n    uptime: {up}\r\n"
+            ),
+            Fmt::Xml => format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\r\n<infos>\r\n  <hostname>{h}</hostname>\r\n  <time>{t}</time>\r\n  <channels>{ch}</channels>\r\n  <wildcard_channels>{w}</wildcard_channels>\r\n  <published_messages>{p}</published_messages>\r\n  <stored_messages>{st}</stored_messages>\r\n  <messages_in_trash>0</messages_in_trash>\r\n  <channels_in_delete>0</channels_in_delete>\r\n  <channels_in_trash>0</channels_in_trash>\r\n  <subscribers>{n}</subscribers>\r\n  <uptime>{up}</uptime>\r\n  <by_worker><worker>\r\n  <pid>{pid}</pid>\r\n  <subscribers>{n}</subscribers>\r\n  <uptime>{up}</uptime>\r\n</worker>\r\n</by_worker>\r\n</infos>\r\n"
+            ),
+            _ => format!(
+                "{{\"hostname\": \"{h}\", \"time\": \"{t}\", \"channels\": {ch}, \"wildcard_channels\": {w}, \"published_messages\": {p}, \"stored_messages\": {st}, \"messages_in_trash\": 0, \"channels_in_delete\": 0, \"channels_in_trash\": 0, \"subscribers\": {n}, \"uptime\": {up}, \"by_worker\": [\r\n{{\"pid\": \"{pid}\", \"subscribers\": {n}, \"uptime\": {up}}}\r\n]}}\r\n"
+            ),
+        }
+    }
+}
+
+/// One channel's counts, as the module reports them.
+pub(crate) struct Info<'a> {
+    pub(crate) channel: &'a str,
+    /// The channel's last message id.
+    pub(crate) published: u64,
+    pub(crate) stored: usize,
+    pub(crate) subscribers: usize,
+}
+
+impl<'a> From<&'a ChannelInfo> for Info<'a> {
+    fn from(i: &'a ChannelInfo) -> Self {
+        Self {
+            channel: i.key.name(),
+            published: i.next_offset.saturating_sub(1),
+            stored: i.stored,
+            subscribers: i.subscribers,
+        }
+    }
+}
+
+/// The server-wide part of group and summarized replies.
+pub(crate) struct Global {
+    pub(crate) hostname: String,
+    /// `YYYY-MM-DDTHH:MM:SS`, UTC.
+    pub(crate) time: String,
+    /// Channels, wildcard ones excluded.
+    pub(crate) channels: usize,
+    pub(crate) wildcard: usize,
+    /// Seconds since the dialect started.
+    pub(crate) uptime: u64,
+}
+
+/// The totals of the summarized reply.
+pub(crate) struct Summary {
+    /// Messages published on this node since start.
+    pub(crate) published: u64,
+    pub(crate) stored: usize,
+    /// Subscriptions on this node (a connection counts once per channel).
+    pub(crate) subscribers: usize,
+}
+
+impl PsState {
+    /// Every channel of the default app on this node.
+    pub(crate) fn all_channels(&self) -> Vec<ChannelInfo> {
+        self.app.engine.hub().channels(&self.app.default_app)
+    }
+
+    pub(crate) fn global(&self, all: &[ChannelInfo]) -> Global {
+        let wildcard = all
+            .iter()
+            .filter(|i| self.is_wildcard(i.key.name()))
+            .count();
+        Global {
+            hostname: self.hostname.clone(),
+            time: Utc::from_ms(herald_core::message::now_ms()).iso_seconds(),
+            channels: all.len() - wildcard,
+            wildcard,
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    pub(crate) fn summary(&self, all: &[ChannelInfo]) -> Summary {
+        Summary {
+            published: self
+                .app
+                .engine
+                .hub()
+                .stats()
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stored: all.iter().map(|i| i.stored).sum(),
+            subscribers: all.iter().map(|i| i.subscribers).sum(),
+        }
+    }
+}
+
+fn text_reply(fmt: Fmt, body: String) -> Response {
+    let mut res = Response::new(Body::from(body));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(fmt.content_type()),
+    );
+    no_cache(h);
+    res
+}
+
+/// The info of `infos`: one channel alone, several as a group, none 404.
+pub(crate) fn detailed(ps: &PsState, fmt: Fmt, infos: &[ChannelInfo]) -> Response {
+    match infos {
+        [] => header_only(StatusCode::NOT_FOUND, None),
+        [one] => text_reply(fmt, fmt.single(&Info::from(one))),
+        many => group(ps, fmt, many),
+    }
+}
+
+fn group(ps: &PsState, fmt: Fmt, infos: &[ChannelInfo]) -> Response {
+    let all = ps.all_channels();
+    let items: Vec<Info<'_>> = infos.iter().map(Info::from).collect();
+    text_reply(fmt, fmt.group(&ps.global(&all), &items))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StatsQuery {
+    id: Option<String>,
+}
+
+/// `GET /channels-stats[?id=…]`.
+pub(crate) async fn handle(
+    State(ps): State<PsState>,
+    method: Method,
+    Query(q): Query<StatsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if method != Method::GET {
+        return super::not_allowed("GET");
+    }
+    let mut res = answer(
+        &ps,
+        q.id.as_deref().unwrap_or(""),
+        Fmt::from_accept(&headers),
+    );
+    let h = res.headers_mut();
+    h.insert(
+        "x-nginx-pushstream-tag",
+        HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
+    h.insert(
+        "x-nginx-pushstream-commit",
+        HeaderValue::from_static("herald"),
+    );
+    res
+}
+
+fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Response {
+    let requested = parse_ids(id);
+    if requested.is_empty() {
+        let all = ps.all_channels();
+        return text_reply(fmt, fmt.summarized(&ps.global(&all), &ps.summary(&all)));
+    }
+    let hub = ps.app.engine.hub();
+    let mut infos = Vec::new();
+    for r in &requested {
+        if r.id.len() > MAX_CHANNEL_NAME_LEN {
+            return header_only(StatusCode::BAD_REQUEST, Some(TOO_LARGE));
+        }
+        if let Some((prefix, _)) = r.id.split_once('*') {
+            let all = ps.all_channels();
+            let matching: Vec<ChannelInfo> = all
+                .into_iter()
+                .filter(|i| i.key.name().starts_with(prefix))
+                .collect();
+            return group(ps, fmt, &matching);
+        }
+        if r.id == "ALL" {
+            return group(ps, fmt, &ps.all_channels());
+        }
+        if let Some(info) = ps
+            .app
+            .channel(&r.id)
+            .ok()
+            .and_then(|k| hub.channel_info(&k))
+        {
+            infos.push(info);
+        }
+    }
+    detailed(ps, fmt, &infos)
+}

@@ -1,0 +1,158 @@
+//! `/ws/…`: one text frame per message (the template), WS pings at
+//! `ping_interval`, client text frames published to the connection's
+//! channels when `websocket_allow_publish` is on. Refusals after the
+//! upgrade close with 1008 and `{"http_status": N, "explain":"…"}`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use herald_core::ChannelKey;
+use parking_lot::Mutex;
+
+use super::events::Presence;
+use super::format::{Kind, PsFormat};
+use super::request::{self, ControlArgs, Refusal};
+use super::{PsState, channels_path, header_only};
+use crate::config::ConnectionConfig;
+use crate::session::Session;
+use crate::transport::ws::{self, Reply, WsDialect};
+
+const NO_MANDATORY_HEADERS: &str = "Don't have at least one of the mandatory headers: Connection, Upgrade, Sec-WebSocket-Key and Sec-WebSocket-Version";
+const WRONG_VERSION: &str = "Version not supported. Supported versions: 13";
+/// The module's policy-violation close.
+const POLICY: u16 = 1008;
+
+/// `GET /ws/ch1.b3/ch2`.
+pub(crate) async fn ws(
+    State(ps): State<PsState>,
+    Query(args): Query<ControlArgs>,
+    req: Request,
+) -> Response {
+    if req.method() != Method::GET {
+        return super::not_allowed("GET");
+    }
+    let h = req.headers();
+    if [
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+    ]
+    .iter()
+    .any(|name| !h.contains_key(*name))
+    {
+        return header_only(StatusCode::BAD_REQUEST, Some(NO_MANDATORY_HEADERS));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut res = header_only(StatusCode::BAD_REQUEST, Some(WRONG_VERSION));
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return res;
+    }
+    let (format, deleted) = PsFormat::new(Kind::Text, ps.render.clone());
+    let mut session = Session::new(ps.app.clone(), format);
+    let mut presence = Presence::new(&ps);
+    let subscribed =
+        match request::subscription(&ps, channels_path(req.uri()), req.headers(), &args) {
+            Ok(sub) => request::subscribe(&ps, &mut session, &sub, &mut presence).await,
+            Err(r) => Err(r),
+        };
+    let dialect = PushStreamWs {
+        ps: ps.clone(),
+        refused: subscribed.err(),
+        deleted,
+        presence,
+    };
+    ws::upgrade(&ps.app, req, session, dialect)
+        .unwrap_or_else(|e| header_only(StatusCode::BAD_REQUEST, Some(&e.message)))
+}
+
+/// One push-stream WebSocket.
+struct PushStreamWs {
+    ps: PsState,
+    /// When set, the connection only closes with this refusal.
+    refused: Option<Refusal>,
+    /// Channels deleted under this connection, filled by its format.
+    deleted: Arc<Mutex<Vec<ChannelKey>>>,
+    /// Announces the unsubscriptions when the connection ends.
+    presence: Presence,
+}
+
+impl WsDialect for PushStreamWs {
+    fn greeting(&mut self) -> Reply {
+        if let Some(r) = self.refused.take() {
+            let reason = format!(
+                "{{\"http_status\": {}, \"explain\":\"{}\"}}",
+                r.status.as_u16(),
+                r.explain
+            );
+            return Reply::close(POLICY, reason);
+        }
+        let header = &self.ps.chunks.header;
+        if header.is_empty() {
+            Reply::default()
+        } else {
+            Reply::frame(header.clone())
+        }
+    }
+
+    fn heartbeat(&mut self) -> Result<Option<Bytes>, (u16, &'static str)> {
+        // A WS Ping frame; the module does not require pongs.
+        Ok(None)
+    }
+
+    fn reconnect_hint(&self) -> Option<Bytes> {
+        None
+    }
+
+    fn lifetime_close(&self) -> (u16, &'static str) {
+        (1000, "")
+    }
+
+    fn timing(&self) -> Option<ConnectionConfig> {
+        Some(super::timing(&self.ps.cfg))
+    }
+
+    async fn after_batch(&mut self, session: &mut Session) -> Option<(u16, Cow<'static, str>)> {
+        let gone: Vec<ChannelKey> = std::mem::take(&mut *self.deleted.lock());
+        if gone.is_empty() {
+            return None;
+        }
+        for key in &gone {
+            self.presence.left(key);
+        }
+        session.unsubscribe(&gone).await;
+        session
+            .channels()
+            .is_empty()
+            .then_some((1000, Cow::Borrowed("")))
+    }
+
+    async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
+        if !self.ps.cfg.websocket_allow_publish || text.is_empty() {
+            return Reply::default();
+        }
+        let keys: Vec<ChannelKey> = session
+            .channels()
+            .iter()
+            .filter(|k| !self.ps.is_events_channel(k.name()))
+            .cloned()
+            .collect();
+        for key in keys {
+            let publication = PsState::publication(text, None, None);
+            if let Err(e) = self.ps.app.engine.publish(&key, publication).await {
+                tracing::warn!(channel = %key, error = %e, "Push-stream WebSocket publish failed.");
+            }
+        }
+        Reply::default()
+    }
+}

@@ -1,0 +1,103 @@
+//! The push-stream routes in a real browser: `tests/browser/pushstream.mjs`
+//! drives headless Chromium (playwright-core) against this Herald, with
+//! short TTLs so every transport is forced to reconnect and resume.
+//!
+//! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
+//! `CHROMIUM=/path`); without them the test says so and passes, unless
+//! `HERALD_BROWSER_TESTS=required`. `npm ci` runs once into
+//! `tests/browser/node_modules`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+use tokio::process::Command;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+async fn succeeds(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{cmd:?} took longer than {limit:?}"))?
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{cmd:?} failed ({}):\n{text}", out.status))
+    }
+}
+
+/// What is missing to run the browser test, if anything.
+async fn missing() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("no Chromium at {chromium}"));
+    }
+    for tool in ["node", "npm"] {
+        if succeeds(Command::new(tool).arg("--version"), Duration::from_secs(30))
+            .await
+            .is_err()
+        {
+            return Some(format!("no {tool}"));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushstream_transports_in_chromium_resume_across_reconnects() {
+    if let Some(why) = missing().await {
+        assert!(
+            std::env::var("HERALD_BROWSER_TESTS").as_deref() != Ok("required"),
+            "browser test required but {why}"
+        );
+        eprintln!("SKIPPED: browser test ({why}; apt-get install -y chromium nodejs npm)");
+        return;
+    }
+    let dir = browser_dir();
+    if !dir.join("node_modules/playwright-core").exists() {
+        succeeds(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("npm ci: {e}"));
+    }
+    let server = TestServer::with(|c| {
+        let ps = &mut c.pushstream;
+        ps.subscriber_ttl = Duration::from_millis(1200);
+        ps.longpolling_ttl = Duration::from_millis(700);
+        ps.ping_interval = Duration::from_millis(500);
+        ps.max_messages_stored_per_channel = 200;
+    })
+    .await;
+    let out = succeeds(
+        Command::new("node")
+            .arg("pushstream.mjs")
+            .arg(server.http("/ps"))
+            .current_dir(&dir),
+        Duration::from_secs(150),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
