@@ -316,3 +316,105 @@ async fn pushca_and_native_connections_share_the_directory() {
     assert_eq!(reply["delivered"], 1);
     assert_eq!(next_text(&mut pushca).await, "from native");
 }
+
+/// Creates a key pair with openssl: (PKCS#8 private PEM, public PEM path).
+fn key_pair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    match kind {
+        "ec" => {
+            run(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "ec.pem",
+            ]);
+            run(&["pkey", "-in", "ec.pem", "-pubout", "-out", "ec.pub.pem"]);
+            (
+                std::fs::read(dir.join("ec.pem")).unwrap(),
+                dir.join("ec.pub.pem"),
+            )
+        }
+        _ => {
+            run(&[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "rsa.pem",
+            ]);
+            run(&["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub.pem"]);
+            (
+                std::fs::read(dir.join("rsa.pem")).unwrap(),
+                dir.join("rsa.pub.pem"),
+            )
+        }
+    }
+}
+
+#[tokio::test]
+async fn asymmetric_tokens_rs256_and_es256() {
+    let dir = std::env::temp_dir().join(format!("herald-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (kind, alg) in [
+        ("rsa", jsonwebtoken::Algorithm::RS256),
+        ("ec", jsonwebtoken::Algorithm::ES256),
+    ] {
+        let (private, public) = key_pair(&dir, kind);
+        let server = TestServer::with(|c| {
+            c.auth.algorithm = alg;
+            c.auth.public_key_path = Some(public.clone());
+        })
+        .await;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let key = match kind {
+            "ec" => jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
+        };
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &json!({"sub": "erin", "exp": exp}),
+            &key,
+        )
+        .unwrap();
+        let mut ws = server.ws(&format!("/ws?token={token}")).await;
+        let (status, reply) =
+            send(&server, json!({"filter": {"user": "erin"}, "data": kind})).await;
+        assert_eq!(
+            (status, reply["delivered"].as_u64()),
+            (200, Some(1)),
+            "{alg:?}"
+        );
+        assert_eq!(next_json(&mut ws).await["data"], kind);
+        // An HMAC token, even one keyed with the public key, is refused:
+        // only the configured algorithm counts.
+        let forged = jwt(
+            &String::from_utf8_lossy(&std::fs::read(&public).unwrap()),
+            "erin",
+            json!({}),
+            600,
+        );
+        let url = format!("ws://{}/ws?token={forged}", server.addr);
+        assert_eq!(refused(&url).await, 401, "{alg:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
