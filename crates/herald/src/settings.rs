@@ -20,8 +20,9 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Config, String> {
     let config: Config = figment
         .merge(
             Env::prefixed("HERALD_")
-                // `HERALD_CONFIG` names the file; it is not a setting.
-                .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                // Every setting lives in a section (`SECTION__KEY`); other
+                // `HERALD_` variables (`HERALD_CONFIG` names the file) are not settings.
+                .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         )
         .extract()

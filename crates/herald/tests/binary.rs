@@ -81,6 +81,8 @@ fn config_check_default_and_env_overrides() {
     let out = Command::new(HERALD)
         .args(["--config", file.to_str().unwrap(), "config", "check"])
         .env("HERALD_CONNECTION__HEARTBEAT", "7s")
+        // Not a setting (no section): ignored, not an error.
+        .env("HERALD_UNRELATED_FLAG", "1")
         .output()
         .unwrap();
     assert!(
