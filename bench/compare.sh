@@ -47,14 +47,14 @@ PORT_SOCKUDO=16001
 if [ "$quick" = 1 ]; then
   SUBS=1000; CHANNELS_MANY=100; RATE_LOW=10; RATE_MANY=100
   SUBS_HIGH=200; RATE_HIGH=100; SUBS_HIGHER=50; RATE_HIGHER=400
-  PAIRS_CLIENTS=200; IDLE_N=2000; CONNECT_N=2000
+  PAIRS_CLIENTS=200; PAIRS_RATE=1000; IDLE_N=2000; CONNECT_N=2000
   PHASE=10s; PAIRS_PHASE=10s; PROCS_BIG=1
 else
   SUBS=10000; CHANNELS_MANY=1000; RATE_LOW=10; RATE_MANY=1000
   # 10,000 subscribers at 100 msg/s would need 1M deliveries/s, beyond what one core of this
   # machine can receive; the higher rates use fewer subscribers (100k deliveries/s each).
   SUBS_HIGH=1000; RATE_HIGH=100; SUBS_HIGHER=100; RATE_HIGHER=1000
-  PAIRS_CLIENTS=1000; IDLE_N=19000; CONNECT_N=19000
+  PAIRS_CLIENTS=1000; PAIRS_RATE=2890; IDLE_N=19000; CONNECT_N=19000
   PHASE=20s; PAIRS_PHASE=60s; PROCS_BIG=2
 fi
 
@@ -172,6 +172,14 @@ for s in $servers; do
 done
 case " $servers " in *" herald "*)
   run pairs-ws herald ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE ;;
+esac
+# The same at the rate of the Pushca seed's published single-node WebSocket run (2,890 msg/s),
+# so latencies are compared at equal load rather than at each server's own maximum.
+for s in $servers; do
+  run pairs-http-r$PAIRS_RATE "$s" ws pairs --clients $PAIRS_CLIENTS --via http --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
+done
+case " $servers " in *" herald "*)
+  run pairs-ws-r$PAIRS_RATE herald ws pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE ;;
 esac
 for s in $servers; do
   run idle "$s" ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE

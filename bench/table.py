@@ -129,8 +129,10 @@ def main():
         any_report = next(iter(reps.values()))
         kind = any_report["scenario"]
         peer_reps = reps
-        if label == "pairs-ws" and "pairs-http" in runs:
-            peer_reps = dict(runs["pairs-http"], herald=reps.get("herald"))
+        http_label = label.replace("pairs-ws", "pairs-http")
+        via_ws = label.startswith("pairs-ws")
+        if via_ws and http_label in runs:
+            peer_reps = dict(runs[http_label], herald=reps.get("herald"))
         for fig, extract, better in FIGURES.get(kind, []):
             vals = {}
             for s in SERVERS:
@@ -142,7 +144,7 @@ def main():
             cells = []
             for s in SERVERS:
                 v = fmt(vals[s])
-                if label == "pairs-ws" and s != "herald" and vals[s] is not None:
+                if via_ws and s != "herald" and vals[s] is not None:
                     v += " (http)"
                 cells.append(v)
             r = ratio(vals["herald"], [vals[s] for s in SERVERS if s != "herald"], better)
