@@ -266,7 +266,7 @@ impl Default for LimitsConfig {
             max_channels_per_connection: 128,
             max_batch: 1000,
             outbox_bytes: 1024 * 1024,
-            ws_read_buffer: 4096,
+            ws_read_buffer: 2048,
         }
     }
 }

@@ -149,6 +149,19 @@ async fn websocket_publish_when_allowed() {
     let m = next_json(&mut sub).await;
     assert_eq!(m["data"], json!({"hi": true}));
     assert_eq!(m["event"], "chat");
+
+    // A frame many times the read buffer arrives whole.
+    let big = "x".repeat(40_000);
+    let r = command(
+        &mut publisher,
+        json!({"id": 2, "cmd": "publish", "channel": "room", "data": big}),
+    )
+    .await;
+    assert_eq!(r["result"]["subscribers"], 1, "{r}");
+    assert_eq!(
+        next_json(&mut sub).await["data"].as_str().map(str::len),
+        Some(40_000)
+    );
 }
 
 #[tokio::test]
