@@ -152,7 +152,7 @@ impl Worker {
                 self.cpu_at_measure = self_cpu_seconds();
                 if let Some(set) = &self.set {
                     set.include_confirmed();
-                    if let Some(cfg) = PairsConfig::share(&self.cli, self.plan.globals.len()) {
+                    if let Some(cfg) = PairsConfig::share(&self.cli) {
                         self.pairs = Some(tokio::spawn(pairs::dispatch(
                             cfg,
                             set.shared.clone(),

@@ -39,7 +39,7 @@ pub(crate) struct PairsConfig {
 
 impl PairsConfig {
     /// This worker's share, or `None` outside the pairs scenario.
-    pub(crate) fn share(cli: &Cli, _local_clients: usize) -> Option<Self> {
+    pub(crate) fn share(cli: &Cli) -> Option<Self> {
         let Scenario::Pairs {
             rate,
             concurrency,
