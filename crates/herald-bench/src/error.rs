@@ -9,8 +9,6 @@ pub(crate) enum BenchError {
     Io(#[from] std::io::Error),
     #[error("websocket: {0}")]
     Ws(Box<tungstenite::Error>),
-    #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
     #[error("http status {0}")]
     Status(u16),
     #[error("timed out while {0}")]

@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod conn;
 mod error;
+mod http;
 mod net;
 mod proc;
 mod report;

@@ -44,10 +44,6 @@ impl Endpoint {
         Ok(Endpoint { addr, authority })
     }
 
-    pub(crate) fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.authority)
-    }
-
     pub(crate) fn ws(&self, path: &str) -> String {
         format!("ws://{}{path}", self.authority)
     }
@@ -123,7 +119,6 @@ mod tests {
         assert!(Endpoint::parse("http://8.8.8.8:80").is_err());
         assert!(Endpoint::parse("https://127.0.0.1:80").is_err());
         let e = Endpoint::parse("http://127.0.0.1:8090/").expect("valid");
-        assert_eq!(e.http("/pub/a"), "http://127.0.0.1:8090/pub/a");
         assert_eq!(e.ws("/sub/a"), "ws://127.0.0.1:8090/sub/a");
     }
 

@@ -14,7 +14,7 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_EVENT: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk, with this many data bytes left.
@@ -114,7 +114,8 @@ impl SseStream {
     }
 }
 
-fn dechunk(raw: &mut BytesMut, body: &mut BytesMut, state: &mut Chunk) -> Result<()> {
+/// De-chunks what `raw` holds into `body` (chunked transfer coding, RFC 9112 §7.1).
+pub(crate) fn dechunk(raw: &mut BytesMut, body: &mut BytesMut, state: &mut Chunk) -> Result<()> {
     loop {
         match *state {
             Chunk::Size => {

@@ -1,8 +1,6 @@
 //! Herald native protocol: `/ws?channels=`, `/sse?channels=`, `POST /api/v1/publish`, and the
 //! `publish` command over a WebSocket.
 
-use crate::net::Endpoint;
-
 pub(crate) fn ws_path(channels: &[String]) -> String {
     format!("/ws?channels={}", channels.join(","))
 }
@@ -11,17 +9,13 @@ pub(crate) fn sse_path(channels: &[String]) -> String {
     format!("/sse?channels={}", channels.join(","))
 }
 
-/// `payload` is already JSON and channel names are generated from `[A-Za-z0-9_-]`, so the body
-/// is assembled without re-serialising the payload.
-pub(crate) fn publish(
-    http: &reqwest::Client,
-    ep: &Endpoint,
-    channel: &str,
-    payload: &str,
-) -> reqwest::RequestBuilder {
-    http.post(ep.http("/api/v1/publish"))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"channel":"{channel}","data":{payload}}}"#))
+/// `(path, body)` of the publish request. `payload` is already JSON and channel names are
+/// generated from `[A-Za-z0-9_-]`, so the body is assembled without re-serialising the payload.
+pub(crate) fn publish(channel: &str, payload: &str) -> (String, String) {
+    (
+        "/api/v1/publish".to_owned(),
+        format!(r#"{{"channel":"{channel}","data":{payload}}}"#),
+    )
 }
 
 pub(crate) fn ws_publish_frame(id: u64, channel: &str, payload: &str) -> String {

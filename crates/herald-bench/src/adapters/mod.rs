@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::conn::{Conn, ws_handshake};
 use crate::error::{BenchError, Result};
+use crate::http::HttpPool;
 use crate::net::{self, Endpoint};
 use crate::sse::SseStream;
 
@@ -45,8 +46,8 @@ impl Target {
 pub(crate) struct Adapter {
     pub(crate) target: Target,
     pub(crate) endpoint: Endpoint,
-    /// Pooled keep-alive HTTP client for publishing.
-    http: reqwest::Client,
+    /// Keep-alive HTTP connections for publishing.
+    http: HttpPool,
     /// Bound on a connection's TCP connect + handshake + subscription.
     connect_timeout: Duration,
 }
@@ -58,12 +59,7 @@ impl Adapter {
         connect_timeout: Duration,
         pool: usize,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()?;
+        let http = HttpPool::new(&endpoint, pool, Duration::from_secs(30));
         Ok(Adapter {
             target,
             endpoint,
@@ -111,23 +107,16 @@ impl Adapter {
 
     /// Publishes `payload` (a JSON object) to `channel` over HTTP; Ok only on a 2xx answer.
     pub(crate) async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
-        let request = match self.target {
-            Target::Herald | Target::HeraldSse => {
-                herald::publish(&self.http, &self.endpoint, channel, payload)
-            }
-            Target::Nchan | Target::NchanSse => {
-                nchan::publish(&self.http, &self.endpoint, channel, payload)
-            }
-            Target::Sockudo => sockudo::publish(&self.http, &self.endpoint, channel, payload)?,
+        let (path, body) = match self.target {
+            Target::Herald | Target::HeraldSse => herald::publish(channel, payload),
+            Target::Nchan | Target::NchanSse => nchan::publish(channel, payload),
+            Target::Sockudo => sockudo::publish(channel, payload),
         };
-        let response = request.send().await?;
-        let status = response.status();
-        // Read the body so the keep-alive connection goes back to the pool.
-        let _ = response.bytes().await?;
-        if status.is_success() {
+        let status = self.http.post(&path, &body).await?;
+        if (200..300).contains(&status) {
             Ok(())
         } else {
-            Err(BenchError::Status(status.as_u16()))
+            Err(BenchError::Status(status))
         }
     }
 

@@ -82,22 +82,15 @@ pub(crate) fn signed_query(method: &str, path: &str, body: &str, timestamp: u64)
     format!("{query}&auth_signature={signature}")
 }
 
-pub(crate) fn publish(
-    http: &reqwest::Client,
-    ep: &Endpoint,
-    channel: &str,
-    payload: &str,
-) -> Result<reqwest::RequestBuilder> {
+/// `(path with signed query, body)` of the REST publish request.
+pub(crate) fn publish(channel: &str, payload: &str) -> (String, String) {
     let path = format!("/apps/{APP_ID}/events");
     // Pusher event data is a string: the JSON payload travels escaped inside it.
     let body =
         serde_json::json!({"name": EVENT, "channels": [channel], "data": payload}).to_string();
     let timestamp = crate::token::now_ns() / 1_000_000_000;
     let query = signed_query("POST", &path, &body, timestamp);
-    Ok(http
-        .post(ep.http(&format!("{path}?{query}")))
-        .header("content-type", "application/json")
-        .body(body))
+    (format!("{path}?{query}"), body)
 }
 
 #[cfg(test)]
