@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the herald-bench JSON reports of one compare.sh run into a Markdown table.
 
-Usage: table.py RESULTS_DIR   (files named <scenario-label>.<server>.json)
+Usage: table.py RESULTS_DIR [--summary]   (files named <scenario-label>.<server>.json)
+--summary prints the condensed table of docs/benchmarks.md (two figures per cell).
 Each row is one figure; columns are the servers and Herald's ratio to the best peer
 (for "higher is better" figures a ratio above 1 means Herald is ahead; for "lower is better"
 figures a ratio below 1 means Herald is ahead).
@@ -103,6 +104,111 @@ def ratio(herald, peers, better):
     return f"{herald / best:.2f}×"
 
 
+def lat(key):
+    return lambda r: get(r, "latency_ms", key)
+
+
+def srv(key):
+    return lambda r: get(r, "server", key)
+
+
+# (label prefix, title, [(figure, better, [extractor, ...])])
+SUMMARY = [
+    ("fanout-1ch-10000sub-r10", "fanout 10,000 WS subs, 1 channel, 10 msg/s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+        ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+        ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+    ]),
+    ("fanout-1ch-1000sub-r100", "fanout 1,000 subs, 1 channel, 100 msg/s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+    ]),
+    ("fanout-1ch-100sub-r1000", "fanout 100 subs, 1 channel, 1,000 msg/s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+    ]),
+    ("fanout-1000ch-10000sub-r1000", "fanout 10,000 subs over 1,000 channels, 1,000 msg/s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+        ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+    ]),
+    ("fanout-sse-1ch-10000sub-r10", "fanout 10,000 SSE subs, 1 channel, 10 msg/s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+    ]),
+    ("pairs-http", "pairs, 1,000 clients, HTTP publish, unpaced (100 in flight), 60 s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/message", "lower", [per_delivery_us]),
+        ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
+    ]),
+    ("pairs-ws", "pairs, 1,000 clients, Herald WS publish, unpaced (100 in flight), 60 s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
+    ]),
+    ("pairs-http-r2890", "pairs, 1,000 clients, HTTP publish at 2,890 msg/s, 60 s", [
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+    ]),
+    ("pairs-ws-r2890", "pairs, 1,000 clients, Herald WS publish at 2,890 msg/s, 60 s", [
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+    ]),
+    ("idle", "idle, 19,000 WS connections", [
+        ("connections held", "higher", [lambda r: r["alive_at_end"]]),
+        ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
+        ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+    ]),
+    ("connect", "connect to 19,000 (200 at a time)", [
+        ("connections/s", "higher", [lambda r: r.get("connects_per_second")]),
+        ("connect p50 / p99 ms", "lower", [lambda r: get(r, "connect_latency_ms", "p50_ms"),
+                                           lambda r: get(r, "connect_latency_ms", "p99_ms")]),
+        ("errors", "lower", [lambda r: r["connection_errors"]]),
+        ("server CPU s", "lower", [srv("cpu_seconds")]),
+    ]),
+]
+
+
+def summary(runs):
+    print("| scenario | figure | better | " + " | ".join(SERVERS) + " | ratio |")
+    print("|---|---|---|" + "---|" * len(SERVERS) + "---|")
+    for label, title, figures in SUMMARY:
+        reps = dict(runs.get(label, {}))
+        via_ws = label.startswith("pairs-ws")
+        peers_from = runs.get(label.replace("pairs-ws", "pairs-http"), {}) if via_ws else reps
+        first = True
+        for fig, better, extractors in figures:
+            cells, ratios = [], []
+            vals = {}
+            for s in SERVERS:
+                r = reps.get(s) if s == "herald" else peers_from.get(s)
+                try:
+                    vals[s] = [e(r) if r else None for e in extractors]
+                except (KeyError, TypeError):
+                    vals[s] = [None] * len(extractors)
+                text = " / ".join(fmt(v) for v in vals[s])
+                if all(v is None for v in vals[s]):
+                    text = "n/a"
+                elif via_ws and s != "herald":
+                    text = "(HTTP) " + text
+                cells.append(text)
+            for i in range(len(extractors)):
+                ratios.append(ratio(vals["herald"][i], [vals[s][i] for s in SERVERS if s != "herald"], better))
+            name = title if first else ""
+            first = False
+            print(f"| {name} | {fig} | {better or ''} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
+
+
 def main():
     d = sys.argv[1]
     runs = {}
@@ -120,6 +226,9 @@ def main():
             runs[label] = {}
             order.append(label)
         runs[label][server] = report
+    if "--summary" in sys.argv[2:]:
+        summary(runs)
+        return
     key = lambda l: (["fanout", "pairs", "idle", "connect"].index(l.split("-")[0]), l)
     # pairs over Herald's WebSocket publish has no peer equivalent: compare with the peers' HTTP run.
     print("| scenario | figure | better | " + " | ".join(SERVERS) + " | Herald ÷ best peer |")
