@@ -120,6 +120,15 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Forgets `channel` on every other node too: its stored history and
+    /// position, and its subscribers there (who are told, as by
+    /// [`Hub::delete`](crate::hub::Hub::delete)). The local hub is handled by
+    /// the caller.
+    async fn delete(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        let _ = channel;
+        Ok(())
+    }
+
     /// Whether the broker can take publishes right now (readiness probe).
     fn is_ready(&self) -> bool;
 

@@ -223,6 +223,18 @@ impl Engine {
         }))
     }
 
+    /// Deletes `channel` everywhere: subscribers are told and dropped, history
+    /// and position are forgotten. Returns the subscribers it had (across the
+    /// cluster when the broker counts them), or `None` if it is unknown.
+    pub async fn delete(&self, channel: &ChannelKey) -> Result<Option<usize>, BrokerError> {
+        let Some(info) = self.channel_info(channel).await? else {
+            return Ok(None);
+        };
+        self.hub.delete(channel);
+        self.broker.delete(channel).await?;
+        Ok(Some(info.subscribers))
+    }
+
     /// Removes `outbox` from `channel`.
     pub async fn unsubscribe(&self, channel: &ChannelKey, outbox: &Outbox) {
         if self.hub.unsubscribe(channel, outbox.id()) {

@@ -22,6 +22,33 @@ use herald_core::{ChannelKey, Message, Publication};
 /// What starts every frame; bump it when the layout changes.
 const MAGIC: &[u8] = b"H1 ";
 
+/// What starts a channel-deleted notice: `"D1 " str16(app) str16(name)`.
+const DELETED: &[u8] = b"D1 ";
+
+/// The notice telling every node that `channel` was deleted.
+pub(crate) fn encode_deleted(channel: &ChannelKey) -> Result<Bytes, TooLong> {
+    let mut buf = BytesMut::with_capacity(8 + channel.app().len() + channel.name().len());
+    buf.put_slice(DELETED);
+    put_str16(&mut buf, channel.app(), "app")?;
+    put_str16(&mut buf, channel.name(), "channel name")?;
+    Ok(buf.freeze())
+}
+
+/// The channel a deleted notice names, if `payload` is one.
+pub(crate) fn decode_deleted(payload: &[u8]) -> Option<ChannelKey> {
+    let mut rest = payload.strip_prefix(DELETED)?;
+    let mut take = || {
+        let (len, tail) = rest.split_first_chunk::<2>()?;
+        let len = u16::from_be_bytes(*len) as usize;
+        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+        rest = tail;
+        std::str::from_utf8(s).ok().map(str::to_owned)
+    };
+    let app = take()?;
+    let name = take()?;
+    ChannelKey::new(&Arc::from(app), &name).ok()
+}
+
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {

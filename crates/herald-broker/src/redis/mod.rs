@@ -382,6 +382,25 @@ impl Broker for RedisBroker {
         true
     }
 
+    async fn delete(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.ready_publisher()?;
+        let notice =
+            codec::encode_deleted(channel).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(inner.keys.meta(channel))
+            .arg(inner.keys.history(channel))
+            .ignore()
+            .cmd(conn.publish_command())
+            .arg(inner.keys.pubsub(channel))
+            .arg(notice.as_ref())
+            .ignore();
+        bounded(inner.config.timeout(), pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|e| inner.failed(e))
+    }
+
     async fn channel_stats(
         &self,
         channel: &ChannelKey,

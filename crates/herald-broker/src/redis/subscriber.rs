@@ -290,6 +290,12 @@ pub(crate) async fn run_reader(
                     }
                     continue;
                 }
+                if let Some(channel) = codec::decode_deleted(&payload) {
+                    if inner.hub.delete(&channel).is_some() {
+                        debug!(%channel, "Channel deleted by another node.");
+                    }
+                    continue;
+                }
                 match codec::decode(payload) {
                     Ok(msg) => fanout.dispatch(msg),
                     Err(error) => warn!(%error, "Undecodable message dropped."),

@@ -73,8 +73,8 @@ pub(crate) async fn delete(
     let key = state.channel(&name)?;
     let subscribers = state
         .engine
-        .hub()
         .delete(&key)
+        .await?
         .ok_or_else(|| not_found(&name))?;
     tracing::info!(channel = %key, subscribers, "Channel deleted.");
     Ok(Json(json!({"deleted": true, "subscribers": subscribers})))
