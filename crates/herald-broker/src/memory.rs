@@ -3,11 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use herald_core::outbox::ConnId;
-use herald_core::{
-    Broker, BrokerError, ChannelKey, Directory, Filter, Hub, Publication, Published, SendOutcome,
-    Targeted,
-};
+use herald_core::{Broker, BrokerError, ChannelKey, Hub, Publication, Published};
 
 /// A broker for a single node: publishing is local fan-out.
 pub struct MemoryBroker {
@@ -37,21 +33,6 @@ impl Broker for MemoryBroker {
 
     async fn unsubscribe(&self, _channel: &ChannelKey) -> Result<(), BrokerError> {
         Ok(())
-    }
-
-    /// Every identity is on this node: the local directory is the whole truth.
-    async fn send(
-        &self,
-        local: &Directory,
-        filter: &Filter,
-        msg: Targeted,
-    ) -> Result<SendOutcome, BrokerError> {
-        Ok(local.deliver(filter, &msg))
-    }
-
-    /// Senders wait on this node too.
-    async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
-        Ok(local.ack_received(id, conn))
     }
 
     fn is_ready(&self) -> bool {
