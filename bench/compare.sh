@@ -130,7 +130,7 @@ run() {
   local target; target=$(target_for "$server" "$transport")
   [ -n "$target" ] || return 0
   if [ -n "$only" ] && ! grep -Eq "$only" <<<"$name"; then return 0; fi
-  echo "==> $name on $server ($(cut -d' ' -f1-3 /proc/loadavg) load)" >&2
+  echo "==> $name on $server ($(cut -d' ' -f1-3 /proc/loadavg) load)" | tee -a "$out/progress.log" >&2
   if ! start_server "$server"; then
     echo "    $server did not start; skipped" >&2
     stop_server
