@@ -28,6 +28,10 @@ pub(crate) struct Common {
     /// Server base URL (http://IP:PORT); must be a loopback address.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     pub(crate) url: String,
+    /// Where subscribers connect, when not `--url` (e.g. another node of a
+    /// cluster, so messages cross nodes); publishing always uses `--url`.
+    #[arg(long, global = true)]
+    pub(crate) subscribe_url: Option<String>,
     /// Length of the measured phase (publishing, holding). Accepts 10, 10s, 500ms, 2m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub(crate) duration: Duration,

@@ -51,9 +51,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn async_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let c = &cli.common;
     let endpoint = Endpoint::parse(&c.url)?;
+    let sub_endpoint = match &c.subscribe_url {
+        Some(url) => Endpoint::parse(url)?,
+        None => endpoint.clone(),
+    };
     let adapter = Arc::new(Adapter::new(
         c.target,
         endpoint,
+        sub_endpoint,
         c.connect_timeout,
         c.publish_concurrency.max(1),
     )?);

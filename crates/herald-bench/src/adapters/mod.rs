@@ -45,7 +45,8 @@ impl Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Adapter {
     pub(crate) target: Target,
-    pub(crate) endpoint: Endpoint,
+    /// Where subscribers connect (the publish endpoint unless told otherwise).
+    pub(crate) sub_endpoint: Endpoint,
     /// Keep-alive HTTP connections for publishing.
     http: HttpPool,
     /// Bound on a connection's TCP connect + handshake + subscription.
@@ -56,13 +57,14 @@ impl Adapter {
     pub(crate) fn new(
         target: Target,
         endpoint: Endpoint,
+        sub_endpoint: Endpoint,
         connect_timeout: Duration,
         pool: usize,
     ) -> Result<Self> {
         let http = HttpPool::new(&endpoint, pool, Duration::from_secs(30));
         Ok(Adapter {
             target,
-            endpoint,
+            sub_endpoint,
             http,
             connect_timeout,
         })
@@ -77,8 +79,8 @@ impl Adapter {
         source: Option<(Ipv4Addr, u16)>,
     ) -> Result<Conn> {
         let attempt = async {
-            let tcp = net::connect(self.endpoint.addr, source).await?;
-            let ep = &self.endpoint;
+            let tcp = net::connect(self.sub_endpoint.addr, source).await?;
+            let ep = &self.sub_endpoint;
             Ok(match self.target {
                 Target::Herald => Conn::Ws {
                     ws: Box::new(ws_handshake(tcp, &ep.ws(&herald::ws_path(channels))).await?),
