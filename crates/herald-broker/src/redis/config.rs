@@ -21,8 +21,13 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Password for `AUTH`, applied to every URL that carries none.
     pub password: Option<String>,
-    /// Use TLS (`rediss://`); needs the crate's `tls` feature.
+    /// Use TLS (`rediss://`), verified against the system's trust store or
+    /// `tls_ca_file`.
     pub tls: bool,
+    /// PEM certificate(s) of the CA that signed the Redis server's certificate,
+    /// trusted instead of the system store (private CAs). Single server only:
+    /// on a cluster, certificates must chain to the system trust store.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This node's name in subscriber counts and the node registry; unique per
     /// running process. Defaults to a random id.
     pub node_id: String,
@@ -57,6 +62,7 @@ impl Default for RedisConfig {
             key_prefix: "herald".to_owned(),
             password: None,
             tls: false,
+            tls_ca_file: None,
             node_id: random_node_id(),
             timeout_ms: 1_000,
             probe_interval_ms: 1_000,

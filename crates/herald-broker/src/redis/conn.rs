@@ -37,6 +37,7 @@ impl Conn {
     ) -> RedisResult<Self> {
         let timeout = config.timeout();
         let infos = connection_infos(config)?;
+        let certs = tls_certificates(config)?;
         let sender = push.map(|(tx, generation)| {
             move |info: PushInfo| tx.send((generation, info)).map_err(|_| ())
         });
@@ -45,6 +46,14 @@ impl Conn {
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(1);
+            if certs.is_some() {
+                // The cluster client takes a private CA only with rustls.
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "tls_ca_file works with a single Redis server; \
+                     a cluster's certificates must chain to the system trust store",
+                )));
+            }
             if let Some(sender) = sender {
                 builder = builder
                     .use_protocol(ProtocolVersion::RESP3)
@@ -68,7 +77,10 @@ impl Conn {
                 info = info.set_redis_settings(redis);
                 conn_config = conn_config.set_push_sender(sender);
             }
-            let client = Client::open(info)?;
+            let client = match certs {
+                Some(certs) => Client::build_with_tls(info, certs)?,
+                None => Client::open(info)?,
+            };
             let conn = client
                 .get_multiplexed_async_connection_with_config(&conn_config)
                 .await?;
@@ -171,6 +183,24 @@ pub(crate) async fn detect_cluster(config: &RedisConfig) -> RedisResult<bool> {
         .query_async(&mut conn)
         .await?;
     Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
+}
+
+/// The private CA to trust, when TLS is on and one is configured.
+fn tls_certificates(config: &RedisConfig) -> RedisResult<Option<redis::TlsCertificates>> {
+    let (true, Some(path)) = (config.tls, &config.tls_ca_file) else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "cannot read tls_ca_file",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
 }
 
 /// The configured URLs with password and TLS applied.
