@@ -540,3 +540,31 @@ async fn nodes_talk_to_redis_over_tls() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_authenticate_with_the_configured_password() {
+    let redis = RedisServer::start();
+    let set =
+        herald_testkit::redis::command(redis.port, &["CONFIG", "SET", "requirepass", "s3cret"]);
+    assert_eq!(set.as_deref(), Some("+OK"));
+    let urls = format!("[\"{}\"]", redis.url());
+    let env = [
+        ("HERALD_BROKER__KIND", "redis"),
+        ("HERALD_BROKER__REDIS__URLS", urls.as_str()),
+        ("HERALD_BROKER__REDIS__PASSWORD", "s3cret"),
+    ];
+    let a = Herald::start(&env);
+    let b = Herald::start(&env);
+    let mut sub = ws(&b, "/ws?channels=locked").await;
+    publish_ok(&a, "locked", json!(1)).await;
+    assert_eq!(next_json(&mut sub).await["data"], 1);
+    // Without the password a node cannot start.
+    let refused = std::process::Command::new(common::HERALD)
+        .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("HERALD_BROKER__KIND", "redis")
+        .env("HERALD_BROKER__REDIS__URLS", &urls)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot start"));
+}
