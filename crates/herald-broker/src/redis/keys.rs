@@ -14,6 +14,7 @@
 //! | `P:{app/name}:s`            | hash    | node id → `count:expires_ms`           |
 //! | `P:node:{id}`               | string  | node liveness, refreshed with a TTL    |
 //! | `P:node:{id}:direct`        | pub/sub | node-to-node messages                  |
+//! | `P:echo:{tag}:id`           | pub/sub | node `id`'s pub/sub self-checks        |
 
 use herald_core::ChannelKey;
 
@@ -76,6 +77,17 @@ impl Keys {
     /// The pub/sub channel node `id` listens on for direct messages.
     pub(crate) fn node_direct(&self, id: &str) -> String {
         self.node(id) + ":direct"
+    }
+
+    /// An echo channel of node `id`; `tag` picks its slot on a cluster.
+    pub(crate) fn echo(&self, id: &str, tag: u32) -> String {
+        format!("{}:echo:{{{tag}}}:{id}", self.prefix)
+    }
+
+    /// Whether `name` is an echo channel (of any node).
+    pub(crate) fn is_echo(&self, name: &[u8]) -> bool {
+        name.strip_prefix(self.prefix.as_bytes())
+            .is_some_and(|rest| rest.starts_with(b":echo:"))
     }
 }
 

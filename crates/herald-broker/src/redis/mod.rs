@@ -6,14 +6,16 @@
 //!   to history and broadcasts, atomically ([`script`]), in a compact frame
 //!   ([`codec`]) under per-channel hash-tagged names ([`keys`]).
 //! - Publishes report the cluster-wide subscriber count ([`counts`]).
-//! - A supervisor pings both connections, rebuilds them when Redis goes away
-//!   or a connection dies silently, and resubscribes every wanted channel
-//!   ([`session`]).
+//! - A supervisor checks both connections (a PING, and a message sent to
+//!   itself through every server: [`echo`]), rebuilds them when Redis goes
+//!   away or a connection dies silently, and resubscribes every wanted
+//!   channel ([`session`]).
 
 mod codec;
 mod config;
 mod conn;
 mod counts;
+mod echo;
 mod identity;
 mod keys;
 mod script;
@@ -96,6 +98,8 @@ pub(crate) struct Inner {
     node_handler: RwLock<Option<NodeHandler>>,
     /// Where the supervisor sends pushes of new subscriber connections.
     push_tx: conn::PushTx,
+    /// Echo round trips in flight.
+    echoes: echo::Echoes,
 }
 
 impl RedisBroker {
@@ -126,6 +130,7 @@ impl RedisBroker {
             },
             node_handler: RwLock::new(None),
             push_tx,
+            echoes: echo::Echoes::default(),
             config,
         });
         let fanout = subscriber::Fanout::start(&inner, inner.config.fanout_workers);

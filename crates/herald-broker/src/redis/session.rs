@@ -1,11 +1,13 @@
 //! Connection lifecycle: establishing a session, probing it, replacing it.
 //!
 //! A session is a pair of connections: one for publishes and reads, one that
-//! carries pub/sub (RESP3 pushes). The supervisor PINGs both every probe
-//! interval; a failed probe, a failed command, or the subscriber connection
-//! closing drops the session (the broker turns unready and publishes fail
-//! fast) and the supervisor builds a new one, resubscribes every wanted
-//! channel, and only then turns ready again. Because the wanted set lives
+//! carries pub/sub (RESP3 pushes). Every probe interval the supervisor PINGs
+//! the first and sends an echo through the second ([`super::echo`]); a
+//! failed probe, a failed command, or the subscriber connection closing
+//! drops the session (the broker turns unready and publishes fail fast) and
+//! the supervisor builds a new one, resubscribes every wanted channel,
+//! checks that an echo comes back through every server, and only then turns
+//! ready again. Because the wanted set lives
 //! here, not in the client library, a connection that died silently and was
 //! replaced gets exactly the same subscriptions back.
 
@@ -17,9 +19,9 @@ use herald_core::BrokerError;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::Inner;
 use super::conn::{Conn, bounded};
 use super::subscriber::{Op, sweep};
+use super::{Inner, echo};
 
 /// The live connections of one generation.
 #[derive(Clone)]
@@ -30,6 +32,8 @@ pub(crate) struct Session {
     pub(crate) publisher: Conn,
     /// Pub/sub subscriptions; pushes arrive on the broker's push queue.
     pub(crate) subscriber: Conn,
+    /// This node's echo channels, one per server of this session.
+    pub(crate) echo_channels: Arc<[String]>,
 }
 
 /// Builds a session, resubscribes what is wanted, and turns ready.
@@ -37,17 +41,19 @@ pub(crate) async fn establish(inner: &Inner) -> Result<(), BrokerError> {
     let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
     let config = &inner.config;
     let unavailable = |e: redis::RedisError| BrokerError::Unavailable(e.to_string());
-    let publisher = bounded(config.timeout(), Conn::open(config, inner.cluster, None))
+    let mut publisher = bounded(config.timeout(), Conn::open(config, inner.cluster, None))
         .await
         .map_err(unavailable)?;
+    let echo_channels: Arc<[String]> = echo::channels(inner, &mut publisher).await?.into();
     let push = Some((inner.push_tx.clone(), generation));
     let subscriber = bounded(config.timeout(), Conn::open(config, inner.cluster, push))
         .await
         .map_err(unavailable)?;
     *inner.session.write() = Some(Session {
         generation,
-        publisher,
+        publisher: publisher.clone(),
         subscriber,
+        echo_channels: echo_channels.clone(),
     });
     let (tx, rx) = oneshot::channel();
     let _ = inner.subs.ops.send(Op::Resync(tx));
@@ -57,6 +63,10 @@ pub(crate) async fn establish(inner: &Inner) -> Result<(), BrokerError> {
     };
     if let Err(e) = resynced {
         drop_session(inner, "resubscribe failed");
+        return Err(e);
+    }
+    if let Err(e) = echo::round_trip(inner, publisher, &echo_channels).await {
+        drop_session(inner, "pub/sub echo failed");
         return Err(e);
     }
     refresh_node_key(inner).await;
@@ -72,16 +82,16 @@ pub(crate) fn drop_session(inner: &Inner, why: &str) {
     }
 }
 
-/// PINGs both connections of the current session.
-async fn probe(inner: &Inner) -> Result<(), redis::RedisError> {
+/// PINGs the publishing connection and echoes through the subscriber one.
+async fn probe(inner: &Inner) -> Result<(), BrokerError> {
     let Some(session) = inner.session() else {
         return Ok(());
     };
-    let limit = inner.config.timeout();
-    let (mut p, mut s) = (session.publisher, session.subscriber);
-    bounded(limit, p.ping()).await?;
-    bounded(limit, s.ping()).await?;
-    Ok(())
+    let mut publisher = session.publisher.clone();
+    bounded(inner.config.timeout(), publisher.ping())
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    echo::round_trip(inner, publisher, &session.echo_channels).await
 }
 
 /// Marks this node alive for a few probe intervals.

@@ -127,8 +127,10 @@ async fn unsubscribe(inner: &Inner, names: &[String]) -> Result<(), BrokerError>
     Ok(())
 }
 
-/// Subscribes every wanted channel and the node's direct channel.
+/// Subscribes every wanted channel, the node's direct channel and the
+/// session's echo channels.
 async fn resync(inner: &Inner) -> Result<(), BrokerError> {
+    let echoes = inner.session().map(|s| s.echo_channels).unwrap_or_default();
     let mut names: Vec<String> = inner
         .subs
         .channels
@@ -137,6 +139,7 @@ async fn resync(inner: &Inner) -> Result<(), BrokerError> {
         .map(|k| inner.keys.pubsub(k))
         .collect();
     names.push(inner.keys.node_direct(&inner.config.node_id));
+    names.extend(echoes.iter().cloned());
     for chunk in names.chunks(BATCH) {
         subscribe(inner, chunk).await?;
     }
@@ -282,6 +285,10 @@ pub(crate) async fn run_reader(
                     warn!(?kind, "Pub/sub push without channel and payload.");
                     continue;
                 };
+                if inner.keys.is_echo(&name) {
+                    inner.echoes.received(&payload);
+                    continue;
+                }
                 let payload = Bytes::from(payload);
                 if name == direct.as_bytes() {
                     let handler = inner.node_handler.read().clone();
