@@ -120,6 +120,17 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Every channel of `app` known across the cluster (subscribed on some
+    /// node, or with a position in the broker) with its counts, for brokers
+    /// that know them; `None` leaves the answer to the local hub.
+    async fn channels(
+        &self,
+        app: &str,
+    ) -> Result<Option<Vec<(ChannelKey, ChannelStats)>>, BrokerError> {
+        let _ = app;
+        Ok(None)
+    }
+
     /// Forgets `channel` on every other node too: its stored history and
     /// position, and its subscribers there (who are told, as by
     /// [`Hub::delete`](crate::hub::Hub::delete)). The local hub is handled by

@@ -213,14 +213,30 @@ impl Engine {
         let Some(stats) = self.broker.channel_stats(channel).await? else {
             return Ok(self.hub.channel_info(channel));
         };
-        Ok(Some(ChannelInfo {
-            key: channel.clone(),
-            subscribers: stats.subscribers,
-            published: stats.position.offset,
-            next_offset: stats.position.offset + 1,
-            epoch: stats.position.epoch,
-            stored: stats.stored,
-        }))
+        Ok(Some(ChannelInfo::from_stats(channel.clone(), stats)))
+    }
+
+    /// Every channel of `app` with its counts, sorted by name: cluster-wide
+    /// when the broker knows the cluster, else this node's.
+    pub async fn channel_infos(&self, app: &str) -> Result<Vec<ChannelInfo>, BrokerError> {
+        let Some(listed) = self.broker.channels(app).await? else {
+            return Ok(self.hub.channels(app));
+        };
+        let mut infos: Vec<ChannelInfo> = listed
+            .into_iter()
+            .map(|(key, stats)| ChannelInfo::from_stats(key, stats))
+            .collect();
+        infos.sort_by(|a, b| a.key.cmp(&b.key));
+        // A channel subscribed here a moment ago may not be listed yet.
+        for local in self.hub.channels(app) {
+            if infos.binary_search_by(|i| i.key.cmp(&local.key)).is_err()
+                && let Some(info) = self.channel_info(&local.key).await?
+            {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(infos)
     }
 
     /// Deletes `channel` everywhere: subscribers are told and dropped, history

@@ -68,6 +68,20 @@ pub struct ChannelInfo {
     pub stored: usize,
 }
 
+impl ChannelInfo {
+    /// The info of a channel as a cluster broker counts it.
+    pub fn from_stats(key: ChannelKey, stats: crate::broker::ChannelStats) -> Self {
+        Self {
+            key,
+            subscribers: stats.subscribers,
+            published: stats.position.offset,
+            next_offset: stats.position.offset + 1,
+            epoch: stats.position.epoch,
+            stored: stats.stored,
+        }
+    }
+}
+
 /// What a subscribe did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribed {

@@ -135,6 +135,105 @@ async fn cross_node_fan_out_and_cluster_wide_counts() {
     }
 }
 
+async fn get_json(node: &Herald, path: &str) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .get(format!("http://{}{}", node.addr, path))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `path` on `node` until `done` holds for its JSON (counts settle
+/// within a second), within [`WAIT`].
+async fn get_until(node: &Herald, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = get_json(node, path).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: last answer {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_lists_stats_and_push_stream_delete_cover_the_cluster() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let mut on_b = ws(&n[1], "/ws?channels=hlist").await;
+    let mut on_c = ws(&n[2], "/ws?channels=hlist").await;
+    publish_ok(&n[0], "hlist", json!(1)).await;
+    publish_ok(&n[0], "hquiet", json!(2)).await;
+    publish_ok(&n[0], "hquiet", json!(3)).await;
+    for sub in [&mut on_b, &mut on_c] {
+        assert_eq!(next_json(sub).await["data"], json!(1));
+    }
+
+    // Node A has no subscriber and no local state of its own, yet lists both
+    // channels with the cluster's counts.
+    let listed = get_until(&n[0], "/api/v1/channels", |b| {
+        b["channels"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2 && c[0]["subscribers"] == 2)
+    })
+    .await;
+    let c = &listed["channels"];
+    assert_eq!(
+        (&c[0]["channel"], &c[0]["published"], &c[0]["stored"]),
+        (&json!("hlist"), &json!(1), &json!(1))
+    );
+    assert_eq!(
+        (&c[1]["channel"], &c[1]["subscribers"], &c[1]["published"]),
+        (&json!("hquiet"), &json!(0), &json!(2))
+    );
+    let (status, one) = get_json(&n[0], "/api/v1/channels/hlist").await;
+    assert_eq!((status, &one["subscribers"]), (200, &json!(2)));
+
+    // Push-stream's stats, on a node with none of the subscribers.
+    let ps = get_until(&n[0], "/ps/channels-stats?id=ALL", |_| true).await;
+    assert_eq!(ps["channels"], 2);
+    let summary = get_until(&n[0], "/ps/channels-stats", |_| true).await;
+    assert_eq!(
+        (
+            &summary["channels"],
+            &summary["subscribers"],
+            &summary["published_messages"]
+        ),
+        (&json!(2), &json!(2), &json!(3))
+    );
+
+    // Deleting through push-stream on A reaches the subscribers on B and C.
+    let res = reqwest::Client::new()
+        .delete(format!("http://{}/ps/pub?id=hlist", n[0].addr))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for sub in [&mut on_b, &mut on_c] {
+        let m = next_json(sub).await;
+        assert_eq!(
+            (&m["type"], &m["channel"]),
+            (&json!("deleted"), &json!("hlist"))
+        );
+    }
+    // Gone everywhere, once a count written just before the delete expires.
+    let deadline = Instant::now() + WAIT;
+    while get_json(&n[2], "/api/v1/channels/hlist").await.0 != 404 {
+        assert!(Instant::now() < deadline, "hlist still listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = get_until(&n[1], "/api/v1/channels", |_| true).await;
+    assert_eq!(listed["channels"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_of_a_dead_node_resumes_on_another() {
     let redis = RedisServer::start();
@@ -263,6 +362,22 @@ async fn redis_cluster_with_sharded_pubsub() {
     .unwrap();
     assert_eq!(next_json(&mut late).await["result"]["replayed"], 1);
     assert_eq!(next_json(&mut late).await["data"], "again");
+
+    // Listing scans every master.
+    let listed = get_until(&n[0], "/api/v1/channels", |b| {
+        b["channels"].as_array().is_some_and(|c| c.len() == 12)
+    })
+    .await;
+    let mut names: Vec<&str> = listed["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<&str> = channels.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(names, want);
 }
 
 /// A connection token for user `sub` with `labels`.

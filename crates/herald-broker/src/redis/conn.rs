@@ -8,7 +8,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
     RedisError, RedisFuture, RedisResult, Value,
@@ -138,6 +140,60 @@ impl Conn {
         }
     }
 
+    /// The slot ranges of a cluster's masters: `(first, last, (host, port))`.
+    pub(crate) async fn slot_ranges(&mut self) -> RedisResult<Vec<SlotRange>> {
+        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(self).await?;
+        parse_slot_ranges(&reply)
+    }
+
+    /// Every key matching `pattern`, on every master; at most `limit`.
+    pub(crate) async fn scan(&mut self, pattern: &str, limit: usize) -> RedisResult<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        let servers = match self {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(_) => {
+                let mut masters: Vec<_> = self
+                    .slot_ranges()
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, addr)| Some(addr))
+                    .collect();
+                masters.sort();
+                masters.dedup();
+                masters
+            }
+        };
+        for server in servers {
+            let mut cursor = 0u64;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = match (&mut *self, &server) {
+                    (Conn::Cluster(c), Some((host, port))) => {
+                        let at = SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        };
+                        c.route_command(cmd, RoutingInfo::SingleNode(at)).await?
+                    }
+                    (conn, _) => cmd.query_async(conn).await?,
+                };
+                let (next, batch): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 || keys.len() >= limit {
+                    break;
+                }
+            }
+        }
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
     /// The publish command that matches [`Conn::subscribe`].
     pub(crate) fn publish_command(&self) -> &'static str {
         match self {
@@ -173,6 +229,43 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// A range of cluster slots and the address of the master serving it.
+pub(crate) type SlotRange = (u16, u16, (String, u16));
+
+/// Reads a `CLUSTER SLOTS` reply.
+fn parse_slot_ranges(reply: &Value) -> RedisResult<Vec<SlotRange>> {
+    let bad = || {
+        RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected CLUSTER SLOTS reply",
+        ))
+    };
+    let Value::Array(ranges) = reply else {
+        return Err(bad());
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(fields) = range else {
+                return Err(bad());
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return Err(bad());
+            };
+            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+                (master.first(), master.get(1))
+            else {
+                return Err(bad());
+            };
+            let number = |v: i64| u16::try_from(v).map_err(|_| bad());
+            let host = String::from_utf8_lossy(host).into_owned();
+            Ok((number(*start)?, number(*end)?, (host, number(*port)?)))
+        })
+        .collect()
 }
 
 /// Whether the server at the first URL runs in cluster mode.
@@ -255,5 +348,35 @@ pub(crate) async fn bounded<T>(
             std::io::ErrorKind::TimedOut,
             "redis operation timed out",
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: i64, end: i64, port: i64) -> Value {
+        Value::Array(vec![
+            Value::Int(start),
+            Value::Int(end),
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn cluster_slots_reply_is_read() {
+        let reply = Value::Array(vec![range(0, 5460, 7000), range(5461, 10922, 7001)]);
+        let local = |port| ("127.0.0.1".to_owned(), port);
+        assert_eq!(
+            parse_slot_ranges(&reply).unwrap(),
+            vec![(0, 5460, local(7000)), (5461, 10922, local(7001))]
+        );
+        assert!(parse_slot_ranges(&Value::Int(1)).is_err());
+        assert!(parse_slot_ranges(&Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(parse_slot_ranges(&Value::Array(vec![range(0, 70000, 7000)])).is_err());
     }
 }

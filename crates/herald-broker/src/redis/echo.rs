@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_core::BrokerError;
 use parking_lot::Mutex;
-use redis::Value;
 use tokio::sync::oneshot;
 
 use super::Inner;
@@ -64,14 +63,11 @@ pub(crate) async fn channels(inner: &Inner, conn: &mut Conn) -> Result<Vec<Strin
     if !inner.cluster {
         return Ok(vec![inner.keys.echo(node, 0)]);
     }
-    let reply: Value = bounded(
-        inner.config.timeout(),
-        redis::cmd("CLUSTER").arg("SLOTS").query_async(conn),
-    )
-    .await
-    .map_err(|e| inner.failed(e))?;
-    let mut by_master: HashMap<String, Vec<(u16, u16)>> = HashMap::new();
-    for (start, end, master) in slot_ranges(&reply)? {
+    let ranges = bounded(inner.config.timeout(), conn.slot_ranges())
+        .await
+        .map_err(|e| inner.failed(e))?;
+    let mut by_master: HashMap<(String, u16), Vec<(u16, u16)>> = HashMap::new();
+    for (start, end, master) in ranges {
         by_master.entry(master).or_default().push((start, end));
     }
     let mut names = Vec::with_capacity(by_master.len());
@@ -85,36 +81,6 @@ pub(crate) async fn channels(inner: &Inner, conn: &mut Conn) -> Result<Vec<Strin
         }
     }
     Ok(names)
-}
-
-/// `(first slot, last slot, master address)` of each range in a
-/// `CLUSTER SLOTS` reply.
-fn slot_ranges(reply: &Value) -> Result<Vec<(u16, u16, String)>, BrokerError> {
-    let bad = || BrokerError::Protocol("redis: unexpected CLUSTER SLOTS reply".into());
-    let Value::Array(ranges) = reply else {
-        return Err(bad());
-    };
-    ranges
-        .iter()
-        .map(|range| {
-            let Value::Array(fields) = range else {
-                return Err(bad());
-            };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-                (fields.first(), fields.get(1), fields.get(2))
-            else {
-                return Err(bad());
-            };
-            let address = match (master.first(), master.get(1)) {
-                (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
-                    format!("{}:{port}", String::from_utf8_lossy(host))
-                }
-                _ => return Err(bad()),
-            };
-            let slot = |v: i64| u16::try_from(v).map_err(|_| bad());
-            Ok((slot(*start)?, slot(*end)?, address))
-        })
-        .collect()
 }
 
 /// Publishes a token on every echo channel of the session and waits, within
@@ -156,32 +122,6 @@ pub(crate) async fn round_trip(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(start: i64, end: i64, port: i64) -> Value {
-        Value::Array(vec![
-            Value::Int(start),
-            Value::Int(end),
-            Value::Array(vec![
-                Value::BulkString(b"127.0.0.1".to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ]),
-        ])
-    }
-
-    #[test]
-    fn cluster_slots_reply_is_read() {
-        let reply = Value::Array(vec![range(0, 5460, 7000), range(5461, 10922, 7001)]);
-        assert_eq!(
-            slot_ranges(&reply).unwrap(),
-            vec![
-                (0, 5460, "127.0.0.1:7000".to_owned()),
-                (5461, 10922, "127.0.0.1:7001".to_owned())
-            ]
-        );
-        assert!(slot_ranges(&Value::Int(1)).is_err());
-        assert!(slot_ranges(&Value::Array(vec![Value::Int(1)])).is_err());
-    }
 
     #[test]
     fn only_registered_tokens_complete() {

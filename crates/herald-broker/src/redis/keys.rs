@@ -16,6 +16,8 @@
 //! | `P:node:{id}:direct`        | pub/sub | node-to-node messages                  |
 //! | `P:echo:{tag}:id`           | pub/sub | node `id`'s pub/sub self-checks        |
 
+use std::sync::Arc;
+
 use herald_core::ChannelKey;
 
 /// Builds names under one prefix.
@@ -79,6 +81,28 @@ impl Keys {
         self.node(id) + ":direct"
     }
 
+    /// A `SCAN MATCH` pattern for the metadata and count hashes of `app`'s
+    /// channels: a channel has one or both while it has a position or
+    /// subscribers.
+    pub(crate) fn channel_pattern(&self, app: &str) -> String {
+        format!(
+            "{}:{{{}/*}}:[ms]",
+            glob_escape(&self.prefix),
+            glob_escape(app)
+        )
+    }
+
+    /// The channel a key from [`Keys::channel_pattern`] belongs to.
+    pub(crate) fn channel_of(&self, key: &[u8], app: &Arc<str>) -> Option<ChannelKey> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let rest = rest.strip_prefix(&**app)?.strip_prefix('/')?;
+        let name = rest
+            .strip_suffix("}:m")
+            .or_else(|| rest.strip_suffix("}:s"))?;
+        ChannelKey::new(app, name).ok()
+    }
+
     /// An echo channel of node `id`; `tag` picks its slot on a cluster.
     pub(crate) fn echo(&self, id: &str, tag: u32) -> String {
         format!("{}:echo:{{{tag}}}:{id}", self.prefix)
@@ -89,6 +113,18 @@ impl Keys {
         name.strip_prefix(self.prefix.as_bytes())
             .is_some_and(|rest| rest.starts_with(b":echo:"))
     }
+}
+
+/// `s` with Redis glob metacharacters escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag).
@@ -124,7 +160,6 @@ fn crc16(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn a_channels_names_share_one_slot() {
@@ -141,6 +176,20 @@ mod tests {
         .map(|k| slot(k.as_bytes()))
         .collect();
         assert!(slots.iter().all(|&s| s == slots[0]), "{slots:?}");
+    }
+
+    #[test]
+    fn listed_keys_map_back_to_channels() {
+        let keys = Keys::new("h*");
+        let app: Arc<str> = Arc::from("app");
+        let ch = ChannelKey::new(&app, "room:1").unwrap();
+        assert_eq!(keys.channel_pattern("app"), "h\\*:{app/*}:[ms]");
+        for key in [keys.meta(&ch), keys.subscribers(&ch)] {
+            assert_eq!(keys.channel_of(key.as_bytes(), &app), Some(ch.clone()));
+        }
+        assert_eq!(keys.channel_of(keys.history(&ch).as_bytes(), &app), None);
+        let other = Arc::from("ap");
+        assert_eq!(keys.channel_of(keys.meta(&ch).as_bytes(), &other), None);
     }
 
     #[test]

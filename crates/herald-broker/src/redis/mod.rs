@@ -48,6 +48,9 @@ use keys::Keys;
 use session::Session;
 use subscriber::{Op, Subscriptions, Want};
 
+/// Most channels a listing reads from Redis.
+const MAX_LISTED: usize = 100_000;
+
 /// A [`Broker`] over Redis or Redis Cluster.
 pub struct RedisBroker {
     /// State shared with the background tasks.
@@ -396,6 +399,7 @@ impl Broker for RedisBroker {
         pipe.cmd("DEL")
             .arg(inner.keys.meta(channel))
             .arg(inner.keys.history(channel))
+            .arg(inner.keys.subscribers(channel))
             .ignore()
             .cmd(conn.publish_command())
             .arg(inner.keys.pubsub(channel))
@@ -431,6 +435,37 @@ impl Broker for RedisBroker {
                 epoch: Arc::from(epoch),
             },
         }))
+    }
+
+    async fn channels(
+        &self,
+        app: &str,
+    ) -> Result<Option<Vec<(ChannelKey, ChannelStats)>>, BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.publisher_conn()?;
+        let keys = bounded(
+            inner.config.timeout() * 4,
+            conn.scan(&inner.keys.channel_pattern(app), MAX_LISTED),
+        )
+        .await
+        .map_err(|e| inner.failed(e))?;
+        let app: Arc<str> = Arc::from(app);
+        let mut channels: Vec<ChannelKey> = keys
+            .iter()
+            .filter_map(|k| inner.keys.channel_of(k, &app))
+            .collect();
+        channels.sort();
+        channels.dedup();
+        let mut listed = Vec::with_capacity(channels.len());
+        for chunk in channels.chunks(256) {
+            let stats = futures_util::future::join_all(chunk.iter().map(|k| self.channel_stats(k)));
+            for (key, stats) in chunk.iter().zip(stats.await) {
+                if let Some(stats) = stats? {
+                    listed.push((key.clone(), stats));
+                }
+            }
+        }
+        Ok(Some(listed))
     }
 
     async fn history(

@@ -29,21 +29,17 @@ fn not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no channel {name:?} on this node"),
+        format!("no channel {name:?}"),
     )
 }
 
-/// `GET /api/v1/channels`: every channel with subscribers or stored messages.
-#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels")))]
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
-    let channels: Vec<Value> = state
-        .engine
-        .hub()
-        .channels(&state.default_app)
-        .iter()
-        .map(info_json)
-        .collect();
-    Json(json!({"channels": channels}))
+/// `GET /api/v1/channels`: every channel with subscribers or stored
+/// messages, on any node of a cluster.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels"), (status = 503)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let infos = state.engine.channel_infos(&state.default_app).await?;
+    let channels: Vec<Value> = infos.iter().map(info_json).collect();
+    Ok(Json(json!({"channels": channels})))
 }
 
 /// `GET /api/v1/channels/{ch}`.
@@ -56,8 +52,8 @@ pub(crate) async fn get(
     let key = state.channel(&name)?;
     let info = state
         .engine
-        .hub()
         .channel_info(&key)
+        .await?
         .ok_or_else(|| not_found(&name))?;
     Ok(Json(info_json(&info)))
 }

@@ -93,7 +93,10 @@ struct GlobalResult {
 /// `GET /api/v1/stats/global`.
 pub(crate) async fn global_stats(State(state): State<ApiState>) -> Response {
     let ps = &state.ps;
-    let all = ps.all_channels();
+    let all = match ps.all_channels().await {
+        Ok(all) => all,
+        Err(res) => return res,
+    };
     let g = ps.global(&all);
     let s = ps.summary(&all);
     let stats = GlobalStats {
@@ -148,12 +151,12 @@ pub(crate) async fn channel_stats(
     Path(id): Path<String>,
 ) -> Response {
     let ps = &state.ps;
-    let info = ps
-        .app
-        .channel(&id)
-        .ok()
-        .and_then(|key| ps.app.engine.hub().channel_info(&key));
-    let Some(info) = info else {
+    let keys: Vec<_> = ps.app.channel(&id).into_iter().collect();
+    let infos = match ps.channel_infos(&keys).await {
+        Ok(infos) => infos,
+        Err(res) => return res,
+    };
+    let Some(info) = infos.into_iter().next() else {
         return error(StatusCode::NOT_FOUND, 200, "stats data not found");
     };
     let stats = ChannelStats {

@@ -78,10 +78,11 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
         }
     }
     let fmt = Fmt::from_accept(req.headers());
-    let hub = ps.app.engine.hub().clone();
     if method == Method::GET {
-        let infos: Vec<_> = keys.iter().filter_map(|k| hub.channel_info(k)).collect();
-        return stats::detailed(ps, fmt, &infos);
+        return match ps.channel_infos(&keys).await {
+            Ok(infos) => stats::detailed(ps, fmt, &infos).await,
+            Err(res) => res,
+        };
     }
     let event_id = header(req.headers(), "event-id").map(str::to_owned);
     let event_type = header(req.headers(), "event-type").map(str::to_owned);
@@ -90,7 +91,7 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
         Err(e) => return header_only(e.status, None),
     };
     if method == Method::DELETE {
-        return delete(ps, &keys, &body);
+        return delete(ps, &keys, &body).await;
     }
     if body.is_empty() {
         return header_only(StatusCode::BAD_REQUEST, Some(EMPTY_POST));
@@ -110,19 +111,23 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
     if !ps.cfg.channel_info_on_publish {
         return header_only(StatusCode::OK, None);
     }
-    let infos: Vec<_> = keys.iter().filter_map(|k| hub.channel_info(k)).collect();
+    let infos = match ps.channel_infos(&keys).await {
+        Ok(infos) => infos,
+        Err(res) => return res,
+    };
     if infos.is_empty() {
         // Nothing kept the channel (no history, no subscriber): report the
         // publish alone.
         return header_only(StatusCode::OK, None);
     }
-    stats::detailed(ps, fmt, &infos)
+    stats::detailed(ps, fmt, &infos).await
 }
 
 /// `DELETE /pub?id=…`: subscribers get the -2 message (the body, when
-/// given, replaces the configured text) and leave; 404 when no channel existed.
-fn delete(ps: &PsState, keys: &[ChannelKey], body: &[u8]) -> Response {
-    let hub = ps.app.engine.hub();
+/// given, replaces the configured text) and leave; 404 when no channel
+/// existed. On a cluster the channel goes on every node, whose subscribers
+/// get the configured text.
+async fn delete(ps: &PsState, keys: &[ChannelKey], body: &[u8]) -> Response {
     let mut deleted = 0;
     for key in keys {
         if !body.is_empty() {
@@ -131,8 +136,15 @@ fn delete(ps: &PsState, keys: &[ChannelKey], body: &[u8]) -> Response {
                 .lock()
                 .insert(key.clone(), String::from_utf8_lossy(body).into_owned());
         }
-        let subscribers = hub.delete(key);
+        let subscribers = ps.app.engine.delete(key).await;
         ps.render.deleting.lock().remove(key);
+        let subscribers = match subscribers {
+            Ok(subscribers) => subscribers,
+            Err(e) => {
+                tracing::warn!(channel = %key, error = %e, "Push-stream delete failed.");
+                return header_only(StatusCode::SERVICE_UNAVAILABLE, None);
+            }
+        };
         if let Some(subscribers) = subscribers {
             deleted += 1;
             tracing::info!(channel = %key, subscribers, "Push-stream channel deleted.");

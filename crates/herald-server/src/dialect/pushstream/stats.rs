@@ -10,8 +10,10 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use herald_core::ChannelInfo;
+use std::sync::atomic::Ordering;
+
 use herald_core::channel::MAX_CHANNEL_NAME_LEN;
+use herald_core::{BrokerError, ChannelInfo, ChannelKey};
 use serde::Deserialize;
 
 use super::request::{TOO_LARGE, parse_ids};
@@ -212,9 +214,33 @@ pub(crate) struct Summary {
 }
 
 impl PsState {
-    /// Every channel of the default app on this node.
-    pub(crate) fn all_channels(&self) -> Vec<ChannelInfo> {
-        self.app.engine.hub().channels(&self.app.default_app)
+    /// Every channel of the default app, cluster-wide on a cluster.
+    pub(crate) async fn all_channels(&self) -> Result<Vec<ChannelInfo>, Response> {
+        self.app
+            .engine
+            .channel_infos(&self.app.default_app)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The infos of those of `keys` that exist, cluster-wide on a cluster.
+    pub(crate) async fn channel_infos(
+        &self,
+        keys: &[ChannelKey],
+    ) -> Result<Vec<ChannelInfo>, Response> {
+        let mut infos = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(info) = self
+                .app
+                .engine
+                .channel_info(key)
+                .await
+                .map_err(unavailable)?
+            {
+                infos.push(info);
+            }
+        }
+        Ok(infos)
     }
 
     pub(crate) fn global(&self, all: &[ChannelInfo]) -> Global {
@@ -232,14 +258,14 @@ impl PsState {
     }
 
     pub(crate) fn summary(&self, all: &[ChannelInfo]) -> Summary {
+        let engine = &self.app.engine;
         Summary {
-            published: self
-                .app
-                .engine
-                .hub()
-                .stats()
-                .published
-                .load(std::sync::atomic::Ordering::Relaxed),
+            // A cluster has no shared counter: count what its channels hold.
+            published: if engine.broker().keeps_history() {
+                all.iter().map(|i| i.published).sum()
+            } else {
+                engine.hub().stats().published.load(Ordering::Relaxed)
+            },
             stored: all.iter().map(|i| i.stored).sum(),
             subscribers: all.iter().map(|i| i.subscribers).sum(),
         }
@@ -257,19 +283,27 @@ fn text_reply(fmt: Fmt, body: String) -> Response {
     res
 }
 
+/// The broker could not be asked.
+fn unavailable(e: BrokerError) -> Response {
+    tracing::warn!(error = %e, "Push-stream stats unavailable.");
+    header_only(StatusCode::SERVICE_UNAVAILABLE, None)
+}
+
 /// The info of `infos`: one channel alone, several as a group, none 404.
-pub(crate) fn detailed(ps: &PsState, fmt: Fmt, infos: &[ChannelInfo]) -> Response {
+pub(crate) async fn detailed(ps: &PsState, fmt: Fmt, infos: &[ChannelInfo]) -> Response {
     match infos {
         [] => header_only(StatusCode::NOT_FOUND, None),
         [one] => text_reply(fmt, fmt.single(&Info::from(one))),
-        many => group(ps, fmt, many),
+        many => match ps.all_channels().await {
+            Ok(all) => group(ps, fmt, &all, many),
+            Err(res) => res,
+        },
     }
 }
 
-fn group(ps: &PsState, fmt: Fmt, infos: &[ChannelInfo]) -> Response {
-    let all = ps.all_channels();
+fn group(ps: &PsState, fmt: Fmt, all: &[ChannelInfo], infos: &[ChannelInfo]) -> Response {
     let items: Vec<Info<'_>> = infos.iter().map(Info::from).collect();
-    text_reply(fmt, fmt.group(&ps.global(&all), &items))
+    text_reply(fmt, fmt.group(&ps.global(all), &items))
 }
 
 #[derive(Deserialize)]
@@ -287,11 +321,10 @@ pub(crate) async fn handle(
     if method != Method::GET {
         return super::not_allowed("GET");
     }
-    let mut res = answer(
-        &ps,
-        q.id.as_deref().unwrap_or(""),
-        Fmt::from_accept(&headers),
-    );
+    let id = q.id.as_deref().unwrap_or("");
+    let mut res = match answer(&ps, id, Fmt::from_accept(&headers)).await {
+        Ok(res) | Err(res) => res,
+    };
     let h = res.headers_mut();
     h.insert(
         "x-nginx-pushstream-tag",
@@ -304,37 +337,35 @@ pub(crate) async fn handle(
     res
 }
 
-fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Response {
+async fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Result<Response, Response> {
     let requested = parse_ids(id);
     if requested.is_empty() {
-        let all = ps.all_channels();
-        return text_reply(fmt, fmt.summarized(&ps.global(&all), &ps.summary(&all)));
+        let all = ps.all_channels().await?;
+        let body = fmt.summarized(&ps.global(&all), &ps.summary(&all));
+        return Ok(text_reply(fmt, body));
     }
-    let hub = ps.app.engine.hub();
-    let mut infos = Vec::new();
+    let mut keys = Vec::new();
     for r in &requested {
         if r.id.len() > MAX_CHANNEL_NAME_LEN {
-            return header_only(StatusCode::BAD_REQUEST, Some(TOO_LARGE));
+            return Ok(header_only(StatusCode::BAD_REQUEST, Some(TOO_LARGE)));
         }
-        if let Some((prefix, _)) = r.id.split_once('*') {
-            let all = ps.all_channels();
+        let prefix = match r.id.split_once('*') {
+            Some((prefix, _)) => Some(prefix),
+            None => (r.id == "ALL").then_some(""),
+        };
+        if let Some(prefix) = prefix {
+            let all = ps.all_channels().await?;
             let matching: Vec<ChannelInfo> = all
-                .into_iter()
+                .iter()
                 .filter(|i| i.key.name().starts_with(prefix))
+                .cloned()
                 .collect();
-            return group(ps, fmt, &matching);
+            return Ok(group(ps, fmt, &all, &matching));
         }
-        if r.id == "ALL" {
-            return group(ps, fmt, &ps.all_channels());
-        }
-        if let Some(info) = ps
-            .app
-            .channel(&r.id)
-            .ok()
-            .and_then(|k| hub.channel_info(&k))
-        {
-            infos.push(info);
+        if let Ok(key) = ps.app.channel(&r.id) {
+            keys.push(key);
         }
     }
-    detailed(ps, fmt, &infos)
+    let infos = ps.channel_infos(&keys).await?;
+    Ok(detailed(ps, fmt, &infos).await)
 }
