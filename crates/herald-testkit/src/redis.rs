@@ -157,19 +157,24 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// Starts the cluster with `extra(i)` added to server `i`'s arguments.
+    pub fn start_with(extra: impl Fn(usize) -> Vec<String>) -> Self {
         let servers: Vec<RedisServer> = (0..3)
             .map(|i| {
-                RedisServer::start_with(
-                    free_port(),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &format!("nodes-{i}.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                )
+                let mut args = vec![
+                    "--cluster-enabled".to_owned(),
+                    "yes".to_owned(),
+                    "--cluster-config-file".to_owned(),
+                    format!("nodes-{i}.conf"),
+                    "--cluster-node-timeout".to_owned(),
+                    "2000".to_owned(),
+                ];
+                args.extend(extra(i));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                RedisServer::start_with(free_port(), &args)
             })
             .collect();
         let addrs: Vec<String> = servers

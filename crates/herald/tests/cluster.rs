@@ -657,6 +657,63 @@ async fn nodes_talk_to_redis_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_to_a_redis_cluster_over_tls_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("herald-ctls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tls_files(&dir);
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let tls_ports: Vec<u16> = (0..3).map(|_| herald_testkit::redis::free_port()).collect();
+    // Clients and the cluster bus speak TLS; the plain ports only serve the
+    // test harness (cluster creation, readiness checks).
+    let cluster = RedisCluster::start_with(|i| {
+        [
+            "--tls-port",
+            &tls_ports[i].to_string(),
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    });
+    let urls: Vec<String> = tls_ports
+        .iter()
+        .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+        .collect();
+    let env = [
+        ("HERALD_BROKER__KIND", "redis".to_owned()),
+        (
+            "HERALD_BROKER__REDIS__URLS",
+            format!("[{}]", urls.join(",")),
+        ),
+        ("HERALD_BROKER__REDIS__TLS", "true".to_owned()),
+        ("HERALD_BROKER__REDIS__TLS_CA_FILE", path("ca.pem")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Herald::start(&env);
+    let b = Herald::start(&env);
+    // Channels on every master.
+    for i in 0..6 {
+        let ch = format!("secure{i}");
+        let mut sub = ws(&b, &format!("/ws?channels={ch}")).await;
+        let p = publish_ok(&a, &ch, json!(ch)).await;
+        let m = next_json(&mut sub).await;
+        assert_eq!(
+            (m["data"].as_str(), m["offset"].clone()),
+            (Some(ch.as_str()), p["offset"].clone())
+        );
+    }
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_authenticate_with_the_configured_password() {
     let redis = RedisServer::start();
     let set =

@@ -24,9 +24,8 @@ pub struct RedisConfig {
     /// Use TLS (`rediss://`), verified against the system's trust store or
     /// `tls_ca_file`.
     pub tls: bool,
-    /// PEM certificate(s) of the CA that signed the Redis server's certificate,
-    /// trusted instead of the system store (private CAs). Single server only:
-    /// on a cluster, certificates must chain to the system trust store.
+    /// PEM certificate(s) of the CA that signed the Redis servers'
+    /// certificates, trusted instead of the system store (private CAs).
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// This node's name in subscriber counts and the node registry; unique per
     /// running process. Defaults to a random id.

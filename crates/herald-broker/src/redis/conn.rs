@@ -48,13 +48,8 @@ impl Conn {
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(1);
-            if certs.is_some() {
-                // The cluster client takes a private CA only with rustls.
-                return Err(RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "tls_ca_file works with a single Redis server; \
-                     a cluster's certificates must chain to the system trust store",
-                )));
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
             }
             if let Some(sender) = sender {
                 builder = builder
@@ -280,7 +275,13 @@ pub(crate) async fn detect_cluster(config: &RedisConfig) -> RedisResult<bool> {
 
 /// The private CA to trust, when TLS is on and one is configured.
 fn tls_certificates(config: &RedisConfig) -> RedisResult<Option<redis::TlsCertificates>> {
-    let (true, Some(path)) = (config.tls, &config.tls_ca_file) else {
+    if !config.tls {
+        return Ok(None);
+    }
+    // rustls needs a process-wide crypto provider; an error only means one is
+    // installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(path) = &config.tls_ca_file else {
         return Ok(None);
     };
     let pem = std::fs::read(path).map_err(|e| {
