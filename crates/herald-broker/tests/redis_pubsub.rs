@@ -278,3 +278,92 @@ async fn many_concurrent_subscribes_are_batched_and_all_work() {
         assert_eq!(got[0].offset, p.offset);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_leases_are_shared_and_expire_in_redis_time() {
+    use herald_core::Record;
+    let redis = RedisServer::start();
+    let a = Node::start(config(vec![redis.url()])).await;
+    let b = Node::start(config(vec![redis.url()])).await;
+    let record = |id: &str, created_ms: u64| Record {
+        id: id.into(),
+        value: format!("value of {id}: with colons").into(),
+        created_ms,
+    };
+    let (a, b) = (&a.broker, &b.broker);
+
+    assert!(
+        a.create_record("k", record("late", 20), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.create_record("k", record("early", 10), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.create_record("k", record("late", 30), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.create_record("other", record("late", 1), None)
+            .await
+            .unwrap()
+    );
+    let short = Some(Duration::from_millis(200));
+    assert!(
+        a.create_record("k", record("brief", 5), short)
+            .await
+            .unwrap()
+    );
+
+    let got = b.record("k", "late").await.unwrap().unwrap();
+    assert_eq!(
+        (got.created_ms, &got.value[..]),
+        (20, &b"value of late: with colons"[..])
+    );
+    let ids = |records: Vec<Record>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(a.records("k").await.unwrap()),
+        ["brief", "early", "late"]
+    );
+
+    // "brief" expires by Redis' clock, then a new one may take its id.
+    let mut expired = false;
+    for _ in 0..50 {
+        if b.record("k", "brief").await.unwrap().is_none() {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(expired, "brief never expired");
+    assert_eq!(ids(b.records("k").await.unwrap()), ["early", "late"]);
+    assert!(
+        b.create_record("k", record("brief", 6), None)
+            .await
+            .unwrap()
+    );
+
+    assert!(b.delete_record("k", "late").await.unwrap());
+    assert!(!a.delete_record("k", "late").await.unwrap());
+    assert_eq!(a.record("k", "late").await.unwrap(), None);
+
+    // One holder per lease until it lapses.
+    let lease = Duration::from_millis(300);
+    assert!(a.lease("job", lease).await.unwrap());
+    assert!(!b.lease("job", lease).await.unwrap());
+    assert!(b.lease("other-job", lease).await.unwrap());
+    let mut taken = false;
+    for _ in 0..50 {
+        if b.lease("job", lease).await.unwrap() {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(taken, "the lease never lapsed");
+    assert!(!a.lease("job", lease).await.unwrap());
+}

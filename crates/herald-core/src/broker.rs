@@ -1,9 +1,10 @@
 //! The boundary between nodes: a broker carries messages to every node that
 //! has subscribers, and sequences each channel.
 
-use async_trait::async_trait;
-
 use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
 
 use crate::channel::ChannelKey;
 use crate::history::Position;
@@ -11,6 +12,7 @@ use crate::hub::Published;
 use crate::identity::{Directory, Filter, SendOutcome, Targeted};
 use crate::message::{Message, Publication};
 use crate::outbox::ConnId;
+use crate::records::Record;
 
 /// One channel's counts across every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +142,51 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stores `record` under `kind` unless a live record has its id, to expire
+    /// after `ttl` (`None`: never). Returns whether it was stored.
+    async fn create_record(
+        &self,
+        kind: &str,
+        record: Record,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BrokerError> {
+        let _ = (kind, record, ttl);
+        Err(no_records())
+    }
+
+    /// The live record `id` of `kind`.
+    async fn record(&self, kind: &str, id: &str) -> Result<Option<Record>, BrokerError> {
+        let _ = (kind, id);
+        Err(no_records())
+    }
+
+    /// Every live record of `kind`, oldest first.
+    async fn records(&self, kind: &str) -> Result<Vec<Record>, BrokerError> {
+        let _ = kind;
+        Err(no_records())
+    }
+
+    /// Removes the live record `id` of `kind`. Returns whether there was one.
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, BrokerError> {
+        let _ = (kind, id);
+        Err(no_records())
+    }
+
+    /// Takes the cluster-wide lease `name` for `ttl` unless another holder
+    /// has it: lets one node of many run a periodic job. Returns whether
+    /// this node took it.
+    async fn lease(&self, name: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        let _ = (name, ttl);
+        Err(no_records())
+    }
+
     /// Whether the broker can take publishes right now (readiness probe).
     fn is_ready(&self) -> bool;
 
     /// A short name for logs and metrics ("memory", "redis").
     fn name(&self) -> &'static str;
+}
+
+fn no_records() -> BrokerError {
+    BrokerError::Protocol("this broker keeps no records".into())
 }

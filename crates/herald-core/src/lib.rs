@@ -8,6 +8,8 @@
 //!   targeted delivery and acknowledgements.
 //! - [`history`]: stored messages per channel and resume points.
 //! - [`broker`]: the trait that links nodes.
+//! - [`records`]: small shared records with an expiry (compatibility APIs'
+//!   state).
 //! - [`engine`]: hub + broker, the API transports call.
 //! - [`stats`]: counters for metrics.
 //!
@@ -21,6 +23,7 @@ pub mod hub;
 pub mod identity;
 pub mod message;
 pub mod outbox;
+pub mod records;
 pub mod stats;
 
 pub use broker::{Broker, BrokerError, ChannelStats, StoredPage};
@@ -31,3 +34,4 @@ pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
 pub use identity::{Directory, Filter, Identity, SendOutcome, TargetFormat, Targeted};
 pub use message::{Format, Message, Publication};
 pub use outbox::{Closed, ConnId, Frame, Outbox, Pushed};
+pub use records::Record;

@@ -234,6 +234,43 @@ async fn channel_lists_stats_and_push_stream_delete_cover_the_cluster() {
     assert_eq!(listed["channels"].as_array().unwrap().len(), 1);
 }
 
+/// A push-api request with its default credentials.
+async fn push_api(node: &Herald, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .request(
+            method,
+            format!("http://{}/push-api/api/v1{path}", node.addr),
+        )
+        .basic_auth("app", Some("abc123"))
+        .body(body.to_owned())
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_api_channel_records_are_shared_by_every_node() {
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let (status, _) = push_api(&n[0], Method::POST, "/channels", r#"{"id":"rec","ttl":0}"#).await;
+    assert_eq!(status, 201);
+    let (status, listed) = push_api(&n[1], Method::GET, "/channels", "").await;
+    assert_eq!(
+        (status, &listed[0]["id"], &listed[0]["ttl"]),
+        (200, &json!("rec"), &json!(0))
+    );
+    let (status, dup) = push_api(&n[2], Method::POST, "/channels", r#"{"id":"rec","ttl":9}"#).await;
+    assert_eq!((status, &dup["code"]), (400, &json!(11)));
+    let (status, _) = push_api(&n[2], Method::DELETE, "/channels/rec", "").await;
+    assert_eq!(status, 204);
+    let (status, gone) = push_api(&n[0], Method::GET, "/channels/rec", "").await;
+    assert_eq!((status, &gone["code"]), (404, &json!(20)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_of_a_dead_node_resumes_on_another() {
     let redis = RedisServer::start();

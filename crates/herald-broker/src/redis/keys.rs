@@ -15,6 +15,8 @@
 //! | `P:node:{id}`               | string  | node liveness, refreshed with a TTL    |
 //! | `P:node:{id}:direct`        | pub/sub | node-to-node messages                  |
 //! | `P:echo:{tag}:id`           | pub/sub | node `id`'s pub/sub self-checks        |
+//! | `P:{rec:kind}`              | hash    | shared records of one kind             |
+//! | `P:lease:{name}`            | string  | a lease's holder, with a TTL           |
 
 use std::sync::Arc;
 
@@ -101,6 +103,16 @@ impl Keys {
             .strip_suffix("}:m")
             .or_else(|| rest.strip_suffix("}:s"))?;
         ChannelKey::new(app, name).ok()
+    }
+
+    /// The hash holding the records of `kind`.
+    pub(crate) fn records(&self, kind: &str) -> String {
+        format!("{}:{{rec:{kind}}}", self.prefix)
+    }
+
+    /// The key holding lease `name`.
+    pub(crate) fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{{{name}}}", self.prefix)
     }
 
     /// An echo channel of node `id`; `tag` picks its slot on a cluster.

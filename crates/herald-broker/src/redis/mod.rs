@@ -18,20 +18,21 @@ mod counts;
 mod echo;
 mod identity;
 mod keys;
+mod records;
 mod script;
 mod session;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::identity::{Directory, Filter, SendOutcome, Targeted};
 use herald_core::{
     Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, Publication,
-    Published, StoredPage,
+    Published, Record, StoredPage,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
@@ -482,6 +483,31 @@ impl Broker for RedisBroker {
                 epoch: page.epoch,
             },
         })
+    }
+
+    async fn create_record(
+        &self,
+        kind: &str,
+        record: Record,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BrokerError> {
+        records::create(&self.inner, kind, record, ttl).await
+    }
+
+    async fn record(&self, kind: &str, id: &str) -> Result<Option<Record>, BrokerError> {
+        records::get(&self.inner, kind, id).await
+    }
+
+    async fn records(&self, kind: &str) -> Result<Vec<Record>, BrokerError> {
+        records::list(&self.inner, kind).await
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, BrokerError> {
+        records::delete(&self.inner, kind, id).await
+    }
+
+    async fn lease(&self, name: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        records::lease(&self.inner, name, ttl).await
     }
 
     fn is_ready(&self) -> bool {

@@ -1,71 +1,28 @@
 //! `/api/v1/channels`: push-api's channel records (`{"id","ttl","created"}`,
 //! gone after `ttl` seconds; kept when `ttl` is 0), and its persistent-
 //! channels worker, which publishes `ping` to every record periodically.
+//! The records live in the broker, so every node of a cluster shares them.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use parking_lot::Mutex;
+use herald_core::{BrokerError, Record};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiState, error, gin_json, messages};
 use crate::dialect::utc::Utc;
 
 /// A channel as push-api stores and returns it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Channel {
     pub(crate) id: String,
     /// Seconds, as given (push-api keeps Go's `time.Duration` count).
     pub(crate) ttl: i64,
     /// RFC 3339 UTC creation time.
     pub(crate) created: String,
-}
-
-/// One stored record.
-struct Record {
-    channel: Channel,
-    /// Creation order, for listing.
-    created_ns: u128,
-    /// When the record expires; `None` keeps it.
-    expires: Option<Instant>,
-}
-
-/// The records, by id.
-#[derive(Default)]
-pub(crate) struct Store {
-    /// Held only for map operations.
-    records: Mutex<HashMap<String, Record>>,
-}
-
-impl Store {
-    /// The live records, oldest first; expired ones are dropped.
-    pub(crate) fn live(&self) -> Vec<Channel> {
-        let now = Instant::now();
-        let mut records = self.records.lock();
-        records.retain(|_, r| r.expires.is_none_or(|t| t > now));
-        let mut all: Vec<(u128, Channel)> = records
-            .values()
-            .map(|r| (r.created_ns, r.channel.clone()))
-            .collect();
-        all.sort_by_key(|(ns, _)| *ns);
-        all.into_iter().map(|(_, c)| c).collect()
-    }
-
-    fn get(&self, id: &str) -> Option<Channel> {
-        let mut records = self.records.lock();
-        match records.get(id) {
-            Some(r) if r.expires.is_some_and(|t| t <= Instant::now()) => {
-                records.remove(id);
-                None
-            }
-            Some(r) => Some(r.channel.clone()),
-            None => None,
-        }
-    }
 }
 
 /// The create body; fields of the wrong type fail as Go's decoder does.
@@ -75,20 +32,36 @@ struct CreateBody {
     ttl: Option<i64>,
 }
 
-/// `POST /api/v1/channels` → 201, or 400 with code 10 (bad body) or 11 (exists).
+/// The record kind push-api's channels are stored under.
+const KIND: &str = "push-api:channel";
+
+/// The live records, oldest first.
+async fn live(state: &ApiState) -> Result<Vec<Channel>, BrokerError> {
+    let records = state.ps.app.engine.broker().records(KIND).await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect())
+}
+
+/// A storage failure: push-api answers 500 with the operation's code.
+fn failed(code: u16, e: &BrokerError) -> Response {
+    tracing::warn!(error = %e, "push-api channel store unavailable.");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        code,
+        "channel store unavailable",
+    )
+}
+
+/// `POST /api/v1/channels` → 201, or 400 with code 10 (bad body) or 11
+/// (exists), 500 with code 12 (store unavailable).
 pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<CreateBody>(&body) else {
         return error(StatusCode::BAD_REQUEST, 10, "invalid request body");
     };
     let id = body.id.unwrap_or_default();
     let ttl = body.ttl.unwrap_or(0);
-    if state.channels.get(&id).is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            11,
-            "a channel with this id already exists",
-        );
-    }
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -97,46 +70,65 @@ pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Respon
         ttl,
         created: Utc::from_nanos(now_ns).rfc3339_nano(),
     };
-    let expires = u64::try_from(ttl)
+    let record = Record {
+        id: id.clone(),
+        value: serde_json::to_vec(&channel).unwrap_or_default().into(),
+        created_ms: u64::try_from(now_ns / 1_000_000).unwrap_or(u64::MAX),
+    };
+    // A ttl of 0 (or less) keeps the record.
+    let keep_for = u64::try_from(ttl)
         .ok()
         .filter(|s| *s > 0)
-        .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
-    tracing::debug!(channel = %id, ttl, "push-api channel created.");
-    state.channels.records.lock().insert(
-        id,
-        Record {
-            channel,
-            created_ns: now_ns,
-            expires,
-        },
-    );
-    StatusCode::CREATED.into_response()
+        .map(Duration::from_secs);
+    let broker = state.ps.app.engine.broker();
+    match broker.create_record(KIND, record, keep_for).await {
+        Ok(true) => {
+            tracing::debug!(channel = %id, ttl, "push-api channel created.");
+            StatusCode::CREATED.into_response()
+        }
+        Ok(false) => error(
+            StatusCode::BAD_REQUEST,
+            11,
+            "a channel with this id already exists",
+        ),
+        Err(e) => failed(12, &e),
+    }
 }
 
 /// `GET /api/v1/channels`.
 pub(crate) async fn list(State(state): State<ApiState>) -> Response {
-    gin_json(StatusCode::OK, &state.channels.live())
+    match live(&state).await {
+        Ok(channels) => gin_json(StatusCode::OK, &channels),
+        Err(e) => failed(21, &e),
+    }
 }
 
 /// `GET /api/v1/channels/{id}` → the record, or 404 with code 20.
 pub(crate) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match state.channels.get(&id) {
-        Some(c) => gin_json(StatusCode::OK, &c),
-        None => error(StatusCode::NOT_FOUND, 20, "channel not found"),
+    let broker = state.ps.app.engine.broker();
+    let channel = broker
+        .record(KIND, &id)
+        .await
+        .map(|r| r.and_then(|r| serde_json::from_slice::<Channel>(&r.value).ok()));
+    match channel {
+        Ok(Some(c)) => gin_json(StatusCode::OK, &c),
+        Ok(None) => error(StatusCode::NOT_FOUND, 20, "channel not found"),
+        Err(e) => failed(21, &e),
     }
 }
 
 /// `DELETE /api/v1/channels/{id}` → 204, or 404 with code 30.
 pub(crate) async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    if state.channels.get(&id).is_none() {
-        return error(StatusCode::NOT_FOUND, 30, "channel not found");
+    match state.ps.app.engine.broker().delete_record(KIND, &id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, 30, "channel not found"),
+        Err(e) => failed(31, &e),
     }
-    state.channels.records.lock().remove(&id);
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Starts the persistent-channels worker: every `persistent_ping_interval`,
-/// `ping` to every live record's channel. Stops at shutdown.
+/// `ping` to every live record's channel. On a cluster one node pings per
+/// interval: the one that takes the interval's lease. Stops at shutdown.
 pub(crate) fn start_keepalive(state: &ApiState) {
     let every = state.ps.app.config.pushapi.persistent_ping_interval;
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -154,8 +146,19 @@ pub(crate) fn start_keepalive(state: &ApiState) {
                 () = state.ps.app.shutdown.signalled() => return,
                 _ = tick.tick() => {}
             }
-            let ids: Vec<String> = state.channels.live().into_iter().map(|c| c.id).collect();
-            messages::deliver(&state, &ids, "ping").await;
+            let broker = state.ps.app.engine.broker();
+            // Slightly shorter than the interval, so the next tick finds it free.
+            let lease = every.mul_f64(0.9);
+            if !matches!(broker.lease("push-api:keepalive", lease).await, Ok(true)) {
+                continue;
+            }
+            match live(&state).await {
+                Ok(channels) => {
+                    let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
+                    messages::deliver(&state, &ids, "ping").await;
+                }
+                Err(e) => tracing::debug!(error = %e, "push-api keep-alive skipped."),
+            }
         }
     });
 }

@@ -34,8 +34,6 @@ pub(crate) struct ApiState(Arc<Inner>);
 pub(crate) struct Inner {
     /// The push-stream side, for publishing and stats.
     pub(crate) ps: PsState,
-    /// Channel records created through `/api/v1/channels`.
-    pub(crate) channels: channels::Store,
     /// The exact `Authorization` value basic auth accepts.
     pub(crate) authorization: String,
 }
@@ -82,7 +80,6 @@ pub(crate) fn router(app: &AppState) -> Router<AppState> {
     let cfg = &app.config.pushapi;
     let state = ApiState(Arc::new(Inner {
         ps: PsState::new(app.clone()),
-        channels: channels::Store::default(),
         authorization: auth::expected(&cfg.basic_auth_user, &cfg.basic_auth_password),
     }));
     channels::start_keepalive(&state);
