@@ -176,3 +176,45 @@ async fn cluster_master_restart_is_survived_without_resubscribing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_to_a_replica_is_survived() {
+    let mut cluster = RedisCluster::start_replicated();
+    let role = command(cluster.servers[0].port, &["ROLE"]).unwrap();
+    assert!(role.contains("master"), "server 0 is a master: {role}");
+    let a = Node::start(config(cluster.urls())).await;
+    let b = Node::start(config(cluster.urls())).await;
+    let channels = spread_channels(&b);
+    let mut outboxes = Vec::new();
+    for ch in &channels {
+        outboxes.push(b.subscribe(ch).await);
+    }
+
+    // Master 0 dies; its replica is promoted once the cluster notices
+    // (node timeout 2 s). Both nodes drop and rebuild their sessions.
+    cluster.servers[0].kill();
+    assert!(
+        eventually(STEP, || !a.broker.is_ready() && !b.broker.is_ready()).await,
+        "nodes notice the lost master"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || a.broker.is_ready()
+            && b.broker.is_ready())
+        .await,
+        "nodes follow the failover"
+    );
+    let promoted = cluster.servers[3..]
+        .iter()
+        .filter(|s| command(s.port, &["ROLE"]).is_some_and(|r| r.contains("master")))
+        .count();
+    assert_eq!(promoted, 1, "one replica took over");
+    for (ch, outbox) in channels.iter().zip(&outboxes) {
+        let p = a.publish(ch, "\"after failover\"").await;
+        let got = recv_n(outbox, 1, STEP).await;
+        assert_eq!(got.len(), 1, "{ch:?} followed its slot");
+        assert_eq!(
+            (got[0].offset, got[0].epoch.as_str()),
+            (p.offset, &*p.epoch)
+        );
+    }
+}

@@ -162,7 +162,21 @@ impl RedisCluster {
 
     /// Starts the cluster with `extra(i)` added to server `i`'s arguments.
     pub fn start_with(extra: impl Fn(usize) -> Vec<String>) -> Self {
-        let servers: Vec<RedisServer> = (0..3)
+        Self::create(0, extra)
+    }
+
+    /// Three masters (servers 0–2, slots in that order) each with one
+    /// replica (servers 3–5), which takes over when its master dies.
+    pub fn start_replicated() -> Self {
+        // A replica of a master that saw no writes counts as stale under the
+        // default validity factor and would never take over.
+        Self::create(1, |_| {
+            vec!["--cluster-replica-validity-factor".into(), "0".into()]
+        })
+    }
+
+    fn create(replicas: usize, extra: impl Fn(usize) -> Vec<String>) -> Self {
+        let servers: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|i| {
                 let mut args = vec![
                     "--cluster-enabled".to_owned(),
@@ -185,7 +199,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
