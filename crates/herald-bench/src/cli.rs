@@ -90,7 +90,7 @@ pub(crate) struct Common {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Via {
-    /// The sender's own WebSocket, with Herald's `publish` command.
+    /// The sender's own WebSocket: Herald's `publish` command, Pushca's `SEND_MESSAGE`.
     Ws,
     /// The server's HTTP publish API.
     Http,
@@ -120,11 +120,17 @@ pub(crate) enum Scenario {
         /// Target messages per second in total; 0 = as fast as --concurrency allows.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Messages sent but not yet delivered, at most (in total).
+        /// Messages sent but not yet delivered (with --ack: not yet acknowledged to their
+        /// sender), at most (in total).
         #[arg(long, default_value_t = 100)]
         concurrency: u32,
-        #[arg(long, value_enum, default_value = "http")]
-        via: Via,
+        /// Default: ws for --target pushca, http otherwise.
+        #[arg(long, value_enum)]
+        via: Option<Via>,
+        /// Send with acknowledgement (--target pushca): the receiver acknowledges each message
+        /// and the sender waits for it; reports the sender's round trip too.
+        #[arg(long)]
+        ack: bool,
         /// Stop after this many messages even if time remains.
         #[arg(long, default_value_t = 20_000_000)]
         max_messages: u64,
@@ -144,6 +150,19 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 1)]
         channels: u32,
     },
+}
+
+impl Cli {
+    /// How pairs messages are sent, `--via` or the target's default; `None` outside pairs.
+    pub(crate) fn pairs_via(&self) -> Option<Via> {
+        match self.scenario {
+            Scenario::Pairs { via, .. } => Some(via.unwrap_or(match self.common.target {
+                Target::Pushca => Via::Ws,
+                _ => Via::Http,
+            })),
+            _ => None,
+        }
+    }
 }
 
 impl Scenario {
@@ -222,5 +241,21 @@ mod tests {
         assert_eq!(cli.common.target, Target::Nchan);
         assert!(cli.common.json);
         assert_eq!(cli.scenario.shape(), (5, 1));
+    }
+
+    #[test]
+    fn pairs_send_over_websocket_by_default_only_for_pushca() {
+        let via = |args: &[&str]| {
+            Cli::try_parse_from([&["herald-bench", "pairs"], args].concat())
+                .expect("parses")
+                .pairs_via()
+        };
+        assert_eq!(via(&[]), Some(Via::Http));
+        assert_eq!(via(&["--target", "pushca"]), Some(Via::Ws));
+        assert_eq!(
+            via(&["--target", "pushca", "--via", "http"]),
+            Some(Via::Http)
+        );
+        assert_eq!(via(&["--target", "herald", "--via", "ws"]), Some(Via::Ws));
     }
 }

@@ -67,6 +67,16 @@ pub(crate) struct Report {
     /// Measured messages received by connections outside the measurement (not counted above).
     pub(crate) unexpected: u64,
     pub(crate) latency_ms: Option<LatencySummary>,
+    /// Pairs on Pushca: sends acknowledged to their sender (`<id>@@ACKNOWLEDGE`, or 200 from
+    /// the with-acknowledge route).
+    pub(crate) acks: u64,
+    /// With `--ack`: sends answered with an error (not acknowledged in time, not connected).
+    pub(crate) ack_failures: u64,
+    /// Sends that should have been answered and were neither acknowledged nor refused.
+    pub(crate) unacked: u64,
+    /// The sender's send → acknowledgement round trip: with `--ack` until the receiver
+    /// acknowledged, without until the server sent the message on.
+    pub(crate) ack_latency_ms: Option<LatencySummary>,
     /// Connect scenario: connections per second from the first attempt to the last success.
     pub(crate) connects_per_second: Option<f64>,
     pub(crate) connect_latency_ms: Option<LatencySummary>,
@@ -113,6 +123,10 @@ impl Report {
             misrouted: stats.misrouted,
             unexpected: stats.unexpected,
             latency_ms: stats.latency(),
+            acks: stats.acks,
+            ack_failures: stats.ack_failures,
+            unacked: stats.unacked,
+            ack_latency_ms: stats.ack_latency(),
             connects_per_second: None,
             connect_latency_ms: stats.connect_latency(),
             server: None,
@@ -169,6 +183,22 @@ impl Report {
             row("latency ms p50/p90/p99", fmt3(l.p50_ms, l.p90_ms, l.p99_ms));
             row(
                 "latency ms p99.9/max/mean",
+                fmt3(l.p999_ms, l.max_ms, l.mean_ms),
+            );
+        }
+        if self.acks + self.ack_failures + self.unacked > 0 {
+            row(
+                "sender acks",
+                format!(
+                    "{} acknowledged, {} failed, {} unanswered",
+                    self.acks, self.ack_failures, self.unacked
+                ),
+            );
+        }
+        if let Some(l) = &self.ack_latency_ms {
+            row("ack ms p50/p90/p99", fmt3(l.p50_ms, l.p90_ms, l.p99_ms));
+            row(
+                "ack ms p99.9/max/mean",
                 fmt3(l.p999_ms, l.max_ms, l.mean_ms),
             );
         }

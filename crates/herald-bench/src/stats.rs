@@ -127,6 +127,14 @@ pub(crate) struct WorkerStats {
     /// Unix nanoseconds of the first and last established connection (0: none), for connect rates.
     pub(crate) first_connect_ns: u64,
     pub(crate) last_connect_ns: u64,
+    /// Sends acknowledged to their sender (Pushca), and the round trip's histogram (µs).
+    pub(crate) acks: u64,
+    pub(crate) ack_latency_us: Vec<(u64, u64)>,
+    /// With `--ack`: sends answered with an error (not acknowledged in time, not connected).
+    pub(crate) ack_failures: u64,
+    /// Sends that should have been answered (Pushca over WebSocket, or with acknowledge) and
+    /// were neither acknowledged nor refused by the end of the drain.
+    pub(crate) unacked: u64,
     /// End-to-end latency histogram (µs), as `(value, count)` pairs.
     pub(crate) latency_us: Vec<(u64, u64)>,
     /// Time from starting a connection to its being established (µs), as pairs.
@@ -160,6 +168,10 @@ impl WorkerStats {
             (a, b) => a.min(b),
         };
         self.last_connect_ns = self.last_connect_ns.max(other.last_connect_ns);
+        self.acks += other.acks;
+        self.ack_latency_us = merge_pairs(&self.ack_latency_us, &other.ack_latency_us);
+        self.ack_failures += other.ack_failures;
+        self.unacked += other.unacked;
         self.latency_us = merge_pairs(&self.latency_us, &other.latency_us);
         self.connect_us = merge_pairs(&self.connect_us, &other.connect_us);
         self.alive_at_end += other.alive_at_end;
@@ -173,6 +185,10 @@ impl WorkerStats {
 
     pub(crate) fn connect_latency(&self) -> Option<LatencySummary> {
         LatencySummary::of(&pairs_to_histogram(&self.connect_us))
+    }
+
+    pub(crate) fn ack_latency(&self) -> Option<LatencySummary> {
+        LatencySummary::of(&pairs_to_histogram(&self.ack_latency_us))
     }
 }
 
@@ -240,7 +256,11 @@ mod tests {
                 duplicated: w,
                 first_connect_ns: 1000 + w,
                 last_connect_ns: 2000 + w,
+                acks: 400,
+                ack_failures: w,
+                unacked: 1,
                 latency_us: histogram_to_pairs(&h),
+                ack_latency_us: histogram_to_pairs(&h),
                 cpu_seconds: 0.5,
                 processes: 1,
                 ..WorkerStats::default()
@@ -258,6 +278,11 @@ mod tests {
         assert_eq!(merged.duplicated, 3);
         assert_eq!(merged.first_connect_ns, 1000);
         assert_eq!(merged.last_connect_ns, 2002);
+        assert_eq!(
+            (merged.acks, merged.ack_failures, merged.unacked),
+            (1200, 3, 3)
+        );
+        assert_eq!(pairs_to_histogram(&merged.ack_latency_us), all);
         assert_eq!(merged.processes, 3);
         assert!((merged.cpu_seconds - 1.5).abs() < 1e-9);
         assert_eq!(pairs_to_histogram(&merged.latency_us), all);

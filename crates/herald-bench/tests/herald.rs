@@ -88,3 +88,43 @@ fn pairs_over_websocket_and_http_deliver_each_message_once() {
         assert_eq!(n(&r, "publishes_ok"), 400, "{r}");
     }
 }
+
+#[test]
+fn pairs_over_pushca_deliver_each_message_once_with_and_without_ack() {
+    let server = herald_or_skip!();
+    let url = server.url();
+    for (via, ack) in [("ws", false), ("ws", true), ("http", false), ("http", true)] {
+        let mut args = vec![
+            "pairs",
+            "--target",
+            "pushca",
+            "--url",
+            &url,
+            "--via",
+            via,
+            "--clients",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+        ];
+        if ack {
+            args.push("--ack");
+        }
+        let r = bench(&args);
+        assert_exact_pairs(&r, 20);
+        assert_eq!(n(&r, "publishes_ok"), 400, "{via} ack={ack}: {r}");
+        assert_eq!(r["params"]["via"], via, "{r}");
+        // Over WebSocket every send is acknowledged to its sender; over HTTP only with --ack.
+        let answered = via == "ws" || ack;
+        assert_eq!(n(&r, "acks"), if answered { 400 } else { 0 }, "{r}");
+        assert_eq!(
+            r["ack_latency_ms"]["count"].as_u64(),
+            answered.then_some(400),
+            "{r}"
+        );
+        assert_eq!(n(&r, "ack_failures"), 0, "{r}");
+        assert_eq!(n(&r, "unacked"), 0, "{r}");
+    }
+}
