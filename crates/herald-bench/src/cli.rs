@@ -96,6 +96,45 @@ pub(crate) enum Via {
     Http,
 }
 
+/// Fan-out publish rate: fixed, or the highest sustainable one, searched for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Rate {
+    /// Messages per second over all channels.
+    PerSecond(f64),
+    /// Search for the highest rate the server sustains (see [`Search`]).
+    Max,
+}
+
+/// `10`, `2.5` or `max`.
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Rate::PerSecond(v)),
+        _ => Err(format!("not a rate (msg/s) or \"max\": {s:?}")),
+    }
+}
+
+/// How `fanout --rate max` searches: short steps at increasing rates (doubling from
+/// `--rate-start`, then bisecting between the last sustainable and the first unsustainable
+/// rate to within 10%), on the same connected subscribers. `--duration` caps the whole search.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Search {
+    /// First rate tried (msg/s).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) rate_start: f64,
+    /// Publishing time of each step (its drain comes on top, bounded by --drain).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) step_duration: Duration,
+    /// Highest latency p99 a sustainable step may have.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) max_p99: Duration,
+    /// Most steps tried.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_steps: u32,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum Scenario {
     /// N subscribers over K channels; HTTP publishers at R msg/s in total; end-to-end latency,
@@ -105,12 +144,16 @@ pub(crate) enum Scenario {
         subscribers: u32,
         #[arg(long, default_value_t = 1)]
         channels: u32,
-        /// Messages per second over all channels (round-robin).
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
+        /// Messages per second over all channels (round-robin), or `max`: search for the
+        /// highest sustainable rate (no loss, ≥ 97% of the offered publishes and deliveries,
+        /// p99 ≤ --max-p99) with the options below; --duration then caps the whole search.
+        #[arg(long, default_value = "10", value_parser = parse_rate)]
+        rate: Rate,
         /// Stop publishing after this many messages even if time remains.
         #[arg(long, default_value_t = 10_000_000)]
         max_messages: u64,
+        #[command(flatten)]
+        search: Search,
     },
     /// N clients, each on its own channel `c<i>`; repeatedly send from a random client to
     /// another; exactly-once check per message id; latency from send to receipt.
@@ -241,6 +284,30 @@ mod tests {
         assert_eq!(cli.common.target, Target::Nchan);
         assert!(cli.common.json);
         assert_eq!(cli.scenario.shape(), (5, 1));
+    }
+
+    #[test]
+    fn rates_and_the_max_search() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["herald-bench", "fanout"], args].concat()).map(|c| c.scenario)
+        };
+        let Ok(Scenario::Fanout { rate, search, .. }) = parse(&["--rate", "2.5"]) else {
+            panic!("fanout parses");
+        };
+        assert_eq!(rate, Rate::PerSecond(2.5));
+        assert_eq!(search.max_p99, Duration::from_millis(50));
+        let Ok(Scenario::Fanout { rate, search, .. }) =
+            parse(&["--rate", "max", "--rate-start", "4", "--max-p99", "20ms"])
+        else {
+            panic!("fanout parses");
+        };
+        assert_eq!(rate, Rate::Max);
+        assert_eq!(
+            (search.rate_start, search.max_p99),
+            (4.0, Duration::from_millis(20))
+        );
+        assert!(parse(&["--rate", "fast"]).is_err());
+        assert!(parse(&["--rate", "-1"]).is_err());
     }
 
     #[test]

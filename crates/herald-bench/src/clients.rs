@@ -88,6 +88,13 @@ pub(crate) struct Shared {
     pub(crate) ack_failures: AtomicU64,
     /// Sender's send → acknowledgement round trip (µs).
     pub(crate) ack_latency: Recorder,
+    /// Fan-out search: the first sequence number of the current step; earlier messages
+    /// arriving now are counted as `late`, not as deliveries of this step.
+    step_first_seq: AtomicU64,
+    /// Fan-out search: first receipts of an earlier step's messages during this step.
+    pub(crate) late: AtomicU64,
+    /// Unix nanoseconds of the latest counted fan-out delivery: when a step's deliveries ended.
+    pub(crate) last_delivery_ns: AtomicU64,
     /// Per connection: a warm-up probe arrived.
     pub(crate) confirmed_flags: Vec<AtomicBool>,
     /// Per connection: confirmed when measuring started, so its deliveries are expected.
@@ -125,6 +132,9 @@ impl Shared {
             acks: AtomicU64::new(0),
             ack_failures: AtomicU64::new(0),
             ack_latency: Recorder::new(shards),
+            step_first_seq: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
             confirmed_flags: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             included: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             latency: Recorder::new(shards),
@@ -171,6 +181,24 @@ impl Shared {
             self.ws_publish_errors.fetch_add(1, Relaxed);
         }
         self.release_inflight();
+    }
+
+    /// Fan-out search: starts counting a new step, whose messages have sequence numbers from
+    /// `first_seq` on. Step counters restart; a message of an earlier step racing with this
+    /// reset can at most be counted once more (the reset is not atomic with the receipts).
+    pub(crate) fn begin_step(&self, first_seq: u64) {
+        self.step_first_seq.store(first_seq, Relaxed);
+        for counter in [
+            &self.deliveries,
+            &self.duplicated,
+            &self.misrouted,
+            &self.unexpected,
+            &self.late,
+            &self.last_delivery_ns,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        self.latency.reset();
     }
 
     fn on_connected(&self, local: usize, took: Duration) {
@@ -423,9 +451,14 @@ fn on_frame(
             }
         }
         Token::Measured { seq, sent_ns, .. } => match seen.insert(seq) {
+            Some(true) if seq < shared.step_first_seq.load(Relaxed) => {
+                shared.late.fetch_add(1, Relaxed);
+            }
             Some(true) if shared.included[local].load(Relaxed) => {
+                let now = now_ns();
                 shared.deliveries.fetch_add(1, Relaxed);
-                shared.latency.record(local, latency_us(now_ns(), sent_ns));
+                shared.last_delivery_ns.fetch_max(now, Relaxed);
+                shared.latency.record(local, latency_us(now, sent_ns));
             }
             Some(true) => {
                 shared.unexpected.fetch_add(1, Relaxed);
@@ -563,6 +596,17 @@ mod tests {
         feed(&shared, 1, &mut SeqSet::default(), &probe);
         feed(&shared, 1, &mut SeqSet::default(), &probe);
         assert_eq!(shared.confirmed.load(Relaxed), 1);
+        // A new step: only its own messages (seq >= 5) count; an earlier one is late.
+        shared.begin_step(5);
+        assert_eq!(shared.deliveries.load(Relaxed), 0);
+        for frame in [m(9, 4), m(9, 5), m(9, 6)] {
+            feed(&shared, 0, &mut seen, &frame);
+        }
+        assert_eq!(shared.deliveries.load(Relaxed), 2);
+        assert_eq!(shared.late.load(Relaxed), 1);
+        assert!(shared.last_delivery_ns.load(Relaxed) > 0);
+        assert_eq!(shared.latency.merged().len(), 2);
+        shared.begin_step(0);
         // Pairs: the receiver check and exactly-once by id.
         shared.inflight.store(2, Relaxed);
         let p = |receiver, id| {
@@ -577,8 +621,8 @@ mod tests {
         feed(&shared, 1, &mut seen, &p(1, 5));
         feed(&shared, 1, &mut seen, &p(1, 5));
         feed(&shared, 1, &mut seen, &p(0, 6));
-        assert_eq!(shared.deliveries.load(Relaxed), 3);
-        assert_eq!(shared.duplicated.load(Relaxed), 2);
+        assert_eq!(shared.deliveries.load(Relaxed), 1);
+        assert_eq!(shared.duplicated.load(Relaxed), 1);
         assert_eq!(shared.misrouted.load(Relaxed), 1);
         assert_eq!(shared.inflight.load(Relaxed), 1);
         // A Herald error reply to a WebSocket publish refuses it.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::proc::ProcSample;
+use crate::scenarios::rate_search::SearchReport;
 use crate::stats::{LatencySummary, WorkerStats};
 
 /// Server resource use, from `/proc/<pid>` of the server's process tree.
@@ -77,6 +78,9 @@ pub(crate) struct Report {
     /// The sender's send → acknowledgement round trip: with `--ack` until the receiver
     /// acknowledged, without until the server sent the message on.
     pub(crate) ack_latency_ms: Option<LatencySummary>,
+    /// `fanout --rate max`: the highest sustainable rate and every step tried; the other
+    /// figures are those of that rate's step.
+    pub(crate) search: Option<SearchReport>,
     /// Connect scenario: connections per second from the first attempt to the last success.
     pub(crate) connects_per_second: Option<f64>,
     pub(crate) connect_latency_ms: Option<LatencySummary>,
@@ -127,6 +131,7 @@ impl Report {
             ack_failures: stats.ack_failures,
             unacked: stats.unacked,
             ack_latency_ms: stats.ack_latency(),
+            search: None,
             connects_per_second: None,
             connect_latency_ms: stats.connect_latency(),
             server: None,
@@ -201,6 +206,30 @@ impl Report {
                 "ack ms p99.9/max/mean",
                 fmt3(l.p999_ms, l.max_ms, l.mean_ms),
             );
+        }
+        if let Some(search) = &self.search {
+            row(
+                "highest sustainable rate",
+                match search.max_rate {
+                    Some(r) => format!("{r:.1} msg/s (the figures above are its step)"),
+                    None => "none".into(),
+                },
+            );
+            for (i, step) in search.steps.iter().enumerate() {
+                row(
+                    &format!("step {}", i + 1),
+                    format!(
+                        "{:.1} msg/s: {:.1} pub/s, {:.0} of {:.0} deliveries/s, p99 {} ms, {} lost: {}",
+                        step.rate,
+                        step.publishes_per_second,
+                        step.deliveries_per_second,
+                        step.expected_deliveries_per_second,
+                        step.p99_ms.map_or("-".into(), |p| format!("{p:.2}")),
+                        step.lost,
+                        step.verdict
+                    ),
+                );
+            }
         }
         if let Some(c) = self.connects_per_second {
             row("connects per second", format!("{c:.1}"));

@@ -35,6 +35,16 @@ pub(crate) enum Cmd {
     Status,
     /// Freeze the set of measured connections and start the measured phase (pairs: start sending).
     Measure,
+    /// Fan-out search: start counting a new step, whose messages have sequence numbers from
+    /// `first_seq` on.
+    Step {
+        first_seq: u64,
+    },
+    /// Fan-out search: report the current step without stopping. `published[c]` = the step's
+    /// messages accepted on channel c.
+    Snapshot {
+        published: Vec<u64>,
+    },
     /// End: close everything and report. `published[c]` = messages accepted on channel c (fan-out).
     Stop {
         published: Vec<u64>,
@@ -170,6 +180,14 @@ impl Worker {
                 }
                 Reply::Done
             }
+            Cmd::Step { first_seq } => {
+                self.cpu_at_measure = self_cpu_seconds();
+                if let Some(set) = &self.set {
+                    set.shared.begin_step(first_seq);
+                }
+                Reply::Done
+            }
+            Cmd::Snapshot { published } => Reply::Stats(Box::new(self.snapshot(&published))),
             Cmd::Stop { published } => Reply::Stats(Box::new(self.stop(&published).await)),
         }
     }
@@ -187,8 +205,10 @@ impl Worker {
             duplicated: load(&shared.duplicated),
             misrouted: load(&shared.misrouted),
             unexpected: load(&shared.unexpected),
+            late: load(&shared.late),
             first_connect_ns: load(&shared.first_connect_ns),
             last_connect_ns: load(&shared.last_connect_ns),
+            last_delivery_ns: load(&shared.last_delivery_ns),
             latency_us: histogram_to_pairs(&shared.latency.merged()),
             connect_us: histogram_to_pairs(&shared.connect_latency.merged()),
             acks: load(&shared.acks),
@@ -200,6 +220,27 @@ impl Worker {
             stats.cpu_seconds = self_cpu_seconds() - self.cpu_at_measure;
             stats.processes = 1;
         }
+        stats
+    }
+
+    /// Fan-out search: the current step's figures; expected deliveries are those of the
+    /// included connections on each channel.
+    fn snapshot(&self, published: &[u64]) -> WorkerStats {
+        let Some(set) = &self.set else {
+            return WorkerStats::default();
+        };
+        let shared = &set.shared;
+        let mut stats = self.counters(shared);
+        let channels = self.plan.channels.max(1);
+        stats.expected = self
+            .plan
+            .globals
+            .iter()
+            .zip(&shared.included)
+            .filter(|(_, inc)| inc.load(Relaxed))
+            .map(|(g, _)| published.get((g % channels) as usize).copied().unwrap_or(0))
+            .sum();
+        stats.lost = stats.expected.saturating_sub(stats.deliveries);
         stats
     }
 
@@ -407,9 +448,18 @@ impl Workers {
         Ok(total)
     }
 
+    /// Fan-out search: every worker's figures for the current step, merged.
+    pub(crate) async fn snapshot(&mut self, published: Vec<u64>) -> Result<WorkerStats> {
+        self.collect(Cmd::Snapshot { published }).await
+    }
+
     pub(crate) async fn stop(&mut self, published: Vec<u64>) -> Result<WorkerStats> {
+        self.collect(Cmd::Stop { published }).await
+    }
+
+    async fn collect(&mut self, cmd: Cmd) -> Result<WorkerStats> {
         let mut merged = WorkerStats::default();
-        for r in self.broadcast(Cmd::Stop { published }).await? {
+        for r in self.broadcast(cmd).await? {
             match r {
                 Reply::Stats(s) => merged.merge(&s),
                 other => return Err(BenchError::Worker(format!("unexpected {other:?}"))),

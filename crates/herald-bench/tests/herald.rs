@@ -128,3 +128,56 @@ fn pairs_over_pushca_deliver_each_message_once_with_and_without_ack() {
         assert_eq!(n(&r, "unacked"), 0, "{r}");
     }
 }
+
+#[test]
+fn fanout_max_rate_search_finds_a_sustainable_rate() {
+    let server = herald_or_skip!();
+    let url = server.url();
+    // Two worker processes, so the step commands cross the coordinator's pipes too. A generous
+    // p99 limit: this checks the search's mechanics, not the machine's latency.
+    let r = bench(&[
+        "fanout",
+        "--target",
+        "herald",
+        "--url",
+        &url,
+        "--procs",
+        "2",
+        "--subscribers",
+        "20",
+        "--rate",
+        "max",
+        "--rate-start",
+        "20",
+        "--step-duration",
+        "1s",
+        "--max-steps",
+        "4",
+        "--max-p99",
+        "500ms",
+        "--duration",
+        "30s",
+    ]);
+    let search = &r["search"];
+    let steps = search["steps"].as_array().expect("steps");
+    assert!((1..=4).contains(&steps.len()), "{r}");
+    let max_rate = search["max_rate"].as_f64().expect("a sustainable rate");
+    assert!(max_rate > 0.0, "{r}");
+    let best_step = steps
+        .iter()
+        .filter(|s| s["sustainable"] == true)
+        .map(|s| s["rate"].as_f64().expect("rate"))
+        .fold(0.0, f64::max);
+    assert_eq!(best_step, max_rate, "{r}");
+    for s in steps.iter().filter(|s| s["sustainable"] == true) {
+        assert_eq!(s["lost"], 0, "{s}");
+    }
+    // The report is that step's: every accepted message reached all 20 subscribers once.
+    assert_eq!(r["params"]["rate"].as_f64(), Some(max_rate), "{r}");
+    assert_eq!(n(&r, "measured_connections"), 20, "{r}");
+    assert!(n(&r, "publishes_ok") > 0, "{r}");
+    assert_eq!(n(&r, "deliveries"), n(&r, "publishes_ok") * 20, "{r}");
+    assert_eq!(n(&r, "lost"), 0, "{r}");
+    assert_eq!(n(&r, "duplicated"), 0, "{r}");
+    assert_eq!(n(&r, "disconnects"), 0, "{r}");
+}
