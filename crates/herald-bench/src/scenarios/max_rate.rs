@@ -73,6 +73,12 @@ pub(crate) async fn run(ctx: &mut Ctx, shape: Shape, before: Option<ProcSample>)
             0.0,
         ));
     };
+    if rates.cut_short() {
+        ctx.warnings.push(format!(
+            "search stopped at --max-steps {} before narrowing the rate to within 10%",
+            search.max_steps
+        ));
+    }
     if rates.best().is_none() {
         ctx.warnings
             .push("no rate was sustainable; the report is the lowest rate's step".into());

@@ -40,9 +40,16 @@ impl RateSearch {
 
     /// The next rate to try, or `None` when the search is over.
     pub(crate) fn next(&self) -> Option<f64> {
-        if self.steps >= self.max_steps {
-            return None;
-        }
+        self.wanted().filter(|_| self.steps < self.max_steps)
+    }
+
+    /// Whether the step limit ended the search before it had narrowed the rate down.
+    pub(crate) fn cut_short(&self) -> bool {
+        self.steps >= self.max_steps && self.wanted().is_some()
+    }
+
+    /// The rate the search would try next, were there no step limit.
+    fn wanted(&self) -> Option<f64> {
         match (self.good, self.bad) {
             (None, None) => Some(self.start),
             (Some(good), None) => Some(good * 2.0),
@@ -187,6 +194,15 @@ mod tests {
         let (best, tried) = search(1.0, 1e12, 5);
         assert_eq!(tried, [1., 2., 4., 8., 16.]);
         assert_eq!(best, Some(16.));
+        let mut s = RateSearch::new(10.0, 0.2, 2);
+        s.record(10.0, true);
+        assert!(!s.cut_short());
+        s.record(20.0, false);
+        assert!(s.cut_short(), "15 msg/s was still to try");
+        let mut s = RateSearch::new(10.0, 0.2, 2);
+        s.record(10.0, true);
+        s.record(10.5, false);
+        assert!(!s.cut_short(), "already within 10%");
     }
 
     fn step() -> Step {
