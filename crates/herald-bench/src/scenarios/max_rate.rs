@@ -74,8 +74,18 @@ pub(crate) async fn run(ctx: &mut Ctx, shape: Shape, before: Option<ProcSample>)
         ));
     };
     if rates.cut_short() {
+        let limit = match (rates.best(), rates.worst()) {
+            (Some(good), None) => {
+                format!("every step was sustainable; the limit is above {good} msg/s")
+            }
+            (good, Some(bad)) => format!(
+                "the limit is between {} and {bad} msg/s, not yet within 10%",
+                good.unwrap_or(0.0)
+            ),
+            (None, None) => "no step ran".into(),
+        };
         ctx.warnings.push(format!(
-            "search stopped at --max-steps {} before narrowing the rate to within 10%",
+            "search stopped at --max-steps {}: {limit}",
             search.max_steps
         ));
     }

@@ -74,6 +74,11 @@ impl RateSearch {
     pub(crate) fn best(&self) -> Option<f64> {
         self.good
     }
+
+    /// The lowest unsustainable rate found.
+    pub(crate) fn worst(&self) -> Option<f64> {
+        self.bad
+    }
 }
 
 /// What one step measured, as far as the verdict needs it.
