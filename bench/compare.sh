@@ -49,6 +49,7 @@ if [ "$quick" = 1 ]; then
   SUBS_HIGH=200; RATE_HIGH=100; SUBS_HIGHER=50; RATE_HIGHER=400
   PAIRS_CLIENTS=200; PAIRS_RATE=1000; IDLE_N=2000; CONNECT_N=2000
   PHASE=10s; PAIRS_PHASE=10s; PROCS_BIG=1
+  SEARCH="--rate-start 8 --step-duration 2s --max-steps 14 --duration 60s"
 else
   SUBS=10000; CHANNELS_MANY=1000; RATE_LOW=10; RATE_MANY=1000
   # 10,000 subscribers at 100 msg/s would need 1M deliveries/s, beyond what one core of this
@@ -56,7 +57,17 @@ else
   SUBS_HIGH=1000; RATE_HIGH=100; SUBS_HIGHER=100; RATE_HIGHER=1000
   PAIRS_CLIENTS=1000; PAIRS_RATE=2890; IDLE_N=19000; CONNECT_N=19000
   PHASE=20s; PAIRS_PHASE=60s; PROCS_BIG=2
+  # Doubling from 1 msg/s (10,000 deliveries/s), then bisecting: at most 16 steps of 5 s plus
+  # their drains, and never more than 4 minutes.
+  SEARCH="--rate-start 1 --step-duration 5s --max-steps 16 --duration 240s"
 fi
+# The highest sustainable rate's latency bound. On one core, handing one message to 10,000
+# WebSockets alone takes ~90 ms (~9 µs each), so the generator's 50 ms default would call
+# every rate unsustainable; 250 ms allows that fan-out plus some queueing, and a server that
+# falls behind still fails on its deliveries/s (>= 97% of the offered rate × subscribers).
+# A step's drain ends as soon as everything arrived; up to 10 s lets a failed step's backlog
+# clear before the next step starts.
+SEARCH="--rate max $SEARCH --max-p99 250ms --drain 10s"
 
 if [ "$build" = 1 ]; then
   echo "==> building herald and herald-bench (release)" >&2
@@ -120,7 +131,7 @@ target_for() {
   case "$1/$2" in
     herald/ws) echo herald ;; herald/sse) echo herald-sse ;;
     nchan/ws) echo nchan ;; nchan/sse) echo nchan-sse ;;
-    sockudo/ws) echo sockudo ;; *) echo "" ;;
+    sockudo/ws) echo sockudo ;; herald/pushca) echo pushca ;; *) echo "" ;;
   esac
 }
 
@@ -155,6 +166,11 @@ free -g | sed -n 2p >>"$out/machine.txt"
 for s in $servers; do
   run fanout-1ch-${SUBS}sub-r$RATE_LOW "$s" ws fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
 done
+# The highest rate each server sustains for the same 10,000 subscribers (see SEARCH above).
+for s in $servers; do
+  # shellcheck disable=SC2086 # SEARCH is a list of options
+  run fanout-1ch-${SUBS}sub-sustainable "$s" ws fanout --subscribers $SUBS --channels 1 $SEARCH
+done
 for s in $servers; do
   run fanout-1ch-${SUBS_HIGH}sub-r$RATE_HIGH "$s" ws fanout --subscribers $SUBS_HIGH --channels 1 --rate $RATE_HIGH --duration $PHASE --drain 20s
 done
@@ -180,6 +196,14 @@ for s in $servers; do
 done
 case " $servers " in *" herald "*)
   run pairs-ws-r$PAIRS_RATE herald ws pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE ;;
+esac
+# Pairs in the Pushca seed's own protocol (Herald's Pushca dialect; the peers do not speak it):
+# SEND_MESSAGE over the sender's WebSocket, unpaced and at the seed's rate, and with
+# acknowledge (the receiver acknowledges each message; the sender waits for it).
+case " $servers " in *" herald "*)
+  run pairs-pushca herald pushca pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
+  run pairs-pushca-r$PAIRS_RATE herald pushca pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
+  run pairs-pushca-ack herald pushca pairs --clients $PAIRS_CLIENTS --via ws --ack --concurrency 100 --duration $PAIRS_PHASE ;;
 esac
 for s in $servers; do
   run idle "$s" ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE

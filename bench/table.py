@@ -5,7 +5,10 @@ Usage: table.py RESULTS_DIR [--summary]   (files named <scenario-label>.<server>
 --summary prints the condensed table of docs/benchmarks.md (two figures per cell).
 Each row is one figure; columns are the servers and Herald's ratio to the best peer
 (for "higher is better" figures a ratio above 1 means Herald is ahead; for "lower is better"
-figures a ratio below 1 means Herald is ahead).
+figures a ratio below 1 means Herald is ahead). A figure no server has is left out.
+Pushca rows (labels with "pushca") are Herald only: the peers do not speak Pushca (n/a).
+A highest-sustainable-rate row (fanout --rate max) shows the figures of the chosen rate's
+step, and the full table lists every step tried.
 """
 import json
 import os
@@ -32,9 +35,41 @@ def mib(kib):
     return kib / 1024.0 if kib is not None else None
 
 
+def max_rate(r):
+    """fanout --rate max: the highest sustainable rate (None if no step was)."""
+    return get(r, "search", "max_rate")
+
+
+def steps_tried(r):
+    steps = get(r, "search", "steps")
+    return len(steps) if steps is not None else None
+
+
+def answered(r):
+    """Pushca pairs: whether senders were answered (acks, failures or unanswered sends)."""
+    return bool(r.get("ack_latency_ms") or r.get("acks") or r.get("ack_failures") or r.get("unacked"))
+
+
+def ack_lat(key):
+    return lambda r: get(r, "ack_latency_ms", key)
+
+
+def ack_count(key):
+    return lambda r: r.get(key) if answered(r) else None
+
+
+def step_text(step):
+    """One step of a rate search, for a table cell."""
+    return (f"{fmt(step['rate'])} msg/s: {fmt(step['deliveries_per_second'])} of "
+            f"{fmt(step['expected_deliveries_per_second'])} deliveries/s, "
+            f"p99 {fmt(step.get('p99_ms'))} ms, {step['verdict']}")
+
+
 # (label, extractor, better) ; better: "higher", "lower" or None (no ratio)
 FIGURES = {
     "fanout": [
+        ("highest sustainable msg/s", max_rate, "higher"),
+        ("steps tried", steps_tried, None),
         ("deliveries/s", lambda r: r["deliveries_per_second"], "higher"),
         ("publishes/s", lambda r: r["publishes_per_second"], "higher"),
         ("latency p50 ms", lambda r: get(r, "latency_ms", "p50_ms"), "lower"),
@@ -59,6 +94,13 @@ FIGURES = {
         ("lost", lambda r: r["lost"], "lower"),
         ("duplicated", lambda r: r["duplicated"], "lower"),
         ("publish errors", lambda r: r["publish_errors"], "lower"),
+        ("sender acks", ack_count("acks"), "higher"),
+        ("ack failures", ack_count("ack_failures"), "lower"),
+        ("sends never answered", ack_count("unacked"), "lower"),
+        ("ack round trip p50 ms", ack_lat("p50_ms"), "lower"),
+        ("ack round trip p99 ms", ack_lat("p99_ms"), "lower"),
+        ("ack round trip p99.9 ms", ack_lat("p999_ms"), "lower"),
+        ("ack round trip max ms", ack_lat("max_ms"), "lower"),
         ("server CPU µs/message", per_delivery_us, "lower"),
         ("server RSS MiB", lambda r: mib(get(r, "server", "rss_after_kib")), "lower"),
         ("generator CPU s", lambda r: r["generator_cpu_seconds"], None),
@@ -122,6 +164,14 @@ SUMMARY = [
         ("server CPU µs/delivery", "lower", [per_delivery_us]),
         ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
     ]),
+    ("fanout-1ch-10000sub-sustainable", "fanout 10,000 WS subs, 1 channel, highest sustainable rate", [
+        ("highest sustainable msg/s", "higher", [max_rate]),
+        ("deliveries/s at that rate", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
+        ("server CPU µs/delivery", "lower", [per_delivery_us]),
+        ("steps tried", None, [steps_tried]),
+    ]),
     ("fanout-1ch-1000sub-r100", "fanout 1,000 subs, 1 channel, 100 msg/s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
@@ -164,6 +214,22 @@ SUMMARY = [
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
         ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
     ]),
+    ("pairs-pushca", "pairs, 1,000 clients, Pushca WS protocol, unpaced (100 in flight), 60 s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/message", "lower", [per_delivery_us]),
+        ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
+    ]),
+    ("pairs-pushca-r2890", "pairs, 1,000 clients, Pushca WS at 2,890 msg/s, 60 s", [
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
+    ]),
+    ("pairs-pushca-ack", "pairs, 1,000 clients, Pushca WS with acknowledge, unpaced (100 in flight), 60 s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("ack round trip p50 / p99 ms", "lower", [ack_lat("p50_ms"), ack_lat("p99_ms")]),
+        ("ack failures / never answered", "lower", [lambda r: r["ack_failures"], lambda r: r["unacked"]]),
+    ]),
     ("idle", "idle, 19,000 WS connections", [
         ("connections held", "higher", [lambda r: r["alive_at_end"]]),
         ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
@@ -186,6 +252,8 @@ def summary(runs):
         reps = dict(runs.get(label, {}))
         via_ws = label.startswith("pairs-ws")
         peers_from = runs.get(label.replace("pairs-ws", "pairs-http"), {}) if via_ws else reps
+        if not reps and not peers_from:
+            continue  # not run (e.g. --only, or a results directory from before the scenario)
         first = True
         for fig, better, extractors in figures:
             cells, ratios = [], []
@@ -240,6 +308,7 @@ def main():
         peer_reps = reps
         http_label = label.replace("pairs-ws", "pairs-http")
         via_ws = label.startswith("pairs-ws")
+        herald_only = "pushca" in label
         if via_ws and http_label in runs:
             peer_reps = dict(runs[http_label], herald=reps.get("herald"))
         for fig, extract, better in FIGURES.get(kind, []):
@@ -250,14 +319,23 @@ def main():
                     vals[s] = extract(r) if r else None
                 except (KeyError, TypeError):
                     vals[s] = None
+            if all(v is None for v in vals.values()):
+                continue
             cells = []
             for s in SERVERS:
                 v = fmt(vals[s])
-                if via_ws and s != "herald" and vals[s] is not None:
+                if herald_only and s != "herald":
+                    v = "n/a"
+                elif via_ws and s != "herald" and vals[s] is not None:
                     v += " (http)"
                 cells.append(v)
             r = ratio(vals["herald"], [vals[s] for s in SERVERS if s != "herald"], better)
             print(f"| {label} | {fig} | {better or ''} | " + " | ".join(cells) + f" | {r} |")
+        # A rate search: every step tried, per server.
+        steps = {s: get(reps.get(s), "search", "steps") or [] for s in SERVERS}
+        for i in range(max(len(v) for v in steps.values())):
+            cells = [step_text(steps[s][i]) if i < len(steps[s]) else "" for s in SERVERS]
+            print(f"| {label} | step {i + 1} |  | " + " | ".join(cells) + " | — |")
 
 
 if __name__ == "__main__":

@@ -90,10 +90,49 @@ pub(crate) struct Common {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Via {
-    /// The sender's own WebSocket, with Herald's `publish` command.
+    /// The sender's own WebSocket: Herald's `publish` command, Pushca's `SEND_MESSAGE`.
     Ws,
     /// The server's HTTP publish API.
     Http,
+}
+
+/// Fan-out publish rate: fixed, or the highest sustainable one, searched for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Rate {
+    /// Messages per second over all channels.
+    PerSecond(f64),
+    /// Search for the highest rate the server sustains (see [`Search`]).
+    Max,
+}
+
+/// `10`, `2.5` or `max`.
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Rate::PerSecond(v)),
+        _ => Err(format!("not a rate (msg/s) or \"max\": {s:?}")),
+    }
+}
+
+/// How `fanout --rate max` searches: short steps at increasing rates (doubling from
+/// `--rate-start`, then bisecting between the last sustainable and the first unsustainable
+/// rate to within 10%), on the same connected subscribers. `--duration` caps the whole search.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Search {
+    /// First rate tried (msg/s).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) rate_start: f64,
+    /// Publishing time of each step (its drain comes on top, bounded by --drain).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) step_duration: Duration,
+    /// Highest latency p99 a sustainable step may have.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) max_p99: Duration,
+    /// Most steps tried.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_steps: u32,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -105,12 +144,16 @@ pub(crate) enum Scenario {
         subscribers: u32,
         #[arg(long, default_value_t = 1)]
         channels: u32,
-        /// Messages per second over all channels (round-robin).
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
+        /// Messages per second over all channels (round-robin), or `max`: search for the
+        /// highest sustainable rate (no loss, ≥ 97% of the offered publishes and deliveries,
+        /// p99 ≤ --max-p99) with the options below; --duration then caps the whole search.
+        #[arg(long, default_value = "10", value_parser = parse_rate)]
+        rate: Rate,
         /// Stop publishing after this many messages even if time remains.
         #[arg(long, default_value_t = 10_000_000)]
         max_messages: u64,
+        #[command(flatten)]
+        search: Search,
     },
     /// N clients, each on its own channel `c<i>`; repeatedly send from a random client to
     /// another; exactly-once check per message id; latency from send to receipt.
@@ -120,11 +163,17 @@ pub(crate) enum Scenario {
         /// Target messages per second in total; 0 = as fast as --concurrency allows.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Messages sent but not yet delivered, at most (in total).
+        /// Messages sent but not yet delivered (with --ack: not yet acknowledged to their
+        /// sender), at most (in total).
         #[arg(long, default_value_t = 100)]
         concurrency: u32,
-        #[arg(long, value_enum, default_value = "http")]
-        via: Via,
+        /// Default: ws for --target pushca, http otherwise.
+        #[arg(long, value_enum)]
+        via: Option<Via>,
+        /// Send with acknowledgement (--target pushca): the receiver acknowledges each message
+        /// and the sender waits for it; reports the sender's round trip too.
+        #[arg(long)]
+        ack: bool,
         /// Stop after this many messages even if time remains.
         #[arg(long, default_value_t = 20_000_000)]
         max_messages: u64,
@@ -144,6 +193,19 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 1)]
         channels: u32,
     },
+}
+
+impl Cli {
+    /// How pairs messages are sent, `--via` or the target's default; `None` outside pairs.
+    pub(crate) fn pairs_via(&self) -> Option<Via> {
+        match self.scenario {
+            Scenario::Pairs { via, .. } => Some(via.unwrap_or(match self.common.target {
+                Target::Pushca => Via::Ws,
+                _ => Via::Http,
+            })),
+            _ => None,
+        }
+    }
 }
 
 impl Scenario {
@@ -222,5 +284,45 @@ mod tests {
         assert_eq!(cli.common.target, Target::Nchan);
         assert!(cli.common.json);
         assert_eq!(cli.scenario.shape(), (5, 1));
+    }
+
+    #[test]
+    fn rates_and_the_max_search() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["herald-bench", "fanout"], args].concat()).map(|c| c.scenario)
+        };
+        let Ok(Scenario::Fanout { rate, search, .. }) = parse(&["--rate", "2.5"]) else {
+            panic!("fanout parses");
+        };
+        assert_eq!(rate, Rate::PerSecond(2.5));
+        assert_eq!(search.max_p99, Duration::from_millis(50));
+        let Ok(Scenario::Fanout { rate, search, .. }) =
+            parse(&["--rate", "max", "--rate-start", "4", "--max-p99", "20ms"])
+        else {
+            panic!("fanout parses");
+        };
+        assert_eq!(rate, Rate::Max);
+        assert_eq!(
+            (search.rate_start, search.max_p99),
+            (4.0, Duration::from_millis(20))
+        );
+        assert!(parse(&["--rate", "fast"]).is_err());
+        assert!(parse(&["--rate", "-1"]).is_err());
+    }
+
+    #[test]
+    fn pairs_send_over_websocket_by_default_only_for_pushca() {
+        let via = |args: &[&str]| {
+            Cli::try_parse_from([&["herald-bench", "pairs"], args].concat())
+                .expect("parses")
+                .pairs_via()
+        };
+        assert_eq!(via(&[]), Some(Via::Http));
+        assert_eq!(via(&["--target", "pushca"]), Some(Via::Ws));
+        assert_eq!(
+            via(&["--target", "pushca", "--via", "http"]),
+            Some(Via::Http)
+        );
+        assert_eq!(via(&["--target", "herald", "--via", "ws"]), Some(Via::Ws));
     }
 }

@@ -1,5 +1,6 @@
 //! A worker's share of connections: one task per connection, counting what it receives.
 
+use std::fmt::Display;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::adapters::Adapter;
+use crate::adapters::pushca::wire::{self, Incoming, MsgId};
+use crate::adapters::{Adapter, Target};
 use crate::stats::Recorder;
 use crate::token::{Token, now_ns};
 
@@ -17,9 +19,22 @@ const MAX_SEQ: u64 = 1 << 30;
 /// Commands queued per connection for sending (pairs over WebSocket).
 const SEND_QUEUE: usize = 64;
 
+/// A channel name, `<prefix>c<index>`, written where it is needed without a String of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelName<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) index: u32,
+}
+
+impl Display for ChannelName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}c{}", self.prefix, self.index)
+    }
+}
+
 /// Channel names: `<prefix>c<index>`.
 pub(crate) fn channel_name(prefix: &str, index: u32) -> String {
-    format!("{prefix}c{index}")
+    ChannelName { prefix, index }.to_string()
 }
 
 /// Which connections this worker opens and how.
@@ -40,6 +55,10 @@ pub(crate) struct Plan {
     pub(crate) senders: bool,
     /// Size of the pairs message-id space, for exactly-once checking; 0 outside pairs.
     pub(crate) pair_ids: u64,
+    /// This worker's number: Pushca message ids carry it, so they are unique across workers.
+    pub(crate) index: u32,
+    /// Pairs with acknowledgement: a message stays in flight until its sender hears the ack.
+    pub(crate) ack: bool,
 }
 
 /// Counters shared by the connection tasks of one worker.
@@ -57,6 +76,25 @@ pub(crate) struct Shared {
     pub(crate) stale: AtomicU64,
     /// Error replies to WebSocket publish commands.
     pub(crate) ws_publish_errors: AtomicU64,
+    /// Frames are Pushca's: told apart by [`wire::classify`], acknowledged where asked.
+    pushca: bool,
+    /// In-flight pairs messages end at the sender's acknowledgement (with `--ack`), not at
+    /// delivery, and error replies are failed acknowledgements rather than refused publishes.
+    release_on_ack: bool,
+    /// Sends the server acknowledged to their sender (Pushca `<id>@@ACKNOWLEDGE`, or a 200
+    /// from the with-acknowledge REST route).
+    pub(crate) acks: AtomicU64,
+    /// With `--ack`: sends answered with an error (not acknowledged in time, not connected).
+    pub(crate) ack_failures: AtomicU64,
+    /// Sender's send → acknowledgement round trip (µs).
+    pub(crate) ack_latency: Recorder,
+    /// Fan-out search: the first sequence number of the current step; earlier messages
+    /// arriving now are counted as `late`, not as deliveries of this step.
+    step_first_seq: AtomicU64,
+    /// Fan-out search: first receipts of an earlier step's messages during this step.
+    pub(crate) late: AtomicU64,
+    /// Unix nanoseconds of the latest counted fan-out delivery: when a step's deliveries ended.
+    pub(crate) last_delivery_ns: AtomicU64,
     /// Per connection: a warm-up probe arrived.
     pub(crate) confirmed_flags: Vec<AtomicBool>,
     /// Per connection: confirmed when measuring started, so its deliveries are expected.
@@ -74,7 +112,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(run: u32, connections: usize, pair_ids: u64) -> Self {
+    fn new(plan: &Plan, pushca: bool) -> Self {
+        let (run, connections, pair_ids) = (plan.run, plan.globals.len(), plan.pair_ids);
         let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
         Shared {
             run,
@@ -88,6 +127,14 @@ impl Shared {
             unexpected: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             ws_publish_errors: AtomicU64::new(0),
+            pushca,
+            release_on_ack: plan.ack,
+            acks: AtomicU64::new(0),
+            ack_failures: AtomicU64::new(0),
+            ack_latency: Recorder::new(shards),
+            step_first_seq: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
             confirmed_flags: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             included: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             latency: Recorder::new(shards),
@@ -115,6 +162,43 @@ impl Shared {
             .inflight
             .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
         self.inflight_dropped.notify_one();
+    }
+
+    /// A send was acknowledged to its sender (`key` picks a histogram shard).
+    pub(crate) fn on_send_acked(&self, key: usize, sent_ns: u64) {
+        self.acks.fetch_add(1, Relaxed);
+        self.ack_latency.record(key, latency_us(now_ns(), sent_ns));
+        if self.release_on_ack {
+            self.release_inflight();
+        }
+    }
+
+    /// A send was answered with an error.
+    pub(crate) fn on_send_failed(&self) {
+        if self.release_on_ack {
+            self.ack_failures.fetch_add(1, Relaxed);
+        } else {
+            self.ws_publish_errors.fetch_add(1, Relaxed);
+        }
+        self.release_inflight();
+    }
+
+    /// Fan-out search: starts counting a new step, whose messages have sequence numbers from
+    /// `first_seq` on. Step counters restart; a message of an earlier step racing with this
+    /// reset can at most be counted once more (the reset is not atomic with the receipts).
+    pub(crate) fn begin_step(&self, first_seq: u64) {
+        self.step_first_seq.store(first_seq, Relaxed);
+        for counter in [
+            &self.deliveries,
+            &self.duplicated,
+            &self.misrouted,
+            &self.unexpected,
+            &self.late,
+            &self.last_delivery_ns,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        self.latency.reset();
     }
 
     fn on_connected(&self, local: usize, took: Duration) {
@@ -153,7 +237,7 @@ impl ClientSet {
     /// Starts one task per connection; they connect `connect_concurrency` at a time.
     pub(crate) fn start(plan: Plan, adapter: Arc<Adapter>) -> Self {
         let n = plan.globals.len();
-        let shared = Arc::new(Shared::new(plan.run, n, plan.pair_ids));
+        let shared = Arc::new(Shared::new(&plan, adapter.target == Target::Pushca));
         let gate = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
         let (stop, stop_rx) = watch::channel(false);
         let mut senders = Vec::with_capacity(n);
@@ -285,31 +369,36 @@ impl ClientTask {
         result.alive = true;
         let mut seen = SeqSet::default();
         let (local, global) = (self.local, self.global);
-        let mut on_payload = |frame: &[u8]| {
-            on_frame(&shared, local, global, &mut seen, frame);
-        };
+        // What a received frame asks this connection to answer (a Pushca acknowledgement).
+        let mut answer = String::new();
         // One stop future for the whole loop: re-creating it per frame showed in profiles.
         let stopped = self.stop.changed();
         tokio::pin!(stopped);
         // Bounded by the stop signal, which the worker always sends, and by the connection's end.
         loop {
-            tokio::select! {
+            let mut on_payload = |frame: &[u8]| {
+                on_frame(&shared, local, global, &mut seen, frame, &mut answer);
+            };
+            let frame = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                Some(frame) = next_outgoing(&mut self.outgoing) => {
-                    if conn.send_text(frame).await.is_err() {
-                        shared.disconnects.fetch_add(1, Relaxed);
-                        result.alive = false;
-                        break;
-                    }
-                }
+                Some(frame) = next_outgoing(&mut self.outgoing) => frame,
                 r = conn.recv(&mut on_payload) => {
                     if !matches!(r, Ok(true)) {
                         shared.disconnects.fetch_add(1, Relaxed);
                         result.alive = false;
                         break;
                     }
+                    if answer.is_empty() {
+                        continue;
+                    }
+                    std::mem::take(&mut answer)
                 }
+            };
+            if conn.send_text(frame).await.is_err() {
+                shared.disconnects.fetch_add(1, Relaxed);
+                result.alive = false;
+                break;
             }
         }
         result.unique = seen.count;
@@ -324,13 +413,30 @@ async fn next_outgoing(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String
     }
 }
 
-/// Handles one payload of connection `local` (global index `global`).
-fn on_frame(shared: &Shared, local: usize, global: u32, seen: &mut SeqSet, frame: &[u8]) {
+/// Handles one payload of connection `local` (global index `global`); a frame to send back is
+/// appended to `answer`.
+fn on_frame(
+    shared: &Shared,
+    local: usize,
+    global: u32,
+    seen: &mut SeqSet,
+    frame: &[u8],
+    answer: &mut String,
+) {
+    if shared.pushca {
+        match wire::classify(frame) {
+            Incoming::SendAcked(MsgId { sent_ns, .. }) => {
+                return shared.on_send_acked(local, sent_ns);
+            }
+            Incoming::SendFailed => return shared.on_send_failed(),
+            Incoming::NeedsAck(id) => wire::write_receiver_ack(answer, id),
+            Incoming::Other => {}
+        }
+    }
     let Some(token) = Token::find(frame) else {
         // Herald replies to WebSocket commands: {"id":n,"result":..} or {"id":n,"error":..}.
         if frame.starts_with(b"{\"id\":") && memchr::memmem::find(frame, b"\"error\"").is_some() {
-            shared.ws_publish_errors.fetch_add(1, Relaxed);
-            shared.release_inflight();
+            shared.on_send_failed();
         }
         return;
     };
@@ -345,9 +451,14 @@ fn on_frame(shared: &Shared, local: usize, global: u32, seen: &mut SeqSet, frame
             }
         }
         Token::Measured { seq, sent_ns, .. } => match seen.insert(seq) {
+            Some(true) if seq < shared.step_first_seq.load(Relaxed) => {
+                shared.late.fetch_add(1, Relaxed);
+            }
             Some(true) if shared.included[local].load(Relaxed) => {
+                let now = now_ns();
                 shared.deliveries.fetch_add(1, Relaxed);
-                shared.latency.record(local, latency_us(sent_ns));
+                shared.last_delivery_ns.fetch_max(now, Relaxed);
+                shared.latency.record(local, latency_us(now, sent_ns));
             }
             Some(true) => {
                 shared.unexpected.fetch_add(1, Relaxed);
@@ -372,8 +483,10 @@ fn on_frame(shared: &Shared, local: usize, global: u32, seen: &mut SeqSet, frame
             match shared.first_pair_delivery(id) {
                 Some(true) => {
                     shared.deliveries.fetch_add(1, Relaxed);
-                    shared.latency.record(local, latency_us(sent_ns));
-                    shared.release_inflight();
+                    shared.latency.record(local, latency_us(now_ns(), sent_ns));
+                    if !shared.release_on_ack {
+                        shared.release_inflight();
+                    }
                 }
                 Some(false) => {
                     shared.duplicated.fetch_add(1, Relaxed);
@@ -386,8 +499,8 @@ fn on_frame(shared: &Shared, local: usize, global: u32, seen: &mut SeqSet, frame
     }
 }
 
-fn latency_us(sent_ns: u64) -> u64 {
-    now_ns().saturating_sub(sent_ns) / 1000
+fn latency_us(now_ns: u64, sent_ns: u64) -> u64 {
+    now_ns.saturating_sub(sent_ns) / 1000
 }
 
 /// The set of fan-out sequence numbers a connection has received: a growable bitmap.
@@ -430,9 +543,38 @@ mod tests {
         assert_eq!(s.count, 2);
     }
 
+    fn plan(connections: u32, pair_ids: u64, ack: bool) -> Plan {
+        Plan {
+            run: 9,
+            globals: (0..connections).collect(),
+            channels: connections,
+            prefix: String::new(),
+            sources: Vec::new(),
+            connect_concurrency: 1,
+            senders: false,
+            pair_ids,
+            index: 0,
+            ack,
+        }
+    }
+
+    /// Feeds `frame` to connection `local` (= global), returning what it answers.
+    fn feed(shared: &Shared, local: u32, seen: &mut SeqSet, frame: &str) -> String {
+        let mut answer = String::new();
+        on_frame(
+            shared,
+            local as usize,
+            local,
+            seen,
+            frame.as_bytes(),
+            &mut answer,
+        );
+        answer
+    }
+
     #[test]
     fn frames_are_counted_once_and_by_run() {
-        let shared = Shared::new(9, 2, 128);
+        let shared = Shared::new(&plan(2, 128, false), false);
         shared.included[0].store(true, Relaxed);
         let mut seen = SeqSet::default();
         let m = |run, seq| {
@@ -445,15 +587,26 @@ mod tests {
             .payload(32)
         };
         for frame in [m(9, 0), m(9, 1), m(9, 1), m(8, 2)] {
-            on_frame(&shared, 0, 0, &mut seen, frame.as_bytes());
+            feed(&shared, 0, &mut seen, &frame);
         }
         assert_eq!(shared.deliveries.load(Relaxed), 2);
         assert_eq!(shared.duplicated.load(Relaxed), 1);
         assert_eq!(shared.stale.load(Relaxed), 1);
         let probe = Token::Probe { run: 9, channel: 0 }.payload(0);
-        on_frame(&shared, 1, 1, &mut SeqSet::default(), probe.as_bytes());
-        on_frame(&shared, 1, 1, &mut SeqSet::default(), probe.as_bytes());
+        feed(&shared, 1, &mut SeqSet::default(), &probe);
+        feed(&shared, 1, &mut SeqSet::default(), &probe);
         assert_eq!(shared.confirmed.load(Relaxed), 1);
+        // A new step: only its own messages (seq >= 5) count; an earlier one is late.
+        shared.begin_step(5);
+        assert_eq!(shared.deliveries.load(Relaxed), 0);
+        for frame in [m(9, 4), m(9, 5), m(9, 6)] {
+            feed(&shared, 0, &mut seen, &frame);
+        }
+        assert_eq!(shared.deliveries.load(Relaxed), 2);
+        assert_eq!(shared.late.load(Relaxed), 1);
+        assert!(shared.last_delivery_ns.load(Relaxed) > 0);
+        assert_eq!(shared.latency.merged().len(), 2);
+        shared.begin_step(0);
         // Pairs: the receiver check and exactly-once by id.
         shared.inflight.store(2, Relaxed);
         let p = |receiver, id| {
@@ -465,12 +618,119 @@ mod tests {
             }
             .payload(0)
         };
-        on_frame(&shared, 1, 1, &mut seen, p(1, 5).as_bytes());
-        on_frame(&shared, 1, 1, &mut seen, p(1, 5).as_bytes());
-        on_frame(&shared, 1, 1, &mut seen, p(0, 6).as_bytes());
-        assert_eq!(shared.deliveries.load(Relaxed), 3);
-        assert_eq!(shared.duplicated.load(Relaxed), 2);
+        feed(&shared, 1, &mut seen, &p(1, 5));
+        feed(&shared, 1, &mut seen, &p(1, 5));
+        feed(&shared, 1, &mut seen, &p(0, 6));
+        assert_eq!(shared.deliveries.load(Relaxed), 1);
+        assert_eq!(shared.duplicated.load(Relaxed), 1);
         assert_eq!(shared.misrouted.load(Relaxed), 1);
         assert_eq!(shared.inflight.load(Relaxed), 1);
+        // A Herald error reply to a WebSocket publish refuses it.
+        feed(
+            &shared,
+            0,
+            &mut seen,
+            r#"{"id":3,"error":{"code":"forbidden"}}"#,
+        );
+        assert_eq!(shared.ws_publish_errors.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn pushca_acknowledgements_end_messages_in_ack_mode() {
+        let shared = Shared::new(&plan(2, 128, true), true);
+        shared.inflight.store(3, Relaxed);
+        let sent_ns = now_ns();
+        let id = MsgId {
+            sent_ns,
+            worker: 0,
+            id: 7,
+        };
+        let body = Token::Pair {
+            run: 9,
+            receiver: 1,
+            id: 7,
+            sent_ns,
+        }
+        .payload(64);
+        // The receiver gets `<id>@@<body>`: counted, and acknowledged, but still in flight.
+        let answer = feed(&shared, 1, &mut SeqSet::default(), &format!("{id}@@{body}"));
+        assert_eq!(
+            answer,
+            format!(r#"r{id}@@ACKNOWLEDGE@@{{"messageId":"{id}"}}"#)
+        );
+        assert_eq!(shared.deliveries.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 3);
+        // The server's reply to that acknowledgement is ignored.
+        assert_eq!(
+            feed(
+                &shared,
+                1,
+                &mut SeqSet::default(),
+                &format!("r{id}@@ACKNOWLEDGE")
+            ),
+            ""
+        );
+        assert_eq!(shared.acks.load(Relaxed), 0);
+        // The sender's acknowledgement ends it and times the round trip.
+        feed(
+            &shared,
+            0,
+            &mut SeqSet::default(),
+            &format!("{id}@@ACKNOWLEDGE"),
+        );
+        assert_eq!(shared.acks.load(Relaxed), 1);
+        assert_eq!(shared.ack_latency.merged().len(), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 2);
+        // A timed-out send is a failed acknowledgement, not a refused publish.
+        let timeout = format!(r#"{id}@@RESPONSE@@{{"body":null,"error":"acknowledge timeout"}}"#);
+        feed(&shared, 0, &mut SeqSet::default(), &timeout);
+        assert_eq!(shared.ack_failures.load(Relaxed), 1);
+        assert_eq!(shared.ws_publish_errors.load(Relaxed), 0);
+        assert_eq!(shared.inflight.load(Relaxed), 1);
+        // PING replies and PONG are ignored.
+        for other in ["p@@RESPONSE", "PONG"] {
+            assert_eq!(feed(&shared, 0, &mut SeqSet::default(), other), "");
+        }
+        assert_eq!(shared.inflight.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn pushca_plain_sends_end_at_delivery() {
+        let shared = Shared::new(&plan(2, 128, false), true);
+        shared.inflight.store(2, Relaxed);
+        let body = Token::Pair {
+            run: 9,
+            receiver: 1,
+            id: 3,
+            sent_ns: now_ns(),
+        }
+        .payload(64);
+        // A plain message arrives as the raw body and needs no answer.
+        assert_eq!(feed(&shared, 1, &mut SeqSet::default(), &body), "");
+        assert_eq!(shared.deliveries.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 1);
+        let id = MsgId {
+            sent_ns: now_ns(),
+            worker: 0,
+            id: 3,
+        };
+        feed(
+            &shared,
+            0,
+            &mut SeqSet::default(),
+            &format!("{id}@@ACKNOWLEDGE"),
+        );
+        assert_eq!(shared.acks.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 1);
+        // Without --ack an error reply is a refused publish.
+        feed(
+            &shared,
+            0,
+            &mut SeqSet::default(),
+            r#"@@RESPONSE@@{"body":null,"error":"x"}"#,
+        );
+        assert_eq!(shared.ws_publish_errors.load(Relaxed), 1);
+        assert_eq!(shared.inflight.load(Relaxed), 0);
     }
 }

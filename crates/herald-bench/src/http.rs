@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -21,7 +21,9 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 
 struct Job {
     request: Vec<u8>,
-    reply: oneshot::Sender<Result<u16>>,
+    /// Whether the caller reads the response body (publishes do not: no copy for them).
+    want_body: bool,
+    reply: oneshot::Sender<Result<(u16, Bytes)>>,
 }
 
 /// A pool of keep-alive connections to one server.
@@ -56,6 +58,15 @@ impl HttpPool {
 
     /// POSTs a JSON `body` to `path` (with its query); the response status.
     pub(crate) async fn post(&self, path: &str, body: &str) -> Result<u16> {
+        Ok(self.submit(path, body, false).await?.0)
+    }
+
+    /// POSTs like [`Self::post`]; the response status and body.
+    pub(crate) async fn post_for_body(&self, path: &str, body: &str) -> Result<(u16, Bytes)> {
+        self.submit(path, body, true).await
+    }
+
+    async fn submit(&self, path: &str, body: &str, want_body: bool) -> Result<(u16, Bytes)> {
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.authority,
@@ -65,7 +76,11 @@ impl HttpPool {
         request.extend_from_slice(body.as_bytes());
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { request, reply })
+            .send(Job {
+                request,
+                want_body,
+                reply,
+            })
             .await
             .map_err(|_| BenchError::Protocol("HTTP pool closed".into()))?;
         // The lane bounds the exchange itself; this bounds the wait for a free lane too.
@@ -84,11 +99,11 @@ async fn lane(ep: Endpoint, rx: Arc<Mutex<mpsc::Receiver<Job>>>, timeout: Durati
     loop {
         let job = { rx.lock().await.recv().await };
         let Some(job) = job else { return };
-        let result =
-            match tokio::time::timeout(timeout, exchange(&ep, &mut conn, &job.request)).await {
-                Ok(r) => r,
-                Err(_) => Err(BenchError::Timeout("publishing")),
-            };
+        let exchange = exchange(&ep, &mut conn, &job.request, job.want_body);
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(BenchError::Timeout("publishing")),
+        };
         if result.is_err() {
             conn = None;
         }
@@ -100,7 +115,8 @@ async fn exchange(
     ep: &Endpoint,
     conn: &mut Option<(TcpStream, BytesMut)>,
     request: &[u8],
-) -> Result<u16> {
+    want_body: bool,
+) -> Result<(u16, Bytes)> {
     // A kept-alive connection the server closed meanwhile fails before any response byte:
     // then, and only then, the request is sent once more on a new connection.
     for attempt in 0..2 {
@@ -114,12 +130,12 @@ async fn exchange(
         let Some((tcp, buf)) = conn.as_mut() else {
             continue;
         };
-        match roundtrip(tcp, buf, request).await {
-            Ok((status, keep_alive)) => {
+        match roundtrip(tcp, buf, request, want_body).await {
+            Ok((status, keep_alive, body)) => {
                 if !keep_alive {
                     *conn = None;
                 }
-                return Ok(status);
+                return Ok((status, body));
             }
             Err(Stale) if reused && attempt == 0 => *conn = None,
             Err(Stale) => {
@@ -156,12 +172,14 @@ fn protocol(msg: &str) -> RoundtripError {
     Failed(BenchError::Protocol(msg.into()))
 }
 
-/// Writes one request and reads one response: `(status, keep-alive)`.
+/// Writes one request and reads one response: `(status, keep-alive, body)`; the body is
+/// empty unless `want_body`.
 async fn roundtrip(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     request: &[u8],
-) -> std::result::Result<(u16, bool), RoundtripError> {
+    want_body: bool,
+) -> std::result::Result<(u16, bool, Bytes), RoundtripError> {
     buf.clear();
     if tcp.write_all(request).await.is_err() {
         return Err(Stale);
@@ -214,7 +232,7 @@ async fn roundtrip(
         }
     }
     buf.advance(head_end + 4);
-    if chunked {
+    let body = if chunked {
         let mut body = BytesMut::new();
         let mut state = Chunk::Size;
         // Bounded by MAX_BODY and by the caller's timeout.
@@ -231,6 +249,7 @@ async fn roundtrip(
                 return Err(protocol("closed inside a chunked body"));
             }
         }
+        body
     } else if let Some(n) = length {
         if n > MAX_BODY {
             return Err(protocol("response body too large"));
@@ -240,6 +259,11 @@ async fn roundtrip(
                 return Err(protocol("closed inside a response body"));
             }
         }
+        if want_body {
+            buf.split_to(n)
+        } else {
+            BytesMut::new()
+        }
     } else if status != 204 && status != 304 && !(100..200).contains(&status) {
         // Body until the server closes.
         keep_alive = false;
@@ -248,8 +272,16 @@ async fn roundtrip(
                 break;
             }
         }
-    }
-    Ok((status, keep_alive))
+        buf.split()
+    } else {
+        BytesMut::new()
+    };
+    let body = if want_body {
+        body.freeze()
+    } else {
+        Bytes::new()
+    };
+    Ok((status, keep_alive, body))
 }
 
 #[cfg(test)]
@@ -299,13 +331,22 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
             "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nworld",
         ])
         .await;
-        // One lane: all three requests must reuse the one connection the server accepts.
+        // One lane: all requests must reuse the one connection the server accepts.
         let pool = HttpPool::new(&ep, 1, Duration::from_secs(5));
-        assert_eq!(pool.post("/a", "{}").await.expect("first"), 200);
-        assert_eq!(pool.post("/b", "{\"x\":1}").await.expect("second"), 201);
+        assert_eq!(
+            pool.post_for_body("/a", "{}").await.expect("first"),
+            (200, Bytes::from_static(b"hello"))
+        );
+        assert_eq!(
+            pool.post_for_body("/b", "{\"x\":1}").await.expect("second"),
+            (201, Bytes::from_static(b"abc"))
+        );
         assert_eq!(pool.post("/c", "").await.expect("third"), 202);
+        // A body not asked for is skipped, and the connection stays usable.
+        assert_eq!(pool.post("/d", "").await.expect("fourth"), 200);
     }
 
     #[tokio::test]

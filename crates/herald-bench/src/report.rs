@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::proc::ProcSample;
+use crate::scenarios::rate_search::SearchReport;
 use crate::stats::{LatencySummary, WorkerStats};
 
 /// Server resource use, from `/proc/<pid>` of the server's process tree.
@@ -67,6 +68,19 @@ pub(crate) struct Report {
     /// Measured messages received by connections outside the measurement (not counted above).
     pub(crate) unexpected: u64,
     pub(crate) latency_ms: Option<LatencySummary>,
+    /// Pairs on Pushca: sends acknowledged to their sender (`<id>@@ACKNOWLEDGE`, or 200 from
+    /// the with-acknowledge route).
+    pub(crate) acks: u64,
+    /// With `--ack`: sends answered with an error (not acknowledged in time, not connected).
+    pub(crate) ack_failures: u64,
+    /// Sends that should have been answered and were neither acknowledged nor refused.
+    pub(crate) unacked: u64,
+    /// The sender's send → acknowledgement round trip: with `--ack` until the receiver
+    /// acknowledged, without until the server sent the message on.
+    pub(crate) ack_latency_ms: Option<LatencySummary>,
+    /// `fanout --rate max`: the highest sustainable rate and every step tried; the other
+    /// figures are those of that rate's step.
+    pub(crate) search: Option<SearchReport>,
     /// Connect scenario: connections per second from the first attempt to the last success.
     pub(crate) connects_per_second: Option<f64>,
     pub(crate) connect_latency_ms: Option<LatencySummary>,
@@ -113,6 +127,11 @@ impl Report {
             misrouted: stats.misrouted,
             unexpected: stats.unexpected,
             latency_ms: stats.latency(),
+            acks: stats.acks,
+            ack_failures: stats.ack_failures,
+            unacked: stats.unacked,
+            ack_latency_ms: stats.ack_latency(),
+            search: None,
             connects_per_second: None,
             connect_latency_ms: stats.connect_latency(),
             server: None,
@@ -171,6 +190,46 @@ impl Report {
                 "latency ms p99.9/max/mean",
                 fmt3(l.p999_ms, l.max_ms, l.mean_ms),
             );
+        }
+        if self.acks + self.ack_failures + self.unacked > 0 {
+            row(
+                "sender acks",
+                format!(
+                    "{} acknowledged, {} failed, {} unanswered",
+                    self.acks, self.ack_failures, self.unacked
+                ),
+            );
+        }
+        if let Some(l) = &self.ack_latency_ms {
+            row("ack ms p50/p90/p99", fmt3(l.p50_ms, l.p90_ms, l.p99_ms));
+            row(
+                "ack ms p99.9/max/mean",
+                fmt3(l.p999_ms, l.max_ms, l.mean_ms),
+            );
+        }
+        if let Some(search) = &self.search {
+            row(
+                "highest sustainable rate",
+                match search.max_rate {
+                    Some(r) => format!("{r:.1} msg/s (the figures above are its step)"),
+                    None => "none".into(),
+                },
+            );
+            for (i, step) in search.steps.iter().enumerate() {
+                row(
+                    &format!("step {}", i + 1),
+                    format!(
+                        "{:.1} msg/s: {:.1} pub/s, {:.0} of {:.0} deliveries/s, p99 {} ms, {} lost: {}",
+                        step.rate,
+                        step.publishes_per_second,
+                        step.deliveries_per_second,
+                        step.expected_deliveries_per_second,
+                        step.p99_ms.map_or("-".into(), |p| format!("{p:.2}")),
+                        step.lost,
+                        step.verdict
+                    ),
+                );
+            }
         }
         if let Some(c) = self.connects_per_second {
             row("connects per second", format!("{c:.1}"));

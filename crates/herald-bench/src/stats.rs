@@ -55,6 +55,13 @@ impl Recorder {
         h.saturating_record(micros.max(1));
     }
 
+    /// Empties every shard, for a new measurement step.
+    pub(crate) fn reset(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
+    }
+
     pub(crate) fn merged(&self) -> Histogram<u64> {
         let mut out = new_histogram();
         for shard in &self.shards {
@@ -124,9 +131,21 @@ pub(crate) struct WorkerStats {
     pub(crate) misrouted: u64,
     /// Measured messages received by connections not included in the measurement.
     pub(crate) unexpected: u64,
+    /// Fan-out search: first receipts, during a step, of an earlier step's messages.
+    pub(crate) late: u64,
     /// Unix nanoseconds of the first and last established connection (0: none), for connect rates.
     pub(crate) first_connect_ns: u64,
     pub(crate) last_connect_ns: u64,
+    /// Unix nanoseconds of the last counted fan-out delivery (0: none): when a step really ended.
+    pub(crate) last_delivery_ns: u64,
+    /// Sends acknowledged to their sender (Pushca), and the round trip's histogram (µs).
+    pub(crate) acks: u64,
+    pub(crate) ack_latency_us: Vec<(u64, u64)>,
+    /// With `--ack`: sends answered with an error (not acknowledged in time, not connected).
+    pub(crate) ack_failures: u64,
+    /// Sends that should have been answered (Pushca over WebSocket, or with acknowledge) and
+    /// were neither acknowledged nor refused by the end of the drain.
+    pub(crate) unacked: u64,
     /// End-to-end latency histogram (µs), as `(value, count)` pairs.
     pub(crate) latency_us: Vec<(u64, u64)>,
     /// Time from starting a connection to its being established (µs), as pairs.
@@ -154,12 +173,18 @@ impl WorkerStats {
         self.duplicated += other.duplicated;
         self.misrouted += other.misrouted;
         self.unexpected += other.unexpected;
+        self.late += other.late;
         self.first_connect_ns = match (self.first_connect_ns, other.first_connect_ns) {
             (0, b) => b,
             (a, 0) => a,
             (a, b) => a.min(b),
         };
         self.last_connect_ns = self.last_connect_ns.max(other.last_connect_ns);
+        self.last_delivery_ns = self.last_delivery_ns.max(other.last_delivery_ns);
+        self.acks += other.acks;
+        self.ack_latency_us = merge_pairs(&self.ack_latency_us, &other.ack_latency_us);
+        self.ack_failures += other.ack_failures;
+        self.unacked += other.unacked;
         self.latency_us = merge_pairs(&self.latency_us, &other.latency_us);
         self.connect_us = merge_pairs(&self.connect_us, &other.connect_us);
         self.alive_at_end += other.alive_at_end;
@@ -173,6 +198,10 @@ impl WorkerStats {
 
     pub(crate) fn connect_latency(&self) -> Option<LatencySummary> {
         LatencySummary::of(&pairs_to_histogram(&self.connect_us))
+    }
+
+    pub(crate) fn ack_latency(&self) -> Option<LatencySummary> {
+        LatencySummary::of(&pairs_to_histogram(&self.ack_latency_us))
     }
 }
 
@@ -202,6 +231,18 @@ mod tests {
         assert!(close(s.p999_ms, 999.0), "{s:?}");
         assert!(close(s.max_ms, 1000.0), "{s:?}");
         assert!(close(s.mean_ms, 500.5), "{s:?}");
+    }
+
+    #[test]
+    fn reset_empties_every_shard() {
+        let r = Recorder::new(3);
+        for i in 0..10 {
+            r.record(i, 5);
+        }
+        r.reset();
+        assert!(r.merged().is_empty());
+        r.record(1, 7);
+        assert_eq!(r.merged().len(), 1);
     }
 
     #[test]
@@ -240,7 +281,13 @@ mod tests {
                 duplicated: w,
                 first_connect_ns: 1000 + w,
                 last_connect_ns: 2000 + w,
+                last_delivery_ns: 3000 - w,
+                acks: 400,
+                ack_failures: w,
+                unacked: 1,
+                late: w,
                 latency_us: histogram_to_pairs(&h),
+                ack_latency_us: histogram_to_pairs(&h),
                 cpu_seconds: 0.5,
                 processes: 1,
                 ..WorkerStats::default()
@@ -258,6 +305,13 @@ mod tests {
         assert_eq!(merged.duplicated, 3);
         assert_eq!(merged.first_connect_ns, 1000);
         assert_eq!(merged.last_connect_ns, 2002);
+        assert_eq!(merged.last_delivery_ns, 3000);
+        assert_eq!(
+            (merged.acks, merged.ack_failures, merged.unacked),
+            (1200, 3, 3)
+        );
+        assert_eq!(merged.late, 3);
+        assert_eq!(pairs_to_histogram(&merged.ack_latency_us), all);
         assert_eq!(merged.processes, 3);
         assert!((merged.cpu_seconds - 1.5).abs() < 1e-9);
         assert_eq!(pairs_to_histogram(&merged.latency_us), all);

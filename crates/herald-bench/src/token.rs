@@ -11,7 +11,18 @@
 //! `run` is random per benchmark run, so messages a server buffered from an earlier run
 //! (Nchan replays the newest one to new subscribers) are told apart and ignored.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How a payload's own quotes are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quoting {
+    /// As a JSON object, the form every publish API takes.
+    Plain,
+    /// As the inside of a JSON string (`\"`), the form Pushca's `message` string takes; the
+    /// receiver then gets the plain object.
+    Escaped,
+}
 
 /// What a subscriber found in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,31 +52,47 @@ impl Token {
         }
     }
 
-    /// The token's text.
-    pub(crate) fn encode(&self) -> String {
-        match *self {
+    /// Appends the token's text to `out`.
+    fn write(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match *self {
             Token::Measured {
                 run,
                 channel,
                 seq,
                 sent_ns,
-            } => format!("hbm:{run}:{channel}:{seq}:{sent_ns};"),
-            Token::Probe { run, channel } => format!("hbp:{run}:{channel};"),
+            } => write!(out, "hbm:{run}:{channel}:{seq}:{sent_ns};"),
+            Token::Probe { run, channel } => write!(out, "hbp:{run}:{channel};"),
             Token::Pair {
                 run,
                 receiver,
                 id,
                 sent_ns,
-            } => format!("hbq:{run}:{receiver}:{id}:{sent_ns};"),
-        }
+            } => write!(out, "hbq:{run}:{receiver}:{id}:{sent_ns};"),
+        };
     }
 
     /// A JSON object carrying the token, padded to about `size` bytes so message size is a parameter.
     pub(crate) fn payload(&self, size: usize) -> String {
-        let token = self.encode();
-        let overhead = token.len() + r#"{"x":"","pad":""}"#.len();
-        let pad = size.saturating_sub(overhead);
-        format!(r#"{{"x":"{token}","pad":"{}"}}"#, "p".repeat(pad))
+        let mut out = String::with_capacity(size.max(64));
+        self.write_payload(&mut out, size, Quoting::Plain);
+        out
+    }
+
+    /// Appends the payload object to `out` (no allocation of its own); `size` is the size of
+    /// the plain object whatever the quoting.
+    pub(crate) fn write_payload(&self, out: &mut String, size: usize, quoting: Quoting) {
+        let q = match quoting {
+            Quoting::Plain => "\"",
+            Quoting::Escaped => "\\\"",
+        };
+        let _ = write!(out, "{{{q}x{q}:{q}");
+        let token_start = out.len();
+        self.write(out);
+        let overhead = (out.len() - token_start) + r#"{"x":"","pad":""}"#.len();
+        let _ = write!(out, "{q},{q}pad{q}:{q}");
+        out.extend(std::iter::repeat_n('p', size.saturating_sub(overhead)));
+        let _ = write!(out, "{q}}}");
     }
 
     /// The first token in `frame`, if any.
@@ -167,6 +194,22 @@ mod tests {
         for frame in [&payload, &herald, &sockudo, &sse] {
             assert_eq!(Token::find(frame.as_bytes()), Some(t), "{frame}");
         }
+    }
+
+    #[test]
+    fn escaped_payload_is_the_plain_one_inside_a_json_string() {
+        let t = Token::Pair {
+            run: 3,
+            receiver: 4,
+            id: 5,
+            sent_ns: 6,
+        };
+        let mut escaped = String::new();
+        t.write_payload(&mut escaped, 80, Quoting::Escaped);
+        let inner: String = serde_json::from_str(&format!("\"{escaped}\"")).expect("string");
+        assert_eq!(inner, t.payload(80));
+        assert_eq!(inner.len(), 80);
+        assert_eq!(Token::find(escaped.as_bytes()), Some(t));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::adapters::Adapter;
 use crate::cli::{Cli, Scenario, Via};
-use crate::clients::{ClientSet, Plan};
+use crate::clients::{ClientSet, Plan, Shared};
 use crate::error::{BenchError, Result};
 use crate::net::address_range;
 use crate::proc::self_cpu_seconds;
@@ -35,6 +35,16 @@ pub(crate) enum Cmd {
     Status,
     /// Freeze the set of measured connections and start the measured phase (pairs: start sending).
     Measure,
+    /// Fan-out search: start counting a new step, whose messages have sequence numbers from
+    /// `first_seq` on.
+    Step {
+        first_seq: u64,
+    },
+    /// Fan-out search: report the current step without stopping. `published[c]` = the step's
+    /// messages accepted on channel c.
+    Snapshot {
+        published: Vec<u64>,
+    },
     /// End: close everything and report. `published[c]` = messages accepted on channel c (fan-out).
     Stop {
         published: Vec<u64>,
@@ -112,11 +122,15 @@ impl Worker {
             let first = Ipv4Addr::from(u32::from(b).wrapping_add(index * c.bind_count));
             address_range(first, c.bind_count.max(1))
         });
-        let (senders, pair_ids) = match cli.scenario {
+        let (senders, pair_ids, ack) = match cli.scenario {
             Scenario::Pairs {
-                via, max_messages, ..
-            } => (via == Via::Ws, max_messages.div_ceil(u64::from(procs))),
-            _ => (false, 0),
+                max_messages, ack, ..
+            } => (
+                cli.pairs_via() == Some(Via::Ws),
+                max_messages.div_ceil(u64::from(procs)),
+                ack,
+            ),
+            _ => (false, 0, false),
         };
         let plan = Plan {
             run,
@@ -127,6 +141,8 @@ impl Worker {
             connect_concurrency: (c.connect_concurrency / procs as usize).max(1),
             senders,
             pair_ids,
+            index,
+            ack,
         };
         Worker {
             cli: cli.clone(),
@@ -164,8 +180,68 @@ impl Worker {
                 }
                 Reply::Done
             }
+            Cmd::Step { first_seq } => {
+                self.cpu_at_measure = self_cpu_seconds();
+                if let Some(set) = &self.set {
+                    set.shared.begin_step(first_seq);
+                }
+                Reply::Done
+            }
+            Cmd::Snapshot { published } => Reply::Stats(Box::new(self.snapshot(&published))),
             Cmd::Stop { published } => Reply::Stats(Box::new(self.stop(&published).await)),
         }
+    }
+
+    /// The counters every report starts from, as they are now.
+    fn counters(&self, shared: &Shared) -> WorkerStats {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        let mut stats = WorkerStats {
+            connected: load(&shared.connected),
+            connect_errors: load(&shared.connect_errors),
+            // Connections this worker closes itself at the end are not disconnects.
+            disconnects: load(&shared.disconnects),
+            included: shared.included.iter().filter(|f| f.load(Relaxed)).count() as u64,
+            deliveries: load(&shared.deliveries),
+            duplicated: load(&shared.duplicated),
+            misrouted: load(&shared.misrouted),
+            unexpected: load(&shared.unexpected),
+            late: load(&shared.late),
+            first_connect_ns: load(&shared.first_connect_ns),
+            last_connect_ns: load(&shared.last_connect_ns),
+            last_delivery_ns: load(&shared.last_delivery_ns),
+            latency_us: histogram_to_pairs(&shared.latency.merged()),
+            connect_us: histogram_to_pairs(&shared.connect_latency.merged()),
+            acks: load(&shared.acks),
+            ack_failures: load(&shared.ack_failures),
+            ack_latency_us: histogram_to_pairs(&shared.ack_latency.merged()),
+            ..WorkerStats::default()
+        };
+        if self.own_process {
+            stats.cpu_seconds = self_cpu_seconds() - self.cpu_at_measure;
+            stats.processes = 1;
+        }
+        stats
+    }
+
+    /// Fan-out search: the current step's figures; expected deliveries are those of the
+    /// included connections on each channel.
+    fn snapshot(&self, published: &[u64]) -> WorkerStats {
+        let Some(set) = &self.set else {
+            return WorkerStats::default();
+        };
+        let shared = &set.shared;
+        let mut stats = self.counters(shared);
+        let channels = self.plan.channels.max(1);
+        stats.expected = self
+            .plan
+            .globals
+            .iter()
+            .zip(&shared.included)
+            .filter(|(_, inc)| inc.load(Relaxed))
+            .map(|(g, _)| published.get((g % channels) as usize).copied().unwrap_or(0))
+            .sum();
+        stats.lost = stats.expected.saturating_sub(stats.deliveries);
+        stats
     }
 
     fn status(&self) -> Status {
@@ -188,13 +264,12 @@ impl Worker {
     }
 
     async fn stop(&mut self, published: &[u64]) -> WorkerStats {
-        let mut stats = WorkerStats::default();
         let sent = match self.pairs.take() {
             Some(h) => h.await.ok(),
             None => None,
         };
         let Some(set) = self.set.take() else {
-            return stats;
+            return WorkerStats::default();
         };
         let shared = set.shared.clone();
         if sent.is_some() {
@@ -206,19 +281,7 @@ impl Worker {
         }
         let included: Vec<bool> = shared.included.iter().map(|f| f.load(Relaxed)).collect();
         let results = set.stop().await;
-        stats.connected = shared.connected.load(Relaxed);
-        stats.connect_errors = shared.connect_errors.load(Relaxed);
-        // Connections this worker closed itself at the end are not disconnects.
-        stats.disconnects = shared.disconnects.load(Relaxed);
-        stats.included = included.iter().filter(|b| **b).count() as u64;
-        stats.deliveries = shared.deliveries.load(Relaxed);
-        stats.duplicated = shared.duplicated.load(Relaxed);
-        stats.misrouted = shared.misrouted.load(Relaxed);
-        stats.unexpected = shared.unexpected.load(Relaxed);
-        stats.first_connect_ns = shared.first_connect_ns.load(Relaxed);
-        stats.last_connect_ns = shared.last_connect_ns.load(Relaxed);
-        stats.latency_us = histogram_to_pairs(&shared.latency.merged());
-        stats.connect_us = histogram_to_pairs(&shared.connect_latency.merged());
+        let mut stats = self.counters(&shared);
         stats.alive_at_end = results.iter().filter(|r| r.alive).count() as u64;
         if let Some(sent) = sent {
             let refused = shared.ws_publish_errors.load(Relaxed);
@@ -226,16 +289,17 @@ impl Worker {
             stats.publish_errors = sent.errors + refused;
             stats.expected = stats.publishes_ok;
             stats.lost = stats.expected.saturating_sub(stats.deliveries);
+            if sent.answered {
+                stats.unacked = stats
+                    .publishes_ok
+                    .saturating_sub(stats.acks + stats.ack_failures);
+            }
         } else if !published.is_empty() {
             for r in results.iter().filter(|r| included[r.local]) {
                 let expected = published.get(r.channel as usize).copied().unwrap_or(0);
                 stats.expected += expected;
                 stats.lost += expected.saturating_sub(r.unique);
             }
-        }
-        if self.own_process {
-            stats.cpu_seconds = self_cpu_seconds() - self.cpu_at_measure;
-            stats.processes = 1;
         }
         stats
     }
@@ -384,9 +448,18 @@ impl Workers {
         Ok(total)
     }
 
+    /// Fan-out search: every worker's figures for the current step, merged.
+    pub(crate) async fn snapshot(&mut self, published: Vec<u64>) -> Result<WorkerStats> {
+        self.collect(Cmd::Snapshot { published }).await
+    }
+
     pub(crate) async fn stop(&mut self, published: Vec<u64>) -> Result<WorkerStats> {
+        self.collect(Cmd::Stop { published }).await
+    }
+
+    async fn collect(&mut self, cmd: Cmd) -> Result<WorkerStats> {
         let mut merged = WorkerStats::default();
-        for r in self.broadcast(Cmd::Stop { published }).await? {
+        for r in self.broadcast(cmd).await? {
             match r {
                 Reply::Stats(s) => merged.merge(&s),
                 other => return Err(BenchError::Worker(format!("unexpected {other:?}"))),

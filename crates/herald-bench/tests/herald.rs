@@ -88,3 +88,96 @@ fn pairs_over_websocket_and_http_deliver_each_message_once() {
         assert_eq!(n(&r, "publishes_ok"), 400, "{r}");
     }
 }
+
+#[test]
+fn pairs_over_pushca_deliver_each_message_once_with_and_without_ack() {
+    let server = herald_or_skip!();
+    let url = server.url();
+    for (via, ack) in [("ws", false), ("ws", true), ("http", false), ("http", true)] {
+        let mut args = vec![
+            "pairs",
+            "--target",
+            "pushca",
+            "--url",
+            &url,
+            "--via",
+            via,
+            "--clients",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+        ];
+        if ack {
+            args.push("--ack");
+        }
+        let r = bench(&args);
+        assert_exact_pairs(&r, 20);
+        assert_eq!(n(&r, "publishes_ok"), 400, "{via} ack={ack}: {r}");
+        assert_eq!(r["params"]["via"], via, "{r}");
+        // Over WebSocket every send is acknowledged to its sender; over HTTP only with --ack.
+        let answered = via == "ws" || ack;
+        assert_eq!(n(&r, "acks"), if answered { 400 } else { 0 }, "{r}");
+        assert_eq!(
+            r["ack_latency_ms"]["count"].as_u64(),
+            answered.then_some(400),
+            "{r}"
+        );
+        assert_eq!(n(&r, "ack_failures"), 0, "{r}");
+        assert_eq!(n(&r, "unacked"), 0, "{r}");
+    }
+}
+
+#[test]
+fn fanout_max_rate_search_finds_a_sustainable_rate() {
+    let server = herald_or_skip!();
+    let url = server.url();
+    // Two worker processes, so the step commands cross the coordinator's pipes too. A generous
+    // p99 limit: this checks the search's mechanics, not the machine's latency.
+    let r = bench(&[
+        "fanout",
+        "--target",
+        "herald",
+        "--url",
+        &url,
+        "--procs",
+        "2",
+        "--subscribers",
+        "20",
+        "--rate",
+        "max",
+        "--rate-start",
+        "20",
+        "--step-duration",
+        "1s",
+        "--max-steps",
+        "4",
+        "--max-p99",
+        "500ms",
+        "--duration",
+        "30s",
+    ]);
+    let search = &r["search"];
+    let steps = search["steps"].as_array().expect("steps");
+    assert!((1..=4).contains(&steps.len()), "{r}");
+    let max_rate = search["max_rate"].as_f64().expect("a sustainable rate");
+    assert!(max_rate > 0.0, "{r}");
+    let best_step = steps
+        .iter()
+        .filter(|s| s["sustainable"] == true)
+        .map(|s| s["rate"].as_f64().expect("rate"))
+        .fold(0.0, f64::max);
+    assert_eq!(best_step, max_rate, "{r}");
+    for s in steps.iter().filter(|s| s["sustainable"] == true) {
+        assert_eq!(s["lost"], 0, "{s}");
+    }
+    // The report is that step's: every accepted message reached all 20 subscribers once.
+    assert_eq!(r["params"]["rate"].as_f64(), Some(max_rate), "{r}");
+    assert_eq!(n(&r, "measured_connections"), 20, "{r}");
+    assert!(n(&r, "publishes_ok") > 0, "{r}");
+    assert_eq!(n(&r, "deliveries"), n(&r, "publishes_ok") * 20, "{r}");
+    assert_eq!(n(&r, "lost"), 0, "{r}");
+    assert_eq!(n(&r, "duplicated"), 0, "{r}");
+    assert_eq!(n(&r, "disconnects"), 0, "{r}");
+}

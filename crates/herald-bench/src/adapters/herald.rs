@@ -1,6 +1,10 @@
 //! Herald native protocol: `/ws?channels=`, `/sse?channels=`, `POST /api/v1/publish`, and the
 //! `publish` command over a WebSocket.
 
+use std::fmt::{Display, Write as _};
+
+use crate::token::{Quoting, Token};
+
 pub(crate) fn ws_path(channels: &[String]) -> String {
     format!("/ws?channels={}", channels.join(","))
 }
@@ -18,8 +22,22 @@ pub(crate) fn publish(channel: &str, payload: &str) -> (String, String) {
     )
 }
 
-pub(crate) fn ws_publish_frame(id: u64, channel: &str, payload: &str) -> String {
-    format!(r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":{payload}}}"#)
+/// The `publish` command sending `token`'s payload (`size` bytes) to `channel`, built in one
+/// allocation.
+pub(crate) fn ws_publish_frame(
+    id: u64,
+    channel: impl Display,
+    token: &Token,
+    size: usize,
+) -> String {
+    let mut out = String::with_capacity(size + 64);
+    let _ = write!(
+        out,
+        r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":"#
+    );
+    token.write_payload(&mut out, size, Quoting::Plain);
+    out.push('}');
+    out
 }
 
 #[cfg(test)]
@@ -28,10 +46,11 @@ mod tests {
 
     #[test]
     fn frames_are_json() {
-        let f = ws_publish_frame(7, "c1", r#"{"x":"hbp:1:2;"}"#);
+        let f = ws_publish_frame(7, "c1", &Token::Probe { run: 1, channel: 2 }, 0);
         let v: serde_json::Value = serde_json::from_str(&f).expect("json");
         assert_eq!(v["id"], 7);
         assert_eq!(v["cmd"], "publish");
+        assert_eq!(v["channel"], "c1");
         assert_eq!(v["data"]["x"], "hbp:1:2;");
         assert_eq!(ws_path(&["a".into(), "b".into()]), "/ws?channels=a,b");
     }

@@ -2,16 +2,19 @@
 
 pub(crate) mod herald;
 pub(crate) mod nchan;
+pub(crate) mod pushca;
 pub(crate) mod sockudo;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::clients::ChannelName;
 use crate::conn::{Conn, ws_handshake};
 use crate::error::{BenchError, Result};
 use crate::http::HttpPool;
 use crate::net::{self, Endpoint};
 use crate::sse::SseStream;
+use crate::token::Token;
 
 /// The server and transport under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -27,6 +30,9 @@ pub(crate) enum Target {
     NchanSse,
     /// sockudo, Pusher Channels protocol 7 over WebSocket.
     Sockudo,
+    /// Herald's Pushca dialect: channel `c<i>` stands for a Pushca client, connected through
+    /// `/open-connection` and `ws://host/<jwt>`, sent to by client filter.
+    Pushca,
 }
 
 impl Target {
@@ -37,6 +43,42 @@ impl Target {
             Target::Nchan => "nchan",
             Target::NchanSse => "nchan-sse",
             Target::Sockudo => "sockudo",
+            Target::Pushca => "pushca",
+        }
+    }
+
+    /// Whether a client can send a pairs message over its own WebSocket (`--via ws`).
+    pub(crate) fn sends_over_ws(self) -> bool {
+        matches!(self, Target::Herald | Target::Pushca)
+    }
+}
+
+/// One pairs message, as every dialect's frame needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PairMessage<'a> {
+    pub(crate) run: u32,
+    /// The message number, unique within the worker.
+    pub(crate) id: u64,
+    /// Unix nanoseconds when it was built.
+    pub(crate) sent_ns: u64,
+    /// Sender and receiver (the receiver's channel is where it goes).
+    pub(crate) from: ChannelName<'a>,
+    pub(crate) to: ChannelName<'a>,
+    /// The sending worker, for ids unique across workers.
+    pub(crate) worker: u32,
+    /// Payload size in bytes.
+    pub(crate) size: usize,
+    /// Ask the receiver to acknowledge it (Pushca).
+    pub(crate) ack: bool,
+}
+
+impl PairMessage<'_> {
+    pub(crate) fn token(&self) -> Token {
+        Token::Pair {
+            run: self.run,
+            receiver: self.to.index,
+            id: self.id,
+            sent_ns: self.sent_ns,
         }
     }
 }
@@ -100,6 +142,17 @@ impl Adapter {
                     ws: Box::new(sockudo::subscribe(tcp, ep, channels).await?),
                     pusher: true,
                 },
+                Target::Pushca => {
+                    let [name] = channels else {
+                        return Err(BenchError::Config(
+                            "a Pushca connection is one client: one channel per connection".into(),
+                        ));
+                    };
+                    Conn::Ws {
+                        ws: Box::new(pushca::connect(&self.http, tcp, ep, name).await?),
+                        pusher: false,
+                    }
+                }
             })
         };
         tokio::time::timeout(self.connect_timeout, attempt)
@@ -113,6 +166,7 @@ impl Adapter {
             Target::Herald | Target::HeraldSse => herald::publish(channel, payload),
             Target::Nchan | Target::NchanSse => nchan::publish(channel, payload),
             Target::Sockudo => sockudo::publish(channel, payload),
+            Target::Pushca => pushca::send(channel, payload, false),
         };
         let status = self.http.post(&path, &body).await?;
         if (200..300).contains(&status) {
@@ -122,11 +176,45 @@ impl Adapter {
         }
     }
 
-    /// The WebSocket frame that publishes `payload` to `channel` from a subscriber's own
-    /// connection, where the protocol has one (Herald native only).
-    pub(crate) fn ws_publish_frame(&self, id: u64, channel: &str, payload: &str) -> Option<String> {
+    /// Sends `payload` to `channel`'s client over HTTP and waits for its acknowledgement
+    /// (Pushca's `/send-notification-with-acknowledge`): `Ok(true)` acknowledged, `Ok(false)`
+    /// not acknowledged in time or not connected (408), `Err` otherwise.
+    pub(crate) async fn publish_acked(&self, channel: &str, payload: &str) -> Result<bool> {
+        if self.target != Target::Pushca {
+            return Err(BenchError::Config(format!(
+                "{} has no acknowledged send",
+                self.target.name()
+            )));
+        }
+        let (path, body) = pushca::send(channel, payload, true);
+        match self.http.post(&path, &body).await? {
+            200 => Ok(true),
+            408 => Ok(false),
+            status => Err(BenchError::Status(status)),
+        }
+    }
+
+    /// The frame that sends `m` from its sender's own WebSocket, where the protocol has one
+    /// (Herald's `publish` command, Pushca's `SEND_MESSAGE…`).
+    pub(crate) fn ws_send_frame(&self, m: &PairMessage<'_>) -> Option<String> {
         match self.target {
-            Target::Herald => Some(herald::ws_publish_frame(id, channel, payload)),
+            Target::Herald => Some(herald::ws_publish_frame(m.id, m.to, &m.token(), m.size)),
+            Target::Pushca => Some(
+                pushca::wire::SendFrame {
+                    id: pushca::wire::MsgId {
+                        sent_ns: m.sent_ns,
+                        // 16 bits of worker number in the id; more workers than that never run.
+                        worker: (m.worker & 0xffff) as u16,
+                        id: m.id,
+                    },
+                    from: &m.from,
+                    to: &m.to,
+                    token: m.token(),
+                    size: m.size,
+                    ack: m.ack,
+                }
+                .frame(),
+            ),
             _ => None,
         }
     }

@@ -4,7 +4,9 @@
 pub(crate) mod connect;
 pub(crate) mod fanout;
 pub(crate) mod idle;
+pub(crate) mod max_rate;
 pub(crate) mod pairs;
+pub(crate) mod rate_search;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,9 @@
-//! Pairs (the Pushca scenario): each client listens on its own channel `c<i>`; a sender picks
-//! two distinct clients at random and sends a uniquely numbered message from one to the other,
-//! over the sender's WebSocket (`--via ws`, Herald's publish command) or over HTTP.
+//! Pairs (the Pushca scenario): each client listens on its own channel `c<i>` (with
+//! `--target pushca`, is the Pushca client standing for it); a sender picks two distinct
+//! clients at random and sends a uniquely numbered message from one to the other, over the
+//! sender's WebSocket (`--via ws`: Herald's publish command, Pushca's `SEND_MESSAGE`) or over
+//! HTTP. With `--ack` (Pushca) the receiver acknowledges each message and the message stays in
+//! flight until its sender has the acknowledgement.
 //! With `--procs P`, each worker process pairs its own clients, with 1/P of the rate and
 //! concurrency.
 
@@ -14,13 +17,13 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{Ctx, own_cpu_since};
-use crate::adapters::Adapter;
+use crate::adapters::{Adapter, PairMessage, Target};
 use crate::cli::{Cli, Scenario, Via};
-use crate::clients::{Plan, Shared, channel_name};
-use crate::error::Result;
+use crate::clients::{ChannelName, Plan, Shared};
+use crate::error::{BenchError, Result};
 use crate::proc::self_cpu_seconds;
 use crate::report::{Report, ServerUsage};
-use crate::token::{Token, now_ns};
+use crate::token::now_ns;
 
 /// One worker's share of the pairs load.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub(crate) struct PairsConfig {
     /// Messages in flight (sent, not yet delivered or refused), at most.
     concurrency: u64,
     via: Via,
+    /// Send with acknowledgement (Pushca).
+    ack: bool,
     duration: Duration,
     max_messages: u64,
     payload_bytes: usize,
@@ -43,18 +48,20 @@ impl PairsConfig {
         let Scenario::Pairs {
             rate,
             concurrency,
-            via,
             max_messages,
+            ack,
             ..
         } = cli.scenario
         else {
             return None;
         };
+        let via = cli.pairs_via()?;
         let procs = cli.common.procs.max(1);
         Some(PairsConfig {
             rate: rate / f64::from(procs),
             concurrency: u64::from(concurrency.div_ceil(procs).max(1)),
             via,
+            ack,
             duration: cli.common.duration,
             max_messages: max_messages / u64::from(procs),
             payload_bytes: cli.common.payload_bytes,
@@ -73,6 +80,9 @@ pub(crate) struct Sent {
     /// Publishes accepted (HTTP 2xx) or written to the sender's WebSocket.
     pub(crate) ok: u64,
     pub(crate) errors: u64,
+    /// Every send gets an answer to its sender (Pushca over WebSocket, or with acknowledge),
+    /// so sends without one can be counted.
+    pub(crate) answered: bool,
 }
 
 /// Sends pairs messages among this worker's measured clients until the duration or the message
@@ -128,19 +138,24 @@ pub(crate) async fn dispatch(
         if to == from {
             to = clients[clients.len() - 1];
         }
-        let receiver = plan.globals[to];
-        let channel = channel_name(&plan.prefix, receiver);
-        let payload = Token::Pair {
+        let name = |local: usize| ChannelName {
+            prefix: &plan.prefix,
+            index: plan.globals[local],
+        };
+        let message = PairMessage {
             run: plan.run,
-            receiver,
             id,
             sent_ns: now_ns(),
-        }
-        .payload(cfg.payload_bytes);
+            from: name(from),
+            to: name(to),
+            worker: plan.index,
+            size: cfg.payload_bytes,
+            ack: cfg.ack,
+        };
         shared.inflight.fetch_add(1, Relaxed);
         match cfg.via {
             Via::Ws => {
-                let frame = adapter.ws_publish_frame(id, &channel, &payload);
+                let frame = adapter.ws_send_frame(&message);
                 let queued = match (frame, &senders[from]) {
                     (Some(frame), Some(tx)) => {
                         let left = end.saturating_duration_since(Instant::now());
@@ -161,12 +176,28 @@ pub(crate) async fn dispatch(
                 };
                 let (adapter, shared, ok, errors) =
                     (adapter.clone(), shared.clone(), ok.clone(), errors.clone());
+                let channel = message.to.to_string();
+                let payload = message.token().payload(message.size);
+                let (ack, sent_ns) = (cfg.ack, message.sent_ns);
                 tokio::spawn(async move {
-                    if adapter.publish(&channel, &payload).await.is_ok() {
-                        ok.fetch_add(1, Relaxed);
+                    let sent = if ack {
+                        adapter.publish_acked(&channel, &payload).await
                     } else {
-                        errors.fetch_add(1, Relaxed);
-                        shared.release_inflight();
+                        adapter.publish(&channel, &payload).await.map(|()| false)
+                    };
+                    match sent {
+                        Ok(acked) => {
+                            ok.fetch_add(1, Relaxed);
+                            match (ack, acked) {
+                                (true, true) => shared.on_send_acked(from, sent_ns),
+                                (true, false) => shared.on_send_failed(),
+                                (false, _) => {}
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Relaxed);
+                            shared.release_inflight();
+                        }
                     }
                     drop(permit);
                 });
@@ -180,6 +211,7 @@ pub(crate) async fn dispatch(
     Sent {
         ok: ok.load(Relaxed),
         errors: errors.load(Relaxed),
+        answered: cfg.ack || (adapter.target == Target::Pushca && cfg.via == Via::Ws),
     }
 }
 
@@ -188,16 +220,24 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
         clients,
         rate,
         concurrency,
-        via,
+        ack,
         ..
     } = ctx.cli.scenario
     else {
         unreachable!("pairs::run is only called for pairs");
     };
-    if via == Via::Ws && ctx.adapter.ws_publish_frame(0, "c", "{}").is_none() {
-        return Err(crate::error::BenchError::Config(format!(
+    let via = ctx.cli.pairs_via().unwrap_or(Via::Http);
+    let target = ctx.adapter.target;
+    if via == Via::Ws && !target.sends_over_ws() {
+        return Err(BenchError::Config(format!(
             "--via ws needs a WebSocket publish command, which {} lacks; use --via http",
-            ctx.adapter.target.name()
+            target.name()
+        )));
+    }
+    if ack && target != Target::Pushca {
+        return Err(BenchError::Config(format!(
+            "--ack needs --target pushca, not {}",
+            target.name()
         )));
     }
     let before = ctx.server_sample();
@@ -236,6 +276,7 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
             "rate": rate,
             "concurrency": concurrency,
             "via": via,
+            "ack": ack,
             "payload_bytes": ctx.cli.common.payload_bytes,
             "duration_s": ctx.cli.common.duration.as_secs_f64(),
             "procs": ctx.cli.common.procs,
