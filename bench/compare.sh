@@ -118,6 +118,9 @@ start_server() {
       url=http://127.0.0.1:$PORT_NCHAN
       ;;
     sockudo)
+      # The peer script builds into $HOME/.cache/peers/sockudo and logs beside it, but does
+      # not create the parent directory on a fresh machine.
+      mkdir -p "$HOME/.cache/peers"
       server_pid=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1) || return 1
       url=http://127.0.0.1:$PORT_SOCKUDO
       ;;
