@@ -10,11 +10,11 @@
 //! [`RECENT_COMMANDS`] ids are remembered with their reply, so a resent
 //! command is answered again, not executed again.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::{AckOutcome, Outbox};
-use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::Value;
@@ -54,7 +54,38 @@ const UNSUPPORTED: &[&str] = &[
 ];
 
 /// Replies already sent per command id; `None` while the command runs.
-type Recent = Arc<Mutex<IndexMap<String, Option<Bytes>>>>;
+type Recent = Arc<Mutex<RecentCommands>>;
+
+/// The last [`RECENT_COMMANDS`] command ids with their replies, forgotten
+/// oldest first.
+#[derive(Default)]
+struct RecentCommands {
+    /// Reply per id; `None` while the command runs.
+    replies: HashMap<String, Option<Bytes>>,
+    /// Ids in arrival order, for eviction.
+    order: VecDeque<String>,
+}
+
+impl RecentCommands {
+    fn get(&self, id: &str) -> Option<&Option<Bytes>> {
+        self.replies.get(id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Option<Bytes>> {
+        self.replies.get_mut(id)
+    }
+
+    /// Remembers `id` as running, forgetting the oldest beyond the limit.
+    fn insert(&mut self, id: &str) {
+        if self.order.len() >= RECENT_COMMANDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.replies.remove(&oldest);
+        }
+        self.order.push_back(id.to_owned());
+        self.replies.insert(id.to_owned(), None);
+    }
+}
 
 /// One Pushca WebSocket connection.
 pub(crate) struct PushcaWs {
@@ -67,14 +98,14 @@ pub(crate) struct PushcaWs {
 }
 
 /// A parsed client frame.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct Command<'a> {
     /// The command id; empty for legacy frames without one.
     pub(crate) id: &'a str,
     /// The command name, e.g. `SEND_MESSAGE`.
     pub(crate) name: String,
-    /// The metaData object, if any.
-    pub(crate) meta: Option<Value>,
+    /// The metaData JSON, if any; decoded straight into the command's type.
+    pub(crate) meta: Option<&'a RawValue>,
     /// Came in the legacy JSON form.
     pub(crate) legacy: bool,
 }
@@ -85,16 +116,17 @@ pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
     if trimmed.starts_with('{') {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
-        struct Legacy {
+        struct Legacy<'a> {
             command: String,
-            meta_data: Option<Value>,
+            #[serde(borrow)]
+            meta_data: Option<&'a RawValue>,
         }
-        let l: Legacy =
+        let l: Legacy<'_> =
             serde_json::from_str(trimmed).map_err(|e| ("", format!("malformed command: {e}")))?;
         return Ok(Command {
             id: "",
             name: l.command,
-            meta: l.meta_data.filter(|m| !m.is_null()),
+            meta: l.meta_data.filter(|m| m.get() != "null"),
             legacy: true,
         });
     }
@@ -161,8 +193,8 @@ struct Ack {
     message_id: String,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| format!("malformed metaData: {e}"))
+fn decode<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| format!("malformed metaData: {e}"))
 }
 
 /// What running a command produced.
@@ -189,10 +221,7 @@ impl PushcaWs {
         if let Some(reply) = recent.get(id) {
             return Some(reply.clone());
         }
-        if recent.len() >= RECENT_COMMANDS {
-            recent.shift_remove_index(0);
-        }
-        recent.insert(id.to_owned(), None);
+        recent.insert(id);
         None
     }
 
@@ -200,7 +229,6 @@ impl PushcaWs {
         let state = &session.state;
         let meta = || {
             cmd.meta
-                .clone()
                 .ok_or_else(|| format!("{} needs metaData", cmd.name))
         };
         match cmd.name.as_str() {
@@ -382,18 +410,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recent_commands_forget_the_oldest_first() {
+        let mut recent = RecentCommands::default();
+        for i in 0..=RECENT_COMMANDS {
+            recent.insert(&i.to_string());
+        }
+        assert!(recent.get("0").is_none());
+        assert!(recent.get("1").is_some());
+        assert!(recent.get(&RECENT_COMMANDS.to_string()).is_some());
+        assert_eq!(recent.replies.len(), RECENT_COMMANDS);
+    }
+
+    #[test]
     fn parses_both_forms() {
         let c = parse(r#"id1@@SEND_MESSAGE@@{"message":"a@@b"}"#).unwrap();
         assert_eq!(
             (c.id, c.name.as_str(), c.legacy),
             ("id1", "SEND_MESSAGE", false)
         );
-        assert_eq!(c.meta.unwrap()["message"], "a@@b");
+        let meta =
+            |c: &Command<'_>| -> Value { serde_json::from_str(c.meta.unwrap().get()).unwrap() };
+        assert_eq!(meta(&c)["message"], "a@@b");
         let c = parse("id2@@PING").unwrap();
-        assert_eq!((c.id, c.meta), ("id2", None));
+        assert_eq!((c.id, c.meta.is_none()), ("id2", true));
         let c = parse(r#"{"command":"ACKNOWLEDGE","metaData":{"messageId":"m"}}"#).unwrap();
         assert!(c.legacy);
-        assert_eq!(c.meta.unwrap()["messageId"], "m");
+        assert_eq!(meta(&c)["messageId"], "m");
     }
 
     #[test]
