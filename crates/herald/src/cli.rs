@@ -76,7 +76,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Check,
         } => settings::load(cli.config.as_deref()).map(|c| {
-            print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+            print!("{}", settings::redacted_toml(&c));
             eprintln!("configuration is valid");
         }),
         Command::Config {

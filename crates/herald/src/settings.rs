@@ -35,3 +35,76 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Config, String> {
 pub(crate) fn default_toml() -> String {
     toml::to_string_pretty(&Config::default()).unwrap_or_default()
 }
+
+/// `config` as TOML with every secret replaced, for `herald config check`:
+/// its output ends up in terminals, logs and tickets.
+pub(crate) fn redacted_toml(config: &Config) -> String {
+    let Ok(mut value) = toml::Value::try_from(config) else {
+        return String::new();
+    };
+    redact(&mut value);
+    toml::to_string_pretty(&value).unwrap_or_default()
+}
+
+/// Replaces non-empty strings under keys that name secrets, and the
+/// credentials of URLs (`redis://user:pass@host`), at any depth.
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                let secret = ["secret", "password"].iter().any(|s| key.contains(s));
+                match v {
+                    toml::Value::String(s) if secret && !s.is_empty() => {
+                        *s = "<redacted>".into();
+                    }
+                    _ => redact(v),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        toml::Value::String(s) => {
+            if let Some((scheme, rest)) = s.split_once("://")
+                && let Some((credentials, host)) = rest.split_once('@')
+                && !credentials.contains('/')
+            {
+                *s = format!("{scheme}://<redacted>@{host}");
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_the_rest_kept() {
+        let mut config = Config::default();
+        config.auth.secret = Some("hs256-secret".into());
+        config.pushca.secret_key = Some("pushca-key".into());
+        config.pushapi.basic_auth_password = "basic-pw".into();
+        config.broker.redis.password = Some("redis-pw".into());
+        config.broker.redis.urls = vec![
+            "redis://:url-pw@10.0.0.5:6379/0".into(),
+            "redis://10.0.0.6:6379/a@b".into(),
+        ];
+        let text = redacted_toml(&config);
+        for leaked in [
+            "hs256-secret",
+            "pushca-key",
+            "basic-pw",
+            "redis-pw",
+            "url-pw",
+        ] {
+            assert!(!text.contains(leaked), "{leaked} in {text}");
+        }
+        assert_eq!(text.matches("<redacted>").count(), 5, "{text}");
+        assert!(
+            text.contains("redis://<redacted>@10.0.0.5:6379/0"),
+            "{text}"
+        );
+        assert!(text.contains("redis://10.0.0.6:6379/a@b"), "{text}");
+        assert!(text.contains("basic_auth_user = \"app\""), "{text}");
+    }
+}
