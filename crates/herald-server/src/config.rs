@@ -331,6 +331,10 @@ pub struct AuthConfig {
     /// Clock skew tolerated when checking `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Keys publishers present (`Authorization: Bearer <key>` or
+    /// `X-Api-Key`) to publish, send, delete channels or mint Pushca
+    /// connection tokens. Empty leaves those routes open, as the seeds do.
+    pub api_keys: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -340,6 +344,7 @@ impl Default for AuthConfig {
             algorithm: jsonwebtoken::Algorithm::HS256,
             public_key_path: None,
             leeway: Duration::ZERO,
+            api_keys: Vec::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod cursor;
 mod dialect;
 mod error;
 mod lifetime;
+mod publisher_auth;
 mod ratelimit;
 mod session;
 mod transport;

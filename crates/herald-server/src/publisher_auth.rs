@@ -1,0 +1,109 @@
+//! Publisher keys: with `auth.api_keys` set, every route that publishes,
+//! sends, deletes or mints connection tokens wants one of them, as
+//! `Authorization: Bearer <key>` or `X-Api-Key: <key>`. Subscribing and
+//! reading stay open (subscribers identify with their own tokens).
+//!
+//! Which routes those are is decided here, in one list, so a reader sees
+//! the whole surface at once; push-api keeps its own basic auth.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::unauthorized;
+use crate::state::AppState;
+
+/// Refuses publisher requests without a configured key (401), when keys are
+/// configured; passes everything else.
+pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let keys = &state.config.auth.api_keys;
+    if keys.is_empty() || !is_publisher(&state, req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    match presented(req.headers()) {
+        Some(key) if keys.iter().any(|k| same(k.as_bytes(), key.as_bytes())) => next.run(req).await,
+        presented => {
+            let why = if presented.is_some() {
+                "the API key is not valid"
+            } else {
+                "this route needs an API key (Authorization: Bearer <key>)"
+            };
+            let mut res = unauthorized(why).into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+/// Whether `method path` publishes, sends, deletes or mints tokens.
+fn is_publisher(state: &AppState, method: &Method, path: &str) -> bool {
+    let ps = &state.config.pushstream;
+    if ps.enabled
+        && let Some(rest) = path.strip_prefix(ps.prefix.as_str())
+        && rest == "/pub"
+    {
+        return true;
+    }
+    match *method {
+        Method::POST => matches!(
+            path,
+            "/api/v1/publish"
+                | "/api/v1/publish/batch"
+                | "/api/v1/send"
+                | "/messages"
+                | "/open-connection"
+                | "/open-connection-pool"
+                | "/send-notification"
+                | "/send-notification-with-acknowledge"
+                | "/send-notification-with-delivery-guarantee"
+        ),
+        Method::DELETE => path.starts_with("/api/v1/channels/"),
+        Method::GET => path.starts_with("/sign-in/"),
+        _ => false,
+    }
+}
+
+/// The key a request presents, if any.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim);
+    }
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// Compares without an early exit on the first differing byte, so the time
+/// taken does not reveal how much of a guessed key was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same(b"key-1", b"key-1"));
+        assert!(!same(b"key-1", b"key-2"));
+        assert!(!same(b"key-1", b"key-10"));
+        assert!(!same(b"", b"k"));
+    }
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert_eq!(presented(&h), Some("k2"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert_eq!(presented(&h), Some("k1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        assert_eq!(presented(&h), None);
+    }
+}

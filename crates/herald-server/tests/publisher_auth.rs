@@ -1,0 +1,119 @@
+//! `auth.api_keys`: publishing, sending, deleting and minting Pushca tokens
+//! need a key; subscribing and reading do not.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const KEY: &str = "publisher-key-1";
+
+/// `method path` with `body` and an optional header; the status and JSON body.
+async fn call(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    body: Value,
+    header: Option<(&str, &str)>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, s.http(path))
+        .json(&body)
+        .timeout(WAIT);
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn publisher_routes_want_a_key_and_subscribers_do_not() {
+    let s = TestServer::with(|c| c.auth.api_keys = vec!["other".into(), KEY.into()]).await;
+    let bearer = format!("Bearer {KEY}");
+    let publish = json!({"channel": "news", "data": 1});
+    let client =
+        json!({"workSpaceId": "w", "accountId": "a", "deviceId": "d", "applicationId": "x"});
+
+    let guarded = [
+        (Method::POST, "/api/v1/publish", publish.clone()),
+        (Method::POST, "/api/v1/publish/batch", json!([publish])),
+        (
+            Method::POST,
+            "/api/v1/send",
+            json!({"filter": {"user": "u"}, "data": 1}),
+        ),
+        (
+            Method::POST,
+            "/messages",
+            json!({"channel": "news", "message": "m"}),
+        ),
+        (Method::POST, "/open-connection", json!({"client": client})),
+        (
+            Method::POST,
+            "/send-notification",
+            json!({"filter": client, "message": "m"}),
+        ),
+        (Method::DELETE, "/api/v1/channels/news", Value::Null),
+        (Method::POST, "/ps/pub?id=news", Value::Null),
+    ];
+    for (method, path, body) in &guarded {
+        let (status, err) = call(&s, method.clone(), path, body.clone(), None).await;
+        assert_eq!(
+            (status, &err["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{method} {path} without a key"
+        );
+        let wrong = Some(("authorization", "Bearer nope"));
+        let (status, err) = call(&s, method.clone(), path, body.clone(), wrong).await;
+        assert_eq!(status, 401, "{method} {path} with a wrong key");
+        assert_eq!(err["error"]["message"], "the API key is not valid");
+    }
+
+    // A subscriber connects without a key and gets what a keyed publisher sends.
+    let mut sub = s.ws("/ws?channels=news").await;
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/api/v1/publish",
+        publish.clone(),
+        Some(("authorization", &bearer)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_json(&mut sub).await["data"], 1);
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/open-connection",
+        json!({"client": client}),
+        Some(("x-api-key", KEY)),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Reads stay open.
+    let (status, listed) = call(&s, Method::GET, "/api/v1/channels", Value::Null, None).await;
+    assert_eq!(
+        (status, &listed["channels"][0]["channel"]),
+        (200, &json!("news"))
+    );
+    let (status, _) = call(&s, Method::GET, "/health/ready", Value::Null, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn without_keys_the_routes_stay_open() {
+    let s = TestServer::start().await;
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/api/v1/publish",
+        json!({"channel": "open", "data": 1}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
