@@ -52,10 +52,15 @@ fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(table) => {
             for (key, v) in table.iter_mut() {
-                let secret = ["secret", "password"].iter().any(|s| key.contains(s));
+                let secret = ["secret", "password", "api_key"]
+                    .iter()
+                    .any(|s| key.contains(s));
                 match v {
                     toml::Value::String(s) if secret && !s.is_empty() => {
                         *s = "<redacted>".into();
+                    }
+                    toml::Value::Array(items) if secret => {
+                        items.fill(toml::Value::String("<redacted>".into()));
                     }
                     _ => redact(v),
                 }
@@ -85,6 +90,7 @@ mod tests {
         config.pushca.secret_key = Some("pushca-key".into());
         config.pushapi.basic_auth_password = "basic-pw".into();
         config.broker.redis.password = Some("redis-pw".into());
+        config.auth.api_keys = vec!["api-key-1".into()];
         config.broker.redis.urls = vec![
             "redis://:url-pw@10.0.0.5:6379/0".into(),
             "redis://10.0.0.6:6379/a@b".into(),
