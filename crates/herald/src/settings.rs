@@ -102,10 +102,11 @@ mod tests {
             "basic-pw",
             "redis-pw",
             "url-pw",
+            "api-key-1",
         ] {
             assert!(!text.contains(leaked), "{leaked} in {text}");
         }
-        assert_eq!(text.matches("<redacted>").count(), 5, "{text}");
+        assert_eq!(text.matches("<redacted>").count(), 6, "{text}");
         assert!(
             text.contains("redis://<redacted>@10.0.0.5:6379/0"),
             "{text}"
