@@ -2,6 +2,7 @@
 //! the broker so that neither callers nor dialects hold routing state.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::broker::{Broker, BrokerError, StoredPage};
@@ -11,6 +12,7 @@ use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
 use crate::identity::{Directory, Filter, SendOutcome, Targeted};
 use crate::message::Publication;
 use crate::outbox::{ConnId, Outbox};
+use crate::stats::SendStats;
 
 /// How an acknowledged send waits and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub struct Engine {
     broker: Arc<dyn Broker>,
     /// Local connections by identity, for targeted delivery and acks.
     directory: Arc<Directory>,
+    /// Targeted send counters, for metrics.
+    send_stats: Arc<SendStats>,
 }
 
 impl Engine {
@@ -81,7 +85,12 @@ impl Engine {
             hub,
             broker,
             directory: Arc::default(),
+            send_stats: Arc::default(),
         }
+    }
+
+    pub fn send_stats(&self) -> &SendStats {
+        &self.send_stats
     }
 
     pub fn directory(&self) -> &Arc<Directory> {
@@ -272,7 +281,16 @@ impl Engine {
     /// Sends a targeted message once, without waiting for acks (even when
     /// `msg.ack` asks receivers to acknowledge).
     pub async fn send(&self, filter: &Filter, msg: Targeted) -> Result<SendOutcome, BrokerError> {
-        self.broker.send(&self.directory, filter, msg).await
+        let sent = self.broker.send(&self.directory, filter, msg).await?;
+        let stats = &self.send_stats;
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        stats
+            .delivered
+            .fetch_add(sent.delivered as u64, Ordering::Relaxed);
+        if sent.matched == 0 {
+            stats.unmatched.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(sent)
     }
 
     /// Sends `msg` (marked as needing an ack) and waits until a receiver
@@ -280,6 +298,24 @@ impl Engine {
     /// reaches a receiver that reconnected, and carries the same id so
     /// receivers can drop duplicates. Waits at most `policy.max_wait()`.
     pub async fn send_acked(
+        &self,
+        filter: &Filter,
+        msg: Targeted,
+        policy: AckPolicy,
+    ) -> Result<AckOutcome, BrokerError> {
+        let outcome = self.deliver_acked(filter, msg, policy).await?;
+        let stats = &self.send_stats;
+        match outcome {
+            AckOutcome::Acked { .. } => &stats.acked,
+            AckOutcome::TimedOut { .. } => &stats.timed_out,
+            AckOutcome::NotConnected => &stats.not_connected,
+            AckOutcome::InFlight => return Ok(outcome),
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    async fn deliver_acked(
         &self,
         filter: &Filter,
         mut msg: Targeted,

@@ -24,6 +24,23 @@ pub struct HubStats {
     pub fanout_latency: Histogram,
 }
 
+/// Counters of targeted sends (identity filters), kept by the engine.
+#[derive(Default)]
+pub struct SendStats {
+    /// Delivery attempts: one per send, one more per ack retry.
+    pub attempts: AtomicU64,
+    /// Connections that took a targeted message (across the cluster).
+    pub delivered: AtomicU64,
+    /// Attempts whose filter matched no connection.
+    pub unmatched: AtomicU64,
+    /// Acknowledged sends that the receiver acknowledged.
+    pub acked: AtomicU64,
+    /// Acknowledged sends that were not acknowledged in time.
+    pub timed_out: AtomicU64,
+    /// Acknowledged sends that found nobody to deliver to.
+    pub not_connected: AtomicU64,
+}
+
 /// A fixed-bucket histogram of durations (see [`LATENCY_BUCKETS_US`]).
 #[derive(Default)]
 pub struct Histogram {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_core::stats::{HubStats, LATENCY_BUCKETS_US};
+use herald_core::stats::{HubStats, LATENCY_BUCKETS_US, SendStats};
 
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format.
-    pub(crate) fn render(&self, hub: &HubStats) -> String {
+    pub(crate) fn render(&self, hub: &HubStats, send: &SendStats) -> String {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -132,9 +132,38 @@ impl Metrics {
                 "Connections dropped for falling behind.",
                 load(&hub.slow_consumers),
             ),
+            (
+                "herald_targeted_attempts_total",
+                "Targeted delivery attempts (a send, and each ack retry).",
+                load(&send.attempts),
+            ),
+            (
+                "herald_targeted_delivered_total",
+                "Connections that took a targeted message.",
+                load(&send.delivered),
+            ),
+            (
+                "herald_targeted_unmatched_total",
+                "Targeted delivery attempts whose filter matched nobody.",
+                load(&send.unmatched),
+            ),
         ] {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        let name = "herald_targeted_acks_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Acknowledged sends by how they ended.",
+        );
+        for (outcome, value) in [
+            ("acked", &send.acked),
+            ("timed_out", &send.timed_out),
+            ("not_connected", &send.not_connected),
+        ] {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", load(value));
         }
 
         let name = "herald_fanout_latency_seconds";
@@ -176,7 +205,7 @@ mod tests {
         assert!(m.open(Transport::Ws, 2).is_none());
         drop(a);
         assert_eq!(m.connections(), 1);
-        let text = m.render(&HubStats::default());
+        let text = m.render(&HubStats::default(), &SendStats::default());
         assert!(text.contains("herald_connections{transport=\"sse\"} 1"));
         assert!(text.contains("herald_connections_refused_total 1"));
         assert!(text.contains("herald_fanout_latency_seconds_bucket{le=\"+Inf\"} 0"));

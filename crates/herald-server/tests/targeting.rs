@@ -201,6 +201,15 @@ async fn ack_is_200_when_acknowledged_408_when_not_404_when_nobody() {
     )
     .await;
     assert_eq!(status, 400);
+
+    // One acked, one timed out (one attempt each, the default), one unmatched.
+    let acks = |outcome: &str| format!("herald_targeted_acks_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(server.metric(&acks("acked")).await, 1.0);
+    assert_eq!(server.metric(&acks("timed_out")).await, 1.0);
+    assert_eq!(server.metric(&acks("not_connected")).await, 1.0);
+    assert_eq!(server.metric("herald_targeted_attempts_total").await, 3.0);
+    assert_eq!(server.metric("herald_targeted_delivered_total").await, 2.0);
+    assert_eq!(server.metric("herald_targeted_unmatched_total").await, 1.0);
 }
 
 #[tokio::test]
