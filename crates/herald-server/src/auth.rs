@@ -112,3 +112,20 @@ pub(crate) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) 
             .map(str::trim)
     })
 }
+
+/// The identity a native request proves with its token, if it has one; 401
+/// for a bad token, or for any token when no `[auth]` key is configured.
+pub(crate) fn identify(
+    state: &crate::state::AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<Identity>, ApiError> {
+    let Some(token) = request_token(query, headers) else {
+        return Ok(None);
+    };
+    let verifier = state
+        .auth
+        .as_ref()
+        .ok_or_else(|| unauthorized("no [auth] key is configured to verify tokens"))?;
+    verifier.verify(token).map(Some)
+}

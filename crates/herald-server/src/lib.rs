@@ -20,6 +20,7 @@ mod error;
 mod lifetime;
 mod publisher_auth;
 mod ratelimit;
+mod receivers;
 mod session;
 mod transport;
 

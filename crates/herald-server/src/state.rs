@@ -8,6 +8,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, ConfigError};
 use crate::dialect::pushca::Pushca;
 use crate::metrics::Metrics;
+use crate::receivers::ReceiverKeys;
 use crate::shutdown::Shutdown;
 
 /// Shared state, cheap to clone.
@@ -29,6 +30,8 @@ pub struct Inner {
     pub(crate) auth: Option<Verifier>,
     /// The Pushca dialect's token issuer, rate limit and instance id.
     pub(crate) pushca: Pushca,
+    /// Keys that let SSE connections acknowledge over HTTP.
+    pub(crate) receivers: ReceiverKeys,
 }
 
 impl std::ops::Deref for AppState {
@@ -51,6 +54,7 @@ impl AppState {
             default_app: Arc::from(herald_core::channel::DEFAULT_APP),
             auth,
             pushca,
+            receivers: ReceiverKeys::new(),
         })))
     }
 

@@ -427,3 +427,82 @@ async fn asymmetric_tokens_rs256_and_es256() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn sse_connections_are_identified_and_ack_over_http() {
+    let server = TestServer::with(config).await;
+    let token = jwt(SECRET, "carol", json!({"device": "browser"}), 600);
+    // Targeted messages only: no channel needed with a token.
+    let mut sse = Sse::connect(&server.http(&format!("/sse?token={token}"))).await;
+    let identified = sse.next_data().await;
+    assert_eq!(identified.event.as_deref(), Some("identified"));
+    let receiver = serde_json::from_str::<Value>(&identified.data.unwrap()).unwrap()["receiver"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (status, body) = send(
+        &server,
+        json!({"filter": {"user": "carol"}, "data": {"n": 1}, "id": "s-1", "event": "note"}),
+    )
+    .await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
+    let ev = sse.next_data().await;
+    assert_eq!((ev.event.as_deref(), ev.id), (Some("note"), None));
+    assert_eq!(
+        serde_json::from_str::<Value>(&ev.data.unwrap()).unwrap(),
+        json!({"type": "message", "id": "s-1", "event": "note", "data": {"n": 1}})
+    );
+
+    // An acknowledged send: the SSE client acks over HTTP with its key.
+    let url = server.http("/api/v1/send");
+    let request = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"filter": {"labels": {"device": "browser"}}, "data": 2, "id": "s-2", "ack": true}))
+            .send()
+            .await
+            .unwrap();
+        res.status().as_u16()
+    });
+    let ev = sse.next_data().await;
+    let m: Value = serde_json::from_str(&ev.data.unwrap()).unwrap();
+    assert_eq!(
+        (m["id"].as_str(), m["ack"].as_bool()),
+        (Some("s-2"), Some(true))
+    );
+    let ack = |receiver: String, id: &str| {
+        let url = server.http("/api/v1/ack");
+        let body = json!({"receiver": receiver, "id": id});
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let forged = receiver.replacen('.', "0.", 1);
+    let (status, body) = ack(forged, "s-2").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(
+        ack(receiver.clone(), "s-2").await,
+        (200, json!({"acked": true}))
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, request).await.unwrap().unwrap(),
+        200
+    );
+    assert_eq!(ack(receiver, "s-2").await, (200, json!({"acked": false})));
+
+    // A bad token is refused before the stream starts.
+    let res = reqwest::get(server.http("/sse?channels=a&token=nope"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::auth::USER_DIM;
-use crate::dialect::native::WsFormat;
+use crate::dialect::native::{SseFormat, WsFormat};
 use crate::dialect::{one_line_json, push_json_str};
 use crate::error::ApiError;
 use crate::http::read_body;
@@ -125,20 +125,43 @@ pub(crate) struct SendResponse {
 impl TargetFormat for WsFormat {
     fn encode_targeted(&self, msg: &Targeted) -> Bytes {
         let mut out = Vec::with_capacity(64 + msg.data.len());
-        out.extend_from_slice(b"{\"type\":\"message\",\"id\":");
-        push_json_str(&mut out, &msg.id);
-        if let Some(event) = &msg.event {
-            out.extend_from_slice(b",\"event\":");
-            push_json_str(&mut out, event);
-        }
-        if msg.ack {
-            out.extend_from_slice(b",\"ack\":true");
-        }
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(&msg.data);
-        out.push(b'}');
+        push_targeted_json(&mut out, msg);
         Bytes::from(out)
     }
+}
+
+/// Native SSE clients receive the same JSON as an event's data, under the
+/// message's `event` name (the default `message` without one) and with no
+/// `id:` line, so it never moves the stream's resume cursor.
+impl TargetFormat for SseFormat {
+    fn encode_targeted(&self, msg: &Targeted) -> Bytes {
+        let mut out = Vec::with_capacity(80 + msg.data.len());
+        if let Some(event) = &msg.event {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(event.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"data: ");
+        push_targeted_json(&mut out, msg);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+/// `{"type":"message","id","event"?,"ack"?,"data"}`.
+fn push_targeted_json(out: &mut Vec<u8>, msg: &Targeted) {
+    out.extend_from_slice(b"{\"type\":\"message\",\"id\":");
+    push_json_str(out, &msg.id);
+    if let Some(event) = &msg.event {
+        out.extend_from_slice(b",\"event\":");
+        push_json_str(out, event);
+    }
+    if msg.ack {
+        out.extend_from_slice(b",\"ack\":true");
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(&msg.data);
+    out.push(b'}');
 }
 
 /// Sends to connections by identity. With `ack`, waits for a receiver's
@@ -245,4 +268,40 @@ fn label<'a>(what: &str, s: &'a str) -> Result<&'a str, ApiError> {
 /// The reply to a native `ack` command.
 pub(crate) fn ack_result(acked: bool) -> serde_json::Value {
     json!({ "acked": acked })
+}
+
+/// `POST /api/v1/ack` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckRequest {
+    /// The receiver key the SSE stream announced (`event: identified`).
+    receiver: String,
+    /// The id of the message being acknowledged.
+    id: String,
+}
+
+/// Acknowledges a targeted message for an SSE connection, which cannot
+/// answer on its stream: 200 `{"acked": bool}` (false when the connection
+/// owed no such ack), 403 for a key this server did not issue.
+#[utoipa::path(post, path = "/api/v1/ack", tag = "native",
+    request_body = AckRequest,
+    responses((status = 200, description = "{acked: bool}"),
+        (status = 400, description = "Malformed request"),
+        (status = 403, description = "Unknown receiver key")))]
+pub(crate) async fn ack(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = read_body(req, 4096).await?;
+    let r: AckRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let conn = state.receivers.verify(&r.receiver).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "not a receiver key of this server",
+        )
+    })?;
+    let acked = state.engine.acknowledge(conn, &r.id).await?;
+    Ok(Json(ack_result(acked)))
 }

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/publish", post(native::publish))
         .route("/api/v1/publish/batch", post(native::publish_batch))
         .route("/api/v1/send", post(send::send))
+        .route("/api/v1/ack", post(send::ack))
         .route("/ws", get(native::ws))
         .route("/sse", get(native::sse))
         .route("/poll", get(poll::poll))

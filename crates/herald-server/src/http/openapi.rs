@@ -22,6 +22,7 @@ use crate::dialect::{native, push, pushca, send};
         channels::delete,
         channels::history,
         send::send,
+        send::ack,
         push::publish,
         push::sse,
         push::ws,

@@ -122,18 +122,7 @@ pub(crate) async fn ws(
     Query(q): Query<ChannelsQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let identity = match crate::auth::request_token(q.token.as_deref(), req.headers()) {
-        None => None,
-        Some(token) => Some(
-            state
-                .auth
-                .as_ref()
-                .ok_or_else(|| {
-                    crate::auth::unauthorized("no [auth] key is configured to verify tokens")
-                })?
-                .verify(token)?,
-        ),
-    };
+    let identity = crate::auth::identify(&state, q.token.as_deref(), req.headers())?;
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
     let mut session = Session::new(state.clone(), Arc::new(WsFormat));
     session.subscribe(keys).await?;
@@ -148,21 +137,30 @@ pub(crate) struct SseQuery {
     channels: Option<String>,
     /// A cursor to resume from, like `Last-Event-ID`.
     since: Option<String>,
+    /// A JWT giving the connection an identity (docs/targeting.md).
+    token: Option<String>,
 }
 
-/// `GET /sse?channels=a,b[&since=cursor]`: native Server-Sent Events. A
-/// `Last-Event-ID` header (or `since`) resumes every channel it names.
+/// `GET /sse?channels=a,b[&since=cursor][&token=jwt]`: native Server-Sent
+/// Events. A `Last-Event-ID` header (or `since`) resumes every channel it
+/// names; a token (or `Authorization: Bearer`) identifies the connection for
+/// targeted sends, and the stream then announces its receiver key.
 #[utoipa::path(get, path = "/sse", tag = "native",
-    params(("channels" = String, Query, description = "Comma-separated channels")),
-    responses((status = 200, description = "text/event-stream"), (status = 400)))]
+    params(("channels" = String, Query, description = "Comma-separated channels"),
+        ("token" = Option<String>, Query, description = "JWT giving the connection an identity")),
+    responses((status = 200, description = "text/event-stream"), (status = 400),
+        (status = 401, description = "Invalid or expired token")))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
     Query(q): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let identity = crate::auth::identify(&state, q.token.as_deref(), &headers)?;
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
-    if keys.is_empty() {
-        return Err(ApiError::bad_request("'channels' query parameter required"));
+    if keys.is_empty() && identity.is_none() {
+        return Err(ApiError::bad_request(
+            "'channels' query parameter required (or a token, for targeted messages only)",
+        ));
     }
     let resume = headers
         .get("last-event-id")
@@ -178,6 +176,15 @@ pub(crate) async fn sse(
         "retry: {}\n: connected\n\n",
         state.config.connection.sse_retry.as_millis()
     );
+    if let Some(identity) = identity {
+        // The stream cannot carry acks back: its key lets POST /api/v1/ack.
+        let receiver = state.receivers.issue(session.outbox.id());
+        preamble.push_str(&format!(
+            "event: identified\ndata: {}\n\n",
+            json!({"receiver": receiver})
+        ));
+        session.identify(identity, Arc::new(SseFormat));
+    }
     for key in keys {
         let since = resume.get(key.name()).cloned();
         let s = session.subscribe_from(key.clone(), since).await?;
