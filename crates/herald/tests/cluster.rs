@@ -115,8 +115,7 @@ async fn cross_node_fan_out_and_cluster_wide_counts() {
     );
 
     // The Push seed's count covers every node (counts settle within a second).
-    let deadline = Instant::now() + WAIT;
-    loop {
+    until(|| async {
         let res = reqwest::Client::new()
             .post(format!("http://{}/messages", n[0].addr))
             .json(&json!({"channel": "news", "message": "count me"}))
@@ -124,15 +123,12 @@ async fn cross_node_fan_out_and_cluster_wide_counts() {
             .await
             .unwrap();
         assert_eq!(res.status(), 202);
-        if res.json::<Value>().await.unwrap() == json!({"subscribers": 3}) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster-wide count never reached 3"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let count: Value = res.json().await.unwrap();
+        (count == json!({"subscribers": 3}))
+            .then_some(())
+            .ok_or(format!("count {count}"))
+    })
+    .await;
 }
 
 async fn get_json(node: &Herald, path: &str) -> (u16, Value) {
@@ -146,21 +142,31 @@ async fn get_json(node: &Herald, path: &str) -> (u16, Value) {
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
-/// Polls `path` on `node` until `done` holds for its JSON (counts settle
-/// within a second), within [`WAIT`].
-async fn get_until(node: &Herald, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Retries `attempt` every 100 ms until it succeeds, within [`WAIT`]: for
+/// what settles across nodes (counts within a second, the identity registry
+/// within 250 ms). An error describes the last attempt.
+async fn until<T, F: std::future::Future<Output = Result<T, String>>>(
+    mut attempt: impl FnMut() -> F,
+) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = get_json(node, path).await;
-        if status == 200 && done(&body) {
-            return body;
+        match attempt().await {
+            Ok(v) => return v,
+            Err(last) => assert!(Instant::now() < deadline, "gave up; last: {last}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path}: last answer {status} {body}"
-        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `path` on `node` until it answers 200 with JSON `done` holds for.
+async fn get_until(node: &Herald, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    until(|| async {
+        let (status, body) = get_json(node, path).await;
+        (status == 200 && done(&body))
+            .then(|| body.clone())
+            .ok_or(format!("{path}: {status} {body}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,11 +231,13 @@ async fn channel_lists_stats_and_push_stream_delete_cover_the_cluster() {
         );
     }
     // Gone everywhere, once a count written just before the delete expires.
-    let deadline = Instant::now() + WAIT;
-    while get_json(&n[2], "/api/v1/channels/hlist").await.0 != 404 {
-        assert!(Instant::now() < deadline, "hlist still listed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(|| async {
+        let (status, body) = get_json(&n[2], "/api/v1/channels/hlist").await;
+        (status == 404)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    })
+    .await;
     let listed = get_until(&n[1], "/api/v1/channels", |_| true).await;
     assert_eq!(listed["channels"].as_array().unwrap().len(), 1);
 }
@@ -445,18 +453,13 @@ async fn send(node: &Herald, body: Value) -> (u16, Value) {
 
 /// Sends until the registry (synced every 250 ms) shows `want` matches.
 async fn send_until_matched(node: &Herald, body: Value, want: u64) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    until(|| async {
         let (status, reply) = send(node, body.clone()).await;
-        if status == 200 && reply["matched"] == want {
-            return reply;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never matched {want}: {status} {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (status == 200 && reply["matched"] == want)
+            .then(|| reply.clone())
+            .ok_or(format!("matched {want}? {status} {reply}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
