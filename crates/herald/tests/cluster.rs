@@ -463,6 +463,35 @@ async fn send_until_matched(node: &Herald, body: Value, want: u64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_leaves_the_identity_registry() {
+    let redis = RedisServer::start();
+    let mut n = nodes(&[redis.url()], 3);
+    let carol = format!("/ws?token={}", token("carol", json!({})));
+    let _on_b = ws(&n[1], &carol).await;
+    let _on_c = ws(&n[2], &carol).await;
+    let body = json!({"filter": {"user": "carol"}, "data": "x"});
+    send_until_matched(&n[0], body.clone(), 2).await;
+    let registered = || {
+        let reply = herald_testkit::redis::command(redis.port, &["SCARD", "herald:{ident}:nodes"]);
+        reply.unwrap_or_default()
+    };
+    assert_eq!(registered(), ":2");
+
+    // C dies without a goodbye: once its liveness key lapses, senders stop
+    // counting it and drop it from the registry.
+    n[2].child.kill().unwrap();
+    n[2].child.wait().unwrap();
+    until(|| async {
+        let (status, reply) = send(&n[0], body.clone()).await;
+        let left = registered();
+        (status == 200 && reply["matched"] == 1 && left == ":1")
+            .then_some(())
+            .ok_or(format!("{status} {reply}, registered {left}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targeted_sends_and_acks_cross_nodes() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 3);
