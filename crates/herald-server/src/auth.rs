@@ -129,3 +129,22 @@ pub(crate) fn identify(
         .ok_or_else(|| unauthorized("no [auth] key is configured to verify tokens"))?;
     verifier.verify(token).map(Some)
 }
+
+/// Compares secrets without an early exit on the first differing byte, so
+/// the time taken does not reveal how much of a guess was right.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"key-1", b"key-1"));
+        assert!(!same_secret(b"key-1", b"key-2"));
+        assert!(!same_secret(b"key-1", b"key-10"));
+        assert!(!same_secret(b"", b"k"));
+    }
+}

@@ -11,6 +11,8 @@ use herald_core::ConnId;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::auth::same_secret;
+
 /// Hex digits of the tag: 128 bits.
 const TAG_HEX: usize = 32;
 
@@ -36,14 +38,7 @@ impl ReceiverKeys {
     pub(crate) fn verify(&self, key: &str) -> Option<ConnId> {
         let (conn, tag) = key.split_once('.')?;
         let conn: ConnId = conn.parse().ok()?;
-        let want = self.tag(conn);
-        let same = tag.len() == want.len()
-            && tag
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        same.then_some(conn)
+        same_secret(tag.as_bytes(), self.tag(conn).as_bytes()).then_some(conn)
     }
 
     fn tag(&self, conn: ConnId) -> String {
