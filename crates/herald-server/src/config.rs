@@ -411,6 +411,11 @@ pub struct PushcaConfig {
     pub rate_burst: u32,
     /// Connection tokens one `open-connection-pool` request may ask for.
     pub max_pool_size: usize,
+    /// How long a Pushca WebSocket may stay open before Herald closes it
+    /// (4200, reconnect). Zero, the default, never does: Pushca servers do
+    /// not recycle connections, and its protocol has no reconnect hint.
+    #[serde(with = "humantime_serde")]
+    pub connection_lifetime: Duration,
 }
 
 impl Default for PushcaConfig {
@@ -426,6 +431,7 @@ impl Default for PushcaConfig {
             rate_limit: 0,
             rate_burst: 0,
             max_pool_size: 100,
+            connection_lifetime: Duration::ZERO,
         }
     }
 }

@@ -547,3 +547,34 @@ async fn openapi_lists_every_api() {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
 }
+
+#[tokio::test]
+async fn pushca_connections_outlive_the_native_lifetime_unless_configured() {
+    let short = Duration::from_millis(200);
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        c.connection.lifetime_min = short;
+        c.connection.lifetime_max = short;
+        c.connection.close_grace = Duration::ZERO;
+    })
+    .await;
+    let who = client("w", "a", "d", "app");
+    let mut pushca = connect(&server, &who).await;
+    let mut native = server.ws("/ws?channels=x").await;
+    // The native connection reaches its lifetime and is told to reconnect…
+    let (code, _) = expect_close(&mut native).await;
+    assert_eq!(code, 4200);
+    // … while the Pushca one, opened first, still answers.
+    send_text(&mut pushca, "p1@@PING").await;
+    assert_eq!(next_text(&mut pushca).await, "p1@@RESPONSE");
+
+    // With pushca.connection_lifetime set, Pushca connections are recycled too.
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        c.pushca.connection_lifetime = short;
+    })
+    .await;
+    let mut pushca = connect(&server, &who).await;
+    let (code, _) = expect_close(&mut pushca).await;
+    assert_eq!(code, 4200);
+}

@@ -338,7 +338,8 @@ pub(crate) async fn connect(
     let client = state.pushca.tokens.verify(&token)?;
     let mut session = Session::new(state.clone(), Arc::new(PushcaFormat));
     session.identify(client.identity(), Arc::new(PushcaFormat));
-    ws::upgrade(&state, req, session, PushcaWs::new(client))
+    let dialect = PushcaWs::new(client, &state);
+    ws::upgrade(&state, req, session, dialect)
 }
 
 /// `GET /sign-in/<base64url(OpenConnectionRequest)>`: a WebSocket that sends

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::{AckOutcome, Outbox};
@@ -21,6 +22,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::{ClientSearchData, PClient, client_filter, targeted};
+use crate::config::ConnectionConfig;
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::ws::{Reply, WsDialect, close};
@@ -95,6 +97,8 @@ pub(crate) struct PushcaWs {
     alive: bool,
     /// Recent command ids and their replies.
     recent: Recent,
+    /// Heartbeats as configured; the lifetime is `pushca.connection_lifetime`.
+    timing: ConnectionConfig,
 }
 
 /// A parsed client frame.
@@ -206,11 +210,18 @@ enum Outcome {
 }
 
 impl PushcaWs {
-    pub(crate) fn new(client: PClient) -> Self {
+    pub(crate) fn new(client: PClient, state: &AppState) -> Self {
+        let lifetime = state.config.pushca.connection_lifetime;
         Self {
             client,
             alive: true,
             recent: Arc::default(),
+            timing: ConnectionConfig {
+                lifetime_min: lifetime,
+                lifetime_max: lifetime,
+                close_grace: Duration::ZERO,
+                ..state.config.connection.clone()
+            },
         }
     }
 
@@ -336,6 +347,10 @@ impl WsDialect for PushcaWs {
 
     fn reconnect_hint(&self) -> Option<Bytes> {
         None
+    }
+
+    fn timing(&self) -> Option<ConnectionConfig> {
+        Some(self.timing.clone())
     }
 
     async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
