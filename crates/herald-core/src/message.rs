@@ -8,7 +8,9 @@ use bytes::Bytes;
 use crate::channel::ChannelKey;
 
 /// How many wire formats one process may register (see [`Format::slot`]).
-pub const MAX_FORMATS: usize = 16;
+/// Every message carries one cache slot per format, stored messages too, so
+/// this stays close to the number of formats there are (seven today).
+pub const MAX_FORMATS: usize = 8;
 
 /// What a publisher hands in: everything but the channel position.
 #[derive(Debug, Clone)]
@@ -143,6 +145,13 @@ mod tests {
             self.0.fetch_add(1, Ordering::Relaxed);
             Bytes::copy_from_slice(msg.data())
         }
+    }
+
+    #[test]
+    fn a_message_stays_small() {
+        // Stored messages are many; this catches a regrown encoding cache.
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 512, "Message is {size} bytes");
     }
 
     fn message(data: &str) -> Message {

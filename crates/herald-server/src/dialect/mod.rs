@@ -20,6 +20,7 @@ pub(crate) mod slot {
     pub(crate) const PUSHCA_WS: usize = 4;
     pub(crate) const PUSHSTREAM_TEXT: usize = 5;
     pub(crate) const PUSHSTREAM_EVENTSOURCE: usize = 6;
+    const _: () = assert!(PUSHSTREAM_EVENTSOURCE < herald_core::message::MAX_FORMATS);
 }
 
 /// Appends `s` as a JSON string literal.
