@@ -93,6 +93,20 @@ pub trait Broker: Send + Sync + 'static {
         Ok(local.ack_received(id, conn))
     }
 
+    /// This node's name among the broker's nodes; `None` for a broker that
+    /// links no other nodes.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Acknowledges `id` for connection `conn` of another node, as if that
+    /// connection had acked itself (see [`Broker::ack`]); returns whether it
+    /// owed the ack. Only called for `node` other than this one.
+    async fn ack_for(&self, node: &str, conn: ConnId, id: &str) -> Result<bool, BrokerError> {
+        let _ = (node, conn, id);
+        Ok(false)
+    }
+
     /// Whether history lives in the broker (shared by every node) rather than
     /// in the local hub.
     fn keeps_history(&self) -> bool {

@@ -357,6 +357,22 @@ impl Engine {
         Ok(AckOutcome::TimedOut { attempts, first })
     }
 
+    /// Acknowledges `id` for connection `conn` of node `node` (this one when
+    /// `None` or its own id), for receivers that ack out of band.
+    pub async fn acknowledge_on(
+        &self,
+        node: Option<&str>,
+        conn: ConnId,
+        id: &str,
+    ) -> Result<bool, BrokerError> {
+        match node {
+            Some(node) if Some(node) != self.broker.node_id() => {
+                self.broker.ack_for(node, conn, id).await
+            }
+            _ => self.acknowledge(conn, id).await,
+        }
+    }
+
     /// Connection `conn` acknowledges message `id`. Returns whether `conn`
     /// owed that ack; only then is it routed to the waiting sender.
     pub async fn acknowledge(&self, conn: ConnId, id: &str) -> Result<bool, BrokerError> {

@@ -331,6 +331,10 @@ pub struct AuthConfig {
     /// Clock skew tolerated when checking `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Signs the receiver keys SSE connections ack with (`POST /api/v1/ack`).
+    /// Give every node of a cluster the same one so that any node accepts an
+    /// ack; unset, each process draws its own and accepts only its keys.
+    pub receiver_secret: Option<String>,
     /// Keys publishers present (`Authorization: Bearer <key>` or
     /// `X-Api-Key`) to publish, send, delete channels or mint Pushca
     /// connection tokens. Empty leaves those routes open, as the seeds do.
@@ -344,6 +348,7 @@ impl Default for AuthConfig {
             algorithm: jsonwebtoken::Algorithm::HS256,
             public_key_path: None,
             leeway: Duration::ZERO,
+            receiver_secret: None,
             api_keys: Vec::new(),
         }
     }

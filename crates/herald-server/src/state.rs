@@ -46,6 +46,10 @@ impl AppState {
     pub fn new(engine: Engine, config: Config, shutdown: Shutdown) -> Result<Self, ConfigError> {
         let auth = Verifier::from_config(&config.auth)?;
         let pushca = Pushca::from_config(&config.pushca);
+        let receivers = ReceiverKeys::new(
+            config.auth.receiver_secret.as_deref(),
+            engine.broker().node_id(),
+        );
         Ok(Self(Arc::new(Inner {
             engine,
             config,
@@ -54,7 +58,7 @@ impl AppState {
             default_app: Arc::from(herald_core::channel::DEFAULT_APP),
             auth,
             pushca,
-            receivers: ReceiverKeys::new(),
+            receivers,
         })))
     }
 

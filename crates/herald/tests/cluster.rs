@@ -30,7 +30,7 @@ fn config_file(urls: &[String]) -> PathBuf {
         &path,
         format!(
             "[broker]\nkind = \"redis\"\n[broker.redis]\nurls = [{}]\n\
-             [auth]\nsecret = \"{SECRET}\"\n\
+             [auth]\nsecret = \"{SECRET}\"\nreceiver_secret = \"{SECRET}-receivers\"\n\
              [[history.rules]]\npattern = \"h*\"\nsize = 10000\nttl = \"10m\"\n",
             urls.join(", ")
         ),
@@ -489,6 +489,76 @@ async fn a_dead_node_leaves_the_identity_registry() {
             .ok_or(format!("{status} {reply}, registered {left}"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_receiver_acks_through_any_node() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    // Dave listens over SSE on B; the sender is on A; the ack goes to C.
+    let url = format!(
+        "http://{}/sse?token={}",
+        n[1].addr,
+        token("dave", json!({}))
+    );
+    let res = reqwest::get(url).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let mut next_data = async move || loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                return serde_json::from_str::<Value>(data).unwrap();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    };
+    let receiver = next_data().await["receiver"].as_str().unwrap().to_owned();
+    send_until_matched(
+        &n[0],
+        json!({"filter": {"user": "dave"}, "data": "warmup"}),
+        1,
+    )
+    .await;
+    // Warm-up attempts may have arrived several times: drain to a marker.
+    let (_, r) = send(&n[0], json!({"filter": {"user": "dave"}, "data": "synced"})).await;
+    assert_eq!(r["delivered"], 1);
+    while next_data().await["data"] != "synced" {}
+
+    let a = n[0].addr.clone();
+    let sender = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(format!("http://{a}/api/v1/send"))
+            .json(&json!({"filter": {"user": "dave"}, "data": "sign", "id": "d-1", "ack": true, "timeout_ms": 5000}))
+            .send()
+            .await
+            .unwrap();
+        res.status().as_u16()
+    });
+    let m = next_data().await;
+    assert_eq!(
+        (m["id"].as_str(), m["ack"].as_bool()),
+        (Some("d-1"), Some(true))
+    );
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/ack", n[2].addr))
+        .json(&json!({"receiver": receiver, "id": "d-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"acked": true}));
+    assert_eq!(
+        tokio::time::timeout(WAIT, sender).await.unwrap().unwrap(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

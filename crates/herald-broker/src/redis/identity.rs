@@ -56,6 +56,16 @@ enum Wire {
     },
     /// Connection `conn` of the sending node acknowledged message `id`.
     Ack { id: String, conn: u64 },
+    /// Acknowledge `id` for local connection `conn`, as if it had acked
+    /// itself (an SSE client acking over HTTP on another node), and reply.
+    AckFor {
+        from: String,
+        req: u64,
+        conn: u64,
+        id: String,
+    },
+    /// The reply to an `AckFor`: whether `conn` owed that ack.
+    AckedFor { req: u64, acked: bool },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,6 +150,8 @@ pub(crate) struct Router {
     directory: Arc<Directory>,
     /// Replies awaited by request number.
     waiting: Mutex<HashMap<u64, oneshot::Sender<SendOutcome>>>,
+    /// `AckFor` replies awaited by request number.
+    waiting_acks: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     /// Next request number.
     next_req: AtomicU64,
     /// Origin node per remote message id delivered here with `ack`.
@@ -153,6 +165,7 @@ impl Router {
         Self {
             directory,
             waiting: Mutex::default(),
+            waiting_acks: Mutex::default(),
             next_req: AtomicU64::new(1),
             origins: Mutex::default(),
             rotation: Mutex::default(),
@@ -252,6 +265,41 @@ pub(crate) async fn ack(
     }
 }
 
+/// Asks `node` to acknowledge `id` for its connection `conn`; waits for the
+/// answer (bounded by the broker timeout; no answer counts as not acked).
+pub(crate) async fn ack_for(
+    inner: &Arc<Inner>,
+    router: &Router,
+    node: &str,
+    conn: ConnId,
+    id: &str,
+) -> Result<bool, BrokerError> {
+    let req = router.next_req.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    router.waiting_acks.lock().insert(req, tx);
+    let wire = Wire::AckFor {
+        from: inner.config.node_id.clone(),
+        req,
+        conn,
+        id: id.to_owned(),
+    };
+    let reached = super::send_to_node(inner, node, encode(&wire)).await;
+    let acked = match reached {
+        Ok(true) => tokio::time::timeout(inner.config.timeout(), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false),
+        Ok(false) => false,
+        Err(e) => {
+            router.waiting_acks.lock().remove(&req);
+            return Err(e);
+        }
+    };
+    router.waiting_acks.lock().remove(&req);
+    Ok(acked)
+}
+
 /// Asks `node` to deliver; waits for its counts (bounded by the broker timeout).
 async fn request(
     inner: &Arc<Inner>,
@@ -334,6 +382,30 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
         }
         Wire::Ack { id, conn } => {
             router.directory.ack_received(&id, conn);
+        }
+        Wire::AckFor {
+            from,
+            req,
+            conn,
+            id,
+        } => {
+            let inner = inner.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                // As Engine::acknowledge: the answer is whether `conn` owed
+                // the ack; the sender learns of it through `ack`.
+                let owed = router.directory.acknowledge(conn, &id);
+                if owed {
+                    let _ = ack(&inner, &router, &id, conn).await;
+                }
+                let reply = Wire::AckedFor { req, acked: owed };
+                let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
+            });
+        }
+        Wire::AckedFor { req, acked } => {
+            if let Some(tx) = router.waiting_acks.lock().remove(&req) {
+                let _ = tx.send(acked);
+            }
         }
     }
 }

@@ -387,6 +387,17 @@ impl Broker for RedisBroker {
         }
     }
 
+    fn node_id(&self) -> Option<&str> {
+        Some(&self.inner.config.node_id)
+    }
+
+    async fn ack_for(&self, node: &str, conn: ConnId, id: &str) -> Result<bool, BrokerError> {
+        match self.router.get() {
+            Some(router) => identity::ack_for(&self.inner, router, node, conn, id).await,
+            None => Ok(false),
+        }
+    }
+
     fn keeps_history(&self) -> bool {
         true
     }

@@ -295,13 +295,16 @@ pub(crate) async fn ack(
     let body = read_body(req, 4096).await?;
     let r: AckRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
-    let conn = state.receivers.verify(&r.receiver).ok_or_else(|| {
+    let receiver = state.receivers.verify(&r.receiver).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "not a receiver key of this server",
         )
     })?;
-    let acked = state.engine.acknowledge(conn, &r.id).await?;
+    let acked = state
+        .engine
+        .acknowledge_on(receiver.node.as_deref(), receiver.conn, &r.id)
+        .await?;
     Ok(Json(ack_result(acked)))
 }
