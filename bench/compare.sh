@@ -47,7 +47,7 @@ PORT_SOCKUDO=16001
 if [ "$quick" = 1 ]; then
   SUBS=1000; CHANNELS_MANY=100; RATE_LOW=10; RATE_MANY=100
   SUBS_HIGH=200; RATE_HIGH=100; SUBS_HIGHER=50; RATE_HIGHER=400
-  PAIRS_CLIENTS=200; PAIRS_RATE=1000; IDLE_N=2000; CONNECT_N=2000
+  PAIRS_CLIENTS=200; PAIRS_RATE=1000; IDLE_N=2000; CONNECT_N=2000; PUSHCA_HTTP_CLIENTS=160
   PHASE=10s; PAIRS_PHASE=10s; PROCS_BIG=1
   SEARCH="--rate-start 8 --step-duration 2s --max-steps 14 --duration 60s"
 else
@@ -55,7 +55,7 @@ else
   # 10,000 subscribers at 100 msg/s would need 1M deliveries/s, beyond what one core of this
   # machine can receive; the higher rates use fewer subscribers (100k deliveries/s each).
   SUBS_HIGH=1000; RATE_HIGH=100; SUBS_HIGHER=100; RATE_HIGHER=1000
-  PAIRS_CLIENTS=1000; PAIRS_RATE=2890; IDLE_N=19000; CONNECT_N=19000
+  PAIRS_CLIENTS=1000; PAIRS_RATE=2890; IDLE_N=19000; CONNECT_N=19000; PUSHCA_HTTP_CLIENTS=800
   PHASE=20s; PAIRS_PHASE=60s; PROCS_BIG=2
   # Doubling from 1 msg/s (10,000 deliveries/s), then bisecting: at most 16 steps of 5 s plus
   # their drains, and never more than 4 minutes.
@@ -206,7 +206,9 @@ esac
 case " $servers " in *" herald "*)
   run pairs-pushca herald pushca pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
   run pairs-pushca-r$PAIRS_RATE herald pushca pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
-  run pairs-pushca-ack herald pushca pairs --clients $PAIRS_CLIENTS --via ws --ack --concurrency 100 --duration $PAIRS_PHASE ;;
+  run pairs-pushca-ack herald pushca pairs --clients $PAIRS_CLIENTS --via ws --ack --concurrency 100 --duration $PAIRS_PHASE
+  # The seed's HTTP figures were for 800 clients sending over its REST API.
+  run pairs-pushca-http herald pushca pairs --clients $PUSHCA_HTTP_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE ;;
 esac
 for s in $servers; do
   run idle "$s" ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE

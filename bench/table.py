@@ -230,6 +230,11 @@ SUMMARY = [
         ("ack round trip p50 / p99 ms", "lower", [ack_lat("p50_ms"), ack_lat("p99_ms")]),
         ("ack failures / never answered", "lower", [lambda r: r["ack_failures"], lambda r: r["unacked"]]),
     ]),
+    ("pairs-pushca-http", "pairs, 800 clients, Pushca REST (/send-notification), unpaced (100 in flight), 60 s", [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/message", "lower", [per_delivery_us]),
+    ]),
     ("idle", "idle, 19,000 WS connections", [
         ("connections held", "higher", [lambda r: r["alive_at_end"]]),
         ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
