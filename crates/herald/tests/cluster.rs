@@ -280,6 +280,60 @@ async fn push_api_channel_records_are_shared_by_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_stream_events_tell_a_new_channel_once_across_nodes() {
+    let redis = RedisServer::start();
+    let file = config_file(&[redis.url()]);
+    let env = [
+        ("HERALD_CONFIG", file.to_str().unwrap()),
+        ("HERALD_PUSHSTREAM__EVENTS_CHANNEL_ID", "events"),
+    ];
+    let n: Vec<Herald> = (0..3).map(|_| Herald::start(&env)).collect();
+    let mut events = ws(&n[1], "/ws?channels=events").await;
+    let event = async |events: &mut Ws| -> Value {
+        let m = next_json(events).await;
+        serde_json::from_str(m["data"].as_str().unwrap()).unwrap()
+    };
+    let post = |node: &Herald| {
+        reqwest::Client::new()
+            .post(format!("http://{}/ps/pub?id=hfresh", node.addr))
+            .body("hello")
+            .timeout(WAIT)
+            .send()
+    };
+    assert_eq!(post(&n[0]).await.unwrap().status(), 200);
+    assert_eq!(
+        event(&mut events).await,
+        json!({"type": "channel_created", "channel": "hfresh"})
+    );
+    // The channel exists in Redis now: a subscriber on another node joins
+    // it without a second channel_created.
+    let _sub = ws(&n[2], "/ps/ws/hfresh").await;
+    assert_eq!(
+        event(&mut events).await,
+        json!({"type": "client_subscribed", "channel": "hfresh"})
+    );
+    assert_eq!(post(&n[2]).await.unwrap().status(), 200);
+    // A marker: nothing about hfresh came before it.
+    assert_eq!(post_marker(&n[0]).await, 200);
+    assert_eq!(
+        event(&mut events).await,
+        json!({"type": "channel_created", "channel": "hmarker"})
+    );
+}
+
+async fn post_marker(node: &Herald) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}/ps/pub?id=hmarker", node.addr))
+        .body("m")
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_of_a_dead_node_resumes_on_another() {
     let redis = RedisServer::start();
     let mut n = nodes(&[redis.url()], 3);

@@ -36,9 +36,18 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     }
 }
 
-/// Whether `key` does not exist yet on this node, so that using it creates it.
-pub(crate) fn is_new(state: &PsState, key: &ChannelKey) -> bool {
-    !state.cfg.events_channel_id.is_empty() && state.app.engine.hub().channel_info(key).is_none()
+/// Whether `key` does not exist yet, so that using it creates it: on any
+/// node of a cluster, so one `channel_created` is told, not one per node.
+/// When the broker cannot tell, this node's view decides.
+pub(crate) async fn is_new(state: &PsState, key: &ChannelKey) -> bool {
+    if state.cfg.events_channel_id.is_empty() {
+        return false;
+    }
+    let engine = &state.app.engine;
+    match engine.channel_info(key).await {
+        Ok(info) => info.is_none(),
+        Err(_) => engine.hub().channel_info(key).is_none(),
+    }
 }
 
 /// Held by a subscriber connection: tells the events channel when it leaves.

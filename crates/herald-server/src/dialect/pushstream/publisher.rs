@@ -98,7 +98,7 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
     }
     let text = String::from_utf8_lossy(&body);
     for key in &keys {
-        let created = events::is_new(ps, key);
+        let created = events::is_new(ps, key).await;
         let publication = PsState::publication(&text, event_id.as_deref(), event_type.as_deref());
         if let Err(e) = ps.app.engine.publish(key, publication).await {
             tracing::warn!(channel = %key, error = %e, "Push-stream publish failed.");

@@ -235,7 +235,7 @@ pub(crate) async fn subscribe(
     presence: &mut Presence,
 ) -> Result<(), Refusal> {
     for (key, backtrack) in &sub.channels {
-        let created = events::is_new(state, key);
+        let created = events::is_new(state, key).await;
         let (backtrack, since) = (*backtrack, sub.since);
         let last_event_id = sub.last_event_id.as_deref();
         let pick = move |h: &History| Ok(replay_start(h, backtrack, since, last_event_id));
