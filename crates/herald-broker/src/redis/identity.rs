@@ -274,30 +274,16 @@ pub(crate) async fn ack_for(
     conn: ConnId,
     id: &str,
 ) -> Result<bool, BrokerError> {
-    let req = router.next_req.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    router.waiting_acks.lock().insert(req, tx);
-    let wire = Wire::AckFor {
-        from: inner.config.node_id.clone(),
+    let from = inner.config.node_id.clone();
+    let id = id.to_owned();
+    let wire = |req| Wire::AckFor {
+        from,
         req,
         conn,
-        id: id.to_owned(),
+        id,
     };
-    let reached = super::send_to_node(inner, node, encode(&wire)).await;
-    let acked = match reached {
-        Ok(true) => tokio::time::timeout(inner.config.timeout(), rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false),
-        Ok(false) => false,
-        Err(e) => {
-            router.waiting_acks.lock().remove(&req);
-            return Err(e);
-        }
-    };
-    router.waiting_acks.lock().remove(&req);
-    Ok(acked)
+    let acked = ask(inner, router, &router.waiting_acks, node, wire).await?;
+    Ok(acked.unwrap_or(false))
 }
 
 /// Asks `node` to deliver; waits for its counts (bounded by the broker timeout).
@@ -308,30 +294,45 @@ async fn request(
     filter: &Filter,
     msg: &Targeted,
 ) -> Result<SendOutcome, BrokerError> {
-    let req = router.next_req.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    router.waiting.lock().insert(req, tx);
-    let wire = Wire::Send {
-        from: inner.config.node_id.clone(),
+    let from = inner.config.node_id.clone();
+    let wire = |req| Wire::Send {
+        from,
         req,
         filter: filter.into(),
         msg: msg.into(),
     };
-    let reached = super::send_to_node(inner, node, encode(&wire)).await;
-    let outcome = match reached {
+    let outcome = ask(inner, router, &router.waiting, node, wire).await?;
+    Ok(outcome.unwrap_or_default())
+}
+
+/// Sends `node` the request `wire(req)` and waits, within the broker
+/// timeout, for the reply that `on_message` puts in `waiting` under `req`.
+/// `None` when no reply came, or nobody listens on that node's channel (it
+/// is gone).
+async fn ask<T>(
+    inner: &Arc<Inner>,
+    router: &Router,
+    waiting: &Mutex<HashMap<u64, oneshot::Sender<T>>>,
+    node: &str,
+    wire: impl FnOnce(u64) -> Wire,
+) -> Result<Option<T>, BrokerError> {
+    let req = router.next_req.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    waiting.lock().insert(req, tx);
+    let reached = super::send_to_node(inner, node, encode(&wire(req))).await;
+    let reply = match reached {
         Ok(true) => tokio::time::timeout(inner.config.timeout(), rx)
             .await
             .ok()
             .and_then(Result::ok),
-        // Nobody listens on that node's channel: it is gone.
         Ok(false) => None,
         Err(e) => {
-            router.waiting.lock().remove(&req);
+            waiting.lock().remove(&req);
             return Err(e);
         }
     };
-    router.waiting.lock().remove(&req);
-    Ok(outcome.unwrap_or_default())
+    waiting.lock().remove(&req);
+    Ok(reply)
 }
 
 fn encode(wire: &Wire) -> Bytes {
