@@ -38,6 +38,9 @@ enum Command {
         event: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// A publisher key, for servers with `auth.api_keys`.
+        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Print messages from channels (comma-separated) as they arrive.
     Subscribe {
@@ -71,7 +74,8 @@ pub(crate) fn main() -> ExitCode {
             data,
             event,
             url,
-        } => runtime(publish(url, channel, data, event)),
+            api_key,
+        } => runtime(publish(url, api_key, channel, data, event)),
         Command::Subscribe { channels, url } => runtime(subscribe(url, channels)),
         Command::Config {
             action: ConfigAction::Check,
@@ -156,6 +160,7 @@ async fn terminate() {
 
 async fn publish(
     url: String,
+    api_key: Option<String>,
     channel: String,
     data: String,
     event: Option<String>,
@@ -166,12 +171,13 @@ async fn publish(
     if let Some(event) = event {
         body["event"] = event.into();
     }
-    let res = reqwest::Client::new()
+    let mut req = reqwest::Client::new()
         .post(format!("{}/api/v1/publish", url.trim_end_matches('/')))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .json(&body);
+    if let Some(key) = api_key {
+        req = req.bearer_auth(key);
+    }
+    let res = req.send().await.map_err(|e| e.to_string())?;
     let status = res.status();
     let text = res.text().await.map_err(|e| e.to_string())?;
     println!("{text}");

@@ -124,6 +124,35 @@ fn config_check_default_and_env_overrides() {
 }
 
 #[test]
+fn cli_publish_presents_an_api_key() {
+    let herald = Herald::start(&[("HERALD_AUTH__API_KEYS", r#"["cli-key"]"#)]);
+    let publish = |key: Option<&str>| {
+        let mut cmd = Command::new(HERALD);
+        cmd.args([
+            "publish",
+            "news",
+            "1",
+            "--url",
+            &format!("http://{}", herald.addr),
+        ])
+        .env_remove("HERALD_API_KEY");
+        if let Some(key) = key {
+            cmd.env("HERALD_API_KEY", key);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = publish(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("unauthorized"));
+    let out = publish(Some("cli-key"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn version_prints_the_crate_version() {
     let out = Command::new(HERALD).arg("version").output().unwrap();
     assert_eq!(
