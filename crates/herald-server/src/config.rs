@@ -513,6 +513,18 @@ impl Config {
         if self.pushca.token_ttl.is_zero() {
             return Err(ConfigError("pushca.token_ttl must be positive".into()));
         }
+        // An empty key would let an empty `Bearer` through; short ones are guessable.
+        let a = &self.auth;
+        if a.api_keys.iter().any(|k| k.trim().len() < 16) {
+            return Err(ConfigError(
+                "auth.api_keys must be at least 16 characters each".into(),
+            ));
+        }
+        if a.receiver_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError(
+                "auth.receiver_secret must be at least 16 characters".into(),
+            ));
+        }
         for rule in &self.history.rules {
             if rule.pattern.matches('*').count() > 1 {
                 return Err(ConfigError(format!(

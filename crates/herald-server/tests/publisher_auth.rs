@@ -7,7 +7,7 @@ use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const KEY: &str = "publisher-key-1";
+const KEY: &str = "publisher-key-0001";
 
 /// `method path` with `body` and an optional header; the status and JSON body.
 async fn call(
@@ -31,7 +31,9 @@ async fn call(
 
 #[tokio::test]
 async fn publisher_routes_want_a_key_and_subscribers_do_not() {
-    let s = TestServer::with(|c| c.auth.api_keys = vec!["other".into(), KEY.into()]).await;
+    let s =
+        TestServer::with(|c| c.auth.api_keys = vec!["another-key-0123456789".into(), KEY.into()])
+            .await;
     let bearer = format!("Bearer {KEY}");
     let publish = json!({"channel": "news", "data": 1});
     let client =
@@ -116,4 +118,18 @@ async fn without_keys_the_routes_stay_open() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+#[test]
+fn empty_or_short_keys_are_refused_at_start() {
+    let mut c = herald_server::Config::default();
+    for bad in ["", "   ", "short-key"] {
+        c.auth.api_keys = vec![KEY.into(), bad.into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.api_keys"), "{bad:?}: {e}");
+    }
+    c.auth.api_keys = vec![KEY.into()];
+    assert!(c.validate().is_ok());
+    c.auth.receiver_secret = Some("tiny".into());
+    assert!(c.validate().is_err());
 }

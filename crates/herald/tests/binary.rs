@@ -125,7 +125,7 @@ fn config_check_default_and_env_overrides() {
 
 #[test]
 fn cli_publish_presents_an_api_key() {
-    let herald = Herald::start(&[("HERALD_AUTH__API_KEYS", r#"["cli-key"]"#)]);
+    let herald = Herald::start(&[("HERALD_AUTH__API_KEYS", r#"["cli-key-0123456789"]"#)]);
     let publish = |key: Option<&str>| {
         let mut cmd = Command::new(HERALD);
         cmd.args([
@@ -144,7 +144,7 @@ fn cli_publish_presents_an_api_key() {
     let refused = publish(None);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("unauthorized"));
-    let out = publish(Some("cli-key"));
+    let out = publish(Some("cli-key-0123456789"));
     assert!(
         out.status.success(),
         "{}",
