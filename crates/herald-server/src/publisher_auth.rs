@@ -18,7 +18,9 @@ use crate::state::AppState;
 /// configured; passes everything else.
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let keys = &state.config.auth.api_keys;
-    if keys.is_empty() || !is_publisher(&state, req.method(), req.uri().path()) {
+    let ps = &state.config.pushstream;
+    let ps_prefix = ps.enabled.then_some(ps.prefix.as_str());
+    if keys.is_empty() || !is_publisher(ps_prefix, req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     match presented(req.headers()) {
@@ -43,12 +45,12 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
     }
 }
 
-/// Whether `method path` publishes, sends, deletes or mints tokens.
-fn is_publisher(state: &AppState, method: &Method, path: &str) -> bool {
-    let ps = &state.config.pushstream;
-    if ps.enabled
-        && let Some(rest) = path.strip_prefix(ps.prefix.as_str())
-        && rest == "/pub"
+/// Whether `method path` publishes, sends, deletes or mints tokens; push-stream
+/// routes count when mounted under `ps_prefix`. Also marks the OpenAPI
+/// document's operations, so the two cannot disagree.
+pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str) -> bool {
+    if let Some(prefix) = ps_prefix
+        && path.strip_prefix(prefix) == Some("/pub")
     {
         return true;
     }

@@ -133,3 +133,33 @@ fn empty_or_short_keys_are_refused_at_start() {
     c.auth.receiver_secret = Some("tiny".into());
     assert!(c.validate().is_err());
 }
+
+#[tokio::test]
+async fn the_openapi_document_marks_the_keyed_routes() {
+    let s = TestServer::start().await;
+    let doc: Value = reqwest::get(s.http("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scheme = &doc["components"]["securitySchemes"]["publisher_key"];
+    assert_eq!(scheme["scheme"], "bearer");
+    let security = |path: &str, method: &str| doc["paths"][path][method]["security"].clone();
+    let keyed = json!([{"publisher_key": []}, {}]);
+    for (path, method) in [
+        ("/api/v1/publish", "post"),
+        ("/api/v1/send", "post"),
+        ("/api/v1/channels/{channel}", "delete"),
+        ("/open-connection", "post"),
+    ] {
+        assert_eq!(security(path, method), keyed, "{method} {path}");
+    }
+    for (path, method) in [
+        ("/ws", "get"),
+        ("/api/v1/channels/{channel}", "get"),
+        ("/api/v1/ack", "post"),
+    ] {
+        assert_eq!(security(path, method), Value::Null, "{method} {path}");
+    }
+}

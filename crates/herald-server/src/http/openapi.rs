@@ -2,7 +2,9 @@
 //! and types' annotations.
 
 use axum::Json;
-use utoipa::OpenApi;
+use axum::http::Method;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::dialect::native::{channels, poll};
 use crate::dialect::{native, push, pushca, send};
@@ -38,6 +40,7 @@ use crate::dialect::{native, push, pushca, send};
         super::metrics,
         serve,
     ),
+    modifiers(&PublisherKeys),
     tags(
         (name = "native", description = "Herald's own API (docs/api.md, docs/targeting.md)"),
         (name = "push", description = "The Push seed's API"),
@@ -46,6 +49,37 @@ use crate::dialect::{native, push, pushca, send};
     )
 )]
 struct ApiDoc;
+
+/// Marks the routes that want a publisher key when `auth.api_keys` is set,
+/// with the same rule the server enforces; without keys they are open, so
+/// anonymous access is listed as well.
+struct PublisherKeys;
+
+impl Modify for PublisherKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        const SCHEME: &str = "publisher_key";
+        let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(SCHEME, SecurityScheme::Http(bearer));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::DELETE, &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                if let Some(op) = operation
+                    && crate::publisher_auth::is_publisher(None, &method, path)
+                {
+                    let keyed = SecurityRequirement::new(SCHEME, Vec::<String>::new());
+                    op.security = Some(vec![keyed, SecurityRequirement::default()]);
+                }
+            }
+        }
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
