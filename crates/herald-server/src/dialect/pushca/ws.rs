@@ -11,7 +11,9 @@
 //! command is answered again, not executed again.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,22 +61,33 @@ const UNSUPPORTED: &[&str] = &[
 type Recent = Arc<Mutex<RecentCommands>>;
 
 /// The last [`RECENT_COMMANDS`] command ids with their replies, forgotten
-/// oldest first.
+/// oldest first. Ids are kept as 64-bit keyed fingerprints, not strings:
+/// every connection holds hundreds, and a busy server thousands of
+/// connections, so strings cost allocations and cache misses on every
+/// command. A false match needs two of one connection's last few hundred
+/// ids to collide in 64 bits.
 #[derive(Default)]
 struct RecentCommands {
-    /// Reply per id; `None` while the command runs.
-    replies: HashMap<String, Option<Bytes>>,
-    /// Ids in arrival order, for eviction.
-    order: VecDeque<String>,
+    /// Reply per id fingerprint; `None` while the command runs.
+    replies: HashMap<u64, Option<Bytes>, BuildHasherDefault<Prehashed>>,
+    /// Fingerprints in arrival order, for eviction.
+    order: VecDeque<u64>,
+}
+
+/// Keys id fingerprints; drawn per process so clients cannot aim collisions.
+static FINGERPRINTS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+fn fingerprint(id: &str) -> u64 {
+    FINGERPRINTS.hash_one(id)
 }
 
 impl RecentCommands {
     fn get(&self, id: &str) -> Option<&Option<Bytes>> {
-        self.replies.get(id)
+        self.replies.get(&fingerprint(id))
     }
 
     fn get_mut(&mut self, id: &str) -> Option<&mut Option<Bytes>> {
-        self.replies.get_mut(id)
+        self.replies.get_mut(&fingerprint(id))
     }
 
     /// Remembers `id` as running, forgetting the oldest beyond the limit.
@@ -84,8 +97,30 @@ impl RecentCommands {
         {
             self.replies.remove(&oldest);
         }
-        self.order.push_back(id.to_owned());
-        self.replies.insert(id.to_owned(), None);
+        let key = fingerprint(id);
+        self.order.push_back(key);
+        self.replies.insert(key, None);
+    }
+}
+
+/// Hashes a fingerprint, already uniformly spread, to itself.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
