@@ -261,7 +261,7 @@ impl PsState {
         let engine = &self.app.engine;
         Summary {
             // A cluster has no shared counter: count what its channels hold.
-            published: if engine.broker().keeps_history() {
+            published: if engine.broker().node_id().is_some() {
                 all.iter().map(|i| i.published).sum()
             } else {
                 engine.hub().stats().published.load(Ordering::Relaxed)
