@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::{same_secret, unauthorized};
 use crate::state::AppState;
 
-/// Refuses publisher requests without a configured key (401), when keys are
-/// configured; passes everything else.
+/// Refuses publisher requests without a configured key (401); passes
+/// everything else. Mounted only when keys are configured.
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let keys = &state.config.auth.api_keys;
     let ps = &state.config.pushstream;
     let ps_prefix = ps.enabled.then_some(ps.prefix.as_str());
-    if keys.is_empty() || !is_publisher(ps_prefix, req.method(), req.uri().path()) {
+    if !is_publisher(ps_prefix, req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     match presented(req.headers()) {

@@ -29,7 +29,7 @@ pub fn router(state: AppState) -> Router {
     if pa.enabled {
         router = router.nest(&pa.prefix, pushapi::router(&state));
     }
-    router
+    let router = router
         // Native API (docs/api.md).
         .route("/api/v1/publish", post(native::publish))
         .route("/api/v1/publish/batch", post(native::publish_batch))
@@ -72,12 +72,17 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
+        .method_not_allowed_fallback(method_not_allowed);
+    // Only servers with publisher keys pay for checking them.
+    let router = if state.config.auth.api_keys.is_empty() {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::publisher_auth::require,
         ))
-        .with_state(state)
+    };
+    router.with_state(state)
 }
 
 /// Reads a request body of at most `limit` bytes.
