@@ -484,6 +484,13 @@ async fn sse_connections_are_identified_and_ack_over_http() {
             (res.status().as_u16(), res.json::<Value>().await.unwrap())
         }
     };
+    let res = reqwest::Client::new()
+        .post(server.http("/api/v1/ack"))
+        .body(r#"{"receiver": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "a malformed ack is refused");
     let forged = receiver.replacen('.', "0.", 1);
     let (status, body) = ack(forged, "s-2").await;
     assert_eq!(
