@@ -428,6 +428,9 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
     send_text(&mut rx, r#"r-1@@ACKNOWLEDGE@@{"messageId":"msg-7"}"#).await;
     assert_eq!(next_text(&mut rx).await, "r-1@@ACKNOWLEDGE");
     assert_eq!(next_text(&mut tx).await, "msg-7@@ACKNOWLEDGE");
+    // Resent after its ack: the same answer, and nothing sent to the receiver again.
+    send_text(&mut tx, &with_ack).await;
+    assert_eq!(next_text(&mut tx).await, "msg-7@@ACKNOWLEDGE");
 
     // Nobody acknowledges: the sender gets an error RESPONSE after the timeout.
     let unacked = format!(
@@ -439,6 +442,12 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
     let reply = next_text(&mut tx).await;
     assert!(reply.starts_with("msg-8@@RESPONSE@@"), "{reply}");
     assert!(reply.contains("timeout"), "{reply}");
+    send_text(&mut tx, &unacked).await;
+    assert_eq!(
+        next_text(&mut tx).await,
+        reply,
+        "a resend gets the same error"
+    );
 
     // The multicast after shows the resend above was not delivered twice.
     notify(&server, json!({"accountId": "receiver"}), "last").await;

@@ -57,8 +57,31 @@ const UNSUPPORTED: &[&str] = &[
     "REMOVE_FILTER",
 ];
 
-/// Replies already sent per command id; `None` while the command runs.
+/// Replies already sent per command id.
 type Recent = Arc<Mutex<RecentCommands>>;
+
+/// A remembered command's reply, for answering a resend.
+#[derive(Debug, Clone, Default, PartialEq)]
+enum Answer {
+    /// Still running, or finished without a reply: a resend gets nothing.
+    #[default]
+    Pending,
+    /// `<id>@@ACKNOWLEDGE`, the usual reply, rebuilt from the id on a resend
+    /// rather than kept as bytes for every command.
+    Acknowledged,
+    /// Any other reply, as sent.
+    Frame(Bytes),
+}
+
+impl Answer {
+    fn frame(&self, id: &str) -> Option<Bytes> {
+        match self {
+            Answer::Pending => None,
+            Answer::Acknowledged => Some(acknowledge(id)),
+            Answer::Frame(b) => Some(b.clone()),
+        }
+    }
+}
 
 /// The last [`RECENT_COMMANDS`] command ids with their replies, forgotten
 /// oldest first. Ids are kept as 64-bit keyed fingerprints, not strings:
@@ -68,8 +91,8 @@ type Recent = Arc<Mutex<RecentCommands>>;
 /// ids to collide in 64 bits.
 #[derive(Default)]
 struct RecentCommands {
-    /// Reply per id fingerprint; `None` while the command runs.
-    replies: HashMap<u64, Option<Bytes>, BuildHasherDefault<Prehashed>>,
+    /// Reply per id fingerprint.
+    replies: HashMap<u64, Answer, BuildHasherDefault<Prehashed>>,
     /// Fingerprints in arrival order, for eviction.
     order: VecDeque<u64>,
 }
@@ -82,12 +105,15 @@ fn fingerprint(id: &str) -> u64 {
 }
 
 impl RecentCommands {
-    fn get(&self, id: &str) -> Option<&Option<Bytes>> {
+    fn get(&self, id: &str) -> Option<&Answer> {
         self.replies.get(&fingerprint(id))
     }
 
-    fn get_mut(&mut self, id: &str) -> Option<&mut Option<Bytes>> {
-        self.replies.get_mut(&fingerprint(id))
+    /// Records the answer of a command `begin` saw first.
+    fn answer(&mut self, id: &str, answer: Answer) {
+        if let Some(slot) = self.replies.get_mut(&fingerprint(id)) {
+            *slot = answer;
+        }
     }
 
     /// Remembers `id` as running, forgetting the oldest beyond the limit.
@@ -99,7 +125,7 @@ impl RecentCommands {
         }
         let key = fingerprint(id);
         self.order.push_back(key);
-        self.replies.insert(key, None);
+        self.replies.insert(key, Answer::Pending);
     }
 }
 
@@ -195,7 +221,12 @@ pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
 
 /// `<id>@@ACKNOWLEDGE`.
 fn acknowledge(id: &str) -> Bytes {
-    Bytes::from(format!("{id}@@ACKNOWLEDGE"))
+    const SUFFIX: &[u8] = b"@@ACKNOWLEDGE";
+    // Exactly sized: a `Vec` with spare capacity would cost `Bytes` a second allocation.
+    let mut v = Vec::with_capacity(id.len() + SUFFIX.len());
+    v.extend_from_slice(id.as_bytes());
+    v.extend_from_slice(SUFFIX);
+    Bytes::from(v)
 }
 
 /// `<id>@@RESPONSE@@{"body":…,"error":…}`.
@@ -238,6 +269,8 @@ fn decode<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, String> {
 
 /// What running a command produced.
 enum Outcome {
+    /// Reply now with `<id>@@ACKNOWLEDGE`.
+    Ack,
     /// Reply now with this frame (or nothing).
     Now(Option<Bytes>),
     /// A task replies later, through the outbox.
@@ -260,12 +293,11 @@ impl PushcaWs {
         }
     }
 
-    /// Records `id` as running; returns the earlier reply when it is a resend
-    /// (`Some(None)` while the first is still running).
-    fn begin(&self, id: &str) -> Option<Option<Bytes>> {
+    /// Records `id` as running; returns the earlier answer when it is a resend.
+    fn begin(&self, id: &str) -> Option<Answer> {
         let mut recent = self.recent.lock();
-        if let Some(reply) = recent.get(id) {
-            return Some(reply.clone());
+        if let Some(answer) = recent.get(id) {
+            return Some(answer.clone());
         }
         recent.insert(id);
         None
@@ -298,7 +330,7 @@ impl PushcaWs {
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::debug!(conn = session.outbox.id(), message = %ack.message_id, acked, "Acked.");
-                Ok(Outcome::Now(Some(acknowledge(cmd.id))))
+                Ok(Outcome::Ack)
             }
             "SEND_MESSAGE" => {
                 let m: SendMessage = decode(meta()?)?;
@@ -315,7 +347,7 @@ impl PushcaWs {
                     delivered = out.delivered,
                     "Pushca message sent."
                 );
-                Ok(Outcome::Now(Some(acknowledge(cmd.id))))
+                Ok(Outcome::Ack)
             }
             "SEND_MESSAGE_WITH_ACKNOWLEDGE" => {
                 let m: SendWithAck = decode(meta()?)?;
@@ -354,17 +386,20 @@ fn spawn_acked(
     let reply_id = msg.id.to_string();
     tokio::spawn(async move {
         let policy = super::http::ack_policy(&state);
-        let reply = match state.engine.send_acked(&filter, msg, policy).await {
-            Ok(AckOutcome::Acked { .. }) => acknowledge(&reply_id),
-            Ok(AckOutcome::NotConnected) => error(&reply_id, "client is not connected"),
+        let answer = match state.engine.send_acked(&filter, msg, policy).await {
+            Ok(AckOutcome::Acked { .. }) => Answer::Acknowledged,
+            Ok(AckOutcome::NotConnected) => {
+                Answer::Frame(error(&reply_id, "client is not connected"))
+            }
             Ok(AckOutcome::InFlight) => return,
-            Ok(AckOutcome::TimedOut { .. }) => error(&reply_id, "acknowledge timeout"),
-            Err(e) => error(&reply_id, &e.to_string()),
+            Ok(AckOutcome::TimedOut { .. }) => {
+                Answer::Frame(error(&reply_id, "acknowledge timeout"))
+            }
+            Err(e) => Answer::Frame(error(&reply_id, &e.to_string())),
         };
-        if let Some(slot) = recent.lock().get_mut(&cmd_id) {
-            *slot = Some(reply.clone());
-        }
-        outbox.push(reply);
+        let reply = answer.frame(&reply_id);
+        recent.lock().answer(&cmd_id, answer);
+        outbox.push(reply.expect("an acked send always answers"));
     });
 }
 
@@ -399,17 +434,17 @@ impl WsDialect for PushcaWs {
         if !cmd.id.is_empty()
             && let Some(earlier) = self.begin(cmd.id)
         {
-            return earlier.map(Reply::frame).unwrap_or_default();
+            return earlier.frame(cmd.id).map(Reply::frame).unwrap_or_default();
         }
-        let reply = match self.run(session, &cmd).await {
-            Ok(Outcome::Now(reply)) => reply,
+        let answer = match self.run(session, &cmd).await {
+            Ok(Outcome::Ack) => Answer::Acknowledged,
+            Ok(Outcome::Now(reply)) => reply.map_or(Answer::Pending, Answer::Frame),
             Ok(Outcome::Later) => return Reply::default(),
-            Err(why) => Some(error(cmd.id, &why)),
+            Err(why) => Answer::Frame(error(cmd.id, &why)),
         };
-        if !cmd.id.is_empty()
-            && let Some(slot) = self.recent.lock().get_mut(cmd.id)
-        {
-            *slot = reply.clone();
+        let reply = answer.frame(cmd.id);
+        if !cmd.id.is_empty() {
+            self.recent.lock().answer(cmd.id, answer);
         }
         // Legacy commands carry no id to answer to; only errors are reported.
         match reply {
