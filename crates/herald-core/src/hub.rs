@@ -22,6 +22,13 @@ use crate::stats::HubStats;
 
 const SHARDS: usize = 64;
 
+/// Channels with at most this many local subscribers are written to their
+/// sockets by the publishing thread, under the channel's lock: a few writes
+/// cost less than waking each subscriber's task. Bigger fan-outs wake the
+/// tasks, which spreads the writes over the runtime's threads and keeps the
+/// channel's lock short.
+const DIRECT_FAN_OUT: usize = 8;
+
 /// One shard of the channel map.
 type Shard = RwLock<HashMap<ChannelKey, Arc<Channel>>>;
 
@@ -511,13 +518,19 @@ impl Hub {
 
     fn fan_out(&self, subscribers: &mut IndexMap<ConnId, Subscriber>, msg: &Arc<Message>) -> usize {
         let (mut delivered, mut dropped, mut slow) = (0u64, 0u64, 0u64);
+        let direct = subscribers.len() <= DIRECT_FAN_OUT;
         for sub in subscribers.values_mut() {
             if let Some(pending) = &mut sub.pending {
                 pending.push(msg.clone());
                 delivered += 1;
                 continue;
             }
-            match sub.outbox.push_message(msg) {
+            let pushed = if direct {
+                sub.outbox.push_message_direct(msg)
+            } else {
+                sub.outbox.push_message(msg)
+            };
+            match pushed {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflowed => {
                     slow += 1;

@@ -316,7 +316,8 @@ impl Directory {
                     awaiting.push_back(msg.id.clone());
                 }
             }
-            if entry.outbox.push(entry.format.encode_targeted(msg)) == Pushed::Queued {
+            // A targeted send reaches one connection or a few: written directly.
+            if entry.outbox.push_direct(entry.format.encode_targeted(msg)) == Pushed::Queued {
                 outcome.delivered += 1;
             }
         }

@@ -42,6 +42,38 @@ pub enum Closed {
     Evicted,
 }
 
+/// A connection's socket, written straight from the queueing thread while the
+/// queue is empty: a frame for a few receivers then costs one write, not a
+/// wake-up of each receiver's task. Transports that can share their socket
+/// implement it; the rest use the queue only.
+pub trait DirectWrite: Send + Sync {
+    /// Writes `frame` now, without waiting for the socket.
+    fn try_write(&self, frame: &Frame) -> Direct;
+}
+
+/// What [`DirectWrite::try_write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// The socket took the whole frame.
+    Written,
+    /// The socket took part of it; the writer keeps the rest, and the
+    /// connection's task must flush it before anything else is written.
+    Partial,
+    /// Nothing written: the socket is full or the writer still holds the rest
+    /// of an earlier frame.
+    Blocked,
+}
+
+/// What the connection's task should do after [`Outbox::write_queued`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Everything queued is written (or held by the writer as a partial
+    /// frame); carries why the outbox closed, if it did.
+    Written(Option<Closed>),
+    /// Frames are left: wait until the socket is writable, then call again.
+    Blocked,
+}
+
 /// The outgoing queue of one connection.
 pub struct Outbox {
     /// The connection this queue belongs to.
@@ -79,6 +111,9 @@ struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     closed: Option<Closed>,
+    /// The socket, once the transport attached it; writes skip the queue
+    /// only while it is empty, which keeps frames in order.
+    writer: Option<Arc<dyn DirectWrite>>,
 }
 
 impl Outbox {
@@ -107,13 +142,51 @@ impl Outbox {
         self.push(Frame { bytes, message })
     }
 
-    /// Queues `frame` unless that would exceed the byte bound. Never waits.
-    pub fn push(&self, frame: impl Into<Frame>) -> Pushed {
+    /// Like [`Outbox::push_message`], writing to the socket directly when it can.
+    pub fn push_message_direct(&self, msg: &Arc<Message>) -> Pushed {
+        let bytes = msg.encoded(&*self.format);
+        let message = self.format.wants_message().then(|| msg.clone());
+        self.push_direct(Frame { bytes, message })
+    }
+
+    /// Like [`Outbox::push`], but while nothing is queued and a socket is
+    /// attached, writes `frame` to it here instead of waking the connection's
+    /// task. Costs this thread a system call: for a few receivers, not for a
+    /// fan-out to thousands, whose writes the receivers' tasks spread over the
+    /// runtime's threads.
+    pub fn push_direct(&self, frame: impl Into<Frame>) -> Pushed {
         let frame = frame.into();
-        let mut state = self.state.lock();
+        let state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
+        if state.frames.is_empty()
+            && let Some(writer) = &state.writer
+        {
+            match writer.try_write(&frame) {
+                Direct::Written => return Pushed::Queued,
+                Direct::Partial => {
+                    drop(state);
+                    self.notify.notify_one();
+                    return Pushed::Queued;
+                }
+                Direct::Blocked => {}
+            }
+        }
+        self.enqueue(state, frame)
+    }
+
+    /// Queues `frame` unless that would exceed the byte bound. Never waits.
+    pub fn push(&self, frame: impl Into<Frame>) -> Pushed {
+        let frame = frame.into();
+        let state = self.state.lock();
+        if state.closed.is_some() {
+            return Pushed::Closed;
+        }
+        self.enqueue(state, frame)
+    }
+
+    fn enqueue(&self, mut state: parking_lot::MutexGuard<'_, State>, frame: Frame) -> Pushed {
         // A single frame larger than the bound still goes through to an empty
         // queue: the bound is about falling behind, not about message size.
         let len = frame.bytes.len();
@@ -145,6 +218,43 @@ impl Outbox {
             state.frames.shrink_to(8);
         }
         state.closed
+    }
+
+    /// Lets frames skip the queue and go straight to `writer` (see
+    /// [`Outbox::push_direct`]). The connection's task then writes queued
+    /// frames with [`Outbox::write_queued`] instead of draining them.
+    pub fn attach(&self, writer: Arc<dyn DirectWrite>) {
+        self.state.lock().writer = Some(writer);
+    }
+
+    /// Stops direct writes; the socket is going away.
+    pub fn detach(&self) {
+        self.state.lock().writer = None;
+    }
+
+    /// Writes queued frames to the attached socket, oldest first, until it is
+    /// full. Frames written here and by [`Outbox::push_direct`] never
+    /// interleave: both run under the queue's lock.
+    pub fn write_queued(&self) -> Queue {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let Some(writer) = &state.writer else {
+            return Queue::Written(state.closed);
+        };
+        while let Some(frame) = state.frames.front() {
+            let len = frame.bytes.len();
+            match writer.try_write(frame) {
+                Direct::Blocked => return Queue::Blocked,
+                Direct::Written | Direct::Partial => {
+                    state.frames.pop_front();
+                    state.bytes -= len;
+                }
+            }
+        }
+        if state.frames.capacity() > 64 {
+            state.frames.shrink_to(8);
+        }
+        Queue::Written(state.closed)
     }
 
     /// Stops accepting frames and wakes the writer.
@@ -211,6 +321,43 @@ mod tests {
     fn oversize_frame_passes_an_empty_queue() {
         let o = Outbox::new(1, Arc::new(Raw), 4);
         assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
+    }
+
+    /// A socket that takes frames only while `open`, recording them.
+    #[derive(Default)]
+    struct Socket {
+        open: std::sync::atomic::AtomicBool,
+        written: Mutex<Vec<Bytes>>,
+    }
+
+    impl DirectWrite for Socket {
+        fn try_write(&self, frame: &Frame) -> Direct {
+            if !self.open.load(Ordering::Relaxed) {
+                return Direct::Blocked;
+            }
+            self.written.lock().push(frame.bytes.clone());
+            Direct::Written
+        }
+    }
+
+    #[test]
+    fn direct_writes_never_overtake_queued_frames() {
+        let o = Outbox::new(1, Arc::new(Raw), 100);
+        let socket = Arc::new(Socket::default());
+        o.attach(socket.clone());
+        assert_eq!(o.push_direct(Bytes::from_static(b"1")), Pushed::Queued);
+        assert_eq!(o.queued_bytes(), 1, "blocked: queued");
+        socket.open.store(true, Ordering::Relaxed);
+        o.push_direct(Bytes::from_static(b"2"));
+        assert_eq!(o.queued_bytes(), 2, "queued behind the first, not written");
+        assert!(socket.written.lock().is_empty());
+        assert_eq!(o.write_queued(), Queue::Written(None));
+        o.push_direct(Bytes::from_static(b"3"));
+        assert_eq!(o.queued_bytes(), 0, "written straight away");
+        assert_eq!(*socket.written.lock(), [&b"1"[..], b"2", b"3"]);
+        o.detach();
+        o.push_direct(Bytes::from_static(b"4"));
+        assert_eq!(o.queued_bytes(), 1, "detached: queued");
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 fn short_lifetime(c: &mut herald_server::Config) {
     c.connection.lifetime_min = Duration::from_millis(1500);
@@ -133,6 +135,71 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
         (4100, "slow consumer: too far behind")
     );
     assert!(server.metric("herald_messages_dropped_total").await >= 1.0);
+}
+
+/// Messages to a few subscribers are written straight from the publisher; the
+/// connection's replies come from its task. With a small receive window the
+/// socket takes most frames in part, and every frame must still arrive whole
+/// and in order, with the replies between them.
+#[tokio::test]
+async fn frames_arrive_whole_and_in_order_when_the_socket_takes_them_in_part() {
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 << 20).await;
+    // A receive buffer fixed before connecting (no autotuning), smaller than
+    // one frame, so most writes are partial.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/ws?channels=big", server.addr);
+    let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(url, plain).await.unwrap();
+    let (mut commands, mut frames) = ws.split();
+    let body = |i: usize| format!("{i:05}{}", "x".repeat(32 * 1024 + i));
+    let (messages, pings) = (300, 15);
+    let every = messages / pings;
+    let http = server.http("/api/v1/publish");
+    // The client starts reading once two thirds are published (about 7 MB,
+    // more than the server's send buffer holds), then reads while the rest
+    // are published, so the socket drains between writes.
+    let (behind, caught_up) = tokio::sync::oneshot::channel();
+    let publisher = tokio::spawn(async move {
+        let mut behind = Some(behind);
+        let client = reqwest::Client::new();
+        for i in 0..messages {
+            let res = client
+                .post(&http)
+                .json(&json!({"channel": "big", "data": body(i)}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            if i == messages * 2 / 3 {
+                behind.take().unwrap().send(()).unwrap();
+            }
+            if i % every == 0 {
+                let ping = json!({"id": i, "cmd": "ping"}).to_string();
+                commands.send(Message::text(ping)).await.unwrap();
+            }
+        }
+    });
+    caught_up.await.unwrap();
+    let (mut next, mut replies) = (0, 0);
+    while next < messages || replies < pings {
+        let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+            .await
+            .expect("no frame in time")
+            .expect("stream ended")
+            .expect("every frame well-formed");
+        let Message::Text(text) = frame else { continue };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame.get("result").is_some() {
+            assert_eq!(frame["id"], replies * every, "{frame}");
+            replies += 1;
+        } else {
+            assert_eq!(frame["data"], body(next), "message {next} whole, in order");
+            next += 1;
+        }
+    }
+    publisher.await.unwrap();
 }
 
 #[tokio::test]

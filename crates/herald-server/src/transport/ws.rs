@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -10,8 +11,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::Frame;
+use herald_core::{Closed, Frame, Outbox, Queue};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -24,9 +27,7 @@ use crate::lifetime::{Clock, Tick};
 use crate::metrics::Transport;
 use crate::session::Session;
 use crate::state::AppState;
-
-/// The socket type every WebSocket dialect works on.
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+use crate::transport::shared_socket::{SharedSocket, SocketIo};
 
 /// Close codes Herald uses (documented in docs/api.md).
 pub(crate) mod close {
@@ -106,6 +107,13 @@ pub(crate) trait WsDialect: Send + 'static {
         async { None }
     }
 
+    /// Whether frames may go to the socket without passing the connection's
+    /// task ([`herald_core::Outbox::push_direct`]). Off for dialects whose
+    /// [`WsDialect::after_batch`] must see every batch.
+    fn direct_writes(&self) -> bool {
+        true
+    }
+
     /// Handles one binary frame from the client.
     fn on_binary(&mut self, _session: &mut Session, _data: &[u8]) -> Reply {
         Reply::close(close::BAD_REQUEST, "binary frames are not supported")
@@ -171,17 +179,25 @@ pub(crate) fn upgrade<D: WsDialect>(
     let state = state.clone();
     state.shutdown.clone().spawn(async move {
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(socket_config(&state)),
-                )
-                .await;
-                run(state, socket, session, dialect).await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "Upgrade failed."),
+        };
+        let config = Some(socket_config(&state));
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let socket = SharedSocket::new(parts.io.into_inner());
+                let io = SocketIo::new(socket.clone(), parts.read_buf);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                let direct = dialect.direct_writes().then_some(socket);
+                run(state, ws, direct, session, dialect).await;
             }
-            Err(e) => tracing::debug!(error = %e, "Upgrade failed."),
+            // Not a plain TCP connection: everything goes through the task.
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                run(state, ws, None, session, dialect).await;
+            }
         }
     });
     Ok(response)
@@ -210,9 +226,43 @@ fn text(bytes: Bytes) -> Message {
     Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
 }
 
-async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session, mut dialect: D) {
+/// Writes the queue straight to the shared socket: the task's half of
+/// [`Outbox::push_direct`]. Also finishes a frame a direct write left part of.
+async fn write_queued<S>(
+    ws: &mut WebSocketStream<S>,
+    outbox: &Outbox,
+    socket: &SharedSocket,
+) -> Result<Option<Closed>, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let queue = outbox.write_queued();
+        ws.flush().await.map_err(drop)?;
+        match queue {
+            Queue::Written(closed) => return Ok(closed),
+            Queue::Blocked => socket.writable().await.map_err(drop)?,
+        }
+    }
+}
+
+/// Serves one WebSocket until it closes. With `direct`, the outbox writes to
+/// that socket itself and the task only finishes what it could not.
+async fn run<D, S>(
+    state: AppState,
+    mut ws: WebSocketStream<S>,
+    direct: Option<Arc<SharedSocket>>,
+    mut session: Session,
+    mut dialect: D,
+) where
+    D: WsDialect,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = session.outbox.id();
     tracing::debug!(conn, "WebSocket opened.");
+    if let Some(socket) = &direct {
+        session.outbox.attach(socket.clone());
+    }
     let timing = dialect.timing();
     let mut clock = Clock::start(timing.as_ref().unwrap_or(&state.config.connection));
     let sleep = tokio::time::sleep_until(clock.next_deadline());
@@ -243,15 +293,23 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
                     break 'conn Some((close::RESTART, "server restarting, reconnect".into()));
                 }
                 () = outbox.ready() => {
-                    let closed = outbox.drain(&mut batch);
-                    for frame in batch.drain(..) {
-                        if ws.feed(text(frame.bytes)).await.is_err() {
+                    let closed = if let Some(socket) = &direct {
+                        match write_queued(&mut ws, &outbox, socket).await {
+                            Ok(closed) => closed,
+                            Err(()) => break 'conn None,
+                        }
+                    } else {
+                        let closed = outbox.drain(&mut batch);
+                        for frame in batch.drain(..) {
+                            if ws.feed(text(frame.bytes)).await.is_err() {
+                                break 'conn None;
+                            }
+                        }
+                        if ws.flush().await.is_err() {
                             break 'conn None;
                         }
-                    }
-                    if ws.flush().await.is_err() {
-                        break 'conn None;
-                    }
+                        closed
+                    };
                     if closed.is_some() {
                         tracing::debug!(conn, "Slow consumer disconnected.");
                         break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
@@ -313,6 +371,8 @@ async fn run<D: WsDialect>(state: AppState, mut ws: Socket, mut session: Session
         }
     };
 
+    // From here on only this task writes: nothing may follow the close frame.
+    outbox.detach();
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code: CloseCode::from(code),

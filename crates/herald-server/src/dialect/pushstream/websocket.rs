@@ -122,6 +122,11 @@ impl WsDialect for PushStreamWs {
         Some(super::timing(&self.ps.cfg))
     }
 
+    /// A deleted channel's last frame must pass the task, which then unsubscribes.
+    fn direct_writes(&self) -> bool {
+        false
+    }
+
     async fn after_batch(&mut self, session: &mut Session) -> Option<(u16, Cow<'static, str>)> {
         let gone: Vec<ChannelKey> = std::mem::take(&mut *self.deleted.lock());
         if gone.is_empty() {
