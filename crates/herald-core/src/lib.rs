@@ -33,5 +33,5 @@ pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention}
 pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
 pub use identity::{Directory, Filter, Identity, SendOutcome, TargetFormat, Targeted};
 pub use message::{Format, Message, Publication};
-pub use outbox::{Closed, ConnId, Direct, DirectWrite, Frame, Outbox, Pushed, Queue};
+pub use outbox::{Closed, ConnId, DirectWrite, Frame, Outbox, Pushed, Queue, Taken};
 pub use records::Record;

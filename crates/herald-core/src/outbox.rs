@@ -47,30 +47,37 @@ pub enum Closed {
 /// wake-up of each receiver's task. Transports that can share their socket
 /// implement it; the rest use the queue only.
 pub trait DirectWrite: Send + Sync {
-    /// Writes `frame` now, without waiting for the socket.
-    fn try_write(&self, frame: &Frame) -> Direct;
+    /// Writes `frames`, oldest first, as far as the socket takes them now
+    /// (in one system call where it can), without waiting for it.
+    fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken;
 }
 
-/// What [`DirectWrite::try_write`] did.
+/// How many frames [`DirectWrite::try_write`] took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direct {
-    /// The socket took the whole frame.
-    Written,
-    /// The socket took part of it; the writer keeps the rest, and the
+pub struct Taken {
+    /// Frames taken, counting one taken in part. Zero when the socket is full
+    /// or the writer still holds the rest of an earlier frame.
+    pub frames: usize,
+    /// The last frame taken went in part: the writer keeps its rest, and the
     /// connection's task must flush it before anything else is written.
-    Partial,
-    /// Nothing written: the socket is full or the writer still holds the rest
-    /// of an earlier frame.
-    Blocked,
+    pub partial: bool,
+}
+
+impl Taken {
+    /// Nothing taken.
+    pub const NONE: Taken = Taken {
+        frames: 0,
+        partial: false,
+    };
 }
 
 /// What the connection's task should do after [`Outbox::write_queued`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
-    /// Everything queued is written (or held by the writer as a partial
-    /// frame); carries why the outbox closed, if it did.
+    /// Everything queued is written; carries why the outbox closed, if it did.
     Written(Option<Closed>),
-    /// Frames are left: wait until the socket is writable, then call again.
+    /// The socket is full, or took a frame in part: flush the writer's rest,
+    /// wait until the socket is writable, then call again.
     Blocked,
 }
 
@@ -163,14 +170,13 @@ impl Outbox {
         if state.frames.is_empty()
             && let Some(writer) = &state.writer
         {
-            match writer.try_write(&frame) {
-                Direct::Written => return Pushed::Queued,
-                Direct::Partial => {
+            let taken = writer.try_write(&mut std::iter::once(&frame));
+            if taken.frames == 1 {
+                if taken.partial {
                     drop(state);
                     self.notify.notify_one();
-                    return Pushed::Queued;
                 }
-                Direct::Blocked => {}
+                return Pushed::Queued;
             }
         }
         self.enqueue(state, frame)
@@ -241,14 +247,13 @@ impl Outbox {
         let Some(writer) = &state.writer else {
             return Queue::Written(state.closed);
         };
-        while let Some(frame) = state.frames.front() {
-            let len = frame.bytes.len();
-            match writer.try_write(frame) {
-                Direct::Blocked => return Queue::Blocked,
-                Direct::Written | Direct::Partial => {
-                    state.frames.pop_front();
-                    state.bytes -= len;
-                }
+        while !state.frames.is_empty() {
+            let taken = writer.try_write(&mut state.frames.iter());
+            for frame in state.frames.drain(..taken.frames) {
+                state.bytes -= frame.bytes.len();
+            }
+            if taken.frames == 0 || taken.partial {
+                return Queue::Blocked;
             }
         }
         if state.frames.capacity() > 64 {
@@ -331,12 +336,17 @@ mod tests {
     }
 
     impl DirectWrite for Socket {
-        fn try_write(&self, frame: &Frame) -> Direct {
+        fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken {
             if !self.open.load(Ordering::Relaxed) {
-                return Direct::Blocked;
+                return Taken::NONE;
             }
-            self.written.lock().push(frame.bytes.clone());
-            Direct::Written
+            let mut written = self.written.lock();
+            let before = written.len();
+            written.extend(frames.map(|f| f.bytes.clone()));
+            Taken {
+                frames: written.len() - before,
+                partial: false,
+            }
         }
     }
 

@@ -237,11 +237,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let queue = outbox.write_queued();
-        ws.flush().await.map_err(drop)?;
-        match queue {
-            Queue::Written(closed) => return Ok(closed),
-            Queue::Blocked => socket.writable().await.map_err(drop)?,
+        match outbox.write_queued() {
+            Queue::Written(closed) => {
+                if socket.has_rest() {
+                    ws.flush().await.map_err(drop)?;
+                }
+                return Ok(closed);
+            }
+            Queue::Blocked => {
+                ws.flush().await.map_err(drop)?;
+                socket.writable().await.map_err(drop)?;
+            }
         }
     }
 }
