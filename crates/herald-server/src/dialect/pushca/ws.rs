@@ -91,10 +91,21 @@ impl Answer {
 /// ids to collide in 64 bits.
 #[derive(Default)]
 struct RecentCommands {
-    /// Reply per id fingerprint.
-    replies: HashMap<u64, Answer, BuildHasherDefault<Prehashed>>,
+    /// What each id's reply was, by fingerprint. One byte a reply, so a
+    /// thousand connections' tables stay in cache.
+    replies: HashMap<u64, Kept, BuildHasherDefault<Prehashed>>,
+    /// The replies kept as bytes ([`Kept::Frame`]): errors and the like, few.
+    frames: HashMap<u64, Bytes, BuildHasherDefault<Prehashed>>,
     /// Fingerprints in arrival order, for eviction.
     order: VecDeque<u64>,
+}
+
+/// Which [`Answer`] an id got; the bytes of a `Frame` are in `frames`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Pending,
+    Acknowledged,
+    Frame,
 }
 
 /// Keys id fingerprints; drawn per process so clients cannot aim collisions.
@@ -105,27 +116,45 @@ fn fingerprint(id: &str) -> u64 {
 }
 
 impl RecentCommands {
-    fn get(&self, id: &str) -> Option<&Answer> {
-        self.replies.get(&fingerprint(id))
+    fn get(&self, id: &str) -> Option<Answer> {
+        let key = fingerprint(id);
+        Some(match self.replies.get(&key)? {
+            Kept::Pending => Answer::Pending,
+            Kept::Acknowledged => Answer::Acknowledged,
+            Kept::Frame => self
+                .frames
+                .get(&key)
+                .map_or(Answer::Pending, |b| Answer::Frame(b.clone())),
+        })
     }
 
     /// Records the answer of a command `begin` saw first.
     fn answer(&mut self, id: &str, answer: Answer) {
-        if let Some(slot) = self.replies.get_mut(&fingerprint(id)) {
-            *slot = answer;
-        }
+        let key = fingerprint(id);
+        let Some(slot) = self.replies.get_mut(&key) else {
+            return;
+        };
+        *slot = match answer {
+            Answer::Pending => Kept::Pending,
+            Answer::Acknowledged => Kept::Acknowledged,
+            Answer::Frame(bytes) => {
+                self.frames.insert(key, bytes);
+                Kept::Frame
+            }
+        };
     }
 
     /// Remembers `id` as running, forgetting the oldest beyond the limit.
     fn insert(&mut self, id: &str) {
         if self.order.len() >= RECENT_COMMANDS
             && let Some(oldest) = self.order.pop_front()
+            && self.replies.remove(&oldest) == Some(Kept::Frame)
         {
-            self.replies.remove(&oldest);
+            self.frames.remove(&oldest);
         }
         let key = fingerprint(id);
         self.order.push_back(key);
-        self.replies.insert(key, Answer::Pending);
+        self.replies.insert(key, Kept::Pending);
     }
 }
 
@@ -297,7 +326,7 @@ impl PushcaWs {
     fn begin(&self, id: &str) -> Option<Answer> {
         let mut recent = self.recent.lock();
         if let Some(answer) = recent.get(id) {
-            return Some(answer.clone());
+            return Some(answer);
         }
         recent.insert(id);
         None
@@ -504,6 +533,25 @@ mod tests {
         assert!(recent.get("1").is_some());
         assert!(recent.get(&RECENT_COMMANDS.to_string()).is_some());
         assert_eq!(recent.replies.len(), RECENT_COMMANDS);
+    }
+
+    #[test]
+    fn recent_commands_keep_frame_replies_until_forgotten() {
+        let mut recent = RecentCommands::default();
+        recent.insert("e");
+        recent.answer("e", Answer::Frame(Bytes::from_static(b"e@@RESPONSE")));
+        recent.insert("a");
+        recent.answer("a", Answer::Acknowledged);
+        assert_eq!(
+            recent.get("e"),
+            Some(Answer::Frame(Bytes::from_static(b"e@@RESPONSE")))
+        );
+        assert_eq!(recent.get("a"), Some(Answer::Acknowledged));
+        for i in 0..RECENT_COMMANDS {
+            recent.insert(&i.to_string());
+        }
+        assert_eq!(recent.get("e"), None);
+        assert!(recent.frames.is_empty(), "forgotten with its id");
     }
 
     #[test]
