@@ -144,16 +144,19 @@ impl Outbox {
 
     /// Queues `msg` in this connection's format. Never waits.
     pub fn push_message(&self, msg: &Arc<Message>) -> Pushed {
+        self.push(self.frame(msg))
+    }
+
+    /// `msg` in this connection's format.
+    fn frame(&self, msg: &Arc<Message>) -> Frame {
         let bytes = msg.encoded(&*self.format);
         let message = self.format.wants_message().then(|| msg.clone());
-        self.push(Frame { bytes, message })
+        Frame { bytes, message }
     }
 
     /// Like [`Outbox::push_message`], writing to the socket directly when it can.
     pub fn push_message_direct(&self, msg: &Arc<Message>) -> Pushed {
-        let bytes = msg.encoded(&*self.format);
-        let message = self.format.wants_message().then(|| msg.clone());
-        self.push_direct(Frame { bytes, message })
+        self.push_direct(self.frame(msg))
     }
 
     /// Like [`Outbox::push`], but while nothing is queued and a socket is
