@@ -23,11 +23,12 @@ use crate::stats::HubStats;
 const SHARDS: usize = 64;
 
 /// Channels with at most this many local subscribers are written to their
-/// sockets by the publishing thread, under the channel's lock: a few writes
-/// cost less than waking each subscriber's task. Bigger fan-outs wake the
-/// tasks, which spreads the writes over the runtime's threads and keeps the
-/// channel's lock short.
-const DIRECT_FAN_OUT: usize = 8;
+/// sockets by the publishing thread, under the channel's lock (unless a
+/// subscriber gets frames too fast, see [`Outbox::push_direct`]): a few
+/// writes cost less than waking each subscriber's task. Bigger fan-outs wake
+/// the tasks, which spreads the writes over the runtime's threads and keeps
+/// the channel's lock short.
+const DIRECT_FAN_OUT: usize = 16;
 
 /// One shard of the channel map.
 type Shard = RwLock<HashMap<ChannelKey, Arc<Channel>>>;

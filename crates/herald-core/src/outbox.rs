@@ -172,7 +172,8 @@ impl Outbox {
 
     /// Like [`Outbox::push`], but while nothing is queued and a socket is
     /// attached, writes `frame` to it here instead of waking the connection's
-    /// task. Costs this thread a system call: for a few receivers, not for a
+    /// task, unless the previous frame came less than [`DIRECT_GAP`] ago.
+    /// Costs this thread a system call: for a few receivers, not for a
     /// fan-out to thousands, whose writes the receivers' tasks spread over the
     /// runtime's threads.
     pub fn push_direct(&self, frame: impl Into<Frame>) -> Pushed {
