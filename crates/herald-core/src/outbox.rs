@@ -172,7 +172,7 @@ impl Outbox {
 
     /// Like [`Outbox::push`], but while nothing is queued and a socket is
     /// attached, writes `frame` to it here instead of waking the connection's
-    /// task, unless the previous frame came less than [`DIRECT_GAP`] ago.
+    /// task, unless the previous frame came less than `DIRECT_GAP` ago.
     /// Costs this thread a system call: for a few receivers, not for a
     /// fan-out to thousands, whose writes the receivers' tasks spread over the
     /// runtime's threads.
