@@ -138,14 +138,16 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
 }
 
 /// Messages to a few subscribers are written straight from the publisher; the
-/// connection's replies come from its task. With a small receive window the
-/// socket takes most frames in part, and every frame must still arrive whole
-/// and in order, with the replies between them.
+/// connection's replies come from its task. Once the reader falls behind the
+/// socket fills, some writes go in part and frames queue; every frame must
+/// still arrive whole and in order, with the replies between them. (The exact
+/// interleavings are pinned down by the unit tests of `outbox` and
+/// `shared_socket`; this runs the whole path.)
 #[tokio::test]
 async fn frames_arrive_whole_and_in_order_when_the_socket_takes_them_in_part() {
     let server = TestServer::with(|c| c.limits.outbox_bytes = 64 << 20).await;
     // A receive buffer fixed before connecting (no autotuning), smaller than
-    // one frame, so most writes are partial.
+    // one frame, so the unread bytes below overflow the kernel's buffers.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
