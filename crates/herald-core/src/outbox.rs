@@ -174,8 +174,7 @@ impl Outbox {
     /// attached, writes `frame` to it here instead of waking the connection's
     /// task, unless the previous frame came less than `DIRECT_GAP` ago.
     /// Costs this thread a system call: for a few receivers, not for a
-    /// fan-out to thousands, whose writes the receivers' tasks spread over the
-    /// runtime's threads.
+    /// fan-out to thousands (see [`Outbox::push_message_deferred`]).
     pub fn push_direct(&self, frame: impl Into<Frame>) -> Pushed {
         let frame = frame.into();
         let mut state = self.state.lock();
@@ -213,7 +212,48 @@ impl Outbox {
         self.enqueue(state, frame)
     }
 
-    fn enqueue(&self, mut state: parking_lot::MutexGuard<'_, State>, frame: Frame) -> Pushed {
+    /// Queues `msg` for a fan-out too big to write under the channel's lock.
+    /// With a socket attached the task is not woken: `true` asks the caller to
+    /// [`Outbox::flush`] this outbox once it let go of the lock. Without one
+    /// the task is woken as by [`Outbox::push_message`].
+    pub fn push_message_deferred(&self, msg: &Arc<Message>) -> (Pushed, bool) {
+        let frame = self.frame(msg);
+        let state = self.state.lock();
+        if state.closed.is_some() {
+            return (Pushed::Closed, false);
+        }
+        if state.writer.is_none() {
+            return (self.enqueue(state, frame), false);
+        }
+        self.enqueue_quietly(state, frame)
+    }
+
+    /// Writes what is queued to the attached socket, as the connection's task
+    /// would, and wakes the task for whatever the socket did not take.
+    pub fn flush(&self) {
+        let mut state = self.state.lock();
+        if Self::write_out(&mut state) == Some(true) {
+            return;
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    fn enqueue(&self, state: parking_lot::MutexGuard<'_, State>, frame: Frame) -> Pushed {
+        let (pushed, first) = self.enqueue_quietly(state, frame);
+        if first {
+            self.notify.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues `frame`; `true` when it is the only one queued, so whoever
+    /// writes must be told. Wakes the writer itself only on an overflow.
+    fn enqueue_quietly(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        frame: Frame,
+    ) -> (Pushed, bool) {
         // A single frame larger than the bound still goes through to an empty
         // queue: the bound is about falling behind, not about message size.
         let len = frame.bytes.len();
@@ -223,16 +263,11 @@ impl Outbox {
             state.bytes = 0;
             drop(state);
             self.notify.notify_one();
-            return Pushed::Overflowed;
+            return (Pushed::Overflowed, false);
         }
         state.bytes += len;
         state.frames.push_back(frame);
-        let first = state.frames.len() == 1;
-        drop(state);
-        if first {
-            self.notify.notify_one();
-        }
-        Pushed::Queued
+        (Pushed::Queued, state.frames.len() == 1)
     }
 
     /// Moves every queued frame into `out`; returns why the outbox closed, if
@@ -264,23 +299,30 @@ impl Outbox {
     /// interleave: both run under the queue's lock.
     pub fn write_queued(&self) -> Queue {
         let mut state = self.state.lock();
-        let state = &mut *state;
-        let Some(writer) = &state.writer else {
-            return Queue::Written(state.closed);
-        };
+        match Self::write_out(&mut state) {
+            Some(false) => Queue::Blocked,
+            None | Some(true) => Queue::Written(state.closed),
+        }
+    }
+
+    /// Writes queued frames to the attached socket: `None` without one,
+    /// `Some(true)` once all went whole, `Some(false)` when the socket is full
+    /// or took a frame in part.
+    fn write_out(state: &mut State) -> Option<bool> {
+        let writer = state.writer.as_ref()?;
         while !state.frames.is_empty() {
             let taken = writer.try_write(&mut state.frames.iter());
             for frame in state.frames.drain(..taken.frames) {
                 state.bytes -= frame.bytes.len();
             }
             if taken.frames == 0 || taken.partial {
-                return Queue::Blocked;
+                return Some(false);
             }
         }
         if state.frames.capacity() > 64 {
             state.frames.shrink_to(8);
         }
-        Queue::Written(state.closed)
+        Some(true)
     }
 
     /// Stops accepting frames and wakes the writer.
@@ -301,6 +343,45 @@ impl Outbox {
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
+    }
+}
+
+/// A socket for tests: takes frames only while `open`, recording each call's
+/// frames as one batch.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct TestSocket {
+    pub(crate) open: std::sync::atomic::AtomicBool,
+    pub(crate) batches: Mutex<Vec<Vec<Bytes>>>,
+}
+
+#[cfg(test)]
+impl TestSocket {
+    pub(crate) fn opened() -> Arc<Self> {
+        let socket = Self::default();
+        socket.open.store(true, Ordering::Relaxed);
+        Arc::new(socket)
+    }
+
+    /// Every frame written, in order.
+    pub(crate) fn written(&self) -> Vec<Bytes> {
+        self.batches.lock().concat()
+    }
+}
+
+#[cfg(test)]
+impl DirectWrite for TestSocket {
+    fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken {
+        if !self.open.load(Ordering::Relaxed) {
+            return Taken::NONE;
+        }
+        let batch: Vec<Bytes> = frames.map(|f| f.bytes.clone()).collect();
+        let taken = Taken {
+            frames: batch.len(),
+            partial: false,
+        };
+        self.batches.lock().push(batch);
+        taken
     }
 }
 
@@ -349,32 +430,10 @@ mod tests {
         assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
     }
 
-    /// A socket that takes frames only while `open`, recording them.
-    #[derive(Default)]
-    struct Socket {
-        open: std::sync::atomic::AtomicBool,
-        written: Mutex<Vec<Bytes>>,
-    }
-
-    impl DirectWrite for Socket {
-        fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken {
-            if !self.open.load(Ordering::Relaxed) {
-                return Taken::NONE;
-            }
-            let mut written = self.written.lock();
-            let before = written.len();
-            written.extend(frames.map(|f| f.bytes.clone()));
-            Taken {
-                frames: written.len() - before,
-                partial: false,
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn direct_writes_never_overtake_queued_frames() {
         let o = Outbox::new(1, Arc::new(Raw), 100);
-        let socket = Arc::new(Socket::default());
+        let socket = Arc::new(TestSocket::default());
         o.attach(socket.clone());
         let apart = || tokio::time::advance(DIRECT_GAP);
         assert_eq!(o.push_direct(Bytes::from_static(b"1")), Pushed::Queued);
@@ -383,12 +442,12 @@ mod tests {
         apart().await;
         o.push_direct(Bytes::from_static(b"2"));
         assert_eq!(o.queued_bytes(), 2, "queued behind the first, not written");
-        assert!(socket.written.lock().is_empty());
+        assert!(socket.written().is_empty());
         assert_eq!(o.write_queued(), Queue::Written(None));
         apart().await;
         o.push_direct(Bytes::from_static(b"3"));
         assert_eq!(o.queued_bytes(), 0, "written straight away");
-        assert_eq!(*socket.written.lock(), [&b"1"[..], b"2", b"3"]);
+        assert_eq!(socket.written(), [&b"1"[..], b"2", b"3"]);
         o.detach();
         apart().await;
         o.push_direct(Bytes::from_static(b"4"));
@@ -398,23 +457,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn frames_in_quick_succession_queue_to_coalesce() {
         let o = Outbox::new(1, Arc::new(Raw), 100);
-        let socket = Arc::new(Socket::default());
+        let socket = Arc::new(TestSocket::default());
         socket.open.store(true, Ordering::Relaxed);
         o.attach(socket.clone());
         o.push_direct(Bytes::from_static(b"1"));
         tokio::time::advance(DIRECT_GAP / 2).await;
         o.push_direct(Bytes::from_static(b"2"));
-        assert_eq!(
-            *socket.written.lock(),
-            [&b"1"[..]],
-            "the second is too soon"
-        );
+        assert_eq!(socket.written(), [&b"1"[..]], "the second is too soon");
         assert_eq!(o.queued_bytes(), 1);
         assert_eq!(o.write_queued(), Queue::Written(None));
         tokio::time::advance(DIRECT_GAP).await;
         o.push_direct(Bytes::from_static(b"3"));
         assert_eq!(o.queued_bytes(), 0, "sparse again: written straight away");
-        assert_eq!(*socket.written.lock(), [&b"1"[..], b"2", b"3"]);
+        assert_eq!(socket.written(), [&b"1"[..], b"2", b"3"]);
     }
 
     #[tokio::test]
