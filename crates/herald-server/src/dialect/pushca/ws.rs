@@ -10,6 +10,7 @@
 //! [`RECENT_COMMANDS`] ids are remembered with their reply, so a resent
 //! command is answered again, not executed again.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
@@ -197,9 +198,10 @@ pub(crate) struct Command<'a> {
     /// The command id; empty for legacy frames without one.
     pub(crate) id: &'a str,
     /// The command name, e.g. `SEND_MESSAGE`.
-    pub(crate) name: String,
-    /// The metaData JSON, if any; decoded straight into the command's type.
-    pub(crate) meta: Option<&'a RawValue>,
+    pub(crate) name: Cow<'a, str>,
+    /// The metaData JSON text, if any. Decoded once, straight into the
+    /// command's type, which is also where malformed JSON is caught.
+    pub(crate) meta: Option<&'a str>,
     /// Came in the legacy JSON form.
     pub(crate) legacy: bool,
 }
@@ -211,7 +213,8 @@ pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Legacy<'a> {
-            command: String,
+            #[serde(borrow)]
+            command: Cow<'a, str>,
             #[serde(borrow)]
             meta_data: Option<&'a RawValue>,
         }
@@ -220,7 +223,7 @@ pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
         return Ok(Command {
             id: "",
             name: l.command,
-            meta: l.meta_data.filter(|m| m.get() != "null"),
+            meta: l.meta_data.map(RawValue::get).filter(|m| *m != "null"),
             legacy: true,
         });
     }
@@ -234,16 +237,10 @@ pub(crate) fn parse(text: &str) -> Result<Command<'_>, (&str, String)> {
     if id.is_empty() || name.is_empty() || super::check_id(id).is_err() {
         return Err(("", "malformed command: bad id or command name".into()));
     }
-    let meta = match parts.next() {
-        None | Some("") => None,
-        Some(json) => {
-            Some(serde_json::from_str(json).map_err(|e| (id, format!("malformed metaData: {e}")))?)
-        }
-    };
     Ok(Command {
         id,
-        name: name.to_owned(),
-        meta,
+        name: Cow::Borrowed(name),
+        meta: parts.next().filter(|json| !json.is_empty()),
         legacy: false,
     })
 }
@@ -292,8 +289,8 @@ struct Ack {
     message_id: String,
 }
 
-fn decode<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, String> {
-    serde_json::from_str(raw.get()).map_err(|e| format!("malformed metaData: {e}"))
+fn decode<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, String> {
+    serde_json::from_str(json).map_err(|e| format!("malformed metaData: {e}"))
 }
 
 /// What running a command produced.
@@ -338,7 +335,7 @@ impl PushcaWs {
             cmd.meta
                 .ok_or_else(|| format!("{} needs metaData", cmd.name))
         };
-        match cmd.name.as_str() {
+        match &*cmd.name {
             "PING" => Ok(Outcome::Now(Some(Bytes::from(format!(
                 "{}@@RESPONSE",
                 cmd.id
@@ -557,12 +554,8 @@ mod tests {
     #[test]
     fn parses_both_forms() {
         let c = parse(r#"id1@@SEND_MESSAGE@@{"message":"a@@b"}"#).unwrap();
-        assert_eq!(
-            (c.id, c.name.as_str(), c.legacy),
-            ("id1", "SEND_MESSAGE", false)
-        );
-        let meta =
-            |c: &Command<'_>| -> Value { serde_json::from_str(c.meta.unwrap().get()).unwrap() };
+        assert_eq!((c.id, &*c.name, c.legacy), ("id1", "SEND_MESSAGE", false));
+        let meta = |c: &Command<'_>| -> Value { serde_json::from_str(c.meta.unwrap()).unwrap() };
         assert_eq!(meta(&c)["message"], "a@@b");
         let c = parse("id2@@PING").unwrap();
         assert_eq!((c.id, c.meta.is_none()), ("id2", true));
@@ -575,7 +568,11 @@ mod tests {
     fn malformed_frames_are_errors_with_the_best_id() {
         assert_eq!(parse("hello").unwrap_err().0, "");
         assert_eq!(parse("@@PING").unwrap_err().0, "");
-        assert_eq!(parse("x@@SEND_MESSAGE@@{oops").unwrap_err().0, "x");
+        // Malformed metaData is caught where it is decoded, under the command's id.
+        let c = parse("x@@SEND_MESSAGE@@{oops").unwrap();
+        assert_eq!(c.id, "x");
+        let err = decode::<SendMessage>(c.meta.unwrap()).err().unwrap();
+        assert!(err.starts_with("malformed metaData"), "{err}");
         assert!(parse("{not json").is_err());
     }
 }
