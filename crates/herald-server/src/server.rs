@@ -85,7 +85,11 @@ impl Server {
                     let service = service.clone();
                     let shutdown = shutdown.clone();
                     state.shutdown.spawn(async move {
+                        // Flattened writes go out with one `send`; vectored
+                        // ones take `writev`'s slower path through the VFS,
+                        // and the few bytes copied cost less.
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .writev(false)
                             .serve_connection(TokioIo::new(stream), service)
                             .with_upgrades();
                         tokio::pin!(conn);
