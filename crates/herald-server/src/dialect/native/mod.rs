@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{ChannelKey, Format, Message, Position, Publication, Published, Recovery};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -352,6 +352,33 @@ fn published_json(p: &Published) -> Value {
     json!({"id": p.id, "offset": p.offset, "epoch": p.epoch, "subscribers": p.subscribers})
 }
 
+/// The answer to an HTTP publish, serialised straight from these fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    /// One channel: where the message landed, and the subscribers reached.
+    One {
+        id: Arc<str>,
+        offset: u64,
+        epoch: Arc<str>,
+        subscribers: usize,
+    },
+    /// Several: the id, the subscribers reached, and each channel's position.
+    Many {
+        id: Arc<str>,
+        subscribers: usize,
+        channels: Vec<Landed>,
+    },
+}
+
+/// Where a message landed in one of several channels.
+#[derive(Serialize)]
+struct Landed {
+    channel: String,
+    offset: u64,
+    epoch: Arc<str>,
+}
+
 /// Builds a publication, enforcing the size limit and label rules.
 fn publication(
     state: &AppState,
@@ -390,11 +417,14 @@ fn label<'a>(what: &str, s: &'a str) -> Result<&'a str, ApiError> {
 /// One message of `POST /api/v1/publish` (and of a batch).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PublishRequest {
-    channel: Option<String>,
+pub(crate) struct PublishRequest<'a> {
+    /// Borrowed from the body, as is `data`: a publish allocates neither.
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
     channels: Option<Vec<String>>,
     #[schema(value_type = Object)]
-    data: Box<RawValue>,
+    #[serde(borrow)]
+    data: &'a RawValue,
     event: Option<String>,
     id: Option<String>,
 }
@@ -405,10 +435,20 @@ struct PublishPlan {
     publication: Publication,
 }
 
-fn plan(state: &AppState, req: PublishRequest) -> Result<PublishPlan, ApiError> {
-    let names = match (req.channel, req.channels) {
-        (Some(c), None) => vec![c],
-        (None, Some(cs)) if !cs.is_empty() => cs,
+fn plan(state: &AppState, req: PublishRequest<'_>) -> Result<PublishPlan, ApiError> {
+    let keys = match (req.channel, req.channels) {
+        (Some(c), None) => vec![state.channel(&c)?],
+        (None, Some(cs)) if !cs.is_empty() => {
+            let max = state.config.limits.max_channels_per_connection;
+            if cs.len() > max {
+                return Err(ApiError::bad_request(format!(
+                    "at most {max} channels per publish"
+                )));
+            }
+            cs.iter()
+                .map(|n| state.channel(n).map_err(ApiError::from))
+                .collect::<Result<_, _>>()?
+        }
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give 'channel' or 'channels', not both",
@@ -416,24 +456,19 @@ fn plan(state: &AppState, req: PublishRequest) -> Result<PublishPlan, ApiError> 
         }
         _ => return Err(ApiError::bad_request("'channel' or 'channels' is required")),
     };
-    let max = state.config.limits.max_channels_per_connection;
-    if names.len() > max {
-        return Err(ApiError::bad_request(format!(
-            "at most {max} channels per publish"
-        )));
-    }
-    let keys = names
-        .iter()
-        .map(|n| state.channel(n).map_err(ApiError::from))
-        .collect::<Result<_, _>>()?;
-    let publication = publication(state, &req.data, req.event, req.id)?;
+    let publication = publication(state, req.data, req.event, req.id)?;
     Ok(PublishPlan { keys, publication })
 }
 
-async fn run(state: &AppState, plan: PublishPlan) -> Result<Value, ApiError> {
+async fn run(state: &AppState, plan: PublishPlan) -> Result<Outcome, ApiError> {
     if let [key] = plan.keys.as_slice() {
         let p = state.engine.publish(key, plan.publication).await?;
-        return Ok(published_json(&p));
+        return Ok(Outcome::One {
+            id: p.id,
+            offset: p.offset,
+            epoch: p.epoch,
+            subscribers: p.subscribers,
+        });
     }
     let id = plan.publication.id.clone();
     let mut subscribers = 0;
@@ -441,12 +476,20 @@ async fn run(state: &AppState, plan: PublishPlan) -> Result<Value, ApiError> {
     for key in &plan.keys {
         let p = state.engine.publish(key, plan.publication.clone()).await?;
         subscribers += p.subscribers;
-        channels.push(json!({"channel": key.name(), "offset": p.offset, "epoch": p.epoch}));
+        channels.push(Landed {
+            channel: key.name().to_owned(),
+            offset: p.offset,
+            epoch: p.epoch,
+        });
     }
-    Ok(json!({"id": id, "subscribers": subscribers, "channels": channels}))
+    Ok(Outcome::Many {
+        id,
+        subscribers,
+        channels,
+    })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
@@ -465,8 +508,9 @@ pub(crate) async fn publish(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BatchRequest {
-    messages: Vec<PublishRequest>,
+pub(crate) struct BatchRequest<'a> {
+    #[serde(borrow)]
+    messages: Vec<PublishRequest<'a>>,
 }
 
 /// `POST /api/v1/publish/batch`: every message is validated before any is
