@@ -15,6 +15,7 @@ use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelKey;
+use crate::flusher::Flushers;
 use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
 use crate::message::{Message, Publication, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
@@ -25,20 +26,10 @@ const SHARDS: usize = 64;
 /// Channels with at most this many local subscribers are written to their
 /// sockets by the publishing thread, under the channel's lock (unless a
 /// subscriber gets frames too fast, see [`Outbox::push_direct`]): a few
-/// writes cost less than waking each subscriber's task.
+/// writes cost less than waking each subscriber's task. Bigger fan-outs
+/// queue under the lock without waking anyone and are written after it,
+/// oldest first, by the hub's [`Flushers`].
 const DIRECT_FAN_OUT: usize = 16;
-
-/// Bigger fan-outs queue under the channel's lock without waking anyone, and
-/// are written after it by flush tasks of this many connections: the lock
-/// stays short, a runtime with several threads shares the writes out, and no
-/// subscriber's own task is woken (see [`flush`]).
-const FLUSH_CHUNK: usize = 256;
-
-/// Writes a flush task makes between yields (see [`flush`]). Smaller strides
-/// interleave publishes sooner; measured at 10,000 subscribers, 32 keeps the
-/// highest sustainable rate's latency close to what waking every
-/// subscriber's task gave, while costing 15–20 % less CPU per delivery.
-const FLUSH_STRIDE: usize = 32;
 
 /// One shard of the channel map.
 type Shard = RwLock<HashMap<ChannelKey, Arc<Channel>>>;
@@ -123,6 +114,8 @@ pub struct Hub {
     stats: Arc<HubStats>,
     /// Which channels keep history.
     policy: HistoryPolicy,
+    /// Write big fan-outs once the channel's lock is released.
+    flushers: Flushers,
 }
 
 struct Channel {
@@ -188,6 +181,7 @@ impl Hub {
             hasher: RandomState::new(),
             stats: Arc::default(),
             policy,
+            flushers: Flushers::new(),
         }
     }
 
@@ -439,7 +433,7 @@ impl Hub {
                 inner.history.push(msg.clone(), retention);
             }
             drop(inner);
-            flush(unflushed);
+            self.flushers.flush(unflushed);
             return Published {
                 id: msg.publication.id.clone(),
                 offset,
@@ -489,7 +483,7 @@ impl Hub {
         let mut unflushed = Vec::new();
         let reached = self.fan_out(&mut inner.subscribers, msg, &mut unflushed);
         drop(guard);
-        flush(unflushed);
+        self.flushers.flush(unflushed);
         Delivery::Reached(reached)
     }
 
@@ -534,7 +528,7 @@ impl Hub {
             }
         }
         drop(guard);
-        flush(unflushed);
+        self.flushers.flush(unflushed);
     }
 
     /// Queues `msg` for every subscriber. Outboxes that must be flushed once
@@ -630,37 +624,6 @@ impl Hub {
             .collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
-    }
-}
-
-/// Writes what a big fan-out queued to `unflushed`, in tasks of
-/// [`FLUSH_CHUNK`] connections (inline without a runtime).
-///
-/// A task yields before each [`FLUSH_STRIDE`] writes, which lets the runtime
-/// read its sockets in between. When publishes come faster than their
-/// fan-outs are written, the next ones then queue behind frames still
-/// waiting, and each socket gets everything in one write: the coalescing that
-/// keeps a busy channel's cost per delivery falling as its rate rises.
-fn flush(unflushed: Vec<Arc<Outbox>>) {
-    if unflushed.is_empty() {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        unflushed.iter().for_each(|outbox| outbox.flush());
-        return;
-    };
-    let mut unflushed = unflushed.into_iter();
-    loop {
-        let chunk: Vec<Arc<Outbox>> = unflushed.by_ref().take(FLUSH_CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        runtime.spawn(async move {
-            for stride in chunk.chunks(FLUSH_STRIDE) {
-                tokio::task::yield_now().await;
-                stride.iter().for_each(|outbox| outbox.flush());
-            }
-        });
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod broker;
 pub mod channel;
 pub mod engine;
+mod flusher;
 pub mod history;
 pub mod hub;
 pub mod identity;

@@ -1,0 +1,111 @@
+//! Writes big fan-outs after the channel's lock is released, oldest first.
+//!
+//! A fan-out to many subscribers queues each frame without waking the
+//! subscriber's task (see [`Outbox::push_message_deferred`]) and hands the
+//! outboxes here. One task per shard writes them in the order they came,
+//! a stride at a time, yielding in between so the runtime reads its sockets:
+//! publishes that arrive meanwhile queue behind frames still waiting, and each
+//! socket then gets everything in one write. Oldest first keeps the wait of
+//! every subscriber close to one pass over all of them, as waking each task
+//! did, where tasks taking turns a stride at a time would leave whoever is
+//! last in a long fan-out waiting for every later one too.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::outbox::Outbox;
+
+/// Writes between yields. Smaller strides let publishes in sooner.
+const STRIDE: usize = 32;
+
+/// The outboxes waiting to be written, sharded so that a machine with
+/// several cores writes big fan-outs on several.
+pub(crate) struct Flushers {
+    shards: Box<[Arc<Flusher>]>,
+}
+
+impl Flushers {
+    /// One shard per core this process may run on.
+    pub(crate) fn new() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+        Self {
+            shards: (0..n).map(|_| Arc::new(Flusher::default())).collect(),
+        }
+    }
+
+    /// Writes what is queued in `unflushed`: soon, from a task, inside a
+    /// runtime; here and now without one.
+    pub(crate) fn flush(&self, unflushed: Vec<Arc<Outbox>>) {
+        if unflushed.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            unflushed.iter().for_each(|outbox| outbox.flush());
+            return;
+        };
+        if let [only] = &*self.shards {
+            only.push(&runtime, unflushed);
+            return;
+        }
+        let n = self.shards.len();
+        let mut split: Vec<Vec<Arc<Outbox>>> = vec![Vec::new(); n];
+        for outbox in unflushed {
+            split[outbox.id() as usize % n].push(outbox);
+        }
+        for (shard, outboxes) in self.shards.iter().zip(split) {
+            if !outboxes.is_empty() {
+                shard.push(&runtime, outboxes);
+            }
+        }
+    }
+}
+
+/// One shard: a queue and at most one task writing it.
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Oldest first.
+    outboxes: VecDeque<Arc<Outbox>>,
+    /// A task is writing this queue; it stops once the queue is empty.
+    running: bool,
+}
+
+impl Flusher {
+    fn push(self: &Arc<Self>, runtime: &tokio::runtime::Handle, outboxes: Vec<Arc<Outbox>>) {
+        let mut state = self.state.lock();
+        state.outboxes.extend(outboxes);
+        if state.running {
+            return;
+        }
+        state.running = true;
+        drop(state);
+        let this = self.clone();
+        runtime.spawn(async move { this.run().await });
+    }
+
+    async fn run(&self) {
+        let mut stride = Vec::with_capacity(STRIDE);
+        loop {
+            tokio::task::yield_now().await;
+            {
+                let mut state = self.state.lock();
+                if state.outboxes.is_empty() {
+                    state.running = false;
+                    return;
+                }
+                let n = state.outboxes.len().min(STRIDE);
+                stride.extend(state.outboxes.drain(..n));
+                if state.outboxes.capacity() > 4096 && state.outboxes.len() < 1024 {
+                    state.outboxes.shrink_to(1024);
+                }
+            }
+            stride.drain(..).for_each(|outbox| outbox.flush());
+        }
+    }
+}
