@@ -128,8 +128,6 @@ pub struct Targeted {
     pub data: Bytes,
     /// Whether receivers must acknowledge it.
     pub ack: bool,
-    /// Who sent it, when known (Pushca's `sender`).
-    pub sender: Option<Identity>,
     /// Wall-clock send time in milliseconds since the Unix epoch.
     pub time_ms: u64,
 }
@@ -142,7 +140,6 @@ impl Targeted {
             event: None,
             data,
             ack: false,
-            sender: None,
             time_ms: crate::message::now_ms(),
         }
     }

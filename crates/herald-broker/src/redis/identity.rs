@@ -82,7 +82,6 @@ struct WireMsg {
     /// The payload's JSON text.
     data: String,
     ack: bool,
-    sender: Option<Vec<(String, String)>>,
     time_ms: u64,
 }
 
@@ -125,7 +124,6 @@ impl From<&Targeted> for WireMsg {
             event: m.event.as_deref().map(str::to_owned),
             data: String::from_utf8_lossy(&m.data).into_owned(),
             ack: m.ack,
-            sender: m.sender.as_ref().map(pairs),
             time_ms: m.time_ms,
         }
     }
@@ -138,7 +136,6 @@ impl From<WireMsg> for Targeted {
             event: w.event.map(Arc::from),
             data: Bytes::from(w.data),
             ack: w.ack,
-            sender: w.sender.map(identity),
             time_ms: w.time_ms,
         }
     }

@@ -78,6 +78,8 @@ pub(crate) struct OpenConnectionPoolResponse {
 pub(crate) struct SendNotificationRequest {
     /// Message id; generated when absent.
     id: Option<String>,
+    /// Accepted; receivers get only the message (see `docs/targeting.md`).
+    #[allow(dead_code)]
     sender: Option<PClient>,
     /// Who receives it; absent fields match anything.
     filter: ClientSearchData,
@@ -95,6 +97,8 @@ pub(crate) struct SendNotificationRequest {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SendNotificationWithAcknowledgeRequest {
     id: Option<String>,
+    /// Accepted; receivers get only the message (see `docs/targeting.md`).
+    #[allow(dead_code)]
     sender: Option<PClient>,
     /// The receiver; all four fields are required.
     client: PClient,
@@ -222,8 +226,7 @@ pub(crate) async fn send_notification(
     admit(&state)?;
     let r: SendNotificationRequest = body(&state, req).await?;
     check_size(&state, &r.message)?;
-    let msg =
-        targeted(r.id.as_deref(), r.sender.as_ref(), &r.message).map_err(ApiError::bad_request)?;
+    let msg = targeted(r.id.as_deref(), &r.message).map_err(ApiError::bad_request)?;
     let out = state.engine.send(&r.filter.filter(), msg).await?;
     tracing::debug!(
         matched = out.matched,
@@ -251,8 +254,7 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
             "'client' needs workSpaceId, accountId, deviceId and applicationId",
         ));
     }
-    let msg =
-        targeted(r.id.as_deref(), r.sender.as_ref(), &r.message).map_err(ApiError::bad_request)?;
+    let msg = targeted(r.id.as_deref(), &r.message).map_err(ApiError::bad_request)?;
     let out = state
         .engine
         .send_acked(&client_filter(&r.client), msg, ack_policy(state))

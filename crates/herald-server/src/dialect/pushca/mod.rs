@@ -143,7 +143,6 @@ pub(crate) fn check_id(id: &str) -> Result<(), String> {
 /// A targeted message from Pushca's `message` (a string, or any JSON).
 pub(crate) fn targeted(
     id: Option<&str>,
-    sender: Option<&PClient>,
     message: &serde_json::value::RawValue,
 ) -> Result<Targeted, String> {
     let mut msg = Targeted::new(crate::dialect::one_line_json(message));
@@ -151,7 +150,6 @@ pub(crate) fn targeted(
         check_id(id)?;
         msg.id = Arc::from(id);
     }
-    msg.sender = sender.map(PClient::identity);
     Ok(msg)
 }
 
@@ -218,7 +216,6 @@ mod tests {
     fn ack_messages_carry_their_id() {
         let mut m = targeted(
             Some("m-1"),
-            None,
             &serde_json::value::RawValue::from_string(r#""hi""#.into()).unwrap(),
         )
         .unwrap();

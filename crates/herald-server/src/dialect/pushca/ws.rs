@@ -265,22 +265,25 @@ fn error(id: &str, message: &str) -> Bytes {
     response(id, Value::Null, Some(message))
 }
 
+// `sender` and `preserveOrder` are accepted and ignored: receivers get only
+// the message (see `docs/targeting.md`), and one node delivers in order.
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SendMessage {
+struct SendMessage<'a> {
     id: Option<String>,
     filter: Option<ClientSearchData>,
-    sender: Option<PClient>,
-    message: Box<RawValue>,
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SendWithAck {
+struct SendWithAck<'a> {
     id: Option<String>,
     client: PClient,
-    sender: Option<PClient>,
-    message: Box<RawValue>,
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -361,8 +364,7 @@ impl PushcaWs {
             "SEND_MESSAGE" => {
                 let m: SendMessage = decode(meta()?)?;
                 let filter = m.filter.ok_or("SEND_MESSAGE needs a filter")?.filter();
-                let sender = m.sender.unwrap_or_else(|| self.client.clone());
-                let msg = targeted(m.id.as_deref(), Some(&sender), &m.message)?;
+                let msg = targeted(m.id.as_deref(), m.message)?;
                 let out = state
                     .engine
                     .send(&filter, msg)
@@ -381,8 +383,7 @@ impl PushcaWs {
                     return Err("'client' needs all four fields".into());
                 }
                 let id = m.id.as_deref().filter(|s| !s.is_empty()).unwrap_or(cmd.id);
-                let sender = m.sender.unwrap_or_else(|| self.client.clone());
-                let msg = targeted(Some(id), Some(&sender), &m.message)?;
+                let msg = targeted(Some(id), m.message)?;
                 spawn_acked(
                     state.clone(),
                     session.outbox.clone(),
