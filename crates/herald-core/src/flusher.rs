@@ -109,3 +109,61 @@ impl Flusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Format, Message};
+    use crate::outbox::{DirectWrite, Frame, Taken};
+    use bytes::Bytes;
+
+    struct Raw;
+    impl Format for Raw {
+        fn slot(&self) -> usize {
+            0
+        }
+        fn encode(&self, msg: &Message) -> Bytes {
+            Bytes::copy_from_slice(msg.data())
+        }
+    }
+
+    /// A socket that logs which connection each write was for.
+    struct Logged(u64, Arc<Mutex<Vec<u64>>>);
+    impl DirectWrite for Logged {
+        fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken {
+            self.1.lock().push(self.0);
+            Taken {
+                frames: frames.count(),
+                partial: false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_oldest_first_across_fan_outs() {
+        let flushers = Flushers {
+            shards: vec![Arc::new(Flusher::default())].into(),
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let outboxes = |ids: std::ops::Range<u64>| -> Vec<Arc<Outbox>> {
+            ids.map(|id| {
+                let o = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+                o.attach(Arc::new(Logged(id, log.clone())));
+                o.push(Bytes::from_static(b"x"));
+                o
+            })
+            .collect()
+        };
+        // Two fan-outs of more than a stride each, the second queued while
+        // the first is still waiting: every write of the first comes first.
+        flushers.flush(outboxes(0..100));
+        flushers.flush(outboxes(100..200));
+        for _ in 0..64 {
+            if log.lock().len() == 200 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*log.lock(), (0..200).collect::<Vec<u64>>());
+    }
+}

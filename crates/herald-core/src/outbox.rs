@@ -1,5 +1,6 @@
 //! A connection's outgoing queue: bounded in bytes, filled by fan-out without
-//! ever waiting, drained by the connection's own task.
+//! ever waiting, drained by the connection's own task, or written straight to
+//! its socket by whoever queues (see [`DirectWrite`]) or by a flusher.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
