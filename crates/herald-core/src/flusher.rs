@@ -23,6 +23,7 @@ const STRIDE: usize = 32;
 /// The outboxes waiting to be written, sharded so that a machine with
 /// several cores writes big fan-outs on several.
 pub(crate) struct Flushers {
+    /// One per core; a connection always goes to the same one, by its id.
     shards: Box<[Arc<Flusher>]>,
 }
 
@@ -65,6 +66,7 @@ impl Flushers {
 /// One shard: a queue and at most one task writing it.
 #[derive(Default)]
 struct Flusher {
+    /// Held only to append or take a stride, never while writing.
     state: Mutex<Pending>,
 }
 
