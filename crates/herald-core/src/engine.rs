@@ -388,7 +388,7 @@ impl Engine {
 mod ack_tests {
     use super::*;
     use crate::identity::{Identity, TargetFormat};
-    use crate::message::{Format, Message};
+    use crate::message::Raw;
     use bytes::Bytes;
 
     struct Memory(Arc<Hub>);
@@ -411,16 +411,9 @@ mod ack_tests {
         }
     }
 
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
-        }
-    }
-    impl TargetFormat for Raw {
+    /// Targeted messages as their id, to show retries carry the same one.
+    struct ById;
+    impl TargetFormat for ById {
         fn encode_targeted(&self, msg: &Targeted) -> Bytes {
             Bytes::copy_from_slice(msg.id.as_bytes())
         }
@@ -433,7 +426,7 @@ mod ack_tests {
         engine.directory().register(
             Identity::new([("user", user)]),
             outbox.clone(),
-            Arc::new(Raw),
+            Arc::new(ById),
         );
         (engine, outbox)
     }
@@ -499,7 +492,7 @@ mod ack_tests {
 mod tests {
     use super::*;
     use crate::history::Recovery;
-    use crate::message::{Format, Message};
+    use crate::message::{Message, Raw};
     use async_trait::async_trait;
     use bytes::Bytes;
     use parking_lot::Mutex;
@@ -587,16 +580,6 @@ mod tests {
         }
         fn name(&self) -> &'static str {
             "storing"
-        }
-    }
-
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
         }
     }
 

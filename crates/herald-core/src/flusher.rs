@@ -115,19 +115,9 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Format, Message};
+    use crate::message::Raw;
     use crate::outbox::{DirectWrite, Frame, Taken};
     use bytes::Bytes;
-
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
-        }
-    }
 
     /// A socket that logs which connection each write was for.
     struct Logged(u64, Arc<Mutex<Vec<u64>>>);

@@ -635,23 +635,10 @@ fn new_epoch() -> Arc<str> {
 mod tests {
     use super::*;
     use crate::history::RetentionRule;
-    use crate::message::Format;
+    use crate::message::Raw;
     use crate::outbox::TestSocket;
     use bytes::Bytes;
     use std::time::Duration;
-
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
-        }
-        fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
-            Some(Bytes::from(format!("deleted {channel}")))
-        }
-    }
 
     fn key(name: &str) -> ChannelKey {
         ChannelKey::new(&Arc::from("app"), name).unwrap()
@@ -734,7 +721,7 @@ mod tests {
             subs.iter().all(|(_, socket)| socket.written().is_empty()),
             "written after the publisher yields, not under the channel's lock"
         );
-        // The flush tasks run once this task lets them (each yields once).
+        // The flusher runs once this task lets it, and yields once before writing.
         for _ in 0..8 {
             tokio::task::yield_now().await;
         }

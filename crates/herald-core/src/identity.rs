@@ -460,17 +460,8 @@ impl Drop for AckWaiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Format, Message};
+    use crate::message::Raw;
 
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
-        }
-    }
     impl TargetFormat for Raw {
         fn encode_targeted(&self, msg: &Targeted) -> Bytes {
             msg.data.clone()

@@ -151,6 +151,23 @@ pub trait Format: Send + Sync + 'static {
     }
 }
 
+/// A wire format for tests: the payload as is.
+#[cfg(test)]
+pub(crate) struct Raw;
+
+#[cfg(test)]
+impl Format for Raw {
+    fn slot(&self) -> usize {
+        0
+    }
+    fn encode(&self, msg: &Message) -> Bytes {
+        Bytes::copy_from_slice(msg.data())
+    }
+    fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
+        Some(Bytes::from(format!("deleted {channel}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -389,17 +389,7 @@ impl DirectWrite for TestSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
-
-    struct Raw;
-    impl Format for Raw {
-        fn slot(&self) -> usize {
-            0
-        }
-        fn encode(&self, msg: &Message) -> Bytes {
-            Bytes::copy_from_slice(msg.data())
-        }
-    }
+    use crate::message::Raw;
 
     #[test]
     fn overflow_closes_as_slow_consumer_once() {
