@@ -81,6 +81,9 @@ impl Server {
                             continue;
                         }
                     };
+                    // Linux hands the listener's TCP_NODELAY to every
+                    // accepted socket: one `setsockopt` fewer per connection.
+                    #[cfg(not(target_os = "linux"))]
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
                     let shutdown = shutdown.clone();
@@ -139,6 +142,28 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Pushed frames are small and latency matters more than packet count.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let _client = client.unwrap();
+        let (stream, _) = accepted.unwrap();
+        assert!(
+            stream.nodelay().unwrap(),
+            "accepted socket should not delay small writes"
+        );
+    }
 }

@@ -123,10 +123,16 @@ fn init_logs(config: &Config) {
 
 fn serve(config: Config) -> Result<(), String> {
     init_logs(&config);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    // On one core a worker thread beside the accepting thread only adds
+    // context switches and cross-thread wake-ups (a `write` to the driver's
+    // eventfd per accepted connection): one thread serves everything.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = builder.enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let server = Server::bind(config)
             .await

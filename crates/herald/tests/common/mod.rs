@@ -15,7 +15,19 @@ pub struct Herald {
 
 impl Herald {
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(HERALD)
+        Self::spawn(Command::new(HERALD), env)
+    }
+
+    /// Starts Herald allowed to run on one core only (`taskset -c 0`), as
+    /// the benchmarks pin it.
+    pub fn start_on_one_core(env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0", HERALD]);
+        Self::spawn(cmd, env)
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Self {
+        let mut child = cmd
             .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
             .env("HERALD_LOG__FORMAT", "json")
             .envs(env.iter().copied())
@@ -48,12 +60,26 @@ impl Herald {
     }
 
     pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("VmRSS")
+    }
+
+    /// The process's OS threads.
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads:").parse().expect("Threads")
+    }
+
+    /// One field of `/proc/<pid>/status`, trimmed.
+    fn status_field(&self, name: &str) -> String {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"))
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
