@@ -7,7 +7,7 @@
 use tokio::time::Instant;
 
 use super::fanout::{self, Shape};
-use super::rate_search::{RateSearch, SearchReport, Step};
+use super::rate_search::{RateSearch, SearchReport, Step, delivery_span};
 use super::{Ctx, own_cpu_since};
 use crate::cli::{Scenario, Search};
 use crate::error::Result;
@@ -147,9 +147,8 @@ async fn run_step(
         seconds,
     );
     report.server = fanout::usage(ctx, before, start_sample, end_sample);
-    // From the first publish to the last delivery, if that took longer.
     let to_last_delivery = stats.last_delivery_ns.saturating_sub(start_ns) as f64 / 1e9;
-    let span = seconds.max(to_last_delivery);
+    let span = delivery_span(seconds, to_last_delivery, search.max_p99.as_secs_f64());
     let per_message = if stats.publishes_ok > 0 {
         stats.expected as f64 / stats.publishes_ok as f64
     } else {
