@@ -112,13 +112,18 @@ enum Kept {
 /// Keys id fingerprints; drawn per process so clients cannot aim collisions.
 static FINGERPRINTS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
-fn fingerprint(id: &str) -> u64 {
-    FINGERPRINTS.hash_one(id)
+/// A command id as the resend memory knows it: hashed once per command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint(u64);
+
+impl Fingerprint {
+    fn of(id: &str) -> Self {
+        Self(FINGERPRINTS.hash_one(id))
+    }
 }
 
 impl RecentCommands {
-    fn get(&self, id: &str) -> Option<Answer> {
-        let key = fingerprint(id);
+    fn get(&self, Fingerprint(key): Fingerprint) -> Option<Answer> {
         Some(match self.replies.get(&key)? {
             Kept::Pending => Answer::Pending,
             Kept::Acknowledged => Answer::Acknowledged,
@@ -130,8 +135,7 @@ impl RecentCommands {
     }
 
     /// Records the answer of a command `begin` saw first.
-    fn answer(&mut self, id: &str, answer: Answer) {
-        let key = fingerprint(id);
+    fn answer(&mut self, Fingerprint(key): Fingerprint, answer: Answer) {
         let Some(slot) = self.replies.get_mut(&key) else {
             return;
         };
@@ -146,14 +150,13 @@ impl RecentCommands {
     }
 
     /// Remembers `id` as running, forgetting the oldest beyond the limit.
-    fn insert(&mut self, id: &str) {
+    fn insert(&mut self, Fingerprint(key): Fingerprint) {
         if self.order.len() >= RECENT_COMMANDS
             && let Some(oldest) = self.order.pop_front()
             && self.replies.remove(&oldest) == Some(Kept::Frame)
         {
             self.frames.remove(&oldest);
         }
-        let key = fingerprint(id);
         self.order.push_back(key);
         self.replies.insert(key, Kept::Pending);
     }
@@ -323,7 +326,7 @@ impl PushcaWs {
     }
 
     /// Records `id` as running; returns the earlier answer when it is a resend.
-    fn begin(&self, id: &str) -> Option<Answer> {
+    fn begin(&self, id: Fingerprint) -> Option<Answer> {
         let mut recent = self.recent.lock();
         if let Some(answer) = recent.get(id) {
             return Some(answer);
@@ -388,7 +391,7 @@ impl PushcaWs {
                     state.clone(),
                     session.outbox.clone(),
                     self.recent.clone(),
-                    cmd.id.to_owned(),
+                    Fingerprint::of(cmd.id),
                     client_filter(&m.client),
                     msg,
                 );
@@ -406,7 +409,7 @@ fn spawn_acked(
     state: AppState,
     outbox: Arc<Outbox>,
     recent: Recent,
-    cmd_id: String,
+    cmd_id: Fingerprint,
     filter: herald_core::Filter,
     msg: herald_core::Targeted,
 ) {
@@ -425,7 +428,7 @@ fn spawn_acked(
             Err(e) => Answer::Frame(error(&reply_id, &e.to_string())),
         };
         let reply = answer.frame(&reply_id);
-        recent.lock().answer(&cmd_id, answer);
+        recent.lock().answer(cmd_id, answer);
         outbox.push(reply.expect("an acked send always answers"));
     });
 }
@@ -458,8 +461,10 @@ impl WsDialect for PushcaWs {
         if cmd.legacy && cmd.name == "PING" {
             return Reply::frame(Bytes::from_static(b"PONG"));
         }
-        if !cmd.id.is_empty()
-            && let Some(earlier) = self.begin(cmd.id)
+        // Legacy commands carry no id, and are never resends.
+        let key = (!cmd.id.is_empty()).then(|| Fingerprint::of(cmd.id));
+        if let Some(key) = key
+            && let Some(earlier) = self.begin(key)
         {
             return earlier.frame(cmd.id).map(Reply::frame).unwrap_or_default();
         }
@@ -470,8 +475,8 @@ impl WsDialect for PushcaWs {
             Err(why) => Answer::Frame(error(cmd.id, &why)),
         };
         let reply = answer.frame(cmd.id);
-        if !cmd.id.is_empty() {
-            self.recent.lock().answer(cmd.id, answer);
+        if let Some(key) = key {
+            self.recent.lock().answer(key, answer);
         }
         // Legacy commands carry no id to answer to; only errors are reported.
         match reply {
@@ -524,31 +529,33 @@ mod tests {
     #[test]
     fn recent_commands_forget_the_oldest_first() {
         let mut recent = RecentCommands::default();
+        let id = |i: usize| Fingerprint::of(&i.to_string());
         for i in 0..=RECENT_COMMANDS {
-            recent.insert(&i.to_string());
+            recent.insert(id(i));
         }
-        assert!(recent.get("0").is_none());
-        assert!(recent.get("1").is_some());
-        assert!(recent.get(&RECENT_COMMANDS.to_string()).is_some());
+        assert!(recent.get(id(0)).is_none());
+        assert!(recent.get(id(1)).is_some());
+        assert!(recent.get(id(RECENT_COMMANDS)).is_some());
         assert_eq!(recent.replies.len(), RECENT_COMMANDS);
     }
 
     #[test]
     fn recent_commands_keep_frame_replies_until_forgotten() {
         let mut recent = RecentCommands::default();
-        recent.insert("e");
-        recent.answer("e", Answer::Frame(Bytes::from_static(b"e@@RESPONSE")));
-        recent.insert("a");
-        recent.answer("a", Answer::Acknowledged);
+        let (e, a) = (Fingerprint::of("e"), Fingerprint::of("a"));
+        recent.insert(e);
+        recent.answer(e, Answer::Frame(Bytes::from_static(b"e@@RESPONSE")));
+        recent.insert(a);
+        recent.answer(a, Answer::Acknowledged);
         assert_eq!(
-            recent.get("e"),
+            recent.get(e),
             Some(Answer::Frame(Bytes::from_static(b"e@@RESPONSE")))
         );
-        assert_eq!(recent.get("a"), Some(Answer::Acknowledged));
+        assert_eq!(recent.get(a), Some(Answer::Acknowledged));
         for i in 0..RECENT_COMMANDS {
-            recent.insert(&i.to_string());
+            recent.insert(Fingerprint::of(&i.to_string()));
         }
-        assert_eq!(recent.get("e"), None);
+        assert_eq!(recent.get(e), None);
         assert!(recent.frames.is_empty(), "forgotten with its id");
     }
 
