@@ -11,7 +11,7 @@
 //! command is answered again, not executed again.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -84,81 +84,105 @@ impl Answer {
     }
 }
 
-/// The last [`RECENT_COMMANDS`] command ids with their replies, forgotten
-/// oldest first. Ids are kept as 64-bit keyed fingerprints, not strings:
-/// every connection holds hundreds, and a busy server thousands of
-/// connections, so strings cost allocations and cache misses on every
-/// command. A false match needs two of one connection's last few hundred
-/// ids to collide in 64 bits.
+/// The last [`RECENT_COMMANDS`] command ids of a connection and their answers,
+/// oldest first. Ids are kept as keyed fingerprints, not strings: every
+/// connection holds hundreds, and a busy server thousands of connections. A
+/// fingerprint and its answer share one `u64` in a ring, so a connection's
+/// memory is 2 KiB, scanned in order: a thousand busy connections' rings
+/// stay in cache where hash tables of the same ids (16 KiB each, once
+/// eviction's tombstones have grown them) did not. A false match needs two of
+/// one connection's last few hundred ids to collide in 62 bits.
 #[derive(Default)]
 struct RecentCommands {
-    /// What each id's reply was, by fingerprint. One byte a reply, so a
-    /// thousand connections' tables stay in cache.
-    replies: HashMap<u64, Kept, BuildHasherDefault<Prehashed>>,
-    /// The replies kept as bytes ([`Kept::Frame`]): errors and the like, few.
+    /// `fingerprint | state`, in arrival order from `next` once full.
+    ring: Vec<u64>,
+    /// Where the next id goes once the ring is full: the oldest.
+    next: usize,
+    /// The replies kept as bytes ([`FRAME`]): errors and the like, few.
     frames: HashMap<u64, Bytes, BuildHasherDefault<Prehashed>>,
-    /// Fingerprints in arrival order, for eviction.
-    order: VecDeque<u64>,
 }
 
-/// Which [`Answer`] an id got; the bytes of a `Frame` are in `frames`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kept {
-    Pending,
-    Acknowledged,
-    Frame,
-}
+/// The low bits of a ring entry: which [`Answer`] the id got.
+const STATE: u64 = 0b11;
+const PENDING: u64 = 0;
+const ACKNOWLEDGED: u64 = 1;
+/// The bytes are in `frames`.
+const FRAME: u64 = 2;
 
 /// Keys id fingerprints; drawn per process so clients cannot aim collisions.
 static FINGERPRINTS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
-/// A command id as the resend memory knows it: hashed once per command.
+/// A command id as the resend memory knows it: hashed once per command, its
+/// low bits left free for the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint(u64);
 
 impl Fingerprint {
     fn of(id: &str) -> Self {
-        Self(FINGERPRINTS.hash_one(id))
+        Self(FINGERPRINTS.hash_one(id) & !STATE)
     }
 }
 
 impl RecentCommands {
+    /// The ring slot of `key`, newest first: an answer follows its command.
+    fn find(&self, key: u64) -> Option<usize> {
+        let is = |e: &u64| e & !STATE == key;
+        // Once the ring has wrapped, `..next` holds the newest ids.
+        let (newest, oldest) = self.ring.split_at(self.next);
+        newest
+            .iter()
+            .rposition(is)
+            .or_else(|| oldest.iter().rposition(is).map(|i| self.next + i))
+    }
+
     fn get(&self, Fingerprint(key): Fingerprint) -> Option<Answer> {
-        Some(match self.replies.get(&key)? {
-            Kept::Pending => Answer::Pending,
-            Kept::Acknowledged => Answer::Acknowledged,
-            Kept::Frame => self
+        // Most ids are new: one pass without early exits, which compiles to
+        // vector compares, settles that before any search.
+        let seen = self
+            .ring
+            .iter()
+            .fold(false, |seen, &e| seen | (e & !STATE == key));
+        if !seen {
+            return None;
+        }
+        let entry = self.ring[self.find(key)?];
+        Some(match entry & STATE {
+            ACKNOWLEDGED => Answer::Acknowledged,
+            FRAME => self
                 .frames
                 .get(&key)
                 .map_or(Answer::Pending, |b| Answer::Frame(b.clone())),
+            _ => Answer::Pending,
         })
     }
 
     /// Records the answer of a command `begin` saw first.
     fn answer(&mut self, Fingerprint(key): Fingerprint, answer: Answer) {
-        let Some(slot) = self.replies.get_mut(&key) else {
+        let Some(slot) = self.find(key) else {
             return;
         };
-        *slot = match answer {
-            Answer::Pending => Kept::Pending,
-            Answer::Acknowledged => Kept::Acknowledged,
+        let state = match answer {
+            Answer::Pending => PENDING,
+            Answer::Acknowledged => ACKNOWLEDGED,
             Answer::Frame(bytes) => {
                 self.frames.insert(key, bytes);
-                Kept::Frame
+                FRAME
             }
         };
+        self.ring[slot] = key | state;
     }
 
     /// Remembers `id` as running, forgetting the oldest beyond the limit.
     fn insert(&mut self, Fingerprint(key): Fingerprint) {
-        if self.order.len() >= RECENT_COMMANDS
-            && let Some(oldest) = self.order.pop_front()
-            && self.replies.remove(&oldest) == Some(Kept::Frame)
-        {
-            self.frames.remove(&oldest);
+        if self.ring.len() < RECENT_COMMANDS {
+            self.ring.push(key | PENDING);
+            return;
         }
-        self.order.push_back(key);
-        self.replies.insert(key, Kept::Pending);
+        let oldest = std::mem::replace(&mut self.ring[self.next], key | PENDING);
+        if oldest & STATE == FRAME {
+            self.frames.remove(&(oldest & !STATE));
+        }
+        self.next = (self.next + 1) % RECENT_COMMANDS;
     }
 }
 
@@ -536,7 +560,29 @@ mod tests {
         assert!(recent.get(id(0)).is_none());
         assert!(recent.get(id(1)).is_some());
         assert!(recent.get(id(RECENT_COMMANDS)).is_some());
-        assert_eq!(recent.replies.len(), RECENT_COMMANDS);
+        assert_eq!(recent.ring.len(), RECENT_COMMANDS);
+    }
+
+    #[test]
+    fn recent_commands_answer_the_right_id_after_the_ring_wraps() {
+        let mut recent = RecentCommands::default();
+        let id = |i: usize| Fingerprint::of(&i.to_string());
+        for i in 0..RECENT_COMMANDS + 44 {
+            recent.insert(id(i));
+        }
+        recent.answer(id(RECENT_COMMANDS + 43), Answer::Acknowledged);
+        recent.answer(id(50), Answer::Acknowledged);
+        // Forgotten: its answer is dropped, not written over another id.
+        recent.answer(id(10), Answer::Acknowledged);
+        assert_eq!(
+            recent.get(id(RECENT_COMMANDS + 43)),
+            Some(Answer::Acknowledged)
+        );
+        assert_eq!(recent.get(id(50)), Some(Answer::Acknowledged));
+        assert_eq!(recent.get(id(51)), Some(Answer::Pending));
+        assert_eq!(recent.get(id(10)), None);
+        let acked = recent.ring.iter().filter(|&&e| e & STATE == ACKNOWLEDGED);
+        assert_eq!(acked.count(), 2);
     }
 
     #[test]
