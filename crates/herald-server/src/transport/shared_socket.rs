@@ -7,7 +7,7 @@
 //! which goes out before anything else.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -15,7 +15,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use herald_core::{DirectWrite, Frame, Taken};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The socket and the unsent rest of frames already started on it.
@@ -190,14 +191,29 @@ impl AsyncRead for SocketIo {
         let stream = &this.socket.stream;
         loop {
             ready!(stream.poll_read_ready(cx))?;
-            match stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            let mut read = 0;
+            let result = stream.try_io(Interest::READABLE, || {
+                read = (&*SockRef::from(stream)).read(unfilled)?;
+                // A read that did not fill the buffer emptied the socket:
+                // saying so clears its readiness now, instead of one more
+                // `recv` failing with EAGAIN before the task sleeps. (Edge-
+                // triggered epoll reports the next bytes anew; tokio's own
+                // reads do the same.)
+                if read > 0 && read < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(())
+            });
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            buf.advance(read);
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -268,6 +284,43 @@ mod tests {
         let mut got = [0u8; 12];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\x81\x01a\x81\x02bb\x81\x03ccc");
+    }
+
+    /// A read that empties the socket stops there, and the next bytes still
+    /// wake the reader; a read that fills the buffer leaves the rest for the
+    /// next one; the peer closing reads as the end.
+    #[tokio::test]
+    async fn reads_wake_for_the_next_bytes_after_emptying_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut io = SocketIo::new(SharedSocket::new(server), Bytes::from_static(b"ea"));
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 2, "early bytes first");
+        peer.write_all(b"abc").await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"abc");
+        // The peer stays open: only readiness, not a close, can wake the
+        // reads after the buffer-filling ones.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4];
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                let n = io.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            (io, got)
+        });
+        peer.write_all(b"0123456789").await.unwrap();
+        let (mut io, got) = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("the reader was woken for every byte")
+            .unwrap();
+        assert_eq!(got, b"0123456789");
+        drop(peer);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "closed");
     }
 
     /// A frame the socket took in part blocks every other write until the
