@@ -261,13 +261,19 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket};
 
-    #[tokio::test]
-    async fn queued_frames_go_out_in_one_write() {
+    /// A client's socket and the server's end of it.
+    async fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (peer, server)
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_in_one_write() {
+        let (mut peer, server) = connected().await;
         let socket = SharedSocket::new(server);
         let frames: Vec<Frame> = ["a", "bb", "ccc"]
             .into_iter()
@@ -291,11 +297,7 @@ mod tests {
     /// next one; the peer closing reads as the end.
     #[tokio::test]
     async fn reads_wake_for_the_next_bytes_after_emptying_the_socket() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut peer, server) = connected().await;
         let mut io = SocketIo::new(SharedSocket::new(server), Bytes::from_static(b"ea"));
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 2, "early bytes first");
