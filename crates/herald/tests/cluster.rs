@@ -46,11 +46,17 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
+/// `n` nodes on one Redis deployment. The first runs on one core, so on one
+/// thread: every cluster test covers both of Herald's runtimes.
 fn nodes(urls: &[String], n: usize) -> Vec<Herald> {
     let file = config_file(urls);
     let file = file.to_str().unwrap().to_owned();
+    let env = [("HERALD_CONFIG", file.as_str())];
     (0..n)
-        .map(|_| Herald::start(&[("HERALD_CONFIG", &file)]))
+        .map(|i| match i {
+            0 => Herald::start_on_one_core(&env),
+            _ => Herald::start(&env),
+        })
         .collect()
 }
 
