@@ -200,8 +200,9 @@ impl AsyncRead for SocketIo {
                 // saying so clears its readiness now, instead of one more
                 // `recv` failing with EAGAIN before the task sleeps. (Edge-
                 // triggered epoll reports the next bytes anew; tokio's own
-                // reads do the same.)
-                if read > 0 && read < room {
+                // reads do the same, and likewise not on Windows, where
+                // readiness is not edge-triggered.)
+                if read > 0 && read < room && !cfg!(windows) {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Ok(())
