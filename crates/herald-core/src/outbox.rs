@@ -448,8 +448,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn frames_in_quick_succession_queue_to_coalesce() {
         let o = Outbox::new(1, Arc::new(Raw), 100);
-        let socket = Arc::new(TestSocket::default());
-        socket.open.store(true, Ordering::Relaxed);
+        let socket = TestSocket::opened();
         o.attach(socket.clone());
         o.push_direct(Bytes::from_static(b"1"));
         tokio::time::advance(DIRECT_GAP / 2).await;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{HERALD, Herald};
+use common::{HERALD, Herald, next_json, publish_ok, ws};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_publish_and_subscribe_then_sigterm() {
@@ -164,30 +164,12 @@ fn version_prints_the_crate_version() {
 /// On one core Herald runs on one thread, and serves as it does on many.
 #[tokio::test]
 async fn one_core_serves_on_one_thread() {
-    use futures_util::StreamExt;
     let herald = Herald::start_on_one_core(&[]);
     assert_eq!(herald.threads(), 1, "one core should mean one thread");
-    let url = format!("ws://{}/ws?channels=solo", herald.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
-    let reply: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/publish", herald.addr))
-        .json(&serde_json::json!({"channel": "solo", "data": "hi"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut sub = ws(&herald, "/ws?channels=solo").await;
+    let reply = publish_ok(&herald, "solo", "hi".into()).await;
     assert_eq!(reply["subscribers"], 1);
-    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("no message within 10 s")
-        .unwrap()
-        .unwrap();
-    let message: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
-    assert_eq!(message["data"], "hi");
+    assert_eq!(next_json(&mut sub).await["data"], "hi");
     assert_eq!(herald.threads(), 1, "serving should not start threads");
 }
 

@@ -6,17 +6,13 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Herald;
+use common::{Herald, WAIT, Ws, next_json, publish, publish_ok, ws};
 use futures_util::{SinkExt, StreamExt};
 use herald_testkit::redis::{RedisCluster, RedisServer};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "cluster-test-secret";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A config file for a node on `urls`, keeping history for `h*` channels.
 fn config_file(urls: &[String]) -> PathBuf {
@@ -58,44 +54,6 @@ fn nodes(urls: &[String], n: usize) -> Vec<Herald> {
             _ => Herald::start(&env),
         })
         .collect()
-}
-
-async fn ws(node: &Herald, path: &str) -> Ws {
-    let url = format!("ws://{}{}", node.addr, path);
-    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
-        .await
-        .expect("connect timed out")
-        .expect("connect")
-        .0
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no frame in time")
-            .expect("closed")
-            .expect("error");
-        if let Message::Text(t) = frame {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
-async fn publish(node: &Herald, channel: &str, data: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("http://{}/api/v1/publish", node.addr))
-        .json(&json!({"channel": channel, "data": data}))
-        .timeout(WAIT)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn publish_ok(node: &Herald, channel: &str, data: Value) -> Value {
-    let res = publish(node, channel, data).await;
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// A `herald serve` child process on a free port.
@@ -119,4 +123,52 @@ impl Drop for Herald {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long a test waits for anything over the network.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `node` at `path`.
+pub async fn ws(node: &Herald, path: &str) -> Ws {
+    let url = format!("ws://{}{}", node.addr, path);
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+        .0
+}
+
+/// The next text frame, as JSON.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame in time")
+            .expect("closed")
+            .expect("error");
+        if let Message::Text(t) = frame {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// `POST /api/v1/publish` of `data` to `channel`.
+pub async fn publish(node: &Herald, channel: &str, data: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}/api/v1/publish", node.addr))
+        .json(&json!({"channel": channel, "data": data}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A publish that must succeed; its answer.
+pub async fn publish_ok(node: &Herald, channel: &str, data: Value) -> Value {
+    let res = publish(node, channel, data).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
 }

@@ -321,7 +321,7 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
                 .ok_or_else(|| ApiError::bad_request("'data' is required"))?;
             let publication = publication(&state, &data, cmd.event, None)?;
             let p = state.engine.publish(&key, publication).await?;
-            Ok(published_json(&p))
+            Ok(json!(Outcome::from(p)))
         }
         Some("ping") => Ok(json!({})),
         Some("ack") => {
@@ -348,11 +348,7 @@ fn channel_names(keys: &[ChannelKey]) -> Vec<&str> {
     keys.iter().map(ChannelKey::name).collect()
 }
 
-fn published_json(p: &Published) -> Value {
-    json!({"id": p.id, "offset": p.offset, "epoch": p.epoch, "subscribers": p.subscribers})
-}
-
-/// The answer to an HTTP publish, serialised straight from these fields.
+/// The answer to a publish, serialised straight from these fields.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Outcome {
@@ -369,6 +365,17 @@ enum Outcome {
         subscribers: usize,
         channels: Vec<Landed>,
     },
+}
+
+impl From<Published> for Outcome {
+    fn from(p: Published) -> Self {
+        Self::One {
+            id: p.id,
+            offset: p.offset,
+            epoch: p.epoch,
+            subscribers: p.subscribers,
+        }
+    }
 }
 
 /// Where a message landed in one of several channels.
@@ -463,12 +470,7 @@ fn plan(state: &AppState, req: PublishRequest<'_>) -> Result<PublishPlan, ApiErr
 async fn run(state: &AppState, plan: PublishPlan) -> Result<Outcome, ApiError> {
     if let [key] = plan.keys.as_slice() {
         let p = state.engine.publish(key, plan.publication).await?;
-        return Ok(Outcome::One {
-            id: p.id,
-            offset: p.offset,
-            epoch: p.epoch,
-            subscribers: p.subscribers,
-        });
+        return Ok(p.into());
     }
     let id = plan.publication.id.clone();
     let mut subscribers = 0;

@@ -89,8 +89,9 @@ impl Answer {
 /// connection holds hundreds, and a busy server thousands of connections. A
 /// fingerprint and its answer share one `u64` in a ring, so a connection's
 /// memory is 2 KiB, scanned in order: a thousand busy connections' rings
-/// stay in cache where hash tables of the same ids (~10 KiB each) did not. A false match needs two of
-/// one connection's last few hundred ids to collide in 62 bits.
+/// stay in cache where hash tables of the same ids (~10 KiB each) did not.
+/// A false match needs two of one connection's last few hundred ids to
+/// collide in 62 bits.
 #[derive(Default)]
 struct RecentCommands {
     /// `fingerprint | state`, in arrival order from `next` once full.
