@@ -5,11 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
+use herald_mobile::Mobile;
 use herald_server::config::LogFormat;
 use herald_server::{Config, Server};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{self, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -121,8 +124,8 @@ fn init_logs(config: &Config) {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
-    init_logs(&config);
+fn serve(settings: Settings) -> Result<(), String> {
+    init_logs(&settings.server);
     // On one core a worker thread beside the accepting thread only adds
     // context switches and cross-thread wake-ups (a `write` to the driver's
     // eventfd per accepted connection): one thread serves everything.
@@ -134,10 +137,28 @@ fn serve(config: Config) -> Result<(), String> {
     };
     let rt = builder.enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let server = Server::bind(config)
+        let server = Server::bind(settings.server)
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
-        server.run(terminate()).await;
+        let mobile = if settings.mobile.enabled {
+            let mobile = Mobile::start(&settings.mobile)
+                .await
+                .map_err(|e| format!("cannot start mobile push: {e}"))?;
+            Some(mobile)
+        } else {
+            None
+        };
+        let stop = CancellationToken::new();
+        let mobile = mobile.map(|m| tokio::spawn(m.run(stop.clone().cancelled_owned())));
+        server
+            .run(async {
+                terminate().await;
+                stop.cancel();
+            })
+            .await;
+        if let Some(mobile) = mobile {
+            let _ = mobile.await;
+        }
         Ok(())
     })
 }

@@ -6,39 +6,56 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Dict;
+use herald_mobile::MobileConfig;
 use herald_server::Config;
+use serde::Serialize;
+
+/// Every setting: the server's sections, and `[mobile]` for the mobile
+/// pipeline, which lives in its own crate.
+#[derive(Default, Serialize)]
+pub(crate) struct Settings {
+    #[serde(flatten)]
+    pub(crate) server: Config,
+    pub(crate) mobile: MobileConfig,
+}
 
 /// The effective configuration.
-pub(crate) fn load(file: Option<&Path>) -> Result<Config, String> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+pub(crate) fn load(file: Option<&Path>) -> Result<Settings, String> {
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     if let Some(path) = file {
         if !path.exists() {
             return Err(format!("config file {} does not exist", path.display()));
         }
         figment = figment.merge(Toml::file(path));
     }
-    let config: Config = figment
-        .merge(
-            Env::prefixed("HERALD_")
-                // Every setting lives in a section (`SECTION__KEY`); other
-                // `HERALD_` variables (`HERALD_CONFIG` names the file) are not settings.
-                .filter(|key| key.as_str().contains("__"))
-                .split("__"),
-        )
+    let figment = figment.merge(
+        Env::prefixed("HERALD_")
+            // Every setting lives in a section (`SECTION__KEY`); other
+            // `HERALD_` variables (`HERALD_CONFIG` names the file) are not settings.
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
+    let mobile: MobileConfig = figment.extract_inner("mobile").map_err(|e| e.to_string())?;
+    // The server's sections refuse unknown keys: hand them everything but `mobile`.
+    let mut rest: Dict = figment.extract().map_err(|e| e.to_string())?;
+    rest.remove("mobile");
+    let server: Config = Figment::from(Serialized::defaults(rest))
         .extract()
         .map_err(|e| e.to_string())?;
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    server.validate().map_err(|e| e.to_string())?;
+    mobile.validate()?;
+    Ok(Settings { server, mobile })
 }
 
 /// The default configuration as TOML, for `herald config default`.
 pub(crate) fn default_toml() -> String {
-    toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    toml::to_string_pretty(&Settings::default()).unwrap_or_default()
 }
 
 /// `config` as TOML with every secret replaced, for `herald config check`:
 /// its output ends up in terminals, logs and tickets.
-pub(crate) fn redacted_toml(config: &Config) -> String {
+pub(crate) fn redacted_toml(config: &Settings) -> String {
     let Ok(mut value) = toml::Value::try_from(config) else {
         return String::new();
     };
@@ -85,13 +102,15 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_and_the_rest_kept() {
-        let mut config = Config::default();
-        config.auth.secret = Some("hs256-secret".into());
-        config.pushca.secret_key = Some("pushca-key".into());
-        config.pushapi.basic_auth_password = "basic-pw".into();
-        config.broker.redis.password = Some("redis-pw".into());
-        config.auth.api_keys = vec!["api-key-1".into()];
-        config.broker.redis.urls = vec![
+        let mut config = Settings::default();
+        config.mobile.invalid_tokens.postgres_url = "postgres://pusher:pg-pw@db:5432/push".into();
+        let server = &mut config.server;
+        server.auth.secret = Some("hs256-secret".into());
+        server.pushca.secret_key = Some("pushca-key".into());
+        server.pushapi.basic_auth_password = "basic-pw".into();
+        server.broker.redis.password = Some("redis-pw".into());
+        server.auth.api_keys = vec!["api-key-1".into()];
+        server.broker.redis.urls = vec![
             "redis://:url-pw@10.0.0.5:6379/0".into(),
             "redis://10.0.0.6:6379/a@b".into(),
         ];
@@ -103,10 +122,11 @@ mod tests {
             "redis-pw",
             "url-pw",
             "api-key-1",
+            "pg-pw",
         ] {
             assert!(!text.contains(leaked), "{leaked} in {text}");
         }
-        assert_eq!(text.matches("<redacted>").count(), 6, "{text}");
+        assert_eq!(text.matches("<redacted>").count(), 7, "{text}");
         assert!(
             text.contains("redis://<redacted>@10.0.0.5:6379/0"),
             "{text}"

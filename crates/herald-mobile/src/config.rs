@@ -1,0 +1,158 @@
+//! Settings of the mobile pipeline: the `[mobile]` section of Herald's
+//! configuration. Every key has a default; the pipeline runs only when
+//! `enabled` and at least one app has credentials.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::apns::ApnsConfig;
+use crate::provider::fcm::FcmConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MobileConfig {
+    /// Whether the pipeline runs.
+    pub enabled: bool,
+    /// APNs production endpoint instead of the sandbox (the seed's `--production`).
+    pub production: bool,
+    /// Pushes in flight at once, across providers.
+    pub concurrency: usize,
+    /// Tries per push when the provider says "later" (429, 5xx); the seed's 3.
+    pub attempts: u32,
+    /// Wait between tries when the provider gives no `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// On shutdown, how long in-flight pushes may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub graceful_timeout: Duration,
+    pub kafka: KafkaConfig,
+    /// APNs credentials per app (the app as named in topics).
+    pub apns: BTreeMap<String, ApnsConfig>,
+    /// FCM credentials per app; topics call the platform `gcm`.
+    pub fcm: BTreeMap<String, FcmConfig>,
+    pub invalid_tokens: InvalidTokensConfig,
+    pub statsd: StatsdConfig,
+}
+
+impl Default for MobileConfig {
+    fn default() -> Self {
+        MobileConfig {
+            enabled: false,
+            production: false,
+            concurrency: 256,
+            attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+            graceful_timeout: Duration::from_secs(30),
+            kafka: KafkaConfig::default(),
+            apns: BTreeMap::new(),
+            fcm: BTreeMap::new(),
+            invalid_tokens: InvalidTokensConfig::default(),
+            statsd: StatsdConfig::default(),
+        }
+    }
+}
+
+impl MobileConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.apns.is_empty() && self.fcm.is_empty() {
+            return Err("mobile.enabled needs credentials in mobile.apns or mobile.fcm".into());
+        }
+        if self.concurrency == 0 || self.attempts == 0 {
+            return Err("mobile.concurrency and mobile.attempts must be at least 1".into());
+        }
+        regex::Regex::new(&self.kafka.topics)
+            .map_err(|e| format!("mobile.kafka.topics is not a valid pattern: {e}"))?;
+        if !["earliest", "latest"].contains(&self.kafka.offset_reset.as_str()) {
+            return Err("mobile.kafka.offset_reset must be \"earliest\" or \"latest\"".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Consumer group: nodes in one group share the topics' partitions.
+    pub group: String,
+    /// Topics to consume: a regular expression (the seed's default).
+    pub topics: String,
+    /// How long the group waits for a silent member before rebalancing.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Where a new group starts: `latest` or `earliest`.
+    pub offset_reset: String,
+    /// How often new topics matching `topics` are looked for.
+    #[serde(with = "humantime_serde")]
+    pub metadata_refresh: Duration,
+    /// Produce every provider answer to `push-<app>-<platform>-feedbacks`.
+    pub feedback: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group: "herald-mobile".into(),
+            topics: "^push-[^-_]+_(apns|gcm)[_-](single|massive)".into(),
+            session_timeout: Duration::from_secs(6),
+            offset_reset: "latest".into(),
+            metadata_refresh: Duration::from_secs(30),
+            feedback: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InvalidTokensConfig {
+    /// `postgres://user:password@host:port/db`; empty turns clean-up off.
+    pub postgres_url: String,
+    /// The table per app and platform; `{app}` and `{platform}` are replaced.
+    pub table: String,
+    /// Tokens per `DELETE`.
+    pub batch: usize,
+    /// Longest a dead token waits for its `DELETE`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for InvalidTokensConfig {
+    fn default() -> Self {
+        InvalidTokensConfig {
+            postgres_url: String::new(),
+            table: "{app}_{platform}".into(),
+            batch: 1_000,
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsdConfig {
+    /// `host:port` of a StatsD server; empty turns reporting off.
+    pub host: String,
+    /// Prepended to every metric name.
+    pub prefix: String,
+    /// How often aggregated counts are sent.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        StatsdConfig {
+            host: String::new(),
+            prefix: "herald.mobile".into(),
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}

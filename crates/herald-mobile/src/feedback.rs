@@ -1,0 +1,167 @@
+//! Feedback records: every provider answer, in the seed's JSON, for the app's
+//! backend to read from `push-<app>-<platform>-feedbacks`.
+
+use serde_json::{Map, Value, json};
+
+use crate::message::{Notification, now_ms};
+use crate::{Platform, Rejection, Sent};
+
+/// The seed's stats and feedback key for a provider reason:
+/// `BadDeviceToken` → `bad-device-token`, `QUOTA_EXCEEDED` → `quota-exceeded`.
+/// Anything that does not look like a reason code becomes `unexpected`, so
+/// the keys stay a small set.
+pub fn reason_key(reason: &str) -> String {
+    if reason.is_empty()
+        || reason.len() > 48
+        || !reason
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return "unexpected".into();
+    }
+    let mut key = String::with_capacity(reason.len() + 4);
+    let upper = reason.bytes().all(|b| !b.is_ascii_lowercase());
+    for (i, c) in reason.chars().enumerate() {
+        if c == '_' {
+            key.push('-');
+        } else if c.is_ascii_uppercase() && !upper && i > 0 {
+            key.push('-');
+            key.push(c.to_ascii_lowercase());
+        } else {
+            key.push(c.to_ascii_lowercase());
+        }
+    }
+    key
+}
+
+/// The feedback record for one answer.
+pub fn record(notification: &Notification, result: &Result<Sent, Rejection>) -> Value {
+    let mut metadata = notification.metadata.clone();
+    if let Err(r) = result
+        && r.invalid_token
+    {
+        metadata.insert("deleteToken".into(), Value::Bool(true));
+    }
+    match notification.platform {
+        Platform::Apns => apns(notification, result, metadata),
+        Platform::Gcm => gcm(notification, result, metadata),
+    }
+}
+
+fn apns(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String, Value>) -> Value {
+    let mut out = json!({
+        "token": n.push.token,
+        "timestamp": now_ms(),
+        "metadata": metadata,
+    });
+    match result {
+        Ok(sent) => {
+            out["status"] = 200.into();
+            out["apnsID"] = sent.id.clone().into();
+        }
+        Err(r) => {
+            out["status"] = r.status.unwrap_or(0).into();
+            out["reason"] = r.reason.clone().into();
+            out["err"] = json!({"key": reason_key(&r.reason), "description": r.description});
+        }
+    }
+    out
+}
+
+fn gcm(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String, Value>) -> Value {
+    let mut out = json!({
+        "from": n.push.token,
+        "message_id": n.message_id,
+        "metadata": metadata,
+    });
+    match result {
+        Ok(sent) => {
+            out["message_type"] = "ack".into();
+            out["name"] = sent.id.clone().into();
+        }
+        Err(r) => {
+            out["message_type"] = "nack".into();
+            out["error"] = r.reason.clone().into();
+            out["error_description"] = r.description.clone().into();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Push;
+
+    fn notification(platform: Platform) -> Notification {
+        let mut metadata = Map::new();
+        metadata.insert("userId".into(), "u1".into());
+        Notification {
+            push: Push {
+                app: "game".into(),
+                token: "tok".into(),
+                payload: json!({}),
+                expires_at: None,
+                collapse_id: None,
+                high_priority: None,
+                dry_run: false,
+            },
+            platform,
+            metadata,
+            message_id: Some("m1".into()),
+            expiry_ms: None,
+        }
+    }
+
+    fn unregistered() -> Rejection {
+        Rejection {
+            status: Some(410),
+            reason: "Unregistered".into(),
+            description: "the device token is inactive".into(),
+            invalid_token: true,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn reason_keys_are_kebab_case_and_bounded() {
+        assert_eq!(reason_key("BadDeviceToken"), "bad-device-token");
+        assert_eq!(reason_key("UNREGISTERED"), "unregistered");
+        assert_eq!(reason_key("QUOTA_EXCEEDED"), "quota-exceeded");
+        assert_eq!(reason_key("ConnectionError"), "connection-error");
+        assert_eq!(reason_key("no such thing!"), "unexpected");
+        assert_eq!(reason_key(""), "unexpected");
+    }
+
+    #[test]
+    fn apns_feedback_marks_dead_tokens_for_deletion() {
+        let f = record(&notification(Platform::Apns), &Err(unregistered()));
+        assert_eq!(f["status"], 410);
+        assert_eq!(f["reason"], "Unregistered");
+        assert_eq!(f["token"], "tok");
+        assert_eq!(f["err"]["key"], "unregistered");
+        assert_eq!(f["metadata"], json!({"userId":"u1","deleteToken":true}));
+        let ok = record(
+            &notification(Platform::Apns),
+            &Ok(Sent {
+                id: Some("id-1".into()),
+            }),
+        );
+        assert_eq!(ok["status"], 200);
+        assert_eq!(ok["apnsID"], "id-1");
+        assert!(ok.get("err").is_none());
+        assert_eq!(ok["metadata"], json!({"userId":"u1"}));
+    }
+
+    #[test]
+    fn gcm_feedback_has_the_seeds_fields() {
+        let mut r = unregistered();
+        r.reason = "UNREGISTERED".into();
+        let f = record(&notification(Platform::Gcm), &Err(r));
+        assert_eq!(f["from"], "tok");
+        assert_eq!(f["message_id"], "m1");
+        assert_eq!(f["message_type"], "nack");
+        assert_eq!(f["error"], "UNREGISTERED");
+        assert_eq!(f["metadata"]["deleteToken"], true);
+    }
+}

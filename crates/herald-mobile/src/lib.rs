@@ -1,0 +1,18 @@
+//! Mobile push, the Pusher seed's job: notifications arrive on Kafka topics
+//! (`push-<app>_<apns|gcm>…`), go out through a [`Provider`] (APNs, FCM),
+//! and every answer becomes a feedback record on Kafka, a stats count and,
+//! for tokens the provider calls dead, a row deleted from PostgreSQL.
+
+pub mod config;
+pub mod feedback;
+pub mod message;
+mod offsets;
+mod pipeline;
+pub mod provider;
+mod stats;
+mod tokens;
+pub mod topic;
+
+pub use config::MobileConfig;
+pub use pipeline::{Mobile, MobileError};
+pub use provider::{Platform, Provider, Push, Rejection, Sent};

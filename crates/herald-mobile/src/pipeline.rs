@@ -1,0 +1,345 @@
+//! The pipeline: consume notifications from Kafka, send each through its
+//! provider (retrying what the provider asks to have retried), then report
+//! the answer as a feedback record, stats, and a dead-token deletion.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::MobileConfig;
+use crate::message::{self, Notification};
+use crate::offsets::Offsets;
+use crate::provider::apns::Apns;
+use crate::provider::fcm::Fcm;
+use crate::stats::Stats;
+use crate::tokens::InvalidTokens;
+use crate::topic::{self, Route};
+use crate::{Platform, Provider, Push, Rejection, Sent, feedback};
+
+/// Longest wait a provider's `Retry-After` may impose on one push.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+/// Longest a feedback record may wait in the producer's queue.
+const FEEDBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the pipeline cannot start.
+#[derive(Debug, Error)]
+pub enum MobileError {
+    #[error("invalid mobile configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Credentials(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("statsd: {0}")]
+    Stats(#[from] std::io::Error),
+}
+
+/// A started pipeline, subscribed and ready to run.
+pub struct Mobile {
+    consumer: Arc<StreamConsumer>,
+    shared: Arc<Shared>,
+    concurrency: usize,
+    graceful_timeout: Duration,
+    stats_interval: Duration,
+    tokens_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What every push task needs.
+struct Shared {
+    providers: HashMap<Platform, Arc<dyn Provider>>,
+    consumer: Arc<StreamConsumer>,
+    offsets: Mutex<Offsets>,
+    /// `None` when feedback is off.
+    producer: Option<FutureProducer>,
+    stats: Stats,
+    /// `None` when no database is configured.
+    tokens: Option<InvalidTokens>,
+    attempts: u32,
+    retry_backoff: Duration,
+}
+
+/// One Kafka message, copied out of the consumer's buffer.
+struct Job {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+impl Mobile {
+    /// Loads credentials, connects to Kafka and subscribes. Fails on bad
+    /// credentials or configuration, before anything is consumed.
+    pub async fn start(config: &MobileConfig) -> Result<Mobile, MobileError> {
+        config.validate().map_err(MobileError::Config)?;
+        let mut providers: HashMap<Platform, Arc<dyn Provider>> = HashMap::new();
+        if !config.apns.is_empty() {
+            let apns = Apns::new(&config.apns, config.production)
+                .map_err(|e| MobileError::Credentials(e.to_string()))?;
+            providers.insert(Platform::Apns, Arc::new(apns));
+        }
+        if !config.fcm.is_empty() {
+            let fcm = Fcm::new(&config.fcm).map_err(|e| MobileError::Credentials(e.to_string()))?;
+            providers.insert(Platform::Gcm, Arc::new(fcm));
+        }
+        Self::with_providers(config, providers).await
+    }
+
+    /// [`Mobile::start`] with the given providers.
+    pub async fn with_providers(
+        config: &MobileConfig,
+        providers: HashMap<Platform, Arc<dyn Provider>>,
+    ) -> Result<Mobile, MobileError> {
+        let kafka = &config.kafka;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", &kafka.group)
+            .set("session.timeout.ms", millis(kafka.session_timeout))
+            .set("auto.offset.reset", &kafka.offset_reset)
+            .set("enable.auto.commit", "true")
+            // Offsets are stored only once their push is done (`Offsets`).
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                millis(kafka.metadata_refresh),
+            )
+            .create()?;
+        let topics: Vec<&str> = kafka.topics.split(',').map(str::trim).collect();
+        consumer.subscribe(&topics)?;
+        let consumer = Arc::new(consumer);
+        let producer = if kafka.feedback {
+            Some(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &kafka.brokers)
+                    .set("message.timeout.ms", millis(FEEDBACK_TIMEOUT))
+                    .create::<FutureProducer>()?,
+            )
+        } else {
+            None
+        };
+        let statsd = Some(config.statsd.host.as_str()).filter(|h| !h.is_empty());
+        let stats = Stats::new(statsd, &config.statsd.prefix).await?;
+        let (tokens, tokens_task) = if config.invalid_tokens.postgres_url.is_empty() {
+            (None, None)
+        } else {
+            let (t, task) = InvalidTokens::spawn(
+                &config.invalid_tokens,
+                config.invalid_tokens.postgres_url.clone(),
+            );
+            (Some(t), Some(task))
+        };
+        info!(topics = %kafka.topics, group = %kafka.group, platforms = providers.len(), "Mobile push subscribed.");
+        Ok(Mobile {
+            consumer: consumer.clone(),
+            shared: Arc::new(Shared {
+                providers,
+                consumer,
+                offsets: Mutex::new(Offsets::default()),
+                producer,
+                stats,
+                tokens,
+                attempts: config.attempts,
+                retry_backoff: config.retry_backoff,
+            }),
+            concurrency: config.concurrency,
+            graceful_timeout: config.graceful_timeout,
+            stats_interval: config.statsd.flush_interval,
+            tokens_task,
+        })
+    }
+
+    /// Totals since start: `sent`, `ack`, `failed`.
+    pub fn total(&self, name: &str) -> u64 {
+        self.shared.stats.total(name)
+    }
+
+    /// Consumes until `shutdown` resolves, then lets in-flight pushes finish
+    /// (up to the graceful timeout), commits, and flushes feedback and stats.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let tasks = TaskTracker::new();
+        let mut stats_tick = tokio::time::interval(self.stats_interval);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let job = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                _ = stats_tick.tick() => {
+                    self.shared.stats.flush().await;
+                    continue;
+                }
+                m = self.consumer.recv() => match m {
+                    Ok(m) => Job {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    },
+                    Err(e) => {
+                        warn!(error = %e, "Kafka consume failed.");
+                        continue;
+                    }
+                },
+            };
+            self.shared
+                .offsets
+                .lock()
+                .begin(&job.topic, job.partition, job.offset);
+            let shared = self.shared.clone();
+            tasks.spawn(async move {
+                shared.handle(&job).await;
+                shared.done(&job);
+                drop(permit);
+            });
+        }
+        tasks.close();
+        info!(in_flight = tasks.len(), "Mobile push stopping.");
+        if tokio::time::timeout(self.graceful_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = tasks.len(),
+                "Mobile push stopped with pushes in flight; Kafka will resend them."
+            );
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, "Final offset commit skipped.");
+        }
+        if let Some(producer) = &self.shared.producer
+            && let Err(e) = producer.flush(FEEDBACK_TIMEOUT)
+        {
+            warn!(error = %e, "Feedback not all delivered.");
+        }
+        self.shared.stats.flush().await;
+        // The batcher flushes once the last sender is gone.
+        let tokens_task = self.tokens_task.take();
+        drop(self);
+        if let Some(task) = tokens_task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Shared {
+    async fn handle(&self, job: &Job) {
+        let Some(route) = topic::route(&job.topic) else {
+            warn!(topic = %job.topic, "Topic names no app and platform; message skipped.");
+            return;
+        };
+        let notification = match message::parse(&route, &job.payload) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(topic = %job.topic, offset = job.offset, error = %e, "Invalid notification skipped.");
+                self.stats.failed(&route, e.key());
+                return;
+            }
+        };
+        if notification
+            .expiry_ms
+            .is_some_and(|at| at < message::now_ms())
+        {
+            debug!(app = %route.app, "Expired notification dropped.");
+            self.stats.failed(&route, "push-expired");
+            return;
+        }
+        let provider = match self.providers.get(&route.platform) {
+            Some(p) if p.serves(&route.app) => p,
+            _ => {
+                warn!(app = %route.app, platform = route.platform.as_str(), "No credentials for the app; notification skipped.");
+                self.stats.failed(&route, "unknown-app");
+                return;
+            }
+        };
+        self.stats.sent(&route, &job.topic);
+        let started = Instant::now();
+        let result = self.send(provider.as_ref(), &notification.push).await;
+        self.stats.latency(&route, started.elapsed());
+        match &result {
+            Ok(_) => self.stats.ack(&route),
+            Err(r) => {
+                debug!(app = %route.app, reason = %r.reason, "Push refused.");
+                self.stats.failed(&route, &feedback::reason_key(&r.reason));
+                if r.invalid_token
+                    && let Some(tokens) = &self.tokens
+                {
+                    tokens.delete(&route, &notification.push.token).await;
+                }
+            }
+        }
+        self.feedback(&route, &notification, &result).await;
+    }
+
+    /// Sends, trying again while the provider asks for it.
+    async fn send(&self, provider: &dyn Provider, push: &Push) -> Result<Sent, Rejection> {
+        let mut attempt = 1;
+        loop {
+            match provider.send(push).await {
+                Err(r) if attempt < self.attempts && r.retry_after.is_some() => {
+                    let wait = r
+                        .retry_after
+                        .filter(|w| !w.is_zero())
+                        .unwrap_or(self.retry_backoff)
+                        .min(MAX_RETRY_WAIT);
+                    debug!(attempt, reason = %r.reason, ?wait, "Push will be retried.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn feedback(
+        &self,
+        route: &Route,
+        notification: &Notification,
+        result: &Result<Sent, Rejection>,
+    ) {
+        let Some(producer) = &self.producer else {
+            return;
+        };
+        let topic = topic::feedback_topic(route);
+        let body = feedback::record(notification, result).to_string();
+        let record = FutureRecord::<(), _>::to(&topic).payload(&body);
+        if let Err((e, _)) = producer.send(record, FEEDBACK_TIMEOUT).await {
+            warn!(%topic, error = %e, "Feedback not delivered.");
+        }
+    }
+
+    /// Marks the job's offset done and stores the partition's safe point.
+    fn done(&self, job: &Job) {
+        let safe = self
+            .offsets
+            .lock()
+            .finish(&job.topic, job.partition, job.offset);
+        if let Some(offset) = safe
+            && let Err(e) = self
+                .consumer
+                .store_offset(&job.topic, job.partition, offset)
+        {
+            // After a rebalance the partition may be someone else's now.
+            debug!(topic = %job.topic, partition = job.partition, error = %e, "Offset not stored.");
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}

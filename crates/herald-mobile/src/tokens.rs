@@ -1,0 +1,177 @@
+//! Dead device tokens, deleted from the app's PostgreSQL table in batches
+//! (`DELETE FROM <app>_<platform> WHERE token = ANY($1)`), so the app stops
+//! sending to devices that are gone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+use crate::config::InvalidTokensConfig;
+use crate::topic::Route;
+
+/// Tokens waiting for a flush, at most; past it the oldest are dropped
+/// (and logged) rather than growing without bound while the database is down.
+const MAX_BUFFERED: usize = 100_000;
+
+/// Hands dead tokens to the batching task.
+#[derive(Clone)]
+pub(crate) struct InvalidTokens {
+    tx: mpsc::Sender<(String, String)>,
+    /// `{app}` and `{platform}` are replaced to name the table.
+    table: String,
+}
+
+impl InvalidTokens {
+    /// Starts the task; it flushes and ends once every clone is dropped.
+    pub(crate) fn spawn(
+        config: &InvalidTokensConfig,
+        url: String,
+    ) -> (InvalidTokens, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4_096);
+        let task = Batcher {
+            url,
+            batch: config.batch.max(1),
+            interval: config.flush_interval,
+            client: None,
+            pending: HashMap::new(),
+            buffered: 0,
+        };
+        let handle = tokio::spawn(task.run(rx));
+        let tokens = InvalidTokens {
+            tx,
+            table: config.table.clone(),
+        };
+        (tokens, handle)
+    }
+
+    /// Queues `token` of `route` for deletion.
+    pub(crate) async fn delete(&self, route: &Route, token: &str) {
+        let table = self
+            .table
+            .replace("{app}", &route.app)
+            .replace("{platform}", route.platform.as_str());
+        // Only fails when the task is gone, i.e. during shutdown.
+        let _ = self.tx.send((table, token.to_owned())).await;
+    }
+}
+
+struct Batcher {
+    url: String,
+    batch: usize,
+    interval: Duration,
+    /// The open connection; reopened on the next flush after an error.
+    client: Option<Client>,
+    /// Tokens per table.
+    pending: HashMap<String, Vec<String>>,
+    buffered: usize,
+}
+
+impl Batcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<(String, String)>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some((table, token)) => {
+                        self.add(table, token);
+                        if self.buffered >= self.batch {
+                            self.flush().await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.flush().await,
+            }
+        }
+        self.flush().await;
+    }
+
+    fn add(&mut self, table: String, token: String) {
+        if self.buffered >= MAX_BUFFERED {
+            warn!(%table, "Invalid-token buffer full; token dropped.");
+            return;
+        }
+        self.pending.entry(table).or_default().push(token);
+        self.buffered += 1;
+    }
+
+    async fn flush(&mut self) {
+        if self.buffered == 0 {
+            return;
+        }
+        let client = match &self.client {
+            Some(c) if !c.is_closed() => c,
+            _ => match connect(&self.url).await {
+                Ok(c) => self.client.insert(c),
+                Err(e) => {
+                    warn!(error = %e, buffered = self.buffered, "PostgreSQL unreachable; tokens kept.");
+                    return;
+                }
+            },
+        };
+        let mut failed = HashMap::new();
+        for (table, mut tokens) in self.pending.drain() {
+            tokens.sort_unstable();
+            tokens.dedup();
+            let sql = format!("DELETE FROM {} WHERE token = ANY($1)", quoted(&table));
+            match client.execute(&sql, &[&tokens]).await {
+                Ok(rows) => {
+                    info!(%table, tokens = tokens.len(), rows, "Invalid tokens deleted.");
+                }
+                // A missing table or a bad column will not heal: drop those;
+                // a lost connection will: keep them for the next flush.
+                Err(e) if client.is_closed() => {
+                    warn!(%table, error = %e, "Invalid tokens not deleted; will retry.");
+                    failed.insert(table, tokens);
+                }
+                Err(e) => warn!(%table, error = %e, "Invalid tokens not deleted."),
+            }
+        }
+        self.buffered = failed.values().map(Vec::len).sum();
+        self.pending = failed;
+        if self.buffered > 0 {
+            self.client = None;
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "PostgreSQL connection ended.");
+        }
+    });
+    Ok(client)
+}
+
+/// `name` as a quoted SQL identifier; a dot separates a schema.
+fn quoted(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_quoted_identifiers() {
+        assert_eq!(quoted("game_apns"), "\"game_apns\"");
+        assert_eq!(
+            quoted("push.tower-defense_gcm"),
+            "\"push\".\"tower-defense_gcm\""
+        );
+        assert_eq!(
+            quoted("a\"; DROP TABLE x; --"),
+            "\"a\"\"; DROP TABLE x; --\""
+        );
+    }
+}

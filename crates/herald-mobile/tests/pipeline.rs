@@ -1,0 +1,463 @@
+//! The whole pipeline against real parts: notifications produced to a real
+//! Kafka-compatible broker (tansu), sent to local APNs and FCM servers that
+//! speak the real protocols, feedback read back from Kafka, dead tokens
+//! deleted from a real PostgreSQL, stats received over UDP as StatsD lines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use herald_mobile::provider::apns::ApnsConfig;
+use herald_mobile::provider::fcm::FcmConfig;
+use herald_mobile::{Mobile, MobileConfig};
+use herald_testkit::apns::MockApns;
+use herald_testkit::fcm::{FcmError, MockFcm};
+use herald_testkit::kafka::Kafka;
+use herald_testkit::postgres::Postgres;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Bound on every wait.
+const STEP: Duration = Duration::from_secs(20);
+const APNS_TOPIC: &str = "push-game_apns_single";
+const GCM_TOPIC: &str = "push-game_gcm_massive";
+const APNS_FEEDBACK: &str = "push-game-apns-feedbacks";
+const GCM_FEEDBACK: &str = "push-game-gcm-feedbacks";
+
+/// Everything a pipeline talks to.
+struct Rig {
+    kafka: Kafka,
+    pg: Postgres,
+    apns: MockApns,
+    fcm: MockFcm,
+    statsd: UdpSocket,
+    producer: FutureProducer,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let kafka = Kafka::start(&[APNS_TOPIC, GCM_TOPIC, APNS_FEEDBACK, GCM_FEEDBACK]);
+        let pg = Postgres::start();
+        for table in ["game_apns", "game_gcm"] {
+            pg.psql(&format!(
+                "CREATE TABLE {table} (id serial PRIMARY KEY, user_id text, token text NOT NULL, \
+                 region text, locale text, tz text)"
+            ));
+        }
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .create()
+            .unwrap();
+        Rig {
+            kafka,
+            pg,
+            apns: MockApns::start().await,
+            fcm: MockFcm::start().await,
+            statsd: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            producer,
+        }
+    }
+
+    fn config(&self, group: &str) -> MobileConfig {
+        let mut c = MobileConfig {
+            enabled: true,
+            attempts: 3,
+            retry_backoff: Duration::from_millis(50),
+            graceful_timeout: Duration::from_secs(10),
+            ..MobileConfig::default()
+        };
+        c.kafka.brokers = self.kafka.bootstrap();
+        c.kafka.group = group.into();
+        c.kafka.offset_reset = "earliest".into();
+        c.kafka.metadata_refresh = Duration::from_secs(1);
+        c.apns = BTreeMap::from([(
+            "game".to_owned(),
+            ApnsConfig {
+                key_file: self.apns.issue_key("KEY123", "TEAM123"),
+                key_id: "KEY123".into(),
+                team_id: "TEAM123".into(),
+                topic: "com.example.game".into(),
+                push_type: "alert".into(),
+                endpoint: Some(self.apns.url()),
+                ca_file: Some(self.apns.ca_pem_path()),
+                timeout: STEP,
+            },
+        )]);
+        c.fcm = BTreeMap::from([(
+            "game".to_owned(),
+            FcmConfig {
+                service_account_file: self.fcm.write_service_account("game-project"),
+                project_id: None,
+                endpoint: Some(self.fcm.url()),
+                ca_file: Some(self.fcm.ca_pem_path()),
+                timeout: STEP,
+            },
+        )]);
+        c.invalid_tokens.postgres_url = self.pg.url();
+        c.invalid_tokens.flush_interval = Duration::from_millis(100);
+        c.statsd.host = self.statsd.local_addr().unwrap().to_string();
+        c.statsd.flush_interval = Duration::from_millis(100);
+        c
+    }
+
+    async fn produce(&self, topic: &str, body: Value) {
+        let body = body.to_string();
+        self.producer
+            .send(FutureRecord::<(), _>::to(topic).payload(&body), STEP)
+            .await
+            .unwrap();
+    }
+
+    /// Inserts device rows; returns nothing, tests read them back with psql.
+    fn register(&self, table: &str, tokens: &[&str]) {
+        for t in tokens {
+            self.pg.psql(&format!(
+                "INSERT INTO {table} (user_id, token) VALUES ('user-{t}', '{t}')"
+            ));
+        }
+    }
+
+    fn tokens(&self, table: &str) -> String {
+        self.pg
+            .psql(&format!("SELECT token FROM {table} ORDER BY token"))
+    }
+
+    /// Polls the table until it holds exactly `expected` (no signal crosses
+    /// from PostgreSQL; the poll is bounded).
+    async fn wait_tokens(&self, table: &str, expected: &str) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let now = self.tokens(table);
+            if now == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{table} holds {now:?}, want {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A running pipeline and its stop switch.
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(config: &MobileConfig) -> Running {
+        let mobile = Mobile::start(config).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(mobile.run(stop.clone().cancelled_owned()));
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(STEP, self.task)
+            .await
+            .expect("the pipeline stops within its graceful timeout")
+            .unwrap();
+    }
+}
+
+/// Reads `n` records from a feedback topic, from its start.
+async fn feedback(kafka: &Kafka, topic: &str, n: usize) -> Vec<Value> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", format!("reader-{topic}-{}", rand_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(STEP, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: {} of {n} feedback records", out.len()))
+            .unwrap();
+        out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+    }
+    out
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Sums StatsD counters (`name|#tags` → count) until `want` are all reached.
+async fn stats_until(statsd: &UdpSocket, want: &[(&str, u64)]) -> HashMap<String, u64> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut buf = vec![0; 65_536];
+    while !want
+        .iter()
+        .all(|(k, n)| counts.get(*k).copied().unwrap_or(0) >= *n)
+    {
+        let len = tokio::time::timeout(STEP, statsd.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stats so far: {counts:?}, want {want:?}"))
+            .unwrap();
+        for line in std::str::from_utf8(&buf[..len]).unwrap().lines() {
+            // herald.mobile.sent:2|c|#platform:apns,…
+            let Some((name, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let mut parts = rest.split('|');
+            let (Some(value), Some("c"), Some(tags)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let key = format!("{name}|{tags}");
+            *counts.entry(key).or_default() += value.parse::<u64>().unwrap();
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_notifications_are_sent_reported_and_dead_tokens_deleted() {
+    let rig = Rig::start().await;
+    rig.register("game_apns", &["alive-1", "dead-1", "other-2"]);
+    rig.apns.respond("dead-1", 410, "Unregistered");
+    let running = Running::start(&rig.config("apns-group")).await;
+
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "alive-1", "Payload": {"aps": {"alert": "hello"}},
+               "metadata": {"userId": "u1"}, "collapse_id": "news"}),
+    )
+    .await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "dead-1", "Payload": {"aps": {"alert": "hi"}}}),
+    )
+    .await;
+
+    let requests = rig.apns.wait_for(2, STEP).await;
+    let alive = requests.iter().find(|r| r.token == "alive-1").unwrap();
+    assert_eq!(
+        alive.body,
+        json!({"aps": {"alert": "hello"}, "M": {"userId": "u1"}})
+    );
+    assert_eq!(alive.header("apns-topic"), Some("com.example.game"));
+    assert_eq!(alive.header("apns-collapse-id"), Some("news"));
+    assert_eq!(alive.status, 200);
+
+    let mut records = feedback(&rig.kafka, APNS_FEEDBACK, 2).await;
+    records.sort_by_key(|r| r["token"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(records[0]["token"], "alive-1");
+    assert_eq!(records[0]["status"], 200);
+    assert!(
+        records[0]["apnsID"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert_eq!(records[0]["metadata"], json!({"userId": "u1"}));
+    assert_eq!(records[1]["token"], "dead-1");
+    assert_eq!(records[1]["status"], 410);
+    assert_eq!(records[1]["reason"], "Unregistered");
+    assert_eq!(records[1]["err"]["key"], "unregistered");
+    assert_eq!(records[1]["metadata"]["deleteToken"], true);
+
+    rig.wait_tokens("game_apns", "alive-1\nother-2").await;
+    stats_until(
+        &rig.statsd,
+        &[
+            (
+                "herald.mobile.sent|#platform:apns,game:game,topic:push-game_apns_single",
+                2,
+            ),
+            ("herald.mobile.ack|#platform:apns,game:game", 1),
+            (
+                "herald.mobile.failed|#platform:apns,game:game,reason:unregistered",
+                1,
+            ),
+        ],
+    )
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_gcm_notifications_go_out_as_fcm_v1() {
+    let rig = Rig::start().await;
+    rig.register("game_gcm", &["g-alive", "g-dead"]);
+    rig.fcm.respond(
+        "g-dead",
+        FcmError::new(404, "UNREGISTERED", "Requested entity was not found."),
+    );
+    let running = Running::start(&rig.config("gcm-group")).await;
+
+    rig.produce(
+        GCM_TOPIC,
+        json!({"to": "g-alive", "message_id": "m-1", "priority": "high", "time_to_live": 600,
+               "notification": {"title": "Come play!", "body": "Helena misses you", "sound": "bell"},
+               "data": {"level": 7}, "metadata": {"campaign": "c1"}}),
+    )
+    .await;
+    rig.produce(
+        GCM_TOPIC,
+        json!({"to": "g-dead", "message_id": "m-2", "data": {}}),
+    )
+    .await;
+
+    let requests = rig.fcm.wait_for(2, STEP).await;
+    let alive = requests.iter().find(|r| r.token == "g-alive").unwrap();
+    assert_eq!(alive.project, "game-project");
+    let message = &alive.body["message"];
+    assert_eq!(
+        message["notification"],
+        json!({"title": "Come play!", "body": "Helena misses you"})
+    );
+    assert_eq!(message["android"]["notification"]["sound"], "bell");
+    assert_eq!(message["android"]["priority"], "high");
+    assert_eq!(
+        message["data"],
+        json!({"level": "7", "M": "{\"campaign\":\"c1\"}"})
+    );
+    let ttl = message["android"]["ttl"].as_str().unwrap();
+    let secs: u64 = ttl.trim_end_matches('s').parse().unwrap();
+    assert!((595..=600).contains(&secs), "{ttl}");
+
+    let mut records = feedback(&rig.kafka, GCM_FEEDBACK, 2).await;
+    records.sort_by_key(|r| r["message_id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(records[0]["from"], "g-alive");
+    assert_eq!(records[0]["message_type"], "ack");
+    assert_eq!(records[1]["from"], "g-dead");
+    assert_eq!(records[1]["message_type"], "nack");
+    assert_eq!(records[1]["error"], "UNREGISTERED");
+    assert_eq!(records[1]["metadata"]["deleteToken"], true);
+
+    rig.wait_tokens("game_gcm", "g-alive").await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_pushes_are_retried_up_to_the_attempt_limit() {
+    let rig = Rig::start().await;
+    rig.apns.respond("busy", 429, "TooManyRequests");
+    let running = Running::start(&rig.config("retry-group")).await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "busy", "Payload": {"aps": {}}}),
+    )
+    .await;
+    let records = feedback(&rig.kafka, APNS_FEEDBACK, 1).await;
+    assert_eq!(records[0]["status"], 429);
+    assert_eq!(records[0]["err"]["key"], "too-many-requests");
+    assert_eq!(
+        records[0]["metadata"].get("deleteToken"),
+        None,
+        "throttling says nothing about the token"
+    );
+    let tries = rig
+        .apns
+        .requests()
+        .iter()
+        .filter(|r| r.token == "busy")
+        .count();
+    assert_eq!(tries, 3, "the seed's three attempts");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expired_and_unknown_messages_are_skipped_and_the_rest_flows() {
+    let rig = Rig::start().await;
+    rig.kafka.create_topic("push-stranger_apns_single");
+    let running = Running::start(&rig.config("skip-group")).await;
+    rig.producer
+        .send(
+            FutureRecord::<(), _>::to(APNS_TOPIC).payload("{not json"),
+            STEP,
+        )
+        .await
+        .unwrap();
+    rig.produce(APNS_TOPIC, json!({"Payload": {"aps": {}}}))
+        .await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "late", "Payload": {"aps": {}}, "push_expiry": 1_000}),
+    )
+    .await;
+    rig.produce(
+        "push-stranger_apns_single",
+        json!({"DeviceToken": "stranger", "Payload": {"aps": {}}}),
+    )
+    .await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "after", "Payload": {"aps": {}}}),
+    )
+    .await;
+
+    let counts = stats_until(
+        &rig.statsd,
+        &[
+            (
+                "herald.mobile.failed|#platform:apns,game:game,reason:invalid-json",
+                1,
+            ),
+            (
+                "herald.mobile.failed|#platform:apns,game:game,reason:missing-device-token",
+                1,
+            ),
+            (
+                "herald.mobile.failed|#platform:apns,game:game,reason:push-expired",
+                1,
+            ),
+            (
+                "herald.mobile.failed|#platform:apns,game:stranger,reason:unknown-app",
+                1,
+            ),
+            ("herald.mobile.ack|#platform:apns,game:game", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        counts.get("herald.mobile.sent|#platform:apns,game:game,topic:push-game_apns_single"),
+        Some(&1),
+        "only the good notification reached APNs: {counts:?}"
+    );
+    let tokens: Vec<String> = rig.apns.requests().into_iter().map(|r| r.token).collect();
+    assert_eq!(tokens, ["after"]);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pipeline_resumes_after_what_it_finished() {
+    let rig = Rig::start().await;
+    let config = rig.config("resume-group");
+    let running = Running::start(&config).await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "first", "Payload": {"aps": {}}}),
+    )
+    .await;
+    rig.apns.wait_for(1, STEP).await;
+    feedback(&rig.kafka, APNS_FEEDBACK, 1).await;
+    running.stop().await;
+
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "second", "Payload": {"aps": {}}}),
+    )
+    .await;
+    let running = Running::start(&config).await;
+    let requests = rig.apns.wait_for(2, STEP).await;
+    let tokens: Vec<&str> = requests.iter().map(|r| r.token.as_str()).collect();
+    assert_eq!(tokens, ["first", "second"], "nothing resent, nothing lost");
+    // The second run finished its one notification; nothing else arrives.
+    feedback(&rig.kafka, APNS_FEEDBACK, 2).await;
+    assert_eq!(rig.apns.requests().len(), 2);
+    running.stop().await;
+}

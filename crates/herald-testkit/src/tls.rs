@@ -1,0 +1,154 @@
+//! The TLS scaffold under the mock push services: a self-signed certificate
+//! for 127.0.0.1, ALPN, hyper connections, and a synchronous handler per
+//! request (the mocks keep their state behind a mutex and never await).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::http::request::Parts;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+/// What the mocks answer with.
+pub(crate) type Reply = Response<Full<Bytes>>;
+
+/// Which HTTP versions a server speaks: APNs is HTTP/2 only, Google's
+/// endpoints take both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Versions {
+    H2Only,
+    H2AndHttp1,
+}
+
+/// A running server; stops (and deletes its files) when dropped.
+pub(crate) struct TlsServer {
+    /// `https://127.0.0.1:PORT`, which the certificate covers.
+    pub(crate) url: String,
+    /// The certificate, for clients to add as a root.
+    pub(crate) ca_path: PathBuf,
+    dir: tempfile::TempDir,
+    task: JoinHandle<()>,
+}
+
+impl TlsServer {
+    /// A directory that lives as long as the server, for keys and
+    /// credentials the tests hand to clients.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        // The connection tasks live in the accept task's JoinSet: they go too.
+        self.task.abort();
+    }
+}
+
+/// A loopback listener on a free port, bound before the handler is built so
+/// the handler can know its own URL.
+pub(crate) async fn bind() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    (listener, addr)
+}
+
+/// Serves `handle` over TLS on `listener` until the returned server drops.
+pub(crate) fn serve<H>(listener: TcpListener, versions: Versions, handle: H) -> TlsServer
+where
+    H: Fn(Parts, Bytes) -> Reply + Send + Sync + 'static,
+{
+    let addr = listener.local_addr().expect("local address");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("make a self-signed certificate");
+    let dir = tempfile::tempdir().expect("make a temp dir");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, certified.cert.pem()).expect("write the certificate");
+
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("TLS server config");
+    config.alpn_protocols = match versions {
+        Versions::H2Only => vec![b"h2".to_vec()],
+        Versions::H2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let handle = Arc::new(handle);
+
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            while connections.try_join_next().is_some() {}
+            let acceptor = acceptor.clone();
+            let handle = handle.clone();
+            connections.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let handle = handle.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(handle(parts, body))
+                        }
+                    });
+                let io = TokioIo::new(tls);
+                match versions {
+                    Versions::H2Only => {
+                        let builder =
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                    Versions::H2AndHttp1 => {
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                }
+            });
+        }
+    });
+    TlsServer {
+        url: format!("https://{addr}"),
+        ca_path,
+        dir,
+        task,
+    }
+}
+
+/// A response with a JSON body.
+pub(crate) fn json(status: u16, body: &serde_json::Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    *reply.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().expect("header"),
+    );
+    reply
+}
+
+/// The token of an `authorization: bearer …` header (the scheme's case
+/// varies: Apple writes `bearer`, Google `Bearer`).
+pub(crate) fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
