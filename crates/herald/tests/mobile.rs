@@ -1,0 +1,107 @@
+//! The binary runs the mobile pipeline beside the server when `[mobile]` is
+//! enabled: a notification produced to Kafka (a real tansu broker) reaches a
+//! local APNs server that speaks Apple's protocol, and SIGTERM stops both.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{HERALD, Herald};
+use herald_testkit::apns::MockApns;
+use herald_testkit::kafka::Kafka;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+const STEP: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_notifications_reach_apns_through_the_binary() {
+    let kafka = Kafka::start(&["push-shop_apns_single", "push-shop-apns-feedbacks"]);
+    let apns = MockApns::start().await;
+    let key = apns.issue_key("KEY42", "TEAM42");
+    let ca = apns.ca_pem_path();
+    let brokers = kafka.bootstrap();
+    let url = apns.url();
+    let mut herald = Herald::start(&[
+        ("HERALD_MOBILE__ENABLED", "true"),
+        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
+        ("HERALD_MOBILE__KAFKA__OFFSET_RESET", "earliest"),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY42"),
+        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM42"),
+        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
+        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
+        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
+    ]);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let body =
+        json!({"DeviceToken": "device-1", "Payload": {"aps": {"alert": "sale!"}}}).to_string();
+    producer
+        .send(
+            FutureRecord::<(), _>::to("push-shop_apns_single").payload(&body),
+            STEP,
+        )
+        .await
+        .unwrap();
+
+    let requests = apns.wait_for(1, STEP).await;
+    assert_eq!(requests[0].token, "device-1");
+    assert_eq!(requests[0].body, json!({"aps": {"alert": "sale!"}}));
+    assert_eq!(requests[0].header("apns-topic"), Some("com.example.shop"));
+    // The server still serves beside the pipeline.
+    let health = reqwest::get(format!("http://{}/health/live", herald.addr))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+
+    let status = herald.terminate();
+    assert!(status.success(), "herald exited with {status}");
+}
+
+#[test]
+fn mobile_settings_are_checked() {
+    let out = Command::new(HERALD)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("[mobile.kafka]"), "{text}");
+    assert!(text.contains("table = \"{app}_{platform}\""), "{text}");
+
+    let out = Command::new(HERALD)
+        .args(["config", "check"])
+        .env("HERALD_MOBILE__ENABLED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs credentials"), "{stderr}");
+
+    let out = Command::new(HERALD)
+        .args(["config", "check"])
+        .env("HERALD_MOBILE__KAFKA__SURPRISE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("surprise"), "{stderr}");
+
+    let out = Command::new(HERALD)
+        .args(["config", "check"])
+        .env(
+            "HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL",
+            "postgres://pusher:s3cret@db/push",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("postgres://<redacted>@db/push"), "{text}");
+}
