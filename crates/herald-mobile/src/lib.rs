@@ -14,5 +14,5 @@ mod tokens;
 pub mod topic;
 
 pub use config::MobileConfig;
-pub use pipeline::{Mobile, MobileError};
+pub use pipeline::{Mobile, MobileError, MobileMetrics};
 pub use provider::{Platform, Provider, Push, Rejection, Sent};

@@ -63,11 +63,23 @@ struct Shared {
     offsets: Mutex<Offsets>,
     /// `None` when feedback is off.
     producer: Option<FutureProducer>,
-    stats: Stats,
+    /// Shared with `/metrics`, which outlives the pipeline.
+    stats: Arc<Stats>,
     /// `None` when no database is configured.
     tokens: Option<InvalidTokens>,
     attempts: u32,
     retry_backoff: Duration,
+}
+
+/// A handle on the pipeline's counters.
+#[derive(Clone)]
+pub struct MobileMetrics(Arc<Stats>);
+
+impl MobileMetrics {
+    /// Appends the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        self.0.render(out);
+    }
 }
 
 /// One Kafka message, copied out of the consumer's buffer.
@@ -147,7 +159,7 @@ impl Mobile {
                 consumer,
                 offsets: Mutex::new(Offsets::default()),
                 producer,
-                stats,
+                stats: Arc::new(stats),
                 tokens,
                 attempts: config.attempts,
                 retry_backoff: config.retry_backoff,
@@ -159,9 +171,10 @@ impl Mobile {
         })
     }
 
-    /// Totals since start: `sent`, `ack`, `failed`.
-    pub fn total(&self, name: &str) -> u64 {
-        self.shared.stats.total(name)
+    /// The pipeline's counters, for Herald's `/metrics`; they stay readable
+    /// after `run` has taken the pipeline.
+    pub fn metrics(&self) -> MobileMetrics {
+        MobileMetrics(self.shared.stats.clone())
     }
 
     /// Consumes until `shutdown` resolves, then lets in-flight pushes finish

@@ -1,7 +1,8 @@
 //! Counters of what was sent, acknowledged and refused, reported to StatsD
 //! with DataDog tags like the seed (`sent`, `ack`, `failed`,
 //! `send_notification_latency`), aggregated between flushes so a busy
-//! pipeline sends a few datagrams a second, not one per push.
+//! pipeline sends a few datagrams a second, not one per push; and kept as
+//! running totals for Herald's Prometheus `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -29,10 +30,14 @@ pub(crate) struct Stats {
 
 #[derive(Default)]
 struct Pending {
+    /// StatsD counts since the last flush, keyed by `name#tags`.
     counters: BTreeMap<String, u64>,
+    /// StatsD timing lines since the last flush.
     timings: Vec<String>,
-    /// Totals since start, for logs and tests.
-    totals: BTreeMap<&'static str, u64>,
+    /// Prometheus totals since start: (metric, labels) → count.
+    totals: BTreeMap<(&'static str, String), u64>,
+    /// Provider answer times since start per platform: (count, seconds).
+    latency: BTreeMap<&'static str, (u64, f64)>,
 }
 
 impl Stats {
@@ -61,18 +66,24 @@ impl Stats {
             route.platform.as_str(),
             route.app
         );
-        self.count("sent", &tags);
+        self.count(
+            "sent",
+            &tags,
+            ("herald_mobile_sent_total", Self::labels(route)),
+        );
     }
 
     /// The provider took a push.
     pub(crate) fn ack(&self, route: &Route) {
-        self.count("ack", &Self::tags(route));
+        let total = ("herald_mobile_acked_total", Self::labels(route));
+        self.count("ack", &Self::tags(route), total);
     }
 
     /// A push failed for `reason` (a `feedback::reason_key`).
     pub(crate) fn failed(&self, route: &Route, reason: &str) {
         let tags = format!("{},reason:{reason}", Self::tags(route));
-        self.count("failed", &tags);
+        let labels = format!("{},reason=\"{reason}\"", Self::labels(route));
+        self.count("failed", &tags, ("herald_mobile_failed_total", labels));
     }
 
     /// How long the provider took to answer.
@@ -87,11 +98,39 @@ impl Stats {
         if p.timings.len() < MAX_TIMINGS {
             p.timings.push(line);
         }
+        let (count, sum) = p.latency.entry(route.platform.as_str()).or_default();
+        *count += 1;
+        *sum += took.as_secs_f64();
     }
 
-    /// Totals since start: `sent`, `ack`, `failed`.
-    pub(crate) fn total(&self, name: &str) -> u64 {
-        self.pending.lock().totals.get(name).copied().unwrap_or(0)
+    /// Appends the totals in the Prometheus text format. Labels: platform,
+    /// app (configured apps, plus any a topic names) and the reason key.
+    pub(crate) fn render(&self, out: &mut String) {
+        let p = self.pending.lock();
+        for (name, help) in [
+            ("herald_mobile_sent_total", "Pushes handed to APNs or FCM."),
+            ("herald_mobile_acked_total", "Pushes the provider accepted."),
+            (
+                "herald_mobile_failed_total",
+                "Notifications refused by the provider or skipped, by reason.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((metric, labels), n) in &p.totals {
+                if *metric == name {
+                    let _ = writeln!(out, "{name}{{{labels}}} {n}");
+                }
+            }
+        }
+        let name = "herald_mobile_send_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from sending a push to the provider's answer, retries included.\n# TYPE {name} summary"
+        );
+        for (platform, (count, sum)) in &p.latency {
+            let _ = writeln!(out, "{name}_sum{{platform=\"{platform}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{platform=\"{platform}\"}} {count}");
+        }
     }
 
     /// Sends what accumulated since the last flush.
@@ -133,12 +172,20 @@ impl Stats {
         format!("platform:{},game:{}", route.platform.as_str(), route.app)
     }
 
-    fn count(&self, name: &'static str, tags: &str) {
+    fn labels(route: &Route) -> String {
+        format!(
+            "platform=\"{}\",app=\"{}\"",
+            route.platform.as_str(),
+            route.app
+        )
+    }
+
+    fn count(&self, name: &'static str, tags: &str, total: (&'static str, String)) {
         let mut key = String::with_capacity(name.len() + 1 + tags.len());
         let _ = write!(key, "{name}#{tags}");
         let mut p = self.pending.lock();
         *p.counters.entry(key).or_default() += 1;
-        *p.totals.entry(name).or_default() += 1;
+        *p.totals.entry(total).or_default() += 1;
     }
 }
 
@@ -186,7 +233,20 @@ mod tests {
                 "herald.mobile.send_notification_latency:12|ms|#platform:apns,game:game",
             ]
         );
-        assert_eq!(stats.total("sent"), 3);
+        let mut prometheus = String::new();
+        stats.render(&mut prometheus);
+        for line in [
+            "herald_mobile_sent_total{platform=\"apns\",app=\"game\"} 3",
+            "herald_mobile_acked_total{platform=\"apns\",app=\"game\"} 1",
+            "herald_mobile_failed_total{platform=\"apns\",app=\"game\",reason=\"unregistered\"} 1",
+            "herald_mobile_send_seconds_count{platform=\"apns\"} 1",
+            "# TYPE herald_mobile_failed_total counter",
+        ] {
+            assert!(
+                prometheus.lines().any(|l| l == line),
+                "{line} in {prometheus}"
+            );
+        }
         // Nothing new: the next flush sends nothing.
         stats.flush().await;
         stats.ack(&route);

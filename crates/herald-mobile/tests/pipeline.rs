@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use herald_mobile::provider::apns::ApnsConfig;
 use herald_mobile::provider::fcm::FcmConfig;
-use herald_mobile::{Mobile, MobileConfig};
+use herald_mobile::{Mobile, MobileConfig, MobileMetrics};
 use herald_testkit::apns::MockApns;
 use herald_testkit::fcm::{FcmError, MockFcm};
 use herald_testkit::kafka::Kafka;
@@ -149,22 +149,32 @@ impl Rig {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    metrics: MobileMetrics,
 }
 
 impl Running {
     async fn start(config: &MobileConfig) -> Running {
         let mobile = Mobile::start(config).await.unwrap();
+        let metrics = mobile.metrics();
         let stop = CancellationToken::new();
         let task = tokio::spawn(mobile.run(stop.clone().cancelled_owned()));
-        Running { stop, task }
+        Running {
+            stop,
+            task,
+            metrics,
+        }
     }
 
-    async fn stop(self) {
+    /// Stops the pipeline; returns its metrics as they were when it ended.
+    async fn stop(self) -> String {
         self.stop.cancel();
         tokio::time::timeout(STEP, self.task)
             .await
             .expect("the pipeline stops within its graceful timeout")
             .unwrap();
+        let mut text = String::new();
+        self.metrics.render(&mut text);
+        text
     }
 }
 
@@ -459,5 +469,48 @@ async fn a_restarted_pipeline_resumes_after_what_it_finished() {
     // The second run finished its one notification; nothing else arrives.
     feedback(&rig.kafka, APNS_FEEDBACK, 2).await;
     assert_eq!(rig.apns.requests().len(), 2);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_pushes_in_flight_finish_and_commits_them() {
+    let rig = Rig::start().await;
+    let mut config = rig.config("drain-group");
+    // Nothing else to wait for at shutdown: only the pushes hold it up.
+    config.invalid_tokens.postgres_url = String::new();
+    let running = Running::start(&config).await;
+    rig.apns.answer_after(Duration::from_millis(500));
+    for token in ["slow-1", "slow-2", "slow-3"] {
+        rig.produce(
+            APNS_TOPIC,
+            json!({"DeviceToken": token, "Payload": {"aps": {}}}),
+        )
+        .await;
+    }
+    // All three reached APNs and wait for its answer when the stop comes.
+    rig.apns.wait_for(3, STEP).await;
+    let metrics = running.stop().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"herald_mobile_acked_total{platform="apns",app="game"} 3"#),
+        "the pipeline ended before the answers: {metrics}"
+    );
+
+    // Each got its answer and its feedback before the pipeline ended …
+    let records = feedback(&rig.kafka, APNS_FEEDBACK, 3).await;
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:?}");
+    // … and its offset committed: a new run sends none of them again.
+    rig.apns.answer_after(Duration::ZERO);
+    let running = Running::start(&config).await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "fresh", "Payload": {"aps": {}}}),
+    )
+    .await;
+    feedback(&rig.kafka, APNS_FEEDBACK, 4).await;
+    let tokens: Vec<String> = rig.apns.requests().into_iter().map(|r| r.token).collect();
+    assert_eq!(tokens.len(), 4, "{tokens:?}");
+    assert_eq!(tokens[3], "fresh");
     running.stop().await;
 }

@@ -34,7 +34,13 @@ pub struct Metrics {
     opened: [AtomicU64; 2],
     /// Connections refused because `max_connections` was reached.
     refused: AtomicU64,
+    /// Metrics of parts that run beside the server (the mobile pipeline),
+    /// appended to the exposition.
+    extra: parking_lot::RwLock<Vec<ExtraMetrics>>,
 }
+
+/// Appends metrics in the Prometheus text format.
+pub type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// Holds one connection slot; releases it on drop.
 pub(crate) struct ConnectionSlot {
@@ -185,7 +191,15 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
         let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {total}");
+        for render in self.extra.read().iter() {
+            render(&mut out);
+        }
         out
+    }
+
+    /// Adds metrics rendered after the server's own.
+    pub fn add(&self, render: ExtraMetrics) {
+        self.extra.write().push(render);
     }
 }
 

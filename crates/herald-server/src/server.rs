@@ -57,6 +57,11 @@ impl Server {
         &self.state
     }
 
+    /// Adds metrics of a part running beside the server to `/metrics`.
+    pub fn add_metrics(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.state.metrics.add(Box::new(render));
+    }
+
     /// Serves until `signal` resolves (or the state's shutdown is triggered),
     /// then tells every client to reconnect and waits for them to go, up to
     /// `server.shutdown_timeout`.

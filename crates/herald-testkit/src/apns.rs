@@ -89,6 +89,8 @@ struct Inner {
     canned: HashMap<String, (u16, String)>,
     requests: Vec<ApnsRequest>,
     jwts: HashSet<String>,
+    /// How long every answer waits after the request is recorded.
+    delay: Duration,
 }
 
 struct State {
@@ -112,7 +114,8 @@ impl MockApns {
         let (listener, _) = tls::bind().await;
         let handler = state.clone();
         let server = tls::serve(listener, Versions::H2Only, move |parts, body| {
-            handler.handle(parts, body)
+            let reply = handler.handle(parts, body);
+            (reply, handler.inner.lock().expect("mock APNs state").delay)
         });
         MockApns { server, state }
     }
@@ -152,6 +155,12 @@ impl MockApns {
         self.lock()
             .canned
             .insert(token.into(), (status, reason.into()));
+    }
+
+    /// Holds every answer back for `delay` after recording the request, to
+    /// keep pushes in flight.
+    pub fn answer_after(&self, delay: Duration) {
+        self.lock().delay = delay;
     }
 
     /// Every request so far, in arrival order.

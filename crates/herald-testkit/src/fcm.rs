@@ -120,7 +120,7 @@ impl MockFcm {
         });
         let handler = state.clone();
         let server = tls::serve(listener, Versions::H2AndHttp1, move |parts, body| {
-            handler.handle(parts, body)
+            (handler.handle(parts, body), Duration::ZERO)
         });
         MockFcm { server, state }
     }

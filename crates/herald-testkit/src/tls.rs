@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -64,7 +65,7 @@ pub(crate) async fn bind() -> (TcpListener, SocketAddr) {
 /// Serves `handle` over TLS on `listener` until the returned server drops.
 pub(crate) fn serve<H>(listener: TcpListener, versions: Versions, handle: H) -> TlsServer
 where
-    H: Fn(Parts, Bytes) -> Reply + Send + Sync + 'static,
+    H: Fn(Parts, Bytes) -> (Reply, Duration) + Send + Sync + 'static,
 {
     let addr = listener.local_addr().expect("local address");
     let certified =
@@ -108,7 +109,11 @@ where
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await?.to_bytes();
-                            Ok::<_, hyper::Error>(handle(parts, body))
+                            let (reply, delay) = handle(parts, body);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, hyper::Error>(reply)
                         }
                     });
                 let io = TokioIo::new(tls);

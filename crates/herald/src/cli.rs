@@ -144,6 +144,8 @@ fn serve(settings: Settings) -> Result<(), String> {
             let mobile = Mobile::start(&settings.mobile)
                 .await
                 .map_err(|e| format!("cannot start mobile push: {e}"))?;
+            let metrics = mobile.metrics();
+            server.add_metrics(move |out| metrics.render(out));
             Some(mobile)
         } else {
             None

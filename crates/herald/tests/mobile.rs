@@ -59,6 +59,23 @@ async fn kafka_notifications_reach_apns_through_the_binary() {
         .await
         .unwrap();
     assert!(health.status().is_success());
+    // Its counters are on the server's /metrics, once APNs' answer is read
+    // (a poll, bounded: the answer reaches the mock before the counter moves).
+    let acked = "herald_mobile_acked_total{platform=\"apns\",app=\"shop\"} 1";
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let text = reqwest::get(format!("http://{}/metrics", herald.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == acked) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {acked} in {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let status = herald.terminate();
     assert!(status.success(), "herald exited with {status}");
