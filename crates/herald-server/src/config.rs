@@ -26,6 +26,39 @@ pub struct Config {
     pub pushstream: PushStreamConfig,
     /// PushaaS's push-api publisher API (docs/pushstream.md).
     pub pushapi: PushApiConfig,
+    /// PushaaS's Tsuru service API: instances on demand (docs/pushstream.md).
+    pub pushaas: PushaasConfig,
+}
+
+/// The Tsuru service API of PushaaS. Each instance is a namespace of its
+/// own, with its own push-api and push-stream routes and credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushaasConfig {
+    /// Whether the routes are mounted.
+    pub enabled: bool,
+    /// Mount point: Tsuru's service endpoint is `<prefix>/api/v1`, and
+    /// instance `x` is served under `<prefix>/instances/x/`.
+    pub prefix: String,
+    /// Tsuru's basic-auth user (pushaas's `api.basic_auth_user`).
+    pub username: String,
+    /// Tsuru's basic-auth password.
+    pub password: String,
+    /// The base URL bound apps reach Herald at, for `PUSHAAS_ENDPOINT`;
+    /// empty: `http://<Host of the bind request>`.
+    pub public_url: String,
+}
+
+impl Default for PushaasConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "/pushaas".into(),
+            username: "tsuru".into(),
+            password: "abc123".into(),
+            public_url: String::new(),
+        }
+    }
 }
 
 /// The push-stream dialect. Defaults are PushaaS's `nginx.conf`.

@@ -1,6 +1,7 @@
 //! The push-stream routes in a real browser: `tests/browser/pushstream.mjs`
 //! drives headless Chromium (playwright-core) against this Herald, with
-//! short TTLs so every transport is forced to reconnect and resume.
+//! short TTLs so every transport is forced to reconnect and resume;
+//! `tests/browser/admin.mjs` works push-api's admin page.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -60,15 +61,20 @@ async fn missing() -> Option<String> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushstream_transports_in_chromium_resume_across_reconnects() {
+/// One browser at a time: Chromium is heavy and the push-stream test's
+/// timing tight. The guard also keeps two `npm ci` from racing.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether the browser tests can run (else they skip, unless required),
+/// with the node modules installed.
+async fn prepared() -> bool {
     if let Some(why) = missing().await {
         assert!(
             std::env::var("HERALD_BROWSER_TESTS").as_deref() != Ok("required"),
             "browser test required but {why}"
         );
         eprintln!("SKIPPED: browser test ({why}; apt-get install -y chromium nodejs npm)");
-        return;
+        return false;
     }
     let dir = browser_dir();
     if !dir.join("node_modules/playwright-core").exists() {
@@ -81,6 +87,16 @@ async fn pushstream_transports_in_chromium_resume_across_reconnects() {
         .await
         .unwrap_or_else(|e| panic!("npm ci: {e}"));
     }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushstream_transports_in_chromium_resume_across_reconnects() {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    let dir = browser_dir();
     let server = TestServer::with(|c| {
         let ps = &mut c.pushstream;
         ps.subscriber_ttl = Duration::from_millis(1200);
@@ -95,6 +111,32 @@ async fn pushstream_transports_in_chromium_resume_across_reconnects() {
             .arg(server.http("/ps"))
             .current_dir(&dir),
         Duration::from_secs(150),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushapi_admin_page_in_chromium() {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    let server = TestServer::with(|c| {
+        c.pushstream.enabled = true;
+        c.pushapi.enabled = true;
+        // No keep-alive `ping` among the messages the page's subscriber gets.
+        c.pushapi.persistent_ping_interval = Duration::ZERO;
+    })
+    .await;
+    let out = succeeds(
+        Command::new("node")
+            .arg("admin.mjs")
+            .arg(server.http(""))
+            .current_dir(browser_dir()),
+        Duration::from_secs(120),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));

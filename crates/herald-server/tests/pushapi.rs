@@ -317,3 +317,112 @@ async fn persistent_channels_get_the_keepalive_ping() {
     );
     assert_eq!(sub.next().await["text"], "ping");
 }
+
+#[tokio::test]
+async fn admin_page_redirect_content_types_and_csp() {
+    let s = TestServer::start().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // `/` under the prefix: a relative redirect to `<prefix>/admin`.
+    let res = no_redirects.get(s.http("/push-api")).send().await.unwrap();
+    assert_eq!(res.status(), 301);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, "./push-api/admin");
+    let target = res.url().join(&location).unwrap();
+    assert_eq!(target.path(), "/push-api/admin");
+    // With the trailing slash too, as push-api's `/` is usually typed.
+    let res = no_redirects.get(s.http("/push-api/")).send().await.unwrap();
+    assert_eq!(res.status(), 301);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(res.url().join(&location).unwrap().path(), "/push-api/admin");
+
+    // The page, its script and styles: no auth, strict CSP, no inline code.
+    let res = client().get(s.http("/push-api")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().path(), "/push-api/admin");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"<script src="admin/app.js" defer></script>"#));
+    assert!(html.contains(r#"<link rel="stylesheet" href="admin/app.css">"#));
+    assert!(!html.contains("<script>") && !html.contains("<style") && !html.contains("<base"));
+
+    // `/admin/` is the page too, its relative URLs based as from `/admin`.
+    let res = client()
+        .get(s.http("/push-api/admin/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(res.headers()["content-security-policy"], csp.as_str());
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains(r#"<base href="../admin">"#)
+    );
+
+    for (path, content_type, needle) in [
+        (
+            "/push-api/admin/app.js",
+            "application/javascript; charset=utf-8",
+            "\"api/v1/\"",
+        ),
+        (
+            "/push-api/admin/app.css",
+            "text/css; charset=utf-8",
+            "[hidden]",
+        ),
+    ] {
+        let res = client().get(s.http(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["content-type"], content_type, "{path}");
+        assert_eq!(res.headers()["content-security-policy"], csp.as_str());
+        assert!(res.text().await.unwrap().contains(needle), "{path}");
+    }
+    // Other methods and paths under /admin are gin's 404.
+    let res = client()
+        .post(s.http("/push-api/admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.text().await.unwrap(), "404 page not found");
+    let res = client()
+        .get(s.http("/push-api/admin/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // Any prefix: `/a/b` redirects to `/a/b/admin`.
+    let s = TestServer::with(|c| c.pushapi.prefix = "/tenant/push".into()).await;
+    let res = no_redirects
+        .get(s.http("/tenant/push"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 301);
+    assert_eq!(res.headers()["location"], "./push/admin");
+    let res = client().get(s.http("/tenant/push")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().path(), "/tenant/push/admin");
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+}

@@ -6,6 +6,7 @@
 
 pub(crate) mod native;
 pub(crate) mod push;
+pub(crate) mod pushaas;
 pub(crate) mod pushapi;
 pub(crate) mod pushca;
 pub(crate) mod pushstream;

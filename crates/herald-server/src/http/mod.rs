@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
-use crate::dialect::{native, push, pushapi, pushca, pushstream, send};
+use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,12 +22,24 @@ pub fn router(state: AppState) -> Router {
     // The push-stream URL API (docs/pushstream.md).
     let ps = &state.config.pushstream;
     if ps.enabled {
-        router = router.nest(&ps.prefix, pushstream::router(&state));
+        router = router.nest(
+            &ps.prefix,
+            pushstream::router(&state, state.default_app.clone()),
+        );
     }
     // PushaaS's push-api (docs/pushstream.md).
     let pa = &state.config.pushapi;
     if pa.enabled {
-        router = router.nest(&pa.prefix, pushapi::router(&state));
+        let mount = pushapi::Mount::default_app(&state);
+        router = router
+            .nest(&pa.prefix, pushapi::router(&state, mount))
+            // A nested router cannot see `<prefix>/`: the admin page's redirect.
+            .route(&format!("{}/", pa.prefix), get(pushapi::admin::redirect));
+    }
+    // PushaaS's Tsuru service API and its instances (docs/pushstream.md).
+    let tsuru = &state.config.pushaas;
+    if tsuru.enabled {
+        router = router.nest(&tsuru.prefix, pushaas::router(&state));
     }
     let router = router
         // Native API (docs/api.md).

@@ -37,23 +37,28 @@ fn base64(input: &[u8]) -> String {
 
 /// Equal without an early exit, so the comparison time does not tell how
 /// much of a guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Middleware: passes authorized requests (or all, with `enable_auth` off).
 pub(crate) async fn require(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if !state.ps.app.config.pushapi.enable_auth {
+    let Some(wanted) = &state.authorization else {
         return next.run(req).await;
-    }
+    };
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    if same(given, state.authorization.as_bytes()) {
+    if same(given, wanted.as_bytes()) {
         return next.run(req).await;
     }
+    unauthorized()
+}
+
+/// gin's 401, with the realm it names.
+pub(crate) fn unauthorized() -> Response {
     let mut res = StatusCode::UNAUTHORIZED.into_response();
     res.headers_mut().insert(
         header::WWW_AUTHENTICATE,

@@ -32,12 +32,15 @@ struct CreateBody {
     ttl: Option<i64>,
 }
 
-/// The record kind push-api's channels are stored under.
-const KIND: &str = "push-api:channel";
-
 /// The live records, oldest first.
 async fn live(state: &ApiState) -> Result<Vec<Channel>, BrokerError> {
-    let records = state.ps.app.engine.broker().records(KIND).await?;
+    let records = state
+        .ps
+        .app
+        .engine
+        .broker()
+        .records(&state.record_kind)
+        .await?;
     Ok(records
         .iter()
         .filter_map(|r| serde_json::from_slice(&r.value).ok())
@@ -81,7 +84,10 @@ pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Respon
         .filter(|s| *s > 0)
         .map(Duration::from_secs);
     let broker = state.ps.app.engine.broker();
-    match broker.create_record(KIND, record, keep_for).await {
+    match broker
+        .create_record(&state.record_kind, record, keep_for)
+        .await
+    {
         Ok(true) => {
             tracing::debug!(channel = %id, ttl, "push-api channel created.");
             StatusCode::CREATED.into_response()
@@ -107,7 +113,7 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Response {
 pub(crate) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     let broker = state.ps.app.engine.broker();
     let channel = broker
-        .record(KIND, &id)
+        .record(&state.record_kind, &id)
         .await
         .map(|r| r.and_then(|r| serde_json::from_slice::<Channel>(&r.value).ok()));
     match channel {
@@ -119,7 +125,14 @@ pub(crate) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
 
 /// `DELETE /api/v1/channels/{id}` → 204, or 404 with code 30.
 pub(crate) async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match state.ps.app.engine.broker().delete_record(KIND, &id).await {
+    match state
+        .ps
+        .app
+        .engine
+        .broker()
+        .delete_record(&state.record_kind, &id)
+        .await
+    {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, 30, "channel not found"),
         Err(e) => failed(31, &e),
@@ -144,12 +157,14 @@ pub(crate) fn start_keepalive(state: &ApiState) {
         loop {
             tokio::select! {
                 () = state.ps.app.shutdown.signalled() => return,
+                () = state.retired.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let broker = state.ps.app.engine.broker();
             // Slightly shorter than the interval, so the next tick finds it free.
             let lease = every.mul_f64(0.9);
-            if !matches!(broker.lease("push-api:keepalive", lease).await, Ok(true)) {
+            let name = format!("{}:keepalive", state.record_kind);
+            if !matches!(broker.lease(&name, lease).await, Ok(true)) {
                 continue;
             }
             match live(&state).await {

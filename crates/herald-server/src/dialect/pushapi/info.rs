@@ -44,15 +44,14 @@ fn host_and_port(url: &str) -> (String, String) {
 
 /// `GET /api/v1/config` → `{"pushStream":{"hostname","port","url"}}`.
 pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let cfg = &state.ps.app.config;
-    let url = if cfg.pushapi.push_stream_url.is_empty() {
+    let url = if state.push_stream_url.is_empty() {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("localhost");
-        format!("http://{host}{}", cfg.pushstream.prefix)
+        format!("http://{host}{}", state.push_stream_path)
     } else {
-        cfg.pushapi.push_stream_url.clone()
+        state.push_stream_url.clone()
     };
     let (hostname, port) = host_and_port(&url);
     gin_json(
@@ -151,7 +150,7 @@ pub(crate) async fn channel_stats(
     Path(id): Path<String>,
 ) -> Response {
     let ps = &state.ps;
-    let keys: Vec<_> = ps.app.channel(&id).into_iter().collect();
+    let keys: Vec<_> = ps.channel(&id).into_iter().collect();
     let infos = match ps.channel_infos(&keys).await {
         Ok(infos) => infos,
         Err(res) => return res,

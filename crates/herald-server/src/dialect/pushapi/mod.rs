@@ -9,6 +9,7 @@
 //! - [`messages`]: publishing, with push-api's path escaping.
 //! - [`info`]: root, healthcheck, config and stats.
 
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod channels;
 pub(crate) mod info;
@@ -23,6 +24,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::dialect::pushstream::PsState;
 use crate::state::AppState;
@@ -34,8 +36,49 @@ pub(crate) struct ApiState(Arc<Inner>);
 pub(crate) struct Inner {
     /// The push-stream side, for publishing and stats.
     pub(crate) ps: PsState,
-    /// The exact `Authorization` value basic auth accepts.
-    pub(crate) authorization: String,
+    /// The exact `Authorization` value basic auth accepts; `None`: no auth.
+    pub(crate) authorization: Option<String>,
+    /// The record kind this mount's channel records are stored under.
+    pub(crate) record_kind: String,
+    /// The push-stream URL `/api/v1/config` reports; empty: the request's
+    /// host and `push_stream_path`.
+    pub(crate) push_stream_url: String,
+    pub(crate) push_stream_path: String,
+    /// Ends the keep-alive pings of a mount that is gone.
+    pub(crate) retired: CancellationToken,
+}
+
+/// Where one push-api is mounted: the default app's under `[pushapi]`, or
+/// a PushaaS instance's own.
+pub(crate) struct Mount {
+    /// The app namespace its channels live in.
+    pub(crate) namespace: Arc<str>,
+    /// The `Authorization` value it wants; `None`: open.
+    pub(crate) authorization: Option<String>,
+    /// Record kind of its channel records (`push-api:channel` for the default).
+    pub(crate) record_kind: String,
+    /// Its push-stream routes' URL and path, for `/api/v1/config`.
+    pub(crate) push_stream_url: String,
+    pub(crate) push_stream_path: String,
+    /// Cancelled when the mount goes away.
+    pub(crate) retired: CancellationToken,
+}
+
+impl Mount {
+    /// The `[pushapi]` mount over the default app.
+    pub(crate) fn default_app(app: &AppState) -> Mount {
+        let cfg = &app.config.pushapi;
+        Mount {
+            namespace: app.default_app.clone(),
+            authorization: cfg
+                .enable_auth
+                .then(|| auth::expected(&cfg.basic_auth_user, &cfg.basic_auth_password)),
+            record_kind: "push-api:channel".into(),
+            push_stream_url: cfg.push_stream_url.clone(),
+            push_stream_path: app.config.pushstream.prefix.clone(),
+            retired: CancellationToken::new(),
+        }
+    }
 }
 
 impl std::ops::Deref for ApiState {
@@ -75,12 +118,15 @@ async fn not_found() -> Response {
     res
 }
 
-/// The routes, to nest under the prefix.
-pub(crate) fn router(app: &AppState) -> Router<AppState> {
-    let cfg = &app.config.pushapi;
+/// The routes of `mount`, to nest under its prefix.
+pub(crate) fn router(app: &AppState, mount: Mount) -> Router<AppState> {
     let state = ApiState(Arc::new(Inner {
-        ps: PsState::new(app.clone()),
-        authorization: auth::expected(&cfg.basic_auth_user, &cfg.basic_auth_password),
+        ps: PsState::new(app.clone(), mount.namespace),
+        authorization: mount.authorization,
+        record_kind: mount.record_kind,
+        push_stream_url: mount.push_stream_url,
+        push_stream_path: mount.push_stream_path,
+        retired: mount.retired,
     }));
     channels::start_keepalive(&state);
     let api = Router::new()
@@ -99,7 +145,12 @@ pub(crate) fn router(app: &AppState) -> Router<AppState> {
         .route("/api/v1/messages", post(messages::publish))
         .route("/api/v1/stats/global", get(info::global_stats))
         .route("/api/v1/stats/channels/{id}", get(info::channel_stats))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
+        .route("/", get(admin::redirect))
+        .route("/admin", get(admin::page))
+        .route("/admin/", get(admin::page_slash))
+        .route("/admin/app.js", get(admin::script))
+        .route("/admin/app.css", get(admin::style));
     api.fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(state)

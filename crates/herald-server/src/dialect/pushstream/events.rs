@@ -16,7 +16,7 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     if state.cfg.events_channel_id.is_empty() || state.is_events_channel(channel) {
         return;
     }
-    let Ok(key) = state.app.channel(&state.cfg.events_channel_id) else {
+    let Ok(key) = state.channel(&state.cfg.events_channel_id) else {
         return;
     };
     let mut text = String::from("{\"type\": \"");

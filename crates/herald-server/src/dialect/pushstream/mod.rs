@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::any;
 use bytes::Bytes;
-use herald_core::Publication;
+use herald_core::{ChannelKey, ChannelNameError, Publication};
 
 use self::format::{PING_ID, Render};
 use self::template::{Fields, Template, lines};
@@ -48,6 +48,9 @@ pub(crate) struct PsState(Arc<Inner>);
 pub(crate) struct Inner {
     /// The server's shared state.
     pub(crate) app: AppState,
+    /// The app namespace this mount's channels live in: `default`, or a
+    /// PushaaS instance's own.
+    pub(crate) namespace: Arc<str>,
     /// `[pushstream]`.
     pub(crate) cfg: PushStreamConfig,
     /// Templates shared by every connection's format.
@@ -92,7 +95,7 @@ fn comments(text: &str) -> Bytes {
 }
 
 impl PsState {
-    pub(crate) fn new(app: AppState) -> Self {
+    pub(crate) fn new(app: AppState, namespace: Arc<str>) -> Self {
         let cfg = app.config.pushstream.clone();
         let render = Arc::new(Render::new(&cfg));
         let ping = Template::parse(&cfg.message_template).to_bytes(&Fields {
@@ -112,12 +115,18 @@ impl PsState {
         };
         Self(Arc::new(Inner {
             app,
+            namespace,
             cfg,
             render,
             started: Instant::now(),
             hostname: hostname(),
             chunks,
         }))
+    }
+
+    /// A channel of this mount's namespace.
+    pub(crate) fn channel(&self, name: &str) -> Result<ChannelKey, ChannelNameError> {
+        ChannelKey::new(&self.namespace, name)
     }
 
     pub(crate) fn is_events_channel(&self, id: &str) -> bool {
@@ -230,8 +239,8 @@ pub(crate) fn channels_path(uri: &Uri) -> &str {
 }
 
 /// The routes, to nest under the prefix.
-pub(crate) fn router(app: &AppState) -> Router<AppState> {
-    let state = PsState::new(app.clone());
+pub(crate) fn router(app: &AppState, namespace: Arc<str>) -> Router<AppState> {
+    let state = PsState::new(app.clone(), namespace);
     let mut r = Router::new()
         .route("/pub", any(publisher::handle))
         .route("/channels-stats", any(stats::handle));

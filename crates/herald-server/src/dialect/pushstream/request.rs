@@ -99,7 +99,6 @@ pub(crate) fn channel_key(state: &PsState, id: &str) -> Result<ChannelKey, Refus
         return Err(Refusal::new(StatusCode::BAD_REQUEST, TOO_LARGE));
     }
     state
-        .app
         .channel(id)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))
 }

@@ -214,11 +214,11 @@ pub(crate) struct Summary {
 }
 
 impl PsState {
-    /// Every channel of the default app, cluster-wide on a cluster.
+    /// Every channel of the namespace, cluster-wide on a cluster.
     pub(crate) async fn all_channels(&self) -> Result<Vec<ChannelInfo>, Response> {
         self.app
             .engine
-            .channel_infos(&self.app.default_app)
+            .channel_infos(&self.namespace)
             .await
             .map_err(unavailable)
     }
@@ -362,7 +362,7 @@ async fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Result<Response, Response> 
                 .collect();
             return Ok(group(ps, fmt, &all, &matching));
         }
-        if let Ok(key) = ps.app.channel(&r.id) {
+        if let Ok(key) = ps.channel(&r.id) {
             keys.push(key);
         }
     }

@@ -1,0 +1,340 @@
+//! `/api/v1/resources…`: the Tsuru service API. An instance is a record in
+//! the broker (so every node of a cluster serves it), with the password its
+//! push-api wants; binding an app hands it the variables to reach that
+//! push-api. Instances need no provisioning: they are ready (204) at once.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::{BrokerError, Record};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+
+use super::{TsuruState, error};
+
+/// The record kind instances are stored under.
+const KIND: &str = "pushaas:instance";
+/// The one plan, as pushaas offers it.
+const PLAN: &str = "small";
+
+/// An instance as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) name: String,
+    plan: String,
+    team: String,
+    user: String,
+    /// The push-api password of the instance (the user is its name).
+    pub(crate) password: String,
+}
+
+/// An instance as Tsuru sees it: no password.
+#[derive(Serialize)]
+struct Shown<'a> {
+    name: &'a str,
+    plan: &'a str,
+    team: &'a str,
+    user: &'a str,
+    status: &'static str,
+}
+
+impl Stored {
+    fn shown(&self) -> Shown<'_> {
+        Shown {
+            name: &self.name,
+            plan: &self.plan,
+            team: &self.team,
+            user: &self.user,
+            status: "running",
+        }
+    }
+}
+
+/// The bind records of instance `name`, one per app.
+fn bindings_kind(name: &str) -> String {
+    format!("pushaas:binding:{name}")
+}
+
+/// Instance names: what Tsuru allows, and safe as one path segment.
+fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        // `GET /plans` and `GET /instances` share the instance route.
+        && name != "plans"
+        && name != "instances"
+}
+
+/// A form body (Tsuru sends `application/x-www-form-urlencoded`, also on
+/// DELETE); unparsable bodies read as empty.
+fn form(body: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes(body).unwrap_or_default()
+}
+
+/// The stored instance `name`.
+pub(crate) async fn find(state: &TsuruState, name: &str) -> Result<Option<Stored>, BrokerError> {
+    let record = state.app.engine.broker().record(KIND, name).await?;
+    Ok(record.and_then(|r| serde_json::from_slice(&r.value).ok()))
+}
+
+fn unavailable(e: &BrokerError, code: u16, message: &'static str) -> Response {
+    tracing::warn!(error = %e, "PushaaS instance store unavailable.");
+    error(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+}
+
+/// `POST /resources` (form `name, plan, team, user`) → 201; 409 code 22
+/// when the name is taken; 400 code 23 for a bad name or plan.
+pub(crate) async fn create(State(state): State<TsuruState>, body: Bytes) -> Response {
+    let mut f = form(&body);
+    let name = f.remove("name").unwrap_or_default();
+    let plan = f.remove("plan").filter(|p| !p.is_empty());
+    if !valid_name(&name) || plan.as_deref().is_some_and(|p| p != PLAN) {
+        return error(StatusCode::BAD_REQUEST, 23, "Invalid instance data");
+    }
+    let stored = Stored {
+        name: name.clone(),
+        plan: PLAN.into(),
+        team: f.remove("team").unwrap_or_default(),
+        user: f.remove("user").unwrap_or_default(),
+        password: Alphanumeric.sample_string(&mut rand::rng(), 24),
+    };
+    let record = Record {
+        id: name.clone(),
+        value: serde_json::to_vec(&stored).unwrap_or_default().into(),
+        created_ms: now_ms(),
+    };
+    match state
+        .app
+        .engine
+        .broker()
+        .create_record(KIND, record, None)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(instance = %name, team = %stored.team, "PushaaS instance created.");
+            StatusCode::CREATED.into_response()
+        }
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            22,
+            "An instance with this name already exists",
+        ),
+        Err(e) => unavailable(&e, 20, "Failed to create instance"),
+    }
+}
+
+/// `GET /resources/plans`, `GET /resources/instances`, or `GET
+/// /resources/<name>` (`[{name, plan, team, user, status}]`; 404 code 11).
+pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+    match name.as_str() {
+        "plans" => Json(serde_json::json!([
+            {"name": PLAN, "description": "A Push Service of its own: push-api and push-stream routes"}
+        ]))
+        .into_response(),
+        "instances" => match state.app.engine.broker().records(KIND).await {
+            Ok(records) => {
+                let all: Vec<Stored> = records
+                    .iter()
+                    .filter_map(|r| serde_json::from_slice(&r.value).ok())
+                    .collect();
+                Json(all.iter().map(Stored::shown).collect::<Vec<_>>()).into_response()
+            }
+            Err(e) => unavailable(&e, 10, "Failed to retrieve instance"),
+        },
+        _ => match find(&state, &name).await {
+            Ok(Some(stored)) => Json([stored.shown()]).into_response(),
+            Ok(None) => error(StatusCode::NOT_FOUND, 11, "Instance not found"),
+            Err(e) => unavailable(&e, 10, "Failed to retrieve instance"),
+        },
+    }
+}
+
+/// `PUT /resources/<name>`: 404, which tells Tsuru "not implemented".
+pub(crate) async fn update() -> StatusCode {
+    StatusCode::NOT_FOUND
+}
+
+/// `DELETE /resources/<name>` → 200; 404 code 32. The instance's bindings,
+/// channel records and channels go with it; its subscribers are told.
+pub(crate) async fn remove(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+    let broker = state.app.engine.broker();
+    match broker.delete_record(KIND, &name).await {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, 32, "Instance not found"),
+        Err(e) => return unavailable(&e, 30, "Failed to delete instance"),
+    }
+    if let Err(e) = super::mount::purge(&state, &name).await {
+        // The instance is gone; what is left behind expires or is unreachable.
+        tracing::warn!(instance = %name, error = %e, "PushaaS instance not fully purged.");
+    }
+    tracing::info!(instance = %name, "PushaaS instance removed.");
+    StatusCode::OK.into_response()
+}
+
+/// `GET /resources/<name>/status`: 204 (running); 404 code 41.
+pub(crate) async fn status(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+    match find(&state, &name).await {
+        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, 41, "Instance not found"),
+        Err(e) => unavailable(&e, 40, "Failed to retrieve instance status"),
+    }
+}
+
+/// What a bound app gets: where its push-api is and how to log in.
+fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Response {
+    let cfg = &state.app.config.pushaas;
+    let base = if cfg.public_url.is_empty() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    } else {
+        cfg.public_url.trim_end_matches('/').to_owned()
+    };
+    let endpoint = format!(
+        "{base}{}{}",
+        cfg.prefix.trim_end_matches('/'),
+        super::mount::api_path(&stored.name)
+    );
+    let env = serde_json::json!({
+        "PUSHAAS_ENDPOINT": endpoint,
+        "PUSHAAS_USERNAME": stored.name,
+        "PUSHAAS_PASSWORD": stored.password,
+    });
+    (StatusCode::CREATED, Json(env)).into_response()
+}
+
+/// `POST /resources/<name>/bind-app` (form `app-host, app-name`) → 201 with
+/// the app's variables; 404 code 100; 500 code 101 when already bound.
+pub(crate) async fn bind_app(
+    State(state): State<TsuruState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let app_name = f.get("app-name").cloned().unwrap_or_default();
+    let stored = match find(&state, &name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return error(StatusCode::NOT_FOUND, 100, "Instance not found"),
+        Err(e) => return unavailable(&e, 102, "Failed to bind instance to app"),
+    };
+    if app_name.is_empty() {
+        return error(StatusCode::BAD_REQUEST, 102, "app-name is required");
+    }
+    let record = Record {
+        id: app_name.clone(),
+        value: serde_json::to_vec(&f).unwrap_or_default().into(),
+        created_ms: now_ms(),
+    };
+    let broker = state.app.engine.broker();
+    match broker
+        .create_record(&bindings_kind(&name), record, None)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(instance = %name, app = %app_name, "PushaaS instance bound.");
+            variables(&state, &headers, &stored)
+        }
+        Ok(false) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            101,
+            "Instance is already bound to app",
+        ),
+        Err(e) => unavailable(&e, 102, "Failed to bind instance to app"),
+    }
+}
+
+/// `DELETE /resources/<name>/bind-app` (form body) → 200; 404 code 110
+/// (no instance) or 111 (not bound).
+pub(crate) async fn unbind_app(
+    State(state): State<TsuruState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let app_name = form(&body).remove("app-name").unwrap_or_default();
+    match find(&state, &name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, 110, "Instance not found"),
+        Err(e) => return unavailable(&e, 112, "Failed to unbind instance from app"),
+    }
+    let broker = state.app.engine.broker();
+    match broker.delete_record(&bindings_kind(&name), &app_name).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, 111, "Instance is not bound to app"),
+        Err(e) => unavailable(&e, 112, "Failed to unbind instance from app"),
+    }
+}
+
+/// `POST /resources/<name>/bind` (a unit of a bound app) → 201 with the
+/// variables; 404 code 100.
+pub(crate) async fn bind_unit(
+    State(state): State<TsuruState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match find(&state, &name).await {
+        Ok(Some(stored)) => variables(&state, &headers, &stored),
+        Ok(None) => error(StatusCode::NOT_FOUND, 100, "Instance not found"),
+        Err(e) => unavailable(&e, 102, "Failed to bind instance to app"),
+    }
+}
+
+/// `DELETE /resources/<name>/bind` → 200: units hold nothing to release.
+pub(crate) async fn unbind_unit(
+    State(state): State<TsuruState>,
+    Path(name): Path<String>,
+) -> Response {
+    match find(&state, &name).await {
+        Ok(Some(_)) => StatusCode::OK.into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, 110, "Instance not found"),
+        Err(e) => unavailable(&e, 112, "Failed to unbind instance from app"),
+    }
+}
+
+/// Removes every bind record of instance `name`.
+pub(crate) async fn drop_bindings(state: &TsuruState, name: &str) -> Result<(), BrokerError> {
+    let broker = state.app.engine.broker();
+    let kind = bindings_kind(name);
+    for record in broker.records(&kind).await? {
+        broker.delete_record(&kind, &record.id).await?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_are_single_safe_segments() {
+        for good in ["a", "my-app", "App_2", &"x".repeat(63)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a/b",
+            "a b",
+            "plans",
+            "instances",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! PushaaS's Tsuru service API, under `[pushaas] prefix`: Tsuru creates,
+//! binds and removes Push Service instances here (`/api/v1/resources…`), and
+//! each instance is served at once, as a namespace of its own with its own
+//! push-api (`/instances/<name>/push-api/…`, its own credentials) and
+//! push-stream routes (`/instances/<name>/ps/…`). See docs/pushstream.md.
+//!
+//! - [`instances`]: the service API (plans, instances, status, binds).
+//! - [`mount`]: the instances' push-api and push-stream routes.
+
+pub(crate) mod instances;
+pub(crate) mod mount;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Serialize;
+
+use crate::dialect::pushapi::{auth, gin_json};
+use crate::state::AppState;
+
+/// Everything the handlers share; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct TsuruState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) app: AppState,
+    /// The `Authorization` value Tsuru must send.
+    authorization: String,
+    /// The instances this node serves, built on first use.
+    pub(crate) mounts: mount::Mounts,
+}
+
+impl std::ops::Deref for TsuruState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// pushaas's error body: `{"code": N, "message": "…", "fields": ""}`.
+#[derive(Serialize)]
+struct TsuruError {
+    code: u16,
+    message: &'static str,
+    fields: &'static str,
+}
+
+/// An error reply as pushaas writes it.
+pub(crate) fn error(status: StatusCode, code: u16, message: &'static str) -> Response {
+    gin_json(
+        status,
+        &TsuruError {
+            code,
+            message,
+            fields: "",
+        },
+    )
+}
+
+/// Middleware: Tsuru's basic auth, as gin's `BasicAuth` answers.
+async fn require(State(state): State<TsuruState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    if auth::same(given, state.authorization.as_bytes()) {
+        return next.run(req).await;
+    }
+    auth::unauthorized()
+}
+
+/// The routes, to nest under the prefix.
+pub(crate) fn router(app: &AppState) -> Router<AppState> {
+    let cfg = &app.config.pushaas;
+    let state = TsuruState(Arc::new(Inner {
+        app: app.clone(),
+        authorization: auth::expected(&cfg.username, &cfg.password),
+        mounts: mount::Mounts::default(),
+    }));
+    let service = Router::new()
+        .route("/api/v1/resources", post(instances::create))
+        .route(
+            "/api/v1/resources/{name}",
+            get(instances::get)
+                .put(instances::update)
+                .delete(instances::remove),
+        )
+        .route("/api/v1/resources/{name}/status", get(instances::status))
+        .route(
+            "/api/v1/resources/{name}/bind-app",
+            post(instances::bind_app).delete(instances::unbind_app),
+        )
+        .route(
+            "/api/v1/resources/{name}/bind",
+            post(instances::bind_unit).delete(instances::unbind_unit),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require));
+    service
+        .route("/instances/{name}/{*rest}", any(mount::dispatch))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// gin's default 404.
+async fn not_found() -> Response {
+    let mut res = (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}

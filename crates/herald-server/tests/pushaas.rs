@@ -1,0 +1,279 @@
+//! PushaaS's Tsuru service API over real HTTP: Tsuru creates and binds an
+//! instance, the bound app publishes through the instance's own push-api
+//! with the credentials it was given, the instance's push-stream
+//! subscribers get the message and nobody else's do, and removing the
+//! instance ends its routes and its subscribers.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const TSURU: (&str, &str) = ("tsuru", "abc123");
+
+async fn server() -> TestServer {
+    TestServer::with(|c| c.pushaas.enabled = true).await
+}
+
+fn resources(s: &TestServer, path: &str) -> String {
+    s.http(&format!("/pushaas/api/v1/resources{path}"))
+}
+
+/// A Tsuru request: basic auth, form body.
+async fn tsuru(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(method, resources(s, path))
+        .basic_auth(TSURU.0, Some(TSURU.1))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn json_of(res: reqwest::Response) -> Value {
+    res.json().await.unwrap()
+}
+
+/// A push-stream `/sub` stream, message by message (the JSON template).
+struct Sub {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Sub {
+    async fn open(url: String) -> Self {
+        let res = reqwest::get(url).await.unwrap();
+        assert_eq!(res.status(), 200);
+        Self {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next message, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.find('}') {
+                let msg: String = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_str(&msg).unwrap());
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("no message in time")?
+                .unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn tsuru_creates_binds_and_removes_an_instance() {
+    let s = server().await;
+    let none = reqwest::Client::new()
+        .get(resources(&s, "/plans"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401, "Tsuru's credentials are required");
+
+    let plans = json_of(tsuru(&s, reqwest::Method::GET, "/plans", &[]).await).await;
+    assert_eq!(plans[0]["name"], "small");
+
+    let create = [
+        ("name", "chat"),
+        ("plan", "small"),
+        ("team", "core"),
+        ("user", "ana@example.com"),
+    ];
+    let res = tsuru(&s, reqwest::Method::POST, "", &create).await;
+    assert_eq!(res.status(), 201);
+    let res = tsuru(&s, reqwest::Method::POST, "", &create).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(json_of(res).await["code"], 22);
+    for bad in [[("name", "a/b")], [("name", "")], [("name", "plans")]] {
+        let res = tsuru(&s, reqwest::Method::POST, "", &bad).await;
+        assert_eq!(res.status(), 400, "{bad:?}");
+        assert_eq!(json_of(res).await["code"], 23);
+    }
+    let res = tsuru(
+        &s,
+        reqwest::Method::POST,
+        "",
+        &[("name", "x"), ("plan", "huge")],
+    )
+    .await;
+    assert_eq!(res.status(), 400, "unknown plan");
+
+    let shown = json!([{"name": "chat", "plan": "small", "team": "core",
+                        "user": "ana@example.com", "status": "running"}]);
+    assert_eq!(
+        json_of(tsuru(&s, reqwest::Method::GET, "/chat", &[]).await).await,
+        shown
+    );
+    assert_eq!(
+        json_of(tsuru(&s, reqwest::Method::GET, "/instances", &[]).await).await,
+        shown
+    );
+    assert_eq!(
+        tsuru(&s, reqwest::Method::GET, "/chat/status", &[])
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        tsuru(&s, reqwest::Method::PUT, "/chat", &[]).await.status(),
+        404,
+        "update is not implemented, as Tsuru reads 404"
+    );
+    let res = tsuru(&s, reqwest::Method::GET, "/nope", &[]).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(json_of(res).await["code"], 11);
+
+    // Bind: the app gets where its push-api is and how to log in.
+    let bind = [("app-host", "web.example.com"), ("app-name", "web")];
+    let res = tsuru(&s, reqwest::Method::POST, "/chat/bind-app", &bind).await;
+    assert_eq!(res.status(), 201);
+    let env = json_of(res).await;
+    let endpoint = env["PUSHAAS_ENDPOINT"].as_str().unwrap().to_owned();
+    assert_eq!(endpoint, s.http("/pushaas/instances/chat/push-api"));
+    assert_eq!(env["PUSHAAS_USERNAME"], "chat");
+    let password = env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned();
+    assert!(password.len() >= 20, "{password}");
+    let again = tsuru(&s, reqwest::Method::POST, "/chat/bind-app", &bind).await;
+    assert_eq!(again.status(), 500);
+    assert_eq!(json_of(again).await["code"], 101);
+    let unit = tsuru(
+        &s,
+        reqwest::Method::POST,
+        "/chat/bind",
+        &[("app-name", "web"), ("unit-host", "10.0.0.7")],
+    )
+    .await;
+    assert_eq!(unit.status(), 201);
+    assert_eq!(json_of(unit).await["PUSHAAS_PASSWORD"], password.as_str());
+
+    // The app publishes with its credentials; only the instance's
+    // subscribers hear it.
+    let mut mine = Sub::open(s.http("/pushaas/instances/chat/ps/sub/room")).await;
+    let mut default_app = Sub::open(s.http("/ps/sub/room")).await;
+    let publish = |user: &'static str, password: String| {
+        let url = format!("{endpoint}/api/v1/messages");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .basic_auth(user, Some(password))
+                .body(r#"{"channels":["room"],"content":"hi there"}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(publish("chat", "wrong".into()).await, 401);
+    assert_eq!(
+        publish("app", "abc123".into()).await,
+        401,
+        "the default push-api credentials open no instance"
+    );
+    assert_eq!(publish("chat", password.clone()).await, 204);
+    let m = mine.next().await.unwrap();
+    assert_eq!(
+        (m["channel"].clone(), m["text"].clone()),
+        (json!("room"), json!("hi%20there"))
+    );
+    // The default namespace's "room" is another channel: a message there
+    // arrives, the instance's does not.
+    s.publish(json!({"channel": "room", "data": "default only"}))
+        .await;
+    let d = default_app.next().await.unwrap();
+    assert_eq!(d["channel"], "room");
+    assert_ne!(d["text"], "hi%20there");
+
+    // Its push-api answers for its own channels and points at its push-stream.
+    let config: Value = reqwest::Client::new()
+        .get(format!("{endpoint}/api/v1/config"))
+        .basic_auth("chat", Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config["pushStream"]["url"],
+        s.http("/pushaas/instances/chat/ps")
+    );
+
+    // Unbind, then remove: the routes go, the subscriber is let go.
+    let res = tsuru(&s, reqwest::Method::DELETE, "/chat/bind-app", &bind).await;
+    assert_eq!(res.status(), 200);
+    let res = tsuru(&s, reqwest::Method::DELETE, "/chat/bind-app", &bind).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(json_of(res).await["code"], 111);
+    assert_eq!(
+        tsuru(&s, reqwest::Method::DELETE, "/chat", &[])
+            .await
+            .status(),
+        200
+    );
+    // push-stream tells subscribers of a deleted channel (id -2), then ends.
+    let last = mine.next().await.unwrap();
+    assert_eq!(last["id"], -2, "{last}");
+    assert_eq!(
+        publish("chat", password.clone()).await,
+        404,
+        "a removed instance's routes are gone"
+    );
+    let res = tsuru(&s, reqwest::Method::DELETE, "/chat", &[]).await;
+    assert_eq!(json_of(res).await["code"], 32);
+    assert_eq!(
+        tsuru(&s, reqwest::Method::GET, "/chat/status", &[])
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        json_of(tsuru(&s, reqwest::Method::GET, "/instances", &[]).await).await,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_recreated_instance_gets_new_credentials() {
+    let s = server().await;
+    let bind = [("app-host", "h"), ("app-name", "web")];
+    let mut passwords = Vec::new();
+    for _ in 0..2 {
+        let res = tsuru(&s, reqwest::Method::POST, "", &[("name", "again")]).await;
+        assert_eq!(res.status(), 201);
+        let env = json_of(tsuru(&s, reqwest::Method::POST, "/again/bind-app", &bind).await).await;
+        passwords.push(env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned());
+        let auth = reqwest::Client::new()
+            .get(s.http("/pushaas/instances/again/push-api/api/v1/auth"))
+            .basic_auth("again", Some(passwords.last().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(auth.status(), 200);
+        assert_eq!(
+            tsuru(&s, reqwest::Method::DELETE, "/again", &[])
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_ne!(passwords[0], passwords[1]);
+    let old = reqwest::Client::new()
+        .get(s.http("/pushaas/instances/again/push-api/api/v1/auth"))
+        .basic_auth("again", Some(&passwords[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 404);
+}
