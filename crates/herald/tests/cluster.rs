@@ -897,3 +897,103 @@ async fn nodes_authenticate_with_the_configured_password() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot start"));
 }
+
+/// A Tsuru service API request (form body) to `node`.
+async fn tsuru(
+    node: &Herald,
+    method: reqwest::Method,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(
+            method,
+            format!("http://{}/pushaas/api/v1/resources{path}", node.addr),
+        )
+        .basic_auth("tsuru", Some("abc123"))
+        .form(form)
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushaas_instance_is_served_by_every_node() {
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let file = config_file(&[redis.url()]);
+    let env = [
+        ("HERALD_CONFIG", file.to_str().unwrap()),
+        ("HERALD_PUSHAAS__ENABLED", "true"),
+    ];
+    let n = [Herald::start_on_one_core(&env), Herald::start(&env)];
+
+    let created = tsuru(&n[0], Method::POST, "", &[("name", "shop"), ("team", "t")]).await;
+    assert_eq!(created.status(), 201);
+    let bound = tsuru(
+        &n[1],
+        Method::POST,
+        "/shop/bind-app",
+        &[("app-host", "h"), ("app-name", "web")],
+    )
+    .await;
+    assert_eq!(bound.status(), 201);
+    let env: Value = bound.json().await.unwrap();
+    let password = env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned();
+
+    // A subscriber of the instance on node 0, a publisher on node 1.
+    let sub = reqwest::get(format!(
+        "http://{}/pushaas/instances/shop/ps/sub/orders",
+        n[0].addr
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sub.status(), 200);
+    let mut sub = sub.bytes_stream();
+    let mut seen = String::new();
+    let publish = || {
+        reqwest::Client::new()
+            .post(format!(
+                "http://{}/pushaas/instances/shop/push-api/api/v1/messages",
+                n[1].addr
+            ))
+            .basic_auth("shop", Some(&password))
+            .body(r#"{"channels":["orders"],"content":"new order"}"#)
+            .timeout(WAIT)
+            .send()
+    };
+    // The subscription reaches Redis asynchronously: publish until it lands
+    // (bounded; each round waits for the stream, not a fixed sleep).
+    let deadline = Instant::now() + WAIT;
+    while !seen.contains("new%20order") {
+        assert!(
+            Instant::now() < deadline,
+            "nothing across nodes; saw {seen:?}"
+        );
+        assert_eq!(publish().await.unwrap().status(), 204);
+        if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
+        {
+            seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    }
+
+    // Removed through node 1, the instance is gone on node 0 too.
+    assert_eq!(
+        tsuru(&n[1], Method::DELETE, "/shop", &[]).await.status(),
+        200
+    );
+    let gone = reqwest::get(format!(
+        "http://{}/pushaas/instances/shop/ps/channels-stats",
+        n[0].addr
+    ))
+    .await
+    .unwrap();
+    assert_eq!(gone.status(), 404);
+    assert_eq!(
+        tsuru(&n[0], Method::GET, "/shop/status", &[])
+            .await
+            .status(),
+        404
+    );
+}
