@@ -126,7 +126,8 @@ mod tests {
         ] {
             assert!(!text.contains(leaked), "{leaked} in {text}");
         }
-        assert_eq!(text.matches("<redacted>").count(), 7, "{text}");
+        // Seven set here, and pushaas.password by its default.
+        assert_eq!(text.matches("<redacted>").count(), 8, "{text}");
         assert!(
             text.contains("redis://<redacted>@10.0.0.5:6379/0"),
             "{text}"
