@@ -7,10 +7,7 @@
 // Usage: node admin.mjs http://127.0.0.1:PORT   (or env HERALD)
 // Env: CHROMIUM (default /usr/bin/chromium), PUSHAPI_PREFIX (/push-api),
 // PUSHSTREAM_PREFIX (/ps), PUSHAPI_USER (app), PUSHAPI_PASSWORD (abc123).
-import { chromium } from "playwright-core";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
+import { close, launch } from "./launch.mjs";
 
 const base = (process.argv[2] || process.env.HERALD || "").replace(/\/+$/, "");
 if (!base) {
@@ -53,21 +50,7 @@ async function api(method, p) {
   return res.status;
 }
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-chromium-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-features=LocalNetworkAccessChecks",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-  ],
-});
+const context = await launch();
 
 try {
   const page = await context.newPage();
@@ -244,6 +227,5 @@ try {
 } catch (e) {
   fail(e.stack || String(e));
 } finally {
-  await context.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  await close(context);
 }

@@ -6,10 +6,9 @@
 //
 // Usage: node pushstream.mjs http://127.0.0.1:PORT/ps
 // Env: CHROMIUM (default /usr/bin/chromium), MESSAGES (default 40).
-import { chromium } from "playwright-core";
+import { close, launch } from "./launch.mjs";
 import http from "node:http";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -40,21 +39,7 @@ const pageServer = http.createServer((req, res) => {
 await new Promise((r) => pageServer.listen(0, "127.0.0.1", r));
 const pageUrl = `http://127.0.0.1:${pageServer.address().port}/?herald=${encodeURIComponent(herald)}`;
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-chromium-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-features=LocalNetworkAccessChecks",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-  ],
-});
+const context = await launch();
 
 try {
   const page = await context.newPage();
@@ -116,7 +101,6 @@ try {
 } catch (e) {
   fail(e.stack || String(e));
 } finally {
-  await context.close();
+  await close(context);
   pageServer.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
 }

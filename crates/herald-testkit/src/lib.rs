@@ -37,6 +37,23 @@ pub(crate) fn log_tail(path: &Path) -> String {
     format!("--- last lines of {} ---\n{tail}", path.display())
 }
 
+/// Installs Debian `packages` with apt-get (as root), panicking on failure.
+pub(crate) fn apt_install(packages: &[&str]) {
+    let install: Vec<&str> = ["install", "-y"]
+        .into_iter()
+        .chain(packages.iter().copied())
+        .collect();
+    for args in [&["update"][..], &install[..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run apt-get");
+        assert!(status.success(), "apt-get {args:?} failed");
+    }
+}
+
 /// Whether this process runs as root (and so may install packages, and must
 /// drop privileges for PostgreSQL).
 pub(crate) fn is_root() -> bool {

@@ -38,15 +38,7 @@ pub fn ensure_postgres_installed() -> Option<&'static Path> {
                 "PostgreSQL (initdb/postgres) not found; install it \
                  (apt-get install -y postgresql) to run these tests"
             );
-            for args in [&["update"][..], &["install", "-y", "postgresql"][..]] {
-                let status = Command::new("apt-get")
-                    .args(args)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("run apt-get");
-                assert!(status.success(), "apt-get {args:?} failed");
-            }
+            crate::apt_install(&["postgresql"]);
             Some(debian_bin_dir().expect("initdb still missing after apt-get install postgresql"))
         })
         .as_deref()

@@ -20,27 +20,12 @@ pub fn ensure_redis_installed() {
         if has("redis-server") && has("redis-cli") {
             return;
         }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
         assert!(
-            root,
+            crate::is_root(),
             "redis-server/redis-cli not found; install them \
              (apt-get install -y redis-server redis-tools) to run these tests"
         );
-        for args in [
-            &["update"][..],
-            &["install", "-y", "redis-server", "redis-tools"][..],
-        ] {
-            let status = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .expect("run apt-get");
-            assert!(status.success(), "apt-get {args:?} failed");
-        }
+        crate::apt_install(&["redis-server", "redis-tools"]);
         assert!(
             has("redis-server"),
             "redis-server still missing after apt-get"
