@@ -181,7 +181,12 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
         401,
         "the default push-api credentials open no instance"
     );
+    // A WebSocket subscriber of the instance: the upgrade passes through the
+    // instance's routes too.
+    let mut ws = s.ws("/pushaas/instances/chat/ps/ws/room").await;
     assert_eq!(publish("chat", password.clone()).await, 204);
+    let w: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(w["text"], "hi%20there");
     let m = mine.next().await.unwrap();
     assert_eq!(
         (m["channel"].clone(), m["text"].clone()),
