@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::provider::apns::ApnsConfig;
 use crate::provider::fcm::FcmConfig;
+use crate::provider::webpush::WebPushConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +33,8 @@ pub struct MobileConfig {
     pub apns: BTreeMap<String, ApnsConfig>,
     /// FCM credentials per app; topics call the platform `gcm`.
     pub fcm: BTreeMap<String, FcmConfig>,
+    /// Web Push (VAPID) credentials per app; topics call the platform `webpush`.
+    pub webpush: BTreeMap<String, WebPushConfig>,
     pub invalid_tokens: InvalidTokensConfig,
     pub statsd: StatsdConfig,
 }
@@ -48,6 +51,7 @@ impl Default for MobileConfig {
             kafka: KafkaConfig::default(),
             apns: BTreeMap::new(),
             fcm: BTreeMap::new(),
+            webpush: BTreeMap::new(),
             invalid_tokens: InvalidTokensConfig::default(),
             statsd: StatsdConfig::default(),
         }
@@ -60,8 +64,11 @@ impl MobileConfig {
         if !self.enabled {
             return Ok(());
         }
-        if self.apns.is_empty() && self.fcm.is_empty() {
-            return Err("mobile.enabled needs credentials in mobile.apns or mobile.fcm".into());
+        if self.apns.is_empty() && self.fcm.is_empty() && self.webpush.is_empty() {
+            return Err(
+                "mobile.enabled needs credentials in mobile.apns, mobile.fcm or mobile.webpush"
+                    .into(),
+            );
         }
         if self.concurrency == 0 || self.attempts == 0 {
             return Err("mobile.concurrency and mobile.attempts must be at least 1".into());
@@ -101,7 +108,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group: "herald-mobile".into(),
-            topics: "^push-[^-_]+_(apns|gcm)[_-](single|massive)".into(),
+            topics: "^push-[^-_]+_(apns|gcm|webpush)[_-](single|massive)".into(),
             session_timeout: Duration::from_secs(6),
             offset_reset: "latest".into(),
             metadata_refresh: Duration::from_secs(30),

@@ -45,6 +45,7 @@ pub fn record(notification: &Notification, result: &Result<Sent, Rejection>) -> 
     match notification.platform {
         Platform::Apns => apns(notification, result, metadata),
         Platform::Gcm => gcm(notification, result, metadata),
+        Platform::WebPush => web_push(notification, result, metadata),
     }
 }
 
@@ -83,6 +84,35 @@ fn gcm(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String,
             out["message_type"] = "nack".into();
             out["error"] = r.reason.clone().into();
             out["error_description"] = r.description.clone().into();
+        }
+    }
+    out
+}
+
+/// Web Push: `{"endpoint", "status", "location"?, "timestamp", "metadata"}`,
+/// with `reason` and `description` (the push service's text) on failure.
+/// The status of a success is 201, RFC 8030's answer.
+fn web_push(
+    n: &Notification,
+    result: &Result<Sent, Rejection>,
+    metadata: Map<String, Value>,
+) -> Value {
+    let mut out = json!({
+        "endpoint": n.push.token,
+        "timestamp": now_ms(),
+        "metadata": metadata,
+    });
+    match result {
+        Ok(sent) => {
+            out["status"] = 201.into();
+            if let Some(location) = &sent.id {
+                out["location"] = location.clone().into();
+            }
+        }
+        Err(r) => {
+            out["status"] = r.status.unwrap_or(0).into();
+            out["reason"] = r.reason.clone().into();
+            out["description"] = r.description.clone().into();
         }
     }
     out
@@ -151,6 +181,43 @@ mod tests {
         assert_eq!(ok["apnsID"], "id-1");
         assert!(ok.get("err").is_none());
         assert_eq!(ok["metadata"], json!({"userId":"u1"}));
+    }
+
+    #[test]
+    fn web_push_feedback_names_the_endpoint_and_marks_gone_subscriptions() {
+        let mut gone = unregistered();
+        gone.reason = "Gone".into();
+        let f = record(&notification(Platform::WebPush), &Err(gone));
+        assert_eq!(f["endpoint"], "tok");
+        assert_eq!(f["status"], 410);
+        assert_eq!(f["reason"], "Gone");
+        assert_eq!(f["description"], "the device token is inactive");
+        assert!(f["timestamp"].as_u64().is_some_and(|t| t > 0));
+        assert_eq!(f["metadata"], json!({"userId":"u1","deleteToken":true}));
+        assert!(f.get("location").is_none() && f.get("token").is_none());
+
+        let ok = record(
+            &notification(Platform::WebPush),
+            &Ok(Sent {
+                id: Some("https://push.example/m/1".into()),
+            }),
+        );
+        assert_eq!(ok["status"], 201);
+        assert_eq!(ok["location"], "https://push.example/m/1");
+        assert!(ok.get("reason").is_none());
+        assert_eq!(ok["metadata"], json!({"userId":"u1"}));
+
+        let busy = Rejection {
+            status: Some(429),
+            reason: "TooManyRequests".into(),
+            description: "slow down".into(),
+            invalid_token: false,
+            retry_after: Some(std::time::Duration::ZERO),
+        };
+        let f = record(&notification(Platform::WebPush), &Err(busy));
+        assert_eq!(f["metadata"].get("deleteToken"), None);
+        let unanswered = record(&notification(Platform::WebPush), &Ok(Sent { id: None }));
+        assert!(unanswered.get("location").is_none());
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! GCM: the legacy GCM JSON (`to`, `data`, `notification`, `time_to_live`, …),
 //! translated to an FCM v1 `message`; a body that is already v1
 //! (`{"message": {"token": …}}`) passes through.
+//! Web Push: `{"subscription": {"endpoint", "keys": {"p256dh", "auth"}},
+//! "payload", "ttl", "urgency", "topic", "metadata", "push_expiry"}`.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
+use crate::provider::webpush::{self, DEFAULT_TTL, URGENCIES};
 use crate::topic::Route;
 use crate::{Platform, Push};
 
@@ -36,6 +39,16 @@ pub enum Invalid {
     NoToken,
     #[error("`Payload` must be a JSON object")]
     Payload,
+    #[error("no subscription endpoint")]
+    NoEndpoint,
+    #[error("{0}")]
+    Endpoint(String),
+    #[error("{0}")]
+    Keys(&'static str),
+    #[error("`urgency` must be one of very-low, low, normal, high")]
+    Urgency,
+    #[error("`topic` must be at most 32 URL-safe base64 characters")]
+    Topic,
 }
 
 impl Invalid {
@@ -45,6 +58,11 @@ impl Invalid {
             Invalid::Json(_) => "invalid-json",
             Invalid::NoToken => "missing-device-token",
             Invalid::Payload => "invalid-payload",
+            Invalid::NoEndpoint => "missing-endpoint",
+            Invalid::Endpoint(_) => "invalid-endpoint",
+            Invalid::Keys(_) => "invalid-subscription-keys",
+            Invalid::Urgency => "invalid-urgency",
+            Invalid::Topic => "invalid-topic",
         }
     }
 }
@@ -54,6 +72,7 @@ pub fn parse(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
     match route.platform {
         Platform::Apns => apns(route, value),
         Platform::Gcm => gcm(route, value),
+        Platform::WebPush => web_push(route, value),
     }
 }
 
@@ -222,6 +241,109 @@ fn gcm(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
     })
 }
 
+#[derive(Deserialize)]
+struct WebPushMessage {
+    /// The browser's `PushSubscription.toJSON()`; other keys in it
+    /// (`expirationTime`) are ignored.
+    #[serde(default)]
+    subscription: Subscription,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    urgency: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    push_expiry: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct Subscription {
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    keys: SubscriptionKeys,
+}
+
+#[derive(Deserialize, Default)]
+struct SubscriptionKeys {
+    #[serde(default)]
+    p256dh: String,
+    #[serde(default)]
+    auth: String,
+}
+
+/// A Web Push notification becomes a push to the subscription's endpoint,
+/// with the keys, the data as text, and the urgency in the payload (the
+/// provider encrypts it; `Push` has no field for four urgency levels).
+fn web_push(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
+    let m: WebPushMessage =
+        serde_json::from_slice(value).map_err(|e| Invalid::Json(e.to_string()))?;
+    let Subscription { endpoint, keys } = m.subscription;
+    if endpoint.is_empty() {
+        return Err(Invalid::NoEndpoint);
+    }
+    webpush::endpoint(&endpoint).map_err(Invalid::Endpoint)?;
+    webpush::subscription_keys(&keys.p256dh, &keys.auth).map_err(Invalid::Keys)?;
+    let urgency = match m.urgency.as_deref() {
+        None => None,
+        Some(u) => Some(
+            URGENCIES
+                .into_iter()
+                .find(|k| *k == u)
+                .ok_or(Invalid::Urgency)?,
+        ),
+    };
+    let topic = m.topic.filter(|t| !t.is_empty());
+    if topic.as_deref().is_some_and(|t| !webpush::valid_topic(t)) {
+        return Err(Invalid::Topic);
+    }
+    let data = match m.payload {
+        Value::Null => None,
+        Value::String(text) => Some(text),
+        other => Some(other.to_string()),
+    };
+    let mut payload = json!({"keys": {"p256dh": keys.p256dh, "auth": keys.auth}});
+    if let Some(data) = data {
+        payload["data"] = data.into();
+    }
+    if let Some(urgency) = urgency {
+        payload["urgency"] = urgency.into();
+    }
+    let expiry_ms = m.push_expiry.filter(|&ms| ms > 0);
+    let ttl = m.ttl.unwrap_or(DEFAULT_TTL);
+    let expires_at = [
+        Some(now_secs().saturating_add(ttl)),
+        expiry_ms.map(|ms| ms / 1000),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(Notification {
+        push: Push {
+            app: route.app.clone(),
+            token: endpoint,
+            payload,
+            expires_at,
+            collapse_id: topic,
+            high_priority: match urgency {
+                Some("high") => Some(true),
+                Some("low" | "very-low") => Some(false),
+                _ => None,
+            },
+            dry_run: false,
+        },
+        platform: Platform::WebPush,
+        metadata: m.metadata.unwrap_or_default(),
+        message_id: None,
+        expiry_ms,
+    })
+}
+
 /// FCM v1 `data` holds strings only: other values go as their JSON text.
 fn stringified(data: Map<String, Value>) -> Map<String, Value> {
     data.into_iter()
@@ -330,6 +452,145 @@ mod tests {
         assert_eq!(
             parse(&route(Platform::Gcm), br#"{"data":{}}"#).unwrap_err(),
             Invalid::NoToken
+        );
+    }
+
+    /// The user agent's keys from RFC 8291's example (Appendix A).
+    const P256DH: &str =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+    const ENDPOINT: &str = "https://updates.push.services.mozilla.com/wpush/v2/gAAAAA";
+
+    fn web_push_message(subscription: Value, rest: Value) -> Result<Notification, Invalid> {
+        let mut body = json!({ "subscription": subscription });
+        if let Value::Object(rest) = rest {
+            body.as_object_mut().unwrap().extend(rest);
+        }
+        parse(&route(Platform::WebPush), body.to_string().as_bytes())
+    }
+
+    fn subscription() -> Value {
+        json!({"endpoint": ENDPOINT, "expirationTime": null, "keys": {"p256dh": P256DH, "auth": AUTH}})
+    }
+
+    #[test]
+    fn web_push_carries_keys_data_and_urgency_in_the_payload() {
+        let n = web_push_message(
+            subscription(),
+            json!({"payload": {"title": "Your turn", "match": 7}, "ttl": 600,
+                   "urgency": "high", "topic": "match-7", "metadata": {"userId": "u1"}}),
+        )
+        .unwrap();
+        assert_eq!(n.platform, Platform::WebPush);
+        assert_eq!(n.push.token, ENDPOINT);
+        assert_eq!(
+            n.push.payload["keys"],
+            json!({"p256dh": P256DH, "auth": AUTH})
+        );
+        assert_eq!(n.push.payload["urgency"], "high");
+        let data = n.push.payload["data"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(data).unwrap(),
+            json!({"title": "Your turn", "match": 7}),
+            "JSON goes as its text"
+        );
+        assert_eq!(n.push.collapse_id.as_deref(), Some("match-7"));
+        assert_eq!(n.push.high_priority, Some(true));
+        assert_eq!(n.metadata["userId"], "u1");
+        assert_eq!(n.message_id, None);
+        let ttl = n.push.expires_at.unwrap() - now_secs();
+        assert!((599..=600).contains(&ttl), "{ttl}");
+    }
+
+    #[test]
+    fn web_push_strings_go_as_is_and_defaults_apply() {
+        let n = web_push_message(subscription(), json!({"payload": "plain \"text\""})).unwrap();
+        assert_eq!(n.push.payload["data"], "plain \"text\"");
+        assert_eq!(n.push.payload.get("urgency"), None);
+        assert_eq!((n.push.collapse_id, n.push.high_priority), (None, None));
+        let ttl = n.push.expires_at.unwrap() - now_secs();
+        assert!((DEFAULT_TTL - 1..=DEFAULT_TTL).contains(&ttl), "{ttl}");
+
+        // No payload: a push without data (the service worker still wakes).
+        let n =
+            web_push_message(subscription(), json!({"urgency": "very-low", "topic": ""})).unwrap();
+        assert_eq!(n.push.payload.get("data"), None);
+        assert_eq!(n.push.payload["urgency"], "very-low");
+        assert_eq!(
+            (n.push.collapse_id, n.push.high_priority),
+            (None, Some(false))
+        );
+
+        // `push_expiry` is absolute; the earlier of it and `ttl` wins.
+        let soon = (now_secs() + 10) * 1000;
+        let n =
+            web_push_message(subscription(), json!({"ttl": 3600, "push_expiry": soon})).unwrap();
+        assert_eq!(n.push.expires_at, Some(soon / 1000));
+        assert_eq!(n.expiry_ms, Some(soon));
+        let n = web_push_message(subscription(), json!({"ttl": 0})).unwrap();
+        assert!(n.push.expires_at.unwrap() <= now_secs());
+    }
+
+    #[test]
+    fn web_push_refuses_bad_subscriptions_and_options_with_bounded_keys() {
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut s = subscription();
+            f(&mut s);
+            web_push_message(s, json!({"payload": "x"})).unwrap_err()
+        };
+        let cases: [(Invalid, &str); 9] = [
+            (with(&|s| s["endpoint"] = "".into()), "missing-endpoint"),
+            (
+                with(&|s| {
+                    s.as_object_mut().unwrap().remove("endpoint");
+                }),
+                "missing-endpoint",
+            ),
+            (
+                with(&|s| s["endpoint"] = "http://push.example/1".into()),
+                "invalid-endpoint",
+            ),
+            (
+                with(&|s| s["endpoint"] = "not a url".into()),
+                "invalid-endpoint",
+            ),
+            (
+                with(&|s| {
+                    s.as_object_mut().unwrap().remove("keys");
+                }),
+                "invalid-subscription-keys",
+            ),
+            (
+                with(&|s| s["keys"]["auth"] = "AAAA".into()),
+                "invalid-subscription-keys",
+            ),
+            (
+                with(&|s| s["keys"]["p256dh"] = "BAAA".into()),
+                "invalid-subscription-keys",
+            ),
+            (
+                web_push_message(subscription(), json!({"urgency": "asap"})).unwrap_err(),
+                "invalid-urgency",
+            ),
+            (
+                web_push_message(subscription(), json!({"topic": "not/url safe"})).unwrap_err(),
+                "invalid-topic",
+            ),
+        ];
+        for (invalid, key) in cases {
+            assert_eq!(invalid.key(), key, "{invalid}");
+        }
+        assert_eq!(
+            parse(&route(Platform::WebPush), br#"{"payload": "x"}"#)
+                .unwrap_err()
+                .key(),
+            "missing-endpoint"
+        );
+        assert_eq!(
+            parse(&route(Platform::WebPush), b"{not json")
+                .unwrap_err()
+                .key(),
+            "invalid-json"
         );
     }
 

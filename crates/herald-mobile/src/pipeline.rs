@@ -23,6 +23,7 @@ use crate::message::{self, Notification};
 use crate::offsets::Offsets;
 use crate::provider::apns::Apns;
 use crate::provider::fcm::Fcm;
+use crate::provider::webpush::WebPush;
 use crate::stats::Stats;
 use crate::tokens::InvalidTokens;
 use crate::topic::{self, Route};
@@ -104,6 +105,11 @@ impl Mobile {
         if !config.fcm.is_empty() {
             let fcm = Fcm::new(&config.fcm).map_err(|e| MobileError::Credentials(e.to_string()))?;
             providers.insert(Platform::Gcm, Arc::new(fcm));
+        }
+        if !config.webpush.is_empty() {
+            let web_push = WebPush::new(&config.webpush)
+                .map_err(|e| MobileError::Credentials(e.to_string()))?;
+            providers.insert(Platform::WebPush, Arc::new(web_push));
         }
         Self::with_providers(config, providers).await
     }

@@ -108,7 +108,10 @@ impl Stats {
     pub(crate) fn render(&self, out: &mut String) {
         let p = self.pending.lock();
         for (name, help) in [
-            ("herald_mobile_sent_total", "Pushes handed to APNs or FCM."),
+            (
+                "herald_mobile_sent_total",
+                "Pushes handed to a provider (APNs, FCM, Web Push).",
+            ),
             ("herald_mobile_acked_total", "Pushes the provider accepted."),
             (
                 "herald_mobile_failed_total",

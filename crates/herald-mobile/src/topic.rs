@@ -8,9 +8,11 @@ use regex::Regex;
 use crate::Platform;
 
 /// The seed's reading of a topic: `push-<app>[-_]<platform>…`, where the app
-/// may itself contain `-` and `_` (`push-my_game_apns_massive` is `my_game`).
+/// may itself contain `-` and `_` (`push-my_game_apns_massive` is `my_game`),
+/// with Herald's `webpush` beside the seed's `apns` and `gcm`.
 static ROUTE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^push-(\w+(?:[_-]\w+)*)[-_](gcm|apns)").expect("the route pattern is valid")
+    Regex::new(r"^push-(\w+(?:[_-]\w+)*)[-_](gcm|apns|webpush)")
+        .expect("the route pattern is valid")
 });
 
 /// Who a topic's notifications are for.
@@ -26,6 +28,7 @@ pub fn route(topic: &str) -> Option<Route> {
     let caps = ROUTE.captures(topic)?;
     let platform = match &caps[2] {
         "apns" => Platform::Apns,
+        "webpush" => Platform::WebPush,
         _ => Platform::Gcm,
     };
     Some(Route {
@@ -67,8 +70,53 @@ mod tests {
     }
 
     #[test]
+    fn webpush_topics_are_read_like_the_seeds() {
+        assert_eq!(
+            parsed("push-game_webpush_single"),
+            Some(("game".into(), Platform::WebPush))
+        );
+        assert_eq!(
+            parsed("push-my_game_webpush-massive"),
+            Some(("my_game".into(), Platform::WebPush))
+        );
+        assert_eq!(
+            parsed("push-tower-defense-webpush"),
+            Some(("tower-defense".into(), Platform::WebPush))
+        );
+        // The longest app that leaves a platform behind it, as for the seed's.
+        assert_eq!(
+            parsed("push-game_apns_webpush_single"),
+            Some(("game_apns".into(), Platform::WebPush))
+        );
+        assert_eq!(
+            parsed("push-web_gcm_single"),
+            Some(("web".into(), Platform::Gcm))
+        );
+        assert_eq!(parsed("push-game_webpus_single"), None);
+        assert_eq!(parsed("push-_webpush"), None);
+    }
+
+    #[test]
+    fn the_default_topic_pattern_matches_every_platform() {
+        let pattern = Regex::new(&crate::config::KafkaConfig::default().topics).unwrap();
+        for topic in [
+            "push-game_apns_single",
+            "push-game_gcm-massive",
+            "push-game_webpush_single",
+            "push-game_webpush-massive",
+        ] {
+            assert!(pattern.is_match(topic), "{topic}");
+            assert!(route(topic).is_some(), "{topic}");
+        }
+        assert!(!pattern.is_match("push-game_webpush_other"));
+        assert!(!pattern.is_match("push-game-webpush-feedbacks"));
+    }
+
+    #[test]
     fn feedback_goes_to_the_seeds_topic() {
         let r = route("push-game_gcm_single").unwrap();
         assert_eq!(feedback_topic(&r), "push-game-gcm-feedbacks");
+        let r = route("push-game_webpush_single").unwrap();
+        assert_eq!(feedback_topic(&r), "push-game-webpush-feedbacks");
     }
 }

@@ -1,6 +1,6 @@
 //! The whole pipeline against real parts: notifications produced to a real
-//! Kafka-compatible broker (tansu), sent to local APNs and FCM servers that
-//! speak the real protocols, feedback read back from Kafka, dead tokens
+//! Kafka-compatible broker (tansu), sent to local APNs, FCM and Web Push
+//! servers that speak the real protocols, feedback read back from Kafka, dead tokens
 //! deleted from a real PostgreSQL, stats received over UDP as StatsD lines.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use herald_mobile::provider::apns::ApnsConfig;
 use herald_mobile::provider::fcm::FcmConfig;
+use herald_mobile::provider::webpush::WebPushConfig;
 use herald_mobile::{Mobile, MobileConfig, MobileMetrics};
 use herald_testkit::apns::MockApns;
 use herald_testkit::fcm::{FcmError, MockFcm};
 use herald_testkit::kafka::Kafka;
 use herald_testkit::postgres::Postgres;
+use herald_testkit::webpush::MockPushService;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -28,6 +30,8 @@ const APNS_TOPIC: &str = "push-game_apns_single";
 const GCM_TOPIC: &str = "push-game_gcm_massive";
 const APNS_FEEDBACK: &str = "push-game-apns-feedbacks";
 const GCM_FEEDBACK: &str = "push-game-gcm-feedbacks";
+const WEBPUSH_TOPIC: &str = "push-game_webpush_single";
+const WEBPUSH_FEEDBACK: &str = "push-game-webpush-feedbacks";
 
 /// Everything a pipeline talks to.
 struct Rig {
@@ -43,7 +47,7 @@ impl Rig {
     async fn start() -> Rig {
         let kafka = Kafka::start(&[APNS_TOPIC, GCM_TOPIC, APNS_FEEDBACK, GCM_FEEDBACK]);
         let pg = Postgres::start();
-        for table in ["game_apns", "game_gcm"] {
+        for table in ["game_apns", "game_gcm", "game_webpush"] {
             pg.psql(&format!(
                 "CREATE TABLE {table} (id serial PRIMARY KEY, user_id text, token text NOT NULL, \
                  region text, locale text, tz text)"
@@ -512,5 +516,102 @@ async fn shutdown_lets_pushes_in_flight_finish_and_commits_them() {
     let tokens: Vec<String> = rig.apns.requests().into_iter().map(|r| r.token).collect();
     assert_eq!(tokens.len(), 4, "{tokens:?}");
     assert_eq!(tokens[3], "fresh");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webpush_notifications_arrive_decrypted_and_gone_subscriptions_are_deleted() {
+    let rig = Rig::start().await;
+    rig.kafka.create_topic(WEBPUSH_TOPIC);
+    rig.kafka.create_topic(WEBPUSH_FEEDBACK);
+    let service = MockPushService::start().await;
+    let (alive, gone) = (service.subscribe(), service.subscribe());
+    service.respond(&gone.endpoint, 410);
+    rig.register("game_webpush", &[&alive.endpoint, &gone.endpoint]);
+    let mut config = rig.config("webpush-group");
+    config.webpush = BTreeMap::from([(
+        "game".to_owned(),
+        WebPushConfig {
+            vapid_key_file: service.issue_vapid_key(),
+            subject: "mailto:ops@example.com".into(),
+            ca_file: Some(service.ca_pem_path()),
+            timeout: STEP,
+        },
+    )]);
+    let running = Running::start(&config).await;
+
+    rig.produce(
+        WEBPUSH_TOPIC,
+        json!({"subscription": alive.to_json(), "payload": {"title": "Your turn", "match": 7},
+               "ttl": 600, "urgency": "high", "topic": "match-7", "metadata": {"userId": "u1"}}),
+    )
+    .await;
+    let mut plain = alive.to_json();
+    plain["endpoint"] = alive.endpoint.replace("https://", "http://").into();
+    rig.produce(
+        WEBPUSH_TOPIC,
+        json!({"subscription": plain, "payload": "never sent"}),
+    )
+    .await;
+    rig.produce(
+        WEBPUSH_TOPIC,
+        json!({"subscription": gone.to_json(), "payload": "are you there?",
+               "metadata": {"userId": "u2"}}),
+    )
+    .await;
+
+    let requests = service.wait_for(2, STEP).await;
+    let delivered = requests.iter().find(|r| r.status == 201).unwrap();
+    let data: Value = serde_json::from_str(delivered.text().unwrap()).unwrap();
+    assert_eq!(data, json!({"title": "Your turn", "match": 7}));
+    assert_eq!(delivered.header("urgency"), Some("high"));
+    assert_eq!(delivered.header("topic"), Some("match-7"));
+    let ttl: u64 = delivered.header("ttl").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&ttl), "{ttl}");
+    assert_eq!(
+        delivered.vapid.as_ref().map(|v| v.aud.as_str()),
+        Some(service.url().as_str())
+    );
+
+    let mut records = feedback(&rig.kafka, WEBPUSH_FEEDBACK, 2).await;
+    records.sort_by_key(|r| r["status"].as_u64());
+    assert_eq!(records[0]["endpoint"], alive.endpoint.as_str());
+    assert_eq!(records[0]["status"], 201);
+    assert!(
+        records[0]["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with(&service.url()))
+    );
+    assert_eq!(records[0]["metadata"], json!({"userId": "u1"}));
+    assert_eq!(records[1]["endpoint"], gone.endpoint.as_str());
+    assert_eq!(records[1]["status"], 410);
+    assert_eq!(records[1]["reason"], "Gone");
+    assert_eq!(
+        records[1]["metadata"],
+        json!({"userId": "u2", "deleteToken": true})
+    );
+
+    rig.wait_tokens("game_webpush", &alive.endpoint).await;
+    let counts = stats_until(
+        &rig.statsd,
+        &[
+            ("herald.mobile.ack|#platform:webpush,game:game", 1),
+            (
+                "herald.mobile.failed|#platform:webpush,game:game,reason:gone",
+                1,
+            ),
+            (
+                "herald.mobile.failed|#platform:webpush,game:game,reason:invalid-endpoint",
+                1,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        counts.get("herald.mobile.sent|#platform:webpush,game:game,topic:push-game_webpush_single"),
+        Some(&2),
+        "the http:// subscription never reached the service: {counts:?}"
+    );
+    assert_eq!(service.requests().len(), 2);
     running.stop().await;
 }

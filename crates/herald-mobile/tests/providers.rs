@@ -1,5 +1,5 @@
-//! APNs and FCM providers against local servers that speak the real
-//! protocols (herald-testkit's MockApns and MockFcm).
+//! APNs, FCM and Web Push providers against local servers that speak the
+//! real protocols (herald-testkit's MockApns, MockFcm and MockPushService).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_mobile::provider::apns::{Apns, ApnsConfig};
 use herald_mobile::provider::fcm::{Fcm, FcmConfig};
+use herald_mobile::provider::webpush::{WebPush, WebPushConfig};
 use herald_mobile::{Provider, Push, Rejection, Sent};
 use herald_testkit::apns::{ApnsKey, MockApns};
 use herald_testkit::fcm::{FcmError, MockFcm};
+use herald_testkit::webpush::{MockPushService, Subscription};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -433,5 +435,286 @@ async fn fcm_refuses_expired_pushes_and_unknown_apps_without_any_request() {
     assert!(!fcm.serves("other") && fcm.serves(APP));
 
     assert_eq!(mock.token_requests(), 0);
+    assert!(mock.requests().is_empty());
+}
+
+// --- Web Push ---
+
+const SUBJECT: &str = "mailto:ops@example.com";
+/// What aes128gcm adds to the data of a one-record push (RFC 8291 §4).
+const OVERHEAD: usize = 103;
+
+fn web_push_config(mock: &MockPushService, vapid_key_file: std::path::PathBuf) -> WebPushConfig {
+    WebPushConfig {
+        vapid_key_file,
+        subject: SUBJECT.into(),
+        ca_file: Some(mock.ca_pem_path()),
+        timeout: STEP,
+    }
+}
+
+async fn web_push() -> (MockPushService, Arc<WebPush>) {
+    let mock = MockPushService::start().await;
+    let config = web_push_config(&mock, mock.issue_vapid_key());
+    let web_push = WebPush::new(&BTreeMap::from([(APP.to_owned(), config)])).unwrap();
+    (mock, Arc::new(web_push))
+}
+
+/// A push of `data` to `subscription`, as `message::parse` makes one.
+fn web(subscription: &Subscription, data: &str) -> Push {
+    push(
+        &subscription.endpoint,
+        json!({"keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}, "data": data}),
+    )
+}
+
+#[tokio::test]
+async fn webpush_encrypts_for_the_subscription_with_rfc_8030_headers() {
+    let (mock, web_push) = web_push().await;
+    let (first, second, third) = (mock.subscribe(), mock.subscribe(), mock.subscribe());
+    let data = r#"{"title":"Your turn","match":7}"#;
+    let mut full = web(&first, data);
+    full.payload["urgency"] = "very-low".into();
+    full.high_priority = Some(true);
+    full.expires_at = Some(now() + 300);
+    full.collapse_id = Some("match-7".into());
+    let sent = web_push.send(&full).await.unwrap();
+
+    let mut low = web(&second, "plain text, é");
+    low.high_priority = Some(false);
+    web_push.send(&low).await.unwrap();
+    let mut empty = web(&third, "");
+    empty.payload.as_object_mut().unwrap().remove("data");
+    web_push.send(&empty).await.unwrap();
+
+    let requests = mock.wait_for(3, STEP).await;
+    let r = &requests[0];
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), Some(data), "decrypted with the browser's keys");
+    assert_eq!(r.body_len, data.len() + OVERHEAD);
+    assert_eq!(r.header("content-encoding"), Some("aes128gcm"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        r.header("urgency"),
+        Some("very-low"),
+        "the payload's urgency wins over the priority"
+    );
+    assert_eq!(r.header("topic"), Some("match-7"));
+    let ttl: u64 = r.header("ttl").unwrap().parse().unwrap();
+    assert!((290..=300).contains(&ttl), "{ttl}");
+    let location = sent.id.unwrap();
+    assert!(
+        location.starts_with(&format!("{}/message/", mock.url())),
+        "{location}"
+    );
+
+    let r = &requests[1];
+    assert_eq!(r.text(), Some("plain text, é"));
+    assert_eq!(r.header("urgency"), Some("low"));
+    assert_eq!(r.header("ttl"), Some("2419200"), "four weeks by default");
+    assert_eq!(r.header("topic"), None);
+    let r = &requests[2];
+    assert_eq!((r.status, r.text()), (201, Some("")));
+    assert_eq!(r.header("urgency"), None);
+}
+
+#[tokio::test]
+async fn webpush_vapid_is_verified_and_reused_per_origin() {
+    let (here, there) = (
+        MockPushService::start().await,
+        MockPushService::start().await,
+    );
+    let key = here.issue_vapid_key();
+    // A second app only so that the shared client trusts the second
+    // service's certificate; every push below is the first app's.
+    let apps = BTreeMap::from([
+        (APP.to_owned(), web_push_config(&here, key.clone())),
+        ("trust-there".to_owned(), web_push_config(&there, key)),
+    ]);
+    let web_push = Arc::new(WebPush::new(&apps).unwrap());
+    let send_all = |subscriptions: Vec<Subscription>| {
+        let web_push = web_push.clone();
+        async move {
+            let mut sends = JoinSet::new();
+            for s in subscriptions {
+                let web_push = web_push.clone();
+                sends.spawn(async move { web_push.send(&web(&s, "hi")).await });
+            }
+            sends.join_all().await
+        }
+    };
+
+    let minted_by = now();
+    let batch = vec![
+        here.subscribe(),
+        here.subscribe(),
+        here.subscribe(),
+        there.subscribe(),
+        there.subscribe(),
+    ];
+    let results = send_all(batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // ES256 signing is deterministic and `exp` counts whole seconds: only a
+    // token signed in a later second would differ from the cached one.
+    clock_past(minted_by).await;
+    let results = send_all(vec![here.subscribe(), there.subscribe()]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let (at_here, at_there) = (here.wait_for(4, STEP).await, there.wait_for(3, STEP).await);
+    assert_eq!(here.distinct_jwts(), 1, "one token for one origin");
+    assert_eq!(there.distinct_jwts(), 1);
+    let public_key = web_push.application_server_key(APP).unwrap();
+    for (mock, requests) in [(&here, &at_here), (&there, &at_there)] {
+        for r in requests {
+            assert_eq!(r.status, 201, "{r:?}");
+            let vapid = r.vapid.as_ref().unwrap();
+            assert_eq!(
+                vapid.aud,
+                mock.url(),
+                "the audience is the service's origin"
+            );
+            assert_eq!(vapid.sub, SUBJECT);
+            assert_eq!(vapid.key, public_key);
+            let ahead = vapid.exp - now();
+            assert!((11 * 3600..=12 * 3600).contains(&ahead), "{ahead}");
+        }
+    }
+    assert_ne!(
+        at_here[0].vapid.as_ref().unwrap().token,
+        at_there[0].vapid.as_ref().unwrap().token
+    );
+}
+
+#[tokio::test]
+async fn webpush_a_key_the_service_does_not_know_is_forbidden() {
+    let mock = MockPushService::start().await;
+    mock.issue_vapid_key();
+    let dir = tempfile::tempdir().unwrap();
+    let rogue = dir.path().join("rogue.pem");
+    std::fs::write(&rogue, ApnsKey::generate().private_pem).unwrap();
+    let config = web_push_config(&mock, rogue);
+    let web_push = WebPush::new(&BTreeMap::from([(APP.to_owned(), config)])).unwrap();
+    let r = web_push
+        .send(&web(&mock.subscribe(), "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.invalid_token, r.retry_after),
+        (Some(403), "Forbidden", false, None)
+    );
+    assert!(
+        r.description.contains("not the subscription's key"),
+        "the push service's text: {}",
+        r.description
+    );
+}
+
+#[tokio::test]
+async fn webpush_gone_subscriptions_are_invalid_tokens() {
+    let (mock, web_push) = web_push().await;
+    let gone = mock.subscribe();
+    mock.respond(&gone.endpoint, 410);
+    let r = web_push.send(&web(&gone, "hi")).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.invalid_token, r.retry_after),
+        (Some(410), "Gone", true, None)
+    );
+
+    let mut unknown = web(&mock.subscribe(), "hi");
+    unknown.token = format!("{}/push/never-subscribed", mock.url());
+    let r = web_push.send(&unknown).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.invalid_token),
+        (Some(404), "NotFound", true)
+    );
+    assert_eq!(mock.wait_for(2, STEP).await.len(), 2);
+}
+
+#[tokio::test]
+async fn webpush_throttling_and_outages_are_retryable_the_rest_final() {
+    let (mock, web_push) = web_push().await;
+    let cases = [
+        (
+            429,
+            Some(17),
+            "TooManyRequests",
+            Some(Duration::from_secs(17)),
+        ),
+        (503, None, "ServiceUnavailable", Some(Duration::ZERO)),
+        (500, None, "InternalServerError", Some(Duration::ZERO)),
+        (413, None, "PayloadTooLarge", None),
+        (400, None, "BadRequest", None),
+        (401, None, "Unauthorized", None),
+    ];
+    for (status, retry_after, reason, retry) in cases {
+        let s = mock.subscribe();
+        match retry_after {
+            Some(secs) => mock.respond_retry_after(&s.endpoint, status, secs),
+            None => mock.respond(&s.endpoint, status),
+        }
+        let r = web_push.send(&web(&s, "hi")).await.unwrap_err();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.retry_after, r.invalid_token),
+            (Some(status), reason, retry, false)
+        );
+        assert!(r.description.contains("Canned answer"), "{}", r.description);
+    }
+}
+
+#[tokio::test]
+async fn webpush_refuses_oversized_data_locally_without_a_request() {
+    let (mock, web_push) = web_push().await;
+    let s = mock.subscribe();
+    let most = 4096 - OVERHEAD;
+    let r = web_push
+        .send(&web(&s, &"x".repeat(most + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.retry_after, r.invalid_token),
+        (None, "PayloadTooLarge", None, false)
+    );
+    web_push.send(&web(&s, &"x".repeat(most))).await.unwrap();
+    let requests = mock.wait_for(1, STEP).await;
+    assert_eq!(requests.len(), 1, "only the push that fits went out");
+    assert_eq!(requests[0].body_len, 4096);
+    assert_eq!(requests[0].plaintext.as_ref().map(Vec::len), Some(most));
+}
+
+#[tokio::test]
+async fn webpush_refuses_unknown_apps_bad_endpoints_and_expired_pushes_without_a_request() {
+    let (mock, web_push) = web_push().await;
+    let s = mock.subscribe();
+    assert!(web_push.serves(APP) && !web_push.serves("other"));
+
+    let mut other = web(&s, "hi");
+    other.app = "other".into();
+    assert_eq!(
+        web_push.send(&other).await.unwrap_err().reason,
+        "UnknownApp"
+    );
+
+    let mut plain = web(&s, "hi");
+    plain.token = s.endpoint.replace("https://", "http://");
+    assert_eq!(
+        web_push.send(&plain).await.unwrap_err().reason,
+        "InvalidEndpoint"
+    );
+
+    let mut expired = web(&s, "hi");
+    expired.expires_at = Some(now() - 10);
+    let r = web_push.send(&expired).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.retry_after),
+        (None, "Expired", None)
+    );
+
+    let mut no_keys = web(&s, "hi");
+    no_keys.payload["keys"]["auth"] = "AAAA".into();
+    assert_eq!(
+        web_push.send(&no_keys).await.unwrap_err().reason,
+        "InvalidKeys"
+    );
+
     assert!(mock.requests().is_empty());
 }

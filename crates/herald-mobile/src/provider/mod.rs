@@ -10,13 +10,18 @@ use serde_json::Value;
 
 pub mod apns;
 pub mod fcm;
+pub mod webpush;
 
-/// A mobile platform, as named in the seed's topics (`apns`, `gcm`).
+/// A push platform, as named in topics: the seed's `apns` and `gcm`, and
+/// Herald's `webpush`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Platform {
     Apns,
     /// Google's push service: legacy GCM messages, sent through FCM HTTP v1.
     Gcm,
+    /// Browsers' push services (RFC 8030), encrypted (RFC 8291) and signed
+    /// with VAPID (RFC 8292); the token is the subscription's endpoint URL.
+    WebPush,
 }
 
 impl Platform {
@@ -25,6 +30,7 @@ impl Platform {
         match self {
             Platform::Apns => "apns",
             Platform::Gcm => "gcm",
+            Platform::WebPush => "webpush",
         }
     }
 }
@@ -34,10 +40,11 @@ impl Platform {
 pub struct Push {
     /// The app it belongs to (the seed's "game"); picks the credentials.
     pub app: String,
-    /// The device token.
+    /// The device token (for Web Push, the subscription's endpoint URL).
     pub token: String,
-    /// The provider's own body: the APNs JSON payload (`{"aps":…}`), or the
-    /// FCM v1 `message` object without its `token`.
+    /// The provider's own body: the APNs JSON payload (`{"aps":…}`), the
+    /// FCM v1 `message` object without its `token`, or for Web Push
+    /// `{"keys": {"p256dh", "auth"}, "data": <text>, "urgency"?}`.
     pub payload: Value,
     /// Unix seconds after which the provider should drop the push instead of
     /// storing it for an offline device.

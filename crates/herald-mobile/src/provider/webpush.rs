@@ -1,0 +1,763 @@
+//! Web Push: browsers' push services (Chrome's, Firefox's, Safari's) as
+//! RFC 8030 describes them, with the payload encrypted for the subscription
+//! (RFC 8291, `aes128gcm`) and the sender identified by VAPID (RFC 8292).
+//!
+//! The push's token is the subscription's endpoint URL; its payload carries
+//! the subscription's keys and the data: `{"keys": {"p256dh", "auth"},
+//! "data": <text>, "urgency"?}` (see `message::webpush`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use parking_lot::Mutex;
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, LOCATION};
+use reqwest::{Client, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::debug;
+use web_push_native::Auth;
+
+use super::{
+    Platform, Provider, ProviderError, Push, Rejection, Sent, default_timeout, excerpt,
+    http_client, read, refuse, retry_after, unix_now, unsent,
+};
+
+/// How long a push service keeps a push for an offline browser when the
+/// notification names no `ttl` or `push_expiry`: four weeks, the longest
+/// Chrome's service stores one (and the `web-push` libraries' default).
+pub const DEFAULT_TTL: u64 = 4 * 7 * 24 * 3600;
+/// RFC 8030's Urgency values, least urgent first.
+pub const URGENCIES: [&str; 4] = ["very-low", "low", "normal", "high"];
+/// The encrypted body push services are bound to take (RFC 8030 §7.2,
+/// RFC 8291 §4); larger bodies are refused without a request.
+const MAX_CIPHERTEXT: usize = 4096;
+/// What `aes128gcm` adds to the data in one record: the header (16-byte
+/// salt, 4-byte record size, 1-byte key-id length, 65-byte sender key), the
+/// padding delimiter and the 16-byte tag.
+const OVERHEAD: usize = 16 + 4 + 1 + 65 + 1 + 16;
+/// The most data one push carries: 3993 bytes.
+const MAX_DATA: usize = MAX_CIPHERTEXT - OVERHEAD;
+/// A VAPID token's lifetime; RFC 8292 allows at most 24 hours.
+const VAPID_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A VAPID token is reused for this long, so none in use has less than an
+/// hour left.
+const VAPID_REFRESH: Duration = Duration::from_secs(11 * 3600);
+/// Origins with a cached token per app, at most: push services are few, so
+/// more means garbage endpoints, and the cache is cleared rather than grown.
+const MAX_ORIGINS: usize = 256;
+
+/// One app's VAPID identity and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// The VAPID signing key: a P-256 private key, PKCS#8 PEM (`BEGIN
+    /// PRIVATE KEY`; SEC1 `BEGIN EC PRIVATE KEY` is taken too). Its public
+    /// half is the `applicationServerKey` browsers subscribe with.
+    pub vapid_key_file: PathBuf,
+    /// The contact RFC 8292 requires in every token: `mailto:…` or
+    /// `https://…`.
+    pub subject: String,
+    /// An extra trusted root (PEM) for a private or test push service;
+    /// trusted by the shared client, so for every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Bound on one request, from sending to the full answer.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Sends to any push service for every configured app over one pooled
+/// client (HTTP/2 where the service offers it).
+pub struct WebPush {
+    client: Client,
+    apps: HashMap<String, App>,
+    /// Age after which a VAPID token is replaced (a field so tests can
+    /// shorten it).
+    vapid_refresh: Duration,
+}
+
+/// One app, ready to send.
+struct App {
+    key: EncodingKey,
+    /// The uncompressed public key, base64url: VAPID's `k`.
+    public_key: String,
+    subject: String,
+    timeout: Duration,
+    /// The `Authorization` value per push-service origin.
+    vapid: Mutex<HashMap<String, Vapid>>,
+}
+
+/// A VAPID `Authorization` value and when its token was made.
+struct Vapid {
+    header: HeaderValue,
+    minted: Instant,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    aud: &'a str,
+    exp: u64,
+    sub: &'a str,
+}
+
+impl WebPush {
+    /// Loads every app's VAPID key and checks its subject (failing on the
+    /// first unusable app, named), and builds the client.
+    pub fn new(apps: &BTreeMap<String, WebPushConfig>) -> Result<WebPush, ProviderError> {
+        let roots = apps
+            .iter()
+            .filter_map(|(name, c)| c.ca_file.as_deref().map(|path| (name.as_str(), path)));
+        let client = http_client(roots)?;
+        let apps = apps
+            .iter()
+            .map(|(name, config)| Ok((name.clone(), App::new(name, config)?)))
+            .collect::<Result<_, ProviderError>>()?;
+        Ok(WebPush {
+            client,
+            apps,
+            vapid_refresh: VAPID_REFRESH,
+        })
+    }
+
+    /// The app's VAPID public key (uncompressed P-256 point, base64url): the
+    /// `applicationServerKey` its pages pass to `pushManager.subscribe()`.
+    pub fn application_server_key(&self, app: &str) -> Option<&str> {
+        self.apps.get(app).map(|a| a.public_key.as_str())
+    }
+}
+
+#[async_trait]
+impl Provider for WebPush {
+    fn platform(&self) -> Platform {
+        Platform::WebPush
+    }
+
+    fn serves(&self, app: &str) -> bool {
+        self.apps.contains_key(app)
+    }
+
+    async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
+        let Some(app) = self.apps.get(&push.app) else {
+            return Err(refuse(
+                "UnknownApp",
+                format!("no Web Push credentials for app {:?}", push.app),
+            ));
+        };
+        let endpoint = endpoint(&push.token).map_err(|e| refuse("InvalidEndpoint", e))?;
+        let request = Prepared::new(push, unix_now())?;
+        let body = web_push_native::encrypt(request.data, &request.p256dh, &request.auth)
+            .map_err(|e| refuse("EncryptionFailed", format!("cannot encrypt: {e}")))?;
+        let origin = endpoint.origin().ascii_serialization();
+        let authorization = app
+            .authorization(&origin, self.vapid_refresh)
+            .map_err(|e| refuse("VapidError", format!("cannot sign the VAPID token: {e}")))?;
+
+        let mut builder = self
+            .client
+            .post(endpoint)
+            .timeout(app.timeout)
+            .header(AUTHORIZATION, authorization)
+            .header("ttl", request.ttl)
+            .header(CONTENT_ENCODING, "aes128gcm")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(urgency) = request.urgency {
+            builder = builder.header("urgency", urgency);
+        }
+        if let Some(topic) = &push.collapse_id {
+            builder = builder.header("topic", topic);
+        }
+
+        let response = builder.send().await.map_err(|e| unsent(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok());
+            debug!(app = push.app, %status, location, "The push service accepted the push.");
+            return Ok(Sent {
+                id: location.map(str::to_owned),
+            });
+        }
+        let retry = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        let rejection = rejection(status, &text, retry);
+        debug!(app = push.app, %status, reason = rejection.reason, "The push service refused the push.");
+        Err(rejection)
+    }
+}
+
+/// What a push needs besides the endpoint, read from its payload and
+/// checked before anything is encrypted.
+struct Prepared {
+    p256dh: p256::PublicKey,
+    auth: Auth,
+    data: Vec<u8>,
+    ttl: u64,
+    urgency: Option<&'static str>,
+}
+
+impl Prepared {
+    fn new(push: &Push, now: u64) -> Result<Prepared, Rejection> {
+        let keys = &push.payload["keys"];
+        let (p256dh, auth) = subscription_keys(
+            keys["p256dh"].as_str().unwrap_or_default(),
+            keys["auth"].as_str().unwrap_or_default(),
+        )
+        .map_err(|e| refuse("InvalidKeys", e.into()))?;
+        let data = match &push.payload["data"] {
+            Value::Null => Vec::new(),
+            Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        if data.len() > MAX_DATA {
+            let description = format!(
+                "{} bytes of data, {} encrypted: over the {MAX_CIPHERTEXT} push services take",
+                data.len(),
+                data.len() + OVERHEAD
+            );
+            return Err(refuse("PayloadTooLarge", description));
+        }
+        let ttl = match push.expires_at {
+            None => DEFAULT_TTL,
+            Some(at) => at
+                .checked_sub(now)
+                .ok_or_else(|| refuse("Expired", format!("expired {}s ago", now - at)))?,
+        };
+        let urgency = match &push.payload["urgency"] {
+            Value::Null => push
+                .high_priority
+                .map(|high| if high { "high" } else { "low" }),
+            Value::String(u) => Some(
+                URGENCIES
+                    .into_iter()
+                    .find(|known| *known == u.as_str())
+                    .ok_or_else(|| refuse("InvalidUrgency", format!("urgency {u:?}")))?,
+            ),
+            other => return Err(refuse("InvalidUrgency", format!("urgency {other}"))),
+        };
+        if let Some(topic) = &push.collapse_id
+            && !valid_topic(topic)
+        {
+            return Err(refuse(
+                "InvalidTopic",
+                format!("topic {topic:?}: at most 32 URL-safe base64 characters"),
+            ));
+        }
+        Ok(Prepared {
+            p256dh,
+            auth,
+            data,
+            ttl,
+            urgency,
+        })
+    }
+}
+
+/// A subscription's endpoint: an absolute `https://` URL with a host.
+pub(crate) fn endpoint(text: &str) -> Result<Url, String> {
+    match Url::parse(text) {
+        Ok(url) if url.scheme() == "https" && url.host().is_some() => Ok(url),
+        _ => Err(format!(
+            "endpoint {:?} is not an https:// URL",
+            excerpt(text)
+        )),
+    }
+}
+
+/// A subscription's keys as browsers give them (`PushSubscription.toJSON()`):
+/// `p256dh`, an uncompressed P-256 point, and `auth`, a 16-byte secret, both
+/// base64url (padding and the standard alphabet are tolerated).
+pub(crate) fn subscription_keys(
+    p256dh: &str,
+    auth: &str,
+) -> Result<(p256::PublicKey, Auth), &'static str> {
+    let point = decode(p256dh).ok_or("keys.p256dh is missing or not base64url")?;
+    let p256dh = p256::PublicKey::from_sec1_bytes(&point)
+        .ok()
+        .filter(|_| point.len() == 65)
+        .ok_or("keys.p256dh is not an uncompressed P-256 point")?;
+    let secret = decode(auth).ok_or("keys.auth is missing or not base64url")?;
+    if secret.len() != 16 {
+        return Err("keys.auth is not 16 bytes");
+    }
+    Ok((p256dh, Auth::clone_from_slice(&secret)))
+}
+
+/// Base64url without padding, also taking padded or standard-alphabet text.
+fn decode(text: &str) -> Option<Vec<u8>> {
+    let text: String = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    URL_SAFE_NO_PAD.decode(text).ok().filter(|b| !b.is_empty())
+}
+
+/// RFC 8030 §5.4: a Topic is at most 32 characters of the URL-safe base64
+/// alphabet.
+pub(crate) fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 32
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads a push service's error answer. The subscription is gone on 404 and
+/// 410 (RFC 8030 §6.2); retryable: 429 (with its Retry-After) and 5xx. The
+/// reason is the status's name (`Gone`, `TooManyRequests`), the service's
+/// own text goes in the description: services word their bodies each their
+/// own way, so only the status is a bounded reason.
+fn rejection(status: StatusCode, text: &str, retry: Duration) -> Rejection {
+    let reason = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge".to_owned(),
+        _ => status
+            .canonical_reason()
+            .map(|name| name.chars().filter(char::is_ascii_alphanumeric).collect())
+            .filter(|name: &String| !name.is_empty())
+            .unwrap_or_else(|| format!("HTTP{}", status.as_u16())),
+    };
+    let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    Rejection {
+        status: Some(status.as_u16()),
+        reason,
+        description: excerpt(&format!("the push service answered {status}: {text}")),
+        invalid_token: matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE),
+        retry_after: retryable.then_some(retry),
+    }
+}
+
+impl App {
+    fn new(name: &str, config: &WebPushConfig) -> Result<App, ProviderError> {
+        let invalid = |problem: String| ProviderError::Invalid {
+            app: name.into(),
+            problem,
+        };
+        let path = &config.vapid_key_file;
+        let pem = read(name, path)?;
+        let not_a_key = |e: String| {
+            invalid(format!(
+                "{} is not a PKCS#8 P-256 private key: {e}",
+                path.display()
+            ))
+        };
+        let pem = std::str::from_utf8(&pem).map_err(|e| not_a_key(e.to_string()))?;
+        let secret = p256::SecretKey::from_pkcs8_pem(pem)
+            .map_err(|e| e.to_string())
+            .or_else(|pkcs8| p256::SecretKey::from_sec1_pem(pem).map_err(|_| pkcs8))
+            .map_err(not_a_key)?;
+        let der = secret
+            .to_pkcs8_der()
+            .map_err(|e| not_a_key(e.to_string()))?;
+        let public_key = secret.public_key().to_encoded_point(false);
+        if !valid_subject(&config.subject) {
+            return Err(invalid(format!(
+                "subject {:?} is not a mailto: or https:// contact (RFC 8292)",
+                config.subject
+            )));
+        }
+        let app = App {
+            key: EncodingKey::from_ec_der(der.as_bytes()),
+            public_key: URL_SAFE_NO_PAD.encode(public_key.as_bytes()),
+            subject: config.subject.clone(),
+            timeout: config.timeout,
+            vapid: Mutex::new(HashMap::new()),
+        };
+        // Sign once now, so a key that cannot sign fails here rather than
+        // on every push; the token is not kept.
+        app.sign("https://herald.invalid")
+            .map_err(|e| not_a_key(e.to_string()))?;
+        Ok(app)
+    }
+
+    /// The `Authorization` value for a push service at `origin`, signed anew
+    /// when the cached one is older than `refresh`.
+    fn authorization(
+        &self,
+        origin: &str,
+        refresh: Duration,
+    ) -> Result<HeaderValue, jsonwebtoken::errors::Error> {
+        let mut cache = self.vapid.lock();
+        if let Some(vapid) = cache.get(origin).filter(|v| v.minted.elapsed() < refresh) {
+            return Ok(vapid.header.clone());
+        }
+        let header = self.sign(origin)?;
+        if cache.len() >= MAX_ORIGINS {
+            cache.retain(|_, v| v.minted.elapsed() < refresh);
+            if cache.len() >= MAX_ORIGINS {
+                cache.clear();
+            }
+        }
+        debug!(origin, "Signed a VAPID token.");
+        cache.insert(
+            origin.to_owned(),
+            Vapid {
+                header: header.clone(),
+                minted: Instant::now(),
+            },
+        );
+        Ok(header)
+    }
+
+    /// `vapid t=<ES256 JWT {aud, exp, sub}>, k=<public key>` for `origin`.
+    fn sign(&self, origin: &str) -> Result<HeaderValue, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            aud: origin,
+            exp: unix_now() + VAPID_LIFETIME.as_secs(),
+            sub: &self.subject,
+        };
+        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key)?;
+        // A JWT and base64url are header-safe by construction.
+        let value = format!("vapid t={jwt}, k={}", self.public_key);
+        Ok(HeaderValue::from_str(&value).expect("a JWT and base64url are valid header text"))
+    }
+}
+
+/// RFC 8292 §2.1: the contact is a `mailto:` or an `https:` URI.
+fn valid_subject(subject: &str) -> bool {
+    match subject.strip_prefix("mailto:") {
+        Some(address) => address.contains('@') && !address.contains(char::is_whitespace),
+        None => Url::parse(subject).is_ok_and(|u| u.scheme() == "https" && u.host().is_some()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_testkit::apns::ApnsKey;
+    use serde_json::json;
+
+    /// A subscription's browser side: its private key and its JSON keys.
+    fn browser() -> (p256::SecretKey, Value) {
+        let pem = ApnsKey::generate().private_pem;
+        let secret = p256::SecretKey::from_pkcs8_pem(&pem).unwrap();
+        let point = secret.public_key().to_encoded_point(false);
+        let keys = json!({
+            "p256dh": URL_SAFE_NO_PAD.encode(point.as_bytes()),
+            "auth": URL_SAFE_NO_PAD.encode([7u8; 16]),
+        });
+        (secret, keys)
+    }
+
+    fn push(payload: Value) -> Push {
+        Push {
+            app: "a".into(),
+            token: "https://push.example/send/1".into(),
+            payload,
+            expires_at: None,
+            collapse_id: None,
+            high_priority: None,
+            dry_run: false,
+        }
+    }
+
+    fn config(dir: &tempfile::TempDir, pem: &str, subject: &str) -> WebPushConfig {
+        let path = dir.path().join("vapid.pem");
+        std::fs::write(&path, pem).unwrap();
+        WebPushConfig {
+            vapid_key_file: path,
+            subject: subject.into(),
+            ca_file: None,
+            timeout: default_timeout(),
+        }
+    }
+
+    fn web_push(subject: &str) -> WebPush {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir, &ApnsKey::generate().private_pem, subject);
+        WebPush::new(&BTreeMap::from([("a".to_owned(), config)])).unwrap()
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let parsed: WebPushConfig =
+            serde_json::from_str(r#"{"vapid_key_file": "v.pem", "subject": "mailto:a@b.c"}"#)
+                .unwrap();
+        assert_eq!((parsed.ca_file, parsed.timeout), (None, default_timeout()));
+        let parsed: WebPushConfig = serde_json::from_str(
+            r#"{"vapid_key_file": "v.pem", "subject": "mailto:a@b.c", "timeout": "3s"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.timeout, Duration::from_secs(3));
+        assert!(
+            serde_json::from_str::<WebPushConfig>(
+                r#"{"vapid_key_file": "v.pem", "subject": "mailto:a@b.c", "endpoint": "x"}"#
+            )
+            .is_err()
+        );
+        assert!(serde_json::from_str::<WebPushConfig>(r#"{"vapid_key_file": "v.pem"}"#).is_err());
+    }
+
+    #[test]
+    fn new_names_the_app_with_a_missing_or_bad_key_or_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut missing = config(&dir, "", "mailto:ops@example.com");
+        missing.vapid_key_file = dir.path().join("nope.pem");
+        let err = WebPush::new(&BTreeMap::from([("shop".to_owned(), missing)]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("shop") && err.contains("nope.pem"), "{err}");
+
+        let garbage = config(&dir, "not a key", "mailto:ops@example.com");
+        let err = WebPush::new(&BTreeMap::from([("shop".to_owned(), garbage)]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("shop") && err.contains("PKCS#8"), "{err}");
+
+        let key = ApnsKey::generate().private_pem;
+        for subject in ["", "ops@example.com", "http://example.com", "mailto:"] {
+            let bad = config(&dir, &key, subject);
+            let err = WebPush::new(&BTreeMap::from([("shop".to_owned(), bad)]))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("shop") && err.contains("RFC 8292"), "{err}");
+        }
+        for subject in ["mailto:ops@example.com", "https://example.com/contact"] {
+            let good = config(&dir, &key, subject);
+            assert!(WebPush::new(&BTreeMap::from([("shop".to_owned(), good)])).is_ok());
+        }
+    }
+
+    #[test]
+    fn sec1_keys_are_taken_too() {
+        let pem = ApnsKey::generate().private_pem;
+        let secret = p256::SecretKey::from_pkcs8_pem(&pem).unwrap();
+        let sec1 = secret.to_sec1_pem(Default::default()).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"));
+        let dir = tempfile::tempdir().unwrap();
+        let apps = BTreeMap::from([("a".to_owned(), config(&dir, &sec1, "mailto:a@b.c"))]);
+        let web_push = WebPush::new(&apps).unwrap();
+        let expected = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false));
+        assert_eq!(
+            web_push.application_server_key("a"),
+            Some(expected.as_str())
+        );
+        assert_eq!(web_push.application_server_key("b"), None);
+    }
+
+    #[test]
+    fn vapid_tokens_are_kept_per_origin_then_replaced() {
+        let web_push = web_push("mailto:ops@example.com");
+        let app = &web_push.apps["a"];
+        let minted = |origin: &str| app.vapid.lock().get(origin).map(|v| v.minted);
+
+        let first = app.authorization("https://a.test", VAPID_REFRESH).unwrap();
+        let at = minted("https://a.test");
+        assert_eq!(
+            app.authorization("https://a.test", VAPID_REFRESH).unwrap(),
+            first
+        );
+        assert_eq!(
+            minted("https://a.test"),
+            at,
+            "reused within the refresh age"
+        );
+
+        let other = app.authorization("https://b.test", VAPID_REFRESH).unwrap();
+        assert_ne!(other, first, "each origin has its own audience");
+        assert_eq!(app.vapid.lock().len(), 2);
+
+        app.authorization("https://a.test", Duration::ZERO).unwrap();
+        assert!(minted("https://a.test") > at, "signed again once too old");
+
+        let text = first.to_str().unwrap();
+        let (t, k) = text
+            .strip_prefix("vapid t=")
+            .unwrap()
+            .split_once(", k=")
+            .unwrap();
+        assert_eq!(Some(k), web_push.application_server_key("a"));
+        let claims = t.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["aud"], "https://a.test");
+        assert_eq!(claims["sub"], "mailto:ops@example.com");
+        let exp = claims["exp"].as_u64().unwrap();
+        let ahead = exp - unix_now();
+        assert!(
+            (VAPID_LIFETIME.as_secs() - 5..=VAPID_LIFETIME.as_secs()).contains(&ahead),
+            "{ahead}"
+        );
+    }
+
+    #[test]
+    fn the_origin_cache_stays_bounded() {
+        let web_push = web_push("mailto:ops@example.com");
+        let app = &web_push.apps["a"];
+        for i in 0..=MAX_ORIGINS {
+            app.authorization(&format!("https://{i}.test"), VAPID_REFRESH)
+                .unwrap();
+        }
+        assert!(app.vapid.lock().len() <= MAX_ORIGINS);
+    }
+
+    #[test]
+    fn prepared_reads_keys_data_ttl_urgency_and_topic() {
+        let (secret, keys) = browser();
+        let mut p = push(json!({"keys": keys, "data": "hello", "urgency": "very-low"}));
+        p.expires_at = Some(1_300);
+        p.collapse_id = Some("match-7".into());
+        p.high_priority = Some(true);
+        let r = Prepared::new(&p, 1_000).unwrap();
+        assert_eq!((r.ttl, r.urgency), (300, Some("very-low")));
+        assert_eq!(r.data, b"hello");
+        assert_eq!(r.p256dh, secret.public_key());
+        assert_eq!(r.auth.as_slice(), [7u8; 16]);
+
+        // Without `urgency` in the payload, the priority decides.
+        let mut p = push(json!({"keys": keys, "data": {"n": 1}}));
+        assert_eq!(Prepared::new(&p, 0).unwrap().urgency, None);
+        assert_eq!(Prepared::new(&p, 0).unwrap().ttl, DEFAULT_TTL);
+        assert_eq!(Prepared::new(&p, 0).unwrap().data, br#"{"n":1}"#);
+        p.high_priority = Some(false);
+        assert_eq!(Prepared::new(&p, 0).unwrap().urgency, Some("low"));
+        p.high_priority = Some(true);
+        assert_eq!(Prepared::new(&p, 0).unwrap().urgency, Some("high"));
+        assert!(
+            Prepared::new(&push(json!({"keys": keys})), 0)
+                .unwrap()
+                .data
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn prepared_refuses_what_no_push_service_would_take() {
+        let (_, keys) = browser();
+        let reason = |p: &Push| Prepared::new(p, 1_000).err().unwrap().reason;
+
+        let mut expired = push(json!({"keys": keys, "data": ""}));
+        expired.expires_at = Some(999);
+        assert_eq!(reason(&expired), "Expired");
+        expired.expires_at = Some(1_000);
+        assert_eq!(Prepared::new(&expired, 1_000).unwrap().ttl, 0);
+
+        let mut topic = push(json!({"keys": keys}));
+        topic.collapse_id = Some("a".repeat(33));
+        assert_eq!(reason(&topic), "InvalidTopic");
+        topic.collapse_id = Some("has space".into());
+        assert_eq!(reason(&topic), "InvalidTopic");
+        topic.collapse_id = Some("A-z_09".repeat(5));
+        assert!(Prepared::new(&topic, 1_000).is_ok());
+
+        let urgency = push(json!({"keys": keys, "urgency": "urgent"}));
+        assert_eq!(reason(&urgency), "InvalidUrgency");
+
+        let big = push(json!({"keys": keys, "data": "x".repeat(MAX_DATA + 1)}));
+        let r = Prepared::new(&big, 1_000).err().unwrap();
+        assert_eq!(
+            (r.reason.as_str(), r.status, r.retry_after),
+            ("PayloadTooLarge", None, None)
+        );
+        let fits = push(json!({"keys": keys, "data": "x".repeat(MAX_DATA)}));
+        assert!(Prepared::new(&fits, 1_000).is_ok());
+
+        for bad in [
+            json!({}),
+            json!({"keys": {"p256dh": keys["p256dh"]}}),
+            json!({"keys": {"p256dh": "AAAA", "auth": keys["auth"]}}),
+            json!({"keys": {"p256dh": keys["p256dh"], "auth": "AAAA"}}),
+            json!({"keys": {"p256dh": keys["p256dh"], "auth": "!!"}}),
+        ] {
+            assert_eq!(reason(&push(bad)), "InvalidKeys");
+        }
+    }
+
+    #[test]
+    fn the_overhead_is_what_aes128gcm_adds() {
+        let (secret, keys) = browser();
+        let (p256dh, auth) = subscription_keys(
+            keys["p256dh"].as_str().unwrap(),
+            keys["auth"].as_str().unwrap(),
+        )
+        .unwrap();
+        for len in [0, 1, MAX_DATA] {
+            let data = vec![b'x'; len];
+            let body = web_push_native::encrypt(data.clone(), &p256dh, &auth).unwrap();
+            assert_eq!(body.len(), len + OVERHEAD);
+            let auth = Auth::clone_from_slice(&[7u8; 16]);
+            assert_eq!(
+                web_push_native::decrypt(body, &secret, &auth).unwrap(),
+                data
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_taken_padded_or_in_the_standard_alphabet() {
+        let (_, keys) = browser();
+        let p256dh = keys["p256dh"].as_str().unwrap();
+        let standard = p256dh.replace('-', "+").replace('_', "/");
+        assert!(subscription_keys(&standard, "BwcHBwcHBwcHBwcHBwcHBw==").is_ok());
+        // A compressed point is a valid key but not what browsers send.
+        let (secret, _) = browser();
+        let compressed = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(true));
+        assert!(subscription_keys(&compressed, "BwcHBwcHBwcHBwcHBwcHBw").is_err());
+    }
+
+    #[test]
+    fn endpoints_are_https_urls() {
+        assert!(endpoint("https://fcm.googleapis.com/fcm/send/abc").is_ok());
+        for bad in ["http://push.example/1", "push.example/1", "", "https://"] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejections_follow_rfc_8030() {
+        let r = rejection(StatusCode::GONE, "unsubscribed", Duration::ZERO);
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.invalid_token, r.retry_after),
+            (Some(410), "Gone", true, None)
+        );
+        assert!(r.description.contains("unsubscribed"), "{}", r.description);
+        let r = rejection(StatusCode::NOT_FOUND, "", Duration::ZERO);
+        assert_eq!((r.reason.as_str(), r.invalid_token), ("NotFound", true));
+
+        let r = rejection(StatusCode::PAYLOAD_TOO_LARGE, "", Duration::ZERO);
+        assert_eq!(
+            (r.reason.as_str(), r.invalid_token, r.retry_after),
+            ("PayloadTooLarge", false, None)
+        );
+        let r = rejection(StatusCode::TOO_MANY_REQUESTS, "", Duration::from_secs(9));
+        assert_eq!(
+            (r.reason.as_str(), r.retry_after),
+            ("TooManyRequests", Some(Duration::from_secs(9)))
+        );
+        let r = rejection(StatusCode::SERVICE_UNAVAILABLE, "", Duration::ZERO);
+        assert_eq!(
+            (r.reason.as_str(), r.retry_after),
+            ("ServiceUnavailable", Some(Duration::ZERO))
+        );
+        for (status, reason) in [
+            (StatusCode::BAD_REQUEST, "BadRequest"),
+            (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            (StatusCode::FORBIDDEN, "Forbidden"),
+        ] {
+            let r = rejection(status, "{\"error\": \"x\"}", Duration::ZERO);
+            assert_eq!(
+                (r.reason.as_str(), r.invalid_token, r.retry_after),
+                (reason, false, None)
+            );
+            assert!(r.description.contains("\"error\""), "{}", r.description);
+        }
+        let odd = StatusCode::from_u16(499).unwrap();
+        assert_eq!(rejection(odd, "", Duration::ZERO).reason, "HTTP499");
+    }
+}
