@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod feedback;
+pub mod http;
 pub mod message;
 mod offsets;
 mod pipeline;

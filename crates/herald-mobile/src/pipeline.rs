@@ -58,7 +58,7 @@ pub struct Mobile {
 }
 
 /// What every push task needs.
-struct Shared {
+pub(crate) struct Shared {
     providers: HashMap<Platform, Arc<dyn Provider>>,
     consumer: Arc<StreamConsumer>,
     offsets: Mutex<Offsets>,
@@ -81,6 +81,21 @@ impl MobileMetrics {
     pub fn render(&self, out: &mut String) {
         self.0.render(out);
     }
+}
+
+/// What became of one notification.
+pub(crate) enum Delivery {
+    /// Not sent: invalid, expired, or for an app without credentials.
+    Skipped {
+        /// A bounded key (`invalid-json`, `push-expired`, `unknown-app`, …).
+        reason: &'static str,
+        detail: String,
+    },
+    /// The provider answered (after any retries).
+    Answered {
+        token: String,
+        result: Result<Sent, Rejection>,
+    },
 }
 
 /// One Kafka message, copied out of the consumer's buffer.
@@ -177,6 +192,12 @@ impl Mobile {
         })
     }
 
+    /// `POST /api/v1/push` ([`crate::http::PATH`]): the same pipeline over
+    /// HTTP, for the server to mount; it outlives `run`.
+    pub fn routes(&self) -> axum::Router {
+        crate::http::router(self.shared.clone())
+    }
+
     /// The pipeline's counters, for Herald's `/metrics`; they stay readable
     /// after `run` has taken the pipeline.
     pub fn metrics(&self) -> MobileMetrics {
@@ -247,62 +268,85 @@ impl Mobile {
             warn!(error = %e, "Feedback not all delivered.");
         }
         self.shared.stats.flush().await;
-        // The batcher flushes once the last sender is gone.
-        let tokens_task = self.tokens_task.take();
-        drop(self);
-        if let Some(task) = tokens_task {
+        if let Some(tokens) = &self.shared.tokens {
+            tokens.close();
+        }
+        if let Some(task) = self.tokens_task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
 }
 
 impl Shared {
+    /// Whether `route`'s app has credentials for its platform.
+    pub(crate) fn serves(&self, route: &Route) -> bool {
+        self.providers
+            .get(&route.platform)
+            .is_some_and(|p| p.serves(&route.app))
+    }
+
     async fn handle(&self, job: &Job) {
         let Some(route) = topic::route(&job.topic) else {
             warn!(topic = %job.topic, "Topic names no app and platform; message skipped.");
             return;
         };
-        let notification = match message::parse(&route, &job.payload) {
+        if let Delivery::Skipped { reason, detail } =
+            self.deliver(&route, &job.topic, &job.payload).await
+        {
+            warn!(topic = %job.topic, offset = job.offset, %reason, %detail, "Notification skipped.");
+        }
+    }
+
+    /// Sends one notification in the seed's format to `route`'s provider,
+    /// and reports the answer: stats, dead token, feedback. `source` (the
+    /// topic, or `http`) tags the `sent` count.
+    pub(crate) async fn deliver(&self, route: &Route, source: &str, payload: &[u8]) -> Delivery {
+        let skipped = |reason: &'static str, detail: String| {
+            self.stats.failed(route, reason);
+            Delivery::Skipped { reason, detail }
+        };
+        let notification = match message::parse(route, payload) {
             Ok(n) => n,
-            Err(e) => {
-                warn!(topic = %job.topic, offset = job.offset, error = %e, "Invalid notification skipped.");
-                self.stats.failed(&route, e.key());
-                return;
-            }
+            Err(e) => return skipped(e.key(), e.to_string()),
         };
         if notification
             .expiry_ms
             .is_some_and(|at| at < message::now_ms())
         {
-            debug!(app = %route.app, "Expired notification dropped.");
-            self.stats.failed(&route, "push-expired");
-            return;
+            return skipped("push-expired", "push_expiry has passed".into());
         }
         let provider = match self.providers.get(&route.platform) {
             Some(p) if p.serves(&route.app) => p,
             _ => {
-                warn!(app = %route.app, platform = route.platform.as_str(), "No credentials for the app; notification skipped.");
-                self.stats.failed(&route, "unknown-app");
-                return;
+                let detail = format!(
+                    "no {} credentials for app {:?}",
+                    route.platform.as_str(),
+                    route.app
+                );
+                return skipped("unknown-app", detail);
             }
         };
-        self.stats.sent(&route, &job.topic);
+        self.stats.sent(route, source);
         let started = Instant::now();
         let result = self.send(provider.as_ref(), &notification.push).await;
-        self.stats.latency(&route, started.elapsed());
+        self.stats.latency(route, started.elapsed());
         match &result {
-            Ok(_) => self.stats.ack(&route),
+            Ok(_) => self.stats.ack(route),
             Err(r) => {
                 debug!(app = %route.app, reason = %r.reason, "Push refused.");
-                self.stats.failed(&route, &feedback::reason_key(&r.reason));
+                self.stats.failed(route, &feedback::reason_key(&r.reason));
                 if r.invalid_token
                     && let Some(tokens) = &self.tokens
                 {
-                    tokens.delete(&route, &notification.push.token).await;
+                    tokens.delete(route, &notification.push.token).await;
                 }
             }
         }
-        self.feedback(&route, &notification, &result).await;
+        self.feedback(route, &notification, &result).await;
+        Delivery::Answered {
+            token: notification.push.token,
+            result,
+        }
     }
 
     /// Sends, trying again while the provider asks for it.

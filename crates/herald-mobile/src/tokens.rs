@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::InvalidTokensConfig;
@@ -21,17 +22,21 @@ const MAX_BUFFERED: usize = 100_000;
 #[derive(Clone)]
 pub(crate) struct InvalidTokens {
     tx: mpsc::Sender<(String, String)>,
+    /// Tells the task to flush and end, even while senders remain (the HTTP
+    /// push API holds one for as long as the server runs).
+    closed: CancellationToken,
     /// `{app}` and `{platform}` are replaced to name the table.
     table: String,
 }
 
 impl InvalidTokens {
-    /// Starts the task; it flushes and ends once every clone is dropped.
+    /// Starts the task; it flushes and ends on [`InvalidTokens::close`].
     pub(crate) fn spawn(
         config: &InvalidTokensConfig,
         url: String,
     ) -> (InvalidTokens, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4_096);
+        let closed = CancellationToken::new();
         let task = Batcher {
             url,
             batch: config.batch.max(1),
@@ -40,9 +45,10 @@ impl InvalidTokens {
             pending: HashMap::new(),
             buffered: 0,
         };
-        let handle = tokio::spawn(task.run(rx));
+        let handle = tokio::spawn(task.run(rx, closed.clone()));
         let tokens = InvalidTokens {
             tx,
+            closed,
             table: config.table.clone(),
         };
         (tokens, handle)
@@ -56,6 +62,11 @@ impl InvalidTokens {
             .replace("{platform}", route.platform.as_str());
         // Only fails when the task is gone, i.e. during shutdown.
         let _ = self.tx.send((table, token.to_owned())).await;
+    }
+
+    /// Deletes what is queued, then ends the task.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
     }
 }
 
@@ -71,11 +82,17 @@ struct Batcher {
 }
 
 impl Batcher {
-    async fn run(mut self, mut rx: mpsc::Receiver<(String, String)>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<(String, String)>, closed: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                () = closed.cancelled() => {
+                    while let Ok((table, token)) = rx.try_recv() {
+                        self.add(table, token);
+                    }
+                    break;
+                }
                 next = rx.recv() => match next {
                     Some((table, token)) => {
                         self.add(table, token);

@@ -17,12 +17,22 @@ use crate::state::AppState;
 /// Refuses publisher requests without a configured key (401); passes
 /// everything else. Mounted only when keys are configured.
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let keys = &state.config.auth.api_keys;
     let ps = &state.config.pushstream;
     let ps_prefix = ps.enabled.then_some(ps.prefix.as_str());
     if !is_publisher(ps_prefix, req.method(), req.uri().path()) {
         return next.run(req).await;
     }
+    require_key(State(state), req, next).await
+}
+
+/// Refuses every request without a configured key (401): for routes that
+/// only publish, such as the mobile push API.
+pub(crate) async fn require_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let keys = &state.config.auth.api_keys;
     match presented(req.headers()) {
         Some(key)
             if keys

@@ -21,6 +21,8 @@ use crate::state::AppState;
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    /// Routes of parts running beside the server (the mobile push API).
+    extra: http::Extra,
 }
 
 impl Server {
@@ -46,7 +48,11 @@ impl Server {
         let listener = listen(config.server.listen, config.server.backlog)?;
         let state = AppState::new(engine, config, Shutdown::default())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            extra: http::Extra::default(),
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -62,13 +68,23 @@ impl Server {
         self.state.metrics.add(Box::new(render));
     }
 
+    /// Serves `path` with `routes` (which see the whole path) beside
+    /// Herald's own routes; with `publishes`, behind the publisher keys.
+    pub fn add_route(&mut self, path: &'static str, routes: axum::Router, publishes: bool) {
+        self.extra.add(path, routes, publishes);
+    }
+
     /// Serves until `signal` resolves (or the state's shutdown is triggered),
     /// then tells every client to reconnect and waits for them to go, up to
     /// `server.shutdown_timeout`.
     pub async fn run(self, signal: impl Future<Output = ()>) {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            extra,
+        } = self;
         let shutdown = state.shutdown.clone();
-        let service = TowerToHyperService::new(http::router(state.clone()));
+        let service = TowerToHyperService::new(http::router(state.clone(), extra));
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));

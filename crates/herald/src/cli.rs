@@ -137,7 +137,7 @@ fn serve(settings: Settings) -> Result<(), String> {
     };
     let rt = builder.enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let server = Server::bind(settings.server)
+        let mut server = Server::bind(settings.server)
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
         let mobile = if settings.mobile.enabled {
@@ -146,6 +146,7 @@ fn serve(settings: Settings) -> Result<(), String> {
                 .map_err(|e| format!("cannot start mobile push: {e}"))?;
             let metrics = mobile.metrics();
             server.add_metrics(move |out| metrics.render(out));
+            server.add_route(herald_mobile::http::PATH, mobile.routes(), true);
             Some(mobile)
         } else {
             None

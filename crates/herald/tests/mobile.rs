@@ -1,6 +1,7 @@
 //! The binary runs the mobile pipeline beside the server when `[mobile]` is
-//! enabled: a notification produced to Kafka (a real tansu broker) reaches a
-//! local APNs server that speaks Apple's protocol, and SIGTERM stops both.
+//! enabled: a notification produced to Kafka (a real tansu broker), or posted
+//! to `/api/v1/push`, reaches a local APNs server that speaks Apple's
+//! protocol, and SIGTERM stops both.
 
 mod common;
 
@@ -121,4 +122,94 @@ fn mobile_settings_are_checked() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("s3cret"), "{text}");
     assert!(text.contains("postgres://<redacted>@db/push"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_push_api_sends_through_the_pipeline() {
+    let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
+    let apns = MockApns::start().await;
+    apns.respond("gone", 410, "Unregistered");
+    let key = apns.issue_key("KEY7", "TEAM7");
+    let ca = apns.ca_pem_path();
+    let (brokers, url) = (kafka.bootstrap(), apns.url());
+    let herald = Herald::start(&[
+        ("HERALD_AUTH__API_KEYS", r#"["publisher-key-0123456789"]"#),
+        ("HERALD_MOBILE__ENABLED", "true"),
+        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY7"),
+        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM7"),
+        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
+        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
+        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
+    ]);
+    let push = |body: serde_json::Value, key: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/push", herald.addr))
+            .json(&body)
+            .timeout(STEP);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    };
+    let apns_note =
+        |token: &str| json!({"DeviceToken": token, "Payload": {"aps": {"alert": "hi"}}});
+    let body = json!({"notifications": [
+        {"platform": "apns", "app": "shop", "notification": apns_note("alive")},
+        {"platform": "apns", "app": "shop", "notification": apns_note("gone")},
+        {"platform": "apns", "app": "elsewhere", "notification": apns_note("x")},
+        {"platform": "apns", "app": "shop", "notification": {"Payload": {}}},
+    ]});
+
+    let res = push(body.clone(), None).await.unwrap();
+    assert_eq!(res.status(), 401, "the publisher key guards it");
+    let res = push(body, Some("publisher-key-0123456789")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    let r = &answer["results"];
+    assert_eq!(
+        (&r[0]["sent"], &r[0]["token"]),
+        (&json!(true), &json!("alive"))
+    );
+    assert!(
+        r[0]["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{answer}"
+    );
+    assert_eq!(
+        (
+            &r[1]["sent"],
+            &r[1]["status"],
+            &r[1]["reason"],
+            &r[1]["invalid_token"]
+        ),
+        (
+            &json!(false),
+            &json!(410),
+            &json!("Unregistered"),
+            &json!(true)
+        )
+    );
+    assert_eq!(r[2]["reason"], "unknown-app");
+    assert_eq!(r[3]["reason"], "missing-device-token");
+    let tokens: Vec<String> = apns.requests().into_iter().map(|q| q.token).collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+
+    for (bad, why) in [
+        (json!({"notifications": []}), "1 to 1000"),
+        (
+            json!({"notifications": [{"platform": "sms", "app": "shop", "notification": {}}]}),
+            "not apns, gcm or webpush",
+        ),
+        (json!({"notes": []}), "invalid body"),
+    ] {
+        let res = push(bad, Some("publisher-key-0123456789")).await.unwrap();
+        assert_eq!(res.status(), 400);
+        let err: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "bad_request");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(why),
+            "{err}"
+        );
+    }
 }

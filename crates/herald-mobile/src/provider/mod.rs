@@ -26,6 +26,13 @@ pub enum Platform {
 
 impl Platform {
     /// The name in topics, tables and stats tags.
+    /// The platform named `name` (`apns`, `gcm`, `webpush`).
+    pub fn from_name(name: &str) -> Option<Platform> {
+        [Platform::Apns, Platform::Gcm, Platform::WebPush]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Apns => "apns",

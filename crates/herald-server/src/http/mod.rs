@@ -16,8 +16,21 @@ use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Routes of parts that run beside the server (the mobile push API).
+#[derive(Default)]
+pub struct Extra {
+    /// Path, its routes, and whether it publishes (wants a publisher key).
+    routes: Vec<(&'static str, Router, bool)>,
+}
+
+impl Extra {
+    pub(crate) fn add(&mut self, path: &'static str, routes: Router, publishes: bool) {
+        self.routes.push((path, routes, publishes));
+    }
+}
+
 /// Every route Herald serves.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, extra: Extra) -> Router {
     let mut router = Router::new();
     // The push-stream URL API (docs/pushstream.md).
     let ps = &state.config.pushstream;
@@ -82,7 +95,22 @@ pub fn router(state: AppState) -> Router {
         // Operations.
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let keyed = !state.config.auth.api_keys.is_empty();
+    let router = extra
+        .routes
+        .into_iter()
+        .fold(router, |router, (path, routes, publishes)| {
+            let routes = if publishes && keyed {
+                routes.layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::publisher_auth::require_key,
+                ))
+            } else {
+                routes
+            };
+            router.route_service(path, routes)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // Only servers with publisher keys pay for checking them.
