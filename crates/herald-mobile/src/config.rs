@@ -28,6 +28,7 @@ pub struct MobileConfig {
     /// On shutdown, how long in-flight pushes may take to finish.
     #[serde(with = "humantime_serde")]
     pub graceful_timeout: Duration,
+    /// Where notifications come from and feedback goes.
     pub kafka: KafkaConfig,
     /// APNs credentials per app (the app as named in topics).
     pub apns: BTreeMap<String, ApnsConfig>,
@@ -35,7 +36,9 @@ pub struct MobileConfig {
     pub fcm: BTreeMap<String, FcmConfig>,
     /// Web Push (VAPID) credentials per app; topics call the platform `webpush`.
     pub webpush: BTreeMap<String, WebPushConfig>,
+    /// Deleting dead tokens from the apps' tables.
     pub invalid_tokens: InvalidTokensConfig,
+    /// Counts for StatsD.
     pub statsd: StatsdConfig,
 }
 

@@ -19,6 +19,7 @@ use crate::{Platform, Push};
 /// A notification read off Kafka.
 #[derive(Debug, Clone)]
 pub struct Notification {
+    /// What the provider gets.
     pub push: Push,
     /// Which provider it goes to.
     pub platform: Platform,

@@ -49,18 +49,26 @@ pub enum MobileError {
 
 /// A started pipeline, subscribed and ready to run.
 pub struct Mobile {
+    /// The group member that reads the topics.
     consumer: Arc<StreamConsumer>,
     shared: Arc<Shared>,
+    /// Pushes in flight at once; the consumer waits beyond it.
     concurrency: usize,
+    /// How long in-flight pushes may finish after the stop.
     graceful_timeout: Duration,
+    /// How often StatsD gets the counts.
     stats_interval: Duration,
+    /// The dead-token batcher, awaited at the end so its last batch lands.
     tokens_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What every push task needs.
 pub(crate) struct Shared {
+    /// One provider per platform with credentials.
     providers: HashMap<Platform, Arc<dyn Provider>>,
+    /// For storing offsets as pushes finish.
     consumer: Arc<StreamConsumer>,
+    /// Which offsets are safe to commit.
     offsets: Mutex<Offsets>,
     /// `None` when feedback is off.
     producer: Option<FutureProducer>,
@@ -68,7 +76,9 @@ pub(crate) struct Shared {
     stats: Arc<Stats>,
     /// `None` when no database is configured.
     tokens: Option<InvalidTokens>,
+    /// Tries per push, the first included.
     attempts: u32,
+    /// Wait between tries when the provider names none.
     retry_backoff: Duration,
 }
 
@@ -100,9 +110,12 @@ pub(crate) enum Delivery {
 
 /// One Kafka message, copied out of the consumer's buffer.
 struct Job {
+    /// Names the app and platform.
     topic: String,
+    /// With the offset, what to commit once the push is done.
     partition: i32,
     offset: i64,
+    /// The notification, in the platform's JSON.
     payload: Vec<u8>,
 }
 
@@ -166,10 +179,7 @@ impl Mobile {
         let (tokens, tokens_task) = if config.invalid_tokens.postgres_url.is_empty() {
             (None, None)
         } else {
-            let (t, task) = InvalidTokens::spawn(
-                &config.invalid_tokens,
-                config.invalid_tokens.postgres_url.clone(),
-            );
+            let (t, task) = InvalidTokens::spawn(&config.invalid_tokens);
             (Some(t), Some(task))
         };
         info!(topics = %kafka.topics, group = %kafka.group, platforms = providers.len(), "Mobile push subscribed.");

@@ -31,14 +31,11 @@ pub(crate) struct InvalidTokens {
 
 impl InvalidTokens {
     /// Starts the task; it flushes and ends on [`InvalidTokens::close`].
-    pub(crate) fn spawn(
-        config: &InvalidTokensConfig,
-        url: String,
-    ) -> (InvalidTokens, JoinHandle<()>) {
+    pub(crate) fn spawn(config: &InvalidTokensConfig) -> (InvalidTokens, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4_096);
         let closed = CancellationToken::new();
         let task = Batcher {
-            url,
+            url: config.postgres_url.clone(),
             batch: config.batch.max(1),
             interval: config.flush_interval,
             client: None,
@@ -71,13 +68,17 @@ impl InvalidTokens {
 }
 
 struct Batcher {
+    /// The database, as `tokio-postgres` takes it.
     url: String,
+    /// Tokens that trigger a flush before the interval.
     batch: usize,
+    /// Longest a token waits.
     interval: Duration,
     /// The open connection; reopened on the next flush after an error.
     client: Option<Client>,
     /// Tokens per table.
     pending: HashMap<String, Vec<String>>,
+    /// Tokens in `pending`, bounded by `MAX_BUFFERED`.
     buffered: usize,
 }
 

@@ -20,6 +20,7 @@ static ROUTE: LazyLock<Regex> = LazyLock::new(|| {
 pub struct Route {
     /// The app (the seed's "game"): picks credentials, the token table and tags.
     pub app: String,
+    /// Which provider sends it.
     pub platform: Platform,
 }
 

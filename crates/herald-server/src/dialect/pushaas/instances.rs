@@ -25,7 +25,9 @@ const PLAN: &str = "small";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Stored {
     pub(crate) name: String,
+    /// Always `small`, the one plan.
     plan: String,
+    /// Who asked for it, as Tsuru tells: shown back, never used.
     team: String,
     user: String,
     /// The push-api password of the instance (the user is its name).

@@ -28,6 +28,7 @@ use crate::state::AppState;
 pub(crate) struct TsuruState(Arc<Inner>);
 
 pub(crate) struct Inner {
+    /// The server's shared state: the broker keeps the instances.
     pub(crate) app: AppState,
     /// The `Authorization` value Tsuru must send.
     authorization: String,
