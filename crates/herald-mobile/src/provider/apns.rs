@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, default_timeout, excerpt,
+    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
     http_client, https_url, join, read, refuse, retry_after, unix_now, unsent,
 };
 
@@ -143,12 +143,7 @@ impl Provider for Apns {
     }
 
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
-        let Some(app) = self.apps.get(&push.app) else {
-            return Err(refuse(
-                "UnknownApp",
-                format!("no APNs credentials for app {:?}", push.app),
-            ));
-        };
+        let app = app_of(&self.apps, push, "APNs")?;
         let body = push.payload.to_string();
         if body.len() > app.max_payload {
             let description = format!("{} bytes, over APNs' {}", body.len(), app.max_payload);

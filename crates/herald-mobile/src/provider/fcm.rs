@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tracing::debug;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, default_timeout, excerpt,
+    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
     http_client, https_url, join, read, refuse, retry_after, unix_now, unsent,
 };
 
@@ -142,12 +142,7 @@ impl Provider for Fcm {
     }
 
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
-        let Some(app) = self.apps.get(&push.app) else {
-            return Err(refuse(
-                "UnknownApp",
-                format!("no FCM credentials for app {:?}", push.app),
-            ));
-        };
+        let app = app_of(&self.apps, push, "FCM")?;
         let mut body = json!({ "message": message(push, unix_now())? });
         if push.dry_run {
             body["validate_only"] = true.into();

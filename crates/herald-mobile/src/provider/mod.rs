@@ -217,6 +217,21 @@ pub(crate) fn unsent(error: &reqwest::Error) -> Rejection {
     }
 }
 
+/// The credentials `push` names, or its final rejection: the app has none
+/// at `provider`.
+pub(crate) fn app_of<'a, A>(
+    apps: &'a std::collections::HashMap<String, A>,
+    push: &Push,
+    provider: &str,
+) -> Result<&'a A, Rejection> {
+    apps.get(&push.app).ok_or_else(|| {
+        refuse(
+            "UnknownApp",
+            format!("no {provider} credentials for app {:?}", push.app),
+        )
+    })
+}
+
 /// A final rejection decided locally, before anything was sent.
 pub(crate) fn refuse(reason: &str, description: String) -> Rejection {
     Rejection {

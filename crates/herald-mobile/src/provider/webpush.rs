@@ -25,7 +25,7 @@ use tracing::debug;
 use web_push_native::Auth;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, default_timeout, excerpt,
+    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
     http_client, read, refuse, retry_after, unix_now, unsent,
 };
 
@@ -144,12 +144,7 @@ impl Provider for WebPush {
     }
 
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
-        let Some(app) = self.apps.get(&push.app) else {
-            return Err(refuse(
-                "UnknownApp",
-                format!("no Web Push credentials for app {:?}", push.app),
-            ));
-        };
+        let app = app_of(&self.apps, push, "Web Push")?;
         let endpoint = endpoint(&push.token).map_err(|e| refuse("InvalidEndpoint", e))?;
         let request = Prepared::new(push, unix_now())?;
         let body = web_push_native::encrypt(request.data, &request.p256dh, &request.auth)
