@@ -38,6 +38,16 @@ pub(crate) fn log_tail(path: &Path) -> String {
     format!("--- last lines of {} ---\n{tail}", path.display())
 }
 
+/// Whether `bin --version` runs and succeeds.
+pub(crate) fn on_path(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Installs Debian `packages` with apt-get (as root), panicking on failure.
 pub(crate) fn apt_install(packages: &[&str]) {
     let install: Vec<&str> = ["install", "-y"]

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::redis::{STEP, free_port};
-use crate::{fresh_dir, is_root, log_tail, run_bounded, wait_bounded};
+use crate::{fresh_dir, is_root, log_tail, on_path, run_bounded, wait_bounded};
 
 /// The OS user that owns and runs the cluster when the tests run as root.
 const OS_USER: &str = "postgres";
@@ -63,15 +63,6 @@ fn debian_bin_dir() -> Option<PathBuf> {
         })
         .max()
         .map(|(_, bin)| bin)
-}
-
-fn on_path(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A PostgreSQL program: from the server's bin directory when known (so

@@ -17,7 +17,7 @@ pub const STEP: Duration = Duration::from_secs(10);
 pub fn ensure_redis_installed() {
     static CHECKED: OnceLock<()> = OnceLock::new();
     CHECKED.get_or_init(|| {
-        if has("redis-server") && has("redis-cli") {
+        if crate::on_path("redis-server") && crate::on_path("redis-cli") {
             return;
         }
         assert!(
@@ -27,19 +27,10 @@ pub fn ensure_redis_installed() {
         );
         crate::apt_install(&["redis-server", "redis-tools"]);
         assert!(
-            has("redis-server"),
+            crate::on_path("redis-server"),
             "redis-server still missing after apt-get"
         );
     });
-}
-
-fn has(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A loopback port nobody listens on (and, for cluster buses, port + 10000).
