@@ -2,7 +2,7 @@
 //! provider API does (path, provider token, headers, payload), with canned
 //! errors per device token, and a record of what it was sent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,7 +88,9 @@ struct Inner {
     /// Device token → (status, reason).
     canned: HashMap<String, (u16, String)>,
     requests: Vec<ApnsRequest>,
-    jwts: HashSet<String>,
+    /// Provider tokens that verified, with their `iat`: Apple checks a
+    /// connection's token once, so the signature is not checked again.
+    jwts: HashMap<String, u64>,
     /// How long every answer waits after the request is recorded.
     delay: Duration,
 }
@@ -294,6 +296,14 @@ impl State {
         let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
         let mut inner = self.inner.lock().expect("mock APNs state");
+        let expired = |iat: u64| iat + TOKEN_LIFETIME < unix_now();
+        if let Some(&iat) = inner.jwts.get(jwt) {
+            return if expired(iat) {
+                Err((403, "ExpiredProviderToken".to_owned()))
+            } else {
+                Ok(())
+            };
+        }
         let (team, key) = inner.keys.get(&kid).ok_or_else(invalid)?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.required_spec_claims.clear();
@@ -302,10 +312,10 @@ impl State {
         let claims = jsonwebtoken::decode::<Claims>(jwt, key, &validation)
             .map_err(|_| invalid())?
             .claims;
-        if claims.iat + TOKEN_LIFETIME < unix_now() {
+        if expired(claims.iat) {
             return Err((403, "ExpiredProviderToken".to_owned()));
         }
-        inner.jwts.insert(jwt.to_owned());
+        inner.jwts.insert(jwt.to_owned(), claims.iat);
         Ok(())
     }
 }
