@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -47,12 +48,24 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Herald's error answer: `{"error": {"code", "message"}}`.
-fn bad_request(message: String) -> Response {
-    let body = json!({"error": {"code": "bad_request", "message": message}});
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
-async fn push(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+async fn push(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        // Over axum's 2 MiB body limit, or a broken upload.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(e.status(), "body_too_large", e.body_text());
+        }
+        Err(e) => return error(e.status(), "bad_request", e.body_text()),
+    };
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return bad_request(format!("invalid body: {e}")),
