@@ -200,6 +200,26 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
     assert_eq!(d["channel"], "room");
     assert_ne!(d["text"], "hi%20there");
 
+    // Its push-stream publisher wants the instance's credentials.
+    let ps_pub = s.http("/pushaas/instances/chat/ps/pub?id=room");
+    let res = reqwest::Client::new()
+        .post(&ps_pub)
+        .body("anyone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = reqwest::Client::new()
+        .post(&ps_pub)
+        .basic_auth("chat", Some(&password))
+        .body("agent")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let m = mine.next().await.unwrap();
+    assert_eq!(m["text"], "agent");
+
     // Its push-api answers for its own channels and points at its push-stream.
     let config: Value = reqwest::Client::new()
         .get(format!("{endpoint}/api/v1/config"))

@@ -32,6 +32,18 @@ pub(crate) struct Mount {
     password: String,
     /// Ends the instance's background work (push-api's keep-alive pings).
     retired: CancellationToken,
+    /// The `Authorization` value of the instance's credentials.
+    authorization: String,
+}
+
+impl Mount {
+    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(axum::http::HeaderValue::as_bytes)
+            .unwrap_or_default();
+        pushapi::auth::same(given, self.authorization.as_bytes())
+    }
 }
 
 /// The namespace of instance `name`'s channels; `/` cannot start a name of
@@ -78,11 +90,12 @@ fn build(state: &TsuruState, stored: &Stored) -> Mount {
     let prefix = cfg.prefix.trim_end_matches('/');
     let push_stream_path = format!("{prefix}{}", stream_path(&stored.name));
     let retired = CancellationToken::new();
+    let authorization = pushapi::auth::expected(&stored.name, &stored.password);
     let api = pushapi::router(
         app,
         pushapi::Mount {
             namespace: namespace(&stored.name),
-            authorization: Some(pushapi::auth::expected(&stored.name, &stored.password)),
+            authorization: Some(authorization.clone()),
             record_kind: format!("push-api:channel:{}", stored.name),
             push_stream_url: if cfg.public_url.is_empty() {
                 String::new()
@@ -101,6 +114,7 @@ fn build(state: &TsuruState, stored: &Stored) -> Mount {
         router,
         password: stored.password.clone(),
         retired,
+        authorization,
     }
 }
 
@@ -130,6 +144,11 @@ pub(crate) async fn dispatch(
     let uri = req.uri();
     let own = format!("/instances/{name}");
     let rest = uri.path().strip_prefix(&own).unwrap_or("/");
+    // push-stream's publisher is push-agent's door in PushaaS, never the
+    // public's: here it wants the instance's push-api credentials.
+    if rest == "/ps/pub" && !mount.authorized(req.headers()) {
+        return pushapi::auth::unauthorized();
+    }
     let rest = match uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_owned(),
