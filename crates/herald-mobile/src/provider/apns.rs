@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::{
     Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    http_client, https_url, join, read, refuse, retry_after, unix_now, unsent,
+    https_url, join, load_apps, read, refuse, retry_after, unix_now, unsent,
 };
 
 const SANDBOX: &str = "https://api.sandbox.push.apple.com";
@@ -115,15 +115,12 @@ impl Apns {
         apps: &BTreeMap<String, ApnsConfig>,
         production: bool,
     ) -> Result<Apns, ProviderError> {
-        let roots = apps
-            .iter()
-            .filter_map(|(name, c)| c.ca_file.as_deref().map(|path| (name.as_str(), path)));
-        let client = http_client(roots)?;
         let default = if production { PRODUCTION } else { SANDBOX };
-        let apps = apps
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), App::new(name, config, default)?)))
-            .collect::<Result<_, ProviderError>>()?;
+        let (client, apps) = load_apps(
+            apps,
+            |c| c.ca_file.as_deref(),
+            |name, config| App::new(name, config, default),
+        )?;
         Ok(Apns {
             client,
             apps,

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::{
     Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    http_client, https_url, join, read, refuse, retry_after, unix_now, unsent,
+    https_url, join, load_apps, read, refuse, retry_after, unix_now, unsent,
 };
 
 const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -119,14 +119,7 @@ impl Fcm {
     /// Loads every app's service account (failing on the first unusable
     /// one, named) and builds the client.
     pub fn new(apps: &BTreeMap<String, FcmConfig>) -> Result<Fcm, ProviderError> {
-        let roots = apps
-            .iter()
-            .filter_map(|(name, c)| c.ca_file.as_deref().map(|path| (name.as_str(), path)));
-        let client = http_client(roots)?;
-        let apps = apps
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), App::new(name, config)?)))
-            .collect::<Result<_, ProviderError>>()?;
+        let (client, apps) = load_apps(apps, |c| c.ca_file.as_deref(), App::new)?;
         Ok(Fcm { client, apps })
     }
 }

@@ -159,6 +159,24 @@ pub(crate) fn http_client<'a>(
     Ok(builder.build()?)
 }
 
+/// Every app's credentials built by `build` (failing on the first unusable
+/// one, named), and one client trusting each app's extra root (`ca_file`).
+pub(crate) fn load_apps<C, A>(
+    apps: &std::collections::BTreeMap<String, C>,
+    ca_file: impl Fn(&C) -> Option<&Path>,
+    build: impl Fn(&str, &C) -> Result<A, ProviderError>,
+) -> Result<(Client, std::collections::HashMap<String, A>), ProviderError> {
+    let roots = apps
+        .iter()
+        .filter_map(|(name, c)| ca_file(c).map(|path| (name.as_str(), path)));
+    let client = http_client(roots)?;
+    let apps = apps
+        .iter()
+        .map(|(name, config)| Ok((name.clone(), build(name, config)?)))
+        .collect::<Result<_, ProviderError>>()?;
+    Ok((client, apps))
+}
+
 /// Reads a credentials file, naming the app on failure.
 pub(crate) fn read(app: &str, path: &Path) -> Result<Vec<u8>, ProviderError> {
     std::fs::read(path).map_err(|source| ProviderError::Read {

@@ -26,7 +26,7 @@ use web_push_native::Auth;
 
 use super::{
     Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    http_client, read, refuse, retry_after, unix_now, unsent,
+    load_apps, read, refuse, retry_after, unix_now, unsent,
 };
 
 /// How long a push service keeps a push for an offline browser when the
@@ -111,14 +111,7 @@ impl WebPush {
     /// Loads every app's VAPID key and checks its subject (failing on the
     /// first unusable app, named), and builds the client.
     pub fn new(apps: &BTreeMap<String, WebPushConfig>) -> Result<WebPush, ProviderError> {
-        let roots = apps
-            .iter()
-            .filter_map(|(name, c)| c.ca_file.as_deref().map(|path| (name.as_str(), path)));
-        let client = http_client(roots)?;
-        let apps = apps
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), App::new(name, config)?)))
-            .collect::<Result<_, ProviderError>>()?;
+        let (client, apps) = load_apps(apps, |c| c.ca_file.as_deref(), App::new)?;
         Ok(WebPush {
             client,
             apps,
