@@ -219,12 +219,7 @@ fn gcm(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
     if token.is_empty() {
         return Err(Invalid::NoToken);
     }
-    // `time_to_live` counts from now; `push_expiry` is absolute. The earlier wins.
-    let now = now_secs();
-    let expires_at = [expires_in.map(|s| now + s), expiry_ms.map(|ms| ms / 1000)]
-        .into_iter()
-        .flatten()
-        .min();
+    let expires_at = expiry(expires_in, expiry_ms);
     Ok(Notification {
         push: Push {
             app: route.app.clone(),
@@ -317,13 +312,7 @@ fn web_push(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
     }
     let expiry_ms = m.push_expiry.filter(|&ms| ms > 0);
     let ttl = m.ttl.unwrap_or(DEFAULT_TTL);
-    let expires_at = [
-        Some(now_secs().saturating_add(ttl)),
-        expiry_ms.map(|ms| ms / 1000),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let expires_at = expiry(Some(ttl), expiry_ms);
     Ok(Notification {
         push: Push {
             app: route.app.clone(),
@@ -353,6 +342,19 @@ fn stringified(data: Map<String, Value>) -> Map<String, Value> {
             other => (k, Value::String(other.to_string())),
         })
         .collect()
+}
+
+/// When a push expires (Unix seconds): a time-to-live counts from now,
+/// `push_expiry` (ms) is absolute, and the earlier wins.
+fn expiry(ttl_secs: Option<u64>, expiry_ms: Option<u64>) -> Option<u64> {
+    let now = now_secs();
+    [
+        ttl_secs.map(|s| now.saturating_add(s)),
+        expiry_ms.map(|ms| ms / 1000),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// Seconds since the Unix epoch.
