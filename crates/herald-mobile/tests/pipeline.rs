@@ -96,6 +96,7 @@ impl Rig {
             "game".to_owned(),
             FcmConfig {
                 service_account_file: self.fcm.write_service_account("game-project"),
+                credentials_json: None,
                 project_id: None,
                 endpoint: Some(self.fcm.url()),
                 ca_file: Some(self.fcm.ca_pem_path()),

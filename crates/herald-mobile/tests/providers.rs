@@ -279,6 +279,7 @@ async fn fcm() -> (MockFcm, Arc<Fcm>) {
     let mock = MockFcm::start().await;
     let config = FcmConfig {
         service_account_file: mock.write_service_account("proj-1"),
+        credentials_json: None,
         project_id: None,
         endpoint: Some(mock.url()),
         ca_file: Some(mock.ca_pem_path()),
@@ -370,6 +371,36 @@ async fn fcm_unauthorized_gets_a_new_access_token_on_the_next_send() {
     assert_eq!(mock.token_requests(), 1);
     fcm.send(&push("t2", json!({}))).await.unwrap();
     assert_eq!(mock.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn fcm_takes_the_service_account_inline() {
+    let mock = MockFcm::start().await;
+    let json = std::fs::read_to_string(mock.write_service_account("proj-inline")).unwrap();
+    let config = FcmConfig {
+        service_account_file: Default::default(),
+        credentials_json: Some(json),
+        project_id: None,
+        endpoint: Some(mock.url()),
+        ca_file: Some(mock.ca_pem_path()),
+        timeout: STEP,
+    };
+    let fcm = Fcm::new(&BTreeMap::from([(APP.to_owned(), config.clone())])).unwrap();
+    let sent = fcm.send(&push("t1", json!({}))).await.unwrap();
+    assert!(
+        sent.id
+            .unwrap()
+            .starts_with("projects/proj-inline/messages/")
+    );
+    let broken = FcmConfig {
+        credentials_json: Some("{not json".into()),
+        ..config
+    };
+    let err = Fcm::new(&BTreeMap::from([(APP.to_owned(), broken)]))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("credentials_json"), "{err}");
 }
 
 #[tokio::test]

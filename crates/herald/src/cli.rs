@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::pusher;
 use crate::settings::{self, Settings};
 
 #[derive(Parser)]
@@ -51,6 +52,21 @@ enum Command {
         #[arg(long, default_value = "ws://127.0.0.1:8080")]
         url: String,
     },
+    /// Run only the mobile pipeline, configured like the Pusher seed
+    /// (`--config` names its YAML file, default `./config/default.yaml`;
+    /// `PUSHER_…` variables apply).
+    Pusher {
+        mode: pusher::Mode,
+        /// Debug logs.
+        #[arg(long, short)]
+        debug: bool,
+        /// Logs as JSON.
+        #[arg(long, short)]
+        json: bool,
+        /// APNs' production endpoint instead of the sandbox.
+        #[arg(long, short)]
+        production: bool,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -80,6 +96,22 @@ pub(crate) fn main() -> ExitCode {
             api_key,
         } => runtime(publish(url, api_key, channel, data, event)),
         Command::Subscribe { channels, url } => runtime(subscribe(url, channels)),
+        Command::Pusher {
+            mode,
+            debug,
+            json,
+            production,
+        } => {
+            let file = cli.config.clone();
+            let default = PathBuf::from("config/default.yaml");
+            pusher::load(
+                file.as_ref().unwrap_or(&default),
+                file.is_some(),
+                mode,
+                production,
+            )
+            .and_then(|config| run_pusher(&config, debug, json))
+        }
         Command::Config {
             action: ConfigAction::Check,
         } => settings::load(cli.config.as_deref()).map(|c| {
@@ -162,6 +194,30 @@ fn serve(settings: Settings) -> Result<(), String> {
         if let Some(mobile) = mobile {
             let _ = mobile.await;
         }
+        Ok(())
+    })
+}
+
+/// `herald pusher`: the mobile pipeline alone, until SIGINT or SIGTERM.
+fn run_pusher(config: &herald_mobile::MobileConfig, debug: bool, json: bool) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mobile = Mobile::start(config)
+            .await
+            .map_err(|e| format!("cannot start mobile push: {e}"))?;
+        mobile.run(terminate()).await;
         Ok(())
     })
 }

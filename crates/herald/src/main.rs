@@ -1,6 +1,7 @@
 //! `herald`: the server and a small client for it.
 
 mod cli;
+mod pusher;
 mod settings;
 
 /// jemalloc instead of glibc malloc: 3–7 % less server CPU per delivery in the fan-out and

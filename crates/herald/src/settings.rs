@@ -69,7 +69,7 @@ fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(table) => {
             for (key, v) in table.iter_mut() {
-                let secret = ["secret", "password", "api_key"]
+                let secret = ["secret", "password", "api_key", "credentials"]
                     .iter()
                     .any(|s| key.contains(s));
                 match v {

@@ -213,3 +213,88 @@ async fn the_http_push_api_sends_through_the_pipeline() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_pusher_apns_runs_on_the_seeds_configuration() {
+    let kafka = Kafka::start(&["push-shop_apns_single"]);
+    let apns = MockApns::start().await;
+    let key = apns.issue_key("SEEDKEY", "SEEDTEAM");
+    let dir = std::env::temp_dir().join(format!("herald-pusher-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = dir.join("default.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "gracefulShutdownTimeout: 5\n\
+             apns:\n  apps: shop\n  certs:\n    shop:\n      authKeyPath: {}\n      \
+             keyID: SEEDKEY\n      teamID: SEEDTEAM\n      topic: com.example.shop\n\
+             queue:\n  brokers: nowhere:1\n  group: seed-pushers\n  offsetResetStrategy: earliest\n\
+             feedback:\n  reporters: []\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut pusher = Command::new(HERALD)
+        .args([
+            "--config",
+            yaml.to_str().unwrap(),
+            "pusher",
+            "apns",
+            "--json",
+        ])
+        // The seed's variables override its file, Herald's override both.
+        .env("PUSHER_QUEUE_BROKERS", kafka.bootstrap())
+        .env("HERALD_MOBILE__APNS__SHOP__ENDPOINT", apns.url())
+        .env("HERALD_MOBILE__APNS__SHOP__CA_FILE", apns.ca_pem_path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .unwrap();
+    let body =
+        json!({"DeviceToken": "seed-device", "Payload": {"aps": {"alert": "from the seed"}}})
+            .to_string();
+    producer
+        .send(
+            FutureRecord::<(), _>::to("push-shop_apns_single").payload(&body),
+            STEP,
+        )
+        .await
+        .unwrap();
+    let requests = apns.wait_for(1, STEP).await;
+    assert_eq!(requests[0].token, "seed-device");
+    assert_eq!(requests[0].header("apns-topic"), Some("com.example.shop"));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &pusher.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = pusher.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pusher ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // A seed configuration missing credentials is refused, naming them.
+    let out = Command::new(HERALD)
+        .args(["pusher", "gcm"])
+        .env("PUSHER_GCM_APPS", "shop")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("firebaseCredentials.shop"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

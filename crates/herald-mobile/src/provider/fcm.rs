@@ -36,7 +36,12 @@ const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmErro
 pub struct FcmConfig {
     /// The service-account JSON from the Firebase console (`client_email`,
     /// `private_key`, `token_uri`, `project_id`).
+    #[serde(default)]
     pub service_account_file: PathBuf,
+    /// The same JSON given inline instead of as a file (the Pusher seed's
+    /// `gcm.firebaseCredentials.<app>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_json: Option<String>,
     /// The Firebase project to send through, when not the account's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
@@ -258,9 +263,16 @@ impl App {
         let path = &config.service_account_file;
         let invalid = |problem: String| ProviderError::Invalid {
             app: name.into(),
-            problem: format!("{}: {problem}", path.display()),
+            problem: match &config.credentials_json {
+                Some(_) => format!("credentials_json: {problem}"),
+                None => format!("{}: {problem}", path.display()),
+            },
         };
-        let account: ServiceAccount = serde_json::from_slice(&read(name, path)?)
+        let json = match &config.credentials_json {
+            Some(json) => json.as_bytes().to_vec(),
+            None => read(name, path)?,
+        };
+        let account: ServiceAccount = serde_json::from_slice(&json)
             .map_err(|e| invalid(format!("not a service-account file: {e}")))?;
         let project = config
             .project_id
@@ -521,6 +533,7 @@ mod tests {
         std::fs::write(&path, r#"{"client_email": "a@b", "private_key": "nope", "token_uri": "https://t", "project_id": "p"}"#).unwrap();
         let config = FcmConfig {
             service_account_file: path,
+            credentials_json: None,
             project_id: None,
             endpoint: None,
             ca_file: None,
