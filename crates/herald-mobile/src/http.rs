@@ -25,6 +25,8 @@ pub const PATH: &str = "/api/v1/push";
 /// Notifications per request, at most: one request must stay one bounded
 /// piece of work.
 const MAX_NOTIFICATIONS: usize = 1_000;
+/// Users per notification, at most.
+const MAX_USERS: usize = 1_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,11 @@ struct Item {
     app: String,
     /// The notification, exactly as on the app's Kafka topic.
     notification: Box<RawValue>,
+    /// Send to every device of these users instead (APNs and GCM): their
+    /// tokens are read from the app's token table, the seed's
+    /// `<app>_<platform>(user_id, token, …)`.
+    #[serde(default)]
+    users: Option<Vec<String>>,
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -83,6 +90,20 @@ async fn push(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesReject
                 item.platform
             ));
         };
+        if let Some(users) = &item.users {
+            let why = if platform == Platform::WebPush {
+                "a Web Push subscription is more than a token: send to it directly"
+            } else if shared.table.is_none() {
+                "pushing to users reads their tokens: set mobile.invalid_tokens.postgres_url"
+            } else if users.is_empty() || users.len() > MAX_USERS {
+                "users: 1 to 1000 per notification"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return bad_request(format!("notifications[{i}].users: {why}"));
+            }
+        }
         routes.push(Route {
             app: item.app.clone(),
             platform,
@@ -92,49 +113,94 @@ async fn push(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesReject
         .notifications
         .iter()
         .zip(&routes)
-        .map(|(item, route)| {
-            let shared = &shared;
-            async move {
-                // Apps come from the request here, not from a topic an operator
-                // made: only configured ones reach the stats' labels.
-                if !shared.serves(route) {
-                    return Delivery::Skipped {
-                        reason: "unknown-app",
-                        detail: format!(
-                            "no {} credentials for app {:?}",
-                            route.platform.as_str(),
-                            route.app
-                        ),
-                    };
-                }
-                shared
-                    .deliver(route, "http", item.notification.get().as_bytes())
-                    .await
-            }
-        });
+        .map(|(item, route)| deliver(&shared, item, route));
     let results: Vec<Value> = futures_util::future::join_all(deliveries)
         .await
         .into_iter()
-        .map(|d| match d {
-            Delivery::Skipped { reason, detail } => {
-                json!({"sent": false, "reason": reason, "description": detail})
-            }
-            Delivery::Answered {
-                token,
-                result: Ok(sent),
-            } => json!({"sent": true, "token": token, "id": sent.id}),
-            Delivery::Answered {
-                token,
-                result: Err(r),
-            } => json!({
-                "sent": false,
-                "token": token,
-                "status": r.status,
-                "reason": r.reason,
-                "description": r.description,
-                "invalid_token": r.invalid_token,
-            }),
-        })
+        .flatten()
         .collect();
     axum::Json(json!({ "results": results })).into_response()
+}
+
+/// One item's results: one, or one per device of its users.
+async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
+    // Apps come from the request here, not from a topic an operator made:
+    // only configured ones reach the stats' labels.
+    if !shared.serves(route) {
+        let detail = format!(
+            "no {} credentials for app {:?}",
+            route.platform.as_str(),
+            route.app
+        );
+        return vec![result(Delivery::Skipped {
+            reason: "unknown-app",
+            detail,
+        })];
+    }
+    let (Some(users), Some(table)) = (&item.users, &shared.table) else {
+        let payload = item.notification.get().as_bytes();
+        return vec![result(shared.deliver(route, "http", payload).await)];
+    };
+    let devices = match table.of_users(route, users).await {
+        Ok(devices) => devices,
+        Err(e) => {
+            tracing::warn!(app = %route.app, error = %e, "Users' tokens not read.");
+            return vec![json!({
+                "sent": false,
+                "reason": "token-lookup-failed",
+                "description": e.to_string(),
+            })];
+        }
+    };
+    let Ok(Value::Object(template)) = serde_json::from_str::<Value>(item.notification.get()) else {
+        return vec![result(Delivery::Skipped {
+            reason: "invalid-json",
+            detail: "the notification must be a JSON object".into(),
+        })];
+    };
+    let token_key = match route.platform {
+        Platform::Apns => "DeviceToken",
+        _ => "to",
+    };
+    let sends = devices.iter().map(|(user, token)| {
+        let mut notification = template.clone();
+        notification.insert(token_key.into(), Value::String(token.clone()));
+        let payload = Value::Object(notification).to_string();
+        async move {
+            let mut r = result(shared.deliver(route, "http", payload.as_bytes()).await);
+            r["user"] = Value::String(user.clone());
+            r
+        }
+    });
+    let mut out = futures_util::future::join_all(sends).await;
+    for user in users {
+        if !devices.iter().any(|(u, _)| u == user) {
+            out.push(json!({"sent": false, "user": user, "reason": "no-tokens"}));
+        }
+    }
+    out
+}
+
+/// A delivery as the reply shows it.
+fn result(delivery: Delivery) -> Value {
+    match delivery {
+        Delivery::Skipped { reason, detail } => {
+            json!({"sent": false, "reason": reason, "description": detail})
+        }
+        Delivery::Answered {
+            token,
+            result: Ok(sent),
+        } => json!({"sent": true, "token": token, "id": sent.id}),
+        Delivery::Answered {
+            token,
+            result: Err(r),
+        } => json!({
+            "sent": false,
+            "token": token,
+            "status": r.status,
+            "reason": r.reason,
+            "description": r.description,
+            "invalid_token": r.invalid_token,
+        }),
+    }
 }

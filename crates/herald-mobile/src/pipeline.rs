@@ -25,7 +25,7 @@ use crate::provider::apns::Apns;
 use crate::provider::fcm::Fcm;
 use crate::provider::webpush::WebPush;
 use crate::stats::Stats;
-use crate::tokens::InvalidTokens;
+use crate::tokens::{InvalidTokens, TokenTable};
 use crate::topic::{self, Route};
 use crate::{Platform, Provider, Push, Rejection, Sent, feedback};
 
@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     stats: Arc<Stats>,
     /// `None` when no database is configured.
     tokens: Option<InvalidTokens>,
+    /// Reads users' tokens, for pushes to users; `None` without a database.
+    pub(crate) table: Option<TokenTable>,
     /// Tries per push, the first included.
     attempts: u32,
     /// Wait between tries when the provider names none.
@@ -192,6 +194,8 @@ impl Mobile {
                 producer,
                 stats: Arc::new(stats),
                 tokens,
+                table: (!config.invalid_tokens.postgres_url.is_empty())
+                    .then(|| TokenTable::new(&config.invalid_tokens)),
                 attempts: config.attempts,
                 retry_backoff: config.retry_backoff,
             }),

@@ -1,6 +1,7 @@
-//! Dead device tokens, deleted from the app's PostgreSQL table in batches
-//! (`DELETE FROM <app>_<platform> WHERE token = ANY($1)`), so the app stops
-//! sending to devices that are gone.
+//! The apps' token tables in PostgreSQL (`<app>_<platform>(user_id, token,
+//! …)`, the seed's): dead tokens are deleted from them in batches (`DELETE
+//! … WHERE token = ANY($1)`), so the app stops sending to devices that are
+//! gone; and a user's tokens are read from them, to push to a user.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,10 +54,7 @@ impl InvalidTokens {
 
     /// Queues `token` of `route` for deletion.
     pub(crate) async fn delete(&self, route: &Route, token: &str) {
-        let table = self
-            .table
-            .replace("{app}", &route.app)
-            .replace("{platform}", route.platform.as_str());
+        let table = table(&self.table, route);
         // Only fails when the task is gone, i.e. during shutdown.
         let _ = self.tx.send((table, token.to_owned())).await;
     }
@@ -166,6 +164,60 @@ async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
         }
     });
     Ok(client)
+}
+
+/// Where a route's tokens are: `template` with `{app}` and `{platform}`.
+fn table(template: &str, route: &Route) -> String {
+    template
+        .replace("{app}", &route.app)
+        .replace("{platform}", route.platform.as_str())
+}
+
+/// Reads the apps' token tables.
+pub(crate) struct TokenTable {
+    url: String,
+    /// `{app}` and `{platform}` are replaced to name the table.
+    template: String,
+    /// One connection, opened on first use and again after it fails.
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+/// Tokens one request may fan out to, at most.
+pub(crate) const MAX_USER_TOKENS: usize = 10_000;
+
+impl TokenTable {
+    pub(crate) fn new(config: &InvalidTokensConfig) -> TokenTable {
+        TokenTable {
+            url: config.postgres_url.clone(),
+            template: config.table.clone(),
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `(user_id, token)` of every device of `users` for `route`, by user
+    /// then token, at most [`MAX_USER_TOKENS`].
+    pub(crate) async fn of_users(
+        &self,
+        route: &Route,
+        users: &[String],
+    ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+        let mut client = self.client.lock().await;
+        let live = match client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.url).await?,
+        };
+        let sql = format!(
+            "SELECT DISTINCT user_id::text, token FROM {} WHERE user_id::text = ANY($1) \
+             ORDER BY 1, 2 LIMIT {MAX_USER_TOKENS}",
+            quoted(&table(&self.template, route))
+        );
+        let rows = live.query(&sql, &[&users]).await;
+        *client = Some(live);
+        Ok(rows?
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .collect())
+    }
 }
 
 /// `name` as a quoted SQL identifier; a dot separates a schema.

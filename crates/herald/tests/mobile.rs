@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{HERALD, Herald};
 use herald_testkit::apns::MockApns;
 use herald_testkit::kafka::Kafka;
+use herald_testkit::postgres::Postgres;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -297,4 +298,101 @@ async fn herald_pusher_apns_runs_on_the_seeds_configuration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_users_reach_every_device_in_their_token_table() {
+    let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE shop_apns (id serial PRIMARY KEY, user_id text, token text NOT NULL)");
+    pg.psql(
+        "INSERT INTO shop_apns (user_id, token) VALUES \
+         ('u1', 'phone-1'), ('u1', 'tablet-1'), ('u2', 'old-2'), ('u9', 'other-9')",
+    );
+    let apns = MockApns::start().await;
+    apns.respond("old-2", 410, "Unregistered");
+    let key = apns.issue_key("KEY8", "TEAM8");
+    let ca = apns.ca_pem_path();
+    let (brokers, url, pg_url) = (kafka.bootstrap(), apns.url(), pg.url());
+    let herald = Herald::start(&[
+        ("HERALD_MOBILE__ENABLED", "true"),
+        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
+        ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
+        ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY8"),
+        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM8"),
+        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
+        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
+        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
+    ]);
+    let push = |body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v1/push", herald.addr))
+            .json(&body)
+            .timeout(STEP)
+            .send()
+    };
+    let res = push(json!({"notifications": [{
+        "platform": "apns", "app": "shop", "users": ["u1", "u2", "u3"],
+        "notification": {"Payload": {"aps": {"alert": "your order shipped"}}},
+    }]}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    let summary: Vec<(String, String, bool)> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap_or_default().to_owned(),
+                r["token"]
+                    .as_str()
+                    .unwrap_or(r["reason"].as_str().unwrap_or_default())
+                    .to_owned(),
+                r["sent"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("u1".into(), "phone-1".into(), true),
+            ("u1".into(), "tablet-1".into(), true),
+            ("u2".into(), "old-2".into(), false),
+            ("u3".into(), "no-tokens".into(), false),
+        ]
+    );
+    let mut tokens: Vec<String> = apns.requests().into_iter().map(|r| r.token).collect();
+    tokens.sort();
+    assert_eq!(
+        tokens,
+        ["old-2", "phone-1", "tablet-1"],
+        "u9's device is not u1's"
+    );
+    assert!(
+        apns.requests()
+            .iter()
+            .all(|r| r.body == json!({"aps": {"alert": "your order shipped"}}))
+    );
+    // The dead device leaves the table, as from Kafka (a bounded poll: no
+    // signal crosses from PostgreSQL).
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = pg.psql("SELECT token FROM shop_apns ORDER BY token");
+        if left == "other-9\nphone-1\ntablet-1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "table holds {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let res = push(json!({"notifications": [{
+        "platform": "webpush", "app": "shop", "users": ["u1"], "notification": {},
+    }]}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 400);
 }
