@@ -18,25 +18,36 @@ use serde_json::json;
 
 const STEP: Duration = Duration::from_secs(20);
 
+/// A Herald with mobile push on, app `shop` sending its APNs pushes to
+/// `apns`, with `extra` settings on top.
+fn herald_for_shop(kafka: &Kafka, apns: &MockApns, extra: &[(&str, &str)]) -> Herald {
+    let key = apns.issue_key("SHOPKEY", "SHOPTEAM");
+    let (key, ca) = (key.to_str().unwrap(), apns.ca_pem_path());
+    let (brokers, url) = (kafka.bootstrap(), apns.url());
+    let mut env = vec![
+        ("HERALD_MOBILE__ENABLED", "true"),
+        ("HERALD_MOBILE__KAFKA__BROKERS", brokers.as_str()),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key),
+        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "SHOPKEY"),
+        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "SHOPTEAM"),
+        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
+        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", url.as_str()),
+        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
+    ];
+    env.extend_from_slice(extra);
+    Herald::start(&env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_notifications_reach_apns_through_the_binary() {
     let kafka = Kafka::start(&["push-shop_apns_single", "push-shop-apns-feedbacks"]);
     let apns = MockApns::start().await;
-    let key = apns.issue_key("KEY42", "TEAM42");
-    let ca = apns.ca_pem_path();
+    let mut herald = herald_for_shop(
+        &kafka,
+        &apns,
+        &[("HERALD_MOBILE__KAFKA__OFFSET_RESET", "earliest")],
+    );
     let brokers = kafka.bootstrap();
-    let url = apns.url();
-    let mut herald = Herald::start(&[
-        ("HERALD_MOBILE__ENABLED", "true"),
-        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
-        ("HERALD_MOBILE__KAFKA__OFFSET_RESET", "earliest"),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY42"),
-        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM42"),
-        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
-        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
-        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
-    ]);
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -130,20 +141,11 @@ async fn the_http_push_api_sends_through_the_pipeline() {
     let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
     let apns = MockApns::start().await;
     apns.respond("gone", 410, "Unregistered");
-    let key = apns.issue_key("KEY7", "TEAM7");
-    let ca = apns.ca_pem_path();
-    let (brokers, url) = (kafka.bootstrap(), apns.url());
-    let herald = Herald::start(&[
-        ("HERALD_AUTH__API_KEYS", r#"["publisher-key-0123456789"]"#),
-        ("HERALD_MOBILE__ENABLED", "true"),
-        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY7"),
-        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM7"),
-        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
-        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
-        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
-    ]);
+    let herald = herald_for_shop(
+        &kafka,
+        &apns,
+        &[("HERALD_AUTH__API_KEYS", r#"["publisher-key-0123456789"]"#)],
+    );
     let push = |body: serde_json::Value, key: Option<&'static str>| {
         let mut req = reqwest::Client::new()
             .post(format!("http://{}/api/v1/push", herald.addr))
@@ -311,21 +313,15 @@ async fn pushes_to_users_reach_every_device_in_their_token_table() {
     );
     let apns = MockApns::start().await;
     apns.respond("old-2", 410, "Unregistered");
-    let key = apns.issue_key("KEY8", "TEAM8");
-    let ca = apns.ca_pem_path();
-    let (brokers, url, pg_url) = (kafka.bootstrap(), apns.url(), pg.url());
-    let herald = Herald::start(&[
-        ("HERALD_MOBILE__ENABLED", "true"),
-        ("HERALD_MOBILE__KAFKA__BROKERS", &brokers),
-        ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
-        ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_FILE", key.to_str().unwrap()),
-        ("HERALD_MOBILE__APNS__SHOP__KEY_ID", "KEY8"),
-        ("HERALD_MOBILE__APNS__SHOP__TEAM_ID", "TEAM8"),
-        ("HERALD_MOBILE__APNS__SHOP__TOPIC", "com.example.shop"),
-        ("HERALD_MOBILE__APNS__SHOP__ENDPOINT", &url),
-        ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
-    ]);
+    let pg_url = pg.url();
+    let herald = herald_for_shop(
+        &kafka,
+        &apns,
+        &[
+            ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
+            ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
+        ],
+    );
     let push = |body: serde_json::Value| {
         reqwest::Client::new()
             .post(format!("http://{}/api/v1/push", herald.addr))
