@@ -104,32 +104,27 @@ fn mobile_settings_are_checked() {
     assert!(text.contains("[mobile.kafka]"), "{text}");
     assert!(text.contains("table = \"{app}_{platform}\""), "{text}");
 
-    let out = Command::new(HERALD)
-        .args(["config", "check"])
-        .env("HERALD_MOBILE__ENABLED", "true")
-        .output()
-        .unwrap();
+    let check = |name: &str, value: &str| {
+        Command::new(HERALD)
+            .args(["config", "check"])
+            .env(name, value)
+            .output()
+            .unwrap()
+    };
+    let out = check("HERALD_MOBILE__ENABLED", "true");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs credentials"), "{stderr}");
 
-    let out = Command::new(HERALD)
-        .args(["config", "check"])
-        .env("HERALD_MOBILE__KAFKA__SURPRISE", "1")
-        .output()
-        .unwrap();
+    let out = check("HERALD_MOBILE__KAFKA__SURPRISE", "1");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("surprise"), "{stderr}");
 
-    let out = Command::new(HERALD)
-        .args(["config", "check"])
-        .env(
-            "HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL",
-            "postgres://pusher:s3cret@db/push",
-        )
-        .output()
-        .unwrap();
+    let out = check(
+        "HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL",
+        "postgres://pusher:s3cret@db/push",
+    );
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("s3cret"), "{text}");
