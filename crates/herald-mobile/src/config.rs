@@ -104,6 +104,9 @@ pub struct KafkaConfig {
     pub metadata_refresh: Duration,
     /// Produce every provider answer to `push-<app>-<platform>-feedbacks`.
     pub feedback: bool,
+    /// Where feedback goes, when not to `brokers` (the seed's
+    /// `feedback.kafka.brokers`).
+    pub feedback_brokers: String,
 }
 
 impl Default for KafkaConfig {
@@ -116,6 +119,7 @@ impl Default for KafkaConfig {
             offset_reset: "latest".into(),
             metadata_refresh: Duration::from_secs(30),
             feedback: true,
+            feedback_brokers: String::new(),
         }
     }
 }

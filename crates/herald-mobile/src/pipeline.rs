@@ -169,7 +169,12 @@ impl Mobile {
         let producer = if kafka.feedback {
             Some(
                 ClientConfig::new()
-                    .set("bootstrap.servers", &kafka.brokers)
+                    .set(
+                        "bootstrap.servers",
+                        Some(&kafka.feedback_brokers)
+                            .filter(|b| !b.is_empty())
+                            .unwrap_or(&kafka.brokers),
+                    )
                     .set("message.timeout.ms", millis(FEEDBACK_TIMEOUT))
                     .create::<FutureProducer>()?,
             )

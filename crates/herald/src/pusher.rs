@@ -134,6 +134,9 @@ fn from_seed(seed: &Value, mode: Mode, production: bool) -> Result<MobileConfig,
             .iter()
             .any(|r| r == "kafka");
     }
+    if let Some(brokers) = text(seed, "feedback.kafka.brokers") {
+        k.feedback_brokers = brokers;
+    }
     if list(seed, "stats.reporters").iter().any(|r| r == "statsd") {
         c.statsd.host = text(seed, "stats.statsd.host").unwrap_or_else(|| "localhost:8125".into());
         if let Some(prefix) = text(seed, "stats.statsd.prefix") {
@@ -274,6 +277,8 @@ queue:
   offsetResetStrategy: earliest
 feedback:
   reporters: [kafka]
+  kafka:
+    brokers: "feedback-kafka:9092"
 stats:
   reporters: [statsd]
   flush:
@@ -300,6 +305,8 @@ invalidToken:
         assert_eq!(c.kafka.brokers, "kafka:9092");
         assert_eq!(c.kafka.group, "pushers");
         assert_eq!(c.kafka.offset_reset, "earliest");
+        assert!(c.kafka.feedback);
+        assert_eq!(c.kafka.feedback_brokers, "feedback-kafka:9092");
         assert_eq!(
             c.kafka.topics,
             "^push-[^-_]+_(apns|gcm)[_-](single|massive)"
