@@ -190,17 +190,25 @@ fn result(delivery: Delivery) -> Value {
         Delivery::Answered {
             token,
             result: Ok(sent),
-        } => json!({"sent": true, "token": token, "id": sent.id}),
+            feedback,
+        } => {
+            tokio::spawn(feedback.delivered());
+            json!({"sent": true, "token": token, "id": sent.id})
+        }
         Delivery::Answered {
             token,
             result: Err(r),
-        } => json!({
+            feedback,
+        } => {
+            tokio::spawn(feedback.delivered());
+            json!({
             "sent": false,
             "token": token,
             "status": r.status,
             "reason": r.reason,
             "description": r.description,
             "invalid_token": r.invalid_token,
-        }),
+            })
+        }
     }
 }

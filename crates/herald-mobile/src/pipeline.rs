@@ -12,7 +12,8 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -107,7 +108,26 @@ pub(crate) enum Delivery {
     Answered {
         token: String,
         result: Result<Sent, Rejection>,
+        /// The answer's feedback record, on its way to Kafka.
+        feedback: Feedback,
     },
+}
+
+/// A queued feedback record, until Kafka acknowledges it.
+pub(crate) struct Feedback(Option<DeliveryFuture>);
+
+impl Feedback {
+    /// Waits for the broker's acknowledgement, logging a failure.
+    pub(crate) async fn delivered(self) {
+        let Some(delivery) = self.0 else {
+            return;
+        };
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => warn!(error = %e, "Feedback not delivered."),
+            Err(_) => warn!("Feedback not delivered: the producer went away."),
+        }
+    }
 }
 
 /// One Kafka message, copied out of the consumer's buffer.
@@ -262,9 +282,10 @@ impl Mobile {
                 .begin(&job.topic, job.partition, job.offset);
             let shared = self.shared.clone();
             tasks.spawn(async move {
-                shared.handle(&job).await;
-                shared.done(&job);
+                let feedback = shared.handle(&job).await;
                 drop(permit);
+                feedback.delivered().await;
+                shared.done(&job);
             });
         }
         tasks.close();
@@ -304,15 +325,19 @@ impl Shared {
             .is_some_and(|p| p.serves(&route.app))
     }
 
-    async fn handle(&self, job: &Job) {
+    /// Sends a Kafka message's notification; returns its feedback record,
+    /// which must reach Kafka before the offset counts as done.
+    async fn handle(&self, job: &Job) -> Feedback {
         let Some(route) = topic::route(&job.topic) else {
             warn!(topic = %job.topic, "Topic names no app and platform; message skipped.");
-            return;
+            return Feedback(None);
         };
-        if let Delivery::Skipped { reason, detail } =
-            self.deliver(&route, &job.topic, &job.payload).await
-        {
-            warn!(topic = %job.topic, offset = job.offset, %reason, %detail, "Notification skipped.");
+        match self.deliver(&route, &job.topic, &job.payload).await {
+            Delivery::Skipped { reason, detail } => {
+                warn!(topic = %job.topic, offset = job.offset, %reason, %detail, "Notification skipped.");
+                Feedback(None)
+            }
+            Delivery::Answered { feedback, .. } => feedback,
         }
     }
 
@@ -361,10 +386,11 @@ impl Shared {
                 }
             }
         }
-        self.feedback(route, &notification, &result).await;
+        let feedback = self.feedback(route, &notification, &result).await;
         Delivery::Answered {
             token: notification.push.token,
             result,
+            feedback,
         }
     }
 
@@ -388,20 +414,36 @@ impl Shared {
         }
     }
 
+    /// Queues the feedback record; the broker's acknowledgement is awaited
+    /// apart, so a push's slot is free as soon as its provider answered.
     async fn feedback(
         &self,
         route: &Route,
         notification: &Notification,
         result: &Result<Sent, Rejection>,
-    ) {
+    ) -> Feedback {
         let Some(producer) = &self.producer else {
-            return;
+            return Feedback(None);
         };
         let topic = topic::feedback_topic(route);
         let body = feedback::record(notification, result).to_string();
-        let record = FutureRecord::<(), _>::to(&topic).payload(&body);
-        if let Err((e, _)) = producer.send(record, FEEDBACK_TIMEOUT).await {
-            warn!(%topic, error = %e, "Feedback not delivered.");
+        let mut record = FutureRecord::<(), _>::to(&topic).payload(&body);
+        let deadline = tokio::time::Instant::now() + FEEDBACK_TIMEOUT;
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => return Feedback(Some(delivery)),
+                // The producer's queue is full: wait for room, as `send` does.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => {
+                    warn!(%topic, error = %e, "Feedback not queued.");
+                    return Feedback(None);
+                }
+            }
         }
     }
 
