@@ -183,32 +183,27 @@ async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
 
 /// A delivery as the reply shows it.
 fn result(delivery: Delivery) -> Value {
-    match delivery {
+    let (token, result, feedback) = match delivery {
         Delivery::Skipped { reason, detail } => {
-            json!({"sent": false, "reason": reason, "description": detail})
+            return json!({"sent": false, "reason": reason, "description": detail});
         }
         Delivery::Answered {
             token,
-            result: Ok(sent),
+            result,
             feedback,
-        } => {
-            tokio::spawn(feedback.delivered());
-            json!({"sent": true, "token": token, "id": sent.id})
-        }
-        Delivery::Answered {
-            token,
-            result: Err(r),
-            feedback,
-        } => {
-            tokio::spawn(feedback.delivered());
-            json!({
+        } => (token, result, feedback),
+    };
+    // The reply does not wait for Kafka's acknowledgement; a failure is logged.
+    tokio::spawn(feedback.delivered());
+    match result {
+        Ok(sent) => json!({"sent": true, "token": token, "id": sent.id}),
+        Err(r) => json!({
             "sent": false,
             "token": token,
             "status": r.status,
             "reason": r.reason,
             "description": r.description,
             "invalid_token": r.invalid_token,
-            })
-        }
+        }),
     }
 }
