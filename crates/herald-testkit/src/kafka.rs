@@ -7,13 +7,11 @@
 //! `$HOME/.cache/peers/tansu` (`HERALD_TANSU` points elsewhere).
 
 use std::fs::File;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::redis::{STEP, free_port};
-use crate::{fresh_dir, log_tail, run_bounded};
+use crate::redis::free_port;
+use crate::{fresh_dir, log_tail, run_bounded, wait_serving};
 
 /// The `tansu` binary: `$HERALD_TANSU`, else where `scripts/test` builds it.
 /// Panics, saying how to get it, when it is missing.
@@ -91,37 +89,11 @@ impl Kafka {
         kafka
     }
 
-    /// Polls the port until it accepts, bounded by [`STEP`].
+    /// Waits until the broker accepts connections, bounded by [`crate::redis::STEP`].
     fn wait_listening(&mut self) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "tansu on {} exited during start-up ({status})\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            if TcpStream::connect_timeout(
-                &([127, 0, 0, 1], self.port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu on {} did not accept connections within {STEP:?}\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.dir.join("tansu.log");
+        let child = self.child.as_mut().expect("started");
+        wait_serving(child, "tansu", self.port, || log_tail(&log), || true);
     }
 
     /// `host:port` for a client's `bootstrap.servers`.

@@ -65,6 +65,41 @@ pub(crate) fn apt_install(packages: &[&str]) {
     }
 }
 
+/// Polls until a server started as `child` accepts TCP connections on
+/// `port` and `ready` agrees, bounded by [`STEP`]; panics with the server's
+/// `log` if it exits or never gets there.
+pub(crate) fn wait_serving(
+    child: &mut Child,
+    what: &str,
+    port: u16,
+    log: impl Fn() -> String,
+    mut ready: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} on {port} exited during start-up ({status})\n{}",
+                log()
+            );
+        }
+        let listening = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_millis(200),
+        )
+        .is_ok();
+        if listening && ready() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} on {port} did not accept connections within {STEP:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether this process runs as root (and so may install packages, and must
 /// drop privileges for PostgreSQL).
 pub(crate) fn is_root() -> bool {

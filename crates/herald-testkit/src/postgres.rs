@@ -8,14 +8,12 @@
 //! creates).
 
 use std::fs::File;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use crate::redis::{STEP, free_port};
-use crate::{fresh_dir, is_root, log_tail, on_path, run_bounded, wait_bounded};
+use crate::{fresh_dir, is_root, log_tail, on_path, run_bounded, wait_bounded, wait_serving};
 
 /// The OS user that owns and runs the cluster when the tests run as root.
 const OS_USER: &str = "postgres";
@@ -179,44 +177,19 @@ impl Postgres {
     fn wait_ready(&mut self, log_path: &Path) {
         let pg_isready = tool("pg_isready");
         let have_isready = pg_isready.is_file() || on_path("pg_isready");
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "postgres on {} exited during start-up ({status})\n{}",
-                    self.port,
-                    log_tail(log_path)
-                );
-            }
-            let tcp = TcpStream::connect_timeout(
-                &([127, 0, 0, 1], self.port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok();
-            if tcp
-                && (!have_isready
-                    || Command::new(&pg_isready)
-                        .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                        .args(["-U", "postgres", "-d", "postgres", "-t", "1"])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success()))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postgres on {} did not accept connections within {STEP:?}\n{}",
-                self.port,
-                log_tail(log_path)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port.to_string();
+        let ready = || {
+            !have_isready
+                || Command::new(&pg_isready)
+                    .args(["-q", "-h", "127.0.0.1", "-p", &port])
+                    .args(["-U", "postgres", "-d", "postgres", "-t", "1"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+        };
+        let child = self.child.as_mut().expect("started");
+        wait_serving(child, "postgres", self.port, || log_tail(log_path), ready);
     }
 
     /// Connection URL for clients (superuser `postgres`, database
