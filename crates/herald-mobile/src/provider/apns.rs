@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    https_url, join, load_apps, read, refuse, retry_after, unix_now, unsent,
+    Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
+    default_timeout, excerpt, https_url, join, load_apps, read, refuse, unix_now,
 };
 
 const SANDBOX: &str = "https://api.sandbox.push.apple.com";
@@ -172,21 +172,17 @@ impl Provider for Apns {
             request = request.header("apns-collapse-id", collapse_id);
         }
 
-        let response = request.send().await.map_err(|e| unsent(&e))?;
-        let status = response.status();
+        let Answer {
+            status,
+            id,
+            retry_after,
+            text,
+        } = answer(request, "apns-id").await?;
         if status.is_success() {
-            let id = response
-                .headers()
-                .get("apns-id")
-                .and_then(|v| v.to_str().ok());
             debug!(app = push.app, %status, apns_id = id, "APNs accepted the push.");
-            return Ok(Sent {
-                id: id.map(str::to_owned),
-            });
+            return Ok(Sent { id });
         }
-        let retry = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let rejection = rejection(status, &text, retry);
+        let rejection = rejection(status, &text, retry_after);
         if rejection.reason == "ExpiredProviderToken" {
             app.forget(&jwt);
         }

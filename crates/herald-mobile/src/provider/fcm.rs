@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 use tracing::debug;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    https_url, join, load_apps, read, refuse, retry_after, unix_now, unsent,
+    Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
+    default_timeout, excerpt, https_url, join, load_apps, read, refuse, unix_now,
 };
 
 const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -146,18 +146,18 @@ impl Provider for Fcm {
             body["validate_only"] = true.into();
         }
         let access = app.access_token(&self.client).await?;
-        let response = self
+        let request = self
             .client
             .post(app.send_url.clone())
             .timeout(app.timeout)
             .bearer_auth(&access)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| unsent(&e))?;
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+            .json(&body);
+        let Answer {
+            status,
+            retry_after: retry,
+            text,
+            ..
+        } = answer(request, "").await?;
         if status.is_success() {
             let id = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -321,16 +321,16 @@ impl App {
                 format!("cannot sign the OAuth2 assertion: {e}"),
             )
         })?;
-        let response = client
+        let request = client
             .post(self.token_url.clone())
             .timeout(self.timeout)
-            .form(&[("grant_type", GRANT_TYPE), ("assertion", &assertion)])
-            .send()
-            .await
-            .map_err(|e| unsent(&e))?;
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+            .form(&[("grant_type", GRANT_TYPE), ("assertion", &assertion)]);
+        let Answer {
+            status,
+            retry_after: retry,
+            text,
+            ..
+        } = answer(request, "").await?;
         let granted = serde_json::from_str::<Granted>(&text)
             .ok()
             .filter(|_| status.is_success());

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{Client, Url};
+use reqwest::{Client, RequestBuilder, StatusCode, Url};
 use serde_json::Value;
 
 pub mod apns;
@@ -215,6 +215,33 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Duration {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+/// A provider's answer, read whole.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// The header that names an accepted push (`apns-id`, `location`).
+    pub(crate) id: Option<String>,
+    /// `Retry-After`, or zero (see [`retry_after`]).
+    pub(crate) retry_after: Duration,
+    pub(crate) text: String,
+}
+
+/// Sends `request` and reads the answer; a request that never got one is
+/// the rejection [`unsent`] makes of it.
+pub(crate) async fn answer(request: RequestBuilder, id_header: &str) -> Result<Answer, Rejection> {
+    let response = request.send().await.map_err(|e| unsent(&e))?;
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let id = Some(id_header)
+        .filter(|h| !h.is_empty())
+        .and_then(header)
+        .map(str::to_owned);
+    Ok(Answer {
+        status: response.status(),
+        id,
+        retry_after: retry_after(response.headers()),
+        text: response.text().await.unwrap_or_default(),
+    })
 }
 
 /// The push never left: a request that could not be built is final, one

@@ -25,8 +25,8 @@ use tracing::debug;
 use web_push_native::Auth;
 
 use super::{
-    Platform, Provider, ProviderError, Push, Rejection, Sent, app_of, default_timeout, excerpt,
-    load_apps, read, refuse, retry_after, unix_now, unsent,
+    Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
+    default_timeout, excerpt, load_apps, read, refuse, unix_now,
 };
 
 /// How long a push service keeps a push for an offline browser when the
@@ -163,21 +163,17 @@ impl Provider for WebPush {
             builder = builder.header("topic", topic);
         }
 
-        let response = builder.send().await.map_err(|e| unsent(&e))?;
-        let status = response.status();
+        let Answer {
+            status,
+            id,
+            retry_after,
+            text,
+        } = answer(builder, LOCATION.as_str()).await?;
         if status.is_success() {
-            let location = response
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok());
-            debug!(app = push.app, %status, location, "The push service accepted the push.");
-            return Ok(Sent {
-                id: location.map(str::to_owned),
-            });
+            debug!(app = push.app, %status, location = id, "The push service accepted the push.");
+            return Ok(Sent { id });
         }
-        let retry = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let rejection = rejection(status, &text, retry);
+        let rejection = rejection(status, &text, retry_after);
         debug!(app = push.app, %status, reason = rejection.reason, "The push service refused the push.");
         Err(rejection)
     }
