@@ -101,6 +101,16 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
         assert_eq!(res.status(), 400, "{bad:?}");
         assert_eq!(json_of(res).await["code"], 23);
     }
+    let huge = reqwest::Client::new()
+        .post(resources(&s, ""))
+        .basic_auth(TSURU.0, Some(TSURU.1))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=big&team={}", "t".repeat(3 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413, "over the body limit");
+    assert_eq!(json_of(huge).await["code"], 23);
     let res = tsuru(
         &s,
         reqwest::Method::POST,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -74,9 +75,11 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A form body (Tsuru sends `application/x-www-form-urlencoded`, also on
-/// DELETE); unparsable bodies read as empty.
-fn form(body: &[u8]) -> HashMap<String, String> {
-    serde_urlencoded::from_bytes(body).unwrap_or_default()
+/// DELETE); unparsable forms read as empty. A body that cannot be read at
+/// all (over the size limit, cut off) gives the status to refuse it with.
+fn form(body: Result<Bytes, BytesRejection>) -> Result<HashMap<String, String>, StatusCode> {
+    let body = body.map_err(|e| e.status())?;
+    Ok(serde_urlencoded::from_bytes(&body).unwrap_or_default())
 }
 
 /// The stored instance `name`.
@@ -92,8 +95,14 @@ fn unavailable(e: &BrokerError, code: u16, message: &'static str) -> Response {
 
 /// `POST /resources` (form `name, plan, team, user`) → 201; 409 code 22
 /// when the name is taken; 400 code 23 for a bad name or plan.
-pub(crate) async fn create(State(state): State<TsuruState>, body: Bytes) -> Response {
-    let mut f = form(&body);
+pub(crate) async fn create(
+    State(state): State<TsuruState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut f = match form(body) {
+        Ok(f) => f,
+        Err(status) => return error(status, 23, "invalid request body"),
+    };
     let name = f.remove("name").unwrap_or_default();
     let plan = f.remove("plan").filter(|p| !p.is_empty());
     if !valid_name(&name) || plan.as_deref().is_some_and(|p| p != PLAN) {
@@ -219,9 +228,12 @@ pub(crate) async fn bind_app(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let f = form(&body);
+    let f = match form(body) {
+        Ok(f) => f,
+        Err(status) => return error(status, 102, "invalid request body"),
+    };
     let app_name = f.get("app-name").cloned().unwrap_or_default();
     let stored = match find(&state, &name).await {
         Ok(Some(s)) => s,
@@ -259,9 +271,12 @@ pub(crate) async fn bind_app(
 pub(crate) async fn unbind_app(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let app_name = form(&body).remove("app-name").unwrap_or_default();
+    let app_name = match form(body) {
+        Ok(mut f) => f.remove("app-name").unwrap_or_default(),
+        Err(status) => return error(status, 112, "invalid request body"),
+    };
     match find(&state, &name).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, 110, "Instance not found"),

@@ -65,12 +65,7 @@ pub(crate) fn error(status: StatusCode, code: u16, message: &'static str) -> Res
 
 /// Middleware: Tsuru's basic auth, as gin's `BasicAuth` answers.
 async fn require(State(state): State<TsuruState>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    if auth::same(given, state.authorization.as_bytes()) {
+    if auth::presents(req.headers(), &state.authorization) {
         return next.run(req).await;
     }
     auth::unauthorized()

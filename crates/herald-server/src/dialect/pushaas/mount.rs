@@ -36,16 +36,6 @@ pub(crate) struct Mount {
     authorization: String,
 }
 
-impl Mount {
-    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .map(axum::http::HeaderValue::as_bytes)
-            .unwrap_or_default();
-        pushapi::auth::same(given, self.authorization.as_bytes())
-    }
-}
-
 /// The namespace of instance `name`'s channels; `/` cannot start a name of
 /// the default app, so nothing else lands there.
 fn namespace(name: &str) -> Arc<str> {
@@ -146,7 +136,7 @@ pub(crate) async fn dispatch(
     let rest = uri.path().strip_prefix(&own).unwrap_or("/");
     // push-stream's publisher is push-agent's door in PushaaS, never the
     // public's: here it wants the instance's push-api credentials.
-    if rest == "/ps/pub" && !mount.authorized(req.headers()) {
+    if rest == "/ps/pub" && !pushapi::auth::presents(req.headers(), &mount.authorization) {
         return pushapi::auth::unauthorized();
     }
     let rest = match uri.query() {

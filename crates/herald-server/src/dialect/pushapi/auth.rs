@@ -3,7 +3,7 @@
 //! else 401 with `WWW-Authenticate: Basic realm="Authorization Required"`.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -37,24 +37,25 @@ fn base64(input: &[u8]) -> String {
 
 /// Equal without an early exit, so the comparison time does not tell how
 /// much of a guess was right.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Middleware: passes authorized requests (or all, with `enable_auth` off).
 pub(crate) async fn require(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(wanted) = &state.authorization else {
-        return next.run(req).await;
-    };
-    let given = req
-        .headers()
+    match &state.authorization {
+        Some(wanted) if !presents(req.headers(), wanted) => unauthorized(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether `headers` carry exactly the `Authorization` value `wanted`.
+pub(crate) fn presents(headers: &HeaderMap, wanted: &str) -> bool {
+    let given = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    if same(given, wanted.as_bytes()) {
-        return next.run(req).await;
-    }
-    unauthorized()
+    same(given, wanted.as_bytes())
 }
 
 /// gin's 401, with the realm it names.
