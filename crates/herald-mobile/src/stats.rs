@@ -61,41 +61,40 @@ impl Stats {
 
     /// A push went to its provider.
     pub(crate) fn sent(&self, route: &Route, topic: &str) {
-        let tags = format!(
-            "platform:{},game:{},topic:{topic}",
-            route.platform.as_str(),
-            route.app
-        );
-        self.count(
-            "sent",
-            &tags,
-            ("herald_mobile_sent_total", Self::labels(route)),
-        );
+        let tags = || {
+            format!(
+                "platform:{},game:{},topic:{topic}",
+                route.platform.as_str(),
+                route.app
+            )
+        };
+        let total = ("herald_mobile_sent_total", Self::labels(route));
+        self.count("sent", tags, total);
     }
 
     /// The provider took a push.
     pub(crate) fn ack(&self, route: &Route) {
         let total = ("herald_mobile_acked_total", Self::labels(route));
-        self.count("ack", &Self::tags(route), total);
+        self.count("ack", || Self::tags(route), total);
     }
 
     /// A push failed for `reason` (a `feedback::reason_key`).
     pub(crate) fn failed(&self, route: &Route, reason: &str) {
-        let tags = format!("{},reason:{reason}", Self::tags(route));
+        let tags = || format!("{},reason:{reason}", Self::tags(route));
         let labels = format!("{},reason=\"{reason}\"", Self::labels(route));
-        self.count("failed", &tags, ("herald_mobile_failed_total", labels));
+        self.count("failed", tags, ("herald_mobile_failed_total", labels));
     }
 
     /// How long the provider took to answer.
     pub(crate) fn latency(&self, route: &Route, took: Duration) {
-        let line = format!(
-            "{}.send_notification_latency:{}|ms|#{}",
-            self.prefix,
-            took.as_millis(),
-            Self::tags(route)
-        );
         let mut p = self.pending.lock();
-        if p.timings.len() < MAX_TIMINGS {
+        if self.socket.is_some() && p.timings.len() < MAX_TIMINGS {
+            let line = format!(
+                "{}.send_notification_latency:{}|ms|#{}",
+                self.prefix,
+                took.as_millis(),
+                Self::tags(route)
+            );
             p.timings.push(line);
         }
         let (count, sum) = p.latency.entry(route.platform.as_str()).or_default();
@@ -183,11 +182,19 @@ impl Stats {
         )
     }
 
-    fn count(&self, name: &'static str, tags: &str, total: (&'static str, String)) {
-        let mut key = String::with_capacity(name.len() + 1 + tags.len());
-        let _ = write!(key, "{name}#{tags}");
+    /// Counts one event: for StatsD under `name` and `tags` (built only
+    /// when StatsD is on), and in the Prometheus `total`.
+    fn count(
+        &self,
+        name: &'static str,
+        tags: impl FnOnce() -> String,
+        total: (&'static str, String),
+    ) {
+        let key = self.socket.is_some().then(|| format!("{name}#{}", tags()));
         let mut p = self.pending.lock();
-        *p.counters.entry(key).or_default() += 1;
+        if let Some(key) = key {
+            *p.counters.entry(key).or_default() += 1;
+        }
         *p.totals.entry(total).or_default() += 1;
     }
 }
