@@ -14,8 +14,9 @@ use tracing::debug;
 
 use super::{
     Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
-    default_timeout, excerpt, https_url, join, load_apps, read, refuse, unix_now,
+    default_timeout, excerpt, https_url, join, load_apps, read, refuse,
 };
+use crate::message::now_secs;
 
 const SANDBOX: &str = "https://api.sandbox.push.apple.com";
 const PRODUCTION: &str = "https://api.push.apple.com";
@@ -260,7 +261,7 @@ impl App {
         header.kid = Some(self.key_id.clone());
         let claims = Claims {
             iss: &self.team_id,
-            iat: unix_now(),
+            iat: now_secs(),
         };
         let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
         debug!(key_id = self.key_id, "Minted an APNs provider token.");

@@ -14,8 +14,9 @@ use tracing::debug;
 
 use super::{
     Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
-    default_timeout, excerpt, https_url, join, load_apps, read, refuse, unix_now,
+    default_timeout, excerpt, https_url, join, load_apps, read, refuse,
 };
+use crate::message::now_secs;
 
 const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 /// The OAuth2 scope that FCM's v1 API requires.
@@ -141,7 +142,7 @@ impl Provider for Fcm {
 
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
         let app = app_of(&self.apps, push, "FCM")?;
-        let mut body = json!({ "message": message(push, unix_now())? });
+        let mut body = json!({ "message": message(push, now_secs())? });
         if push.dry_run {
             body["validate_only"] = true.into();
         }
@@ -291,7 +292,7 @@ impl App {
         };
         // The key is only parsed when signing: sign now, so a bad key fails
         // here rather than on every push.
-        app.assertion(unix_now())
+        app.assertion(now_secs())
             .map_err(|e| invalid(format!("private_key cannot sign: {e}")))?;
         Ok(app)
     }
@@ -315,7 +316,7 @@ impl App {
         if let Some(current) = access.as_ref().filter(|a| Instant::now() < a.refresh_at) {
             return Ok(current.token.clone());
         }
-        let assertion = self.assertion(unix_now()).map_err(|e| {
+        let assertion = self.assertion(now_secs()).map_err(|e| {
             refuse(
                 "AuthError",
                 format!("cannot sign the OAuth2 assertion: {e}"),

@@ -1,7 +1,7 @@
 //! The providers that deliver to devices, behind one trait.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -296,14 +296,6 @@ pub(crate) fn excerpt(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
-}
-
-/// Seconds since the Unix epoch, for JWT claims and expiry times.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ use web_push_native::Auth;
 
 use super::{
     Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
-    default_timeout, excerpt, load_apps, read, refuse, unix_now,
+    default_timeout, excerpt, load_apps, read, refuse,
 };
+use crate::message::now_secs;
 
 /// How long a push service keeps a push for an offline browser when the
 /// notification names no `ttl` or `push_expiry`: four weeks, the longest
@@ -139,7 +140,7 @@ impl Provider for WebPush {
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
         let app = app_of(&self.apps, push, "Web Push")?;
         let endpoint = endpoint(&push.token).map_err(|e| refuse("InvalidEndpoint", e))?;
-        let request = Prepared::new(push, unix_now())?;
+        let request = Prepared::new(push, now_secs())?;
         let body = web_push_native::encrypt(request.data, &request.p256dh, &request.auth)
             .map_err(|e| refuse("EncryptionFailed", format!("cannot encrypt: {e}")))?;
         let origin = endpoint.origin().ascii_serialization();
@@ -400,7 +401,7 @@ impl App {
     fn sign(&self, origin: &str) -> Result<HeaderValue, jsonwebtoken::errors::Error> {
         let claims = Claims {
             aud: origin,
-            exp: unix_now() + VAPID_LIFETIME.as_secs(),
+            exp: now_secs() + VAPID_LIFETIME.as_secs(),
             sub: &self.subject,
         };
         let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key)?;
@@ -573,7 +574,7 @@ mod tests {
         assert_eq!(claims["aud"], "https://a.test");
         assert_eq!(claims["sub"], "mailto:ops@example.com");
         let exp = claims["exp"].as_u64().unwrap();
-        let ahead = exp - unix_now();
+        let ahead = exp - now_secs();
         assert!(
             (VAPID_LIFETIME.as_secs() - 5..=VAPID_LIFETIME.as_secs()).contains(&ahead),
             "{ahead}"
