@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
@@ -223,7 +223,7 @@ impl State {
             None => tls::json(200, &json!({})),
             Some(reason) if status == 410 => tls::json(
                 status,
-                &json!({"reason": reason, "timestamp": unix_now() * 1000}),
+                &json!({"reason": reason, "timestamp": crate::tls::unix_now() * 1000}),
             ),
             Some(reason) => tls::json(status, &json!({ "reason": reason })),
         };
@@ -296,7 +296,7 @@ impl State {
         let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
         let mut inner = self.inner.lock().expect("mock APNs state");
-        let expired = |iat: u64| iat + TOKEN_LIFETIME < unix_now();
+        let expired = |iat: u64| iat + TOKEN_LIFETIME < crate::tls::unix_now();
         if let Some(&iat) = inner.jwts.get(jwt) {
             return if expired(iat) {
                 Err((403, "ExpiredProviderToken".to_owned()))
@@ -318,11 +318,4 @@ impl State {
         inner.jwts.insert(jwt.to_owned(), claims.iat);
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }

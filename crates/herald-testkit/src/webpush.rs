@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -430,7 +430,7 @@ impl State {
             jsonwebtoken::decode::<Vapid>(token, &DecodingKey::from_ec_der(&point), &validation)
                 .map_err(|e| forbidden(&e.to_string()))?;
         let mut vapid = decoded.claims;
-        if vapid.exp > unix_now() + MAX_VAPID_AHEAD {
+        if vapid.exp > crate::tls::unix_now() + MAX_VAPID_AHEAD {
             return Err(forbidden("exp is more than 24 hours ahead"));
         }
         if !(vapid.sub.starts_with("mailto:") || vapid.sub.starts_with("https:")) {
@@ -449,11 +449,4 @@ fn reason(status: u16) -> &'static str {
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
