@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use herald_mobile::Mobile;
+use herald_server::Server;
 use herald_server::config::LogFormat;
-use herald_server::{Config, Server};
 use tokio_tungstenite::tungstenite::Message;
 
 use tokio_util::sync::CancellationToken;
@@ -146,29 +146,21 @@ fn runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<
         .block_on(f)
 }
 
-fn init_logs(config: &Config) {
+/// Logs at `level` (`RUST_LOG` wins), as JSON or text.
+fn init_logs(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
+    match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
 fn serve(settings: Settings) -> Result<(), String> {
-    init_logs(&settings.server);
-    // On one core a worker thread beside the accepting thread only adds
-    // context switches and cross-thread wake-ups (a `write` to the driver's
-    // eventfd per accepted connection): one thread serves everything.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let mut builder = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let rt = builder.enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(async {
+    let log = &settings.server.log;
+    init_logs(&log.level, log.format);
+    long_running()?.block_on(async {
         let mut server = Server::bind(settings.server)
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
@@ -198,22 +190,29 @@ fn serve(settings: Settings) -> Result<(), String> {
     })
 }
 
+/// The runtime of `serve` and `pusher`: on one core a worker thread beside
+/// the accepting thread only adds context switches and cross-thread
+/// wake-ups (a `write` to the driver's eventfd per accepted connection), so
+/// one thread serves everything; otherwise every core is used.
+fn long_running() -> Result<tokio::runtime::Runtime, String> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().map_err(|e| e.to_string())
+}
+
 /// `herald pusher`: the mobile pipeline alone, until SIGINT or SIGTERM.
 fn run_pusher(config: &herald_mobile::MobileConfig, debug: bool, json: bool) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
+    let format = if json {
+        LogFormat::Json
     } else {
-        builder.init();
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
+        LogFormat::Text
+    };
+    init_logs(if debug { "debug" } else { "info" }, format);
+    long_running()?.block_on(async {
         let mobile = Mobile::start(config)
             .await
             .map_err(|e| format!("cannot start mobile push: {e}"))?;
