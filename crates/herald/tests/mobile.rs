@@ -19,7 +19,8 @@ use serde_json::json;
 const STEP: Duration = Duration::from_secs(20);
 
 /// A Herald with mobile push on, app `shop` sending its APNs pushes to
-/// `apns`, with `extra` settings on top.
+/// `apns`, with `extra` settings on top. It runs on one core, so on one
+/// thread; `herald pusher` below covers the multi-threaded runtime.
 fn herald_for_shop(kafka: &Kafka, apns: &MockApns, extra: &[(&str, &str)]) -> Herald {
     let key = apns.issue_key("SHOPKEY", "SHOPTEAM");
     let (key, ca) = (key.to_str().unwrap(), apns.ca_pem_path());
@@ -35,7 +36,7 @@ fn herald_for_shop(kafka: &Kafka, apns: &MockApns, extra: &[(&str, &str)]) -> He
         ("HERALD_MOBILE__APNS__SHOP__CA_FILE", ca.to_str().unwrap()),
     ];
     env.extend_from_slice(extra);
-    Herald::start(&env)
+    Herald::start_on_one_core(&env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
