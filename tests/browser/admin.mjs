@@ -212,7 +212,7 @@ try {
   await until("the login form after logout", page.locator("#login").waitFor({ state: "visible" }));
   check(await page.locator("#app").isHidden(), "the app shows after logout");
 
-  // 9. `<prefix>/admin/` is the same page, its relative URLs still right.
+  // 9. `<prefix>/admin/` leads to the same page, its relative URLs right.
   await page.goto(`${base}${apiPrefix}/admin/`);
   await page.getByLabel("User").fill(user);
   await page.getByLabel("Password").fill(password);

@@ -148,7 +148,7 @@ pub(crate) fn router(app: &AppState, mount: Mount) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .route("/", get(admin::redirect))
         .route("/admin", get(admin::page))
-        .route("/admin/", get(admin::page_slash))
+        .route("/admin/", get(admin::redirect_slash))
         .route("/admin/app.js", get(admin::script))
         .route("/admin/app.css", get(admin::style));
     api.fallback(not_found)
