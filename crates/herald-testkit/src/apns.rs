@@ -13,9 +13,8 @@ use hyper::{HeaderMap, Method};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use crate::tls::{self, Reply, TlsServer, Versions};
+use crate::tls::{self, Recorded, Reply, TlsServer, Versions};
 
 /// Apple's limit for every push type but VoIP.
 const MAX_PAYLOAD: usize = 4096;
@@ -87,7 +86,6 @@ struct Inner {
     keys: HashMap<String, (String, DecodingKey)>,
     /// Device token → (status, reason).
     canned: HashMap<String, (u16, String)>,
-    requests: Vec<ApnsRequest>,
     /// Provider tokens that verified, with their `iat`: Apple checks a
     /// connection's token once, so the signature is not checked again.
     jwts: HashMap<String, u64>,
@@ -97,8 +95,7 @@ struct Inner {
 
 struct State {
     inner: Mutex<Inner>,
-    /// How many requests were recorded, for [`MockApns::wait_for`].
-    count: watch::Sender<usize>,
+    requests: Recorded<ApnsRequest>,
 }
 
 #[derive(Deserialize)]
@@ -111,7 +108,7 @@ impl MockApns {
     pub async fn start() -> MockApns {
         let state = Arc::new(State {
             inner: Mutex::default(),
-            count: watch::Sender::new(0),
+            requests: Recorded::new(),
         });
         let (listener, _) = tls::bind().await;
         let handler = state.clone();
@@ -167,7 +164,7 @@ impl MockApns {
 
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<ApnsRequest> {
-        self.lock().requests.clone()
+        self.state.requests.all()
     }
 
     /// How many different provider tokens (JWTs) verified so far.
@@ -177,12 +174,7 @@ impl MockApns {
 
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ApnsRequest> {
-        let mut count = self.state.count.subscribe();
-        tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
-            .await
-            .unwrap_or_else(|_| panic!("mock APNs: fewer than {n} requests within {timeout:?}"))
-            .expect("the mock outlives its receivers");
-        self.requests()
+        self.state.requests.wait_for(n, timeout, "mock APNs").await
     }
 
     fn dir(&self) -> &Path {
@@ -212,12 +204,7 @@ impl State {
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             status,
         };
-        self.inner
-            .lock()
-            .expect("mock APNs state")
-            .requests
-            .push(request);
-        self.count.send_modify(|c| *c += 1);
+        self.requests.push(request);
 
         let mut reply = match reason {
             None => tls::json(200, &json!({})),

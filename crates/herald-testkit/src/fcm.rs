@@ -13,9 +13,8 @@ use hyper::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use crate::tls::{self, Reply, TlsServer, Versions};
+use crate::tls::{self, Recorded, Reply, TlsServer, Versions};
 
 /// A throwaway 2048-bit RSA key, committed because generating one in a debug
 /// build takes seconds. It signs nothing but test assertions.
@@ -89,15 +88,14 @@ struct Inner {
     issued: HashSet<String>,
     token_requests: usize,
     canned: HashMap<String, FcmError>,
-    requests: Vec<FcmRequest>,
 }
 
 struct State {
     token_url: String,
     key: DecodingKey,
     inner: Mutex<Inner>,
-    /// How many `messages:send` requests were recorded.
-    count: watch::Sender<usize>,
+    /// The `messages:send` requests.
+    requests: Recorded<FcmRequest>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +114,7 @@ impl MockFcm {
             key: DecodingKey::from_rsa_pem(SERVICE_ACCOUNT_PUBLIC_KEY.as_bytes())
                 .expect("the fixture public key"),
             inner: Mutex::default(),
-            count: watch::Sender::new(0),
+            requests: Recorded::new(),
         });
         let handler = state.clone();
         let server = tls::serve(listener, Versions::H2AndHttp1, move |parts, body| {
@@ -180,17 +178,12 @@ impl MockFcm {
 
     /// Every `messages:send` request so far, in arrival order.
     pub fn requests(&self) -> Vec<FcmRequest> {
-        self.lock().requests.clone()
+        self.state.requests.all()
     }
 
     /// Waits until at least `n` sends arrived; panics after `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<FcmRequest> {
-        let mut count = self.state.count.subscribe();
-        tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
-            .await
-            .unwrap_or_else(|_| panic!("mock FCM: fewer than {n} sends within {timeout:?}"))
-            .expect("the mock outlives its receivers");
-        self.requests()
+        self.state.requests.wait_for(n, timeout, "mock FCM").await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -301,13 +294,12 @@ impl State {
             )
         };
         let status = reply.status().as_u16();
-        self.lock().requests.push(FcmRequest {
+        self.requests.push(FcmRequest {
             project,
             token,
             body,
             status,
         });
-        self.count.send_modify(|c| *c += 1);
         reply
     }
 }

@@ -165,3 +165,39 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or_default()
         .as_secs()
 }
+
+/// The requests a mock received, in arrival order, and a signal for tests
+/// that wait for some.
+pub(crate) struct Recorded<T> {
+    items: std::sync::Mutex<Vec<T>>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl<T: Clone> Recorded<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            items: std::sync::Mutex::default(),
+            count: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn push(&self, item: T) {
+        self.items.lock().expect("recorded requests").push(item);
+        self.count.send_modify(|c| *c += 1);
+    }
+
+    pub(crate) fn all(&self) -> Vec<T> {
+        self.items.lock().expect("recorded requests").clone()
+    }
+
+    /// Every request once there are at least `n`; panics, naming `what`,
+    /// after `timeout`.
+    pub(crate) async fn wait_for(&self, n: usize, timeout: Duration, what: &str) -> Vec<T> {
+        let mut count = self.count.subscribe();
+        tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: fewer than {n} requests within {timeout:?}"))
+            .expect("the mock outlives its receivers");
+        self.all()
+    }
+}

@@ -22,10 +22,9 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePrivateKey;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use web_push_native::Auth;
 
-use crate::tls::{self, Reply, TlsServer, Versions};
+use crate::tls::{self, Recorded, Reply, TlsServer, Versions};
 
 /// The encrypted body push services are bound to take (RFC 8030 §7.2).
 const MAX_BODY: usize = 4096;
@@ -131,7 +130,6 @@ struct Inner {
     /// service refuses a key other than the subscription's
     /// `applicationServerKey`.
     vapid_keys: HashSet<String>,
-    requests: Vec<PushRequest>,
     jwts: HashSet<String>,
 }
 
@@ -139,8 +137,7 @@ struct State {
     /// `https://127.0.0.1:PORT`, the audience every token must name.
     origin: String,
     inner: Mutex<Inner>,
-    /// How many requests were recorded, for [`MockPushService::wait_for`].
-    count: watch::Sender<usize>,
+    requests: Recorded<PushRequest>,
 }
 
 impl MockPushService {
@@ -150,7 +147,7 @@ impl MockPushService {
         let state = Arc::new(State {
             origin: format!("https://{addr}"),
             inner: Mutex::default(),
-            count: watch::Sender::new(0),
+            requests: Recorded::new(),
         });
         let handler = state.clone();
         let server = tls::serve(listener, Versions::H2AndHttp1, move |parts, body| {
@@ -222,7 +219,7 @@ impl MockPushService {
 
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<PushRequest> {
-        self.lock().requests.clone()
+        self.state.requests.all()
     }
 
     /// How many different VAPID tokens verified so far.
@@ -232,14 +229,10 @@ impl MockPushService {
 
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<PushRequest> {
-        let mut count = self.state.count.subscribe();
-        tokio::time::timeout(timeout, count.wait_for(|c| *c >= n))
+        self.state
+            .requests
+            .wait_for(n, timeout, "mock push service")
             .await
-            .unwrap_or_else(|_| {
-                panic!("mock push service: fewer than {n} requests within {timeout:?}")
-            })
-            .expect("the mock outlives its receivers");
-        self.requests()
     }
 
     fn canned(&self, endpoint: &str, status: u16, retry_after: Option<u64>) {
@@ -326,8 +319,7 @@ impl State {
             vapid: verdict.vapid,
             status,
         };
-        self.lock().requests.push(request);
-        self.count.send_modify(|c| *c += 1);
+        self.requests.push(request);
         reply
     }
 
