@@ -18,6 +18,22 @@ use serde_json::json;
 
 const STEP: Duration = Duration::from_secs(20);
 
+/// Produces one APNs notification for `token` to app `shop`'s topic.
+async fn produce_to_shop(kafka: &Kafka, token: &str, alert: &str) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .unwrap();
+    let body = json!({"DeviceToken": token, "Payload": {"aps": {"alert": alert}}}).to_string();
+    producer
+        .send(
+            FutureRecord::<(), _>::to("push-shop_apns_single").payload(&body),
+            STEP,
+        )
+        .await
+        .unwrap();
+}
+
 /// A Herald with mobile push on, app `shop` sending its APNs pushes to
 /// `apns`, with `extra` settings on top. It runs on one core, so on one
 /// thread; `herald pusher` below covers the multi-threaded runtime.
@@ -48,21 +64,8 @@ async fn kafka_notifications_reach_apns_through_the_binary() {
         &apns,
         &[("HERALD_MOBILE__KAFKA__OFFSET_RESET", "earliest")],
     );
-    let brokers = kafka.bootstrap();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let body =
-        json!({"DeviceToken": "device-1", "Payload": {"aps": {"alert": "sale!"}}}).to_string();
-    producer
-        .send(
-            FutureRecord::<(), _>::to("push-shop_apns_single").payload(&body),
-            STEP,
-        )
-        .await
-        .unwrap();
+    produce_to_shop(&kafka, "device-1", "sale!").await;
 
     let requests = apns.wait_for(1, STEP).await;
     assert_eq!(requests[0].token, "device-1");
@@ -249,20 +252,7 @@ async fn herald_pusher_apns_runs_on_the_seeds_configuration() {
         .spawn()
         .unwrap();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap())
-        .create()
-        .unwrap();
-    let body =
-        json!({"DeviceToken": "seed-device", "Payload": {"aps": {"alert": "from the seed"}}})
-            .to_string();
-    producer
-        .send(
-            FutureRecord::<(), _>::to("push-shop_apns_single").payload(&body),
-            STEP,
-        )
-        .await
-        .unwrap();
+    produce_to_shop(&kafka, "seed-device", "from the seed").await;
     let requests = apns.wait_for(1, STEP).await;
     assert_eq!(requests[0].token, "seed-device");
     assert_eq!(requests[0].header("apns-topic"), Some("com.example.shop"));
