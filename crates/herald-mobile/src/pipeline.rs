@@ -16,7 +16,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use thiserror::Error;
 use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::MobileConfig;
@@ -244,10 +244,12 @@ impl Mobile {
     }
 
     /// Consumes until `shutdown` resolves, then lets in-flight pushes finish
-    /// (up to the graceful timeout), commits, and flushes feedback and stats.
+    /// (up to the graceful timeout, after which they are cancelled: their
+    /// offsets are not committed, so Kafka resends them), commits, and flushes
+    /// feedback and stats.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
-        let tasks = TaskTracker::new();
+        let mut tasks = JoinSet::new();
         let mut stats_tick = tokio::time::interval(self.stats_interval);
         tokio::pin!(shutdown);
         loop {
@@ -280,6 +282,8 @@ impl Mobile {
                 .offsets
                 .lock()
                 .begin(&job.topic, job.partition, job.offset);
+            // Reap finished pushes so the set holds only those in flight.
+            while tasks.try_join_next().is_some() {}
             let shared = self.shared.clone();
             tasks.spawn(async move {
                 let feedback = shared.handle(&job).await;
@@ -288,16 +292,18 @@ impl Mobile {
                 shared.done(&job);
             });
         }
-        tasks.close();
+        while tasks.try_join_next().is_some() {}
         info!(in_flight = tasks.len(), "Mobile push stopping.");
-        if tokio::time::timeout(self.graceful_timeout, tasks.wait())
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.graceful_timeout, drained)
             .await
             .is_err()
         {
             warn!(
                 in_flight = tasks.len(),
-                "Mobile push stopped with pushes in flight; Kafka will resend them."
+                "Mobile push cancelled pushes still in flight; Kafka will resend them."
             );
+            tasks.shutdown().await;
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "Final offset commit skipped.");

@@ -521,6 +521,40 @@ async fn shutdown_lets_pushes_in_flight_finish_and_commits_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_pushes_past_the_graceful_timeout_and_kafka_resends_them() {
+    let rig = Rig::start().await;
+    let mut config = rig.config("cancel-group");
+    config.invalid_tokens.postgres_url = String::new();
+    config.graceful_timeout = Duration::from_millis(300);
+    // Longer than the waits below, so only a cancel can end the request.
+    config.apns.get_mut("game").unwrap().timeout = 3 * STEP;
+    let running = Running::start(&config).await;
+    rig.apns.answer_after(Duration::from_secs(3600));
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "stuck", "Payload": {"aps": {}}}),
+    )
+    .await;
+    rig.apns.wait_for(1, STEP).await;
+    let metrics = running.stop().await;
+    assert!(
+        !metrics.contains("herald_mobile_acked_total{"),
+        "nothing was answered: {metrics}"
+    );
+    // The push was cancelled, not left running: APNs saw it given up.
+    rig.apns.wait_abandoned(1, STEP).await;
+
+    // Its offset was not committed, so the next run sends it again.
+    rig.apns.answer_after(Duration::ZERO);
+    let running = Running::start(&config).await;
+    let requests = rig.apns.wait_for(2, STEP).await;
+    assert_eq!(requests[1].token, "stuck");
+    let records = feedback(&rig.kafka, APNS_FEEDBACK, 1).await;
+    assert_eq!(records[0]["status"], 200, "{records:?}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webpush_notifications_arrive_decrypted_and_gone_subscriptions_are_deleted() {
     let rig = Rig::start().await;
     rig.kafka.create_topic(WEBPUSH_TOPIC);

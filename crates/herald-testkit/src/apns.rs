@@ -167,6 +167,13 @@ impl MockApns {
         self.state.requests.all()
     }
 
+    /// Waits until the client gave up on at least `n` requests before their
+    /// answers (stream reset or connection closed); panics after `timeout`.
+    pub async fn wait_abandoned(&self, n: usize, timeout: Duration) {
+        let what = "mock APNs abandoned answers";
+        self.server.abandoned.wait_for(n, timeout, what).await;
+    }
+
     /// How many different provider tokens (JWTs) verified so far.
     pub fn distinct_jwts(&self) -> usize {
         self.lock().jwts.len()

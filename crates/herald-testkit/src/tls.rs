@@ -33,6 +33,9 @@ pub(crate) struct TlsServer {
     pub(crate) url: String,
     /// The certificate, for clients to add as a root.
     pub(crate) ca_path: PathBuf,
+    /// Requests whose client gave up (reset the stream or closed the
+    /// connection) before the answer was sent.
+    pub(crate) abandoned: Arc<Recorded<()>>,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
@@ -89,6 +92,8 @@ where
     };
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let handle = Arc::new(handle);
+    let abandoned = Arc::new(Recorded::new());
+    let abandons = abandoned.clone();
 
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -99,6 +104,7 @@ where
             while connections.try_join_next().is_some() {}
             let acceptor = acceptor.clone();
             let handle = handle.clone();
+            let abandons = abandons.clone();
             connections.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -106,6 +112,8 @@ where
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let handle = handle.clone();
+                        // Hyper drops this future when the client gives up.
+                        let unanswered = Unanswered(Some(abandons.clone()));
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await?.to_bytes();
@@ -113,6 +121,7 @@ where
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
+                            unanswered.answered();
                             Ok::<_, hyper::Error>(reply)
                         }
                     });
@@ -135,8 +144,26 @@ where
     TlsServer {
         url: format!("https://{addr}"),
         ca_path,
+        abandoned,
         dir,
         task,
+    }
+}
+
+/// Records a request as abandoned if dropped before `answered`.
+struct Unanswered(Option<Arc<Recorded<()>>>);
+
+impl Unanswered {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(abandoned) = self.0.take() {
+            abandoned.push(());
+        }
     }
 }
 
