@@ -15,6 +15,7 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::Platform;
 use crate::pipeline::{Delivery, Shared};
@@ -28,20 +29,24 @@ const MAX_NOTIFICATIONS: usize = 1_000;
 /// Users per notification, at most.
 const MAX_USERS: usize = 1_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MobilePushRequest)]
 struct Batch {
+    /// 1 to 1000.
     notifications: Vec<Item>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MobileNotification)]
 struct Item {
     /// `apns`, `gcm` or `webpush`.
     platform: String,
     /// The app whose credentials send it.
     app: String,
     /// The notification, exactly as on the app's Kafka topic.
+    #[schema(value_type = Object)]
     notification: Box<RawValue>,
     /// Send to every device of these users instead (APNs and GCM): their
     /// tokens are read from the app's token table, the seed's
@@ -54,6 +59,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().route(PATH, post(push)).with_state(shared)
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    paths(push),
+    tags((name = "mobile", description = "Mobile push over HTTP (docs/mobile.md); served \
+        when `[mobile] enabled = true`"))
+)]
+struct ApiDoc;
+
+/// The routes' OpenAPI entries, for the server's `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
 /// Herald's error answer: `{"error": {"code", "message"}}`.
 fn error(status: StatusCode, code: &str, message: String) -> Response {
     let body = json!({"error": {"code": code, "message": message}});
@@ -64,6 +82,21 @@ fn bad_request(message: String) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// Sends notifications through APNs, FCM or Web Push, answering once
+/// every provider has.
+#[utoipa::path(post, path = PATH, tag = "mobile",
+    operation_id = "mobile_push",
+    description = "The reporting of the Kafka door follows (stats, dead tokens, feedback). \
+        `results` holds one entry per notification, or per device of its `users`: \
+        `{\"sent\": true, \"token\", \"id\"}`, or `{\"sent\": false, \"reason\", ...}` \
+        with the provider's `status`, `description` and `invalid_token` when it refused.",
+    request_body = Batch,
+    responses((status = 200, description = "`{\"results\": [...]}`"),
+        (status = 400, description = "`{\"error\": {\"code\": \"bad_request\", \"message\"}}`: \
+            invalid body, 0 or over 1000 notifications, an unknown platform, or `users` \
+            that cannot be served"),
+        (status = 413, description = "`{\"error\": {\"code\": \"body_too_large\", \"message\"}}`: \
+            over 2 MiB")))]
 async fn push(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(body) => body,

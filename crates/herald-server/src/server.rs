@@ -69,9 +69,16 @@ impl Server {
     }
 
     /// Serves `path` with `routes` (which see the whole path) beside
-    /// Herald's own routes; with `publishes`, behind the publisher keys.
-    pub fn add_route(&mut self, path: &'static str, routes: axum::Router, publishes: bool) {
-        self.extra.add(path, routes, publishes);
+    /// Herald's own routes, and lists `doc`'s paths in `/openapi.json`;
+    /// with `publishes`, behind the publisher keys (and marked so).
+    pub fn add_route(
+        &mut self,
+        path: &'static str,
+        routes: axum::Router,
+        doc: utoipa::openapi::OpenApi,
+        publishes: bool,
+    ) {
+        self.extra.add(path, routes, doc, publishes);
     }
 
     /// Serves until `signal` resolves (or the state's shutdown is triggered),

@@ -152,6 +152,9 @@ async fn the_openapi_document_marks_the_keyed_routes() {
         ("/api/v1/send", "post"),
         ("/api/v1/channels/{channel}", "delete"),
         ("/open-connection", "post"),
+        ("/ps/pub", "post"),
+        ("/ps/pub", "get"),
+        ("/ps/pub", "delete"),
     ] {
         assert_eq!(security(path, method), keyed, "{method} {path}");
     }
@@ -159,6 +162,7 @@ async fn the_openapi_document_marks_the_keyed_routes() {
         ("/ws", "get"),
         ("/api/v1/channels/{channel}", "get"),
         ("/api/v1/ack", "post"),
+        ("/ps/sub/{channels}", "get"),
     ] {
         assert_eq!(security(path, method), Value::Null, "{method} {path}");
     }

@@ -552,9 +552,120 @@ async fn openapi_lists_every_api() {
         "ClientSearchData",
         "SendNotificationRequest",
         "OpenConnectionResponse",
+        "PushApiChannel",
+        "PushApiMessage",
+        "PushApiError",
+        "TsuruError",
+        "TsuruInstance",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
+
+    // The dialects under a prefix, at its default, with exactly the methods
+    // their handlers answer (push-stream's `PUT /pub` is `POST`'s alias).
+    let methods = |path: &str| -> Vec<String> {
+        let item = doc["paths"][path].as_object();
+        let item = item.unwrap_or_else(|| panic!("{path} missing from /openapi.json"));
+        let mut methods: Vec<String> = item
+            .keys()
+            .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        methods.sort();
+        methods
+    };
+    let (get, post) = (&["get"][..], &["post"][..]);
+    for (path, want) in [
+        ("/ps/pub", &["delete", "get", "post"][..]),
+        ("/ps/sub/{channels}", get),
+        ("/ps/ev/{channels}", get),
+        ("/ps/lp/{channels}", get),
+        ("/ps/jsonp/{channels}", get),
+        ("/ps/ws/{channels}", get),
+        ("/ps/channels-stats", get),
+        ("/push-api/api/", get),
+        ("/push-api/api/healthcheck", get),
+        ("/push-api/api/v1/auth", get),
+        ("/push-api/api/v1/channels", &["get", "post"]),
+        ("/push-api/api/v1/channels/{id}", &["delete", "get"]),
+        ("/push-api/api/v1/messages", post),
+        ("/push-api/api/v1/config", get),
+        ("/push-api/api/v1/stats/global", get),
+        ("/push-api/api/v1/stats/channels/{id}", get),
+        ("/push-api/", get),
+        ("/push-api/admin", get),
+        ("/push-api/admin/", get),
+        ("/push-api/admin/app.js", get),
+        ("/push-api/admin/app.css", get),
+        ("/pushaas/api/v1/resources", post),
+        ("/pushaas/api/v1/resources/plans", get),
+        ("/pushaas/api/v1/resources/instances", get),
+        (
+            "/pushaas/api/v1/resources/{name}",
+            &["delete", "get", "put"],
+        ),
+        ("/pushaas/api/v1/resources/{name}/status", get),
+        (
+            "/pushaas/api/v1/resources/{name}/bind-app",
+            &["delete", "post"],
+        ),
+        ("/pushaas/api/v1/resources/{name}/bind", &["delete", "post"]),
+        (
+            "/pushaas/instances/{name}/{rest}",
+            &["delete", "get", "post", "put"],
+        ),
+    ] {
+        assert_eq!(methods(path), want, "methods of {path}");
+    }
+
+    // Each dialect's basic auth on exactly its guarded routes.
+    let schemes = &doc["components"]["securitySchemes"];
+    for scheme in ["push_api_basic", "tsuru_basic", "pushaas_instance_basic"] {
+        assert_eq!(schemes[scheme]["type"], "http", "{scheme}");
+        assert_eq!(schemes[scheme]["scheme"], "basic", "{scheme}");
+    }
+    let security = |path: &str, method: &str| doc["paths"][path][method]["security"].clone();
+    for (path, method) in [
+        ("/push-api/api/", "get"),
+        ("/push-api/api/v1/auth", "get"),
+        ("/push-api/api/v1/channels", "post"),
+        ("/push-api/api/v1/channels/{id}", "delete"),
+        ("/push-api/api/v1/messages", "post"),
+        ("/push-api/api/v1/stats/channels/{id}", "get"),
+    ] {
+        let want = json!([{"push_api_basic": []}]);
+        assert_eq!(security(path, method), want, "{method} {path}");
+    }
+    for (path, method) in [
+        ("/pushaas/api/v1/resources", "post"),
+        ("/pushaas/api/v1/resources/plans", "get"),
+        ("/pushaas/api/v1/resources/{name}", "put"),
+        ("/pushaas/api/v1/resources/{name}/bind-app", "delete"),
+    ] {
+        let want = json!([{"tsuru_basic": []}]);
+        assert_eq!(security(path, method), want, "{method} {path}");
+    }
+    let instance = json!([{"pushaas_instance_basic": []}, {}]);
+    assert_eq!(
+        security("/pushaas/instances/{name}/{rest}", "post"),
+        instance
+    );
+    for (path, method) in [
+        ("/push-api/admin", "get"),
+        ("/push-api/", "get"),
+        ("/ps/sub/{channels}", "get"),
+        ("/ps/channels-stats", "get"),
+    ] {
+        assert_eq!(security(path, method), Value::Null, "{method} {path}");
+    }
+    // PushaaS is off by default: its tag says when it is there.
+    let tags = doc["tags"].as_array().unwrap();
+    let pushaas = tags.iter().find(|t| t["name"] == "pushaas").unwrap();
+    let description = pushaas["description"].as_str().unwrap();
+    assert!(
+        description.contains("`[pushaas] enabled = true`"),
+        "{description}"
+    );
 }
 
 #[tokio::test]

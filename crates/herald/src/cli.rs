@@ -170,7 +170,12 @@ fn serve(settings: Settings) -> Result<(), String> {
                 .map_err(|e| format!("cannot start mobile push: {e}"))?;
             let metrics = mobile.metrics();
             server.add_metrics(move |out| metrics.render(out));
-            server.add_route(herald_mobile::http::PATH, mobile.routes(), true);
+            server.add_route(
+                herald_mobile::http::PATH,
+                mobile.routes(),
+                herald_mobile::http::openapi(),
+                true,
+            );
             Some(mobile)
         } else {
             None

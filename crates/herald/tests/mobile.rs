@@ -214,6 +214,20 @@ async fn the_http_push_api_sends_through_the_pipeline() {
             "{err}"
         );
     }
+
+    // `/openapi.json` lists the route, keyed like every publishing route.
+    let doc: serde_json::Value = reqwest::get(format!("http://{}/openapi.json", herald.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = &doc["paths"]["/api/v1/push"]["post"];
+    assert_eq!(op["security"], json!([{"publisher_key": []}, {}]), "{op}");
+    let body = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(body, "#/components/schemas/MobilePushRequest", "{op}");
+    let item = &doc["components"]["schemas"]["MobileNotification"];
+    assert_eq!(item["required"], json!(["platform", "app", "notification"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

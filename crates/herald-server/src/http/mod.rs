@@ -21,11 +21,23 @@ use crate::state::AppState;
 pub struct Extra {
     /// Path, its routes, and whether it publishes (wants a publisher key).
     routes: Vec<(&'static str, Router, bool)>,
+    /// Their OpenAPI entries, for `/openapi.json`.
+    docs: Vec<utoipa::openapi::OpenApi>,
 }
 
 impl Extra {
-    pub(crate) fn add(&mut self, path: &'static str, routes: Router, publishes: bool) {
+    pub(crate) fn add(
+        &mut self,
+        path: &'static str,
+        routes: Router,
+        mut doc: utoipa::openapi::OpenApi,
+        publishes: bool,
+    ) {
+        if publishes {
+            openapi::mark_keyed(&mut doc);
+        }
         self.routes.push((path, routes, publishes));
+        self.docs.push(doc);
     }
 }
 
@@ -91,7 +103,10 @@ pub fn router(state: AppState, extra: Extra) -> Router {
         )
         .route("/sign-in/{request}", get(pushca::http::sign_in))
         .route("/{token}", get(pushca::http::connect))
-        .route("/openapi.json", get(openapi::serve))
+        .route(
+            "/openapi.json",
+            get(openapi::serve).with_state(openapi::document(extra.docs)),
+        )
         // Operations.
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))

@@ -1,18 +1,25 @@
 //! `GET /openapi.json`: the OpenAPI document, generated from the handlers'
-//! and types' annotations.
+//! and types' annotations, with the routes of parts running beside the
+//! server (`Server::add_route`) merged in.
 
-use axum::Json;
-use axum::http::Method;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::config::{PushApiConfig, PushStreamConfig, PushaasConfig};
 use crate::dialect::native::{channels, poll};
-use crate::dialect::{native, push, pushca, send};
+use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
 
-/// Every documented route.
+/// Every route of Herald's own; the dialects under a configurable prefix
+/// are shown at its default.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Herald", description = "Real-time push server: native API, the Push seed's and Pushca's APIs."),
+    info(title = "Herald", description = "Real-time push server: native API, the Push seed's, \
+        Pushca's, push-stream's, push-api's and PushaaS's APIs, and mobile push when configured."),
     paths(
         native::publish,
         native::publish_batch,
@@ -40,6 +47,11 @@ use crate::dialect::{native, push, pushca, send};
         super::metrics,
         serve,
     ),
+    nest(
+        (path = PushStreamConfig::default().prefix, api = pushstream::ApiDoc),
+        (path = PushApiConfig::default().prefix, api = pushapi::ApiDoc),
+        (path = PushaasConfig::default().prefix, api = pushaas::ApiDoc),
+    ),
     modifiers(&PublisherKeys),
     tags(
         (name = "native", description = "Herald's own API (docs/api.md, docs/targeting.md)"),
@@ -50,6 +62,8 @@ use crate::dialect::{native, push, pushca, send};
 )]
 struct ApiDoc;
 
+const PUBLISHER_KEY: &str = "publisher_key";
+
 /// Marks the routes that want a publisher key when `auth.api_keys` is set,
 /// with the same rule the server enforces; without keys they are open, so
 /// anonymous access is listed as well.
@@ -57,33 +71,85 @@ struct PublisherKeys;
 
 impl Modify for PublisherKeys {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        const SCHEME: &str = "publisher_key";
         let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
         openapi
             .components
             .get_or_insert_with(Default::default)
-            .add_security_scheme(SCHEME, SecurityScheme::Http(bearer));
+            .add_security_scheme(PUBLISHER_KEY, SecurityScheme::Http(bearer));
+        let ps_prefix = PushStreamConfig::default().prefix;
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
                 (Method::GET, &mut item.get),
                 (Method::POST, &mut item.post),
+                (Method::PUT, &mut item.put),
                 (Method::DELETE, &mut item.delete),
             ];
             for (method, operation) in operations {
                 if let Some(op) = operation
-                    && crate::publisher_auth::is_publisher(None, &method, path)
+                    && crate::publisher_auth::is_publisher(Some(&ps_prefix), &method, path)
                 {
-                    let keyed = SecurityRequirement::new(SCHEME, Vec::<String>::new());
-                    op.security = Some(vec![keyed, SecurityRequirement::default()]);
+                    keyed(op);
                 }
             }
         }
     }
 }
 
+/// Lists the publisher key, or nothing when no keys are configured.
+fn keyed(op: &mut Operation) {
+    let key = SecurityRequirement::new(PUBLISHER_KEY, Vec::<String>::new());
+    op.security = Some(vec![key, SecurityRequirement::default()]);
+}
+
+/// Marks every operation of `doc` as [`PublisherKeys`] does: for routes
+/// added with `publishes`, which want a key on every method.
+pub(crate) fn mark_keyed(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            keyed(op);
+        }
+    }
+}
+
+/// A dialect's HTTP basic auth, registered under `name`.
+pub(crate) struct BasicAuth {
+    pub(crate) name: &'static str,
+    pub(crate) description: &'static str,
+}
+
+impl Modify for BasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let basic = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Basic)
+            .description(Some(self.description))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(self.name, SecurityScheme::Http(basic));
+    }
+}
+
+/// The document of a server with `extra` (routes added beside Herald's,
+/// already marked), serialized once.
+pub(crate) fn document(extra: Vec<utoipa::openapi::OpenApi>) -> Bytes {
+    let mut doc = ApiDoc::openapi();
+    for fragment in extra {
+        doc.merge(fragment);
+    }
+    Bytes::from(serde_json::to_vec(&doc).expect("an OpenAPI document serializes"))
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses((status = 200, description = "OpenAPI 3.1 JSON")))]
-pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(crate) async fn serve(State(doc): State<Bytes>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }

@@ -15,7 +15,7 @@ use herald_core::{BrokerError, Record};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
-use super::{TsuruState, error};
+use super::{TsuruError, TsuruState, error};
 
 /// The record kind instances are stored under.
 const KIND: &str = "pushaas:instance";
@@ -36,7 +36,8 @@ pub(crate) struct Stored {
 }
 
 /// An instance as Tsuru sees it: no password.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TsuruInstance)]
 struct Shown<'a> {
     name: &'a str,
     plan: &'a str,
@@ -95,6 +96,18 @@ fn unavailable(e: &BrokerError, code: u16, message: &'static str) -> Response {
 
 /// `POST /resources` (form `name, plan, team, user`) → 201; 409 code 22
 /// when the name is taken; 400 code 23 for a bad name or plan.
+#[utoipa::path(post, path = "/api/v1/resources", tag = "pushaas",
+    operation_id = "pushaas_create", summary = "Creates an instance",
+    security(("tsuru_basic" = [])),
+    request_body(content = HashMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "`name` (`[A-Za-z0-9][A-Za-z0-9_-]{0,62}`), `plan` (`small`, \
+            optional), `team`, `user`"),
+    responses((status = 201, description = "Created, ready at once"),
+        (status = 400, description = "Code 23: a bad name or plan", body = TsuruError),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 409, description = "Code 22: the name is taken", body = TsuruError),
+        (status = 500, description = "Code 20: store unreachable", body = TsuruError)))]
 pub(crate) async fn create(
     State(state): State<TsuruState>,
     body: Result<Bytes, BytesRejection>,
@@ -142,6 +155,13 @@ pub(crate) async fn create(
 
 /// `GET /resources/plans`, `GET /resources/instances`, or `GET
 /// /resources/<name>` (`[{name, plan, team, user, status}]`; 404 code 11).
+#[utoipa::path(get, path = "/api/v1/resources/{name}", tag = "pushaas",
+    operation_id = "pushaas_get", summary = "An instance", security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 200, description = "The instance, `running`", body = [Shown]),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 11: no such instance", body = TsuruError),
+        (status = 500, description = "Code 10: store unreachable", body = TsuruError)))]
 pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
     match name.as_str() {
         "plans" => Json(serde_json::json!([
@@ -167,12 +187,26 @@ pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String
 }
 
 /// `PUT /resources/<name>`: 404, which tells Tsuru "not implemented".
+#[utoipa::path(put, path = "/api/v1/resources/{name}", tag = "pushaas",
+    operation_id = "pushaas_update", summary = "Updates an instance: not implemented",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Always: not implemented")))]
 pub(crate) async fn update() -> StatusCode {
     StatusCode::NOT_FOUND
 }
 
 /// `DELETE /resources/<name>` → 200; 404 code 32. The instance's bindings,
 /// channel records and channels go with it; its subscribers are told.
+#[utoipa::path(delete, path = "/api/v1/resources/{name}", tag = "pushaas",
+    operation_id = "pushaas_remove", summary = "Removes an instance",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 200, description = "Removed, with its binds, channel records and channels"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 32: no such instance", body = TsuruError),
+        (status = 500, description = "Code 30: store unreachable", body = TsuruError)))]
 pub(crate) async fn remove(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
     let broker = state.app.engine.broker();
     match broker.delete_record(KIND, &name).await {
@@ -189,6 +223,14 @@ pub(crate) async fn remove(State(state): State<TsuruState>, Path(name): Path<Str
 }
 
 /// `GET /resources/<name>/status`: 204 (running); 404 code 41.
+#[utoipa::path(get, path = "/api/v1/resources/{name}/status", tag = "pushaas",
+    operation_id = "pushaas_status", summary = "An instance's status",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 204, description = "Running"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 41: no such instance", body = TsuruError),
+        (status = 500, description = "Code 40: store unreachable", body = TsuruError)))]
 pub(crate) async fn status(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
     match find(&state, &name).await {
         Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
@@ -224,6 +266,19 @@ fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Respon
 
 /// `POST /resources/<name>/bind-app` (form `app-host, app-name`) → 201 with
 /// the app's variables; 404 code 100; 500 code 101 when already bound.
+#[utoipa::path(post, path = "/api/v1/resources/{name}/bind-app", tag = "pushaas",
+    operation_id = "pushaas_bind_app", summary = "Binds an app to an instance",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    request_body(content = HashMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "`app-name` (required), `app-host`"),
+    responses((status = 201, description = super::DOC_VARIABLES),
+        (status = 400, description = "Code 102: no `app-name`", body = TsuruError),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 100: no such instance", body = TsuruError),
+        (status = 500, description = "Code 101: already bound; code 102: store unreachable",
+            body = TsuruError)))]
 pub(crate) async fn bind_app(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
@@ -268,6 +323,17 @@ pub(crate) async fn bind_app(
 
 /// `DELETE /resources/<name>/bind-app` (form body) → 200; 404 code 110
 /// (no instance) or 111 (not bound).
+#[utoipa::path(delete, path = "/api/v1/resources/{name}/bind-app", tag = "pushaas",
+    operation_id = "pushaas_unbind_app", summary = "Unbinds an app", security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    request_body(content = HashMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "`app-name`"),
+    responses((status = 200, description = "Unbound"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 110: no such instance; code 111: not bound",
+            body = TsuruError),
+        (status = 500, description = "Code 112: store unreachable", body = TsuruError)))]
 pub(crate) async fn unbind_app(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
@@ -292,6 +358,14 @@ pub(crate) async fn unbind_app(
 
 /// `POST /resources/<name>/bind` (a unit of a bound app) → 201 with the
 /// variables; 404 code 100.
+#[utoipa::path(post, path = "/api/v1/resources/{name}/bind", tag = "pushaas",
+    operation_id = "pushaas_bind_unit", summary = "Binds a unit of a bound app",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 201, description = super::DOC_VARIABLES),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 100: no such instance", body = TsuruError),
+        (status = 500, description = "Code 102: store unreachable", body = TsuruError)))]
 pub(crate) async fn bind_unit(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
@@ -305,6 +379,14 @@ pub(crate) async fn bind_unit(
 }
 
 /// `DELETE /resources/<name>/bind` → 200: units hold nothing to release.
+#[utoipa::path(delete, path = "/api/v1/resources/{name}/bind", tag = "pushaas",
+    operation_id = "pushaas_unbind_unit", summary = "Unbinds a unit",
+    security(("tsuru_basic" = [])),
+    params(("name" = String, Path, description = super::DOC_NAME)),
+    responses((status = 200, description = "Unbound"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 110: no such instance", body = TsuruError),
+        (status = 500, description = "Code 112: store unreachable", body = TsuruError)))]
 pub(crate) async fn unbind_unit(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
@@ -315,6 +397,24 @@ pub(crate) async fn unbind_unit(
         Err(e) => unavailable(&e, 112, "Failed to unbind instance from app"),
     }
 }
+
+// `get` serves these two; the functions only carry their OpenAPI entries.
+/// `GET /resources/plans`.
+#[utoipa::path(get, path = "/api/v1/resources/plans", tag = "pushaas",
+    operation_id = "pushaas_plans", summary = "The plans", security(("tsuru_basic" = [])),
+    responses((status = 200, description = "`[{\"name\": \"small\", \"description\"}]`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
+#[allow(dead_code)]
+fn plans() {}
+
+/// `GET /resources/instances`.
+#[utoipa::path(get, path = "/api/v1/resources/instances", tag = "pushaas",
+    operation_id = "pushaas_instances", summary = "Every instance", security(("tsuru_basic" = [])),
+    responses((status = 200, description = "Every instance", body = [Shown]),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 500, description = "Code 10: store unreachable", body = TsuruError)))]
+#[allow(dead_code)]
+fn list() {}
 
 /// Removes every bind record of instance `name`.
 pub(crate) async fn drop_bindings(state: &TsuruState, name: &str) -> Result<(), BrokerError> {

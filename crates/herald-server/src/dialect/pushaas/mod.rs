@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::Serialize;
 
-use crate::dialect::pushapi::{auth, gin_json};
+use crate::dialect::pushapi::{DOC_UNAUTHORIZED, auth, gin_json};
+use crate::http::openapi::BasicAuth;
 use crate::state::AppState;
 
 /// Everything the handlers share; cheap to clone.
@@ -43,8 +44,45 @@ impl std::ops::Deref for TsuruState {
     }
 }
 
+/// The routes' OpenAPI entries, relative to the prefix.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        instances::plans,
+        instances::list,
+        instances::create,
+        instances::get,
+        instances::update,
+        instances::remove,
+        instances::status,
+        instances::bind_app,
+        instances::unbind_app,
+        instances::bind_unit,
+        instances::unbind_unit,
+        mount::dispatch,
+    ),
+    modifiers(&TSURU_AUTH, &INSTANCE_AUTH),
+    tags((name = "pushaas", description = "PushaaS's Tsuru service API and its instances \
+        (docs/pushstream.md), under `[pushaas] prefix`: shown at the default `/pushaas`. \
+        Mounted only with `[pushaas] enabled = true` (off by default)."))
+)]
+pub(crate) struct ApiDoc;
+
+const TSURU_AUTH: BasicAuth = BasicAuth {
+    name: "tsuru_basic",
+    description: "Tsuru's `[pushaas] username` and `password` (default `tsuru`/`abc123`)",
+};
+const INSTANCE_AUTH: BasicAuth = BasicAuth {
+    name: "pushaas_instance_basic",
+    description: "An instance's name and password, as binding hands them out \
+        (`PUSHAAS_USERNAME`, `PUSHAAS_PASSWORD`)",
+};
+const DOC_NAME: &str = "Instance name";
+const DOC_VARIABLES: &str = "`{\"PUSHAAS_ENDPOINT\", \"PUSHAAS_USERNAME\", \"PUSHAAS_PASSWORD\"}`: \
+    the instance's push-api and its credentials";
+
 /// pushaas's error body: `{"code": N, "message": "…", "fields": ""}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TsuruError {
     code: u16,
     message: &'static str,

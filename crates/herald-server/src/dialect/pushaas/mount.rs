@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::instances::{self, Stored};
-use super::{TsuruState, error};
+use super::{TsuruError, TsuruState, error};
 use crate::dialect::{pushapi, pushstream};
 
 /// The instances' routes built on this node.
@@ -109,6 +109,20 @@ fn build(state: &TsuruState, stored: &Stored) -> Mount {
 }
 
 /// Serves a request for an instance's routes.
+#[utoipa::path(method(get, post, put, delete), path = "/instances/{name}/{rest}", tag = "pushaas",
+    operation_id = "pushaas_instance",
+    summary = "An instance's push-api and push-stream routes",
+    description = "An instance's own push-api at `push-api/…` and push-stream routes at \
+        `ps/…` (`rest` spans several segments), as documented for `/push-api` and `/ps`, over \
+        the instance's channels. Its push-api's `/api` routes and its `ps/pub` want the \
+        instance's credentials; the rest is open.",
+    security(("pushaas_instance_basic" = []), ()),
+    params(("name" = String, Path, description = super::DOC_NAME),
+        ("rest" = String, Path, description = "`push-api/…` or `ps/…`")),
+    responses((status = 200, description = "As the instance's route answers"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 11: no such instance", body = TsuruError),
+        (status = 503, description = "Code 10: store unreachable", body = TsuruError)))]
 pub(crate) async fn dispatch(
     State(state): State<TsuruState>,
     Path((name, _)): Path<(String, String)>,

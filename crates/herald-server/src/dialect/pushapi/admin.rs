@@ -41,6 +41,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// `GET /` → 301 to `admin` under the prefix, as a relative reference made
 /// from the request's own path, so it holds behind any outer prefix too:
 /// `…/push-api` → `./push-api/admin`, `…/push-api/` → `admin`.
+#[utoipa::path(get, path = "/", tag = "push-api",
+    operation_id = "pushapi_admin_redirect", summary = "Redirects to the admin page",
+    description = "The prefix itself (`/push-api`) redirects too.",
+    responses((status = 301, description = "`Location`: the admin page, relative")))]
 pub(crate) async fn redirect(req: Request) -> Response {
     // Nested, the path arrives stripped of the prefix (`/push-api` as `/`).
     let path = match req.extensions().get::<NestedPath>() {
@@ -55,6 +59,9 @@ pub(crate) async fn redirect(req: Request) -> Response {
 }
 
 /// `GET /admin/` → 301 to `/admin`, whose relative URLs the page uses.
+#[utoipa::path(get, path = "/admin/", tag = "push-api",
+    operation_id = "pushapi_admin_slash", summary = "Redirects to the admin page",
+    responses((status = 301, description = "`Location: ../admin`")))]
 pub(crate) async fn redirect_slash() -> Response {
     moved("../admin")
 }
@@ -68,16 +75,27 @@ fn moved(location: &str) -> Response {
 }
 
 /// `GET /admin`: the page.
+#[utoipa::path(get, path = "/admin", tag = "push-api",
+    operation_id = "pushapi_admin", summary = "The admin page",
+    description = "Open; it logs in with the basic-auth credentials and calls `/api/v1/…` \
+        with them.",
+    responses((status = 200, description = "`text/html`")))]
 pub(crate) async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /admin/app.js`.
+#[utoipa::path(get, path = "/admin/app.js", tag = "push-api",
+    operation_id = "pushapi_admin_script", summary = "The admin page's script",
+    responses((status = 200, description = "`application/javascript`")))]
 pub(crate) async fn script() -> Response {
     asset("application/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /admin/app.css`.
+#[utoipa::path(get, path = "/admin/app.css", tag = "push-api",
+    operation_id = "pushapi_admin_style", summary = "The admin page's styles",
+    responses((status = 200, description = "`text/css`")))]
 pub(crate) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }

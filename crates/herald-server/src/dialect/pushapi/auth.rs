@@ -69,6 +69,11 @@ pub(crate) fn unauthorized() -> Response {
 }
 
 /// `GET /api/v1/auth`: 200 when the credentials pass.
+#[utoipa::path(get, path = "/api/v1/auth", tag = "push-api",
+    operation_id = "pushapi_auth", summary = "Checks the credentials",
+    security(("push_api_basic" = [])),
+    responses((status = 200, description = "The credentials pass"),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn check() -> StatusCode {
     StatusCode::OK
 }

@@ -12,11 +12,12 @@ use axum::response::{IntoResponse, Response};
 use herald_core::{BrokerError, Record};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiState, error, gin_json, messages};
+use super::{ApiError, ApiState, error, gin_json, messages};
 use crate::dialect::utc::Utc;
 
 /// A channel as push-api stores and returns it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PushApiChannel)]
 pub(crate) struct Channel {
     pub(crate) id: String,
     /// Seconds, as given (push-api keeps Go's `time.Duration` count).
@@ -26,9 +27,11 @@ pub(crate) struct Channel {
 }
 
 /// The create body; fields of the wrong type fail as Go's decoder does.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PushApiNewChannel)]
 struct CreateBody {
     id: Option<String>,
+    /// Seconds the record lives; 0 or none keeps it.
     ttl: Option<i64>,
 }
 
@@ -59,6 +62,15 @@ fn failed(code: u16, e: &BrokerError) -> Response {
 
 /// `POST /api/v1/channels` → 201, or 400 with code 10 (bad body) or 11
 /// (exists), 500 with code 12 (store unavailable).
+#[utoipa::path(post, path = "/api/v1/channels", tag = "push-api",
+    operation_id = "pushapi_create_channel", summary = "Creates a channel record",
+    security(("push_api_basic" = [])),
+    request_body = CreateBody,
+    responses((status = 201, description = "Created"),
+        (status = 400, description = "Code 10: invalid body; code 11: the channel exists",
+            body = ApiError),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 500, description = super::DOC_STORE, body = ApiError)))]
 pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<CreateBody>(&body) else {
         return error(StatusCode::BAD_REQUEST, 10, "invalid request body");
@@ -101,7 +113,13 @@ pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Respon
     }
 }
 
-/// `GET /api/v1/channels`.
+/// `GET /api/v1/channels`, oldest first.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "push-api",
+    operation_id = "pushapi_list_channels", summary = "Lists the channel records, oldest first",
+    security(("push_api_basic" = [])),
+    responses((status = 200, description = "The live records", body = [Channel]),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 500, description = super::DOC_STORE, body = ApiError)))]
 pub(crate) async fn list(State(state): State<ApiState>) -> Response {
     match live(&state).await {
         Ok(channels) => gin_json(StatusCode::OK, &channels),
@@ -110,6 +128,14 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Response {
 }
 
 /// `GET /api/v1/channels/{id}` → the record, or 404 with code 20.
+#[utoipa::path(get, path = "/api/v1/channels/{id}", tag = "push-api",
+    operation_id = "pushapi_get_channel", summary = "A channel record",
+    security(("push_api_basic" = [])),
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "The record", body = Channel),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 20: not found", body = ApiError),
+        (status = 500, description = super::DOC_STORE, body = ApiError)))]
 pub(crate) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     let broker = state.ps.app.engine.broker();
     let channel = broker
@@ -124,6 +150,14 @@ pub(crate) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
 }
 
 /// `DELETE /api/v1/channels/{id}` → 204, or 404 with code 30.
+#[utoipa::path(delete, path = "/api/v1/channels/{id}", tag = "push-api",
+    operation_id = "pushapi_delete_channel", summary = "Deletes a channel record",
+    security(("push_api_basic" = [])),
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 30: not found", body = ApiError),
+        (status = 500, description = super::DOC_STORE, body = ApiError)))]
 pub(crate) async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     match state
         .ps

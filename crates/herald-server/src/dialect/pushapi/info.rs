@@ -8,14 +8,24 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{ApiState, error, gin_json};
+use super::{ApiError, ApiState, error, gin_json};
 
 /// `GET /api/`.
+#[utoipa::path(get, path = "/api/", tag = "push-api",
+    operation_id = "pushapi_root", summary = "push-api's name", security(("push_api_basic" = [])),
+    responses((status = 200, description = "`{\"data\":{\"app\":\"push-api\"}}`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn root() -> Response {
     gin_json(StatusCode::OK, &json!({"data": {"app": "push-api"}}))
 }
 
 /// `GET /api/healthcheck`.
+#[utoipa::path(get, path = "/api/healthcheck", tag = "push-api",
+    operation_id = "pushapi_healthcheck", summary = "Health check",
+    security(("push_api_basic" = [])),
+    responses((status = 200,
+            description = "`{\"data\":{\"services\":[{\"service\":\"app\",\"status\":\"working\"}]}}`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn healthcheck() -> Response {
     gin_json(
         StatusCode::OK,
@@ -43,6 +53,12 @@ fn host_and_port(url: &str) -> (String, String) {
 }
 
 /// `GET /api/v1/config` → `{"pushStream":{"hostname","port","url"}}`.
+#[utoipa::path(get, path = "/api/v1/config", tag = "push-api",
+    operation_id = "pushapi_config", summary = "Where push-stream is",
+    security(("push_api_basic" = [])),
+    description = "`url` is `[pushapi] push_stream_url`, or `http://<Host><pushstream prefix>`.",
+    responses((status = 200, description = "`{\"pushStream\":{\"hostname\",\"port\",\"url\"}}`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let url = if state.push_stream_url.is_empty() {
         let host = headers
@@ -90,6 +106,13 @@ struct GlobalResult {
 }
 
 /// `GET /api/v1/stats/global`.
+#[utoipa::path(get, path = "/api/v1/stats/global", tag = "push-api",
+    operation_id = "pushapi_global_stats", summary = "push-stream's server stats",
+    security(("push_api_basic" = [])),
+    responses((status = 200, description = "`{\"aggregated\":{\"subscribers\",\"time\"},\"all\":[…]}`: \
+            `all` holds push-stream's summary (see `/channels-stats`) with `agent`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 503, description = "The broker could not be asked")))]
 pub(crate) async fn global_stats(State(state): State<ApiState>) -> Response {
     let ps = &state.ps;
     let all = match ps.all_channels().await {
@@ -145,6 +168,15 @@ struct ChannelResult {
 
 /// `GET /api/v1/stats/channels/{id}` → the channel's stats, or 404 with
 /// code 200 when this node has no such channel.
+#[utoipa::path(get, path = "/api/v1/stats/channels/{id}", tag = "push-api",
+    operation_id = "pushapi_channel_stats", summary = "A channel's stats",
+    security(("push_api_basic" = [])),
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "`{\"aggregated\":{\"subscribers\"},\"all\":[{\"channel\", \
+            \"published_messages\",\"stored_messages\",\"subscribers\",\"hostname\",\"agent\"}]}`"),
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 200: no such channel", body = ApiError),
+        (status = 503, description = "The broker could not be asked")))]
 pub(crate) async fn channel_stats(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -11,13 +11,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiState, error};
+use super::{ApiError, ApiState, error};
 use crate::dialect::pushstream::PsState;
 use crate::dialect::pushstream::request::{channel_key, parse_ids};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PushApiMessage)]
 struct MessageBody {
+    /// Channel ids; one with `/` is several.
     channels: Option<Vec<String>>,
+    /// Delivered escaped as Go's `url.PathEscape` does; empty sends nothing.
     content: Option<String>,
 }
 
@@ -61,6 +64,14 @@ pub(crate) async fn deliver(state: &ApiState, channels: &[String], content: &str
 }
 
 /// `POST /api/v1/messages`.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "push-api",
+    operation_id = "pushapi_publish", summary = "Publishes a message to channels",
+    security(("push_api_basic" = [])),
+    description = "Invalid channel ids are skipped; the answer is 204 regardless.",
+    request_body = MessageBody,
+    responses((status = 204, description = "Published"),
+        (status = 400, description = "Code 100: invalid body", body = ApiError),
+        (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn publish(State(state): State<ApiState>, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<MessageBody>(&body) else {
         return error(StatusCode::BAD_REQUEST, 100, "invalid request body");

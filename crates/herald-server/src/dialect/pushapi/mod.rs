@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::dialect::pushstream::PsState;
+use crate::http::openapi::BasicAuth;
 use crate::state::AppState;
 
 /// Everything push-api handlers share; cheap to clone.
@@ -88,8 +89,47 @@ impl std::ops::Deref for ApiState {
     }
 }
 
+/// The routes' OpenAPI entries, relative to the prefix.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        info::root,
+        info::healthcheck,
+        auth::check,
+        channels::create,
+        channels::list,
+        channels::get,
+        channels::delete,
+        messages::publish,
+        info::config,
+        info::global_stats,
+        info::channel_stats,
+        admin::redirect,
+        admin::page,
+        admin::redirect_slash,
+        admin::script,
+        admin::style,
+    ),
+    modifiers(&BASIC_AUTH),
+    tags((name = "push-api", description = "PushaaS's push-api (docs/pushstream.md), under \
+        `[pushapi] prefix`: shown at the default `/push-api`. Mounted unless \
+        `[pushapi] enabled = false`. Its channels are push-stream's."))
+)]
+pub(crate) struct ApiDoc;
+
+const BASIC_AUTH: BasicAuth = BasicAuth {
+    name: "push_api_basic",
+    description: "push-api's `[pushapi] basic_auth_user` and `basic_auth_password` \
+        (default `app`/`abc123`); not asked with `enable_auth = false`",
+};
+/// gin's 401, as the OpenAPI entries describe it (PushaaS's too).
+pub(crate) const DOC_UNAUTHORIZED: &str =
+    "No or wrong basic auth: `WWW-Authenticate: Basic realm=\"Authorization Required\"`";
+const DOC_STORE: &str = "The channel store (Redis on a cluster) is unreachable";
+
 /// push-api's error body: `{"code": N, "message": "…"}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = PushApiError)]
 pub(crate) struct ApiError {
     code: u16,
     message: &'static str,

@@ -24,7 +24,27 @@ use super::template::Fields;
 use super::{PsState, channels_path, header_only, no_cache};
 use crate::session::Session;
 
-/// `GET /lp/ch1/ch2`.
+/// OpenAPI descriptions `/lp` and `/jsonp` share.
+const ANSWER: &str = "The rendered messages back to back, with `Last-Modified` and `Etag` \
+    naming the newest; `fn([m1,m2]);` with `callback`";
+const NOTHING_NEW: &str = "Nothing new within `longpolling_ttl`: `Last-Modified` and `Etag` \
+    to poll again with (200 with the -3 message under `timeout_with_body`)";
+
+/// `GET /lp/ch1/ch2`: long-polling.
+#[utoipa::path(get, path = "/lp/{channels}", tag = "pushstream",
+    operation_id = "pushstream_lp", summary = "Long-polling subscription",
+    description = "Answers at once when the markers or a backtrack select stored messages, \
+        otherwise waits up to `longpolling_ttl` for the next one.",
+    params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
+        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
+        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
+        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+    responses((status = 200, description = ANSWER),
+        (status = 304, description = NOTHING_NEW),
+        (status = 400, description = "No channel, a bad channel id, or a bad `callback`",
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 403, description = super::DOC_REFUSED,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
 pub(crate) async fn lp(
     State(ps): State<PsState>,
     method: Method,
@@ -42,6 +62,24 @@ pub(crate) async fn lp(
     ps.cors(res.headers_mut(), "GET");
     res
 }
+
+// `/jsonp/…` is served by `lp`; this only carries its OpenAPI entry.
+/// `GET /jsonp/ch1/ch2`: PushaaS's name for `/lp`.
+#[utoipa::path(get, path = "/jsonp/{channels}", tag = "pushstream",
+    operation_id = "pushstream_jsonp", summary = "Long-polling subscription, for JSONP",
+    description = "`/lp` under another name, for JSONP clients (`callback`).",
+    params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
+        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
+        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
+        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+    responses((status = 200, description = ANSWER),
+        (status = 304, description = NOTHING_NEW),
+        (status = 400, description = "No channel, a bad channel id, or a bad `callback`",
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 403, description = super::DOC_REFUSED,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
+#[allow(dead_code)]
+fn jsonp() {}
 
 /// A JSONP callback name: letters, digits, `_`, `$` and `.` only.
 fn callback(args: &ControlArgs) -> Result<Option<String>, Refusal> {

@@ -238,6 +238,41 @@ pub(crate) fn channels_path(uri: &Uri) -> &str {
     path.split_once('/').map_or("", |(_, rest)| rest)
 }
 
+/// The routes' OpenAPI entries, relative to the prefix.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        publisher::doc::publish,
+        publisher::doc::channel_info,
+        publisher::doc::delete,
+        stream::sub,
+        stream::ev,
+        longpoll::lp,
+        longpoll::jsonp,
+        websocket::ws,
+        stats::handle,
+    ),
+    tags((name = "pushstream", description = "The nginx push-stream module's URL API \
+        (docs/pushstream.md), under `[pushstream] prefix`: shown at the default `/ps`. \
+        Mounted unless `[pushstream] enabled = false`. Every route also answers `OPTIONS` \
+        with the CORS headers of `allowed_origins`; refusals are header-only, with the \
+        reason in `X-Nginx-PushStream-Explain`."))
+)]
+pub(crate) struct ApiDoc;
+
+/// OpenAPI descriptions the routes share.
+const DOC_IDS: &str = "Channel ids separated by `/`";
+const DOC_CHANNELS: &str = "Channel ids separated by `/`, each with an optional `.bN` \
+    suffix: replay its last N stored messages";
+const DOC_LAST_EVENT_ID: &str = "Resume after the message with this `Event-Id` (or `eventid`)";
+const DOC_SINCE: &str = "With `If-None-Match`: resume after the message with this time \
+    and tag (or `time` and `tag`)";
+const DOC_TAG: &str = "The tag for `If-Modified-Since`; `W/` is stripped";
+const DOC_REFUSED: &str = "`ALL` or `*`, wildcard channels alone or over `wildcard_max`, \
+    the events channel, a channel without messages under `authorized_channels_only`, or \
+    more than `limits.max_channels_per_connection` channels";
+const DOC_BAD_CHANNEL: &str = "No channel, or a channel id too long or not a valid Herald name";
+
 /// The routes, to nest under the prefix.
 pub(crate) fn router(app: &AppState, namespace: Arc<str>) -> Router<AppState> {
     let state = PsState::new(app.clone(), namespace);

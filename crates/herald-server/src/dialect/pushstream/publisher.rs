@@ -24,7 +24,7 @@ pub(crate) struct PubQuery {
     id: Option<String>,
 }
 
-/// Every `/pub` request.
+/// Every `/pub` request; [`doc`] documents each method.
 pub(crate) async fn handle(
     State(ps): State<PsState>,
     Query(q): Query<PubQuery>,
@@ -121,6 +121,76 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
         return header_only(StatusCode::OK, None);
     }
     stats::detailed(ps, fmt, &infos).await
+}
+
+/// The OpenAPI entries of `/pub`, one per method: [`handle`] answers them
+/// all, so these functions only carry the documentation.
+#[allow(dead_code)]
+pub(super) mod doc {
+    use super::super::DOC_IDS;
+
+    const BAD_ID: &str = "No `id`, or a channel id too long or not a valid Herald name";
+    const FORBIDDEN: &str = "`ALL` or `*` in `id`, or (to write) the events channel";
+    const INFO: &str = "The channel info in the format `Accept` picks (JSON by default): \
+        `{\"channel\", \"published_messages\", \"stored_messages\", \"subscribers\"}`, \
+        several channels as a group (see `/channels-stats`)";
+    const TOO_LARGE: &str = "Body over `limits.max_message_size`";
+
+    /// Publishes the body to each channel of `id`.
+    #[utoipa::path(post, path = "/pub", tag = "pushstream",
+        operation_id = "pushstream_publish",
+        description = "`PUT` does the same. The reply is the channel info with \
+            `channel_info_on_publish` (default on), otherwise empty.",
+        params(("id" = String, Query, description = DOC_IDS),
+            ("Event-Id" = Option<String>, Header,
+                description = "The message's `~event-id~` (EventSource `id:`)"),
+            ("Event-Type" = Option<String>, Header,
+                description = "The message's `~event-type~` (EventSource `event:`)")),
+        request_body(content = String, content_type = "text/plain",
+            description = "The message text, delivered as is (not UTF-8 is replaced lossily)"),
+        responses((status = 200, description = INFO),
+            (status = 400, description = "An empty body, or a bad `id`",
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 403, description = FORBIDDEN,
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 413, description = TOO_LARGE),
+            (status = 500, description = "The publish failed"),
+            (status = 503, description = "The broker could not be asked for the channel info")))]
+    fn publish() {}
+
+    /// The channel info of each channel of `id`.
+    #[utoipa::path(get, path = "/pub", tag = "pushstream",
+        operation_id = "pushstream_channel_info",
+        params(("id" = String, Query, description = DOC_IDS)),
+        responses((status = 200, description = INFO),
+            (status = 400, description = BAD_ID,
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 403, description = "`ALL` or `*` in `id`",
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 404, description = "No such channel"),
+            (status = 503, description = "The broker could not be asked")))]
+    fn channel_info() {}
+
+    /// Deletes each channel of `id` (`[pushstream] admin`, default on).
+    #[utoipa::path(delete, path = "/pub", tag = "pushstream",
+        operation_id = "pushstream_delete",
+        description = "Subscribers get the -2 message and leave, unless subscribed to other \
+            channels; stored messages are dropped.",
+        params(("id" = String, Query, description = DOC_IDS)),
+        request_body(content = Option<String>, content_type = "text/plain",
+            description = "Replaces `channel_deleted_message_text` in the -2 message"),
+        responses(
+            (status = 200, description = "Deleted",
+                headers(("X-Nginx-PushStream-Explain" = String, description = "`Channel deleted.`"))),
+            (status = 400, description = BAD_ID,
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 403, description = FORBIDDEN,
+                headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+            (status = 404, description = "No channel existed"),
+            (status = 405, description = "`admin` is off"),
+            (status = 413, description = TOO_LARGE),
+            (status = 503, description = "The broker could not delete")))]
+    fn delete() {}
 }
 
 /// `DELETE /pub?id=…`: subscribers get the -2 message (the body, when

@@ -105,12 +105,16 @@ pub(crate) fn channel_key(state: &PsState, id: &str) -> Result<ChannelKey, Refus
 
 /// The query arguments push-stream subscribers may carry (pushstream.js's
 /// `messagesControlByArgument`); empty values count as absent.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ControlArgs {
+    /// With `time`: resume after the message with this tag (`If-None-Match`).
     pub(crate) tag: Option<String>,
+    /// Resume after this HTTP-date (`If-Modified-Since`).
     pub(crate) time: Option<String>,
+    /// Resume after the message with this `Event-Id` (`Last-Event-Id`).
     pub(crate) eventid: Option<String>,
-    /// JSONP callback for long-polling.
+    /// JSONP callback for long-polling and polling: `fn([m1,m2]);`.
     pub(crate) callback: Option<String>,
 }
 

@@ -312,6 +312,23 @@ pub(crate) struct StatsQuery {
 }
 
 /// `GET /channels-stats[?id=…]`.
+#[utoipa::path(get, path = "/channels-stats", tag = "pushstream",
+    operation_id = "pushstream_channels_stats", summary = "Server and channel stats",
+    description = "In the format `Accept` picks: JSON by default, or `text/plain`, \
+        `application/yaml`, `application/xml`, `text/x-json`, `text/x-yaml`, byte for byte \
+        the module's, with `X-Nginx-PushStream-Tag` and `-Commit` headers.",
+    params(("id" = Option<String>, Query, description = "None: the server summary. `ALL`, \
+        `prefix_*` or `*`: every (matching) channel. `a` or `a/b`: those channels")),
+    responses((status = 200, description = "Summary: `{\"hostname\", \"time\", \"channels\", \
+            \"wildcard_channels\", \"published_messages\", \"stored_messages\", \
+            \"subscribers\", \"uptime\", \"by_worker\": […], …}`; several channels: \
+            `{\"hostname\", \"time\", \"channels\", \"wildcard_channels\", \"uptime\", \
+            \"infos\": [{\"channel\", \"published_messages\", \"stored_messages\", \
+            \"subscribers\"}…]}`; one channel: its info"),
+        (status = 400, description = "A channel id too long",
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 404, description = "None of the channels exists"),
+        (status = 503, description = "The broker could not be asked")))]
 pub(crate) async fn handle(
     State(ps): State<PsState>,
     method: Method,

@@ -24,7 +24,25 @@ use crate::lifetime::{Clock, Tick};
 use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 
-/// `GET /sub/ch1.b3/ch2`.
+/// `GET /sub/ch1.b3/ch2`: one long response, a rendered template per message.
+#[utoipa::path(get, path = "/sub/{channels}", tag = "pushstream",
+    operation_id = "pushstream_sub", summary = "Streaming subscription",
+    description = "The header template first, a ping every `ping_interval`, the footer \
+        template when `subscriber_ttl` ends it or every channel was deleted.",
+    params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
+        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
+        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
+        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG),
+        ("X-Nginx-PushStream-Mode" = Option<String>, Header,
+            description = "`polling` or `long-polling`: answer as `/lp` does")),
+    responses((status = 200, description = "The stream, as `[pushstream] content_type` \
+            (default `text/plain; charset=utf-8`)"),
+        (status = 304, description = "Polling mode: nothing new"),
+        (status = 400, description = super::DOC_BAD_CHANNEL,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 403, description = super::DOC_REFUSED,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 503, description = "`limits.max_connections` reached")))]
 pub(crate) async fn sub(
     State(ps): State<PsState>,
     method: Method,
@@ -35,7 +53,24 @@ pub(crate) async fn sub(
     respond(&ps, method, &uri, &args, &headers, false).await
 }
 
-/// `GET /ev/ch1.b3/ch2`.
+/// `GET /ev/ch1.b3/ch2`: EventSource.
+#[utoipa::path(get, path = "/ev/{channels}", tag = "pushstream",
+    operation_id = "pushstream_ev", summary = "EventSource subscription",
+    description = "Per message `id:` and `event:` lines when published with them, then \
+        `data:` lines of the rendered template; pings are `: -1`.",
+    params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
+        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
+        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
+        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG),
+        ("X-Nginx-PushStream-Mode" = Option<String>, Header,
+            description = "`polling` or `long-polling`: answer as `/lp` does")),
+    responses((status = 200, description = "`text/event-stream`"),
+        (status = 304, description = "Polling mode: nothing new"),
+        (status = 400, description = super::DOC_BAD_CHANNEL,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 403, description = super::DOC_REFUSED,
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        (status = 503, description = "`limits.max_connections` reached")))]
 pub(crate) async fn ev(
     State(ps): State<PsState>,
     method: Method,

@@ -26,7 +26,21 @@ const WRONG_VERSION: &str = "Version not supported. Supported versions: 13";
 /// The module's policy-violation close.
 const POLICY: u16 = 1008;
 
-/// `GET /ws/ch1.b3/ch2`.
+/// `GET /ws/ch1.b3/ch2`: a WebSocket (version 13).
+#[utoipa::path(get, path = "/ws/{channels}", tag = "pushstream",
+    operation_id = "pushstream_ws", summary = "WebSocket subscription",
+    description = "One text frame per message (the template), WS pings every \
+        `ping_interval`, a 1000 close at `subscriber_ttl` or when every channel was deleted. \
+        With `websocket_allow_publish` (default on), a client text frame is published to the \
+        connection's channels. Refused subscriptions upgrade, then close with 1008 and \
+        `{\"http_status\": N, \"explain\": \"…\"}`.",
+    params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
+        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
+        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
+        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+    responses((status = 101, description = "WebSocket: the push-stream frames"),
+        (status = 400, description = "Missing upgrade headers, or a version other than 13",
+            headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
 pub(crate) async fn ws(
     State(ps): State<PsState>,
     Query(args): Query<ControlArgs>,
