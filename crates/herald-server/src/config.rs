@@ -224,6 +224,12 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to close after the reconnect hint.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long an HTTP client may keep Herald waiting: for a request's
+    /// headers (and, on an idle keep-alive connection, for its next request)
+    /// and for each part of a request body. Streams are not affected once
+    /// open: heartbeats watch them. Zero waits forever.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -233,6 +239,7 @@ impl Default for ServerConfig {
             backlog: 4096,
             allow_client_publish: false,
             shutdown_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }

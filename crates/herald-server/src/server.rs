@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use herald_broker::{MemoryBroker, RedisBroker};
 use herald_core::{Engine, Hub};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -91,7 +91,15 @@ impl Server {
             extra,
         } = self;
         let shutdown = state.shutdown.clone();
-        let service = TowerToHyperService::new(http::router(state.clone(), extra));
+        let read_timeout = Some(state.config.server.read_timeout).filter(|t| !t.is_zero());
+        let router = http::router(state.clone(), extra);
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                    req.map(|body| http::BodyTimeout::new(body, read_timeout))
+                })
+                .service(router),
+        );
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
@@ -121,6 +129,8 @@ impl Server {
                         // and the few bytes copied cost less.
                         let conn = hyper::server::conn::http1::Builder::new()
                             .writev(false)
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(read_timeout)
                             .serve_connection(TokioIo::new(stream), service)
                             .with_upgrades();
                         tokio::pin!(conn);

@@ -211,3 +211,81 @@ async fn health_and_metrics() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Reads from `stream` until the server closes it; returns what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .expect("the server closes a silent connection")
+        .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_requests_are_closed_after_the_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        TestServer::with(|c| c.server.read_timeout = std::time::Duration::from_millis(200)).await;
+
+    // Connected, and nothing sent.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+
+    // Headers begun and never finished.
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut half).await, "");
+
+    // A keep-alive connection answered once, then left idle.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // Everyone else is still served.
+    let res = reqwest::get(server.http("/health/live")).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_other_clients_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        TestServer::with(|c| c.server.read_timeout = std::time::Duration::from_millis(200)).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"channel\":",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(error["error"]["code"], "body_timeout", "{answer}");
+
+    server.publish(json!({"channel": "a", "data": 1})).await;
+}
+
+#[tokio::test]
+async fn open_streams_outlive_the_read_timeout() {
+    let timeout = std::time::Duration::from_millis(100);
+    let server = TestServer::with(|c| c.server.read_timeout = timeout).await;
+    let mut ws = server.ws("/ws?channels=long").await;
+    let mut sse = Sse::connect(&server.http("/sse?channels=long")).await;
+    // The time itself is what is tested: streams idle well past the timeout.
+    tokio::time::sleep(timeout * 5).await;
+    server.publish(json!({"channel": "long", "data": 7})).await;
+    assert_eq!(next_json(&mut ws).await["data"], 7);
+    let event = sse.next_data().await;
+    let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["data"], 7, "{event:?}");
+}

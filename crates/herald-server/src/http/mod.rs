@@ -1,6 +1,9 @@
 //! HTTP routes: the native API, the seeds' compatibility routes, ops.
 
+mod body_timeout;
 pub(crate) mod openapi;
+
+pub(crate) use body_timeout::BodyTimeout;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -153,6 +156,8 @@ pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiEr
                     "body_too_large",
                     format!("request body is larger than {limit} bytes"),
                 )
+            } else if body_timeout::timed_out(&e) {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e.to_string())
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
             }
