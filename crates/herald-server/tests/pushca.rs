@@ -668,6 +668,37 @@ async fn openapi_lists_every_api() {
     );
 }
 
+/// What any OpenAPI tool requires: a unique `operationId` per operation and
+/// a description on every response.
+#[tokio::test]
+async fn openapi_operations_have_unique_ids_and_described_responses() {
+    let server = server().await;
+    let doc: Value = reqwest::get(server.http("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(id) = op["operationId"].as_str() else {
+                panic!("{method} {path} has no operationId");
+            };
+            if let Some(first) = ids.insert(id.to_owned(), format!("{method} {path}")) {
+                panic!("operationId {id} of {method} {path} is also {first}'s");
+            }
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let described = response["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty());
+                assert!(described, "{method} {path} {status} has no description");
+            }
+        }
+    }
+    assert!(ids.len() > 60, "only {} operations", ids.len());
+}
+
 #[tokio::test]
 async fn pushca_connections_outlive_the_native_lifetime_unless_configured() {
     let short = Duration::from_millis(200);

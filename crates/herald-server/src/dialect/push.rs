@@ -78,7 +78,7 @@ pub(crate) struct PublishBody {
 }
 
 /// `POST /messages` → 202 `{"subscribers":N}`.
-#[utoipa::path(post, path = "/messages", tag = "push", request_body = PublishBody,
+#[utoipa::path(post, path = "/messages", tag = "push", operation_id = "push_publish", request_body = PublishBody,
     responses((status = 202, description = "{\"subscribers\": N}"), (status = 500, description = "{\"error\": msg}")))]
 pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Response {
     let body = match read_body(req, state.config.limits.max_message_size + 64 * 1024).await {
@@ -138,9 +138,9 @@ async fn subscribed(
 }
 
 /// `GET /sse/messages?channels=a,b`.
-#[utoipa::path(get, path = "/sse/messages", tag = "push",
+#[utoipa::path(get, path = "/sse/messages", tag = "push", operation_id = "push_sse",
     params(("channels" = String, Query, description = "Comma-separated channels")),
-    responses((status = 200, description = "text/event-stream"), (status = 400)))]
+    responses((status = 200, description = "text/event-stream"), (status = 400, description = "Bad channels")))]
 pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQuery>) -> Response {
     let session = match subscribed(&state, q.channels.as_deref(), Arc::new(SseFormat)).await {
         Ok(s) => s,
@@ -158,7 +158,7 @@ pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQ
 
 /// `GET /ws/messages?channels=a,b`. Without channels the seed upgrades, sends
 /// the error frame and closes; Herald does the same.
-#[utoipa::path(get, path = "/ws/messages", tag = "push",
+#[utoipa::path(get, path = "/ws/messages", tag = "push", operation_id = "push_ws",
     params(("channels" = String, Query, description = "Comma-separated channels")),
     responses((status = 101, description = "WebSocket: the Push seed's JSON frames")))]
 pub(crate) async fn ws(

@@ -168,7 +168,7 @@ fn push_targeted_json(out: &mut Vec<u8>, msg: &Targeted) {
 /// ack: 200 acked, 408 not acked in time, 404 nobody matched.
 #[utoipa::path(post, path = "/api/v1/send", tag = "native",
     request_body = SendRequest,
-    responses((status = 200, body = SendResponse),
+    responses((status = 200, description = "Delivered (or, with ack, acknowledged)", body = SendResponse),
         (status = 400, description = "Malformed request"),
         (status = 404, description = "With ack: no connection matched"),
         (status = 408, description = "With ack: not acknowledged in time"),

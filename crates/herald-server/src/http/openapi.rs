@@ -144,7 +144,35 @@ pub(crate) fn document(extra: Vec<utoipa::openapi::OpenApi>) -> Bytes {
     for fragment in extra {
         doc.merge(fragment);
     }
+    split_shared_ids(&mut doc);
     Bytes::from(serde_json::to_vec(&doc).expect("an OpenAPI document serializes"))
+}
+
+/// One handler documented for several methods gives each the same
+/// `operationId`, which OpenAPI wants unique: those get their method appended.
+fn split_shared_ids(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let mut operations = [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ];
+        let ids: Vec<String> = operations
+            .iter()
+            .filter_map(|(_, op)| op.as_ref()?.operation_id.clone())
+            .collect();
+        for (method, op) in &mut operations {
+            if let Some(op) = op.as_mut()
+                && let Some(id) = &mut op.operation_id
+                && ids.iter().filter(|other| *other == id).count() > 1
+            {
+                id.push('_');
+                id.push_str(method);
+            }
+        }
+    }
 }
 
 /// This document.

@@ -35,7 +35,7 @@ fn not_found(name: &str) -> ApiError {
 
 /// `GET /api/v1/channels`: every channel with subscribers or stored
 /// messages, on any node of a cluster.
-#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels"), (status = 503)))]
+#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels"), (status = 503, description = "The broker could not list channels")))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let infos = state.engine.channel_infos(&state.default_app).await?;
     let channels: Vec<Value> = infos.iter().map(info_json).collect();
@@ -44,7 +44,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 
 /// `GET /api/v1/channels/{ch}`.
 #[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name")),
-    responses((status = 200, description = "Channel counts"), (status = 404)))]
+    responses((status = 200, description = "Channel counts"), (status = 404, description = "No such channel")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -88,7 +88,7 @@ pub(crate) struct HistoryQuery {
 /// `GET /api/v1/channels/{ch}/history?since=&epoch=&limit=`: stored
 /// messages, oldest first. Without `since`, the newest `limit`.
 #[utoipa::path(get, path = "/api/v1/channels/{channel}/history", tag = "native", params(("channel" = String, Path, description = "Channel name")),
-    responses((status = 200, description = "Stored messages, oldest first"), (status = 400)))]
+    responses((status = 200, description = "Stored messages, oldest first"), (status = 400, description = "`since` without `epoch`, or the reverse")))]
 pub(crate) async fn history(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -148,7 +148,7 @@ pub(crate) struct SseQuery {
 #[utoipa::path(get, path = "/sse", tag = "native",
     params(("channels" = String, Query, description = "Comma-separated channels"),
         ("token" = Option<String>, Query, description = "JWT giving the connection an identity")),
-    responses((status = 200, description = "text/event-stream"), (status = 400),
+    responses((status = 200, description = "text/event-stream"), (status = 400, description = "Bad channels or cursor"),
         (status = 401, description = "Invalid or expired token")))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
@@ -498,7 +498,8 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 /// `POST /api/v1/publish`.
 #[utoipa::path(post, path = "/api/v1/publish", tag = "native", request_body = PublishRequest,
-    responses((status = 200, description = "{id, offset, epoch, subscribers}"), (status = 400), (status = 413)))]
+    responses((status = 200, description = "{id, offset, epoch, subscribers}"), (status = 400, description = "Malformed request"),
+        (status = 413, description = "Message over `limits.max_message_size`")))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     req: Request,
@@ -518,7 +519,8 @@ pub(crate) struct BatchRequest<'a> {
 /// `POST /api/v1/publish/batch`: every message is validated before any is
 /// published, so a bad batch publishes nothing.
 #[utoipa::path(post, path = "/api/v1/publish/batch", tag = "native", request_body = BatchRequest,
-    responses((status = 200, description = "{results: [...]}"), (status = 400), (status = 413)))]
+    responses((status = 200, description = "{results: [...]}"), (status = 400, description = "Malformed request, or not 1 to `limits.max_batch` messages"),
+        (status = 413, description = "Body over what `limits.max_batch` messages may take")))]
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
     req: Request,

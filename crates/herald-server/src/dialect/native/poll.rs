@@ -48,7 +48,7 @@ pub(crate) struct PollQuery {
 
 /// `GET /poll`.
 #[utoipa::path(get, path = "/poll", tag = "native",
-    responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400)))]
+    responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400, description = "Bad channels or cursor")))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Query(q): Query<PollQuery>,

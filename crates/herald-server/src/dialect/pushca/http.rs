@@ -176,7 +176,8 @@ fn open(state: &AppState, headers: &HeaderMap, client: &PClient) -> OpenConnecti
 /// Opens a connection: WebSocket URLs with a token valid for `pushca.token_ttl`.
 #[utoipa::path(post, path = "/open-connection", tag = "pushca",
     request_body = OpenConnectionRequest,
-    responses((status = 200, body = OpenConnectionResponse), (status = 429, description = "Too many requests")))]
+    responses((status = 200, description = "The connection's WebSocket URLs and token", body = OpenConnectionResponse),
+        (status = 429, description = "Too many requests")))]
 pub(crate) async fn open_connection(
     State(state): State<AppState>,
     req: Request,
@@ -191,7 +192,9 @@ pub(crate) async fn open_connection(
 /// Opens `poolSize` connections at once (at most `pushca.max_pool_size`).
 #[utoipa::path(post, path = "/open-connection-pool", tag = "pushca",
     request_body = OpenConnectionPoolRequest,
-    responses((status = 200, body = OpenConnectionPoolResponse), (status = 400), (status = 429)))]
+    responses((status = 200, description = "One connection per pool slot", body = OpenConnectionPoolResponse),
+        (status = 400, description = "`poolSize` missing, zero or over `pushca.max_pool_size`"),
+        (status = 429, description = "Too many requests")))]
 pub(crate) async fn open_connection_pool(
     State(state): State<AppState>,
     req: Request,
@@ -218,7 +221,8 @@ pub(crate) async fn open_connection_pool(
 /// Sends to every client the filter matches (one with `findAny`).
 #[utoipa::path(post, path = "/send-notification", tag = "pushca",
     request_body = SendNotificationRequest,
-    responses((status = 200, description = "Success"), (status = 400), (status = 429, description = "Too many requests")))]
+    responses((status = 200, description = "Success"), (status = 400, description = "Malformed request or filter"),
+        (status = 429, description = "Too many requests")))]
 pub(crate) async fn send_notification(
     State(state): State<AppState>,
     req: Request,
@@ -273,7 +277,9 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
 #[utoipa::path(post, path = "/send-notification-with-acknowledge", tag = "pushca",
     request_body = SendNotificationWithAcknowledgeRequest,
     responses((status = 200, description = "Success: the client acknowledged"),
-        (status = 408, description = "Acknowledge time out"), (status = 409), (status = 429)))]
+        (status = 408, description = "Acknowledge time out"),
+        (status = 409, description = "This id is already waiting for an acknowledge"),
+        (status = 429, description = "Too many requests")))]
 pub(crate) async fn send_with_acknowledge(
     State(state): State<AppState>,
     req: Request,
@@ -299,7 +305,8 @@ pub(crate) async fn send_with_acknowledge(
     request_body = SendNotificationWithAcknowledgeRequest,
     responses((status = 200, description = "Delivered and acknowledged"),
         (status = 404, description = "Client not connected"),
-        (status = 503, description = "Delivery not confirmed"), (status = 429)))]
+        (status = 503, description = "Delivery not confirmed"),
+        (status = 429, description = "Too many requests")))]
 pub(crate) async fn send_with_delivery_guarantee(
     State(state): State<AppState>,
     req: Request,
@@ -324,7 +331,8 @@ pub(crate) async fn send_with_delivery_guarantee(
 #[utoipa::path(get, path = "/{token}", tag = "pushca",
     params(("token" = String, Path, description = "Connection token from /open-connection")),
     responses((status = 101, description = "WebSocket: Pushca's text protocol"),
-        (status = 401, description = "Invalid or expired token"), (status = 404)))]
+        (status = 401, description = "Invalid or expired token"),
+        (status = 404, description = "Not a connection token")))]
 pub(crate) async fn connect(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -349,7 +357,7 @@ pub(crate) async fn connect(
 #[utoipa::path(get, path = "/sign-in/{request}", tag = "pushca",
     params(("request" = String, Path, description = "base64url of an OpenConnectionRequest JSON")),
     responses((status = 101, description = "WebSocket: one OpenConnectionResponse frame, then close"),
-        (status = 400)))]
+        (status = 400, description = "Not base64url of an OpenConnectionRequest")))]
 pub(crate) async fn sign_in(
     State(state): State<AppState>,
     Path(request): Path<String>,
