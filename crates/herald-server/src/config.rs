@@ -2,7 +2,7 @@
 //! file and `HERALD_…` environment variables on top.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ pub struct PushaasConfig {
     /// Tsuru's basic-auth password.
     pub password: String,
     /// The base URL bound apps reach Herald at, for `PUSHAAS_ENDPOINT`;
-    /// empty: `http://<Host of the bind request>`.
+    /// empty: `http://<Host of the bind request>` (`https://` with TLS).
     pub public_url: String,
 }
 
@@ -230,6 +230,26 @@ pub struct ServerConfig {
     /// open: heartbeats watch them. Zero waits forever.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// TLS on the listener (`https://`, `wss://`); off unless both files are set.
+    pub tls: TlsConfig,
+}
+
+/// The listener's certificate. With both files set the listener speaks TLS
+/// only; `Server::tls_reloader` rereads them (the binary does on SIGHUP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, Herald's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate: PKCS#8, PKCS#1 or SEC1.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The certificate and key files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 impl Default for ServerConfig {
@@ -240,6 +260,7 @@ impl Default for ServerConfig {
             allow_client_publish: false,
             shutdown_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -438,7 +459,7 @@ pub struct PushcaConfig {
     /// are not accepted by other nodes.
     pub secret_key: Option<String>,
     /// WebSocket base URL handed to clients, e.g. `ws://push.example.com/`.
-    /// Unset: `ws://<Host header>/`.
+    /// Unset: `ws://<Host header>/` (`wss://` with TLS).
     pub external_advertised_url: Option<String>,
     /// WebSocket base URL for clients inside the deployment. Unset: as external.
     pub internal_advertised_url: Option<String>,
@@ -523,7 +544,8 @@ impl Config {
         policy
     }
 
-    /// Checks relations between keys that types cannot express.
+    /// Checks relations between keys that types cannot express, and that
+    /// the TLS files load.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.connection;
         if c.lifetime_min > c.lifetime_max {
@@ -597,6 +619,15 @@ impl Config {
             return Err(ConfigError(
                 "limits.ws_read_buffer must be at least 512".into(),
             ));
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(ConfigError(
+                "server.tls.cert_file and server.tls.key_file must be set together".into(),
+            ));
+        }
+        if let Some((cert, key)) = tls.files() {
+            crate::tls::server_config(cert, key).map_err(|e| ConfigError(e.to_string()))?;
         }
         Ok(())
     }

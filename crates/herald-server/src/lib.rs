@@ -1,6 +1,7 @@
 //! Herald's network side.
 //!
 //! - [`server`]: the listener and graceful shutdown.
+//! - [`tls`]: the listener's certificate, and its reload.
 //! - `transport`: WebSocket and SSE plumbing, shared by every dialect.
 //! - `dialect`: wire protocols (native, the Push seed) over the core.
 //! - [`http`]: the route table, health and metrics.
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 
 mod auth;
 mod cursor;
@@ -28,3 +30,4 @@ pub use config::Config;
 pub use server::Server;
 pub use shutdown::Shutdown;
 pub use state::AppState;
+pub use tls::TlsReloader;

@@ -1,28 +1,34 @@
 //! The listener: accepts TCP connections, serves HTTP/1.1 on each (with
-//! upgrades), and shuts down gracefully.
+//! upgrades), over TLS when configured, and shuts down gracefully.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_broker::{MemoryBroker, RedisBroker};
 use herald_core::{Engine, Hub};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::config::{BrokerKind, Config};
 use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
+use crate::tls::TlsReloader;
 
 /// A bound, not yet running server.
 pub struct Server {
+    /// Accepts every connection.
     listener: TcpListener,
+    /// What every handler and connection shares.
     state: AppState,
     /// Routes of parts running beside the server (the mobile push API).
     extra: http::Extra,
+    /// The certificate, when the listener speaks TLS; `None` serves plain HTTP.
+    tls: Option<TlsReloader>,
 }
 
 impl Server {
@@ -45,6 +51,8 @@ impl Server {
                 engine
             }
         };
+        let tls = TlsReloader::load(&config.server.tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = listen(config.server.listen, config.server.backlog)?;
         let state = AppState::new(engine, config, Shutdown::default())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -52,6 +60,7 @@ impl Server {
             listener,
             state,
             extra: http::Extra::default(),
+            tls,
         })
     }
 
@@ -61,6 +70,12 @@ impl Server {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Rereads the certificate files for new connections (the binary calls
+    /// it on SIGHUP); `None` when the listener does not speak TLS.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.tls.clone()
     }
 
     /// Adds metrics of a part running beside the server to `/metrics`.
@@ -89,6 +104,7 @@ impl Server {
             listener,
             state,
             extra,
+            tls,
         } = self;
         let shutdown = state.shutdown.clone();
         let read_timeout = Some(state.config.server.read_timeout).filter(|t| !t.is_zero());
@@ -100,7 +116,7 @@ impl Server {
                 })
                 .service(router),
         );
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), broker = state.engine.broker().name(), "Herald listening.");
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), broker = state.engine.broker().name(), "Herald listening.");
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         loop {
@@ -123,28 +139,12 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
                     let shutdown = shutdown.clone();
-                    state.shutdown.spawn(async move {
-                        // Flattened writes go out with one `send`; vectored
-                        // ones take `writev`'s slower path through the VFS,
-                        // and the few bytes copied cost less.
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .writev(false)
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(read_timeout)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades();
-                        tokio::pin!(conn);
-                        let result = tokio::select! {
-                            r = conn.as_mut() => r,
-                            () = shutdown.signalled() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
-                        }
-                    });
+                    match &tls {
+                        None => state.shutdown.spawn(serve_http(TokioIo::new(stream), peer, service, shutdown, read_timeout)),
+                        // The handshake runs in the connection's task: a slow
+                        // client never holds up the accept loop.
+                        Some(tls) => state.shutdown.spawn(serve_tls(tls.clone(), stream, peer, service, shutdown, read_timeout)),
+                    }
                 }
             }
         }
@@ -161,6 +161,71 @@ impl Server {
         }
         tracing::info!("Herald stopped.");
     }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends or,
+/// on shutdown, until its requests in flight are answered.
+async fn serve_http<I, S>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    shutdown: Shutdown,
+    read_timeout: Option<Duration>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Flattened writes go out with one `send`; vectored ones take
+    // `writev`'s slower path through the VFS, and the few bytes copied cost less.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
+    }
+}
+
+/// Completes the TLS handshake within `read_timeout`, then serves HTTP over
+/// it. A client that fails or stalls the handshake (plain HTTP on this port,
+/// a silent socket) is dropped.
+async fn serve_tls<S>(
+    tls: TlsReloader,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    shutdown: Shutdown,
+    read_timeout: Option<Duration>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let deadline = async {
+        match read_timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stream = tokio::select! {
+        accepted = tls.acceptor().accept(stream) => match accepted {
+            Ok(stream) => stream,
+            Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake failed."),
+        },
+        () = deadline => return tracing::debug!(%peer, timeout = ?read_timeout, "TLS handshake timed out."),
+        () = shutdown.signalled() => return,
+    };
+    serve_http(TokioIo::new(stream), peer, service, shutdown, read_timeout).await;
 }
 
 /// Expires history and forgets idle channels, once a second.

@@ -164,6 +164,14 @@ fn serve(settings: Settings) -> Result<(), String> {
         let mut server = Server::bind(settings.server)
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
+        // Watched before the listener logs that it serves: a SIGHUP from
+        // then on reloads, never kills.
+        #[cfg(unix)]
+        if let Some(tls) = server.tls_reloader() {
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+            tokio::spawn(reload_on_hangup(hangup, tls));
+        }
         let mobile = if settings.mobile.enabled {
             let mobile = Mobile::start(&settings.mobile)
                 .await
@@ -224,6 +232,18 @@ fn run_pusher(config: &herald_mobile::MobileConfig, debug: bool, json: bool) -> 
         mobile.run(terminate()).await;
         Ok(())
     })
+}
+
+/// Rereads the TLS certificate files on every SIGHUP, for new connections.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    tls: herald_server::TlsReloader,
+) {
+    while hangup.recv().await.is_some() {
+        // Logged either way; a bad certificate leaves the current one serving.
+        let _ = tls.reload();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

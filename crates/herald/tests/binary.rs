@@ -152,6 +152,97 @@ fn cli_publish_presents_an_api_key() {
     );
 }
 
+/// Writes a certificate for 127.0.0.1, self-signed as `name`, to `cert` and
+/// its key to `key`; returns the certificate, for clients to trust.
+fn install_certificate(name: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let signing_key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&signing_key).unwrap().pem();
+    std::fs::write(cert, &pem).unwrap();
+    std::fs::write(key, signing_key.serialize_pem()).unwrap();
+    pem
+}
+
+/// Whether a new connection to `herald` trusting `ca` (and nothing else)
+/// completes an https request.
+async fn trusts(ca: &str, herald: &Herald) -> Result<(), String> {
+    // A client of its own: a pooled connection would keep its old certificate.
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("https://{}/health/live", herald.addr))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(res.status(), 200);
+    Ok(())
+}
+
+/// SIGHUP rereads the certificate files; new connections get the new one.
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let old = install_certificate("Herald old", &cert, &key);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    // Files that do not load are refused up front, by name.
+    let missing = dir.path().join("missing.pem");
+    let out = Command::new(HERALD)
+        .args(["config", "check"])
+        .env("HERALD_SERVER__TLS__CERT_FILE", cert)
+        .env("HERALD_SERVER__TLS__KEY_FILE", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read server.tls.key_file") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+
+    let mut herald = Herald::start(&[
+        ("HERALD_SERVER__TLS__CERT_FILE", cert),
+        ("HERALD_SERVER__TLS__KEY_FILE", key),
+    ]);
+    trusts(&old, &herald).await.expect("the first certificate");
+    let new = install_certificate("Herald new", cert.as_ref(), key.as_ref());
+    let e = trusts(&new, &herald).await.expect_err("not reloaded yet");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &herald.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = trusts(&new, &herald).await {
+        assert!(
+            Instant::now() < deadline,
+            "new certificate never served: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = trusts(&old, &herald)
+        .await
+        .expect_err("the old certificate is gone");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    assert!(
+        herald.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop Herald"
+    );
+    assert!(herald.terminate().success());
+}
+
 #[test]
 fn version_prints_the_crate_version() {
     let out = Command::new(HERALD).arg("version").output().unwrap();

@@ -192,7 +192,9 @@ pub(crate) fn upgrade<D: WsDialect>(
                 let direct = dialect.direct_writes().then_some(socket);
                 run(state, ws, direct, session, dialect).await;
             }
-            // Not a plain TCP connection: everything goes through the task.
+            // Not a plain TCP connection (TLS): everything goes through the
+            // task, which drains the outbox; fan-outs wake it, as they do any
+            // outbox without a socket attached.
             Err(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;

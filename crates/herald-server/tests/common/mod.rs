@@ -31,11 +31,22 @@ impl TestServer {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Self::config();
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("bind");
+        Self::run(server)
+    }
+
+    /// What every test server starts from: a free loopback port.
+    pub fn config() -> Config {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.shutdown_timeout = Duration::from_secs(5);
-        tweak(&mut config);
-        let server = Server::bind(config).await.expect("bind");
+        config
+    }
+
+    /// Runs a server the test bound itself (to keep a handle to it first).
+    pub fn run(server: Server) -> Self {
         let addr = server.local_addr().unwrap();
         let shutdown = server.state().shutdown.clone();
         let task = tokio::spawn(server.run(std::future::pending()));

@@ -247,7 +247,8 @@ fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Respon
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("localhost");
-        format!("http://{host}")
+        let tls = state.app.config.server.tls.files().is_some();
+        format!("{}://{host}", if tls { "https" } else { "http" })
     } else {
         cfg.public_url.trim_end_matches('/').to_owned()
     };

@@ -56,7 +56,7 @@ fn host_and_port(url: &str) -> (String, String) {
 #[utoipa::path(get, path = "/api/v1/config", tag = "push-api",
     operation_id = "pushapi_config", summary = "Where push-stream is",
     security(("push_api_basic" = [])),
-    description = "`url` is `[pushapi] push_stream_url`, or `http://<Host><pushstream prefix>`.",
+    description = "`url` is `[pushapi] push_stream_url`, or `http://<Host><pushstream prefix>` (`https://` with TLS).",
     responses((status = 200, description = "`{\"pushStream\":{\"hostname\",\"port\",\"url\"}}`"),
         (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) -> Response {
@@ -65,7 +65,9 @@ pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) ->
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("localhost");
-        format!("http://{host}{}", state.push_stream_path)
+        let tls = state.ps.app.config.server.tls.files().is_some();
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{host}{}", state.push_stream_path)
     } else {
         state.push_stream_url.clone()
     };

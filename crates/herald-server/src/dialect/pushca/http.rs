@@ -142,13 +142,19 @@ fn check_size(state: &AppState, message: &RawValue) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Advertised WebSocket base URLs: configured, or `ws://<Host>/`.
+/// Advertised WebSocket base URLs: configured, or `ws://<Host>/`
+/// (`wss://` when the listener speaks TLS).
 fn addresses(state: &AppState, headers: &HeaderMap, token: &str) -> PusherAddress {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let fallback = format!("ws://{host}/");
+    let scheme = if state.config.server.tls.files().is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let fallback = format!("{scheme}://{host}/");
     let cfg = &state.config.pushca;
     let external = cfg.external_advertised_url.as_deref().unwrap_or(&fallback);
     let url = |base: &str| {

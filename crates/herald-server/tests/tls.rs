@@ -1,0 +1,515 @@
+//! Herald terminating TLS: https, wss and SSE over real TLS clients,
+//! certificates from a test CA, reloads, and clients the listener drops.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use herald_server::tls::TlsError;
+use herald_server::{Config, Server, TlsReloader};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::Connector;
+
+/// A certificate authority of the test's own.
+struct Ca {
+    /// Its certificate, which clients trust.
+    pem: String,
+    /// Signs server certificates.
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// How a server key is written.
+#[derive(Clone, Copy)]
+enum KeyFormat {
+    /// `BEGIN PRIVATE KEY`.
+    Pkcs8,
+    /// `BEGIN EC PRIVATE KEY`.
+    Sec1,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1: the chain (it, then this CA) and
+    /// its key.
+    fn server_cert(&self) -> (String, rcgen::KeyPair) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (format!("{}{}", cert.pem(), self.pem), key)
+    }
+
+    /// A rustls client that trusts this CA only.
+    fn rustls(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    /// An HTTPS client that trusts this CA only; a new one per call, so no
+    /// connection is reused across certificates.
+    fn https(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+/// `key` as PEM: PKCS#8 as rcgen writes it, or the SEC1 `ECPrivateKey`
+/// that PKCS#8 wraps (its last field, an OCTET STRING).
+fn key_pem(key: &rcgen::KeyPair, format: KeyFormat) -> String {
+    match format {
+        KeyFormat::Pkcs8 => key.serialize_pem(),
+        KeyFormat::Sec1 => {
+            let der = key.serialize_der();
+            let (_, info, _) = der_next(&der);
+            let (_, _, rest) = der_next(info); // version
+            let (_, _, rest) = der_next(rest); // algorithm
+            let (tag, sec1, _) = der_next(rest);
+            assert_eq!(tag, 0x04, "PKCS#8 ends with an OCTET STRING");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
+                lines.join("\n")
+            )
+        }
+    }
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der_next(input: &[u8]) -> (u8, &[u8], &[u8]) {
+    let (len, header) = match input[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        0x81 => (usize::from(input[2]), 3),
+        0x82 => (usize::from(u16::from_be_bytes([input[2], input[3]])), 4),
+        n => panic!("unexpected DER length byte {n:#x}"),
+    };
+    (
+        input[0],
+        &input[header..header + len],
+        &input[header + len..],
+    )
+}
+
+/// The certificate and key files, in a directory of their own.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
+    /// Writes a fresh server certificate from `ca` and its key.
+    fn install(&self, ca: &Ca, format: KeyFormat) {
+        let (chain, key) = ca.server_cert();
+        std::fs::write(self.cert(), chain).unwrap();
+        std::fs::write(self.key(), key_pem(&key, format)).unwrap();
+    }
+
+    fn config(&self) -> Config {
+        let mut config = TestServer::config();
+        config.server.tls.cert_file = Some(self.cert());
+        config.server.tls.key_file = Some(self.key());
+        config
+    }
+}
+
+/// A TLS server on `files`, and its reload handle.
+async fn tls_server(files: &Files, tweak: impl FnOnce(&mut Config)) -> (TestServer, TlsReloader) {
+    let mut config = files.config();
+    tweak(&mut config);
+    let server = Server::bind(config).await.expect("bind");
+    let reloader = server.tls_reloader().expect("TLS is configured");
+    (TestServer::run(server), reloader)
+}
+
+fn https_url(server: &TestServer, path: &str) -> String {
+    format!("https://{}{path}", server.addr)
+}
+
+/// A wss:// connection that trusts `ca` only.
+async fn try_wss(addr: SocketAddr, path: &str, ca: &Ca) -> Result<Ws, String> {
+    let url = format!("wss://{addr}{path}");
+    let connector = Connector::Rustls(ca.rustls());
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(connector),
+    );
+    let (ws, res) = tokio::time::timeout(WAIT, connect)
+        .await
+        .expect("wss connect timed out")
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    assert_eq!(res.status(), 101);
+    Ok(ws)
+}
+
+async fn wss(addr: SocketAddr, path: &str, ca: &Ca) -> Ws {
+    try_wss(addr, path, ca).await.unwrap()
+}
+
+/// `GET /health/live` over https with a client trusting `ca` only.
+async fn health(server: &TestServer, ca: &Ca) -> Result<u16, reqwest::Error> {
+    let req = ca.https().get(https_url(server, "/health/live")).send();
+    let res = tokio::time::timeout(WAIT, req)
+        .await
+        .expect("https request timed out")?;
+    Ok(res.status().as_u16())
+}
+
+/// Asserts a client trusting `ca` is served.
+async fn assert_served(server: &TestServer, ca: &Ca, what: &str) {
+    match health(server, ca).await {
+        Ok(status) => assert_eq!(status, 200, "{what}"),
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+/// Asserts a client trusting `ca` refuses the server's certificate.
+async fn assert_untrusted(server: &TestServer, ca: &Ca, what: &str) {
+    match health(server, ca).await {
+        Ok(status) => panic!("{what}: served ({status})"),
+        Err(e) => assert!(format!("{e:?}").contains("UnknownIssuer"), "{what}: {e:?}"),
+    }
+}
+
+/// A POST over https; the status and JSON answer.
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let res = tokio::time::timeout(WAIT, client.post(url).json(&body).send())
+        .await
+        .expect("https request timed out")
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn https_publish_reaches_wss_and_sse_subscribers_of_every_dialect() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |_| {}).await;
+    let client = ca.https();
+
+    let mut native = wss(server.addr, "/ws?channels=news", &ca).await;
+    let sse = tokio::time::timeout(
+        WAIT,
+        client.get(https_url(&server, "/sse?channels=news")).send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = Sse::from_response(sse);
+    let (status, reply) = post(
+        &client,
+        https_url(&server, "/api/v1/publish"),
+        json!({"channel": "news", "data": {"title": "over tls"}}),
+    )
+    .await;
+    assert_eq!((status, &reply["subscribers"]), (200, &json!(2)), "{reply}");
+    assert_eq!(next_json(&mut native).await["data"]["title"], "over tls");
+    let event = sse.next_data().await;
+    let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["data"]["title"], "over tls", "{event:?}");
+
+    // The Push seed's dialect.
+    let mut seed = wss(server.addr, "/ws/messages?channels=seed", &ca).await;
+    assert_eq!(next_json(&mut seed).await["event"], "ping");
+    let (status, reply) = post(
+        &client,
+        https_url(&server, "/messages"),
+        json!({"channel": "seed", "message": "over tls"}),
+    )
+    .await;
+    assert_eq!((status, reply), (202, json!({"subscribers": 1})));
+    assert_eq!(
+        next_json(&mut seed).await,
+        json!({"event": "message", "data": {"channel": "seed", "message": "over tls"}})
+    );
+
+    // push-stream's.
+    let mut ps = wss(server.addr, "/ps/ws/psch", &ca).await;
+    let res = client
+        .post(https_url(&server, "/ps/pub?id=psch"))
+        .body("over tls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let frame: Value = serde_json::from_str(&next_text(&mut ps).await).unwrap();
+    assert_eq!(frame["text"], "over tls", "{frame}");
+
+    // Pushca's: the URL it hands out is wss://, and takes the connection.
+    let who = json!({"workSpaceId": "w", "accountId": "a", "deviceId": "d", "applicationId": "x"});
+    let (status, opened) = post(
+        &client,
+        https_url(&server, "/open-connection"),
+        json!({"client": who}),
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    let url = opened["externalAdvertisedUrl"].as_str().unwrap();
+    let prefix = format!("wss://{}/", server.addr);
+    let path = url
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{url} is not under {prefix}"));
+    wss(server.addr, &format!("/{path}"), &ca).await;
+}
+
+#[tokio::test]
+async fn a_fan_out_to_many_wss_subscribers_arrives_whole_and_in_order() {
+    // More than the hub writes to directly: the big fan-out path.
+    const SUBSCRIBERS: usize = 40;
+    const BATCHES: usize = 4;
+    const PER_BATCH: usize = 50;
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |_| {}).await;
+    let client = ca.https();
+    let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        subscribers.push(wss(server.addr, "/ws?channels=fan", &ca).await);
+    }
+    // Batches fan out many messages before any subscriber's task runs, so
+    // each task writes several frames at once.
+    for batch in 0..BATCHES {
+        let messages: Vec<Value> = (batch * PER_BATCH..(batch + 1) * PER_BATCH)
+            .map(|i| json!({"channel": "fan", "data": i}))
+            .collect();
+        let (status, reply) = post(
+            &client,
+            https_url(&server, "/api/v1/publish/batch"),
+            json!({"messages": messages}),
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+        for result in reply["results"].as_array().unwrap() {
+            assert_eq!(result["subscribers"], json!(SUBSCRIBERS), "{result}");
+        }
+    }
+    for (n, ws) in subscribers.iter_mut().enumerate() {
+        for i in 0..BATCHES * PER_BATCH {
+            let got = next_json(ws).await;
+            assert_eq!(got["data"], json!(i), "subscriber {n}: {got}");
+        }
+    }
+}
+
+/// Reads until the server drops the connection; what it sent.
+async fn read_until_dropped(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .expect("the server drops the connection");
+    // A reset (after an alert) ends the connection as well as a FIN does.
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    got
+}
+
+#[tokio::test]
+async fn plain_http_and_silent_clients_are_dropped_while_https_is_served() {
+    let timeout = Duration::from_secs(1);
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |c| c.server.read_timeout = timeout).await;
+
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut plain = TcpStream::connect(server.addr).await.unwrap();
+    plain
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Served while both are still open, without waiting on their handshakes.
+    let served = tokio::time::timeout(timeout / 2, health(&server, &ca))
+        .await
+        .expect("an https client waited on the stalled ones");
+    assert_eq!(served.unwrap(), 200);
+
+    // Plain HTTP gets no HTTP answer (at most a TLS alert) and is dropped at once.
+    let answer = read_until_dropped(&mut plain).await;
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "plain HTTP got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() < timeout,
+        "plain HTTP dropped only after {:?}",
+        started.elapsed()
+    );
+
+    // A client that never starts the handshake is dropped after the read timeout.
+    assert!(read_until_dropped(&mut silent).await.is_empty());
+    assert!(
+        started.elapsed() >= timeout,
+        "a silent client dropped before the read timeout: {:?}",
+        started.elapsed()
+    );
+    assert_served(&server, &ca, "after the drops").await;
+}
+
+#[tokio::test]
+async fn a_reload_serves_new_connections_the_new_certificate() {
+    let old = Ca::new("Herald old CA");
+    let new = Ca::new("Herald new CA");
+    let files = Files::new();
+    files.install(&old, KeyFormat::Pkcs8);
+    let (server, reloader) = tls_server(&files, |_| {}).await;
+    assert_served(&server, &old, "before the reload").await;
+    assert_untrusted(&server, &new, "before the reload").await;
+    let mut open = wss(server.addr, "/ws?channels=reload", &old).await;
+
+    files.install(&new, KeyFormat::Sec1);
+    reloader.reload().expect("the new certificate loads");
+    assert_served(&server, &new, "after the reload").await;
+    assert_untrusted(&server, &old, "after the reload").await;
+    assert!(
+        try_wss(server.addr, "/ws?channels=reload", &old)
+            .await
+            .is_err(),
+        "wss with the old CA after the reload"
+    );
+    let mut fresh = wss(server.addr, "/ws?channels=reload", &new).await;
+    // The connection made before the reload keeps its certificate and is served.
+    let (status, reply) = post(
+        &new.https(),
+        https_url(&server, "/api/v1/publish"),
+        json!({"channel": "reload", "data": 1}),
+    )
+    .await;
+    assert_eq!((status, &reply["subscribers"]), (200, &json!(2)), "{reply}");
+    assert_eq!(next_json(&mut open).await["data"], 1);
+    assert_eq!(next_json(&mut fresh).await["data"], 1);
+
+    // Files that do not load leave the certificate in use serving.
+    std::fs::write(files.cert(), "not a certificate\n").unwrap();
+    let e = reloader.reload().expect_err("a file without a certificate");
+    assert!(matches!(e, TlsError::NoCertificate { .. }), "{e}");
+    assert_served(&server, &new, "after a failed reload").await;
+
+    let (chain, _) = new.server_cert();
+    let (_, other_key) = new.server_cert();
+    std::fs::write(files.cert(), chain).unwrap();
+    std::fs::write(files.key(), key_pem(&other_key, KeyFormat::Pkcs8)).unwrap();
+    let e = reloader.reload().expect_err("a key of another certificate");
+    assert!(matches!(e, TlsError::Mismatch { .. }), "{e}");
+    assert_served(&server, &new, "after a mismatched reload").await;
+}
+
+#[tokio::test]
+async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let refused = |tweak: Box<dyn FnOnce(&mut Config)>| {
+        let mut config = files.config();
+        tweak(&mut config);
+        async move {
+            let validated = config.validate().map(drop).map_err(|e| e.to_string());
+            let bound = Server::bind(config)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                validated.as_ref().err(),
+                bound.as_ref().err(),
+                "herald config check and the start agree"
+            );
+            bound.expect_err("the start is refused")
+        }
+    };
+
+    let missing = files.dir.path().join("missing.pem");
+    let path = missing.clone();
+    let e = refused(Box::new(move |c| c.server.tls.cert_file = Some(path))).await;
+    assert!(
+        e.contains("cannot read server.tls.cert_file")
+            && e.contains(&missing.display().to_string()),
+        "{e}"
+    );
+
+    let (_, other_key) = ca.server_cert();
+    let wrong = files.dir.path().join("other-key.pem");
+    std::fs::write(&wrong, key_pem(&other_key, KeyFormat::Pkcs8)).unwrap();
+    let path = wrong.clone();
+    let e = refused(Box::new(move |c| c.server.tls.key_file = Some(path))).await;
+    assert!(
+        e.contains("server.tls.key_file") && e.contains("does not match the certificate"),
+        "{e}"
+    );
+
+    let cert = files.cert();
+    let e = refused(Box::new(move |c| c.server.tls.key_file = Some(cert))).await;
+    assert!(e.contains("holds no private key"), "{e}");
+
+    let e = refused(Box::new(|c| c.server.tls.key_file = None)).await;
+    assert!(e.contains("must be set together"), "{e}");
+
+    // The files as installed start.
+    files.config().validate().expect("valid files");
+}
