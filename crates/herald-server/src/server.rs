@@ -116,36 +116,56 @@ impl Server {
                 })
                 .service(router),
         );
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), broker = state.engine.broker().name(), "Herald listening.");
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            %addr,
+            tls = tls.is_some(),
+            broker = state.engine.broker().name(),
+            "Herald listening."
+        );
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         loop {
-            tokio::select! {
+            let accepted = tokio::select! {
                 () = &mut signal => break,
                 () = shutdown.signalled() => break,
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off briefly.
-                            tracing::warn!(error = %e, "Accept failed.");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // Linux hands the listener's TCP_NODELAY to every
-                    // accepted socket: one `setsockopt` fewer per connection.
-                    #[cfg(not(target_os = "linux"))]
-                    let _ = stream.set_nodelay(true);
-                    let service = service.clone();
-                    let shutdown = shutdown.clone();
-                    match &tls {
-                        None => state.shutdown.spawn(serve_http(TokioIo::new(stream), peer, service, shutdown, read_timeout)),
-                        // The handshake runs in the connection's task: a slow
-                        // client never holds up the accept loop.
-                        Some(tls) => state.shutdown.spawn(serve_tls(tls.clone(), stream, peer, service, shutdown, read_timeout)),
-                    }
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
+            };
+            // Linux hands the listener's TCP_NODELAY to every accepted
+            // socket: one `setsockopt` fewer per connection.
+            #[cfg(not(target_os = "linux"))]
+            let _ = stream.set_nodelay(true);
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            match &tls {
+                None => state.shutdown.spawn(serve_http(
+                    TokioIo::new(stream),
+                    peer,
+                    service,
+                    shutdown,
+                    read_timeout,
+                )),
+                // The handshake runs in the connection's task: a slow client
+                // never holds up the accept loop.
+                Some(tls) => state.shutdown.spawn(serve_tls(
+                    tls.clone(),
+                    stream,
+                    peer,
+                    service,
+                    shutdown,
+                    read_timeout,
+                )),
             }
         }
         drop(listener);
