@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -125,9 +125,11 @@ async fn websocket_commands_reply_with_their_ids() {
     let r = command(&mut ws, json!({"id": 5, "cmd": "dance"})).await;
     assert_eq!(r["id"], 5);
     assert_eq!(r["error"]["code"], "unknown_command");
+    assert!(r.get("result").is_none(), "{r}");
     ws.send(Message::text("{not json")).await.unwrap();
     let r = next_json(&mut ws).await;
     assert_eq!(r["error"]["code"], "bad_request");
+    assert_eq!(r["id"], Value::Null, "{r}");
     let r = command(
         &mut ws,
         json!({"id": 6, "cmd": "subscribe", "channels": ["bad/name"]}),
@@ -149,6 +151,24 @@ async fn websocket_publish_when_allowed() {
     let m = next_json(&mut sub).await;
     assert_eq!(m["data"], json!({"hi": true}));
     assert_eq!(m["event"], "chat");
+
+    // The answer echoes any JSON id, and escaped names read as unescaped.
+    let raw =
+        r#"{"id": {"n": [1, "a\"b"]}, "cmd": "pub\u006cish", "channel": "r\u006fom", "data": 3}"#;
+    publisher.send(Message::text(raw)).await.unwrap();
+    let r = next_json(&mut publisher).await;
+    assert_eq!(r["id"], json!({"n": [1, "a\"b"]}), "{r}");
+    let result = r["result"].as_object().unwrap();
+    let mut fields: Vec<&str> = result.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["epoch", "id", "offset", "subscribers"], "{r}");
+    assert_eq!(r["result"]["offset"], 2, "{r}");
+    assert!(r.get("error").is_none(), "{r}");
+    let m = next_json(&mut sub).await;
+    assert_eq!(
+        (m["data"].clone(), m["id"].clone()),
+        (json!(3), r["result"]["id"].clone())
+    );
 
     // A frame many times the read buffer arrives whole.
     let big = "x".repeat(40_000);

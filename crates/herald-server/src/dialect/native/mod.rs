@@ -213,19 +213,65 @@ struct NativeWs {
     alive: bool,
 }
 
-/// One client command, parsed loosely so that errors can be precise.
+/// One client command, parsed loosely so that errors can be precise, and
+/// borrowing from its frame where it can.
 #[derive(Deserialize)]
-struct Command {
-    id: Option<Value>,
-    cmd: Option<String>,
-    channel: Option<String>,
+struct Command<'a> {
+    /// Echoed as sent, so the client can match the answer.
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cmd: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
     channels: Option<Vec<String>>,
-    data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
     event: Option<String>,
     /// The targeted message an `ack` command acknowledges.
-    message_id: Option<String>,
+    #[serde(borrow)]
+    message_id: Option<Cow<'a, str>>,
     /// Resume point for `subscribe` to a single channel.
     since: Option<SinceArg>,
+}
+
+/// The answer to a command: `{"id", "result"}` or `{"id", "error"}`,
+/// serialised straight from these fields.
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Done>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Failure<'a>>,
+}
+
+/// What a command did.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Done {
+    /// A publish: its typed outcome, the most frequent answer.
+    Published(Outcome),
+    /// Anything else.
+    Other(Value),
+}
+
+/// Why a command failed: the native API's error body.
+#[derive(Serialize)]
+struct Failure<'a> {
+    /// Stable, for programs.
+    code: &'a str,
+    /// For people.
+    message: &'a str,
+}
+
+impl Answer<'_> {
+    fn frame(&self) -> Reply {
+        // Room for a publish's answer: no regrowth while serialising.
+        let mut out = Vec::with_capacity(256);
+        serde_json::to_writer(&mut out, self).expect("an answer serializes");
+        Reply::frame(out)
+    }
 }
 
 #[derive(Deserialize)]
@@ -253,28 +299,41 @@ impl WsDialect for NativeWs {
     async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
-            Err(e) => return error_reply(None, "bad_request", format!("malformed command: {e}")),
+            Err(e) => {
+                let message = format!("malformed command: {e}");
+                return failure(None, "bad_request", &message);
+            }
         };
-        let id = cmd.id.clone();
+        let id = cmd.id;
         match execute(session, cmd).await {
-            Ok(result) => Reply::frame(json!({"id": id, "result": result}).to_string()),
-            Err(e) => error_reply(id, e.code, e.message),
+            Ok(result) => Answer {
+                id,
+                result: Some(result),
+                error: None,
+            }
+            .frame(),
+            Err(e) => failure(id, e.code, &e.message),
         }
     }
 }
 
-fn error_reply(id: Option<Value>, code: &str, message: impl Into<Cow<'static, str>>) -> Reply {
-    let message = message.into();
-    Reply::frame(json!({"id": id, "error": {"code": code, "message": message}}).to_string())
+fn failure(id: Option<&RawValue>, code: &str, message: &str) -> Reply {
+    let error = Some(Failure { code, message });
+    Answer {
+        id,
+        result: None,
+        error,
+    }
+    .frame()
 }
 
-async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError> {
+async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiError> {
     let state = session.state.clone();
     let names = || -> Result<Vec<ChannelKey>, ApiError> {
         let names = cmd
             .channels
             .clone()
-            .or_else(|| cmd.channel.clone().map(|c| vec![c]))
+            .or_else(|| cmd.channel.as_deref().map(|c| vec![c.to_owned()]))
             .ok_or_else(|| ApiError::bad_request("'channels' is required"))?;
         names.iter().map(|n| Ok(state.channel(n)?)).collect()
     };
@@ -283,7 +342,8 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
             let keys = names()?;
             let Some(since) = cmd.since else {
                 session.subscribe(keys).await?;
-                return Ok(json!({"channels": channel_names(session.channels())}));
+                let channels = channel_names(session.channels());
+                return Ok(Done::Other(json!({ "channels": channels })));
             };
             let [key] = <[ChannelKey; 1]>::try_from(keys)
                 .map_err(|_| ApiError::bad_request("'since' needs exactly one channel"))?;
@@ -292,16 +352,17 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
                 epoch: Arc::from(since.epoch),
             };
             let s = session.subscribe_from(key, Some(since)).await?;
-            Ok(json!({
+            Ok(Done::Other(json!({
                 "channels": channel_names(session.channels()),
                 "recovery": s.recovery,
                 "replayed": s.replayed,
                 "position": position_json(&s.position),
-            }))
+            })))
         }
         Some("unsubscribe") => {
             session.unsubscribe(&names()?).await;
-            Ok(json!({"channels": channel_names(session.channels())}))
+            let channels = channel_names(session.channels());
+            Ok(Done::Other(json!({ "channels": channels })))
         }
         Some("publish") => {
             if !state.config.server.allow_client_publish {
@@ -319,11 +380,11 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
             let data = cmd
                 .data
                 .ok_or_else(|| ApiError::bad_request("'data' is required"))?;
-            let publication = publication(&state, &data, cmd.event, None)?;
+            let publication = publication(&state, data, cmd.event, None)?;
             let p = state.engine.publish(&key, publication).await?;
-            Ok(json!(Outcome::from(p)))
+            Ok(Done::Published(Outcome::from(p)))
         }
-        Some("ping") => Ok(json!({})),
+        Some("ping") => Ok(Done::Other(json!({}))),
         Some("ack") => {
             let id = cmd
                 .message_id
@@ -331,7 +392,7 @@ async fn execute(session: &mut Session, cmd: Command) -> Result<Value, ApiError>
                 .ok_or_else(|| ApiError::bad_request("'message_id' is required"))?;
             let acked = state.engine.acknowledge(session.outbox.id(), id).await?;
             tracing::debug!(conn = session.outbox.id(), message = id, acked, "Acked.");
-            Ok(crate::dialect::send::ack_result(acked))
+            Ok(Done::Other(crate::dialect::send::ack_result(acked)))
         }
         Some(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
