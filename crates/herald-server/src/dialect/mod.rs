@@ -34,10 +34,35 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 /// unless it spans lines, which would break SSE `data:` framing.
 pub(crate) fn one_line_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
     let text = raw.get();
-    if text.contains(['\n', '\r'])
+    // A byte search: every message's data passes here.
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some()
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
     {
         return bytes::Bytes::from(v.to_string());
     }
     bytes::Bytes::copy_from_slice(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn one_line_json_keeps_one_line_data_as_sent() {
+        assert_eq!(
+            one_line_json(&raw(r#"{"a": 1,  "b":[2]}"#)),
+            r#"{"a": 1,  "b":[2]}"#
+        );
+    }
+
+    #[test]
+    fn one_line_json_folds_data_spanning_lines() {
+        assert_eq!(one_line_json(&raw("{\"a\":\n 1}")), r#"{"a":1}"#);
+        assert_eq!(one_line_json(&raw("[1,\r\n2]")), "[1,2]");
+        assert_eq!(one_line_json(&raw("{\"s\":\r \"x\"}")), r#"{"s":"x"}"#);
+    }
 }
