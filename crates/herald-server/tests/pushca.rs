@@ -506,15 +506,16 @@ async fn rate_limit_answers_429() {
     assert_eq!(statuses[2], 429);
 }
 
+async fn openapi(server: &TestServer) -> Value {
+    let res = reqwest::get(server.http("/openapi.json")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn openapi_lists_every_api() {
     let server = server().await;
-    let doc: Value = reqwest::get(server.http("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = openapi(&server).await;
     let paths = doc["paths"].as_object().unwrap();
     for path in [
         "/open-connection",
@@ -673,12 +674,7 @@ async fn openapi_lists_every_api() {
 #[tokio::test]
 async fn openapi_operations_have_unique_ids_and_described_responses() {
     let server = server().await;
-    let doc: Value = reqwest::get(server.http("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = openapi(&server).await;
     let mut ids = std::collections::HashMap::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

@@ -36,15 +36,12 @@ const NOTHING_NEW: &str = "Nothing new within `longpolling_ttl`: `Last-Modified`
     description = "Answers at once when the markers or a backtrack select stored messages, \
         otherwise waits up to `longpolling_ttl` for the next one.",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
-        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
-        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
-        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+        super::ResumeHeaders),
     responses((status = 200, description = ANSWER),
         (status = 304, description = NOTHING_NEW),
         (status = 400, description = "No channel, a bad channel id, or a bad `callback`",
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
-        (status = 403, description = super::DOC_REFUSED,
-            headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
+        super::Refused))]
 pub(crate) async fn lp(
     State(ps): State<PsState>,
     method: Method,
@@ -69,15 +66,12 @@ pub(crate) async fn lp(
     operation_id = "pushstream_jsonp", summary = "Long-polling subscription, for JSONP",
     description = "`/lp` under another name, for JSONP clients (`callback`).",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
-        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
-        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
-        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+        super::ResumeHeaders),
     responses((status = 200, description = ANSWER),
         (status = 304, description = NOTHING_NEW),
         (status = 400, description = "No channel, a bad channel id, or a bad `callback`",
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
-        (status = 403, description = super::DOC_REFUSED,
-            headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
+        super::Refused))]
 #[allow(dead_code)]
 fn jsonp() {}
 

@@ -264,10 +264,33 @@ pub(crate) struct ApiDoc;
 const DOC_IDS: &str = "Channel ids separated by `/`";
 const DOC_CHANNELS: &str = "Channel ids separated by `/`, each with an optional `.bN` \
     suffix: replay its last N stored messages";
-const DOC_LAST_EVENT_ID: &str = "Resume after the message with this `Event-Id` (or `eventid`)";
-const DOC_SINCE: &str = "With `If-None-Match`: resume after the message with this time \
-    and tag (or `time` and `tag`)";
-const DOC_TAG: &str = "The tag for `If-Modified-Since`; `W/` is stripped";
+
+/// The headers a subscriber resumes with, for the OpenAPI entries of every
+/// subscriber route (the handlers read them from the `HeaderMap`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct ResumeHeaders {
+    /// Resume after the message with this `Event-Id` (or `eventid`)
+    #[param(rename = "Last-Event-Id")]
+    last_event_id: Option<String>,
+    /// With `If-None-Match`: resume after the message with this time and tag
+    /// (or `time` and `tag`)
+    #[param(rename = "If-Modified-Since")]
+    if_modified_since: Option<String>,
+    /// The tag for `If-Modified-Since`; `W/` is stripped
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+/// A refused subscription, for the OpenAPI entries of the subscriber routes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refused {
+    #[response(status = 403, description = DOC_REFUSED,
+        headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))]
+    Refused,
+}
+
 const DOC_REFUSED: &str = "`ALL` or `*`, wildcard channels alone or over `wildcard_max`, \
     the events channel, a channel without messages under `authorized_channels_only`, or \
     more than `limits.max_channels_per_connection` channels";

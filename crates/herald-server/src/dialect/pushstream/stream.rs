@@ -30,9 +30,7 @@ use crate::session::Session;
     description = "The header template first, a ping every `ping_interval`, the footer \
         template when `subscriber_ttl` ends it or every channel was deleted.",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
-        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
-        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
-        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG),
+        super::ResumeHeaders,
         ("X-Nginx-PushStream-Mode" = Option<String>, Header,
             description = "`polling` or `long-polling`: answer as `/lp` does")),
     responses((status = 200, description = "The stream, as `[pushstream] content_type` \
@@ -40,8 +38,7 @@ use crate::session::Session;
         (status = 304, description = "Polling mode: nothing new"),
         (status = 400, description = super::DOC_BAD_CHANNEL,
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
-        (status = 403, description = super::DOC_REFUSED,
-            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        super::Refused,
         (status = 503, description = "`limits.max_connections` reached")))]
 pub(crate) async fn sub(
     State(ps): State<PsState>,
@@ -59,17 +56,14 @@ pub(crate) async fn sub(
     description = "Per message `id:` and `event:` lines when published with them, then \
         `data:` lines of the rendered template; pings are `: -1`.",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
-        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
-        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
-        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG),
+        super::ResumeHeaders,
         ("X-Nginx-PushStream-Mode" = Option<String>, Header,
             description = "`polling` or `long-polling`: answer as `/lp` does")),
     responses((status = 200, description = "`text/event-stream`"),
         (status = 304, description = "Polling mode: nothing new"),
         (status = 400, description = super::DOC_BAD_CHANNEL,
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
-        (status = 403, description = super::DOC_REFUSED,
-            headers(("X-Nginx-PushStream-Explain" = String, description = "Why"))),
+        super::Refused,
         (status = 503, description = "`limits.max_connections` reached")))]
 pub(crate) async fn ev(
     State(ps): State<PsState>,

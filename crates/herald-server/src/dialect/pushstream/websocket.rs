@@ -35,9 +35,7 @@ const POLICY: u16 = 1008;
         connection's channels. Refused subscriptions upgrade, then close with 1008 and \
         `{\"http_status\": N, \"explain\": \"…\"}`.",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
-        ("Last-Event-Id" = Option<String>, Header, description = super::DOC_LAST_EVENT_ID),
-        ("If-Modified-Since" = Option<String>, Header, description = super::DOC_SINCE),
-        ("If-None-Match" = Option<String>, Header, description = super::DOC_TAG)),
+        super::ResumeHeaders),
     responses((status = 101, description = "WebSocket: the push-stream frames"),
         (status = 400, description = "Missing upgrade headers, or a version other than 13",
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
