@@ -39,7 +39,9 @@ impl Publication {
 
 /// A fresh, time-ordered, globally unique message id.
 pub fn new_message_id() -> Arc<str> {
-    Arc::from(uuid::Uuid::now_v7().to_string())
+    // Encoded on the stack: one allocation, the `Arc`'s, and no formatter.
+    let mut text = uuid::Uuid::encode_buffer();
+    Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -184,6 +186,17 @@ mod tests {
             let data = String::from_utf8_lossy(msg.data());
             Bytes::from(format!("{}:{data}", self.0))
         }
+    }
+
+    #[test]
+    fn message_ids_are_lowercase_hyphenated_uuid_v7s_in_time_order() {
+        let (a, b) = (new_message_id(), new_message_id());
+        for id in [&a, &b] {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 7, "{id}");
+            assert_eq!(**id, parsed.hyphenated().to_string(), "{id}");
+        }
+        assert!(a < b, "{a} then {b}");
     }
 
     #[test]
