@@ -26,6 +26,15 @@ pub(crate) mod slot {
 
 /// Appends `s` as a JSON string literal.
 pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Ids, epochs and channel names need no escapes: copied between quotes,
+    // as serde_json would write them, without its byte-by-byte escaping.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a &str always serializes.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -49,6 +58,24 @@ mod tests {
 
     fn raw(text: &str) -> Box<serde_json::value::RawValue> {
         serde_json::value::RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn push_json_str_writes_what_serde_json_writes() {
+        for s in [
+            "",
+            "plain-id_1.2:3",
+            "ünï©ødé",
+            "q\"uote",
+            "back\\slash",
+            "nl\n",
+            "\u{1}",
+            "\u{7f}",
+        ] {
+            let mut out = b"x".to_vec();
+            push_json_str(&mut out, s);
+            assert_eq!(out[1..], serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
