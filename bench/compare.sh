@@ -2,9 +2,12 @@
 # Runs every herald-bench scenario against Herald, Nchan and sockudo on this machine and prints
 # one table: each figure per server and Herald's ratio to the best peer.
 #
-# Usage: bench/compare.sh [--quick] [--servers "herald nchan sockudo"] [--only REGEX] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--servers "herald nchan sockudo"] [--repeat N] [--only REGEX]
+#                         [--out DIR] [--no-build]
 #   --quick    smaller N and 10 s phases: a smoke run of a few minutes
 #   --servers  which servers to run (default: all three)
+#   --repeat   run each scenario N times, the servers taking turns in a rotated order each
+#              round, and report each figure's median (default 1)
 #   --only     run only the scenarios whose label matches REGEX (grep -E), e.g. 'idle|connect'
 #   --out      where the JSON reports and logs go (default: bench/results/<timestamp>)
 #   --no-build use the release binaries already in $CARGO_TARGET_DIR
@@ -23,6 +26,7 @@ servers="herald nchan sockudo"
 out=""
 only=""
 build=1
+repeat=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -30,11 +34,13 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --repeat) repeat=$2; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+case "$repeat" in ''|*[!0-9]*|0) echo "--repeat takes a positive count" >&2; exit 2 ;; esac
 out=${out:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
@@ -138,84 +144,81 @@ target_for() {
   esac
 }
 
-# run NAME SERVER TRANSPORT ARGS... : one scenario against a fresh server
+# run NAME SERVER TRANSPORT ARGS... : one scenario against a fresh server; $round names the
+# report when the run repeats.
 run() {
   local name=$1 server=$2 transport=$3; shift 3
   local target; target=$(target_for "$server" "$transport")
   [ -n "$target" ] || return 0
   if [ -n "$only" ] && ! grep -Eq "$only" <<<"$name"; then return 0; fi
-  echo "==> $name on $server ($(cut -d' ' -f1-3 /proc/loadavg) load)" | tee -a "$out/progress.log" >&2
+  local file=$name.$server
+  [ "$repeat" = 1 ] || file=$file.r$round
+  echo "==> $name on $server, round $round of $repeat ($(cut -d' ' -f1-3 /proc/loadavg) load)" | tee -a "$out/progress.log" >&2
   if ! start_server "$server"; then
     echo "    $server did not start; skipped" >&2
     stop_server
     return 0
   fi
-  local json="$out/$name.$server.json"
+  local json="$out/$file.json"
   if ! timeout 900 taskset -c "$GEN_CORE" "$BENCH" "$@" --target "$target" --url "$url" \
-       --server-pid "$server_pid" --json >"$json" 2>"$out/$name.$server.log"; then
-    echo "    failed (see $out/$name.$server.log)" >&2
+       --server-pid "$server_pid" --json >"$json" 2>"$out/$file.log"; then
+    echo "    failed (see $out/$file.log)" >&2
     rm -f "$json"
   fi
   stop_server
   sleep 1
 }
 
+# each_on SERVERS NAME TRANSPORT ARGS... : the scenario on each of SERVERS that this run
+# includes, --repeat times. Round k starts at the k-th server, so no server always runs first
+# (the VM's speed drifts from minute to minute).
+each_on() {
+  local only_on=$1; shift
+  local list=() s i
+  for s in $servers; do
+    case " $only_on " in *" $s "*) list+=("$s") ;; esac
+  done
+  [ ${#list[@]} -gt 0 ] || return 0
+  for round in $(seq "$repeat"); do
+    for i in $(seq 0 $((${#list[@]} - 1))); do
+      run "$1" "${list[$(((i + round - 1) % ${#list[@]}))]}" "${@:2}"
+    done
+  done
+}
+each() { each_on "$servers" "$@"; }
+
+round=1
 echo "loadavg at start: $(cat /proc/loadavg)" >>"$out/machine.txt"
 grep -m1 'model name' /proc/cpuinfo >>"$out/machine.txt"
 echo "commit $(git -C "$root" rev-parse --short HEAD) (work tree may hold others' uncommitted changes)" >>"$out/machine.txt"
 nproc >>"$out/machine.txt"
+echo "rounds per scenario: $repeat" >>"$out/machine.txt"
 free -g | sed -n 2p >>"$out/machine.txt"
 
-for s in $servers; do
-  run fanout-1ch-${SUBS}sub-r$RATE_LOW "$s" ws fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
-done
+each fanout-1ch-${SUBS}sub-r$RATE_LOW ws fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
 # The highest rate each server sustains for the same 10,000 subscribers (see SEARCH above).
-for s in $servers; do
-  # shellcheck disable=SC2086 # SEARCH is a list of options
-  run fanout-1ch-${SUBS}sub-sustainable "$s" ws fanout --subscribers $SUBS --channels 1 $SEARCH
-done
-for s in $servers; do
-  run fanout-1ch-${SUBS_HIGH}sub-r$RATE_HIGH "$s" ws fanout --subscribers $SUBS_HIGH --channels 1 --rate $RATE_HIGH --duration $PHASE --drain 20s
-done
-for s in $servers; do
-  run fanout-1ch-${SUBS_HIGHER}sub-r$RATE_HIGHER "$s" ws fanout --subscribers $SUBS_HIGHER --channels 1 --rate $RATE_HIGHER --duration $PHASE --drain 20s
-done
-for s in $servers; do
-  run fanout-${CHANNELS_MANY}ch-${SUBS}sub-r$RATE_MANY "$s" ws fanout --subscribers $SUBS --channels $CHANNELS_MANY --rate $RATE_MANY --duration $PHASE
-done
-for s in $servers; do
-  run fanout-sse-1ch-${SUBS}sub-r$RATE_LOW "$s" sse fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
-done
-for s in $servers; do
-  run pairs-http "$s" ws pairs --clients $PAIRS_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
-done
-case " $servers " in *" herald "*)
-  run pairs-ws herald ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE ;;
-esac
+# shellcheck disable=SC2086 # SEARCH is a list of options
+each fanout-1ch-${SUBS}sub-sustainable ws fanout --subscribers $SUBS --channels 1 $SEARCH
+each fanout-1ch-${SUBS_HIGH}sub-r$RATE_HIGH ws fanout --subscribers $SUBS_HIGH --channels 1 --rate $RATE_HIGH --duration $PHASE --drain 20s
+each fanout-1ch-${SUBS_HIGHER}sub-r$RATE_HIGHER ws fanout --subscribers $SUBS_HIGHER --channels 1 --rate $RATE_HIGHER --duration $PHASE --drain 20s
+each fanout-${CHANNELS_MANY}ch-${SUBS}sub-r$RATE_MANY ws fanout --subscribers $SUBS --channels $CHANNELS_MANY --rate $RATE_MANY --duration $PHASE
+each fanout-sse-1ch-${SUBS}sub-r$RATE_LOW sse fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
+each pairs-http ws pairs --clients $PAIRS_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
+each_on herald pairs-ws ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
 # The same at the rate of the Pushca seed's published single-node WebSocket run (2,890 msg/s),
 # so latencies are compared at equal load rather than at each server's own maximum.
-for s in $servers; do
-  run pairs-http-r$PAIRS_RATE "$s" ws pairs --clients $PAIRS_CLIENTS --via http --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
-done
-case " $servers " in *" herald "*)
-  run pairs-ws-r$PAIRS_RATE herald ws pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE ;;
-esac
+each pairs-http-r$PAIRS_RATE ws pairs --clients $PAIRS_CLIENTS --via http --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
+each_on herald pairs-ws-r$PAIRS_RATE ws pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
 # Pairs in the Pushca seed's own protocol (Herald's Pushca dialect; the peers do not speak it):
 # SEND_MESSAGE over the sender's WebSocket, unpaced and at the seed's rate, and with
 # acknowledge (the receiver acknowledges each message; the sender waits for it).
-case " $servers " in *" herald "*)
-  run pairs-pushca herald pushca pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
-  run pairs-pushca-r$PAIRS_RATE herald pushca pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
-  run pairs-pushca-ack herald pushca pairs --clients $PAIRS_CLIENTS --via ws --ack --concurrency 100 --duration $PAIRS_PHASE
-  # The seed's HTTP figures were for 800 clients sending over its REST API.
-  run pairs-pushca-http herald pushca pairs --clients $PUSHCA_HTTP_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE ;;
-esac
-for s in $servers; do
-  run idle "$s" ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
-done
-for s in $servers; do
-  run connect "$s" ws connect --connections $CONNECT_N --procs $PROCS_BIG --connect-concurrency 200
-done
+each_on herald pairs-pushca pushca pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
+each_on herald pairs-pushca-r$PAIRS_RATE pushca pairs --clients $PAIRS_CLIENTS --via ws --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE
+each_on herald pairs-pushca-ack pushca pairs --clients $PAIRS_CLIENTS --via ws --ack --concurrency 100 --duration $PAIRS_PHASE
+# The seed's HTTP figures were for 800 clients sending over its REST API.
+each_on herald pairs-pushca-http pushca pairs --clients $PUSHCA_HTTP_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
+each idle ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
+each connect ws connect --connections $CONNECT_N --procs $PROCS_BIG --connect-concurrency 200
 
 echo "loadavg at end: $(cat /proc/loadavg)" >>"$out/machine.txt"
 python3 "$root/bench/table.py" "$out" | tee "$out/table.md"

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Turns the herald-bench JSON reports of one compare.sh run into a Markdown table.
 
-Usage: table.py RESULTS_DIR [--summary]   (files named <scenario-label>.<server>.json)
+Usage: table.py RESULTS_DIR [--summary]
+Files are named <scenario-label>.<server>.json, or <scenario-label>.<server>.r<round>.json when
+compare.sh --repeat ran each scenario several times. Then every figure is the median of the
+rounds (the full table adds their range), except counts of failures (lost, duplicated, errors),
+which are summed over the rounds so that no failure hides behind a median.
 --summary prints the condensed table of docs/benchmarks.md (two figures per cell).
 Each row is one figure; columns are the servers and Herald's ratio to the best peer
 (for "higher is better" figures a ratio above 1 means Herald is ahead; for "lower is better"
@@ -12,6 +16,8 @@ step, and the full table lists every step tried.
 """
 import json
 import os
+import re
+import statistics
 import sys
 
 SERVERS = ["herald", "nchan", "sockudo"]
@@ -122,6 +128,34 @@ FIGURES = {
         ("server RSS KiB/connection", lambda r: get(r, "server", "rss_per_connection_kib"), "lower"),
     ],
 }
+
+
+# Figures that count failures: summed over rounds, never a median.
+TOTALS = {
+    "lost", "duplicated", "connections dropped", "publish errors", "ack failures",
+    "sends never answered", "connection errors", "lost / duplicated", "errors",
+    "ack failures / never answered",
+}
+
+
+def values(reports, extract):
+    """The figure from each round's report that has it."""
+    out = []
+    for r in reports or []:
+        try:
+            v = extract(r)
+        except (KeyError, TypeError):
+            v = None
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def combine(vs, figure):
+    """One figure over the rounds: the median, or the sum for a count of failures."""
+    if not vs:
+        return None
+    return sum(vs) if figure in TOTALS else statistics.median(vs)
 
 
 def fmt(v):
@@ -265,10 +299,7 @@ def summary(runs):
             vals = {}
             for s in SERVERS:
                 r = reps.get(s) if s == "herald" else peers_from.get(s)
-                try:
-                    vals[s] = [e(r) if r else None for e in extractors]
-                except (KeyError, TypeError):
-                    vals[s] = [None] * len(extractors)
+                vals[s] = [combine(values(r, e), fig) for e in extractors]
                 text = " / ".join(fmt(v) for v in vals[s])
                 if all(v is None for v in vals[s]):
                     text = "n/a"
@@ -289,7 +320,11 @@ def main():
     for name in sorted(os.listdir(d)):
         if not name.endswith(".json"):
             continue
-        label, server = name[: -len(".json")].rsplit(".", 1)
+        stem = name[: -len(".json")]
+        m = re.fullmatch(r"(.+)\.([a-z-]+)(?:\.r(\d+))?", stem)
+        if not m:
+            continue
+        label, server, rnd = m.group(1), m.group(2), int(m.group(3) or 1)
         try:
             with open(os.path.join(d, name)) as f:
                 report = json.load(f)
@@ -298,7 +333,10 @@ def main():
         if label not in runs:
             runs[label] = {}
             order.append(label)
-        runs[label][server] = report
+        runs[label].setdefault(server, []).append((rnd, report))
+    for reps in runs.values():
+        for server, rounds in reps.items():
+            reps[server] = [r for _, r in sorted(rounds, key=lambda x: x[0])]
     if "--summary" in sys.argv[2:]:
         summary(runs)
         return
@@ -308,7 +346,7 @@ def main():
     print("|---|---|---|" + "---|" * len(SERVERS) + "---|")
     for label in sorted(order, key=key):
         reps = runs[label]
-        any_report = next(iter(reps.values()))
+        any_report = next(iter(reps.values()))[0]
         kind = any_report["scenario"]
         peer_reps = reps
         http_label = label.replace("pairs-ws", "pairs-http")
@@ -317,18 +355,17 @@ def main():
         if via_ws and http_label in runs:
             peer_reps = dict(runs[http_label], herald=reps.get("herald"))
         for fig, extract, better in FIGURES.get(kind, []):
-            vals = {}
+            vals, spread = {}, {}
             for s in SERVERS:
                 r = peer_reps.get(s) if s != "herald" else reps.get("herald")
-                try:
-                    vals[s] = extract(r) if r else None
-                except (KeyError, TypeError):
-                    vals[s] = None
+                vs = values(r, extract)
+                vals[s] = combine(vs, fig)
+                spread[s] = f" ({fmt(min(vs))}–{fmt(max(vs))})" if len(vs) > 1 and fig not in TOTALS else ""
             if all(v is None for v in vals.values()):
                 continue
             cells = []
             for s in SERVERS:
-                v = fmt(vals[s])
+                v = fmt(vals[s]) + spread[s]
                 if herald_only and s != "herald":
                     v = "n/a"
                 elif via_ws and s != "herald" and vals[s] is not None:
@@ -336,11 +373,17 @@ def main():
                 cells.append(v)
             r = ratio(vals["herald"], [vals[s] for s in SERVERS if s != "herald"], better)
             print(f"| {label} | {fig} | {better or ''} | " + " | ".join(cells) + f" | {r} |")
-        # A rate search: every step tried, per server.
-        steps = {s: get(reps.get(s), "search", "steps") or [] for s in SERVERS}
-        for i in range(max(len(v) for v in steps.values())):
-            cells = [step_text(steps[s][i]) if i < len(steps[s]) else "" for s in SERVERS]
-            print(f"| {label} | step {i + 1} |  | " + " | ".join(cells) + " | — |")
+        # A rate search: every step tried, per server and round.
+        rounds = max(len(v) for v in reps.values())
+        for k in range(rounds):
+            steps = {}
+            for s in SERVERS:
+                rs = reps.get(s) or []
+                steps[s] = (get(rs[k], "search", "steps") or []) if k < len(rs) else []
+            name = "step {}" if rounds == 1 else f"round {k + 1}, step {{}}"
+            for i in range(max(len(v) for v in steps.values())):
+                cells = [step_text(steps[s][i]) if i < len(steps[s]) else "" for s in SERVERS]
+                print(f"| {label} | {name.format(i + 1)} |  | " + " | ".join(cells) + " | — |")
 
 
 if __name__ == "__main__":
