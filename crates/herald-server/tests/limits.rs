@@ -254,23 +254,40 @@ async fn silent_and_half_sent_requests_are_closed_after_the_read_timeout() {
 }
 
 #[tokio::test]
-async fn a_stalled_request_body_gets_408_and_other_clients_are_served() {
+async fn a_stalled_request_body_gets_408_on_every_route_and_other_clients_are_served() {
     use tokio::io::AsyncWriteExt;
-    let server =
-        TestServer::with(|c| c.server.read_timeout = std::time::Duration::from_millis(200)).await;
-    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stalled
-        .write_all(
-            b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 100\r\n\r\n{\"channel\":",
-        )
-        .await
-        .unwrap();
-    let answer = read_until_closed(&mut stalled).await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
-    assert_eq!(error["error"]["code"], "body_timeout", "{answer}");
+    let server = TestServer::with(|c| {
+        c.server.read_timeout = std::time::Duration::from_millis(200);
+        c.pushaas.enabled = true;
+    })
+    .await;
+    // Routes that read their body themselves, through axum's `Bytes` (push-api,
+    // PushaaS) and through the publish path's own reader (native, push-stream).
+    let routes = [
+        ("/api/v1/publish", ""),
+        ("/ps/pub?id=a", ""),
+        (
+            "/push-api/api/v1/messages",
+            "Authorization: Basic YXBwOmFiYzEyMw==\r\n",
+        ),
+        (
+            "/pushaas/api/v1/resources",
+            "Authorization: Basic dHN1cnU6YWJjMTIz\r\n",
+        ),
+    ];
+    for (path, auth) in routes {
+        let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"channel\":"
+        );
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut stalled).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(error["error"]["code"], "body_timeout", "{path}: {answer}");
+    }
 
     server.publish(json!({"channel": "a", "data": 1})).await;
 }

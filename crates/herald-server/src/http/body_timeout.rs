@@ -1,13 +1,28 @@
 //! A request body that gives up when its client stalls, so a client that
 //! announces a body and never sends it cannot hold a handler (and its memory)
 //! forever. Slow clients are fine: only a pause longer than the timeout fails.
+//!
+//! Whatever a route answers to the failed body, the client gets one answer,
+//! `408 body_timeout`: [`answer_stalled`] replaces it.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
+
+use crate::error::ApiError;
+
+tokio::task_local! {
+    /// Set when the request's body timed out. Task-local rather than shared
+    /// with the body so the common request allocates nothing for it.
+    static STALLED: Cell<Option<Duration>>;
+}
 
 /// Error of a body whose client sent nothing for the whole timeout.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +75,8 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(stall.as_mut().poll(cx));
         this.stall = None;
+        // Outside `answer_stalled` (unit tests) there is no answer to replace.
+        let _ = STALLED.try_with(|s| s.set(Some(timeout)));
         Poll::Ready(Some(Err(Box::new(BodyTimedOut(timeout)))))
     }
 
@@ -72,16 +89,25 @@ where
     }
 }
 
-/// Whether `error` (or what it wraps) is a stalled body.
-pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<BodyTimedOut>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+/// Runs a route's `answer`; if the request's body timed out meanwhile,
+/// answers `408 body_timeout` instead, whichever error the route made of it.
+pub(crate) async fn answer_stalled<E>(
+    answer: impl Future<Output = Result<Response, E>>,
+) -> Result<Response, E> {
+    STALLED
+        .scope(Cell::new(None), async {
+            let response = answer.await?;
+            Ok(match STALLED.with(Cell::get) {
+                Some(timeout) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    BodyTimedOut(timeout).to_string(),
+                )
+                .into_response(),
+                None => response,
+            })
+        })
+        .await
 }
 
 #[cfg(test)]
@@ -118,7 +144,7 @@ mod tests {
 
         let start = tokio::time::Instant::now();
         let err = body.frame().await.unwrap().unwrap_err();
-        assert!(timed_out(&*err), "{err}");
+        assert!(err.is::<BodyTimedOut>(), "{err}");
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         drop(tx);
     }

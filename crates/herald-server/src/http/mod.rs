@@ -3,7 +3,7 @@
 mod body_timeout;
 pub(crate) mod openapi;
 
-pub(crate) use body_timeout::BodyTimeout;
+pub(crate) use body_timeout::{BodyTimeout, answer_stalled};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -156,8 +156,6 @@ pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiEr
                     "body_too_large",
                     format!("request body is larger than {limit} bytes"),
                 )
-            } else if body_timeout::timed_out(&e) {
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e.to_string())
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
             }
