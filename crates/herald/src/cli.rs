@@ -165,12 +165,13 @@ fn serve(settings: Settings) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
         // Watched before the listener logs that it serves: a SIGHUP from
-        // then on reloads, never kills.
+        // then on reloads, never kills (an operator's habitual reload must
+        // not drop every connection).
         #[cfg(unix)]
-        if let Some(tls) = server.tls_reloader() {
+        {
             let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-            tokio::spawn(reload_on_hangup(hangup, tls));
+            tokio::spawn(reload_on_hangup(hangup, server.tls_reloader()));
         }
         let mobile = if settings.mobile.enabled {
             let mobile = Mobile::start(&settings.mobile)
@@ -234,15 +235,19 @@ fn run_pusher(config: &herald_mobile::MobileConfig, debug: bool, json: bool) -> 
     })
 }
 
-/// Rereads the TLS certificate files on every SIGHUP, for new connections.
+/// Rereads the TLS certificate files on every SIGHUP, for new connections;
+/// without TLS there is nothing to reread, and the signal is only logged.
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
-    tls: herald_server::TlsReloader,
+    tls: Option<herald_server::TlsReloader>,
 ) {
     while hangup.recv().await.is_some() {
-        // Logged either way; a bad certificate leaves the current one serving.
-        let _ = tls.reload();
+        match &tls {
+            // Logged either way; a bad certificate leaves the current one serving.
+            Some(tls) => drop(tls.reload()),
+            None => tracing::info!("SIGHUP: nothing to reload without TLS."),
+        }
     }
 }
 

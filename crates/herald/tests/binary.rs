@@ -243,6 +243,27 @@ async fn sighup_reloads_the_tls_certificate() {
     assert!(herald.terminate().success());
 }
 
+/// Without TLS, SIGHUP has nothing to reload: Herald logs it and serves on.
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_does_not_stop_herald() {
+    let mut herald = Herald::start(&[]);
+    let mut sub = ws(&herald, "/ws?channels=hup").await;
+    let hup = Command::new("kill")
+        .args(["-HUP", &herald.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    herald.wait_log("SIGHUP: nothing to reload without TLS.");
+    assert!(
+        herald.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop Herald"
+    );
+    // The connection made before the signal is still served.
+    publish_ok(&herald, "hup", serde_json::json!(1)).await;
+    assert_eq!(next_json(&mut sub).await["data"], 1);
+    assert!(herald.terminate().success());
+}
+
 #[test]
 fn version_prints_the_crate_version() {
     let out = Command::new(HERALD).arg("version").output().unwrap();

@@ -15,6 +15,8 @@ pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 pub struct Herald {
     pub child: Child,
     pub addr: String,
+    /// Its log lines (JSON) after the one saying it listens.
+    logs: std::sync::mpsc::Receiver<String>,
 }
 
 impl Herald {
@@ -56,7 +58,27 @@ impl Herald {
                 break v["fields"]["addr"].as_str().unwrap().to_string();
             }
         };
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            logs: rx,
+        }
+    }
+
+    /// Waits for a log line with `message`, skipping the ones before it.
+    pub fn wait_log(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .logs
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line {message:?}"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == message {
+                return v;
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
