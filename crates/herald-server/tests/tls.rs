@@ -34,7 +34,13 @@ enum KeyFormat {
     Pkcs8,
     /// `BEGIN EC PRIVATE KEY`.
     Sec1,
+    /// `BEGIN RSA PRIVATE KEY`, for an RSA key.
+    Pkcs1,
 }
+
+/// A 2048-bit RSA key (rcgen with ring cannot generate one): the test kit's
+/// throwaway FCM service-account key, PKCS#8.
+const RSA_KEY: &str = include_str!("../../herald-testkit/src/fixtures/fcm-test-key.pem");
 
 impl Ca {
     fn new(name: &str) -> Self {
@@ -58,10 +64,14 @@ impl Ca {
     /// A server certificate for 127.0.0.1: the chain (it, then this CA) and
     /// its key.
     fn server_cert(&self) -> (String, rcgen::KeyPair) {
+        self.server_cert_for(rcgen::KeyPair::generate().unwrap())
+    }
+
+    /// The same for a key of the caller's.
+    fn server_cert_for(&self, key: rcgen::KeyPair) -> (String, rcgen::KeyPair) {
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (format!("{}{}", cert.pem(), self.pem), key)
     }
@@ -93,30 +103,30 @@ impl Ca {
     }
 }
 
-/// `key` as PEM: PKCS#8 as rcgen writes it, or the SEC1 `ECPrivateKey`
-/// that PKCS#8 wraps (its last field, an OCTET STRING).
+/// `key` as PEM: PKCS#8 as rcgen writes it, or the SEC1 `ECPrivateKey` or
+/// PKCS#1 `RSAPrivateKey` that PKCS#8 wraps (its last field, an OCTET STRING).
 fn key_pem(key: &rcgen::KeyPair, format: KeyFormat) -> String {
-    match format {
-        KeyFormat::Pkcs8 => key.serialize_pem(),
-        KeyFormat::Sec1 => {
-            let der = key.serialize_der();
-            let (_, info, _) = der_next(&der);
-            let (_, _, rest) = der_next(info); // version
-            let (_, _, rest) = der_next(rest); // algorithm
-            let (tag, sec1, _) = der_next(rest);
-            assert_eq!(tag, 0x04, "PKCS#8 ends with an OCTET STRING");
-            let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
-            let lines: Vec<&str> = b64
-                .as_bytes()
-                .chunks(64)
-                .map(|l| std::str::from_utf8(l).unwrap())
-                .collect();
-            format!(
-                "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
-                lines.join("\n")
-            )
-        }
-    }
+    let label = match format {
+        KeyFormat::Pkcs8 => return key.serialize_pem(),
+        KeyFormat::Sec1 => "EC PRIVATE KEY",
+        KeyFormat::Pkcs1 => "RSA PRIVATE KEY",
+    };
+    let der = key.serialize_der();
+    let (_, info, _) = der_next(&der);
+    let (_, _, rest) = der_next(info); // version
+    let (_, _, rest) = der_next(rest); // algorithm
+    let (tag, inner, _) = der_next(rest);
+    assert_eq!(tag, 0x04, "PKCS#8 ends with an OCTET STRING");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// One DER element: (tag, contents, what follows).
@@ -435,6 +445,17 @@ async fn a_reload_serves_new_connections_the_new_certificate() {
         "wss with the old CA after the reload"
     );
     let mut fresh = wss(server.addr, "/ws?channels=reload", &new).await;
+
+    // An RSA certificate whose key is PKCS#1 (`BEGIN RSA PRIVATE KEY`).
+    let rsa = Ca::new("Herald RSA CA");
+    let (chain, key) = rsa.server_cert_for(rcgen::KeyPair::from_pem(RSA_KEY).unwrap());
+    std::fs::write(files.cert(), chain).unwrap();
+    std::fs::write(files.key(), key_pem(&key, KeyFormat::Pkcs1)).unwrap();
+    reloader.reload().expect("the RSA certificate loads");
+    assert_served(&server, &rsa, "with a PKCS#1 RSA key").await;
+    files.install(&new, KeyFormat::Sec1);
+    reloader.reload().expect("back to the EC certificate");
+    assert_served(&server, &new, "after the RSA certificate").await;
     // The connection made before the reload keeps its certificate and is served.
     let (status, reply) = post(
         &new.https(),
