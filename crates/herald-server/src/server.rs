@@ -114,7 +114,7 @@ impl Server {
                 .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
                     req.map(|body| http::BodyTimeout::new(body, read_timeout))
                 })
-                .map_future(http::answer_stalled)
+                .map_future(http::AnswerStalled::new)
                 .service(router),
         );
         let addr = listener

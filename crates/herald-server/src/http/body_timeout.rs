@@ -14,14 +14,16 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use crate::error::ApiError;
 
-tokio::task_local! {
-    /// Set when the request's body timed out. Task-local rather than shared
-    /// with the body so the common request allocates nothing for it.
-    static STALLED: Cell<Option<Duration>>;
+thread_local! {
+    /// Set by a body that times out, for the request being polled on this
+    /// thread: a request's body is read inside its answer's poll. Not shared
+    /// with the body, so the common request allocates nothing for it.
+    static STALLED: Cell<Option<Duration>> = const { Cell::new(None) };
 }
 
 /// Error of a body whose client sent nothing for the whole timeout.
@@ -75,8 +77,7 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(stall.as_mut().poll(cx));
         this.stall = None;
-        // Outside `answer_stalled` (unit tests) there is no answer to replace.
-        let _ = STALLED.try_with(|s| s.set(Some(timeout)));
+        STALLED.set(Some(timeout));
         Poll::Ready(Some(Err(Box::new(BodyTimedOut(timeout)))))
     }
 
@@ -89,25 +90,49 @@ where
     }
 }
 
-/// Runs a route's `answer`; if the request's body timed out meanwhile,
-/// answers `408 body_timeout` instead, whichever error the route made of it.
-pub(crate) async fn answer_stalled<E>(
-    answer: impl Future<Output = Result<Response, E>>,
-) -> Result<Response, E> {
-    STALLED
-        .scope(Cell::new(None), async {
-            let response = answer.await?;
-            Ok(match STALLED.with(Cell::get) {
-                Some(timeout) => ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    BodyTimedOut(timeout).to_string(),
-                )
-                .into_response(),
-                None => response,
-            })
-        })
-        .await
+pin_project! {
+    /// A route's answer, replaced by `408 body_timeout` if the request's
+    /// body timed out meanwhile, whichever error the route made of it.
+    pub(crate) struct AnswerStalled<F> {
+        #[pin]
+        answer: F,
+        stalled: Option<Duration>,
+    }
+}
+
+impl<F> AnswerStalled<F> {
+    pub(crate) fn new(answer: F) -> Self {
+        Self {
+            answer,
+            stalled: None,
+        }
+    }
+}
+
+impl<F, E> Future for AnswerStalled<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        STALLED.set(None);
+        let polled = this.answer.poll(cx);
+        if let Some(timeout) = STALLED.take() {
+            *this.stalled = Some(timeout);
+        }
+        let response = ready!(polled)?;
+        Poll::Ready(Ok(match *this.stalled {
+            Some(timeout) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                BodyTimedOut(timeout).to_string(),
+            )
+            .into_response(),
+            None => response,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 mod body_timeout;
 pub(crate) mod openapi;
 
-pub(crate) use body_timeout::{BodyTimeout, answer_stalled};
+pub(crate) use body_timeout::{AnswerStalled, BodyTimeout};
 
 use axum::Router;
 use axum::body::Bytes;
