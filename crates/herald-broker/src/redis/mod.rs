@@ -10,6 +10,8 @@
 //!   itself through every server: [`echo`]), rebuilds them when Redis goes
 //!   away or a connection dies silently, and resubscribes every wanted
 //!   channel ([`session`]).
+// The overview above names the private modules for readers of the source.
+#![allow(rustdoc::private_intra_doc_links)]
 
 mod codec;
 mod config;

@@ -3,7 +3,7 @@
 //! forever. Slow clients are fine: only a pause longer than the timeout fails.
 //!
 //! Whatever a route answers to the failed body, the client gets one answer,
-//! `408 body_timeout`: [`answer_stalled`] replaces it.
+//! `408 body_timeout`: [`AnswerStalled`] replaces it.
 
 use std::cell::Cell;
 use std::future::Future;

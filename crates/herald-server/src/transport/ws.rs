@@ -120,8 +120,8 @@ pub(crate) trait WsDialect: Send + 'static {
     }
 }
 
-/// Checks the upgrade request and builds the 101 response. The caller spawns
-/// [`serve`] on the upgraded socket.
+/// Checks the upgrade request and builds the 101 response; [`upgrade`] then
+/// runs the connection on the upgraded socket.
 pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {

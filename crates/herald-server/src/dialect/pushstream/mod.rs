@@ -7,7 +7,7 @@
 //! - [`longpoll`]: `/lp` long-polling and polling, `/jsonp`.
 //! - [`websocket`]: the `/ws` route.
 //! - [`stats`]: the `/channels-stats` route.
-//! - [`request`], [`marker`], [`template`], [`format`]: the shared rules.
+//! - [`request`], [`marker`], [`template`], [`format`](mod@format): the shared rules.
 
 pub(crate) mod events;
 pub(crate) mod format;
