@@ -161,6 +161,8 @@ fn serve(settings: Settings) -> Result<(), String> {
     let log = &settings.server.log;
     init_logs(&log.level, log.format);
     long_running()?.block_on(async {
+        // A stop during start-up takes effect as soon as the server runs.
+        let stop_signal = terminate()?;
         let mut server = Server::bind(settings.server)
             .await
             .map_err(|e| format!("cannot start: {e}"))?;
@@ -193,7 +195,7 @@ fn serve(settings: Settings) -> Result<(), String> {
         let mobile = mobile.map(|m| tokio::spawn(m.run(stop.clone().cancelled_owned())));
         server
             .run(async {
-                terminate().await;
+                stop_signal.await;
                 stop.cancel();
             })
             .await;
@@ -230,7 +232,7 @@ fn run_pusher(config: &herald_mobile::MobileConfig, debug: bool, json: bool) -> 
         let mobile = Mobile::start(config)
             .await
             .map_err(|e| format!("cannot start mobile push: {e}"))?;
-        mobile.run(terminate()).await;
+        mobile.run(terminate()?).await;
         Ok(())
     })
 }
@@ -251,26 +253,28 @@ async fn reload_on_hangup(
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn terminate() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Watches SIGINT and SIGTERM from now on: the future resolves on the first.
+/// Registered before the server says it listens, so that a stop signal never
+/// meets the default action (an abrupt exit) once it serves.
+fn terminate() -> Result<impl Future<Output = ()>, String> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt =
+            signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn publish(

@@ -261,7 +261,8 @@ async fn sighup_without_tls_is_logged_and_does_not_stop_herald() {
     // The connection made before the signal is still served.
     publish_ok(&herald, "hup", serde_json::json!(1)).await;
     assert_eq!(next_json(&mut sub).await["data"], 1);
-    assert!(herald.terminate().success());
+    let status = herald.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
