@@ -49,36 +49,17 @@ impl Herald {
                 let _ = tx.send(line);
             }
         });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("no listening log line");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == "Herald listening." {
-                break v["fields"]["addr"].as_str().unwrap().to_string();
-            }
-        };
+        let listening = next_log(&rx, "Herald listening.");
         Self {
             child,
-            addr,
+            addr: listening["fields"]["addr"].as_str().unwrap().to_string(),
             logs: rx,
         }
     }
 
     /// Waits for a log line with `message`, skipping the ones before it.
     pub fn wait_log(&self, message: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .logs
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line {message:?}"));
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == message {
-                return v;
-            }
-        }
+        next_log(&self.logs, message)
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,6 +117,21 @@ impl Herald {
                 "herald did not exit after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The next JSON log line from `logs` whose message is `message`, within 10 s.
+fn next_log(logs: &std::sync::mpsc::Receiver<String>, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line {message:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["message"] == message {
+            return v;
         }
     }
 }
