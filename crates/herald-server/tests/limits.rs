@@ -98,6 +98,19 @@ async fn wrong_methods_and_routes() {
     assert_eq!(s, 405, "{v}");
     let (s, v) = status_and_json(client.get(server.http("/nope")).send().await.unwrap()).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    // Query strings and path segments that do not fit get JSON too.
+    for path in [
+        "/api/v1/channels/a/history?limit=many",
+        "/api/v1/channels/%FF",
+        "/sse?channels=a&channels=b",
+    ] {
+        let (s, v) = status_and_json(client.get(server.http(path)).send().await.unwrap()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {v}"
+        );
+    }
     // A plain GET on a WebSocket route is told to upgrade.
     let (s, v) = status_and_json(client.get(server.http("/ws")).send().await.unwrap()).await;
     assert_eq!(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::dialect::{one_line_json, push_json_str, slot};
+use crate::http::extract::Query;
 use crate::http::read_body;
 use crate::session::{Session, parse_channel_list};
 use crate::state::AppState;

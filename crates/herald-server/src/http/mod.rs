@@ -1,6 +1,7 @@
 //! HTTP routes: the native API, the seeds' compatibility routes, ops.
 
 mod body_timeout;
+pub(crate) mod extract;
 pub(crate) mod openapi;
 
 pub(crate) use body_timeout::{AnswerStalled, BodyTimeout};

@@ -1,7 +1,7 @@
 //! The channel API: list, stats, history, delete.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use herald_core::{ChannelInfo, Position, Recovery};
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{envelope, position_json};
 use crate::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::state::AppState;
 
 /// Most messages one history request returns.

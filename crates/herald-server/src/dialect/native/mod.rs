@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::cursor::Cursor;
 use crate::dialect::{one_line_json, push_json_str, slot};
 use crate::error::ApiError;
+use crate::http::extract::Query;
 use crate::http::read_body;
 use crate::session::{Session, parse_channel_list};
 use crate::state::AppState;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use bytes::Bytes;
 use herald_core::{Format, Frame, Message, Recovery};
 use serde::Deserialize;
@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use super::{envelope, slot};
 use crate::cursor::Cursor;
 use crate::error::ApiError;
+use crate::http::extract::Query;
 use crate::session::{Session, parse_channel_list};
 use crate::state::AppState;
 

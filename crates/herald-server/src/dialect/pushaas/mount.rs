@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use herald_core::BrokerError;
@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use super::instances::{self, Stored};
 use super::{TsuruError, TsuruState, error};
 use crate::dialect::{pushapi, pushstream};
+use crate::http::extract::Path;
 
 /// The instances' routes built on this node.
 #[derive(Default)]

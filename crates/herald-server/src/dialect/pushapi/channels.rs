@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::{BrokerError, Record};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, error, gin_json, messages};
 use crate::dialect::utc::Utc;
+use crate::http::extract::Path;
 
 /// A channel as push-api stores and returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -2,7 +2,8 @@
 //! `/api/v1/config` and the stats push-agent would have collected from
 //! push-stream (here read from this node directly, agent `[pushapi] agent`).
 
-use axum::extract::{Path, State};
+use crate::http::extract::Path;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
@@ -17,6 +17,7 @@ use super::token::looks_like_jwt;
 use super::ws::{PushcaWs, SignIn};
 use super::{ClientSearchData, PClient, PushcaFormat, client_filter, targeted};
 use crate::error::ApiError;
+use crate::http::extract::Path;
 use crate::http::read_body;
 use crate::session::Session;
 use crate::state::AppState;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -22,6 +22,7 @@ use super::marker::Marker;
 use super::request::{self, ControlArgs, Refusal};
 use super::template::Fields;
 use super::{PsState, channels_path, header_only, no_cache};
+use crate::http::extract::Query;
 use crate::session::Session;
 
 /// OpenAPI descriptions `/lp` and `/jsonp` share.

@@ -3,7 +3,7 @@
 //! `id=a/b` acts on each channel. Errors are header-only with
 //! `X-Nginx-PushStream-Explain`, as the module answers them.
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use herald_core::ChannelKey;
@@ -13,6 +13,7 @@ use super::events::{self, CHANNEL_CREATED, CHANNEL_DESTROYED};
 use super::request::{NO_CHANNEL_ID, channel_key, parse_ids};
 use super::stats::{self, Fmt};
 use super::{PsState, header_only};
+use crate::http::extract::Query;
 use crate::http::read_body;
 
 const EMPTY_POST: &str = "Empty post requests are not allowed.";

@@ -7,7 +7,7 @@
 //! - `id=a` or `id=a/b`: those channels (404 when none exists).
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use std::sync::atomic::Ordering;
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::request::{TOO_LARGE, parse_ids};
 use super::{PsState, header_only, no_cache};
 use crate::dialect::utc::Utc;
+use crate::http::extract::Query;
 
 const CRLF: &str = "\r\n";
 

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -19,6 +19,7 @@ use super::events::Presence;
 use super::format::{Kind, PsFormat};
 use super::request::{self, ControlArgs};
 use super::{PsState, channels_path, header_only, longpoll, no_cache};
+use crate::http::extract::Query;
 use crate::lifetime::{Clock, Tick};
 
 use crate::metrics::{ConnectionSlot, Transport};

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use super::format::{Kind, PsFormat};
 use super::request::{self, ControlArgs, Refusal};
 use super::{PsState, channels_path, header_only};
 use crate::config::ConnectionConfig;
+use crate::http::extract::Query;
 use crate::session::Session;
 use crate::transport::ws::{self, Reply, WsDialect};
 
