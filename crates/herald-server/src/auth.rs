@@ -103,14 +103,12 @@ pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
 
 /// The token of a native request: `?token=` or `Authorization: Bearer`.
 pub(crate) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
-    query.or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-    })
+    query.or_else(|| bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?))
+}
+
+/// The token in an `Authorization: Bearer <token>` header's value.
+pub(crate) fn bearer(authorization: &str) -> Option<&str> {
+    authorization.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// The identity a native request proves with its token, if it has one; 401
@@ -120,7 +118,15 @@ pub(crate) fn identify(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Option<Identity>, ApiError> {
-    let Some(token) = request_token(query, headers) else {
+    verify(state, request_token(query, headers))
+}
+
+/// The identity `token` proves, if there is one; 401 as [`identify`].
+pub(crate) fn verify(
+    state: &crate::state::AppState,
+    token: Option<&str>,
+) -> Result<Option<Identity>, ApiError> {
+    let Some(token) = token else {
         return Ok(None);
     };
     let verifier = state

@@ -61,9 +61,22 @@ impl Metrics {
         transport: Transport,
         max: usize,
     ) -> Option<ConnectionSlot> {
+        let slot = self.take(transport, max);
+        if slot.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// [`Metrics::open`] without counting a refusal: for a caller that
+    /// leaves refusing to someone who will count it.
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        transport: Transport,
+        max: usize,
+    ) -> Option<ConnectionSlot> {
         let slot = &self.open[transport as usize];
         if self.connections() >= max as u64 {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         slot.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,8 @@ use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::tls::TlsReloader;
+use crate::transport::handshake;
+use crate::transport::rewind::Rewind;
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -150,8 +152,9 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let (service, shutdown) = (service.clone(), shutdown.clone());
             match &tls {
-                None => state.shutdown.spawn(serve_http(
-                    TokioIo::new(stream),
+                None => state.shutdown.spawn(serve_plain(
+                    state.clone(),
+                    stream,
                     peer,
                     service,
                     shutdown,
@@ -182,6 +185,28 @@ impl Server {
         }
         tracing::info!("Herald stopped.");
     }
+}
+
+/// Serves a plain TCP connection: a native WebSocket handshake directly,
+/// anything else with hyper.
+async fn serve_plain<S>(
+    state: AppState,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    shutdown: Shutdown,
+    read_timeout: Option<Duration>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some((stream, read)) = handshake::serve(&state, stream, &shutdown, read_timeout).await
+    else {
+        return;
+    };
+    drop(state);
+    let io = TokioIo::new(Rewind::new(read, stream));
+    serve_http(io, peer, service, shutdown, read_timeout).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or,

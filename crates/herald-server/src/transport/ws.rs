@@ -24,9 +24,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ConnectionConfig;
 use crate::error::ApiError;
 use crate::lifetime::{Clock, Tick};
-use crate::metrics::Transport;
+use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
+use crate::transport::rewind::Rewind;
 use crate::transport::shared_socket::{SharedSocket, SocketIo};
 
 /// Close codes Herald uses (documented in docs/api.md).
@@ -178,31 +179,54 @@ pub(crate) fn upgrade<D: WsDialect>(
     let (response, on_upgrade) = accept(&mut req)?;
     let state = state.clone();
     state.shutdown.clone().spawn(async move {
-        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "Upgrade failed."),
         };
-        let config = Some(socket_config(&state));
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<Rewind>>() {
             Ok(parts) => {
-                let socket = SharedSocket::new(parts.io.into_inner());
-                let io = SocketIo::new(socket.clone(), parts.read_buf);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
-                let direct = dialect.direct_writes().then_some(socket);
-                run(state, ws, direct, session, dialect).await;
+                let (stream, unread) = parts.io.into_inner().into_parts();
+                // Hyper's first read takes the whole prefix (at most 4
+                // KiB), but were any left, it would follow what hyper read.
+                let early = if unread.is_empty() {
+                    parts.read_buf
+                } else {
+                    [parts.read_buf, unread].concat().into()
+                };
+                run_tcp(state, stream, early, session, dialect, slot).await;
             }
             // Not a plain TCP connection (TLS): everything goes through the
             // task, which drains the outbox; fan-outs wake it, as they do any
             // outbox without a socket attached.
             Err(upgraded) => {
+                let config = Some(socket_config(&state));
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
                 run(state, ws, None, session, dialect).await;
+                drop(slot);
             }
         }
     });
     Ok(response)
+}
+
+/// Serves `dialect` on a plain TCP socket whose handshake is done, holding
+/// its connection slot; `early` holds the bytes read past the handshake,
+/// the client's first frames.
+pub(crate) async fn run_tcp<D: WsDialect>(
+    state: AppState,
+    stream: TcpStream,
+    early: Bytes,
+    session: Session,
+    dialect: D,
+    _slot: ConnectionSlot,
+) {
+    let config = Some(socket_config(&state));
+    let socket = SharedSocket::new(stream);
+    let io = SocketIo::new(socket.clone(), early);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+    let direct = dialect.direct_writes().then_some(socket);
+    run(state, ws, direct, session, dialect).await;
 }
 
 pub(crate) fn connection_limit() -> ApiError {

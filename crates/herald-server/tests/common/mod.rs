@@ -238,13 +238,21 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(addr).await.unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        stream.write_all(req.as_bytes()).await.unwrap();
+        let (ws, head) = Self::open(addr, req.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws
+    }
+
+    /// Sends `bytes` (a handshake, and perhaps more) in one write; returns
+    /// the client and the head of the answer.
+    pub async fn open(addr: SocketAddr, bytes: &[u8]) -> (Self, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
         let mut buf = Vec::new();
         loop {
             let mut chunk = [0u8; 1024];
@@ -256,16 +264,14 @@ impl RawWs {
             buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
                 buf.drain(..end + 4);
-                return Self { stream, buf };
+                return (Self { stream, buf }, head);
             }
         }
     }
 
-    /// Sends one masked frame with `opcode` and `payload`.
-    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        use tokio::io::AsyncWriteExt;
+    /// One masked frame with `opcode` and `payload`, as a client sends it.
+    pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut frame = vec![0x80 | opcode];
         let len = payload.len();
         if len < 126 {
@@ -280,6 +286,13 @@ impl RawWs {
         let mask = [1u8, 2, 3, 4];
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// Sends one masked frame with `opcode` and `payload`.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let frame = Self::encode(opcode, payload);
         self.stream.write_all(&frame).await.unwrap();
     }
 

@@ -129,14 +129,43 @@ pub(crate) async fn ws(
     Query(q): Query<ChannelsQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let identity = crate::auth::identify(&state, q.token.as_deref(), req.headers())?;
-    let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
+    let token = crate::auth::request_token(q.token.as_deref(), req.headers());
+    let session = open_ws(&state, token, q.channels.as_deref()).await?;
+    ws::upgrade(&state, req, session, NativeWs { alive: true })
+}
+
+/// `GET /ws` as the handshake fast path read it
+/// ([`crate::transport::handshake`]): the session and dialect, or `None`
+/// where [`ws()`] would answer an error.
+pub(crate) async fn ws_direct(
+    state: &AppState,
+    query: &str,
+    authorization: Option<&str>,
+) -> Option<(Session, impl WsDialect + use<>)> {
+    let q: ChannelsQuery = serde_urlencoded::from_str(query).ok()?;
+    let token = q
+        .token
+        .as_deref()
+        .or(authorization.and_then(crate::auth::bearer));
+    let session = open_ws(state, token, q.channels.as_deref()).await.ok()?;
+    Some((session, NativeWs { alive: true }))
+}
+
+/// A native WebSocket's session: identified by `token`, subscribed to
+/// the comma-separated `channels`.
+async fn open_ws(
+    state: &AppState,
+    token: Option<&str>,
+    channels: Option<&str>,
+) -> Result<Session, ApiError> {
+    let identity = crate::auth::verify(state, token)?;
+    let keys = parse_channel_list(state, channels.unwrap_or(""))?;
     let mut session = Session::new(state.clone(), Arc::new(WsFormat));
     session.subscribe(keys).await?;
     if let Some(identity) = identity {
         session.identify(identity, Arc::new(WsFormat));
     }
-    ws::upgrade(&state, req, session, NativeWs { alive: true })
+    Ok(session)
 }
 
 #[derive(Deserialize)]

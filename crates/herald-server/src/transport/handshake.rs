@@ -1,0 +1,249 @@
+//! The native WebSocket handshake, answered before hyper sees the connection.
+//!
+//! Most connections to a push server are WebSockets that stay open, so
+//! opening them is the server's busiest HTTP work. Three quarters of a
+//! connect is the kernel's; of the rest, hyper's connection, the router and
+//! the upgrade hand-off between two tasks took most (docs/benchmarks.md).
+//! So a plain TCP connection's first read is looked at here: a complete,
+//! ordinary `GET /ws` handshake that the handler would accept is answered
+//! with the `101` directly, and its session starts.
+//! Anything else (another route, a request that arrived in pieces, one the
+//! handler would refuse) goes to hyper with the bytes put back, so hyper and
+//! the handlers stay the one place that speaks HTTP and answers errors.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::dialect::native;
+use crate::metrics::Transport;
+use crate::shutdown::Shutdown;
+use crate::state::AppState;
+use crate::transport::ws;
+
+/// The first read's size: a browser's handshake, cookies included, fits.
+const FIRST_READ: usize = 4096;
+
+/// More header lines than this and the request is hyper's.
+const MAX_HEADERS: usize = 32;
+
+/// Serves the connection's first request if it is a native WebSocket
+/// handshake the handler would accept, waiting for it at most
+/// `read_timeout`, as hyper waits for a request's head. Returns the socket
+/// and the bytes read from it when the connection is hyper's to serve.
+pub(crate) async fn serve(
+    state: &AppState,
+    mut stream: TcpStream,
+    shutdown: &Shutdown,
+    read_timeout: Option<Duration>,
+) -> Option<(TcpStream, Bytes)> {
+    let mut buf = read_first(&stream, shutdown, read_timeout).await?;
+    let Some(head) = Head::parse(&buf) else {
+        return Some((stream, buf.freeze()));
+    };
+    // Herald's own route, the one nearly every WebSocket uses; the seeds'
+    // routes go through the router.
+    if head.path != "/ws" {
+        return Some((stream, buf.freeze()));
+    }
+    // Refusals are counted where they are answered, by the handler.
+    let Some(slot) = state
+        .metrics
+        .take(Transport::Ws, state.config.limits.max_connections)
+    else {
+        return Some((stream, buf.freeze()));
+    };
+    let Some((session, dialect)) = native::ws_direct(state, head.query, head.authorization).await
+    else {
+        return Some((stream, buf.freeze()));
+    };
+    let mut response = Vec::with_capacity(128);
+    response.extend_from_slice(SWITCHING);
+    response.extend_from_slice(derive_accept_key(head.key).as_bytes());
+    response.extend_from_slice(b"\r\n\r\n");
+    let early = buf.split_off(head.len).freeze();
+    // Frames published meanwhile wait in the outbox: no socket is attached
+    // to it before the session runs.
+    stream.write_all(&response).await.ok()?;
+    // A task of its own, sized for the session alone: this one's future
+    // has room for the handshake, and for hyper's connection.
+    let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
+    state.shutdown.spawn(run);
+    None
+}
+
+/// The connection's first bytes, read within `read_timeout`; `None` when
+/// the connection ends, times out or the server shuts down first.
+async fn read_first(
+    stream: &TcpStream,
+    shutdown: &Shutdown,
+    read_timeout: Option<Duration>,
+) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let deadline = async {
+        match read_timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            ready = stream.readable() => ready.ok()?,
+            () = shutdown.signalled() => return None,
+            () = &mut deadline => return None,
+        }
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => return Some(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The `101` up to the accept key's value.
+const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
+connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: ";
+
+/// What the fast path reads from a WebSocket handshake.
+struct Head<'a> {
+    /// The path, without the query.
+    path: &'a str,
+    /// The query, without `?`; empty when there is none.
+    query: &'a str,
+    /// `Authorization`, which may carry the connection's token.
+    authorization: Option<&'a str>,
+    /// `Sec-WebSocket-Key`.
+    key: &'a [u8],
+    /// The head's length: what follows are the client's first frames.
+    len: usize,
+}
+
+impl<'a> Head<'a> {
+    /// A complete `GET` upgrading to WebSocket version 13 with nothing
+    /// unusual about it, or `None`, for hyper to judge.
+    fn parse(buf: &'a [u8]) -> Option<Self> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
+            return None;
+        };
+        if req.method != Some("GET") || req.version != Some(1) {
+            return None;
+        }
+        let target = req.path?;
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        // Only bytes hyper's URI parser takes in a query, fragments aside.
+        if !query
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"#<>".contains(&b))
+        {
+            return None;
+        }
+        let (mut connection, mut upgrade, mut version) = (false, false, false);
+        let (mut key, mut authorization) = (None, None);
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("connection") {
+                connection |= has_token(h.value, "upgrade");
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                upgrade |= has_token(h.value, "websocket");
+            } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+                // Repeated headers: the handler reads the first; leave them to it.
+                if version {
+                    return None;
+                }
+                version = h.value == b"13";
+                if !version {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                if key.replace(h.value).is_some() {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("authorization") {
+                let value = std::str::from_utf8(h.value).ok()?;
+                if authorization.replace(value).is_some() {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+            {
+                // A body on a handshake: hyper decides what that means.
+                return None;
+            }
+        }
+        if !(connection && upgrade && version) {
+            return None;
+        }
+        Some(Self {
+            path,
+            query,
+            authorization,
+            key: key?,
+            len,
+        })
+    }
+}
+
+/// Whether a comma-separated header value lists `token`, in any case.
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /ws?channels=a,b HTTP/1.1\r\nHost: x\r\n\
+Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn an_ordinary_handshake_is_read() {
+        let mut buf = GOOD.to_vec();
+        buf.extend_from_slice(b"\x81\x00");
+        let head = Head::parse(&buf).expect("a handshake");
+        assert_eq!(head.path, "/ws");
+        assert_eq!(head.query, "channels=a,b");
+        assert_eq!(head.key, b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(head.authorization, None);
+        assert_eq!(&buf[head.len..], b"\x81\x00");
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_hyper() {
+        let text = std::str::from_utf8(GOOD).unwrap();
+        let cases = [
+            // In pieces.
+            text.trim_end_matches("\r\n").to_owned(),
+            text.replace("GET", "POST"),
+            text.replace("HTTP/1.1", "HTTP/1.0"),
+            text.replace("Upgrade: websocket", "Upgrade: h2c"),
+            text.replace("keep-alive, Upgrade", "keep-alive"),
+            text.replace("Version: 13", "Version: 8"),
+            text.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            text.replace("Host: x", "Content-Length: 0"),
+            text.replace("Host: x", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+            text.replace("Host: x", "Authorization: a\r\nAuthorization: b"),
+            text.replace("channels=a,b", "channels=a#b"),
+        ];
+        for case in cases {
+            assert!(Head::parse(case.as_bytes()).is_none(), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn header_tokens_match_in_any_case() {
+        assert!(has_token(b"keep-alive, UPGRADE", "upgrade"));
+        assert!(has_token(b" WebSocket ", "websocket"));
+        assert!(!has_token(b"upgrades", "upgrade"));
+    }
+}
