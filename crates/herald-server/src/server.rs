@@ -150,26 +150,19 @@ impl Server {
             // socket: one `setsockopt` fewer per connection.
             #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
-            let (service, shutdown) = (service.clone(), shutdown.clone());
+            let conn = Conn {
+                peer,
+                service: service.clone(),
+                shutdown: shutdown.clone(),
+                read_timeout,
+            };
             match &tls {
-                None => state.shutdown.spawn(serve_plain(
-                    state.clone(),
-                    stream,
-                    peer,
-                    service,
-                    shutdown,
-                    read_timeout,
-                )),
+                None => state
+                    .shutdown
+                    .spawn(serve_plain(state.clone(), stream, conn)),
                 // The handshake runs in the connection's task: a slow client
                 // never holds up the accept loop.
-                Some(tls) => state.shutdown.spawn(serve_tls(
-                    tls.clone(),
-                    stream,
-                    peer,
-                    service,
-                    shutdown,
-                    read_timeout,
-                )),
+                Some(tls) => state.shutdown.spawn(serve_tls(tls.clone(), stream, conn)),
             }
         }
         drop(listener);
@@ -187,55 +180,73 @@ impl Server {
     }
 }
 
-/// Serves a plain TCP connection: a native WebSocket handshake directly,
-/// anything else with hyper.
-async fn serve_plain<S>(
-    state: AppState,
-    stream: TcpStream,
+/// The HTTP service every connection runs: the router behind its layers.
+trait Service:
+    hyper::service::HttpService<
+        hyper::body::Incoming,
+        ResBody = axum::body::Body,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    >
+{
+}
+
+impl<S> Service for S where
+    S: hyper::service::HttpService<
+            hyper::body::Incoming,
+            ResBody = axum::body::Body,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        >
+{
+}
+
+/// What every connection's task is handed, besides its socket.
+struct Conn<S> {
+    /// The client, for logs.
     peer: SocketAddr,
     service: S,
     shutdown: Shutdown,
+    /// How long a request's head (or the TLS handshake) may take.
     read_timeout: Option<Duration>,
-) where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let Some((stream, read)) = handshake::serve(&state, stream, &shutdown, read_timeout).await
-    else {
+}
+
+/// Serves a plain TCP connection: a native WebSocket handshake directly,
+/// anything else with hyper.
+async fn serve_plain<S: Service>(state: AppState, stream: TcpStream, conn: Conn<S>) {
+    let served = handshake::serve(&state, stream, &conn.shutdown, conn.read_timeout).await;
+    let Some((stream, read)) = served else {
         return;
     };
     drop(state);
-    let io = TokioIo::new(Rewind::new(read, stream));
-    serve_http(io, peer, service, shutdown, read_timeout).await;
+    serve_http(TokioIo::new(Rewind::new(read, stream)), conn).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or,
 /// on shutdown, until its requests in flight are answered.
-async fn serve_http<I, S>(
-    io: I,
-    peer: SocketAddr,
-    service: S,
-    shutdown: Shutdown,
-    read_timeout: Option<Duration>,
-) where
+async fn serve_http<I, S>(io: I, conn: Conn<S>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Service,
 {
+    let Conn {
+        peer,
+        service,
+        shutdown,
+        read_timeout,
+    } = conn;
     // Flattened writes go out with one `send`; vectored ones take
     // `writev`'s slower path through the VFS, and the few bytes copied cost less.
-    let conn = hyper::server::conn::http1::Builder::new()
+    let http = hyper::server::conn::http1::Builder::new()
         .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .serve_connection(io, service)
         .with_upgrades();
-    tokio::pin!(conn);
+    tokio::pin!(http);
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = http.as_mut() => r,
         () = shutdown.signalled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            http.as_mut().graceful_shutdown();
+            http.await
         }
     };
     if let Err(e) = result {
@@ -243,35 +254,28 @@ async fn serve_http<I, S>(
     }
 }
 
-/// Completes the TLS handshake within `read_timeout`, then serves HTTP over
-/// it. A client that fails or stalls the handshake (plain HTTP on this port,
-/// a silent socket) is dropped.
-async fn serve_tls<S>(
-    tls: TlsReloader,
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: S,
-    shutdown: Shutdown,
-    read_timeout: Option<Duration>,
-) where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let deadline = async {
-        match read_timeout {
-            Some(timeout) => tokio::time::sleep(timeout).await,
-            None => std::future::pending().await,
-        }
-    };
+/// Completes the TLS handshake within the read timeout, then serves HTTP
+/// over it. A client that fails or stalls the handshake (plain HTTP on this
+/// port, a silent socket) is dropped.
+async fn serve_tls<S: Service>(tls: TlsReloader, stream: TcpStream, conn: Conn<S>) {
+    let (peer, timeout) = (conn.peer, conn.read_timeout);
     let stream = tokio::select! {
         accepted = tls.acceptor().accept(stream) => match accepted {
             Ok(stream) => stream,
             Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake failed."),
         },
-        () = deadline => return tracing::debug!(%peer, timeout = ?read_timeout, "TLS handshake timed out."),
-        () = shutdown.signalled() => return,
+        () = deadline(timeout) => return tracing::debug!(%peer, ?timeout, "TLS handshake timed out."),
+        () = conn.shutdown.signalled() => return,
     };
-    serve_http(TokioIo::new(stream), peer, service, shutdown, read_timeout).await;
+    serve_http(TokioIo::new(stream), conn).await;
+}
+
+/// Resolves after `timeout`; never without one.
+pub(crate) async fn deadline(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Expires history and forgets idle channels, once a second.

@@ -83,12 +83,7 @@ async fn read_first(
     read_timeout: Option<Duration>,
 ) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
-    let deadline = async {
-        match read_timeout {
-            Some(timeout) => tokio::time::sleep(timeout).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = crate::server::deadline(read_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {

@@ -35,16 +35,26 @@ impl AsyncRead for Rewind {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            if this.prefix.is_empty() {
-                this.prefix = Bytes::new();
-            }
+        if read_prefix(&mut this.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
+}
+
+/// Moves what fits of `prefix` into `buf`; false when `prefix` is empty.
+/// A prefix read to its end lets go of its buffer: even an empty slice
+/// would pin the whole buffer it was cut from.
+pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix.split_to(n));
+    if prefix.is_empty() {
+        *prefix = Bytes::new();
+    }
+    true
 }
 
 impl AsyncWrite for Rewind {

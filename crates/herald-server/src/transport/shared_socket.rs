@@ -19,6 +19,8 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::transport::rewind::read_prefix;
+
 /// The socket and the unsent rest of frames already started on it.
 pub(crate) struct SharedSocket {
     stream: TcpStream,
@@ -155,22 +157,14 @@ pub(crate) struct SocketIo {
 
 impl SocketIo {
     pub(crate) fn new(socket: Arc<SharedSocket>, early: Bytes) -> Self {
-        let mut io = Self {
-            socket,
-            early: Bytes::new(),
-        };
-        io.keep_early(early);
-        io
-    }
-
-    /// Keeps `early` only while it holds bytes: even an empty slice would pin
-    /// the HTTP server's whole read buffer for the connection's life.
-    fn keep_early(&mut self, early: Bytes) {
-        self.early = if early.is_empty() {
+        // Even an empty slice would pin the HTTP server's whole read buffer
+        // for the connection's life.
+        let early = if early.is_empty() {
             Bytes::new()
         } else {
             early
         };
+        Self { socket, early }
     }
 }
 
@@ -181,11 +175,7 @@ impl AsyncRead for SocketIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.early.is_empty() {
-            let mut early = std::mem::take(&mut this.early);
-            let n = early.len().min(buf.remaining());
-            buf.put_slice(&early.split_to(n));
-            this.keep_early(early);
+        if read_prefix(&mut this.early, buf) {
             return Poll::Ready(Ok(()));
         }
         let stream = &this.socket.stream;
