@@ -24,7 +24,8 @@ use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::transport::ws;
 
-/// The first read's size: a browser's handshake, cookies included, fits.
+/// The first read's size: a browser's handshake, cookies included, usually
+/// fits; a longer one is hyper's.
 const FIRST_READ: usize = 4096;
 
 /// More header lines than this and the request is hyper's.
