@@ -22,7 +22,7 @@ use crate::dialect::native;
 use crate::metrics::Transport;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::transport::ws;
+use crate::transport::ws::{self, has_token};
 
 /// The first read's size: a browser's handshake, cookies included, usually
 /// fits; a longer one is hyper's.
@@ -42,6 +42,10 @@ pub(crate) async fn serve(
     read_timeout: Option<Duration>,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = read_first(&stream, shutdown, read_timeout).await?;
+    // Other requests skip the parse: hyper parses them anyway.
+    if !buf.starts_with(b"GET /ws") {
+        return Some((stream, buf.freeze()));
+    }
     let Some(head) = Head::parse(&buf) else {
         return Some((stream, buf.freeze()));
     };
@@ -185,13 +189,6 @@ impl<'a> Head<'a> {
             len,
         })
     }
-}
-
-/// Whether a comma-separated header value lists `token`, in any case.
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -125,13 +125,10 @@ pub(crate) trait WsDialect: Send + 'static {
 /// runs the connection on the upgraded socket.
 pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
     let headers = req.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+    let lists = |name: header::HeaderName, token: &str| {
+        (headers.get_all(name).iter()).any(|v| has_token(v.as_bytes(), token))
     };
-    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+    if !lists(header::CONNECTION, "upgrade") || !lists(header::UPGRADE, "websocket") {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
@@ -162,6 +159,13 @@ pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnU
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     Ok((res, on_upgrade))
+}
+
+/// Whether a comma-separated header value lists `token`, in any case.
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Upgrades `req` and runs `dialect` on the socket with `session`, which the
