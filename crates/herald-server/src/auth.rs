@@ -111,17 +111,8 @@ pub(crate) fn bearer(authorization: &str) -> Option<&str> {
     authorization.strip_prefix("Bearer ").map(str::trim)
 }
 
-/// The identity a native request proves with its token, if it has one; 401
-/// for a bad token, or for any token when no `[auth]` key is configured.
-pub(crate) fn identify(
-    state: &crate::state::AppState,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Option<Identity>, ApiError> {
-    verify(state, request_token(query, headers))
-}
-
-/// The identity `token` proves, if there is one; 401 as [`identify`].
+/// The identity a native request's token proves, if it has one; 401 for a
+/// bad token, or for any token when no `[auth]` key is configured.
 pub(crate) fn verify(
     state: &crate::state::AppState,
     token: Option<&str>,

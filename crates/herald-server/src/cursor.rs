@@ -58,16 +58,39 @@ impl Cursor {
         }
     }
 
-    /// Advances past `msg`.
-    pub(crate) fn advance(&mut self, msg: &Message) {
-        self.set(
-            &msg.channel,
-            Position {
-                offset: msg.offset,
-                epoch: msg.epoch.clone(),
-            },
-        );
+    /// Advances past `msg`; what it replaced lets [`Cursor::undo`] step back.
+    pub(crate) fn advance(&mut self, msg: &Message) -> Undo {
+        let position = Position {
+            offset: msg.offset,
+            epoch: msg.epoch.clone(),
+        };
+        let channel = msg.channel.name();
+        match self.entries.iter().position(|(c, _)| &**c == channel) {
+            Some(i) => Undo::Moved(i, std::mem::replace(&mut self.entries[i].1, position)),
+            None => {
+                self.entries.push((Arc::from(channel), position));
+                Undo::Added
+            }
+        }
     }
+
+    /// Steps back over the latest [`Cursor::advance`] not yet undone.
+    pub(crate) fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Moved(i, position) => self.entries[i].1 = position,
+            Undo::Added => {
+                self.entries.pop();
+            }
+        }
+    }
+}
+
+/// What one [`Cursor::advance`] replaced.
+pub(crate) enum Undo {
+    /// The entry at this index had this position.
+    Moved(usize, Position),
+    /// A new entry was added at the end.
+    Added,
 }
 
 impl fmt::Display for Cursor {
@@ -95,5 +118,27 @@ mod tests {
         assert!(Cursor::parse("news:7").is_err());
         assert!(Cursor::parse("news:e:x").is_err());
         assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+    }
+
+    #[test]
+    fn undo_steps_back_in_reverse_order() {
+        let msg = |channel: &str, offset| {
+            let key = ChannelKey::new(&Arc::from("app"), channel).unwrap();
+            let publication = herald_core::Publication::new(bytes::Bytes::from_static(b"1"));
+            Message::new(key, publication, offset, Arc::from("e"))
+        };
+        let mut c = Cursor::parse("a:e:1").unwrap();
+        let steps = [
+            c.advance(&msg("a", 2)),
+            c.advance(&msg("b", 5)),
+            c.advance(&msg("a", 3)),
+        ];
+        assert_eq!(c.to_string(), "a:e:3,b:e:5");
+        let mut steps = Vec::from(steps);
+        c.undo(steps.pop().unwrap());
+        assert_eq!(c.to_string(), "a:e:2,b:e:5");
+        c.undo(steps.pop().unwrap());
+        c.undo(steps.pop().unwrap());
+        assert_eq!(c.to_string(), "a:e:1");
     }
 }

@@ -1,13 +1,17 @@
-//! The native WebSocket handshake is answered before hyper sees the
-//! connection when it can be; every other request, and every refusal, is
-//! hyper's and the handlers'. These tests hold both ways to the same
-//! behaviour.
+//! The native streams' opening requests (a WebSocket handshake, an SSE
+//! request) are answered before hyper sees the connection when they can be;
+//! every other request, and every refusal, is hyper's and the handlers'.
+//! These tests hold both ways to the same behaviour.
 
 mod common;
 
-use common::{RawWs, TestServer};
+use std::time::Duration;
+
+use common::{RawSse, RawWs, TestServer, read_some};
+use herald_core::history::{Retention, RetentionRule};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A handshake for `target`, with `extra` header lines.
 fn handshake(target: &str, extra: &str) -> String {
@@ -82,6 +86,17 @@ async fn handshakes_the_handler_refuses_get_its_json_errors() {
             handshake("/ws", close).replace("Upgrade: websocket\r\n", ""),
             426,
         ),
+        (sse_request("/sse?channels=a/b", close), 400),
+        (sse_request("/sse", close), 400),
+        (sse_request("/sse?channels=a&channels=b", close), 400),
+        (
+            sse_request(
+                "/sse?channels=a",
+                "Last-Event-ID: nonsense\r\nConnection: close\r\n",
+            ),
+            400,
+        ),
+        (sse_request("/sse?channels=a&token=forged", close), 401),
     ];
     for (request, status) in cases {
         let (got, body) = answer(&server, &request).await;
@@ -93,4 +108,91 @@ async fn handshakes_the_handler_refuses_get_its_json_errors() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     server.publish(json!({"channel": "a", "data": 1})).await;
     assert_eq!(next_json(&mut ws).await["data"], 1);
+}
+
+/// An SSE request for `target`, with `extra` header lines.
+fn sse_request(target: &str, extra: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n")
+}
+
+/// How an SSE request reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Way {
+    /// As a connection's first request: the fast path.
+    First,
+    /// With a head longer than the fast path's first read: hyper.
+    Long,
+    /// As a keep-alive connection's second request: hyper.
+    Second,
+}
+
+impl Way {
+    async fn open(self, server: &TestServer, target: &str, extra: &str) -> RawSse {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let extra = match self {
+            Way::Long => format!("{extra}X-Pad: {}\r\n", "p".repeat(5000)),
+            Way::First => extra.to_owned(),
+            Way::Second => {
+                stream
+                    .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while !got.ends_with(b"\r\n\r\nok") {
+                    read_some(&mut stream, &mut got).await;
+                }
+                extra.to_owned()
+            }
+        };
+        let sse = RawSse::open(stream, &sse_request(target, &extra)).await;
+        assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+        assert!(sse.head.contains("\r\ncontent-type: text/event-stream"));
+        assert!(sse.head.contains("\r\ncache-control: no-cache"));
+        assert!(sse.head.contains("\r\ndate: "), "{}", sse.head);
+        // Only the fast path owns the socket, and so sends frames unchunked.
+        assert_eq!(sse.chunked, self != Way::First, "{self:?}: {}", sse.head);
+        sse
+    }
+}
+
+/// The same stream on every path: the preamble, ids that carry every
+/// channel's position, and a resume from `Last-Event-ID` that replays
+/// exactly what was missed.
+#[tokio::test]
+async fn sse_streams_are_the_same_on_either_path() {
+    let server = TestServer::with(|c| {
+        c.history.rules = vec![RetentionRule {
+            pattern: "h*".into(),
+            retention: Retention {
+                size: 100,
+                ttl: Duration::from_secs(300),
+            },
+        }]
+    })
+    .await;
+    for way in [Way::First, Way::Long, Way::Second] {
+        let (a, b) = (format!("ha-{way:?}"), format!("hb-{way:?}"));
+        let target = format!("/sse?channels={a},{b}");
+        let mut sse = way.open(&server, &target, "").await;
+        assert_eq!(sse.event().await, ["retry: 3000", ": connected"]);
+        let ea = server.publish(json!({"channel": a, "data": "a1"})).await["epoch"].clone();
+        let eb = server.publish(json!({"channel": b, "data": "b1"})).await["epoch"].clone();
+        let (ea, eb) = (ea.as_str().unwrap(), eb.as_str().unwrap());
+        let first = format!("{a}:{ea}:1,{b}:{eb}:0");
+        assert_eq!(sse.message().await, (first, json!("a1")));
+        let last = format!("{a}:{ea}:1,{b}:{eb}:1");
+        assert_eq!(sse.message().await, (last.clone(), json!("b1")));
+        drop(sse);
+
+        server.publish(json!({"channel": a, "data": "a2"})).await;
+        let mut sse = way
+            .open(&server, &target, &format!("Last-Event-ID: {last}\r\n"))
+            .await;
+        sse.event().await;
+        assert_eq!(
+            sse.message().await,
+            (format!("{a}:{ea}:2,{b}:{eb}:1"), json!("a2")),
+            "{way:?}"
+        );
+    }
 }

@@ -204,6 +204,108 @@ async fn frames_arrive_whole_and_in_order_when_the_socket_takes_them_in_part() {
     publisher.await.unwrap();
 }
 
+/// An SSE stream that is its connection's first request owns its socket,
+/// and is written straight from the publisher too. Its events carry ids
+/// with every channel's position, laid out as they are written: when the
+/// socket takes a batch only in part, the events it did not take must not
+/// have moved the id of those before them.
+#[tokio::test]
+async fn sse_events_arrive_whole_in_order_and_with_their_ids_when_the_socket_takes_them_in_part() {
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 << 20).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let request = "GET /sse?channels=pa,pb HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut sse = RawSse::open(stream, request).await;
+    assert!(!sse.chunked, "the fast path served it: {}", sse.head);
+    sse.event().await;
+    // Small enough for a batch to hold many, so that a write the socket
+    // takes in part leaves several behind.
+    let body = |i: usize| format!("{i:05}{}", "x".repeat(3 * 1024 + i % 100));
+    let messages = 3000;
+    let http = server.http("/api/v1/publish");
+    let (behind, caught_up) = tokio::sync::oneshot::channel();
+    let publisher = tokio::spawn(async move {
+        let mut behind = Some(behind);
+        let client = reqwest::Client::new();
+        for i in 0..messages {
+            let channel = if i % 2 == 0 { "pa" } else { "pb" };
+            let res = client
+                .post(&http)
+                .json(&json!({"channel": channel, "data": body(i)}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            if i == messages * 2 / 3 {
+                behind.take().unwrap().send(()).unwrap();
+            }
+        }
+    });
+    caught_up.await.unwrap();
+    let offsets = |id: &str| -> Vec<u64> {
+        id.split(',')
+            .map(|entry| entry.rsplit(':').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    for i in 0..messages {
+        let (id, data) = sse.message().await;
+        assert_eq!(data, json!(body(i)), "message {i} whole, in order");
+        let i = i as u64;
+        let want = vec![i / 2 + 1, i.div_ceil(2)];
+        assert_eq!(offsets(&id), want, "message {i}: id {id}");
+    }
+    publisher.await.unwrap();
+}
+
+/// An SSE stream on its own socket that stops reading is closed once its
+/// outbox overflows; a stream that reads gets everything.
+#[tokio::test]
+async fn slow_sse_consumer_is_dropped_without_hurting_others() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let request = "GET /sse?channels=hose HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut slow = RawSse::open(stream, request).await;
+    slow.event().await;
+    let mut fast = Sse::connect(&server.http("/sse?channels=hose")).await;
+    fast.next().await.unwrap();
+    let payload = "x".repeat(8 * 1024);
+    let client = reqwest::Client::new();
+    let (mut published, mut received) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server
+        .metric("herald_slow_consumer_disconnects_total")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "slow consumer never detected");
+        for _ in 0..50 {
+            let res = client
+                .post(server.http("/api/v1/publish"))
+                .json(&json!({"channel": "hose", "data": payload}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            published += 1;
+        }
+        while received < published {
+            fast.next_data().await;
+            received += 1;
+        }
+    }
+    assert_eq!(received, published, "the fast client got every message");
+    // The slow stream ends: what it holds, then the close.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, slow.stream.read_to_end(&mut rest))
+        .await
+        .expect("the slow stream was closed")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_sends_reconnect_hints_and_closes_with_1012() {
     let mut server = TestServer::start().await;

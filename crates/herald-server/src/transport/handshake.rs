@@ -1,12 +1,16 @@
-//! The native WebSocket handshake, answered before hyper sees the connection.
+//! The native streams' opening requests (`GET /ws`, `GET /sse`), answered
+//! before hyper sees the connection.
 //!
-//! Most connections to a push server are WebSockets that stay open, so
+//! Most connections to a push server are streams that stay open, so
 //! opening them is the server's busiest HTTP work. Three quarters of a
 //! connect is the kernel's; of the rest, hyper's connection, the router and
 //! the upgrade hand-off between two tasks took most (docs/benchmarks.md).
+//! And a stream hyper serves can only be written through hyper: an SSE
+//! body is polled, chunked and written by hyper's task, where a socket of
+//! the stream's own takes frames straight from the publisher.
 //! So a plain TCP connection's first read is looked at here: a complete,
-//! ordinary `GET /ws` handshake that the handler would accept is answered
-//! with the `101` directly, and its session starts.
+//! ordinary `GET /ws` handshake or `GET /sse` request that the handler would
+//! accept is answered directly, and its session starts on the socket.
 //! Anything else (another route, a request that arrived in pieces, one the
 //! handler would refuse) goes to hyper with the bytes put back, so hyper and
 //! the handlers stay the one place that speaks HTTP and answers errors.
@@ -19,10 +23,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::dialect::native;
-use crate::metrics::Transport;
+use crate::metrics::{ConnectionSlot, Transport};
+use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::transport::ws::{self, has_token};
+use crate::transport::sse::{self, SseStyle};
+use crate::transport::ws::{self, WsDialect, has_token};
 
 /// The first read's size: a browser's handshake, cookies included, usually
 /// fits; a longer one is hyper's.
@@ -31,53 +37,113 @@ const FIRST_READ: usize = 4096;
 /// More header lines than this and the request is hyper's.
 const MAX_HEADERS: usize = 32;
 
-/// Serves the connection's first request if it is a native WebSocket
-/// handshake the handler would accept, waiting for it at most
-/// `read_timeout`, as hyper waits for a request's head. Returns the socket
+/// Serves the connection's first request if it opens a native stream the
+/// handler would accept, waiting for it at most `read_timeout`, as hyper
+/// waits for a request's head. Returns the socket
 /// and the bytes read from it when the connection is hyper's to serve.
 pub(crate) async fn serve(
     state: &AppState,
-    mut stream: TcpStream,
+    stream: TcpStream,
     shutdown: &Shutdown,
     read_timeout: Option<Duration>,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = read_first(&stream, shutdown, read_timeout).await?;
     // Other requests skip the parse: hyper parses them anyway.
-    if !buf.starts_with(b"GET /ws") {
+    if !(buf.starts_with(b"GET /ws") || buf.starts_with(b"GET /sse")) {
         return Some((stream, buf.freeze()));
     }
     let Some(head) = Head::parse(&buf) else {
         return Some((stream, buf.freeze()));
     };
-    // Herald's own route, the one nearly every WebSocket uses; the seeds'
+    // Herald's own routes, the ones nearly every stream uses; the seeds'
     // routes go through the router.
-    if head.path != "/ws" {
-        return Some((stream, buf.freeze()));
+    let head_len = head.len;
+    let served = match (head.path, head.ws_key) {
+        ("/ws", Some(key)) => open_ws(state, &head, key, stream).await,
+        ("/sse", None) => open_sse(state, &head, stream).await,
+        _ => Err(stream),
+    };
+    match served {
+        Ok(Some(Opened::Ws(stream, session, dialect, slot))) => {
+            let early = buf.split_off(head_len).freeze();
+            // A task of its own, sized for the session alone: this one's
+            // future has room for the handshake, and for hyper's connection.
+            let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
+            state.shutdown.spawn(run);
+            None
+        }
+        Ok(Some(Opened::Sse(stream, session, style, slot))) => {
+            let run = sse::run_tcp(state.clone(), stream, session, style, slot);
+            state.shutdown.spawn(run);
+            None
+        }
+        // The socket broke while answering.
+        Ok(None) => None,
+        Err(stream) => Some((stream, buf.freeze())),
     }
+}
+
+/// A stream answered on the fast path, ready to run on its socket.
+enum Opened<D> {
+    Ws(TcpStream, Session, D, ConnectionSlot),
+    Sse(TcpStream, Session, SseStyle, ConnectionSlot),
+}
+
+/// What opening a stream came to: running, the socket broken (`Ok(None)`),
+/// or the socket back when the handler would answer otherwise.
+type Served<D> = Result<Option<Opened<D>>, TcpStream>;
+
+/// Answers a WebSocket handshake with the `101`.
+async fn open_ws(
+    state: &AppState,
+    head: &Head<'_>,
+    key: &[u8],
+    mut stream: TcpStream,
+) -> Served<impl WsDialect + use<>> {
     // Refusals are counted where they are answered, by the handler.
     let Some(slot) = state
         .metrics
         .take(Transport::Ws, state.config.limits.max_connections)
     else {
-        return Some((stream, buf.freeze()));
+        return Err(stream);
     };
     let Some((session, dialect)) = native::ws_direct(state, head.query, head.authorization).await
     else {
-        return Some((stream, buf.freeze()));
+        return Err(stream);
     };
     let mut response = Vec::with_capacity(128);
     response.extend_from_slice(SWITCHING);
-    response.extend_from_slice(derive_accept_key(head.key).as_bytes());
+    response.extend_from_slice(derive_accept_key(key).as_bytes());
     response.extend_from_slice(b"\r\n\r\n");
-    let early = buf.split_off(head.len).freeze();
     // Frames published meanwhile wait in the outbox: no socket is attached
     // to it before the session runs.
-    stream.write_all(&response).await.ok()?;
-    // A task of its own, sized for the session alone: this one's future
-    // has room for the handshake, and for hyper's connection.
-    let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
-    state.shutdown.spawn(run);
-    None
+    let written = stream.write_all(&response).await.is_ok();
+    Ok(written.then_some(Opened::Ws(stream, session, dialect, slot)))
+}
+
+/// Answers an SSE request with its response head and the stream's first
+/// frames. The body runs until the connection closes: no length, no
+/// chunks, so frames go to the socket as they are.
+async fn open_sse<D>(state: &AppState, head: &Head<'_>, mut stream: TcpStream) -> Served<D> {
+    let Some(slot) = state
+        .metrics
+        .take(Transport::Sse, state.config.limits.max_connections)
+    else {
+        return Err(stream);
+    };
+    let Some((session, style)) =
+        native::sse_direct(state, head.query, head.authorization, head.last_event_id).await
+    else {
+        return Err(stream);
+    };
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut response = Vec::with_capacity(256 + style.preamble.len());
+    response.extend_from_slice(EVENT_STREAM);
+    response.extend_from_slice(date.as_bytes());
+    response.extend_from_slice(b"\r\n\r\n");
+    response.extend_from_slice(&style.preamble);
+    let written = stream.write_all(&response).await.is_ok();
+    Ok(written.then_some(Opened::Sse(stream, session, style, slot)))
 }
 
 /// The connection's first bytes, read within `read_timeout`; `None` when
@@ -110,7 +176,13 @@ async fn read_first(
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
 connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: ";
 
-/// What the fast path reads from a WebSocket handshake.
+/// An SSE response's head up to the date's value, as hyper's would be but
+/// for the body's framing.
+const EVENT_STREAM: &[u8] = b"HTTP/1.1 200 OK\r\n\
+content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n\
+connection: close\r\ndate: ";
+
+/// What the fast path reads from a request.
 struct Head<'a> {
     /// The path, without the query.
     path: &'a str,
@@ -118,15 +190,19 @@ struct Head<'a> {
     query: &'a str,
     /// `Authorization`, which may carry the connection's token.
     authorization: Option<&'a str>,
-    /// `Sec-WebSocket-Key`.
-    key: &'a [u8],
+    /// `Last-Event-ID`, which resumes an SSE stream.
+    last_event_id: Option<&'a str>,
+    /// `Sec-WebSocket-Key` of a WebSocket handshake; `None` when the
+    /// request asks for no upgrade.
+    ws_key: Option<&'a [u8]>,
     /// The head's length: what follows are the client's first frames.
     len: usize,
 }
 
 impl<'a> Head<'a> {
-    /// A complete `GET` upgrading to WebSocket version 13 with nothing
-    /// unusual about it, or `None`, for hyper to judge.
+    /// A complete `GET`, without a body, that either upgrades to WebSocket
+    /// version 13 or asks no upgrade at all, with nothing unusual about it;
+    /// or `None`, for hyper to judge.
     fn parse(buf: &'a [u8]) -> Option<Self> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -146,12 +222,14 @@ impl<'a> Head<'a> {
             return None;
         }
         let (mut connection, mut upgrade, mut version) = (false, false, false);
-        let (mut key, mut authorization) = (None, None);
+        let (mut upgrade_header, mut key, mut authorization, mut last_event_id) =
+            (false, None, None, None);
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("connection") {
                 connection |= has_token(h.value, "upgrade");
             } else if name.eq_ignore_ascii_case("upgrade") {
+                upgrade_header = true;
                 upgrade |= has_token(h.value, "websocket");
             } else if name.eq_ignore_ascii_case("sec-websocket-version") {
                 // Repeated headers: the handler reads the first; leave them to it.
@@ -171,6 +249,15 @@ impl<'a> Head<'a> {
                 if authorization.replace(value).is_some() {
                     return None;
                 }
+            } else if name.eq_ignore_ascii_case("last-event-id") {
+                // The handler takes visible ASCII only.
+                if !h.value.iter().all(|&b| b == b' ' || b.is_ascii_graphic())
+                    || last_event_id
+                        .replace(std::str::from_utf8(h.value).ok()?)
+                        .is_some()
+                {
+                    return None;
+                }
             } else if name.eq_ignore_ascii_case("content-length")
                 || name.eq_ignore_ascii_case("transfer-encoding")
             {
@@ -178,14 +265,17 @@ impl<'a> Head<'a> {
                 return None;
             }
         }
-        if !(connection && upgrade && version) {
+        // Half an upgrade is hyper's.
+        let ws = connection && upgrade && version && key.is_some();
+        if !ws && (connection || upgrade_header || version || key.is_some()) {
             return None;
         }
         Some(Self {
             path,
             query,
             authorization,
-            key: key?,
+            last_event_id,
+            ws_key: key.filter(|_| ws),
             len,
         })
     }
@@ -206,7 +296,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         let head = Head::parse(&buf).expect("a handshake");
         assert_eq!(head.path, "/ws");
         assert_eq!(head.query, "channels=a,b");
-        assert_eq!(head.key, b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(head.ws_key, Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..]));
         assert_eq!(head.authorization, None);
         assert_eq!(&buf[head.len..], b"\x81\x00");
     }

@@ -1,6 +1,8 @@
-//! An upgraded WebSocket's TCP socket, shared by the connection's task (reads,
-//! replies and control frames, through tungstenite) and the threads that write
-//! frames to it straight from a send or a small fan-out ([`DirectWrite`]).
+//! A streaming connection's TCP socket, shared by the connection's task
+//! (reads, replies, heartbeats) and the threads that write frames to it
+//! straight from a send or a fan-out ([`DirectWrite`]). A [`Framing`] lays
+//! the frames out as its transport wants them: WebSocket text frames, or
+//! Server-Sent Events with a per-connection `id:`.
 //!
 //! Frames never interleave: every write happens under one lock, and a write
 //! the socket takes only in part leaves its rest in [`SharedSocket::rest`],
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use herald_core::{DirectWrite, Frame, Taken};
+use herald_core::{Closed, DirectWrite, Frame, Outbox, Queue, Taken};
 use parking_lot::Mutex;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -21,30 +23,99 @@ use tokio::net::TcpStream;
 
 use crate::transport::rewind::read_prefix;
 
-/// The socket and the unsent rest of frames already started on it.
-pub(crate) struct SharedSocket {
-    stream: TcpStream,
-    /// Bytes of started frames the socket has not taken yet. Only the
-    /// connection's task waits for the socket, so only it drains this.
-    rest: Mutex<BytesMut>,
+/// How a transport lays frames out on the wire.
+pub(crate) trait Framing: Send + 'static {
+    /// Appends `frame` to `out`, as it goes on the wire.
+    fn lay_out(&mut self, frame: &Frame, out: &mut Vec<u8>);
+
+    /// Of the frames laid out since the last call, the socket took only the
+    /// first `taken`; the others will be laid out again.
+    fn keep(&mut self, _taken: usize) {}
 }
 
-impl SharedSocket {
-    pub(crate) fn new(stream: TcpStream) -> Arc<Self> {
+/// The connection task's writer over a [`SharedSocket`], which may hold
+/// bytes of its own in front of the socket's rest.
+pub(crate) trait Flush {
+    /// Writes out everything the task and the socket hold.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl<F: Framing> Flush for SocketIo<F> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(self), cx)
+    }
+}
+
+/// WebSocket: each frame is one unmasked, final text frame.
+pub(crate) struct WsText;
+
+impl Framing for WsText {
+    fn lay_out(&mut self, frame: &Frame, out: &mut Vec<u8>) {
+        let mut head = [0u8; 10];
+        out.extend_from_slice(text_header(frame.bytes.len(), &mut head));
+        out.extend_from_slice(&frame.bytes);
+    }
+}
+
+/// The socket and the unsent rest of frames already started on it.
+pub(crate) struct SharedSocket<F = WsText> {
+    stream: TcpStream,
+    /// Bytes of started frames the socket has not taken yet, and the framing
+    /// (which may keep per-connection state); one lock, so that frames are
+    /// laid out in the order they go out. Only the connection's task waits
+    /// for the socket, so only it drains the rest.
+    rest: Mutex<Rest<F>>,
+}
+
+struct Rest<F> {
+    bytes: BytesMut,
+    framing: F,
+}
+
+impl<F: Framing> SharedSocket<F> {
+    pub(crate) fn new(stream: TcpStream, framing: F) -> Arc<Self> {
         Arc::new(Self {
             stream,
-            rest: Mutex::new(BytesMut::new()),
+            rest: Mutex::new(Rest {
+                bytes: BytesMut::new(),
+                framing,
+            }),
         })
     }
 
+    /// Writes the outbox's queue here: the connection task's half of
+    /// [`herald_core::Outbox::push_direct`]. Also finishes a frame a direct
+    /// write left part of, flushing `task` (whatever the task itself holds,
+    /// then [`SharedSocket::rest`]).
+    pub(crate) async fn write_queued(
+        &self,
+        outbox: &Outbox,
+        task: &mut impl Flush,
+    ) -> io::Result<Option<Closed>> {
+        loop {
+            match outbox.write_queued() {
+                Queue::Written(closed) => {
+                    if self.has_rest() {
+                        std::future::poll_fn(|cx| task.poll_flush(cx)).await?;
+                    }
+                    return Ok(closed);
+                }
+                Queue::Blocked => {
+                    std::future::poll_fn(|cx| task.poll_flush(cx)).await?;
+                    self.writable().await?;
+                }
+            }
+        }
+    }
+
     /// Resolves once the socket may take more bytes.
-    pub(crate) async fn writable(&self) -> io::Result<()> {
+    async fn writable(&self) -> io::Result<()> {
         self.stream.writable().await
     }
 
     /// Whether a frame taken in part still has bytes to go.
-    pub(crate) fn has_rest(&self) -> bool {
-        !self.rest.lock().is_empty()
+    fn has_rest(&self) -> bool {
+        !self.rest.lock().bytes.is_empty()
     }
 
     /// Writes `rest` out; ready once it is empty.
@@ -75,9 +146,13 @@ thread_local! {
     static GATHERED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(GATHER));
 }
 
-impl DirectWrite for SharedSocket {
+impl<F: Framing> DirectWrite for SharedSocket<F> {
     fn try_write(&self, frames: &mut dyn Iterator<Item = &Frame>) -> Taken {
-        let mut rest = self.rest.lock();
+        let mut guard = self.rest.lock();
+        let Rest {
+            bytes: rest,
+            framing,
+        } = &mut *guard;
         if !rest.is_empty() {
             return Taken::NONE;
         }
@@ -87,13 +162,10 @@ impl DirectWrite for SharedSocket {
             let mut ends = [0usize; BATCH];
             let mut n = 0;
             for frame in frames.take(BATCH) {
-                let payload = &frame.bytes[..];
-                if n > 0 && buf.len() + payload.len() > GATHER {
+                if n > 0 && buf.len() + frame.bytes.len() > GATHER {
                     break;
                 }
-                let mut head = [0u8; 10];
-                buf.extend_from_slice(text_header(payload.len(), &mut head));
-                buf.extend_from_slice(payload);
+                framing.lay_out(frame, buf);
                 ends[n] = buf.len();
                 n += 1;
             }
@@ -122,6 +194,7 @@ impl DirectWrite for SharedSocket {
                     partial: false,
                 },
             };
+            framing.keep(taken.frames);
             if buf.capacity() > 4 * GATHER {
                 *buf = Vec::with_capacity(GATHER);
             }
@@ -147,16 +220,16 @@ fn text_header(len: usize, buf: &mut [u8; 10]) -> &[u8] {
     }
 }
 
-/// The task's side of a [`SharedSocket`], for tungstenite.
-pub(crate) struct SocketIo {
-    socket: Arc<SharedSocket>,
+/// The task's side of a [`SharedSocket`]: tungstenite's, or the SSE task's.
+pub(crate) struct SocketIo<F = WsText> {
+    socket: Arc<SharedSocket<F>>,
     /// Bytes the HTTP server read past the upgrade request: the client's
     /// first frames, read before the socket.
     early: Bytes,
 }
 
-impl SocketIo {
-    pub(crate) fn new(socket: Arc<SharedSocket>, early: Bytes) -> Self {
+impl<F: Framing> SocketIo<F> {
+    pub(crate) fn new(socket: Arc<SharedSocket<F>>, early: Bytes) -> Self {
         // Even an empty slice would pin the HTTP server's whole read buffer
         // for the connection's life.
         let early = if early.is_empty() {
@@ -168,7 +241,7 @@ impl SocketIo {
     }
 }
 
-impl AsyncRead for SocketIo {
+impl<F: Framing> AsyncRead for SocketIo<F> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,7 +282,7 @@ impl AsyncRead for SocketIo {
     }
 }
 
-impl AsyncWrite for SocketIo {
+impl<F: Framing> AsyncWrite for SocketIo<F> {
     /// Takes all of `buf` or none of it: tungstenite hands over whole frames,
     /// and a frame the socket takes only in part must finish before a direct
     /// write may start, so its rest stays here rather than with tungstenite.
@@ -219,8 +292,8 @@ impl AsyncWrite for SocketIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let socket = &*self.socket;
-        let mut rest = socket.rest.lock();
-        ready!(socket.poll_flush_rest(cx, &mut rest))?;
+        let rest = &mut socket.rest.lock().bytes;
+        ready!(socket.poll_flush_rest(cx, rest))?;
         loop {
             match socket.stream.try_write(buf) {
                 Ok(n) => {
@@ -237,7 +310,7 @@ impl AsyncWrite for SocketIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let socket = &*self.socket;
-        socket.poll_flush_rest(cx, &mut socket.rest.lock())
+        socket.poll_flush_rest(cx, &mut socket.rest.lock().bytes)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -265,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn queued_frames_go_out_in_one_write() {
         let (mut peer, server) = connected().await;
-        let socket = SharedSocket::new(server);
+        let socket = SharedSocket::new(server, WsText);
         let frames: Vec<Frame> = ["a", "bb", "ccc"]
             .into_iter()
             .map(|s| Frame::from(Bytes::from(s)))
@@ -289,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn reads_wake_for_the_next_bytes_after_emptying_the_socket() {
         let (mut peer, server) = connected().await;
-        let mut io = SocketIo::new(SharedSocket::new(server), Bytes::from_static(b"ea"));
+        let mut io = SocketIo::new(SharedSocket::new(server, WsText), Bytes::from_static(b"ea"));
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 2, "early bytes first");
         peer.write_all(b"abc").await.unwrap();
@@ -331,7 +404,7 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(4096)
             .unwrap();
-        let socket = SharedSocket::new(server);
+        let socket = SharedSocket::new(server, WsText);
 
         let big = vec![b'a'; 1 << 20];
         let first = Frame::from(Bytes::from(big.clone()));

@@ -1,22 +1,29 @@
-//! Server-Sent Events transport: a streaming response body fed from the
-//! connection's outbox, with heartbeats, a lifetime and a reconnect hint.
+//! Server-Sent Events transport: heartbeats, a lifetime and a reconnect hint
+//! around the connection's outbox. Behind hyper the stream is a response
+//! body; on a plain TCP connection whose first request it is
+//! ([`crate::transport::handshake`]) it owns the socket, and frames go to it
+//! straight from the publisher, as on a WebSocket.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures_util::stream;
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 use herald_core::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, Undo};
 
 use crate::error::ApiError;
 use crate::lifetime::{Clock, Tick};
 use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
+use crate::transport::shared_socket::{Framing, SharedSocket, SocketIo};
 use crate::transport::ws::connection_limit;
 
 /// The fixed frames of one SSE dialect.
@@ -33,10 +40,55 @@ pub(crate) struct SseStyle {
     pub(crate) cursor: Option<Cursor>,
 }
 
+/// Frames as they are, each message preceded by an `id:` line when the
+/// connection keeps a cursor.
+pub(crate) struct SseFraming {
+    cursor: Option<Cursor>,
+    /// How to step the cursor back over each frame laid out since the last
+    /// [`Framing::keep`], in case the socket does not take it.
+    laid_out: Vec<Option<Undo>>,
+}
+
+impl SseFraming {
+    fn new(cursor: Option<Cursor>) -> Self {
+        Self {
+            cursor,
+            laid_out: Vec::new(),
+        }
+    }
+}
+
+impl Framing for SseFraming {
+    fn lay_out(&mut self, frame: &Frame, out: &mut Vec<u8>) {
+        if let Some(cursor) = &mut self.cursor {
+            let undo = frame.message.as_ref().map(|msg| {
+                let undo = cursor.advance(msg);
+                // Writing into a Vec cannot fail.
+                let _ = writeln!(out, "id: {cursor}");
+                undo
+            });
+            self.laid_out.push(undo);
+        }
+        out.extend_from_slice(&frame.bytes);
+    }
+
+    fn keep(&mut self, taken: usize) {
+        if let Some(cursor) = &mut self.cursor {
+            while self.laid_out.len() > taken {
+                if let Some(Some(undo)) = self.laid_out.pop() {
+                    cursor.undo(undo);
+                }
+            }
+        }
+        self.laid_out.clear();
+    }
+}
+
 /// State carried between body chunks.
 struct Stream {
     state: AppState,
     session: Session,
+    framing: SseFraming,
     style: SseStyle,
     clock: Clock,
     /// Reused between drains.
@@ -51,7 +103,7 @@ struct Stream {
 pub(crate) fn respond(
     state: &AppState,
     session: Session,
-    style: SseStyle,
+    mut style: SseStyle,
 ) -> Result<Response, ApiError> {
     let slot = state
         .metrics
@@ -62,6 +114,7 @@ pub(crate) fn respond(
         clock: Clock::start(&state.config.connection),
         state: state.clone(),
         session,
+        framing: SseFraming::new(style.cursor.take()),
         style,
         batch: Vec::new(),
         done: false,
@@ -80,24 +133,22 @@ pub(crate) fn respond(
     Ok(res)
 }
 
-use futures_util::StreamExt;
-
 impl Stream {
     /// Joins the drained frames into one chunk, adding cursor ids.
     fn render_batch(&mut self) -> Bytes {
-        if self.batch.len() == 1 && self.style.cursor.is_none() {
-            return self.batch.pop().map(|f| f.bytes).unwrap_or_default();
+        if let ([frame], None) = (&mut self.batch[..], &self.framing.cursor) {
+            let bytes = std::mem::take(&mut frame.bytes);
+            self.batch.clear();
+            return bytes;
         }
         let size: usize = self.batch.iter().map(|f| f.bytes.len() + 64).sum();
-        let mut buf = BytesMut::with_capacity(size);
-        for frame in self.batch.drain(..) {
-            if let (Some(cursor), Some(msg)) = (&mut self.style.cursor, &frame.message) {
-                cursor.advance(msg);
-                buf.extend_from_slice(format!("id: {cursor}\n").as_bytes());
-            }
-            buf.extend_from_slice(&frame.bytes);
+        let mut buf = Vec::with_capacity(size);
+        for frame in &self.batch {
+            self.framing.lay_out(frame, &mut buf);
         }
-        buf.freeze()
+        self.framing.keep(self.batch.len());
+        self.batch.clear();
+        Bytes::from(buf)
     }
 }
 
@@ -138,5 +189,143 @@ async fn next_chunk(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)
                 }
             }
         }
+    }
+}
+
+/// Serves an SSE stream on a plain TCP socket, holding its connection slot,
+/// once its response head and `style.preamble` are written. Frames go to the
+/// socket from the publisher; this task writes what the socket could not
+/// take at once, the heartbeats and the hints, and notices the client
+/// leaving. What the client sends is read and ignored.
+pub(crate) async fn run_tcp(
+    state: AppState,
+    stream: TcpStream,
+    session: Session,
+    style: SseStyle,
+    _slot: ConnectionSlot,
+) {
+    let conn = session.outbox.id();
+    tracing::debug!(conn, "SSE stream opened.");
+    let socket = SharedSocket::new(stream, SseFraming::new(style.cursor));
+    let mut io = SocketIo::new(socket.clone(), Bytes::new());
+    let outbox = session.outbox.clone();
+    outbox.attach(socket.clone());
+    let mut clock = Clock::start(&state.config.connection);
+    let sleep = tokio::time::sleep_until(clock.next_deadline());
+    tokio::pin!(sleep);
+    let mut ignored = [0u8; 512];
+    loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.signalled() => {
+                let _ = io.write_all(&style.reconnect).await;
+                break;
+            }
+            () = outbox.ready() => match socket.write_queued(&outbox, &mut io).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    tracing::debug!(conn, "Slow consumer disconnected.");
+                    break;
+                }
+                Err(_) => break,
+            },
+            read = io.read(&mut ignored) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            () = &mut sleep => {
+                let written = match clock.fire(tokio::time::Instant::now()) {
+                    Some(Tick::Heartbeat) => io.write_all(&style.heartbeat).await,
+                    Some(Tick::ReconnectHint) => io.write_all(&style.reconnect).await,
+                    Some(Tick::Expire) => break,
+                    None => Ok(()),
+                };
+                if written.is_err() {
+                    break;
+                }
+                sleep.as_mut().reset(clock.next_deadline());
+            }
+        }
+    }
+    // The body ends with the connection: what is written goes out first,
+    // unless the client stopped reading.
+    outbox.detach();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+    drop(session);
+    tracing::debug!(conn, "SSE stream closed.");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_core::{ChannelKey, Message, Publication};
+
+    use super::*;
+
+    fn frame(channel: &str, offset: u64) -> Frame {
+        let key = ChannelKey::new(&Arc::from("app"), channel).unwrap();
+        let msg = Message::new(
+            key,
+            Publication::new(Bytes::from_static(b"1")),
+            offset,
+            "e".into(),
+        );
+        Frame {
+            bytes: Bytes::from(format!("data: {channel}{offset}\n\n")),
+            message: Some(Arc::new(msg)),
+        }
+    }
+
+    fn laid_out(framing: &mut SseFraming, frames: &[Frame]) -> String {
+        let mut out = Vec::new();
+        for frame in frames {
+            framing.lay_out(frame, &mut out);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A frame's id holds the cursor after it and before any later frame,
+    /// even when the socket took only some of a batch and the rest are laid
+    /// out again.
+    #[test]
+    fn frames_the_socket_did_not_take_leave_the_cursor_as_it_was() {
+        let mut framing = SseFraming::new(Some(Cursor::parse("a:e:0,b:e:0").unwrap()));
+        let frames = [frame("a", 1), frame("b", 1), frame("a", 2)];
+        assert_eq!(
+            laid_out(&mut framing, &frames),
+            "id: a:e:1,b:e:0\ndata: a1\n\n\
+             id: a:e:1,b:e:1\ndata: b1\n\n\
+             id: a:e:2,b:e:1\ndata: a2\n\n"
+        );
+        framing.keep(1);
+        assert_eq!(
+            laid_out(&mut framing, &frames[1..2]),
+            "id: a:e:1,b:e:1\ndata: b1\n\n"
+        );
+        framing.keep(0);
+        assert_eq!(
+            laid_out(&mut framing, &frames[1..]),
+            "id: a:e:1,b:e:1\ndata: b1\n\nid: a:e:2,b:e:1\ndata: a2\n\n"
+        );
+        framing.keep(2);
+        let next = frame("b", 2);
+        assert_eq!(
+            laid_out(&mut framing, std::slice::from_ref(&next)),
+            "id: a:e:2,b:e:2\ndata: b2\n\n"
+        );
+    }
+
+    #[test]
+    fn frames_without_a_message_or_cursor_go_as_they_are() {
+        let mut framing = SseFraming::new(None);
+        assert_eq!(laid_out(&mut framing, &[frame("a", 1)]), "data: a1\n\n");
+        let mut framing = SseFraming::new(Some(Cursor::default()));
+        let note = Frame::from(Bytes::from_static(b"event: deleted\ndata: {}\n\n"));
+        assert_eq!(
+            laid_out(&mut framing, &[note]),
+            "event: deleted\ndata: {}\n\n"
+        );
     }
 }

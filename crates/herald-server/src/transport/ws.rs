@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{Closed, Frame, Outbox, Queue};
+use herald_core::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -28,7 +28,7 @@ use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::rewind::Rewind;
-use crate::transport::shared_socket::{SharedSocket, SocketIo};
+use crate::transport::shared_socket::{Flush, SharedSocket, SocketIo, WsText};
 
 /// Close codes Herald uses (documented in docs/api.md).
 pub(crate) mod close {
@@ -226,11 +226,22 @@ pub(crate) async fn run_tcp<D: WsDialect>(
     _slot: ConnectionSlot,
 ) {
     let config = Some(socket_config(&state));
-    let socket = SharedSocket::new(stream);
+    let socket = SharedSocket::new(stream, WsText);
     let io = SocketIo::new(socket.clone(), early);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     let direct = dialect.direct_writes().then_some(socket);
     run(state, ws, direct, session, dialect).await;
+}
+
+/// tungstenite buffers what the task writes; its flush then writes the
+/// socket's rest.
+impl<S: AsyncRead + AsyncWrite + Unpin> Flush for WebSocketStream<S> {
+    fn poll_flush(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        futures_util::Sink::poll_flush(std::pin::Pin::new(self), cx).map_err(std::io::Error::other)
+    }
 }
 
 pub(crate) fn connection_limit() -> ApiError {
@@ -254,32 +265,6 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
 /// A text frame from already-valid UTF-8 bytes, without validating again.
 fn text(bytes: Bytes) -> Message {
     Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
-}
-
-/// Writes the queue straight to the shared socket: the task's half of
-/// [`Outbox::push_direct`]. Also finishes a frame a direct write left part of.
-async fn write_queued<S>(
-    ws: &mut WebSocketStream<S>,
-    outbox: &Outbox,
-    socket: &SharedSocket,
-) -> Result<Option<Closed>, ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        match outbox.write_queued() {
-            Queue::Written(closed) => {
-                if socket.has_rest() {
-                    ws.flush().await.map_err(drop)?;
-                }
-                return Ok(closed);
-            }
-            Queue::Blocked => {
-                ws.flush().await.map_err(drop)?;
-                socket.writable().await.map_err(drop)?;
-            }
-        }
-    }
 }
 
 /// Serves one WebSocket until it closes. With `direct`, the outbox writes to
@@ -330,9 +315,9 @@ async fn run<D, S>(
                 }
                 () = outbox.ready() => {
                     let closed = if let Some(socket) = &direct {
-                        match write_queued(&mut ws, &outbox, socket).await {
+                        match socket.write_queued(&outbox, &mut ws).await {
                             Ok(closed) => closed,
-                            Err(()) => break 'conn None,
+                            Err(_) => break 'conn None,
                         }
                     } else {
                         let closed = outbox.drain(&mut batch);

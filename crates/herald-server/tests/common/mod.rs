@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald_server::{Config, Server, Shutdown};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -250,7 +251,6 @@ impl RawWs {
     /// Sends `bytes` (a handshake, and perhaps more) in one write; returns
     /// the client and the head of the answer.
     pub async fn open(addr: SocketAddr, bytes: &[u8]) -> (Self, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(bytes).await.unwrap();
         let mut buf = Vec::new();
@@ -291,14 +291,12 @@ impl RawWs {
 
     /// Sends one masked frame with `opcode` and `payload`.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        use tokio::io::AsyncWriteExt;
         let frame = Self::encode(opcode, payload);
         self.stream.write_all(&frame).await.unwrap();
     }
 
     /// The next frame as (opcode, payload); `None` on EOF.
     pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        use tokio::io::AsyncReadExt;
         loop {
             if self.buf.len() >= 2 {
                 let opcode = self.buf[0] & 0x0f;
@@ -341,4 +339,97 @@ impl RawWs {
         }
         panic!("EOF without a close frame");
     }
+}
+
+/// An SSE response read off a raw socket: its head, then its events, with
+/// the body decoded from whichever framing it came in.
+pub struct RawSse {
+    pub stream: TcpStream,
+    pub head: String,
+    pub chunked: bool,
+    /// Received, not yet decoded.
+    raw: Vec<u8>,
+    /// Decoded, not yet handed out.
+    body: String,
+}
+
+impl RawSse {
+    /// Sends `request` on `stream` and reads the answer's head.
+    pub async fn open(mut stream: TcpStream, request: &str) -> Self {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            read_some(&mut stream, &mut raw).await;
+        };
+        let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+        raw.drain(..end + 4);
+        let chunked = head.contains("\r\ntransfer-encoding: chunked");
+        Self {
+            stream,
+            head,
+            chunked,
+            raw,
+            body: String::new(),
+        }
+    }
+
+    /// The next event's lines.
+    pub async fn event(&mut self) -> Vec<String> {
+        loop {
+            self.decode();
+            if let Some(end) = self.body.find("\n\n") {
+                let block: String = self.body.drain(..end + 2).collect();
+                return block.trim_end().lines().map(str::to_owned).collect();
+            }
+            read_some(&mut self.stream, &mut self.raw).await;
+        }
+    }
+
+    /// The next event that carries data: its `id`, and its message's `data`.
+    pub async fn message(&mut self) -> (String, Value) {
+        loop {
+            let lines = self.event().await;
+            let field = |name: &str| {
+                lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix(name).map(str::to_owned))
+            };
+            if let Some(data) = field("data: ") {
+                let id = field("id: ").expect("messages carry ids");
+                let msg: Value = serde_json::from_str(&data).unwrap();
+                return (id, msg["data"].clone());
+            }
+        }
+    }
+
+    fn decode(&mut self) {
+        if !self.chunked {
+            let bytes: Vec<u8> = self.raw.drain(..).collect();
+            self.body.push_str(std::str::from_utf8(&bytes).unwrap());
+            return;
+        }
+        while let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&self.raw[..line]).unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if self.raw.len() < line + 2 + size + 2 {
+                return;
+            }
+            let chunk = &self.raw[line + 2..line + 2 + size];
+            self.body.push_str(std::str::from_utf8(chunk).unwrap());
+            self.raw.drain(..line + 2 + size + 2);
+        }
+    }
+}
+
+pub async fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+        .await
+        .expect("data in time")
+        .unwrap();
+    assert!(n > 0, "the stream ended");
+    into.extend_from_slice(&chunk[..n]);
 }

@@ -191,16 +191,45 @@ pub(crate) async fn sse(
     Query(q): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let identity = crate::auth::identify(&state, q.token.as_deref(), &headers)?;
-    let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
+    let token = crate::auth::request_token(q.token.as_deref(), &headers);
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let (session, style) = open_sse(&state, &q, token, last_event_id).await?;
+    sse::respond(&state, session, style)
+}
+
+/// `GET /sse` as the handshake fast path read it
+/// ([`crate::transport::handshake`]): the session and its stream's style, or
+/// `None` where [`sse()`] would answer an error.
+pub(crate) async fn sse_direct(
+    state: &AppState,
+    query: &str,
+    authorization: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Option<(Session, SseStyle)> {
+    let q: SseQuery = serde_urlencoded::from_str(query).ok()?;
+    let token = q
+        .token
+        .as_deref()
+        .or(authorization.and_then(crate::auth::bearer));
+    open_sse(state, &q, token, last_event_id).await.ok()
+}
+
+/// A native SSE stream's session, identified by `token` and resumed from
+/// `Last-Event-ID` (or `since`), and the frames its stream starts with.
+async fn open_sse(
+    state: &AppState,
+    q: &SseQuery,
+    token: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<(Session, SseStyle), ApiError> {
+    let identity = crate::auth::verify(state, token)?;
+    let keys = parse_channel_list(state, q.channels.as_deref().unwrap_or(""))?;
     if keys.is_empty() && identity.is_none() {
         return Err(ApiError::bad_request(
             "'channels' query parameter required (or a token, for targeted messages only)",
         ));
     }
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+    let resume = last_event_id
         .or(q.since.as_deref())
         .map(Cursor::parse)
         .transpose()
@@ -236,7 +265,7 @@ pub(crate) async fn sse(
         reconnect: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"),
         cursor: Some(cursor),
     };
-    sse::respond(&state, session, style)
+    Ok((session, style))
 }
 
 pub(crate) fn position_json(p: &Position) -> Value {
