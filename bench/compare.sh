@@ -203,6 +203,8 @@ each fanout-1ch-${SUBS_HIGH}sub-r$RATE_HIGH ws fanout --subscribers $SUBS_HIGH -
 each fanout-1ch-${SUBS_HIGHER}sub-r$RATE_HIGHER ws fanout --subscribers $SUBS_HIGHER --channels 1 --rate $RATE_HIGHER --duration $PHASE --drain 20s
 each fanout-${CHANNELS_MANY}ch-${SUBS}sub-r$RATE_MANY ws fanout --subscribers $SUBS --channels $CHANNELS_MANY --rate $RATE_MANY --duration $PHASE
 each fanout-sse-1ch-${SUBS}sub-r$RATE_LOW sse fanout --subscribers $SUBS --channels 1 --rate $RATE_LOW --duration $PHASE
+# shellcheck disable=SC2086 # SEARCH is a list of options
+each fanout-sse-1ch-${SUBS}sub-sustainable sse fanout --subscribers $SUBS --channels 1 $SEARCH
 each pairs-http ws pairs --clients $PAIRS_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
 each_on herald pairs-ws ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
 # The same at the rate of the Pushca seed's published single-node WebSocket run (2,890 msg/s),
@@ -218,6 +220,7 @@ each_on herald pairs-pushca-ack pushca pairs --clients $PAIRS_CLIENTS --via ws -
 # The seed's HTTP figures were for 800 clients sending over its REST API.
 each_on herald pairs-pushca-http pushca pairs --clients $PUSHCA_HTTP_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
 each idle ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
+each idle-sse sse idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
 each connect ws connect --connections $CONNECT_N --procs $PROCS_BIG --connect-concurrency 200
 
 echo "loadavg at end: $(cat /proc/loadavg)" >>"$out/machine.txt"

@@ -229,7 +229,17 @@ SUMMARY = [
     ("fanout-sse-1ch-10000sub-r10", "fanout 10,000 SSE subs, 1 channel, 10 msg/s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("latency p99.9 / max ms", "lower", [lat("p999_ms"), lat("max_ms")]),
         ("server CPU µs/delivery", "lower", [per_delivery_us]),
+        ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+    ]),
+    ("fanout-sse-1ch-10000sub-sustainable", "fanout 10,000 SSE subs, 1 channel, highest sustainable rate", [
+        ("highest sustainable msg/s", "higher", [max_rate]),
+        ("deliveries/s at that rate", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms at that rate", None, [lat("p50_ms"), lat("p99_ms")]),
+        ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
+        ("server CPU µs/delivery at that rate", None, [per_delivery_us]),
+        ("steps tried", None, [steps_tried]),
     ]),
     ("pairs-http", "pairs, 1,000 clients, HTTP publish, unpaced (100 in flight), 60 s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
@@ -272,6 +282,11 @@ SUMMARY = [
         ("server CPU µs/message", "lower", [per_delivery_us]),
     ]),
     ("idle", "idle, 19,000 WS connections", [
+        ("connections held", "higher", [lambda r: r["alive_at_end"]]),
+        ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
+        ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+    ]),
+    ("idle-sse", "idle, 19,000 SSE connections", [
         ("connections held", "higher", [lambda r: r["alive_at_end"]]),
         ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
         ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
