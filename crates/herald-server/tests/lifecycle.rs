@@ -306,6 +306,66 @@ async fn slow_sse_consumer_is_dropped_without_hurting_others() {
         .unwrap();
 }
 
+/// A client that stops reading for good is closed once its outbox
+/// overflows, on either transport, though its socket never takes another
+/// byte: its connection is not held open until the client reads.
+#[tokio::test]
+async fn clients_that_stop_reading_are_closed_without_reading_again() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.connect(server.addr).await.unwrap()
+    };
+    let mut ws = connect().await;
+    ws.write_all(
+        b"GET /ws?channels=stuck HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let sse = RawSse::open(
+        connect().await,
+        "GET /sse?channels=stuck HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let open = || async {
+        server.metric("herald_connections{transport=\"ws\"}").await
+            + server.metric("herald_connections{transport=\"sse\"}").await
+    };
+    let client = reqwest::Client::new();
+    let payload = "x".repeat(8 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server
+        .metric("herald_slow_consumer_disconnects_total")
+        .await
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the overflows were never noticed"
+        );
+        for _ in 0..50 {
+            let res = client
+                .post(server.http("/api/v1/publish"))
+                .json(&json!({"channel": "stuck", "data": payload}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    }
+    // Neither client reads; both connections must still end.
+    let deadline = Instant::now() + WAIT;
+    while open().await > 0.0 {
+        assert!(Instant::now() < deadline, "a stuck client was never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((ws, sse));
+}
+
 #[tokio::test]
 async fn shutdown_sends_reconnect_hints_and_closes_with_1012() {
     let mut server = TestServer::start().await;

@@ -86,7 +86,9 @@ impl<F: Framing> SharedSocket<F> {
     /// Writes the outbox's queue here: the connection task's half of
     /// [`herald_core::Outbox::push_direct`]. Also finishes a frame a direct
     /// write left part of, flushing `task` (whatever the task itself holds,
-    /// then [`SharedSocket::rest`]).
+    /// then [`SharedSocket::rest`]). Returns once the queue is written, or
+    /// at once when the outbox closes: a client that stopped reading
+    /// overflows it, and must not keep the task waiting for room.
     pub(crate) async fn write_queued(
         &self,
         outbox: &Outbox,
@@ -94,15 +96,27 @@ impl<F: Framing> SharedSocket<F> {
     ) -> io::Result<Option<Closed>> {
         loop {
             match outbox.write_queued() {
-                Queue::Written(closed) => {
+                Queue::Written(Some(closed)) => return Ok(Some(closed)),
+                Queue::Written(None) => {
                     if self.has_rest() {
-                        std::future::poll_fn(|cx| task.poll_flush(cx)).await?;
+                        tokio::select! {
+                            flushed = std::future::poll_fn(|cx| task.poll_flush(cx)) => flushed?,
+                            () = outbox.ready() => continue,
+                        }
                     }
-                    return Ok(closed);
+                    return Ok(None);
                 }
                 Queue::Blocked => {
-                    std::future::poll_fn(|cx| task.poll_flush(cx)).await?;
-                    self.writable().await?;
+                    let room = async {
+                        std::future::poll_fn(|cx| task.poll_flush(cx)).await?;
+                        self.writable().await
+                    };
+                    // New frames wake this too; the loop writes them, or
+                    // waits again.
+                    tokio::select! {
+                        room = room => room?,
+                        () = outbox.ready() => {}
+                    }
                 }
             }
         }

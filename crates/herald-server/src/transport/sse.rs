@@ -24,7 +24,7 @@ use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::shared_socket::{Framing, SharedSocket, SocketIo};
-use crate::transport::ws::connection_limit;
+use crate::transport::ws::{CLOSE_WAIT, connection_limit, sent_within};
 
 /// The fixed frames of one SSE dialect.
 #[derive(Clone, Default)]
@@ -210,6 +210,7 @@ pub(crate) async fn run_tcp(
     let mut io = SocketIo::new(socket.clone(), Bytes::new());
     let outbox = session.outbox.clone();
     outbox.attach(socket.clone());
+    let heartbeat = state.config.connection.heartbeat;
     let mut clock = Clock::start(&state.config.connection);
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
@@ -218,7 +219,7 @@ pub(crate) async fn run_tcp(
         tokio::select! {
             biased;
             () = state.shutdown.signalled() => {
-                let _ = io.write_all(&style.reconnect).await;
+                let _ = tokio::time::timeout(CLOSE_WAIT, io.write_all(&style.reconnect)).await;
                 break;
             }
             () = outbox.ready() => match socket.write_queued(&outbox, &mut io).await {
@@ -235,13 +236,15 @@ pub(crate) async fn run_tcp(
                 }
             }
             () = &mut sleep => {
-                let written = match clock.fire(tokio::time::Instant::now()) {
-                    Some(Tick::Heartbeat) => io.write_all(&style.heartbeat).await,
-                    Some(Tick::ReconnectHint) => io.write_all(&style.reconnect).await,
+                let frame = match clock.fire(tokio::time::Instant::now()) {
+                    Some(Tick::Heartbeat) => Some(&style.heartbeat),
+                    Some(Tick::ReconnectHint) => Some(&style.reconnect),
                     Some(Tick::Expire) => break,
-                    None => Ok(()),
+                    None => None,
                 };
-                if written.is_err() {
+                if let Some(frame) = frame
+                    && !sent_within(heartbeat, io.write_all(frame)).await
+                {
                     break;
                 }
                 sleep.as_mut().reset(clock.next_deadline());
@@ -251,7 +254,7 @@ pub(crate) async fn run_tcp(
     // The body ends with the connection: what is written goes out first,
     // unless the client stopped reading.
     outbox.detach();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, io.shutdown()).await;
     drop(session);
     tracing::debug!(conn, "SSE stream closed.");
 }

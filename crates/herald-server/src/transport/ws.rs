@@ -285,7 +285,9 @@ async fn run<D, S>(
         session.outbox.attach(socket.clone());
     }
     let timing = dialect.timing();
-    let mut clock = Clock::start(timing.as_ref().unwrap_or(&state.config.connection));
+    let timing = timing.as_ref().unwrap_or(&state.config.connection);
+    let mut clock = Clock::start(timing);
+    let heartbeat = timing.heartbeat;
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
     let mut batch: Vec<Frame> = Vec::new();
@@ -363,19 +365,19 @@ async fn run<D, S>(
                 () = &mut sleep => {
                     match clock.fire(tokio::time::Instant::now()) {
                         Some(Tick::Heartbeat) => {
-                            let sent = match dialect.heartbeat() {
-                                Ok(Some(frame)) => ws.send(text(frame)).await,
-                                Ok(None) => ws.send(Message::Ping(Bytes::new())).await,
+                            let frame = match dialect.heartbeat() {
+                                Ok(Some(frame)) => text(frame),
+                                Ok(None) => Message::Ping(Bytes::new()),
                                 Err((code, reason)) => break 'conn Some((code, reason.into())),
                             };
-                            if sent.is_err() {
+                            if !sent_within(heartbeat, ws.send(frame)).await {
                                 break 'conn None;
                             }
                         }
                         Some(Tick::ReconnectHint) => {
                             let hint = dialect.reconnect_hint();
                             if let Some(hint) = hint
-                                && ws.send(text(hint)).await.is_err()
+                                && !sent_within(heartbeat, ws.send(text(hint))).await
                             {
                                 break 'conn None;
                             }
@@ -399,16 +401,32 @@ async fn run<D, S>(
             code: CloseCode::from(code),
             reason: reason.as_ref().into(),
         };
-        // Best effort: send our close, then give the client a moment to answer.
-        if ws.send(Message::Close(Some(frame))).await.is_ok() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        // Best effort: send our close, then give the client a moment to
+        // answer; a moment in all, as a client that stopped reading takes
+        // neither.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if ws.send(Message::Close(Some(frame))).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
     drop(session);
     tracing::debug!(conn, "WebSocket closed.");
+}
+
+/// How long closing a connection may take: our close frame, then the
+/// client's.
+pub(crate) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `send` finished, without error, within `limit`: a client that
+/// cannot take a heartbeat for a whole heartbeat interval is as gone as one
+/// that does not answer it.
+pub(crate) async fn sent_within<E>(
+    limit: std::time::Duration,
+    send: impl Future<Output = Result<(), E>>,
+) -> bool {
+    matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())))
 }
 
 /// The close for a frame-level error, or `None` when the socket is gone.
