@@ -317,6 +317,10 @@ pub struct LimitsConfig {
     pub outbox_bytes: usize,
     /// WebSocket read buffer per connection, in bytes.
     pub ws_read_buffer: usize,
+    /// Longest request head (request line and headers) read, in bytes;
+    /// a longer one is answered 431 and its connection closed, so a client
+    /// cannot make the server buffer without bound.
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -328,6 +332,7 @@ impl Default for LimitsConfig {
             max_batch: 1000,
             outbox_bytes: 1024 * 1024,
             ws_read_buffer: 2048,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -618,6 +623,11 @@ impl Config {
         if l.ws_read_buffer < 512 {
             return Err(ConfigError(
                 "limits.ws_read_buffer must be at least 512".into(),
+            ));
+        }
+        if l.max_header_bytes < 1024 {
+            return Err(ConfigError(
+                "limits.max_header_bytes must be at least 1024".into(),
             ));
         }
         let tls = &self.server.tls;

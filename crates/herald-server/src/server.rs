@@ -18,8 +18,8 @@ use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::tls::TlsReloader;
-use crate::transport::handshake;
 use crate::transport::rewind::Rewind;
+use crate::transport::{self, handshake};
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -110,6 +110,7 @@ impl Server {
         } = self;
         let shutdown = state.shutdown.clone();
         let read_timeout = Some(state.config.server.read_timeout).filter(|t| !t.is_zero());
+        let max_header_bytes = state.config.limits.max_header_bytes;
         let router = http::router(state.clone(), extra);
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
@@ -155,6 +156,7 @@ impl Server {
                 service: service.clone(),
                 shutdown: shutdown.clone(),
                 read_timeout,
+                max_header_bytes,
             };
             match &tls {
                 None => state
@@ -207,6 +209,8 @@ struct Conn<S> {
     shutdown: Shutdown,
     /// How long a request's head (or the TLS handshake) may take.
     read_timeout: Option<Duration>,
+    /// How long a request's head may be, in bytes.
+    max_header_bytes: usize,
 }
 
 /// Serves a plain TCP connection: a native WebSocket handshake directly,
@@ -232,6 +236,7 @@ where
         service,
         shutdown,
         read_timeout,
+        max_header_bytes,
     } = conn;
     // Flattened writes go out with one `send`; vectored ones take
     // `writev`'s slower path through the VFS, and the few bytes copied cost less.
@@ -239,6 +244,7 @@ where
         .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
+        .max_header_size(max_header_bytes)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(http);
@@ -264,18 +270,10 @@ async fn serve_tls<S: Service>(tls: TlsReloader, stream: TcpStream, conn: Conn<S
             Ok(stream) => stream,
             Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake failed."),
         },
-        () = deadline(timeout) => return tracing::debug!(%peer, ?timeout, "TLS handshake timed out."),
+        () = transport::deadline(timeout) => return tracing::debug!(%peer, ?timeout, "TLS handshake timed out."),
         () = conn.shutdown.signalled() => return,
     };
     serve_http(TokioIo::new(stream), conn).await;
-}
-
-/// Resolves after `timeout`; never without one.
-pub(crate) async fn deadline(timeout: Option<Duration>) {
-    match timeout {
-        Some(timeout) => tokio::time::sleep(timeout).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Expires history and forgets idle channels, once a second.

@@ -236,6 +236,59 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// A request head over `limits.max_header_bytes` is answered 431 and its
+/// connection closed, whether it arrives at once or in pieces; a head under
+/// it is served, and so are other clients.
+#[tokio::test]
+async fn request_heads_over_the_limit_get_431() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::with(|c| c.limits.max_header_bytes = 16 * 1024).await;
+    let request = |pad: usize| {
+        format!(
+            "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(pad)
+        )
+    };
+    let mut under = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    under
+        .write_all(request(12 * 1024).as_bytes())
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut under).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // Whole, and never finished: no waiting for the rest either way. The
+    // server closes with bytes unread, so the close may come as a reset
+    // after the answer.
+    let over = request(20 * 1024);
+    let endless = request(64 * 1024);
+    for head in [&over[..], &endless[..endless.len() - 4]] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answered = read_until_closed_or_reset(&mut stream).await;
+        assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
+    }
+
+    let res = reqwest::get(server.http("/health/live")).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Like [`read_until_closed`], taking a reset as the end.
+async fn read_until_closed_or_reset(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the server closes the connection");
+        match read {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 #[tokio::test]
 async fn silent_and_half_sent_requests_are_closed_after_the_read_timeout() {
     use tokio::io::AsyncWriteExt;

@@ -39,8 +39,8 @@ const MAX_HEADERS: usize = 32;
 
 /// Serves the connection's first request if it opens a native stream the
 /// handler would accept, waiting for it at most `read_timeout`, as hyper
-/// waits for a request's head. Returns the socket
-/// and the bytes read from it when the connection is hyper's to serve.
+/// waits for a request's head. Returns the socket and the bytes read from
+/// it when the connection is hyper's to serve.
 pub(crate) async fn serve(
     state: &AppState,
     stream: TcpStream,
@@ -154,7 +154,7 @@ async fn read_first(
     read_timeout: Option<Duration>,
 ) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
-    let deadline = crate::server::deadline(read_timeout);
+    let deadline = super::deadline(read_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {

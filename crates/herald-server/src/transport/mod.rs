@@ -5,3 +5,11 @@ pub(crate) mod rewind;
 pub(crate) mod shared_socket;
 pub(crate) mod sse;
 pub(crate) mod ws;
+
+/// Resolves after `timeout`; never without one.
+pub(crate) async fn deadline(timeout: Option<std::time::Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
+}
