@@ -189,6 +189,17 @@ def srv(key):
     return lambda r: get(r, "server", key)
 
 
+# The figures of a highest-sustainable-rate row.
+SUSTAINABLE = [
+    ("highest sustainable msg/s", "higher", [max_rate]),
+    ("deliveries/s at that rate", "higher", [lambda r: r["deliveries_per_second"]]),
+    # Each server's own highest rate: latency and CPU at different loads have no ratio.
+    ("latency p50 / p99 ms at that rate", None, [lat("p50_ms"), lat("p99_ms")]),
+    ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
+    ("server CPU µs/delivery at that rate", None, [per_delivery_us]),
+    ("steps tried", None, [steps_tried]),
+]
+
 # (label prefix, title, [(figure, better, [extractor, ...])])
 SUMMARY = [
     ("fanout-1ch-10000sub-r10", "fanout 10,000 WS subs, 1 channel, 10 msg/s", [
@@ -199,15 +210,8 @@ SUMMARY = [
         ("server CPU µs/delivery", "lower", [per_delivery_us]),
         ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
     ]),
-    ("fanout-1ch-10000sub-sustainable", "fanout 10,000 WS subs, 1 channel, highest sustainable rate", [
-        ("highest sustainable msg/s", "higher", [max_rate]),
-        ("deliveries/s at that rate", "higher", [lambda r: r["deliveries_per_second"]]),
-        # Each server's own highest rate: latency and CPU at different loads have no ratio.
-        ("latency p50 / p99 ms at that rate", None, [lat("p50_ms"), lat("p99_ms")]),
-        ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
-        ("server CPU µs/delivery at that rate", None, [per_delivery_us]),
-        ("steps tried", None, [steps_tried]),
-    ]),
+    ("fanout-1ch-10000sub-sustainable", "fanout 10,000 WS subs, 1 channel, highest sustainable rate",
+     SUSTAINABLE),
     ("fanout-1ch-1000sub-r100", "fanout 1,000 subs, 1 channel, 100 msg/s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
@@ -233,14 +237,8 @@ SUMMARY = [
         ("server CPU µs/delivery", "lower", [per_delivery_us]),
         ("server RSS MiB", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
     ]),
-    ("fanout-sse-1ch-10000sub-sustainable", "fanout 10,000 SSE subs, 1 channel, highest sustainable rate", [
-        ("highest sustainable msg/s", "higher", [max_rate]),
-        ("deliveries/s at that rate", "higher", [lambda r: r["deliveries_per_second"]]),
-        ("latency p50 / p99 ms at that rate", None, [lat("p50_ms"), lat("p99_ms")]),
-        ("lost / duplicated", "lower", [lambda r: r["lost"], lambda r: r["duplicated"]]),
-        ("server CPU µs/delivery at that rate", None, [per_delivery_us]),
-        ("steps tried", None, [steps_tried]),
-    ]),
+    ("fanout-sse-1ch-10000sub-sustainable", "fanout 10,000 SSE subs, 1 channel, highest sustainable rate",
+     SUSTAINABLE),
     ("pairs-http", "pairs, 1,000 clients, HTTP publish, unpaced (100 in flight), 60 s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),

@@ -95,39 +95,55 @@ async fn frame_errors_close_with_standard_codes() {
     assert_eq!(next_json(&mut ws).await["data"], 1);
 }
 
-#[tokio::test]
-async fn slow_consumer_is_dropped_without_hurting_others() {
-    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
-    let mut slow = RawWs::connect(server.addr, "/ws?channels=firehose").await;
-    let mut fast = server.ws("/ws?channels=firehose").await;
+/// Publishes 8 KiB messages to `channel`, fifty at a time, until `slow`
+/// slow consumers were counted; `caught_up` runs after each fifty with the
+/// number published so far. Returns that number.
+async fn publish_until_slow(
+    server: &TestServer,
+    channel: &str,
+    slow: f64,
+    mut caught_up: impl AsyncFnMut(usize),
+) -> usize {
     let payload = "x".repeat(8 * 1024);
     let client = reqwest::Client::new();
-    // The slow client reads nothing; once the kernel buffers fill, its
-    // outbox overflows. The fast client reads everything.
     let mut published = 0;
-    let mut received = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while server
         .metric("herald_slow_consumer_disconnects_total")
         .await
-        < 1.0
+        < slow
     {
         assert!(Instant::now() < deadline, "slow consumer never detected");
         for _ in 0..50 {
             let res = client
                 .post(server.http("/api/v1/publish"))
-                .json(&json!({"channel": "firehose", "data": payload}))
+                .json(&json!({"channel": channel, "data": payload}))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(res.status(), 200);
             published += 1;
         }
+        caught_up(published).await;
+    }
+    published
+}
+
+#[tokio::test]
+async fn slow_consumer_is_dropped_without_hurting_others() {
+    let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
+    let mut slow = RawWs::connect(server.addr, "/ws?channels=firehose").await;
+    let mut fast = server.ws("/ws?channels=firehose").await;
+    // The slow client reads nothing; once the kernel buffers fill, its
+    // outbox overflows. The fast client reads everything.
+    let mut received = 0;
+    let published = publish_until_slow(&server, "firehose", 1.0, async |published| {
         while received < published {
             next_json(&mut fast).await;
             received += 1;
         }
-    }
+    })
+    .await;
     assert_eq!(received, published, "the fast client got every message");
     let (code, reason) = slow.close_frame().await;
     assert_eq!(
@@ -272,31 +288,14 @@ async fn slow_sse_consumer_is_dropped_without_hurting_others() {
     slow.event().await;
     let mut fast = Sse::connect(&server.http("/sse?channels=hose")).await;
     fast.next().await.unwrap();
-    let payload = "x".repeat(8 * 1024);
-    let client = reqwest::Client::new();
-    let (mut published, mut received) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server
-        .metric("herald_slow_consumer_disconnects_total")
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "slow consumer never detected");
-        for _ in 0..50 {
-            let res = client
-                .post(server.http("/api/v1/publish"))
-                .json(&json!({"channel": "hose", "data": payload}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-            published += 1;
-        }
+    let mut received = 0;
+    let published = publish_until_slow(&server, "hose", 1.0, async |published| {
         while received < published {
             fast.next_data().await;
             received += 1;
         }
-    }
+    })
+    .await;
     assert_eq!(received, published, "the fast client got every message");
     // The slow stream ends: what it holds, then the close.
     let mut rest = Vec::new();
@@ -335,28 +334,7 @@ async fn clients_that_stop_reading_are_closed_without_reading_again() {
         server.metric("herald_connections{transport=\"ws\"}").await
             + server.metric("herald_connections{transport=\"sse\"}").await
     };
-    let client = reqwest::Client::new();
-    let payload = "x".repeat(8 * 1024);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server
-        .metric("herald_slow_consumer_disconnects_total")
-        .await
-        < 2.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the overflows were never noticed"
-        );
-        for _ in 0..50 {
-            let res = client
-                .post(server.http("/api/v1/publish"))
-                .json(&json!({"channel": "stuck", "data": payload}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-        }
-    }
+    publish_until_slow(&server, "stuck", 2.0, async |_| {}).await;
     // Neither client reads; both connections must still end.
     let deadline = Instant::now() + WAIT;
     while open().await > 0.0 {
