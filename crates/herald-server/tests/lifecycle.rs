@@ -162,11 +162,9 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
 #[tokio::test]
 async fn frames_arrive_whole_and_in_order_when_the_socket_takes_them_in_part() {
     let server = TestServer::with(|c| c.limits.outbox_bytes = 64 << 20).await;
-    // A receive buffer fixed before connecting (no autotuning), smaller than
-    // one frame, so the unread bytes below overflow the kernel's buffers.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
+    // Smaller than one frame, so the unread bytes below overflow the
+    // kernel's buffers.
+    let stream = connect_with_small_buffer(server.addr).await;
     let url = format!("ws://{}/ws?channels=big", server.addr);
     let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (ws, _) = tokio_tungstenite::client_async(url, plain).await.unwrap();
@@ -228,9 +226,7 @@ async fn frames_arrive_whole_and_in_order_when_the_socket_takes_them_in_part() {
 #[tokio::test]
 async fn sse_events_arrive_whole_in_order_and_with_their_ids_when_the_socket_takes_them_in_part() {
     let server = TestServer::with(|c| c.limits.outbox_bytes = 64 << 20).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
+    let stream = connect_with_small_buffer(server.addr).await;
     let request = "GET /sse?channels=pa,pb HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut sse = RawSse::open(stream, request).await;
     assert!(!sse.chunked, "the fast path served it: {}", sse.head);
@@ -280,9 +276,7 @@ async fn sse_events_arrive_whole_in_order_and_with_their_ids_when_the_socket_tak
 async fn slow_sse_consumer_is_dropped_without_hurting_others() {
     use tokio::io::AsyncReadExt;
     let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
+    let stream = connect_with_small_buffer(server.addr).await;
     let request = "GET /sse?channels=hose HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut slow = RawSse::open(stream, request).await;
     slow.event().await;
@@ -312,12 +306,7 @@ async fn slow_sse_consumer_is_dropped_without_hurting_others() {
 async fn clients_that_stop_reading_are_closed_without_reading_again() {
     use tokio::io::AsyncWriteExt;
     let server = TestServer::with(|c| c.limits.outbox_bytes = 64 * 1024).await;
-    let connect = || async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(16 * 1024).unwrap();
-        socket.connect(server.addr).await.unwrap()
-    };
-    let mut ws = connect().await;
+    let mut ws = connect_with_small_buffer(server.addr).await;
     ws.write_all(
         b"GET /ws?channels=stuck HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
           Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
@@ -326,7 +315,7 @@ async fn clients_that_stop_reading_are_closed_without_reading_again() {
     .await
     .unwrap();
     let sse = RawSse::open(
-        connect().await,
+        connect_with_small_buffer(server.addr).await,
         "GET /sse?channels=stuck HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;

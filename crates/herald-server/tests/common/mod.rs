@@ -433,3 +433,12 @@ pub async fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>) {
     assert!(n > 0, "the stream ended");
     into.extend_from_slice(&chunk[..n]);
 }
+
+/// A client socket whose receive buffer is fixed at 16 KiB before it
+/// connects (so the kernel does not grow it): a client that stops reading
+/// fills it, and then the server's side, quickly.
+pub async fn connect_with_small_buffer(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
