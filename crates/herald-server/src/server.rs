@@ -213,8 +213,8 @@ struct Conn<S> {
     max_header_bytes: usize,
 }
 
-/// Serves a plain TCP connection: a native WebSocket handshake directly,
-/// anything else with hyper.
+/// Serves a plain TCP connection: a first request opening a native stream
+/// directly, anything else with hyper.
 async fn serve_plain<S: Service>(state: AppState, stream: TcpStream, conn: Conn<S>) {
     let served = handshake::serve(&state, stream, &conn.shutdown, conn.read_timeout).await;
     let Some((stream, read)) = served else {

@@ -23,12 +23,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::dialect::native;
-use crate::metrics::{ConnectionSlot, Transport};
-use crate::session::Session;
+use crate::metrics::Transport;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::transport::sse::{self, SseStyle};
-use crate::transport::ws::{self, WsDialect, has_token};
+use crate::transport::sse;
+use crate::transport::ws::{self, has_token};
 
 /// The first read's size: a browser's handshake, cookies included, usually
 /// fits; a longer one is hyper's.
@@ -47,7 +46,7 @@ pub(crate) async fn serve(
     shutdown: &Shutdown,
     read_timeout: Option<Duration>,
 ) -> Option<(TcpStream, Bytes)> {
-    let mut buf = read_first(&stream, shutdown, read_timeout).await?;
+    let buf = read_first(&stream, shutdown, read_timeout).await?;
     // Other requests skip the parse: hyper parses them anyway.
     if !(buf.starts_with(b"GET /ws") || buf.starts_with(b"GET /sse")) {
         return Some((stream, buf.freeze()));
@@ -57,49 +56,24 @@ pub(crate) async fn serve(
     };
     // Herald's own routes, the ones nearly every stream uses; the seeds'
     // routes go through the router.
-    let head_len = head.len;
-    let served = match (head.path, head.ws_key) {
-        ("/ws", Some(key)) => open_ws(state, &head, key, stream).await,
+    let declined = match (head.path, head.ws_key) {
+        ("/ws", Some(key)) => open_ws(state, &head, key, &buf[head.len..], stream).await,
         ("/sse", None) => open_sse(state, &head, stream).await,
         _ => Err(stream),
     };
-    match served {
-        Ok(Some(Opened::Ws(stream, session, dialect, slot))) => {
-            let early = buf.split_off(head_len).freeze();
-            // A task of its own, sized for the session alone: this one's
-            // future has room for the handshake, and for hyper's connection.
-            let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
-            state.shutdown.spawn(run);
-            None
-        }
-        Ok(Some(Opened::Sse(stream, session, style, slot))) => {
-            let run = sse::run_tcp(state.clone(), stream, session, style, slot);
-            state.shutdown.spawn(run);
-            None
-        }
-        // The socket broke while answering.
-        Ok(None) => None,
-        Err(stream) => Some((stream, buf.freeze())),
-    }
+    declined.err().map(|stream| (stream, buf.freeze()))
 }
 
-/// A stream answered on the fast path, ready to run on its socket.
-enum Opened<D> {
-    Ws(TcpStream, Session, D, ConnectionSlot),
-    Sse(TcpStream, Session, SseStyle, ConnectionSlot),
-}
-
-/// What opening a stream came to: running, the socket broken (`Ok(None)`),
-/// or the socket back when the handler would answer otherwise.
-type Served<D> = Result<Option<Opened<D>>, TcpStream>;
-
-/// Answers a WebSocket handshake with the `101`.
+/// Answers a WebSocket handshake with the `101` and starts its session,
+/// `early` holding the client's first frames (what followed the head). Gives
+/// the socket back when the handler would answer otherwise.
 async fn open_ws(
     state: &AppState,
     head: &Head<'_>,
     key: &[u8],
+    early: &[u8],
     mut stream: TcpStream,
-) -> Served<impl WsDialect + use<>> {
+) -> Result<(), TcpStream> {
     // Refusals are counted where they are answered, by the handler.
     let Some(slot) = state
         .metrics
@@ -117,14 +91,26 @@ async fn open_ws(
     response.extend_from_slice(b"\r\n\r\n");
     // Frames published meanwhile wait in the outbox: no socket is attached
     // to it before the session runs.
-    let written = stream.write_all(&response).await.is_ok();
-    Ok(written.then_some(Opened::Ws(stream, session, dialect, slot)))
+    if stream.write_all(&response).await.is_ok() {
+        // Copied, so the first read's buffer is not kept for them.
+        let early = Bytes::copy_from_slice(early);
+        // A task of its own, sized for the session alone: this one's future
+        // has room for the handshake, and for hyper's connection.
+        let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
+        state.shutdown.spawn(run);
+    }
+    Ok(())
 }
 
 /// Answers an SSE request with its response head and the stream's first
-/// frames. The body runs until the connection closes: no length, no
-/// chunks, so frames go to the socket as they are.
-async fn open_sse<D>(state: &AppState, head: &Head<'_>, mut stream: TcpStream) -> Served<D> {
+/// frames, and starts the stream. The body runs until the connection
+/// closes: no length, no chunks, so frames go to the socket as they are.
+/// Gives the socket back when the handler would answer otherwise.
+async fn open_sse(
+    state: &AppState,
+    head: &Head<'_>,
+    mut stream: TcpStream,
+) -> Result<(), TcpStream> {
     let Some(slot) = state
         .metrics
         .take(Transport::Sse, state.config.limits.max_connections)
@@ -142,8 +128,11 @@ async fn open_sse<D>(state: &AppState, head: &Head<'_>, mut stream: TcpStream) -
     response.extend_from_slice(date.as_bytes());
     response.extend_from_slice(b"\r\n\r\n");
     response.extend_from_slice(&style.preamble);
-    let written = stream.write_all(&response).await.is_ok();
-    Ok(written.then_some(Opened::Sse(stream, session, style, slot)))
+    if stream.write_all(&response).await.is_ok() {
+        let run = sse::run_tcp(state.clone(), stream, session, style, slot);
+        state.shutdown.spawn(run);
+    }
+    Ok(())
 }
 
 /// The connection's first bytes, read within `read_timeout`; `None` when

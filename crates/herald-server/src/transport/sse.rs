@@ -224,8 +224,8 @@ pub(crate) async fn run_tcp(
             }
             () = outbox.ready() => match socket.write_queued(&outbox, &mut io).await {
                 Ok(None) => {}
-                Ok(Some(_)) => {
-                    tracing::debug!(conn, "Slow consumer disconnected.");
+                Ok(Some(why)) => {
+                    tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
                     break;
                 }
                 Err(_) => break,
