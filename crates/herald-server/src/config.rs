@@ -230,6 +230,11 @@ pub struct ServerConfig {
     /// open: heartbeats watch them. Zero waits forever.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// How long a client may leave a write waiting, taking not one byte of
+    /// it, before its connection is closed: on any route, stream or
+    /// request. Zero waits forever.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// TLS on the listener (`https://`, `wss://`); off unless both files are set.
     pub tls: TlsConfig,
 }
@@ -260,6 +265,7 @@ impl Default for ServerConfig {
             allow_client_publish: false,
             shutdown_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             tls: TlsConfig::default(),
         }
     }

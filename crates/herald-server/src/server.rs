@@ -19,6 +19,7 @@ use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::tls::TlsReloader;
 use crate::transport::rewind::Rewind;
+use crate::transport::write_timeout::WriteTimeout;
 use crate::transport::{self, handshake};
 
 /// A bound, not yet running server.
@@ -110,6 +111,7 @@ impl Server {
         } = self;
         let shutdown = state.shutdown.clone();
         let read_timeout = Some(state.config.server.read_timeout).filter(|t| !t.is_zero());
+        let write_timeout = state.config.server.write_timeout;
         let max_header_bytes = state.config.limits.max_header_bytes;
         let router = http::router(state.clone(), extra);
         let service = TowerToHyperService::new(
@@ -156,6 +158,7 @@ impl Server {
                 service: service.clone(),
                 shutdown: shutdown.clone(),
                 read_timeout,
+                write_timeout,
                 max_header_bytes,
             };
             match &tls {
@@ -209,6 +212,8 @@ struct Conn<S> {
     shutdown: Shutdown,
     /// How long a request's head (or the TLS handshake) may take.
     read_timeout: Option<Duration>,
+    /// How long a write may wait for the client to take any of it.
+    write_timeout: Duration,
     /// How long a request's head may be, in bytes.
     max_header_bytes: usize,
 }
@@ -221,7 +226,8 @@ async fn serve_plain<S: Service>(state: AppState, stream: TcpStream, conn: Conn<
         return;
     };
     drop(state);
-    serve_http(TokioIo::new(Rewind::new(read, stream)), conn).await;
+    let io = WriteTimeout::new(Rewind::new(read, stream), conn.write_timeout);
+    serve_http(TokioIo::new(io), conn).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or,
@@ -237,6 +243,7 @@ where
         shutdown,
         read_timeout,
         max_header_bytes,
+        ..
     } = conn;
     // Flattened writes go out with one `send`; vectored ones take
     // `writev`'s slower path through the VFS, and the few bytes copied cost less.
@@ -265,6 +272,8 @@ where
 /// port, a silent socket) is dropped.
 async fn serve_tls<S: Service>(tls: TlsReloader, stream: TcpStream, conn: Conn<S>) {
     let (peer, timeout) = (conn.peer, conn.read_timeout);
+    // Under TLS, so that every byte it writes, handshake included, is watched.
+    let stream = WriteTimeout::new(stream, conn.write_timeout);
     let stream = tokio::select! {
         accepted = tls.acceptor().accept(stream) => match accepted {
             Ok(stream) => stream,

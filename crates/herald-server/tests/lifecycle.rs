@@ -102,9 +102,29 @@ async fn publish_until_slow(
     server: &TestServer,
     channel: &str,
     slow: f64,
-    mut caught_up: impl AsyncFnMut(usize),
+    caught_up: impl AsyncFnMut(usize),
 ) -> usize {
     let payload = "x".repeat(8 * 1024);
+    flood_until_slow(
+        server,
+        slow,
+        |client| {
+            client
+                .post(server.http("/api/v1/publish"))
+                .json(&json!({"channel": channel, "data": payload}))
+        },
+        caught_up,
+    )
+    .await
+}
+
+/// [`publish_until_slow`] with any publish request.
+async fn flood_until_slow(
+    server: &TestServer,
+    slow: f64,
+    publish: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    mut caught_up: impl AsyncFnMut(usize),
+) -> usize {
     let client = reqwest::Client::new();
     let mut published = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -115,18 +135,26 @@ async fn publish_until_slow(
     {
         assert!(Instant::now() < deadline, "slow consumer never detected");
         for _ in 0..50 {
-            let res = client
-                .post(server.http("/api/v1/publish"))
-                .json(&json!({"channel": channel, "data": payload}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
+            let res = publish(&client).send().await.unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
             published += 1;
         }
         caught_up(published).await;
     }
     published
+}
+
+/// Waits until no stream of either transport is open.
+async fn until_all_closed(server: &TestServer) {
+    let open = || async {
+        server.metric("herald_connections{transport=\"ws\"}").await
+            + server.metric("herald_connections{transport=\"sse\"}").await
+    };
+    let deadline = Instant::now() + WAIT;
+    while open().await > 0.0 {
+        assert!(Instant::now() < deadline, "a stuck client was never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -319,18 +347,76 @@ async fn clients_that_stop_reading_are_closed_without_reading_again() {
         "GET /sse?channels=stuck HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    let open = || async {
-        server.metric("herald_connections{transport=\"ws\"}").await
-            + server.metric("herald_connections{transport=\"sse\"}").await
-    };
     publish_until_slow(&server, "stuck", 2.0, async |_| {}).await;
     // Neither client reads; both connections must still end.
-    let deadline = Instant::now() + WAIT;
-    while open().await > 0.0 {
-        assert!(Instant::now() < deadline, "a stuck client was never closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_all_closed(&server).await;
     drop((ws, sse));
+}
+
+/// Where the connection's own task writes every frame (behind hyper, on
+/// push-stream's WebSocket), a client that stops reading leaves a write
+/// waiting with nothing to race it: `server.write_timeout` ends it.
+#[tokio::test]
+async fn stuck_writes_end_their_connection_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::with(|c| {
+        c.limits.outbox_bytes = 64 * 1024;
+        c.server.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Hyper's SSE body: the stream is a keep-alive connection's second request.
+    let mut second = connect_with_small_buffer(server.addr).await;
+    second
+        .write_all(
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /sse?channels=stuck HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The Push seed's SSE, a route's body from the first request on.
+    let mut push = connect_with_small_buffer(server.addr).await;
+    push.write_all(b"GET /sse/messages?channels=stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // push-stream's WebSocket, in its own namespace.
+    let mut ps = connect_with_small_buffer(server.addr).await;
+    ps.write_all(
+        b"GET /ps/ws/stuck HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let until_open = async |transport: &str, n: f64| {
+        let name = format!("herald_connections{{transport=\"{transport}\"}}");
+        let deadline = Instant::now() + WAIT;
+        while server.metric(&name).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "{transport} streams never opened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until_open("sse", 2.0).await;
+    until_open("ws", 1.0).await;
+
+    publish_until_slow(&server, "stuck", 2.0, async |_| {}).await;
+    let payload = "y".repeat(8 * 1024);
+    flood_until_slow(
+        &server,
+        3.0,
+        |client| {
+            client
+                .post(server.http("/ps/pub?id=stuck"))
+                .body(payload.clone())
+        },
+        async |_| {},
+    )
+    .await;
+    // None of them reads; every connection must still end.
+    until_all_closed(&server).await;
+    drop((second, push, ps));
 }
 
 #[tokio::test]

@@ -365,6 +365,55 @@ async fn a_fan_out_to_many_wss_subscribers_arrives_whole_and_in_order() {
     }
 }
 
+/// Under TLS the connection's task writes every frame: a `wss://` client that
+/// stops reading leaves it waiting, and `server.write_timeout` ends it.
+#[tokio::test]
+async fn a_wss_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |c| {
+        c.limits.outbox_bytes = 64 * 1024;
+        c.server.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let client = ca.https();
+    let open = async || {
+        let text = client
+            .get(https_url(&server, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = "herald_connections{transport=\"ws\"} ";
+        let value = text.lines().find_map(|l| l.strip_prefix(line));
+        value.expect("connections metric").parse::<f64>().unwrap()
+    };
+    let url = format!("wss://{}/ws?channels=stuck", server.addr);
+    let tcp = connect_with_small_buffer(server.addr).await;
+    let connector = Some(Connector::Rustls(ca.rustls()));
+    let (stuck, _) = tokio_tungstenite::client_async_tls_with_config(url, tcp, None, connector)
+        .await
+        .unwrap();
+    assert_eq!(open().await, 1.0);
+    let payload = "x".repeat(8 * 1024);
+    let deadline = Instant::now() + WAIT;
+    while open().await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck wss client was never closed"
+        );
+        for _ in 0..20 {
+            let body = json!({"channel": "stuck", "data": payload});
+            let (status, reply) = post(&client, https_url(&server, "/api/v1/publish"), body).await;
+            assert_eq!(status, 200, "{reply}");
+        }
+    }
+    drop(stuck);
+}
+
 /// Reads until the server drops the connection; what it sent.
 async fn read_until_dropped(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();

@@ -4,6 +4,7 @@ pub(crate) mod handshake;
 pub(crate) mod rewind;
 pub(crate) mod shared_socket;
 pub(crate) mod sse;
+pub(crate) mod write_timeout;
 pub(crate) mod ws;
 
 /// Resolves after `timeout`; never without one.

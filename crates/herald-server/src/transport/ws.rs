@@ -29,6 +29,7 @@ use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::rewind::Rewind;
 use crate::transport::shared_socket::{Flush, SharedSocket, SocketIo, WsText};
+use crate::transport::write_timeout::WriteTimeout;
 
 /// Close codes Herald uses (documented in docs/api.md).
 pub(crate) mod close {
@@ -187,9 +188,9 @@ pub(crate) fn upgrade<D: WsDialect>(
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "Upgrade failed."),
         };
-        match upgraded.downcast::<TokioIo<Rewind>>() {
+        match upgraded.downcast::<TokioIo<WriteTimeout<Rewind>>>() {
             Ok(parts) => {
-                let (stream, unread) = parts.io.into_inner().into_parts();
+                let (stream, unread) = parts.io.into_inner().into_inner().into_parts();
                 // Hyper's first read takes the whole prefix (at most 4
                 // KiB), but were any left, it would follow what hyper read.
                 let early = if unread.is_empty() {
@@ -228,6 +229,9 @@ pub(crate) async fn run_tcp<D: WsDialect>(
     let config = Some(socket_config(&state));
     let socket = SharedSocket::new(stream, WsText);
     let io = SocketIo::new(socket.clone(), early);
+    // The task's own writes (replies, and every frame without direct
+    // writes); direct writes never wait.
+    let io = WriteTimeout::new(io, state.config.server.write_timeout);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     let direct = dialect.direct_writes().then_some(socket);
     run(state, ws, direct, session, dialect).await;
