@@ -26,8 +26,8 @@ use crate::dialect::native;
 use crate::metrics::Transport;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::transport::sse;
 use crate::transport::ws::{self, has_token};
+use crate::transport::{shared_socket, sse};
 
 /// The first read's size: a browser's handshake, cookies included, usually
 /// fits; a longer one is hyper's.
@@ -142,7 +142,7 @@ async fn read_first(
     shutdown: &Shutdown,
     read_timeout: Option<Duration>,
 ) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let mut buf = BytesMut::zeroed(FIRST_READ);
     let deadline = super::deadline(read_timeout);
     tokio::pin!(deadline);
     loop {
@@ -152,9 +152,15 @@ async fn read_first(
             () = shutdown.signalled() => return None,
             () = &mut deadline => return None,
         }
-        match stream.try_read_buf(&mut buf) {
+        // A whole request read leaves the socket not readable: the
+        // session's (or hyper's) first read waits for the client's next
+        // bytes instead of failing first.
+        match shared_socket::try_read(stream, &mut buf) {
             Ok(0) => return None,
-            Ok(_) => return Some(buf),
+            Ok(read) => {
+                buf.truncate(read);
+                return Some(buf);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return None,
         }

@@ -268,31 +268,38 @@ impl<F: Framing> AsyncRead for SocketIo<F> {
         let stream = &this.socket.stream;
         loop {
             ready!(stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let room = unfilled.len();
-            let mut read = 0;
-            let result = stream.try_io(Interest::READABLE, || {
-                read = (&*SockRef::from(stream)).read(unfilled)?;
-                // A read that did not fill the buffer emptied the socket:
-                // saying so clears its readiness now, instead of one more
-                // `recv` failing with EAGAIN before the task sleeps. (Edge-
-                // triggered epoll reports the next bytes anew; tokio's own
-                // reads do the same, and likewise not on Windows, where
-                // readiness is not edge-triggered.)
-                if read > 0 && read < room && !cfg!(windows) {
-                    return Err(io::ErrorKind::WouldBlock.into());
+            match try_read(stream, buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
                 }
-                Ok(())
-            });
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            buf.advance(read);
-            return Poll::Ready(Ok(()));
         }
+    }
+}
+
+/// Reads what `stream` holds into `buf`, as `TcpStream::try_read` does,
+/// but a read that did not fill `buf` emptied the socket: saying so clears
+/// its readiness now, instead of one more `recv` failing with EAGAIN before
+/// the task sleeps. (Edge-triggered epoll reports the next bytes anew;
+/// tokio's own `poll_read` does the same, and likewise not on Windows, where
+/// readiness is not edge-triggered.)
+pub(crate) fn try_read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let room = buf.len();
+    let mut read = 0;
+    let result = stream.try_io(Interest::READABLE, || {
+        read = (&*SockRef::from(stream)).read(buf)?;
+        if read > 0 && read < room && !cfg!(windows) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+        Err(e) => Err(e),
+        Ok(()) => Ok(read),
     }
 }
 
