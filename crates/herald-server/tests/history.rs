@@ -293,3 +293,62 @@ async fn polling_and_long_polling() {
     let (s, _) = get_json(server.http("/poll?channels=hpoll&since=garbage")).await;
     assert_eq!(s, 400);
 }
+
+/// `data` that is valid JSON but that no `serde_json::Value` can hold (a
+/// number out of range, a lone surrogate, nesting past serde_json's limit)
+/// is stored and served as sent, never parsed again: history and polls
+/// once failed on it, for every later reader of the channel.
+#[tokio::test]
+async fn data_no_json_value_can_hold_is_served_as_sent() {
+    let server = server_keeping(10).await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let sent = [
+        "1e400".to_owned(),
+        r#""\ud800""#.to_owned(),
+        deep,
+        // Spread over lines: folded onto one, keys in their order.
+        "{\"z\": 1e400,\n\n \"a\": 12345678901234567890123}".to_owned(),
+    ];
+    let client = reqwest::Client::new();
+    for data in &sent {
+        let res = client
+            .post(server.http("/api/v1/publish"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"channel":"hpoison","data":{data}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{data}");
+    }
+    let folded = r#"{"z":1e400,"a":12345678901234567890123}"#;
+    let expected: Vec<&str> = vec![&sent[0], &sent[1], &sent[2], folded];
+    let history = reqwest::get(server.http("/api/v1/channels/hpoison/history"))
+        .await
+        .unwrap();
+    assert_eq!(history.status(), 200);
+    let history = history.text().await.unwrap();
+    let epoch = epoch_of(&history);
+    let poll =
+        reqwest::get(server.http(&format!("/poll?channels=hpoison&since=hpoison:{epoch}:0")))
+            .await
+            .unwrap();
+    assert_eq!(poll.status(), 200);
+    let poll = poll.text().await.unwrap();
+    for body in [&history, &poll] {
+        let mut rest = body.as_str();
+        for data in &expected {
+            let field = format!(r#""data":{data}"#);
+            let at = rest
+                .find(&field)
+                .unwrap_or_else(|| panic!("{field} in {body}"));
+            rest = &rest[at + field.len()..];
+        }
+    }
+}
+
+/// The epoch in a history page, read without parsing the page (it may
+/// hold JSON no `Value` can).
+fn epoch_of(page: &str) -> &str {
+    let at = page.find(r#""epoch":""#).expect("an epoch") + r#""epoch":""#.len();
+    &page[at..at + page[at..].find('"').unwrap()]
+}

@@ -40,16 +40,35 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The payload bytes of a JSON value, on one line. Raw JSON is kept as sent
-/// unless it spans lines, which would break SSE `data:` framing.
+/// unless it spans lines, which would break SSE `data:` framing; then the
+/// whitespace between tokens goes, and nothing else: keys keep their order
+/// and numbers their digits, as a parse into a `Value` would not.
 pub(crate) fn one_line_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
-    let text = raw.get();
+    let text = raw.get().as_bytes();
     // A byte search: every message's data passes here.
-    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some()
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
-    {
-        return bytes::Bytes::from(v.to_string());
+    if memchr::memchr2(b'\n', b'\r', text).is_none() {
+        return bytes::Bytes::copy_from_slice(text);
     }
-    bytes::Bytes::copy_from_slice(text.as_bytes())
+    // Valid JSON (a `RawValue` is) has no raw control characters inside
+    // strings, so every line break is whitespace between tokens.
+    let mut out = Vec::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
+    }
+    bytes::Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -91,5 +110,16 @@ mod tests {
         assert_eq!(one_line_json(&raw("{\"a\":\n 1}")), r#"{"a":1}"#);
         assert_eq!(one_line_json(&raw("[1,\r\n2]")), "[1,2]");
         assert_eq!(one_line_json(&raw("{\"s\":\r \"x\"}")), r#"{"s":"x"}"#);
+    }
+
+    #[test]
+    fn one_line_json_folds_only_whitespace_between_tokens() {
+        // Key order, duplicate keys, digits and escapes stay as sent, even
+        // where serde_json's `Value` could not hold them.
+        let sent = "{\"z\": 1e400,\n \"a\": \"x \\\" y\\\\\",\n \"a\": 12345678901234567890123,\n \"s\": \"\\ud800\"}";
+        assert_eq!(
+            one_line_json(&raw(sent)),
+            r#"{"z":1e400,"a":"x \" y\\","a":12345678901234567890123,"s":"\ud800"}"#
+        );
     }
 }

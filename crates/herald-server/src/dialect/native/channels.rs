@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use herald_core::{ChannelInfo, Position, Recovery};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -94,7 +94,7 @@ pub(crate) async fn history(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryPage>, ApiError> {
     let key = state.channel(&name)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let since = match (q.since, q.epoch) {
@@ -133,10 +133,20 @@ pub(crate) async fn history(
     } else {
         Vec::new()
     };
-    Ok(Json(json!({
-        "channel": key.name(),
-        "position": position_json(head),
-        "recovery": recovery,
-        "messages": messages,
-    })))
+    Ok(Json(HistoryPage {
+        channel: key.name().to_owned(),
+        position: position_json(head),
+        recovery,
+        messages,
+    }))
+}
+
+/// A page of history. Messages stay raw JSON, never parsed again: what a
+/// publish was accepted with is served as it was.
+#[derive(Serialize)]
+pub(crate) struct HistoryPage {
+    channel: String,
+    position: Value,
+    recovery: Option<Recovery>,
+    messages: Vec<Box<RawValue>>,
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use bytes::Bytes;
 use herald_core::{Format, Frame, Message, Recovery};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -53,7 +53,7 @@ pub(crate) struct PollQuery {
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Query(q): Query<PollQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PollReply>, ApiError> {
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
     if keys.is_empty() {
         return Err(ApiError::bad_request("'channels' query parameter required"));
@@ -98,9 +98,20 @@ pub(crate) async fn poll(
             messages.push(raw);
         }
     }
-    let mut body = json!({"messages": messages, "cursor": cursor.to_string()});
-    if !recovery.is_empty() {
-        body["recovery"] = Value::Object(recovery);
-    }
-    Ok(Json(body))
+    Ok(Json(PollReply {
+        messages,
+        cursor: cursor.to_string(),
+        recovery,
+    }))
+}
+
+/// A poll's answer. Messages stay raw JSON, never parsed again.
+#[derive(Serialize)]
+pub(crate) struct PollReply {
+    messages: Vec<Box<RawValue>>,
+    /// Where the next poll starts.
+    cursor: String,
+    /// Channels that could not resume, and why.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    recovery: Map<String, Value>,
 }
