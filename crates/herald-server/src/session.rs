@@ -99,11 +99,7 @@ impl Session {
         let fresh = keys.iter().filter(|k| !self.channels.contains(k)).count();
         let limit = self.state.config.limits.max_channels_per_connection;
         if self.channels.len() + fresh > limit {
-            return Err(ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "too_many_channels",
-                format!("at most {limit} channels per connection"),
-            ));
+            return Err(too_many_channels(limit));
         }
         Ok(())
     }
@@ -154,8 +150,31 @@ pub(crate) fn parse_channel_list(
     state: &AppState,
     list: &str,
 ) -> Result<Vec<ChannelKey>, ApiError> {
-    list.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|name| state.channel(name).map_err(ApiError::from))
-        .collect()
+    channel_keys(state, list.split(',').filter(|s| !s.is_empty()))
+}
+
+/// The keys of `names` in the default app, each once, in first-named
+/// order: a channel named twice would be replayed, or published, twice.
+pub(crate) fn channel_keys<'a>(
+    state: &AppState,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<ChannelKey>, ApiError> {
+    let mut keys: Vec<ChannelKey> = Vec::new();
+    for name in names {
+        let key = state.channel(name)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// The error for more channels than one connection, or one publish, may
+/// name.
+pub(crate) fn too_many_channels(limit: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "too_many_channels",
+        format!("at most {limit} channels at once"),
+    )
 }

@@ -352,3 +352,30 @@ fn epoch_of(page: &str) -> &str {
     let at = page.find(r#""epoch":""#).expect("an epoch") + r#""epoch":""#.len();
     &page[at..at + page[at..].find('"').unwrap()]
 }
+
+/// A channel named twice is one channel: replayed once, published once.
+#[tokio::test]
+async fn a_channel_named_twice_counts_once() {
+    let server = server_keeping(10).await;
+    let first = server
+        .publish(json!({"channels": ["hdup", "hdup"], "data": 1}))
+        .await;
+    // One channel: answered as a publish to one is.
+    assert_eq!(first["offset"], 1, "{first}");
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    for i in 2..=3 {
+        let p = server.publish(json!({"channel": "hdup", "data": i})).await;
+        assert_eq!(p["offset"], i, "one offset per publish: {p}");
+    }
+    let (status, page) =
+        get_json(server.http(&format!("/poll?channels=hdup,hdup&since=hdup:{epoch}:1"))).await;
+    assert_eq!(status, 200, "{page}");
+    let offsets: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["offset"])
+        .collect();
+    assert_eq!(offsets, [&json!(2), &json!(3)]);
+    assert_eq!(page["cursor"], format!("hdup:{epoch}:3"));
+}

@@ -22,7 +22,7 @@ use crate::dialect::{one_line_json, push_json_str, slot};
 use crate::error::ApiError;
 use crate::http::extract::Query;
 use crate::http::read_body;
-use crate::session::{Session, parse_channel_list};
+use crate::session::{Session, channel_keys, parse_channel_list, too_many_channels};
 use crate::state::AppState;
 use crate::transport::sse::{self, SseStyle};
 use crate::transport::ws::{self, Reply, WsDialect, close};
@@ -413,7 +413,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
             .clone()
             .or_else(|| cmd.channel.as_deref().map(|c| vec![c.to_owned()]))
             .ok_or_else(|| ApiError::bad_request("'channels' is required"))?;
-        names.iter().map(|n| Ok(state.channel(n)?)).collect()
+        channel_keys(&state, names.iter().map(String::as_str))
     };
     match cmd.cmd.as_deref() {
         Some("subscribe") => {
@@ -612,15 +612,12 @@ fn plan(state: &AppState, req: PublishRequest<'_>) -> Result<PublishPlan, ApiErr
     let keys = match (req.channel, req.channels) {
         (Some(c), None) => vec![state.channel(&c)?],
         (None, Some(cs)) if !cs.is_empty() => {
+            let keys = channel_keys(state, cs.iter().map(String::as_str))?;
             let max = state.config.limits.max_channels_per_connection;
-            if cs.len() > max {
-                return Err(ApiError::bad_request(format!(
-                    "at most {max} channels per publish"
-                )));
+            if keys.len() > max {
+                return Err(too_many_channels(max));
             }
-            cs.iter()
-                .map(|n| state.channel(n).map_err(ApiError::from))
-                .collect::<Result<_, _>>()?
+            keys
         }
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
