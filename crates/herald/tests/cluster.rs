@@ -206,6 +206,49 @@ async fn channel_lists_stats_and_push_stream_delete_cover_the_cluster() {
     assert_eq!(listed["channels"].as_array().unwrap().len(), 1);
 }
 
+/// How many nodes listen to `channel` (of app `default`) in Redis, as
+/// `PUBSUB NUMSUB` answers it (`:N`).
+fn numsub(redis: &RedisServer, channel: &str) -> String {
+    let name = format!("herald:{{default/{channel}}}");
+    let reply = herald_testkit::redis::command(redis.port, &["PUBSUB", "NUMSUB", &name]);
+    let reply = reply.unwrap_or_default();
+    reply.rsplit("\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_channel_releases_every_nodes_subscription() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let mut on_b = ws(&n[1], "/ws?channels=gone").await;
+    let mut on_c = ws(&n[2], "/ws?channels=gone").await;
+    assert_eq!(numsub(&redis, "gone"), ":2");
+
+    // B deletes (its own notice comes back through Redis); C hears of it.
+    let res = reqwest::Client::new()
+        .delete(format!("http://{}/api/v1/channels/gone", n[1].addr))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for sub in [&mut on_b, &mut on_c] {
+        assert_eq!(next_json(sub).await["type"], "deleted");
+        sub.close(None).await.unwrap();
+    }
+    // Neither node keeps listening once its lazy unsubscribe is due (1 s).
+    until(|| async {
+        let left = numsub(&redis, "gone");
+        (left == ":0").then_some(()).ok_or(left)
+    })
+    .await;
+
+    // The channel can be subscribed again.
+    let mut again = ws(&n[2], "/ws?channels=gone").await;
+    assert_eq!(numsub(&redis, "gone"), ":1");
+    publish_ok(&n[0], "gone", json!("back")).await;
+    assert_eq!(next_json(&mut again).await["data"], "back");
+}
+
 /// A push-api request with its default credentials.
 async fn push_api(node: &Herald, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
     let res = reqwest::Client::new()

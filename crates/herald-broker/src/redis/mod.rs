@@ -406,6 +406,8 @@ impl Broker for RedisBroker {
 
     async fn delete(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        // The engine emptied the local channel already, even if Redis fails.
+        inner.subs.deleted(channel);
         let mut conn = inner.ready_publisher()?;
         let notice =
             codec::encode_deleted(channel).map_err(|e| BrokerError::Protocol(e.to_string()))?;

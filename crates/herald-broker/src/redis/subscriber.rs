@@ -47,6 +47,18 @@ pub(crate) struct Subscriptions {
     pub(crate) ops: mpsc::UnboundedSender<Op>,
 }
 
+impl Subscriptions {
+    /// `channel` was deleted: the hub dropped its local subscribers at once,
+    /// so no last unsubscribe will ever come for them. Leave it lazily, as
+    /// after one; the sweep keeps it if a subscriber arrived meanwhile.
+    pub(crate) fn deleted(&self, channel: &ChannelKey) {
+        if let Some(want @ Want::Active) = self.channels.lock().get_mut(channel) {
+            *want = Want::Leaving(Instant::now());
+            debug!(%channel, "Unsubscribe scheduled: channel deleted.");
+        }
+    }
+}
+
 /// Runs subscription requests one batch at a time, in order.
 pub(crate) async fn run_ops(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut held: Option<Op> = None;
@@ -301,6 +313,7 @@ pub(crate) async fn run_reader(
                     if inner.hub.delete(&channel).is_some() {
                         debug!(%channel, "Channel deleted by another node.");
                     }
+                    inner.subs.deleted(&channel);
                     continue;
                 }
                 match codec::decode(payload) {
