@@ -553,6 +553,40 @@ async fn a_dead_node_leaves_the_identity_registry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_forgotten_while_alive_registers_again() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    let erin = format!("/ws?token={}", token("erin", json!({})));
+    let _on_b = ws(&n[1], &erin).await;
+    let body = json!({"filter": {"user": "erin"}, "data": "x"});
+    send_until_matched(&n[0], body.clone(), 1).await;
+    let redis_cmd = |args: &[&str]| herald_testkit::redis::command(redis.port, args);
+    let members = redis_cmd(&["SMEMBERS", "herald:{ident}:nodes"]).unwrap();
+    let b_id = members.lines().last().unwrap().to_owned();
+    assert_eq!(members, format!("*1\r\n${}\r\n{b_id}", b_id.len()));
+
+    // B's liveness key lapses (as when B is paused past its TTL): A's next
+    // send takes B for dead and removes it from the registry. B refreshes
+    // its key every second, so repeat until a send saw it gone.
+    let node_key = format!("herald:node:{{{b_id}}}");
+    until(|| async {
+        redis_cmd(&["DEL", &node_key]);
+        let (status, reply) = send(&n[0], body.clone()).await;
+        (status == 200 && reply["matched"] == 0)
+            .then_some(())
+            .ok_or(format!("not forgotten yet: {status} {reply}"))
+    })
+    .await;
+
+    // B is alive and still has erin: it must become findable again.
+    send_until_matched(&n[0], body.clone(), 1).await;
+    assert_eq!(
+        redis_cmd(&["SISMEMBER", "herald:{ident}:nodes", &b_id]).as_deref(),
+        Some(":1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_receiver_acks_through_any_node() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 3);

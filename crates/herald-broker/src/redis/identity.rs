@@ -8,6 +8,8 @@
 //! these current (every 250 ms). A filter's candidate nodes are the
 //! intersection of its pairs' sets (`SINTER`, one slot), minus nodes whose
 //! liveness key expired; dead nodes are removed from the sets on the way.
+//! A node that was only paused finds itself gone from `…:nodes` and writes
+//! its entries again.
 //! Candidates resolve the filter exactly against their own directory.
 //!
 //! Requests: the sender asks each candidate to deliver (`find_any`: one
@@ -448,6 +450,20 @@ async fn forget_node(inner: &Inner, node: &str, keys: &[String]) {
     debug!(node, "Dead node removed from the identity registry.");
 }
 
+/// Whether this node is still in `…{ident}:nodes`. [`forget_node`] removes
+/// it from there last, so a node missing from any set is missing here too.
+/// A failed check counts as registered: the next tick asks again.
+async fn still_registered(inner: &Inner, me: &str) -> bool {
+    let Ok(mut conn) = inner.publisher_conn() else {
+        return true;
+    };
+    let mut ask = redis::cmd("SISMEMBER");
+    ask.arg(inner.keys.ident_nodes()).arg(me);
+    bounded(inner.config.timeout(), ask.query_async::<bool>(&mut conn))
+        .await
+        .unwrap_or(true)
+}
+
 /// Keeps this node's registry entries equal to its directory's pairs.
 pub(crate) async fn run_sync(inner: Arc<Inner>, router: Arc<Router>) {
     let me = inner.config.node_id.clone();
@@ -464,6 +480,14 @@ pub(crate) async fn run_sync(inner: Arc<Inner>, router: Arc<Router>) {
             written.clear();
             registered = false;
             generation = session.generation;
+        }
+        if registered && !still_registered(&inner, &me).await {
+            // Another node took this one for dead (its liveness key lapsed,
+            // say while this process was paused) and forgot it: the session
+            // survived, so only this check notices. Write everything again.
+            debug!("Forgotten by the identity registry; registering again.");
+            written.clear();
+            registered = false;
         }
         let now: HashSet<Dim> = router.directory.dims_present().into_iter().collect();
         let add: Vec<&Dim> = now.difference(&written).collect();
