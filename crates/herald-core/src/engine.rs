@@ -340,6 +340,7 @@ impl Engine {
                 }
             }
             let sent = self.send(filter, msg.clone()).await?;
+            waiter.attempted(sent.delivered);
             if attempt == 1 {
                 if sent.delivered == 0 {
                     return Ok(AckOutcome::NotConnected);

@@ -170,8 +170,32 @@ pub struct SendOutcome {
     pub delivered: usize,
 }
 
-/// A registered waiter: its ticket and the channel to wake it.
-type Waiting = (u64, oneshot::Sender<ConnId>);
+/// A sender waiting for the ack of one message id.
+struct Waiting {
+    /// Tells this send from an earlier or later one of the same id.
+    ticket: u64,
+    /// Wakes the sender with the acknowledging connection.
+    tx: oneshot::Sender<ConnId>,
+    /// Connections of this node the send was delivered to. Only their acks
+    /// (or, once it reached other nodes, any routed to it) end the send: a
+    /// connection still owing the same id to an earlier send confirms
+    /// nothing here.
+    reached: Vec<ConnId>,
+    /// Deliveries on this node in the current attempt, not yet reported by
+    /// [`AckWaiter::attempted`].
+    local: usize,
+    /// Whether some attempt reached connections on other nodes, whose acks
+    /// arrive by id alone; `None` until the first attempt is reported.
+    remote: Option<bool>,
+}
+
+/// An id a connection owes an ack for.
+struct Owed {
+    id: Arc<str>,
+    /// The ticket of the send on this node it was delivered for; `None` when
+    /// the sender is on another node (or nobody waits).
+    ticket: Option<u64>,
+}
 
 /// One connection in the directory.
 struct Entry {
@@ -183,7 +207,7 @@ struct Entry {
     format: Arc<dyn TargetFormat>,
     /// Ids delivered with `ack` and not yet acknowledged, oldest first; an
     /// ack is only accepted for an id this connection was actually sent.
-    awaiting: Mutex<VecDeque<Arc<str>>>,
+    awaiting: Mutex<VecDeque<Owed>>,
 }
 
 #[derive(Default)]
@@ -201,8 +225,8 @@ pub struct Directory {
     index: RwLock<Index>,
     /// `findAny` rotation per filter: the next message goes to match `n % len`.
     rotation: Mutex<HashMap<Filter, u64>>,
-    /// Senders waiting for an ack, by message id, with the waiter's ticket
-    /// so a dropped waiter never removes a newer one for the same id.
+    /// Senders waiting for an ack, by message id; the ticket keeps a dropped
+    /// waiter from removing a newer one for the same id.
     pending: Mutex<HashMap<Arc<str>, Waiting>>,
     /// Next waiter ticket.
     tickets: AtomicU64,
@@ -295,28 +319,54 @@ impl Directory {
     /// `msg.ack`, each receiver is remembered as owing an ack for `msg.id`.
     pub fn deliver(&self, filter: &Filter, msg: &Targeted) -> SendOutcome {
         let targets = self.resolve(filter);
+        // The send on this node waiting for the id, if any: the receivers
+        // owe their ack to it, not to whichever send of the id comes next.
+        let ticket = if msg.ack {
+            self.pending.lock().get(&msg.id).map(|w| w.ticket)
+        } else {
+            None
+        };
         let index = self.index.read();
         let mut outcome = SendOutcome {
             matched: targets.len(),
             delivered: 0,
         };
+        let mut owing = Vec::new();
         for id in targets {
             let Some(entry) = index.conns.get(&id) else {
                 continue;
             };
             if msg.ack {
                 let mut awaiting = entry.awaiting.lock();
-                if !awaiting.contains(&msg.id) {
-                    if awaiting.len() >= MAX_AWAITING {
-                        awaiting.pop_front();
+                match awaiting.iter_mut().find(|o| o.id == msg.id) {
+                    Some(owed) => owed.ticket = ticket,
+                    None => {
+                        if awaiting.len() >= MAX_AWAITING {
+                            awaiting.pop_front();
+                        }
+                        awaiting.push_back(Owed {
+                            id: msg.id.clone(),
+                            ticket,
+                        });
                     }
-                    awaiting.push_back(msg.id.clone());
                 }
+                owing.push(id);
             }
             // A targeted send reaches one connection or a few: written directly.
             if entry.outbox.push_direct(entry.format.encode_targeted(msg)) == Pushed::Queued {
                 outcome.delivered += 1;
             }
+        }
+        if let Some(ticket) = ticket
+            && let Some(w) = self.pending.lock().get_mut(&msg.id)
+            && w.ticket == ticket
+        {
+            for conn in owing {
+                if !w.reached.contains(&conn) {
+                    w.reached.push(conn);
+                }
+            }
+            w.local += outcome.delivered;
         }
         self.delivered
             .fetch_add(outcome.delivered as u64, Ordering::Relaxed);
@@ -324,19 +374,29 @@ impl Directory {
     }
 
     /// Receiver side: connection `conn` acknowledges `id`. True when `conn`
-    /// was sent `id` with an ack request and had not acknowledged it yet.
+    /// was sent `id` with an ack request, had not acknowledged it yet, and
+    /// (when that send was made on this node) the send still waits.
     pub fn acknowledge(&self, conn: ConnId, id: &str) -> bool {
         let index = self.index.read();
         let Some(entry) = index.conns.get(&conn) else {
             return false;
         };
-        let mut awaiting = entry.awaiting.lock();
-        match awaiting.iter().position(|a| &**a == id) {
-            Some(i) => {
-                awaiting.remove(i);
-                true
+        let owed = {
+            let mut awaiting = entry.awaiting.lock();
+            match awaiting.iter().position(|o| &*o.id == id) {
+                Some(i) => awaiting.remove(i),
+                None => return false,
             }
-            None => false,
+        };
+        // Owed to a send that has ended: a later send of the same id, maybe
+        // to another connection, must not take this ack as its own.
+        match owed.and_then(|o| o.ticket) {
+            Some(ticket) => self
+                .pending
+                .lock()
+                .get(id)
+                .is_some_and(|w| w.ticket == ticket),
+            None => true,
         }
     }
 
@@ -348,7 +408,13 @@ impl Directory {
         match self.pending.lock().entry(id.clone()) {
             MapEntry::Occupied(_) => return None,
             MapEntry::Vacant(v) => {
-                v.insert((ticket, tx));
+                v.insert(Waiting {
+                    ticket,
+                    tx,
+                    reached: Vec::new(),
+                    local: 0,
+                    remote: None,
+                });
             }
         }
         Some(AckWaiter {
@@ -360,12 +426,15 @@ impl Directory {
     }
 
     /// An ack of `id` by `conn` reached the node waiting for it. True when a
-    /// sender was waiting.
+    /// sender was waiting for an ack from `conn`: one of this node's
+    /// connections it was delivered to, or any connection once it reached
+    /// other nodes (their acks carry no more than the id).
     pub fn ack_received(&self, id: &str, conn: ConnId) -> bool {
-        match self.pending.lock().remove(id) {
-            Some((_, tx)) => tx.send(conn).is_ok(),
-            None => false,
-        }
+        let mut pending = self.pending.lock();
+        let ours = pending
+            .get(id)
+            .is_some_and(|w| w.remote != Some(false) || w.reached.contains(&conn));
+        ours && pending.remove(id).is_some_and(|w| w.tx.send(conn).is_ok())
     }
 }
 
@@ -443,6 +512,20 @@ impl AckWaiter {
     pub fn try_acked(&mut self) -> Option<ConnId> {
         self.rx.try_recv().ok()
     }
+
+    /// Reports that an attempt queued the message for `delivered`
+    /// connections on every node. More than this node delivered means
+    /// other nodes hold receivers, and acks routed from them are accepted.
+    pub fn attempted(&self, delivered: usize) {
+        let mut pending = self.directory.pending.lock();
+        if let Some(w) = pending
+            .get_mut(&self.id)
+            .filter(|w| w.ticket == self.ticket)
+        {
+            let remote = delivered > std::mem::take(&mut w.local);
+            w.remote = Some(w.remote == Some(true) || remote);
+        }
+    }
 }
 
 impl Drop for AckWaiter {
@@ -450,7 +533,7 @@ impl Drop for AckWaiter {
         let mut pending = self.directory.pending.lock();
         if pending
             .get(&self.id)
-            .is_some_and(|(t, _)| *t == self.ticket)
+            .is_some_and(|w| w.ticket == self.ticket)
         {
             pending.remove(&self.id);
         }
@@ -652,6 +735,39 @@ mod tests {
         );
         drop(waiter);
         assert!(dir.expect_ack(msg.id.clone()).is_some(), "id free again");
+    }
+
+    #[tokio::test]
+    async fn an_ack_owed_to_an_ended_send_confirms_no_later_one() {
+        let dir = Arc::new(Directory::new());
+        add(&dir, 1, &[("user", "b")]);
+        add(&dir, 2, &[("user", "d")]);
+        let to = |user: &str| Filter::new(ident(&[("user", user)]));
+        let mut msg = Targeted::new(Bytes::from_static(b"1"));
+        msg.ack = true;
+        let first = dir.expect_ack(msg.id.clone()).unwrap();
+        dir.deliver(&to("b"), &msg);
+        first.attempted(1);
+        drop(first); // b never acked in time
+
+        // The same id again, to d: b's late ack is not d's.
+        let mut second = dir.expect_ack(msg.id.clone()).unwrap();
+        dir.deliver(&to("d"), &msg);
+        second.attempted(1);
+        assert!(!dir.acknowledge(1, &msg.id), "b owed it to the first send");
+        assert!(!dir.ack_received(&msg.id, 1), "b was not sent the second");
+        assert_eq!(second.try_acked(), None);
+        assert!(dir.acknowledge(2, &msg.id));
+        assert!(dir.ack_received(&msg.id, 2));
+        assert_eq!(second.try_acked(), Some(2));
+        drop(second);
+
+        // A send that reached another node takes acks routed from there.
+        let mut third = dir.expect_ack(msg.id.clone()).unwrap();
+        dir.deliver(&to("d"), &msg);
+        third.attempted(2);
+        assert!(dir.ack_received(&msg.id, 99));
+        assert_eq!(third.try_acked(), Some(99));
     }
 
     #[tokio::test]

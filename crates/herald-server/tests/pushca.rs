@@ -310,6 +310,53 @@ async fn unacked_delivery_is_retried_with_the_same_id() {
     assert_eq!(status, 200);
 }
 
+/// Ids are client-chosen, so a fallback to another device may reuse one.
+/// A late ack from the first receiver, which still "owes" the id, must not
+/// confirm the second send, whose receiver never acked.
+#[tokio::test]
+async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        // Long enough that B's late ack surely lands inside the second wait.
+        c.pushca.ack_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let a = client("w", "sender", "d", "APP");
+    let b = client("w", "bob", "phone", "APP");
+    let d = client("w", "bob", "laptop", "APP");
+    let mut ws_a = connect(&server, &a).await;
+    let mut ws_b = connect(&server, &b).await;
+    let mut ws_d = connect(&server, &d).await;
+
+    let first = json!({"id": "order-123", "client": b, "message": "to B"});
+    send_text(
+        &mut ws_a,
+        &format!("c1@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{first}"),
+    )
+    .await;
+    assert_eq!(next_text(&mut ws_b).await, "order-123@@to B");
+    let reply = next_text(&mut ws_a).await;
+    assert!(reply.contains("acknowledge timeout"), "{reply}");
+
+    let s = server.http("/send-notification-with-acknowledge");
+    let body = json!({"id": "order-123", "client": d, "message": "to D"});
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(s)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(next_text(&mut ws_d).await, "order-123@@to D");
+    send_text(&mut ws_b, r#"k@@ACKNOWLEDGE@@{"messageId":"order-123"}"#).await;
+    assert_eq!(next_text(&mut ws_b).await, "k@@ACKNOWLEDGE");
+    let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 408, "D never acknowledged");
+}
+
 #[tokio::test]
 async fn delivery_guarantee_is_404_when_not_connected() {
     let server = server().await;

@@ -241,6 +241,42 @@ async fn retries_carry_the_same_id_and_a_late_ack_counts() {
 }
 
 #[tokio::test]
+async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
+    let server = TestServer::with(config).await;
+    let mut bob = user(&server, "bob", json!({})).await;
+    let mut dave = user(&server, "dave", json!({})).await;
+    let (status, _) = send(
+        &server,
+        json!({"filter": {"user": "bob"}, "data": 1, "id": "same", "ack": true, "timeout_ms": 100}),
+    )
+    .await;
+    assert_eq!(status, 408);
+    assert_eq!(next_json(&mut bob).await["id"], "same");
+
+    let url = server.http("/api/v1/send");
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"filter": {"user": "dave"}, "data": 2, "id": "same", "ack": true, "timeout_ms": 1000}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(next_json(&mut dave).await["data"], 2);
+    // Bob owed "same" to the first send, which is over: his ack confirms nothing.
+    let reply = command(
+        &mut bob,
+        json!({"id": 1, "cmd": "ack", "message_id": "same"}),
+    )
+    .await;
+    assert_eq!(reply["result"]["acked"], false);
+    let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    assert_eq!(status, 408, "dave never acknowledged");
+}
+
+#[tokio::test]
 async fn bad_tokens_are_refused_before_the_upgrade() {
     let server = TestServer::with(config).await;
     let base = format!("ws://{}/ws?token=", server.addr);
