@@ -250,3 +250,22 @@ async fn clients_that_read_answer_pings_and_stay_connected() {
     let r = command(&mut alive, json!({"id": 1, "cmd": "ping"})).await;
     assert_eq!(r["id"], 1);
 }
+
+/// A client's close frame is answered with one (RFC 6455 §5.5.1), so
+/// browsers see a clean close: on the native fast path and behind hyper.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let server = TestServer::start().await;
+    for path in ["/ws?channels=a", "/ws/messages?channels=a"] {
+        let mut ws = server.ws(path).await;
+        ws.close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        let (code, _) = expect_close(&mut ws).await;
+        assert_eq!(code, 1000, "{path}");
+    }
+}

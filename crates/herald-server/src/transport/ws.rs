@@ -297,6 +297,8 @@ async fn run<D, S>(
     let mut batch: Vec<Frame> = Vec::new();
     let outbox = session.outbox.clone();
 
+    // A client's close is answered, once nothing else can be written.
+    let mut peer_closed = false;
     let close: Option<(u16, Cow<'static, str>)> = 'conn: {
         let hello = dialect.greeting();
         for frame in hello.frames {
@@ -351,7 +353,11 @@ async fn run<D, S>(
                         Some(Ok(Message::Text(t))) => dialect.on_text(&mut session, t.as_str()).await,
                         Some(Ok(Message::Binary(b))) => dialect.on_binary(&mut session, &b),
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Reply::default(),
-                        Some(Ok(Message::Close(_))) | None => break 'conn None,
+                        Some(Ok(Message::Close(_))) => {
+                            peer_closed = true;
+                            break 'conn None;
+                        }
+                        None => break 'conn None,
                         Some(Err(e)) => break 'conn protocol_error_close(e),
                     };
                     for frame in reply.frames {
@@ -400,7 +406,10 @@ async fn run<D, S>(
 
     // From here on only this task writes: nothing may follow the close frame.
     outbox.detach();
-    if let Some((code, reason)) = close {
+    if peer_closed {
+        // tungstenite queued the answering close frame (RFC 6455 §5.5.1).
+        let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
+    } else if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.as_ref().into(),
