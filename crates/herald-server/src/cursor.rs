@@ -6,7 +6,7 @@
 use std::fmt::{self, Write};
 use std::sync::Arc;
 
-use herald_core::{ChannelKey, Message, Position};
+use herald_core::{ChannelKey, Message, Position, Subscribed};
 
 /// Positions per channel name, in subscription order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +44,19 @@ impl Cursor {
             .iter()
             .find(|(c, _)| &**c == channel)
             .map(|(_, p)| p)
+    }
+
+    /// Records where a subscribe left `channel`: before the messages it
+    /// queued (the newest, up to the channel's position), which advance
+    /// the cursor as they go out. Recording the channel's position instead
+    /// would let an id sent before them claim them sent.
+    pub(crate) fn set_subscribed(&mut self, channel: &ChannelKey, subscribed: &Subscribed) {
+        let head = &subscribed.position;
+        let position = Position {
+            offset: head.offset.saturating_sub(subscribed.replayed as u64),
+            epoch: head.epoch.clone(),
+        };
+        self.set(channel, position);
     }
 
     /// Records `position` for `channel`.

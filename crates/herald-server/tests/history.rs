@@ -137,6 +137,43 @@ async fn sse_last_event_id_resumes_every_channel() {
     assert!(got.iter().position(|d| d == "a2") < got.iter().position(|d| d == "a3"));
 }
 
+/// Every id of a resumed stream is a place to resume from: a client that
+/// drops after any replayed event, however often, still gets every message
+/// once. (The first replayed event's id once claimed the other channels
+/// caught up before their replay was sent.)
+#[tokio::test]
+async fn sse_resumes_from_any_replayed_event() {
+    let server = server_keeping(100).await;
+    let url = server.http("/sse?channels=ha,hb");
+    let mut sse = Sse::connect(&url).await;
+    sse.next().await.unwrap();
+    server.publish(json!({"channel": "ha", "data": "a1"})).await;
+    server.publish(json!({"channel": "hb", "data": "b1"})).await;
+    sse.next_data().await;
+    let mut last_id = sse.next_data().await.id.unwrap();
+    drop(sse);
+    for (ch, d) in [("ha", "a2"), ("ha", "a3"), ("hb", "b2"), ("hb", "b3")] {
+        server.publish(json!({"channel": ch, "data": d})).await;
+    }
+    // Take one event per connection, then drop it.
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let res = reqwest::Client::new()
+            .get(&url)
+            .header("Last-Event-ID", &last_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let ev = Sse::from_response(res).next_data().await;
+        let v: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+        got.push(v["data"].as_str().unwrap().to_string());
+        last_id = ev.id.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["a2", "a3", "b2", "b3"]);
+}
+
 /// Many publishes race clients that keep disconnecting and resuming: every
 /// message arrives exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,7 +257,7 @@ async fn open_sse(
             let note = json!({"channel": key.name(), "recovery": recovery, "position": position_json(&s.position)});
             preamble.push_str(&format!("event: recovery\ndata: {note}\n\n"));
         }
-        cursor.set(&key, s.position);
+        cursor.set_subscribed(&key, &s);
     }
     let style = SseStyle {
         preamble: Bytes::from(preamble),

@@ -71,7 +71,7 @@ pub(crate) async fn poll(
         if let Some(r) = s.recovery.filter(|r| *r != Recovery::Recovered) {
             recovery.insert(key.name().to_owned(), json!(r));
         }
-        cursor.set(&key, s.position);
+        cursor.set_subscribed(&key, &s);
     }
 
     let outbox = session.outbox.clone();
