@@ -501,6 +501,44 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
     assert_eq!(next_text(&mut rx).await, "last");
 }
 
+/// A with-ack send whose id is still waiting is refused with an error
+/// RESPONSE (REST answers 409), from another connection or the same one.
+#[tokio::test]
+async fn with_ack_of_an_id_in_flight_is_answered_with_an_error() {
+    let server = server().await;
+    let receiver = client("w", "receiver", "d", "APP");
+    let mut tx = connect(&server, &client("w", "s1", "d", "APP")).await;
+    let mut tx2 = connect(&server, &client("w", "s2", "d", "APP")).await;
+    let mut rx = connect(&server, &receiver).await;
+    let with_ack = |cmd: &str, message: &str| {
+        let meta = json!({"id": "dup", "client": receiver, "message": message});
+        format!("{cmd}@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{meta}")
+    };
+
+    send_text(&mut tx, &with_ack("s1", "first")).await;
+    assert_eq!(next_text(&mut rx).await, "dup@@first");
+    for (ws, cmd) in [(&mut tx2, "s2"), (&mut tx, "s3")] {
+        send_text(ws, &with_ack(cmd, "second")).await;
+        let reply = next_text(ws).await;
+        let json: Value = serde_json::from_str(
+            reply
+                .strip_prefix("dup@@RESPONSE@@")
+                .unwrap_or_else(|| panic!("{reply}")),
+        )
+        .unwrap();
+        assert!(
+            json["error"].as_str().unwrap().contains("still waiting"),
+            "{reply}"
+        );
+    }
+    // The first send still completes, and nothing else reached the receiver.
+    send_text(&mut rx, r#"a@@ACKNOWLEDGE@@{"messageId":"dup"}"#).await;
+    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
+    assert_eq!(next_text(&mut tx).await, "dup@@ACKNOWLEDGE");
+    notify(&server, json!({"accountId": "receiver"}), "last").await;
+    assert_eq!(next_text(&mut rx).await, "last");
+}
+
 #[tokio::test]
 async fn refresh_token_returns_a_working_token() {
     let server = server().await;

@@ -445,7 +445,12 @@ fn spawn_acked(
             Ok(AckOutcome::NotConnected) => {
                 Answer::Frame(error(&reply_id, "client is not connected"))
             }
-            Ok(AckOutcome::InFlight) => return,
+            // Answered like REST's 409: the sender must not wait for a reply
+            // that would never come.
+            Ok(AckOutcome::InFlight) => Answer::Frame(error(
+                &reply_id,
+                "a send with this id is still waiting for its acknowledge",
+            )),
             Ok(AckOutcome::TimedOut { .. }) => {
                 Answer::Frame(error(&reply_id, "acknowledge timeout"))
             }
