@@ -252,7 +252,7 @@ impl Hub {
             let mut replayed = 0;
             if let Some(from) = start {
                 for msg in inner.history.iter().skip(from) {
-                    outbox.push_message(msg);
+                    outbox.push_replayed(msg);
                     replayed += 1;
                 }
             }
@@ -319,7 +319,7 @@ impl Hub {
             return;
         };
         for msg in replay {
-            sub.outbox.push_message(msg);
+            sub.outbox.push_replayed(msg);
         }
         for msg in sub.pending.take().unwrap_or_default() {
             if msg.offset > history_head {

@@ -120,6 +120,10 @@ impl From<Bytes> for Frame {
 struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Bytes of replayed history queued since the queue was last empty: they
+    /// raise the bound until then. A resume may replay more than the bound
+    /// holds; history bounds it, and its bytes are shared with history.
+    replayed: usize,
     closed: Option<Closed>,
     /// The socket, once the transport attached it; writes skip the queue
     /// only while it is empty, which keeps frames in order.
@@ -164,6 +168,19 @@ impl Outbox {
         let bytes = msg.encoded(&*self.format);
         let message = self.format.wants_message().then(|| msg.clone());
         Frame { bytes, message }
+    }
+
+    /// Queues stored `msg` replayed to a resuming client, beyond the byte
+    /// bound: being behind by the history it asked for is not being slow.
+    /// The bound counts again once the queue has emptied.
+    pub fn push_replayed(&self, msg: &Arc<Message>) -> Pushed {
+        let frame = self.frame(msg);
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Pushed::Closed;
+        }
+        state.replayed += frame.bytes.len();
+        self.enqueue(state, frame)
     }
 
     /// Like [`Outbox::push_message`], writing to the socket directly when it can.
@@ -258,10 +275,11 @@ impl Outbox {
         // A single frame larger than the bound still goes through to an empty
         // queue: the bound is about falling behind, not about message size.
         let len = frame.bytes.len();
-        if state.bytes + len > self.limit && !state.frames.is_empty() {
+        if state.bytes + len > self.limit + state.replayed && !state.frames.is_empty() {
             state.closed = Some(Closed::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
+            state.replayed = 0;
             drop(state);
             self.notify.notify_one();
             return (Pushed::Overflowed, false);
@@ -277,6 +295,7 @@ impl Outbox {
         let mut state = self.state.lock();
         out.extend(state.frames.drain(..));
         state.bytes = 0;
+        state.replayed = 0;
         if state.frames.capacity() > 64 {
             state.frames.shrink_to(8);
         }
@@ -320,6 +339,7 @@ impl Outbox {
                 return Some(false);
             }
         }
+        state.replayed = 0;
         if state.frames.capacity() > 64 {
             state.frames.shrink_to(8);
         }
@@ -401,6 +421,37 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(Closed::SlowConsumer));
         assert!(out.is_empty(), "a slow consumer's backlog is discarded");
+    }
+
+    #[test]
+    fn replayed_history_raises_the_bound_until_the_queue_empties() {
+        use crate::channel::ChannelKey;
+        use crate::message::Publication;
+        let stored = |data: &'static [u8]| {
+            Arc::new(Message::new(
+                ChannelKey::new(&Arc::from("app"), "ch").unwrap(),
+                Publication::new(Bytes::from_static(data)),
+                1,
+                Arc::from("e"),
+            ))
+        };
+        let o = Outbox::new(1, Arc::new(Raw), 10);
+        // Twice the bound of history, then live frames up to the bound.
+        for _ in 0..4 {
+            assert_eq!(o.push_replayed(&stored(b"12345")), Pushed::Queued);
+        }
+        assert_eq!(o.push(Bytes::from_static(b"1234567890")), Pushed::Queued);
+        // Past the bound beyond the replay: slow after all.
+        assert_eq!(o.push(Bytes::from_static(b"1")), Pushed::Overflowed);
+
+        let o = Outbox::new(1, Arc::new(Raw), 10);
+        o.push_replayed(&stored(b"123456789012"));
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out), None);
+        assert_eq!(out.len(), 1);
+        // Emptied: the bound is the bound again.
+        assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"123456")), Pushed::Overflowed);
     }
 
     #[test]

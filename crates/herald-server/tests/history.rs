@@ -416,3 +416,64 @@ async fn a_channel_named_twice_counts_once() {
     assert_eq!(offsets, [&json!(2), &json!(3)]);
     assert_eq!(page["cursor"], format!("hdup:{epoch}:3"));
 }
+
+/// A resume may replay more than a connection's outbox holds: the history
+/// it asked for is not a slow consumer. (It was dropped as one, on every
+/// transport, and reconnected into the same replay forever.)
+#[tokio::test]
+async fn a_replay_bigger_than_the_outbox_arrives_whole() {
+    const MESSAGES: u64 = 30;
+    let server = TestServer::with(|c| {
+        c.limits.outbox_bytes = 64 * 1024;
+        c.history.rules = vec![RetentionRule {
+            pattern: "h*".into(),
+            retention: Retention {
+                size: 100,
+                ttl: Duration::from_secs(300),
+            },
+        }];
+    })
+    .await;
+    let payload = "x".repeat(8 * 1024);
+    let mut epoch = String::new();
+    for _ in 0..MESSAGES {
+        let p = server
+            .publish(json!({"channel": "hbig", "data": payload}))
+            .await;
+        epoch = p["epoch"].as_str().unwrap().to_owned();
+    }
+    // 240 KiB from offset 0, over each transport.
+    let (status, page) =
+        get_json(server.http(&format!("/poll?channels=hbig&since=hbig:{epoch}:0"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        MESSAGES as usize
+    );
+    assert_eq!(page["cursor"], format!("hbig:{epoch}:{MESSAGES}"));
+
+    let res = reqwest::Client::new()
+        .get(server.http("/sse?channels=hbig"))
+        .header("Last-Event-ID", format!("hbig:{epoch}:0"))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = Sse::from_response(res);
+    for offset in 1..=MESSAGES {
+        let ev = sse.next_data().await;
+        assert_eq!(ev.id.unwrap(), format!("hbig:{epoch}:{offset}"));
+    }
+
+    let mut ws = server.ws("/ws").await;
+    let reply = command(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": "hbig", "since": {"offset": 0, "epoch": epoch}})).await;
+    assert_eq!(reply["result"]["replayed"], MESSAGES, "{reply}");
+    for offset in 1..=MESSAGES {
+        assert_eq!(next_json(&mut ws).await["offset"], offset);
+    }
+    assert_eq!(
+        server
+            .metric("herald_slow_consumer_disconnects_total")
+            .await,
+        0.0
+    );
+}
