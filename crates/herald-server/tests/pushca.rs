@@ -539,6 +539,25 @@ async fn with_ack_of_an_id_in_flight_is_answered_with_an_error() {
     assert_eq!(next_text(&mut rx).await, "last");
 }
 
+/// With `metaData.id` other than the command id, the reply is under the
+/// message id, and a resend gets that very reply again.
+#[tokio::test]
+async fn a_resent_with_ack_command_gets_the_same_reply() {
+    let server = server().await;
+    let receiver = client("w", "receiver", "d", "APP");
+    let mut tx = connect(&server, &client("w", "sender", "d", "APP")).await;
+    let mut rx = connect(&server, &receiver).await;
+    let meta = json!({"id": "msgA", "client": receiver, "message": "m"});
+    let frame = format!("cmdA@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{meta}");
+    send_text(&mut tx, &frame).await;
+    assert_eq!(next_text(&mut rx).await, "msgA@@m");
+    send_text(&mut rx, r#"a@@ACKNOWLEDGE@@{"messageId":"msgA"}"#).await;
+    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
+    assert_eq!(next_text(&mut tx).await, "msgA@@ACKNOWLEDGE");
+    send_text(&mut tx, &frame).await;
+    assert_eq!(next_text(&mut tx).await, "msgA@@ACKNOWLEDGE");
+}
+
 #[tokio::test]
 async fn refresh_token_returns_a_working_token() {
     let server = server().await;

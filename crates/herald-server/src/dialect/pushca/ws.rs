@@ -415,7 +415,7 @@ impl PushcaWs {
                     state.clone(),
                     session.outbox.clone(),
                     self.recent.clone(),
-                    Fingerprint::of(cmd.id),
+                    cmd.id.to_owned(),
                     client_filter(&m.client),
                     msg,
                 );
@@ -428,12 +428,13 @@ impl PushcaWs {
 }
 
 /// Waits for the receiver's ack off the connection's task, then queues the
-/// sender's reply: `<id>@@ACKNOWLEDGE`, or an error RESPONSE.
+/// sender's reply: `<msgId>@@ACKNOWLEDGE`, or an error RESPONSE. The reply is
+/// recorded under command `cmd_id`, so that a resend gets the very same frame.
 fn spawn_acked(
     state: AppState,
     outbox: Arc<Outbox>,
     recent: Recent,
-    cmd_id: Fingerprint,
+    cmd_id: String,
     filter: herald_core::Filter,
     msg: herald_core::Targeted,
 ) {
@@ -441,7 +442,10 @@ fn spawn_acked(
     tokio::spawn(async move {
         let policy = super::http::ack_policy(&state);
         let answer = match state.engine.send_acked(&filter, msg, policy).await {
-            Ok(AckOutcome::Acked { .. }) => Answer::Acknowledged,
+            // Rebuilt from the command id on a resend: only when it is the
+            // message id (as Java clients send) can it be kept that small.
+            Ok(AckOutcome::Acked { .. }) if reply_id == cmd_id => Answer::Acknowledged,
+            Ok(AckOutcome::Acked { .. }) => Answer::Frame(acknowledge(&reply_id)),
             Ok(AckOutcome::NotConnected) => {
                 Answer::Frame(error(&reply_id, "client is not connected"))
             }
@@ -457,7 +461,7 @@ fn spawn_acked(
             Err(e) => Answer::Frame(error(&reply_id, &e.to_string())),
         };
         let reply = answer.frame(&reply_id);
-        recent.lock().answer(cmd_id, answer);
+        recent.lock().answer(Fingerprint::of(&cmd_id), answer);
         outbox.push(reply.expect("an acked send always answers"));
     });
 }
