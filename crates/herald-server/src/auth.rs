@@ -108,7 +108,11 @@ pub(crate) fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) 
 
 /// The token in an `Authorization: Bearer <token>` header's value.
 pub(crate) fn bearer(authorization: &str) -> Option<&str> {
-    authorization.strip_prefix("Bearer ").map(str::trim)
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let (scheme, credentials) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
 }
 
 /// The identity a native request's token proves, if it has one; 401 for a

@@ -83,16 +83,13 @@ pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str)
     }
 }
 
-/// The key a request presents, if any.
+/// The key a request presents, if any: a bearer token, else `X-Api-Key`
+/// (beside credentials of another scheme, meant for a proxy).
 fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        return v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-            .map(str::trim);
-    }
-    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+    let authorization = headers.get(header::AUTHORIZATION);
+    authorization
+        .and_then(|v| crate::auth::bearer(v.to_str().ok()?))
+        .or_else(|| headers.get("x-api-key")?.to_str().ok().map(str::trim))
 }
 
 #[cfg(test)]
@@ -107,7 +104,11 @@ mod tests {
         assert_eq!(presented(&h), Some("k2"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
         assert_eq!(presented(&h), Some("k1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER k3"));
+        assert_eq!(presented(&h), Some("k3"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        assert_eq!(presented(&h), Some("k2"));
+        h.remove("x-api-key");
         assert_eq!(presented(&h), None);
     }
 }
