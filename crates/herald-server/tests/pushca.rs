@@ -558,6 +558,35 @@ async fn a_resent_with_ack_command_gets_the_same_reply() {
     assert_eq!(next_text(&mut tx).await, "msgA@@ACKNOWLEDGE");
 }
 
+/// `id` is optional in metaData; a legacy frame has no command id either,
+/// so the message gets a generated one, and the reply carries it.
+#[tokio::test]
+async fn legacy_with_ack_without_an_id_is_sent_under_a_generated_one() {
+    let server = server().await;
+    let receiver = client("w", "receiver", "d", "APP");
+    let mut tx = connect(&server, &client("w", "sender", "d", "APP")).await;
+    let mut rx = connect(&server, &receiver).await;
+    let legacy = json!({"command": "SEND_MESSAGE_WITH_ACKNOWLEDGE",
+        "metaData": {"client": receiver, "message": "L1"}});
+    send_text(&mut tx, &legacy.to_string()).await;
+    let got = next_text(&mut rx).await;
+    let (id, body) = got.split_once("@@").unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(body, "L1");
+    assert!(uuid_like(id), "{got}");
+    send_text(
+        &mut rx,
+        &format!(r#"a@@ACKNOWLEDGE@@{{"messageId":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
+    assert_eq!(next_text(&mut tx).await, format!("{id}@@ACKNOWLEDGE"));
+}
+
+/// A generated message id: a UUID's 36 characters.
+fn uuid_like(id: &str) -> bool {
+    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
 #[tokio::test]
 async fn refresh_token_returns_a_working_token() {
     let server = server().await;

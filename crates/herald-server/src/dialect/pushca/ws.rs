@@ -409,8 +409,13 @@ impl PushcaWs {
                 if !m.client.is_complete() {
                     return Err("'client' needs all four fields".into());
                 }
-                let id = m.id.as_deref().filter(|s| !s.is_empty()).unwrap_or(cmd.id);
-                let msg = targeted(Some(id), m.message)?;
+                // metaData.id, else the command id. A legacy frame may have
+                // neither: the id is generated then, as REST does without `id`.
+                let id = [m.id.as_deref(), Some(cmd.id)]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| !s.is_empty());
+                let msg = targeted(id, m.message)?;
                 spawn_acked(
                     state.clone(),
                     session.outbox.clone(),
