@@ -812,3 +812,125 @@ async fn events_channel_reports_subscriptions() {
         "without an events channel, 'events' is a plain name"
     );
 }
+
+/// One message of a `~id~|~time~|~tag~|~text~` body: id, (seconds, tag), text.
+fn parse_marked(body: &str) -> Vec<(i64, (u64, u64), String)> {
+    body.lines()
+        .map(|line| {
+            let mut f = line.splitn(4, '|');
+            let mut next = || f.next().unwrap_or_else(|| panic!("{line:?}"));
+            let id = next().parse().unwrap();
+            let time = httpdate::parse_http_date(next()).unwrap();
+            let secs = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let tag = next().parse().unwrap();
+            (id, (secs, tag), next().to_owned())
+        })
+        .collect()
+}
+
+/// Polls `channel` with the markers of `m`, as a client that has it does.
+async fn poll_after(s: &TestServer, channel: &str, m: (u64, u64)) -> reqwest::Response {
+    let since = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(m.0));
+    client()
+        .get(s.http(&format!("/ps/sub/{channel}")))
+        .header("X-Nginx-PushStream-Mode", "polling")
+        .header("If-Modified-Since", since)
+        .header("If-None-Match", format!("W/{}", m.1))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Resuming relies on the history's offsets and markers agreeing: with
+/// concurrent publishers (on a multi-threaded server, as in production) and
+/// with the events channel's paired announcements, every stored message's
+/// (time, tag) is after the previous one's, and polling with a message's
+/// markers answers exactly the messages after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_markers_follow_offsets_so_resuming_never_repeats() {
+    let marked = |c: &mut Config| {
+        c.pushstream.message_template = "~id~|~time~|~tag~|~text~\n".into();
+        c.pushstream.max_messages_stored_per_channel = 100;
+    };
+    let s = server_with(marked).await;
+    let check = |channel: &str, history: &[(i64, (u64, u64), String)]| {
+        let ids: Vec<i64> = history.iter().map(|m| m.0).collect();
+        assert_eq!(
+            ids,
+            (1..=history.len() as i64).collect::<Vec<_>>(),
+            "{channel}"
+        );
+        for w in history.windows(2) {
+            assert!(w[0].1 < w[1].1, "{channel}: markers go back: {history:?}");
+        }
+    };
+    // Concurrent publishes to one channel.
+    for round in 0..10 {
+        let channel = format!("race{round}");
+        let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        let publishes = bodies.iter().map(|b| publish(&s, &channel, b, None));
+        for res in futures_util::future::join_all(publishes).await {
+            assert_eq!(res.status(), 200);
+        }
+        let res = client()
+            .get(s.http(&format!("/ps/lp/{channel}.b20")))
+            .send()
+            .await
+            .unwrap();
+        let history = parse_marked(&res.text().await.unwrap());
+        assert_eq!(history.len(), 20);
+        check(&channel, &history);
+    }
+
+    // Each new subscription announces `channel_created`, then `client_subscribed`.
+    let s = server_with(|c| {
+        marked(c);
+        c.pushstream.events_channel_id = "events".into();
+        c.pushstream.allow_connections_to_events_channel = true;
+    })
+    .await;
+    let mut events = Body::open(s.http("/ps/sub/events"), &[]).await;
+    let mut subs = Vec::new();
+    for i in 0..20 {
+        subs.push(Body::open(s.http(&format!("/ps/sub/watched{i}")), &[]).await);
+    }
+    for _ in 0..40 {
+        events.until("\n").await;
+    }
+    let res = client()
+        .get(s.http("/ps/lp/events.b100"))
+        .send()
+        .await
+        .unwrap();
+    let history = parse_marked(&res.text().await.unwrap());
+    assert_eq!(history.len(), 40);
+    check("events", &history);
+    for i in 0..20 {
+        let channel = format!("\"watched{i}\"");
+        let of = |kind: &str| {
+            history
+                .iter()
+                .position(|m| m.2.contains(kind) && m.2.contains(&channel))
+                .unwrap_or_else(|| panic!("no {kind} for {channel}"))
+        };
+        assert!(
+            of("channel_created") < of("client_subscribed"),
+            "{history:?}"
+        );
+    }
+    // Polling with a message's markers answers what follows it, once.
+    for (i, m) in history.iter().enumerate() {
+        let res = poll_after(&s, "events", m.1).await;
+        if i + 1 == history.len() {
+            assert_eq!(res.status(), 304);
+            continue;
+        }
+        let got = parse_marked(&res.text().await.unwrap());
+        let ids: Vec<i64> = got.iter().map(|m| m.0).collect();
+        assert_eq!(ids, (m.0 + 1..=40).collect::<Vec<_>>(), "after {m:?}");
+    }
+    drop(subs);
+}

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, error};
-use crate::dialect::pushstream::PsState;
 use crate::dialect::pushstream::request::{channel_key, parse_ids};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -55,8 +54,7 @@ pub(crate) async fn deliver(state: &ApiState, channels: &[String], content: &str
                     continue;
                 }
             };
-            let publication = PsState::publication(&text, None, None);
-            if let Err(e) = state.ps.app.engine.publish(&key, publication).await {
+            if let Err(e) = state.ps.publish(&key, &text, None, None).await {
                 tracing::warn!(channel = %key, error = %e, "push-api publish failed.");
             }
         }

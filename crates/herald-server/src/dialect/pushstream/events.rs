@@ -1,9 +1,10 @@
 //! The events channel (`events_channel_id`): `{"type": "…", "channel": "…"}`
 //! messages, with the type also as the message's `Event-Type`.
 
-use herald_core::ChannelKey;
+use herald_core::{ChannelKey, Engine};
+use tokio::sync::mpsc;
 
-use super::PsState;
+use super::{PsState, marker};
 
 pub(crate) const CHANNEL_CREATED: &str = "channel_created";
 pub(crate) const CHANNEL_DESTROYED: &str = "channel_destroyed";
@@ -11,7 +12,10 @@ pub(crate) const CLIENT_SUBSCRIBED: &str = "client_subscribed";
 pub(crate) const CLIENT_UNSUBSCRIBED: &str = "client_unsubscribed";
 
 /// Publishes one event about `channel`, unless the events channel is off or
-/// `channel` is the events channel itself.
+/// `channel` is the events channel itself. Events queue up for one task
+/// that publishes them in order, so `channel_created` comes before the
+/// `client_subscribed` that follows it (callers may be in `Drop`, so this
+/// cannot wait for the publish itself).
 pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     if state.cfg.events_channel_id.is_empty() || state.is_events_channel(channel) {
         return;
@@ -19,20 +23,36 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     let Ok(key) = state.channel(&state.cfg.events_channel_id) else {
         return;
     };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let queue = state.events.get_or_init(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(publish_events(state.app.engine.clone(), key, rx));
+        tx
+    });
     let mut text = String::from("{\"type\": \"");
     text.push_str(kind);
     text.push_str("\", \"channel\": \"");
     text.push_str(channel);
     text.push_str("\"}");
-    let publication = PsState::publication(&text, None, Some(kind));
-    let engine = state.app.engine.clone();
-    let publish = async move {
+    // Fails only once the task is gone, with the server.
+    let _ = queue.send((kind, text));
+}
+
+/// The events channel's publisher: one event at a time, each in the
+/// channel's turn. Ends when the mount's state (the sender) is dropped.
+async fn publish_events(
+    engine: Engine,
+    key: ChannelKey,
+    mut queue: mpsc::UnboundedReceiver<(&'static str, String)>,
+) {
+    while let Some((kind, text)) = queue.recv().await {
+        let _turn = marker::turn(&key).await;
+        let publication = PsState::publication(&text, None, Some(kind));
         if let Err(e) = engine.publish(&key, publication).await {
             tracing::warn!(error = %e, kind, "Push-stream event not published.");
         }
-    };
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(publish);
     }
 }
 

@@ -9,12 +9,20 @@
 //! second. push-stream publications are stamped by [`stamp`], which never
 //! hands out the same millisecond twice in this process: markers are unique
 //! and ordered across channels, as the module's process-wide tag is.
+//!
+//! Resuming finds a message by its markers and goes on by offset, so a
+//! channel's markers must grow with its offsets. A publisher therefore
+//! stamps and publishes while holding the channel's [`turn`]: the module
+//! gets the same from assigning tags under its shared-memory lock.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use herald_core::Message;
 use herald_core::message::now_ms;
+use herald_core::{ChannelKey, Message};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// The last millisecond [`stamp`] handed out.
 static LAST_STAMP: AtomicU64 = AtomicU64::new(0);
@@ -29,6 +37,19 @@ pub(crate) fn stamp() -> u64 {
         })
         .unwrap_or(now);
     now.max(prev + 1)
+}
+
+/// Locks shared by hash between channels: enough that unrelated channels
+/// seldom wait on each other, few enough to allocate once.
+static TURNS: LazyLock<Box<[Mutex<()>]>> =
+    LazyLock::new(|| (0..256).map(|_| Mutex::new(())).collect());
+
+/// Waits for `key`'s turn to publish. Hold it from [`stamp`] until the
+/// publish has its offset, so that no later stamp gets an earlier offset.
+pub(crate) async fn turn(key: &ChannelKey) -> MutexGuard<'static, ()> {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    TURNS[h.finish() as usize % TURNS.len()].lock().await
 }
 
 /// A message's position in push-stream terms.

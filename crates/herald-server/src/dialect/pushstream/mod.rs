@@ -20,7 +20,7 @@ pub(crate) mod stream;
 pub(crate) mod template;
 pub(crate) mod websocket;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,7 +29,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::any;
 use bytes::Bytes;
-use herald_core::{ChannelKey, ChannelNameError, Publication};
+use herald_core::{BrokerError, ChannelKey, ChannelNameError, Publication};
+use tokio::sync::mpsc;
 
 use self::format::{PING_ID, Render};
 use self::template::{Fields, Template, lines};
@@ -61,6 +62,9 @@ pub(crate) struct Inner {
     pub(crate) hostname: String,
     /// Fixed chunks, rendered once.
     pub(crate) chunks: Chunks,
+    /// The queue of the events channel's publisher, started by the first
+    /// event (see [`events::emit`]).
+    pub(crate) events: OnceLock<mpsc::UnboundedSender<(&'static str, String)>>,
 }
 
 /// The fixed bytes of streams, rendered from the configuration once.
@@ -121,6 +125,7 @@ impl PsState {
             started: Instant::now(),
             hostname: hostname(),
             chunks,
+            events: OnceLock::new(),
         }))
     }
 
@@ -156,7 +161,8 @@ impl PsState {
     }
 
     /// A push-stream publication of `text`: the raw body as a JSON string,
-    /// stamped with a unique publish time.
+    /// stamped with a unique publish time. Only while holding the channel's
+    /// [`marker::turn`], so that the stamp and the offset agree.
     pub(crate) fn publication(
         text: &str,
         event_id: Option<&str>,
@@ -168,6 +174,26 @@ impl PsState {
         p.event = event_type.map(Arc::from);
         p.time_ms = marker::stamp();
         p
+    }
+
+    /// Publishes `text` to `key` in its turn (see [`marker`]), telling the
+    /// events channel when the publish creates the channel.
+    pub(crate) async fn publish(
+        &self,
+        key: &ChannelKey,
+        text: &str,
+        event_id: Option<&str>,
+        event_type: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let turn = marker::turn(key).await;
+        let created = events::is_new(self, key).await;
+        let publication = Self::publication(text, event_id, event_type);
+        self.app.engine.publish(key, publication).await?;
+        drop(turn);
+        if created {
+            events::emit(self, events::CHANNEL_CREATED, key.name());
+        }
+        Ok(())
     }
 }
 

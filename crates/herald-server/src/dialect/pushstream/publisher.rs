@@ -9,7 +9,7 @@ use axum::response::Response;
 use herald_core::ChannelKey;
 use serde::Deserialize;
 
-use super::events::{self, CHANNEL_CREATED, CHANNEL_DESTROYED};
+use super::events::{self, CHANNEL_DESTROYED};
 use super::request::{NO_CHANNEL_ID, channel_key, parse_ids};
 use super::stats::{self, Fmt};
 use super::{PsState, header_only};
@@ -99,14 +99,12 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
     }
     let text = String::from_utf8_lossy(&body);
     for key in &keys {
-        let created = events::is_new(ps, key).await;
-        let publication = PsState::publication(&text, event_id.as_deref(), event_type.as_deref());
-        if let Err(e) = ps.app.engine.publish(key, publication).await {
+        let published = ps
+            .publish(key, &text, event_id.as_deref(), event_type.as_deref())
+            .await;
+        if let Err(e) = published {
             tracing::warn!(channel = %key, error = %e, "Push-stream publish failed.");
             return header_only(StatusCode::INTERNAL_SERVER_ERROR, None);
-        }
-        if created {
-            events::emit(ps, CHANNEL_CREATED, key.name());
         }
     }
     if !ps.cfg.channel_info_on_publish {

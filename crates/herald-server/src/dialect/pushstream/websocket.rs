@@ -166,8 +166,7 @@ impl WsDialect for PushStreamWs {
             .cloned()
             .collect();
         for key in keys {
-            let publication = PsState::publication(text, None, None);
-            if let Err(e) = self.ps.app.engine.publish(&key, publication).await {
+            if let Err(e) = self.ps.publish(&key, text, None, None).await {
                 tracing::warn!(channel = %key, error = %e, "Push-stream WebSocket publish failed.");
             }
         }
