@@ -45,9 +45,15 @@ fn rand_suffix() -> u64 {
 /// `n` nodes on one Redis deployment. The first runs on one core, so on one
 /// thread: every cluster test covers both of Herald's runtimes.
 fn nodes(urls: &[String], n: usize) -> Vec<Herald> {
+    nodes_with(urls, n, &[])
+}
+
+/// [`nodes`], with `extra` settings in the environment.
+fn nodes_with(urls: &[String], n: usize, extra: &[(&str, &str)]) -> Vec<Herald> {
     let file = config_file(urls);
     let file = file.to_str().unwrap().to_owned();
-    let env = [("HERALD_CONFIG", file.as_str())];
+    let mut env = vec![("HERALD_CONFIG", file.as_str())];
+    env.extend_from_slice(extra);
     (0..n)
         .map(|i| match i {
             0 => Herald::start_on_one_core(&env),
@@ -247,6 +253,77 @@ async fn deleting_a_channel_releases_every_nodes_subscription() {
     assert_eq!(numsub(&redis, "gone"), ":1");
     publish_ok(&n[0], "gone", json!("back")).await;
     assert_eq!(next_json(&mut again).await["data"], "back");
+}
+
+/// The process id of the Redis server on `port`.
+fn redis_pid(port: u16) -> String {
+    let info = herald_testkit::redis::command(port, &["INFO", "server"]).unwrap();
+    let pid = info.lines().find_map(|l| l.strip_prefix("process_id:"));
+    pid.unwrap().trim().to_owned()
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `node`'s readiness until it answers `status`.
+async fn ready_until(node: &Herald, status: u16) {
+    until(|| async {
+        let (got, _) = get_json(node, "/health/ready").await;
+        (got == status).then_some(()).ok_or(format!("ready {got}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_accepted_during_a_failing_subscribe_is_served_once_redis_is_back() {
+    let redis = RedisServer::start();
+    // No history, so a subscriber that is not the node's first never asks
+    // Redis; a long timeout keeps the first one's SUBSCRIBE in flight.
+    let n = nodes_with(
+        &[redis.url()],
+        2,
+        &[
+            ("HERALD_PUSHSTREAM__STORE_MESSAGES", "false"),
+            ("HERALD_BROKER__REDIS__TIMEOUT_MS", "3000"),
+        ],
+    );
+    ready_until(&n[1], 200).await;
+    let pid = redis_pid(redis.port);
+    signal(&pid, "STOP");
+    // The first subscriber's SUBSCRIBE hangs, then fails.
+    let url = format!("ws://{}/ws?channels=stall", n[1].addr);
+    let first = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
+    // No signal tells when it reached the hub: it takes milliseconds, and
+    // the check below fails if it had not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut second = ws(&n[1], "/ws?channels=stall").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1) && !first.is_finished(),
+        "the second subscriber must join while the first one's subscribe is in flight"
+    );
+
+    // B notices, drops its connections (and the SUBSCRIBE written to them),
+    // and once Redis is back reconnects and resubscribes what it wants.
+    ready_until(&n[1], 503).await;
+    signal(&pid, "CONT");
+    ready_until(&n[1], 200).await;
+    until(|| async {
+        let res = publish(&n[0], "stall", json!("after")).await;
+        (res.status() == 200)
+            .then_some(())
+            .ok_or(format!("publish {}", res.status()))
+    })
+    .await;
+    assert_eq!(next_json(&mut second).await["data"], "after");
+    assert_eq!(numsub(&redis, "stall"), ":1");
+    first.abort();
 }
 
 /// A push-api request with its default credentials.

@@ -320,17 +320,31 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
         let inner = &self.inner;
         if !inner.ready.load(Ordering::Acquire) {
+            // Subscribers may join the hub before the engine drops this
+            // one, and are accepted without asking: keep the channel wanted
+            // (the sweep forgets it if none stays).
+            inner
+                .subs
+                .channels
+                .lock()
+                .entry(channel.clone())
+                .or_insert(Want::Unconfirmed);
             return Err(BrokerError::Unavailable("redis: not connected".into()));
         }
         {
             let mut channels = inner.subs.channels.lock();
-            if let Some(want) = channels.get_mut(channel) {
-                // Still subscribed in Redis: a pending unsubscribe is cancelled.
-                *want = Want::Active;
-                debug!(%channel, "Unsubscribe cancelled.");
-                return Ok(());
+            match channels.get_mut(channel) {
+                Some(want @ (Want::Active | Want::Leaving(_))) => {
+                    // Still subscribed in Redis: a pending unsubscribe is cancelled.
+                    *want = Want::Active;
+                    debug!(%channel, "Unsubscribe cancelled.");
+                    return Ok(());
+                }
+                Some(want @ Want::Unconfirmed) => *want = Want::Active,
+                None => {
+                    channels.insert(channel.clone(), Want::Active);
+                }
             }
-            channels.insert(channel.clone(), Want::Active);
         }
         let (tx, rx) = oneshot::channel();
         let _ = inner
@@ -352,9 +366,11 @@ impl Broker for RedisBroker {
                 Ok(())
             }
             Err(e) => {
-                let mut channels = inner.subs.channels.lock();
-                if channels.get(channel) == Some(&Want::Active) {
-                    channels.remove(channel);
+                // Not removed: a subscriber that joined the hub while this
+                // was in flight was accepted, and needs the channel. The
+                // sweep drops it once the hub has none.
+                if let Some(want @ Want::Active) = inner.subs.channels.lock().get_mut(channel) {
+                    *want = Want::Unconfirmed;
                 }
                 debug!(%channel, error = %e, "Subscribe failed.");
                 Err(e)

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,6 +29,10 @@ pub(crate) enum Want {
     /// The last local subscriber left at this instant; unsubscribed from Redis
     /// once the delay passes, unless a subscriber returns first.
     Leaving(Instant),
+    /// A subscribe failed, so Redis may not deliver the channel. Kept while
+    /// the hub has subscribers (others may have joined while it was in
+    /// flight): reconnects resubscribe it and the sweep retries it.
+    Unconfirmed,
 }
 
 /// A request to the subscriber task. Requests run in the order sent, so an
@@ -159,23 +164,31 @@ async fn resync(inner: &Inner) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Unsubscribes channels whose last subscriber left more than the delay ago.
-/// Returns them, so their subscriber counts can be cleared.
-pub(crate) fn sweep(inner: &Inner) -> Vec<ChannelKey> {
+/// Unsubscribes channels whose last subscriber left more than the delay ago,
+/// and unconfirmed ones nobody here wants any more; retries the others.
+/// Returns the channels left, so their subscriber counts can be cleared.
+pub(crate) fn sweep(inner: &Arc<Inner>) -> Vec<ChannelKey> {
     let delay = inner.config.unsubscribe_delay();
+    let ready = inner.ready.load(Ordering::Acquire);
     let mut gone = Vec::new();
     let mut channels = inner.subs.channels.lock();
     channels.retain(|key, want| {
-        let Want::Leaving(since) = *want else {
-            return true;
-        };
-        if since.elapsed() < delay {
-            return true;
-        }
-        if inner.hub.subscriber_count(key) > 0 {
-            // A subscriber came back without the engine telling us; keep it.
-            *want = Want::Active;
-            return true;
+        match *want {
+            Want::Active => return true,
+            Want::Leaving(since) if since.elapsed() < delay => return true,
+            Want::Leaving(_) if inner.hub.subscriber_count(key) > 0 => {
+                // A subscriber came back without the engine telling us; keep it.
+                *want = Want::Active;
+                return true;
+            }
+            Want::Unconfirmed if inner.hub.subscriber_count(key) > 0 => {
+                if ready {
+                    retry(inner, key);
+                }
+                return true;
+            }
+            // A SUBSCRIBE that timed out may still land: unsubscribe too.
+            Want::Leaving(_) | Want::Unconfirmed => {}
         }
         // Queued under the lock, so a later subscribe's SUBSCRIBE follows it.
         let _ = inner.subs.ops.send(Op::Unsubscribe(inner.keys.pubsub(key)));
@@ -184,6 +197,25 @@ pub(crate) fn sweep(inner: &Inner) -> Vec<ChannelKey> {
         false
     });
     gone
+}
+
+/// Subscribes unconfirmed `key` again; confirms it once Redis answered.
+fn retry(inner: &Arc<Inner>, key: &ChannelKey) {
+    let (tx, rx) = oneshot::channel();
+    let _ = inner
+        .subs
+        .ops
+        .send(Op::Subscribe(inner.keys.pubsub(key), tx));
+    let (inner, key) = (inner.clone(), key.clone());
+    tokio::spawn(async move {
+        if let Ok(Ok(())) = rx.await
+            && let Some(want @ Want::Unconfirmed) = inner.subs.channels.lock().get_mut(&key)
+        {
+            *want = Want::Active;
+            debug!(channel = %key, "Subscribe retried.");
+            inner.counts_dirty.notify_one();
+        }
+    });
 }
 
 /// Hands received messages to fan-out workers, one per channel hash, so a
