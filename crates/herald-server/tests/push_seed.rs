@@ -111,6 +111,24 @@ async fn ws_without_channels_sends_the_error_then_closes() {
     assert_eq!(code, 4000);
 }
 
+/// Every refusal closes with its own reason, not "'channels' … required".
+#[tokio::test]
+async fn ws_refusal_closes_with_the_error_it_sent() {
+    let server = TestServer::start().await;
+    let many: Vec<String> = (0..130).map(|i| format!("c{i}")).collect();
+    let long = "n".repeat(201);
+    for query in ["a%20b", &many.join(","), &long] {
+        let mut ws = server.ws(&format!("/ws/messages?channels={query}")).await;
+        let frame = next_json(&mut ws).await;
+        let error = frame["error"].as_str().unwrap().to_owned();
+        assert!(!error.contains("required"), "{query}: {error}");
+        let (code, reason) = expect_close(&mut ws).await;
+        assert_eq!(code, 4000);
+        assert!(!reason.is_empty() && reason.len() <= 123, "{reason}");
+        assert!(error.starts_with(&reason), "{reason:?} is not {error:?}");
+    }
+}
+
 #[tokio::test]
 async fn ws_liveness_requires_a_pong_before_each_ping() {
     let server = TestServer::with(|c| c.connection.heartbeat = Duration::from_millis(200)).await;

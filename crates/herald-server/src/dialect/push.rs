@@ -172,7 +172,7 @@ pub(crate) async fn ws(
             Ok(session) => (session, None),
             Err((_, message)) => {
                 let session = Session::new(state.clone(), Arc::new(WsFormat));
-                (session, Some(json!({"error": message}).to_string()))
+                (session, Some(message))
             }
         };
     let dialect = PushWs {
@@ -182,12 +182,26 @@ pub(crate) async fn ws(
     ws::upgrade(&state, req, session, dialect).unwrap_or_else(|e| e.into_response())
 }
 
+/// `message` cut to what a close frame carries (123 bytes), at a character.
+fn close_reason(mut message: String) -> String {
+    const MAX: usize = 123;
+    if message.len() > MAX {
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
 /// The seed's WebSocket liveness rule and frames.
 struct PushWs {
     /// Set by the client's `{"event":"pong"}`; must be set again before
     /// each ping, or the connection is closed.
     responding: bool,
-    /// When set, the connection only says this error and closes.
+    /// When set, the connection only says this error (as a frame, and as
+    /// the close reason) and closes.
     refused: Option<String>,
 }
 
@@ -200,8 +214,8 @@ impl WsDialect for PushWs {
     fn greeting(&mut self) -> Reply {
         match self.refused.take() {
             Some(error) => {
-                let mut reply = Reply::frame(error);
-                reply.close = Some((close::BAD_REQUEST, CHANNELS_REQUIRED.into()));
+                let mut reply = Reply::frame(json!({ "error": error }).to_string());
+                reply.close = Some((close::BAD_REQUEST, close_reason(error).into()));
                 reply
             }
             None => Reply::frame(Bytes::from_static(b"{\"event\":\"ping\",\"data\":{}}")),
