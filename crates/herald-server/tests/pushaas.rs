@@ -312,3 +312,59 @@ async fn a_recreated_instance_gets_new_credentials() {
         .unwrap();
     assert_eq!(old.status(), 404);
 }
+
+/// An instance's `published_messages` (its `/channels-stats` summary and its
+/// push-api's global stats) counts its own messages, not the server's: the
+/// default app's traffic is another tenant's.
+#[tokio::test]
+async fn an_instance_counts_only_its_own_published_messages() {
+    let s = server().await;
+    let post = |url: String, auth: Option<(&'static str, String)>| async move {
+        let mut req = reqwest::Client::new().post(url).body("x");
+        if let Some((user, password)) = auth {
+            req = req.basic_auth(user, Some(password));
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+    };
+    for _ in 0..3 {
+        post(s.http("/ps/pub?id=busy"), None).await;
+    }
+    let create = [
+        ("name", "own"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    assert_eq!(
+        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
+        201
+    );
+    let bind = [("app-host", "h"), ("app-name", "web")];
+    let env = json_of(tsuru(&s, reqwest::Method::POST, "/own/bind-app", &bind).await).await;
+    let password = env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned();
+    let published = |path: &'static str| {
+        let url = s.http(path);
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["published_messages"].as_u64().unwrap()
+        }
+    };
+    let own_stats = "/pushaas/instances/own/ps/channels-stats";
+    assert_eq!(published(own_stats).await, 0);
+    for _ in 0..2 {
+        let url = s.http("/pushaas/instances/own/ps/pub?id=room");
+        post(url, Some(("own", password.clone()))).await;
+    }
+    assert_eq!(published(own_stats).await, 2);
+    assert_eq!(published("/ps/channels-stats").await, 3);
+    let global: Value = reqwest::Client::new()
+        .get(s.http("/pushaas/instances/own/push-api/api/v1/stats/global"))
+        .basic_auth("own", Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(global["all"][0]["published_messages"], 2, "{global}");
+}

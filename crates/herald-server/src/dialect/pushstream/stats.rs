@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use std::sync::atomic::Ordering;
 
 use herald_core::channel::MAX_CHANNEL_NAME_LEN;
 use herald_core::{BrokerError, ChannelInfo, ChannelKey};
@@ -258,15 +257,12 @@ impl PsState {
         }
     }
 
+    /// The summary of this mount's channels `all`. `published` counts what
+    /// they hold too: the hub's counter is the whole server's (every app and
+    /// PushaaS instance), and a cluster has no shared counter at all.
     pub(crate) fn summary(&self, all: &[ChannelInfo]) -> Summary {
-        let engine = &self.app.engine;
         Summary {
-            // A cluster has no shared counter: count what its channels hold.
-            published: if engine.broker().node_id().is_some() {
-                all.iter().map(|i| i.published).sum()
-            } else {
-                engine.hub().stats().published.load(Ordering::Relaxed)
-            },
+            published: all.iter().map(|i| i.published).sum(),
             stored: all.iter().map(|i| i.stored).sum(),
             subscribers: all.iter().map(|i| i.subscribers).sum(),
         }
