@@ -368,3 +368,34 @@ async fn an_instance_counts_only_its_own_published_messages() {
         .unwrap();
     assert_eq!(global["all"][0]["published_messages"], 2, "{global}");
 }
+
+/// An instance's push-api answers `<endpoint>` and `<endpoint>/` with the
+/// redirect to its admin page, as the default push-api does.
+#[tokio::test]
+async fn an_instance_push_api_redirects_to_its_admin_page() {
+    let s = server().await;
+    let create = [
+        ("name", "adm"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    assert_eq!(
+        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
+        201
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (path, location) in [("", "./push-api/admin"), ("/", "admin")] {
+        let url = s.http(&format!("/pushaas/instances/adm/push-api{path}"));
+        let res = no_redirects.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 301, "{url}");
+        assert_eq!(res.headers()["location"], location, "{url}");
+        let page = reqwest::get(&url).await.unwrap();
+        assert_eq!(page.url().path(), "/pushaas/instances/adm/push-api/admin");
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("<html"));
+    }
+}

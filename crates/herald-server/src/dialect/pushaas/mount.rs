@@ -11,6 +11,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use herald_core::BrokerError;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,8 @@ fn build(state: &TsuruState, stored: &Stored) -> Mount {
     );
     let router = Router::new()
         .nest("/push-api", api)
+        // A nested router cannot see `/push-api/`: the admin page's redirect.
+        .route("/push-api/", get(pushapi::admin::redirect))
         .nest("/ps", pushstream::router(app, namespace(&stored.name)))
         .with_state(app.clone());
     Mount {
