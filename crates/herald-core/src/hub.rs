@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
@@ -116,7 +117,16 @@ pub struct Hub {
     policy: HistoryPolicy,
     /// Write big fan-outs once the channel's lock is released.
     flushers: Flushers,
+    /// How long a channel with neither subscribers nor stored messages is
+    /// kept before the sweep forgets it, with its epoch: a client that
+    /// reconnects or polls again within it resumes where it was, where a
+    /// new epoch would tell it to start over.
+    idle_grace: Duration,
 }
+
+/// [`Hub::idle_grace`] unless set otherwise: longer than clients take to
+/// poll again or reconnect.
+pub const IDLE_GRACE: Duration = Duration::from_secs(30);
 
 struct Channel {
     inner: Mutex<ChannelInner>,
@@ -160,6 +170,9 @@ struct ChannelInner {
     /// Set when the channel left the shard map; holders of a stale `Arc`
     /// must look it up again.
     removed: bool,
+    /// When the sweep first found the channel idle (no subscribers, nothing
+    /// stored); `None` while it is not.
+    idle_since: Option<u64>,
 }
 
 impl Default for Hub {
@@ -182,7 +195,14 @@ impl Hub {
             stats: Arc::default(),
             policy,
             flushers: Flushers::new(),
+            idle_grace: IDLE_GRACE,
         }
+    }
+
+    /// Sets how long idle channels are kept (see [`IDLE_GRACE`]).
+    pub fn with_idle_grace(mut self, grace: Duration) -> Self {
+        self.idle_grace = grace;
+        self
     }
 
     /// The retention policy channels are created with.
@@ -220,6 +240,7 @@ impl Hub {
                         history: History::default(),
                         gap: None,
                         removed: false,
+                        idle_since: None,
                     }),
                 })
             })
@@ -329,18 +350,14 @@ impl Hub {
     }
 
     /// Removes connection `id` from `key`. Returns true when the channel has no
-    /// local subscribers left, so the node may stop listening.
+    /// local subscribers left, so the node may stop listening. The channel
+    /// itself stays until the sweep finds it idle past the grace.
     pub fn unsubscribe(&self, key: &ChannelKey, id: ConnId) -> bool {
         let Some(ch) = self.get(key) else {
             return false;
         };
         let mut inner = ch.inner.lock();
-        if inner.subscribers.swap_remove(&id).is_none() || !inner.subscribers.is_empty() {
-            return false;
-        }
-        drop(inner);
-        self.remove_if_idle(key, &ch);
-        true
+        inner.subscribers.swap_remove(&id).is_some() && inner.subscribers.is_empty()
     }
 
     /// Removes `key` with its history, telling its subscribers in their
@@ -359,10 +376,11 @@ impl Hub {
         Some(inner.subscribers.len())
     }
 
-    /// Drops expired history and forgets channels with neither subscribers
-    /// nor stored messages. Call periodically.
+    /// Drops expired history and forgets channels that have had neither
+    /// subscribers nor stored messages for the idle grace. Call periodically.
     pub fn sweep(&self) {
         let now = now_ms();
+        let grace = u64::try_from(self.idle_grace.as_millis()).unwrap_or(u64::MAX);
         for shard in self.shards.iter() {
             let idle: Vec<(ChannelKey, Arc<Channel>)> = shard
                 .read()
@@ -371,8 +389,12 @@ impl Hub {
                     let mut inner = ch.inner.lock();
                     let ttl = inner.retention.ttl;
                     inner.history.expire(now, ttl);
-                    (inner.subscribers.is_empty() && inner.history.is_empty())
-                        .then(|| (k.clone(), ch.clone()))
+                    if !(inner.subscribers.is_empty() && inner.history.is_empty()) {
+                        inner.idle_since = None;
+                        return None;
+                    }
+                    let since = *inner.idle_since.get_or_insert(now);
+                    (now.saturating_sub(since) >= grace).then(|| (k.clone(), ch.clone()))
                 })
                 .collect();
             for (key, ch) in idle {
@@ -758,16 +780,31 @@ mod tests {
     }
 
     #[test]
-    fn last_unsubscribe_removes_the_channel() {
-        let hub = Hub::default();
+    fn the_sweep_forgets_a_channel_its_last_subscriber_left() {
+        let hub = Hub::default().with_idle_grace(Duration::ZERO);
         let (a, b) = (outbox(1), outbox(2));
         hub.subscribe(&key("c"), &a);
         hub.subscribe(&key("c"), &b);
         assert!(!hub.unsubscribe(&key("c"), 1));
         assert!(!hub.unsubscribe(&key("c"), 1), "second removal is a no-op");
         assert!(hub.unsubscribe(&key("c"), 2));
+        hub.sweep();
         assert!(hub.channel_info(&key("c")).is_none());
         assert_eq!(publish(&hub, "c", "x").subscribers, 0);
+    }
+
+    #[test]
+    fn an_idle_channel_keeps_its_epoch_through_the_grace() {
+        let hub = Hub::default();
+        let a = outbox(1);
+        let first = hub.subscribe_with(&key("quiet"), &a, Replay::None);
+        assert!(hub.unsubscribe(&key("quiet"), 1));
+        hub.sweep();
+        // Back within the grace (a poll, a reconnect): the same channel.
+        let since = first.position.clone();
+        let again = hub.subscribe_with(&key("quiet"), &a, Replay::After(since));
+        assert_eq!(again.position, first.position);
+        assert_eq!(again.recovery, Some(Recovery::Recovered));
     }
 
     #[test]
@@ -874,7 +911,8 @@ mod tests {
                     ttl: Duration::from_millis(1),
                 },
             }],
-        });
+        })
+        .with_idle_grace(Duration::ZERO);
         let mut p = Publication::new(Bytes::from_static(b"old"));
         p.time_ms -= 1000;
         hub.publish_local(&key("hist"), p);

@@ -477,3 +477,23 @@ async fn a_replay_bigger_than_the_outbox_arrives_whole() {
         0.0
     );
 }
+
+/// Polling a quiet channel goes on from its own cursor, poll after poll:
+/// the channel outlives its last subscriber for a grace, and with it its
+/// epoch. (Each poll once recreated it, and the next was told
+/// `epoch_changed` with the first message of the new epoch unsent.)
+#[tokio::test]
+async fn polls_of_a_quiet_channel_resume_where_they_were() {
+    let server = TestServer::start().await;
+    let (_, first) = get_json(server.http("/poll?channels=quiet")).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let (_, second) = get_json(server.http(&format!("/poll?channels=quiet&since={cursor}"))).await;
+    assert_eq!(second.get("recovery"), None, "{second}");
+    assert_eq!(second["cursor"], cursor.as_str());
+    server
+        .publish(json!({"channel": "quiet", "data": "first"}))
+        .await;
+    let (_, third) = get_json(server.http(&format!("/poll?channels=quiet&since={cursor}"))).await;
+    assert_eq!(third.get("recovery"), None, "{third}");
+    assert_eq!(third["messages"][0]["data"], "first", "{third}");
+}
