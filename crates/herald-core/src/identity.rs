@@ -16,12 +16,15 @@
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::outbox::{ConnId, Outbox, Pushed};
 
@@ -187,6 +190,8 @@ struct Waiting {
     /// Whether some attempt reached connections on other nodes, whose acks
     /// arrive by id alone; `None` until the first attempt is reported.
     remote: Option<bool>,
+    /// Told when a connection in `reached` disconnects.
+    left: Arc<Notify>,
 }
 
 /// An id a connection owes an ack for.
@@ -260,12 +265,33 @@ impl Directory {
         );
     }
 
-    /// Removes connection `id`; unknown ids are ignored.
+    /// Removes connection `id`; unknown ids are ignored. Sends on this node
+    /// it still owed an ack are told, so they need not wait for it.
     pub fn unregister(&self, id: ConnId) {
         let mut index = self.index.write();
         if let Some(old) = index.conns.remove(&id) {
             remove_postings(&mut index.postings, id, &old.identity);
+            let pending = self.pending.lock();
+            for owed in old.awaiting.lock().iter() {
+                if let Some(w) = pending.get(&owed.id)
+                    && Some(w.ticket) == owed.ticket
+                {
+                    w.left.notify_one();
+                }
+            }
         }
+    }
+
+    /// Whether every connection send `ticket` of `id` reached has
+    /// disconnected, and it reached no other node: nobody can ack it.
+    fn receivers_left(&self, id: &str, ticket: u64) -> bool {
+        let index = self.index.read();
+        let pending = self.pending.lock();
+        pending.get(id).is_some_and(|w| {
+            w.ticket == ticket
+                && w.remote == Some(false)
+                && w.reached.iter().all(|c| !index.conns.contains_key(c))
+        })
     }
 
     /// Connections with an identity.
@@ -404,6 +430,7 @@ impl Directory {
     /// send of the same id is already waiting.
     pub fn expect_ack(self: &Arc<Self>, id: Arc<str>) -> Option<AckWaiter> {
         let (tx, rx) = oneshot::channel();
+        let left = Arc::new(Notify::new());
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         match self.pending.lock().entry(id.clone()) {
             MapEntry::Occupied(_) => return None,
@@ -414,6 +441,7 @@ impl Directory {
                     reached: Vec::new(),
                     local: 0,
                     remote: None,
+                    left: left.clone(),
                 });
             }
         }
@@ -421,6 +449,8 @@ impl Directory {
             rx,
             id,
             ticket,
+            left,
+            reached: false,
             directory: self.clone(),
         })
     }
@@ -494,6 +524,10 @@ pub struct AckWaiter {
     id: Arc<str>,
     /// Tells this waiter's registration from a later one for the same id.
     ticket: u64,
+    /// Told when a connection the send reached disconnects.
+    left: Arc<Notify>,
+    /// The last attempt reached someone: the next wait may end early.
+    reached: bool,
     /// Where the waiter is registered.
     directory: Arc<Directory>,
 }
@@ -501,10 +535,33 @@ pub struct AckWaiter {
 impl AckWaiter {
     /// Waits up to `timeout` for the ack; `Some(conn)` once acknowledged.
     /// May be called again after a timeout.
+    ///
+    /// The wait right after an attempt that reached someone ends early,
+    /// with `None`, once every connection the send reached has disconnected
+    /// (and it reached no other node): nobody is left who could ack, so the
+    /// engine goes on to its next attempt, or gives up, without idling.
     pub async fn wait(&mut self, timeout: std::time::Duration) -> Option<ConnId> {
-        match tokio::time::timeout(timeout, &mut self.rx).await {
-            Ok(Ok(conn)) => Some(conn),
-            _ => None,
+        let early = std::mem::take(&mut self.reached);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.left.clone();
+            let mut notified = std::pin::pin!(left.notified());
+            let rx = &mut self.rx;
+            let woken = std::future::poll_fn(|cx| {
+                if let Poll::Ready(acked) = Pin::new(&mut *rx).poll(cx) {
+                    return Poll::Ready(Some(acked.ok()));
+                }
+                if early && notified.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            });
+            match tokio::time::timeout_at(deadline, woken).await {
+                Ok(Some(acked)) => return acked,
+                Ok(None) if self.directory.receivers_left(&self.id, self.ticket) => return None,
+                Ok(None) => {}
+                Err(_) => return None,
+            }
         }
     }
 
@@ -516,7 +573,8 @@ impl AckWaiter {
     /// Reports that an attempt queued the message for `delivered`
     /// connections on every node. More than this node delivered means
     /// other nodes hold receivers, and acks routed from them are accepted.
-    pub fn attempted(&self, delivered: usize) {
+    pub fn attempted(&mut self, delivered: usize) {
+        self.reached = delivered > 0;
         let mut pending = self.directory.pending.lock();
         if let Some(w) = pending
             .get_mut(&self.id)
@@ -745,7 +803,7 @@ mod tests {
         let to = |user: &str| Filter::new(ident(&[("user", user)]));
         let mut msg = Targeted::new(Bytes::from_static(b"1"));
         msg.ack = true;
-        let first = dir.expect_ack(msg.id.clone()).unwrap();
+        let mut first = dir.expect_ack(msg.id.clone()).unwrap();
         dir.deliver(&to("b"), &msg);
         first.attempted(1);
         drop(first); // b never acked in time

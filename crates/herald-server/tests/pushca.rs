@@ -357,6 +357,39 @@ async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
     assert_eq!(status, 408, "D never acknowledged");
 }
 
+/// A receiver that disconnects before acking can no longer ack: the sender
+/// learns it then, not after the whole (here 20 s) timeout.
+#[tokio::test]
+async fn a_receiver_leaving_unacked_ends_the_wait_early() {
+    let server = TestServer::with(|c| {
+        pushca_config(c);
+        c.pushca.ack_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let who = client("w", "acc", "dev", "APP");
+    let mut ws = connect(&server, &who).await;
+    let s = server.http("/send-notification-with-delivery-guarantee");
+    let body = json!({"id": "g-2", "client": who, "message": "bye"});
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(s)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(next_text(&mut ws).await, "g-2@@bye");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let status = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .expect("still waiting for a receiver that left")
+        .unwrap();
+    assert_eq!(status, 503, "connected when sent, never acknowledged");
+}
+
 #[tokio::test]
 async fn delivery_guarantee_is_404_when_not_connected() {
     let server = server().await;
