@@ -117,10 +117,12 @@ pub struct Hub {
     policy: HistoryPolicy,
     /// Write big fan-outs once the channel's lock is released.
     flushers: Flushers,
-    /// How long a channel with neither subscribers nor stored messages is
-    /// kept before the sweep forgets it, with its epoch: a client that
+    /// How long a channel that never had a message, and has no subscribers,
+    /// is kept before the sweep forgets it, with its epoch: a client that
     /// reconnects or polls again within it resumes where it was, where a
-    /// new epoch would tell it to start over.
+    /// new epoch would tell it to start over. (A channel that had messages
+    /// goes at once, as its position there would go stale once the node
+    /// stops listening to the broker.)
     idle_grace: Duration,
 }
 
@@ -331,8 +333,13 @@ impl Hub {
         let inner = &mut *inner;
         if inner.published == 0 && inner.gap.is_none() {
             // Nothing delivered here yet: start from the broker's position so
-            // the next message is checked for a gap against it.
-            inner.epoch = position.epoch.clone();
+            // the next message is checked for a gap against it. (An idle
+            // channel kept from an earlier subscriber may hold an older
+            // generation's offset.)
+            if *inner.epoch != *position.epoch {
+                inner.epoch = position.epoch.clone();
+                inner.next_offset = 0;
+            }
             inner.next_offset = inner.next_offset.max(position.offset + 1);
         }
         let history_head = position.offset;
@@ -350,14 +357,22 @@ impl Hub {
     }
 
     /// Removes connection `id` from `key`. Returns true when the channel has no
-    /// local subscribers left, so the node may stop listening. The channel
-    /// itself stays until the sweep finds it idle past the grace.
+    /// local subscribers left, so the node may stop listening. A channel that
+    /// never had a message stays until the sweep finds it idle past the grace.
     pub fn unsubscribe(&self, key: &ChannelKey, id: ConnId) -> bool {
         let Some(ch) = self.get(key) else {
             return false;
         };
         let mut inner = ch.inner.lock();
-        inner.subscribers.swap_remove(&id).is_some() && inner.subscribers.is_empty()
+        if inner.subscribers.swap_remove(&id).is_none() || !inner.subscribers.is_empty() {
+            return false;
+        }
+        let lingers = inner.published == 0;
+        drop(inner);
+        if !lingers {
+            self.remove_if_idle(key, &ch);
+        }
+        true
     }
 
     /// Removes `key` with its history, telling its subscribers in their
@@ -376,8 +391,9 @@ impl Hub {
         Some(inner.subscribers.len())
     }
 
-    /// Drops expired history and forgets channels that have had neither
-    /// subscribers nor stored messages for the idle grace. Call periodically.
+    /// Drops expired history and forgets channels with neither subscribers
+    /// nor stored messages (one that never had a message, once idle for the
+    /// grace). Call periodically.
     pub fn sweep(&self) {
         let now = now_ms();
         let grace = u64::try_from(self.idle_grace.as_millis()).unwrap_or(u64::MAX);
@@ -394,7 +410,8 @@ impl Hub {
                         return None;
                     }
                     let since = *inner.idle_since.get_or_insert(now);
-                    (now.saturating_sub(since) >= grace).then(|| (k.clone(), ch.clone()))
+                    (inner.published > 0 || now.saturating_sub(since) >= grace)
+                        .then(|| (k.clone(), ch.clone()))
                 })
                 .collect();
             for (key, ch) in idle {
