@@ -558,6 +558,7 @@ async fn deleting_a_channel_sends_minus_two_then_the_footer() {
     let rest = ev.end().await;
     assert!(rest.starts_with("data: {\"id\":-2,"), "{rest:?}");
     assert_eq!(json(&next_text(&mut ws).await)["id"], -2);
+    assert_eq!(next_text(&mut ws).await, "FOOT", "the footer as a frame");
     assert_eq!(expect_close(&mut ws).await.0, 1000);
     let lp = tokio::time::timeout(WAIT, lp).await.unwrap().unwrap();
     let lp = lp
@@ -582,17 +583,26 @@ async fn deleting_a_channel_sends_minus_two_then_the_footer() {
     assert_eq!(json(&sub.until("}").await)["text"], "bye");
 }
 
+/// Streams and WebSockets (as the module's `setup.c` wraps both templates
+/// in frames) start with the header template and end with the footer.
 #[tokio::test]
 async fn subscriber_ttl_ends_streams_with_the_footer() {
     let s = server_with(|c| {
         c.pushstream.subscriber_ttl = Duration::from_millis(300);
+        c.pushstream.header_template = "<html>".into();
         c.pushstream.footer_template = "</body>".into();
     })
     .await;
     let mut sub = Body::open(s.http("/ps/sub/ttl"), &[]).await;
-    assert_eq!(sub.end().await, "</body>");
+    assert_eq!(sub.end().await, "<html></body>");
     let mut ws = s.ws("/ps/ws/ttl").await;
+    assert_eq!(next_text(&mut ws).await, "<html>");
+    assert_eq!(next_text(&mut ws).await, "</body>");
     assert_eq!(expect_close(&mut ws).await.0, 1000);
+    // A refused WebSocket gets neither, only its 1008 close.
+    let mut raw = RawWs::connect(s.addr, "/ps/ws/ALL").await;
+    let (opcode, payload) = raw.frame().await.unwrap();
+    assert_eq!((opcode, &payload[..2]), (8, &1008u16.to_be_bytes()[..]));
 }
 
 #[tokio::test]

@@ -116,6 +116,12 @@ pub(crate) trait WsDialect: Send + 'static {
         true
     }
 
+    /// A last text frame to send before the server's own close `code`
+    /// (push-stream's footer template).
+    fn farewell(&mut self, _code: u16) -> Option<Bytes> {
+        None
+    }
+
     /// Handles one binary frame from the client.
     fn on_binary(&mut self, _session: &mut Session, _data: &[u8]) -> Reply {
         Reply::close(close::BAD_REQUEST, "binary frames are not supported")
@@ -417,7 +423,13 @@ async fn run<D, S>(
         // Best effort: send our close, then give the client a moment to
         // answer; a moment in all, as a client that stopped reading takes
         // neither.
+        let farewell = dialect.farewell(code);
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if let Some(last) = farewell
+                && ws.feed(text(last)).await.is_err()
+            {
+                return;
+            }
             if ws.send(Message::Close(Some(frame))).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }

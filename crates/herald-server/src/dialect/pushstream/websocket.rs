@@ -1,4 +1,5 @@
-//! `/ws/…`: one text frame per message (the template), WS pings at
+//! `/ws/…`: the header template, one text frame per message (the
+//! template), the footer template before a normal close, WS pings at
 //! `ping_interval`, client text frames published to the connection's
 //! channels when `websocket_allow_publish` is on. Refusals after the
 //! upgrade close with 1008 and `{"http_status": N, "explain":"…"}`.
@@ -20,7 +21,7 @@ use super::{PsState, channels_path, header_only};
 use crate::config::ConnectionConfig;
 use crate::http::extract::Query;
 use crate::session::Session;
-use crate::transport::ws::{self, Reply, WsDialect};
+use crate::transport::ws::{self, Reply, WsDialect, close};
 
 const NO_MANDATORY_HEADERS: &str = "Don't have at least one of the mandatory headers: Connection, Upgrade, Sec-WebSocket-Key and Sec-WebSocket-Version";
 const WRONG_VERSION: &str = "Version not supported. Supported versions: 13";
@@ -30,8 +31,9 @@ const POLICY: u16 = 1008;
 /// `GET /ws/ch1.b3/ch2`: a WebSocket (version 13).
 #[utoipa::path(get, path = "/ws/{channels}", tag = "pushstream",
     operation_id = "pushstream_ws", summary = "WebSocket subscription",
-    description = "One text frame per message (the template), WS pings every \
-        `ping_interval`, a 1000 close at `subscriber_ttl` or when every channel was deleted. \
+    description = "The header template as a first frame, one text frame per message (the \
+        template), WS pings every `ping_interval`, the footer template as a frame then a 1000 \
+        close at `subscriber_ttl` or when every channel was deleted. \
         With `websocket_allow_publish` (default on), a client text frame is published to the \
         connection's channels. Refused subscriptions upgrade, then close with 1008 and \
         `{\"http_status\": N, \"explain\": \"…\"}`.",
@@ -81,7 +83,8 @@ pub(crate) async fn ws(
         };
     let dialect = PushStreamWs {
         ps: ps.clone(),
-        refused: subscribed.err(),
+        refusal: subscribed.err(),
+        refused: false,
         deleted,
         presence,
     };
@@ -93,7 +96,9 @@ pub(crate) async fn ws(
 struct PushStreamWs {
     ps: PsState,
     /// When set, the connection only closes with this refusal.
-    refused: Option<Refusal>,
+    refusal: Option<Refusal>,
+    /// Whether it was refused (no templates then).
+    refused: bool,
     /// Channels deleted under this connection, filled by its format.
     deleted: Arc<Mutex<Vec<ChannelKey>>>,
     /// Announces the unsubscriptions when the connection ends.
@@ -102,7 +107,8 @@ struct PushStreamWs {
 
 impl WsDialect for PushStreamWs {
     fn greeting(&mut self) -> Reply {
-        if let Some(r) = self.refused.take() {
+        if let Some(r) = self.refusal.take() {
+            self.refused = true;
             let reason = format!(
                 "{{\"http_status\": {}, \"explain\":\"{}\"}}",
                 r.status.as_u16(),
@@ -129,6 +135,15 @@ impl WsDialect for PushStreamWs {
 
     fn lifetime_close(&self) -> (u16, &'static str) {
         (1000, "")
+    }
+
+    /// The footer template, as the module finalizes a WebSocket: at the
+    /// TTL, when every channel was deleted and at shutdown; a refused one
+    /// got no header either.
+    fn farewell(&mut self, code: u16) -> Option<Bytes> {
+        let footer = &self.ps.chunks.footer;
+        (!self.refused && !footer.is_empty() && (code == 1000 || code == close::RESTART))
+            .then(|| footer.clone())
     }
 
     fn timing(&self) -> Option<ConnectionConfig> {
