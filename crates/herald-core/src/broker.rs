@@ -41,6 +41,11 @@ pub enum BrokerError {
     /// The broker cannot be reached; callers answer 503 and retry later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The request was sent but no answer came in time: it may still take
+    /// effect (a publish may be delivered and stored), so a blind retry may
+    /// duplicate it. Callers answer 504.
+    #[error("broker outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The broker answered with something this node cannot use.
     #[error("broker protocol error: {0}")]
     Protocol(String),

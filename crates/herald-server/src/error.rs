@@ -37,11 +37,19 @@ impl From<ChannelNameError> for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
+        match e {
+            // Not "unavailable": a retry may publish a second copy.
+            BrokerError::OutcomeUnknown(_) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "outcome_unknown",
+                format!("{e}; it may still take effect"),
+            ),
+            _ => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
     }
 }
 

@@ -326,6 +326,49 @@ async fn a_client_accepted_during_a_failing_subscribe_is_served_once_redis_is_ba
     first.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_never_answered_is_outcome_unknown_not_unavailable() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 1);
+    // Loads the publish script, so a later EVALSHA needs no second round.
+    publish_ok(&n[0], "hmaybe", json!("before")).await;
+    let pid = redis_pid(redis.port);
+    signal(&pid, "STOP");
+
+    // Sent while the node still takes Redis for alive: the script is written,
+    // the answer never comes.
+    let res = publish(&n[0], "hmaybe", json!("maybe")).await;
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (504, &json!("outcome_unknown")),
+        "{body}"
+    );
+    // Once the node knows, publishes never reach Redis.
+    ready_until(&n[0], 503).await;
+    let res = publish(&n[0], "hmaybe", json!("never")).await;
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("unavailable")),
+        "{body}"
+    );
+
+    // Redis runs the unanswered script when it resumes; the other never ran.
+    signal(&pid, "CONT");
+    ready_until(&n[0], 200).await;
+    let page = get_until(&n[0], "/api/v1/channels/hmaybe/history", |_| true).await;
+    let stored: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(stored, [&json!("before"), &json!("maybe")], "{page}");
+}
+
 /// A push-api request with its default credentials.
 async fn push_api(node: &Herald, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
     let res = reqwest::Client::new()

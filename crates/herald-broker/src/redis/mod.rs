@@ -308,7 +308,7 @@ impl Broker for RedisBroker {
         let (offset, epoch, subscribers): (u64, String, u64) =
             bounded(inner.config.timeout(), call.invoke_async(&mut conn))
                 .await
-                .map_err(|e| inner.failed(e))?;
+                .map_err(|e| inner.unanswered(e))?;
         Ok(Published {
             id: publication.id,
             offset,
@@ -625,6 +625,17 @@ impl Inner {
         } else {
             BrokerError::Protocol(e.to_string())
         }
+    }
+
+    /// As [`Inner::failed`], for a write already sent: a timeout abandons
+    /// only the wait, and Redis runs the command if it resumes, so its
+    /// outcome is unknown rather than failed.
+    fn unanswered(&self, e: RedisError) -> BrokerError {
+        if e.is_timeout() {
+            self.wake.notify_one();
+            return BrokerError::OutcomeUnknown(e.to_string());
+        }
+        self.failed(e)
     }
 
     /// The subscriber connection of `generation` closed.

@@ -124,6 +124,7 @@ pub(crate) async fn run_ops(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<O
 fn clone_error(e: &BrokerError) -> BrokerError {
     match e {
         BrokerError::Unavailable(s) => BrokerError::Unavailable(s.clone()),
+        BrokerError::OutcomeUnknown(s) => BrokerError::OutcomeUnknown(s.clone()),
         BrokerError::Protocol(s) => BrokerError::Protocol(s.clone()),
     }
 }
