@@ -269,3 +269,32 @@ async fn a_client_close_is_answered_with_a_close() {
         assert_eq!(code, 1000, "{path}");
     }
 }
+
+/// Input the decoders would quietly replace is refused instead: a query
+/// that is not UTF-8 once percent-decoded, a `Last-Event-ID` that is not
+/// visible ASCII. Replaced, a channel or a cursor became another.
+#[tokio::test]
+async fn undecodable_queries_and_cursors_are_refused() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/sse?channels=%FF",
+        "/poll?channels=a&since=a:%FF:0",
+        "/api/v1/channels/a/history?epoch=%C3&since=1",
+    ] {
+        let res = client.get(server.http(path)).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
+    let cursor = reqwest::header::HeaderValue::from_bytes(b"a:\xff:1").unwrap();
+    let res = client
+        .get(server.http("/sse?channels=a"))
+        .header("last-event-id", cursor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+}

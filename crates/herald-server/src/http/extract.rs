@@ -14,11 +14,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if !query_is_utf8(parts.uri.query().unwrap_or("")) {
+            return Err(ApiError::bad_request(
+                "the query string is not UTF-8 once percent-decoded",
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
         }
     }
+}
+
+/// Whether every name and value of `query` is UTF-8 once percent-decoded:
+/// the decoder would replace what is not, and a channel or cursor quietly
+/// become another.
+pub(crate) fn query_is_utf8(query: &str) -> bool {
+    query.split(['&', '=', ';']).all(|part| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .is_ok()
+    })
 }
 
 /// The route's path parameters, deserialized; 400 `bad_request` when they
@@ -33,5 +49,19 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
             Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_must_decode_to_utf8() {
+        assert!(query_is_utf8(""));
+        assert!(query_is_utf8("channels=a,b&since=a:e:1"));
+        assert!(query_is_utf8("c=%C3%A9&d=%2F"));
+        assert!(!query_is_utf8("channels=%FF"));
+        assert!(!query_is_utf8("%C3=x"));
     }
 }

@@ -142,6 +142,10 @@ pub(crate) async fn ws_direct(
     query: &str,
     authorization: Option<&str>,
 ) -> Option<(Session, impl WsDialect + use<>)> {
+    // As the handler's extractor would, or the handler answers.
+    if !crate::http::extract::query_is_utf8(query) {
+        return None;
+    }
     let q: ChannelsQuery = serde_urlencoded::from_str(query).ok()?;
     let token = q
         .token
@@ -192,7 +196,11 @@ pub(crate) async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = crate::auth::request_token(q.token.as_deref(), &headers);
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("Last-Event-ID is not a cursor: not visible ASCII"))?;
     let (session, style) = open_sse(&state, &q, token, last_event_id).await?;
     sse::respond(&state, session, style)
 }
@@ -206,6 +214,10 @@ pub(crate) async fn sse_direct(
     authorization: Option<&str>,
     last_event_id: Option<&str>,
 ) -> Option<(Session, SseStyle)> {
+    // As the handler's extractor would, or the handler answers.
+    if !crate::http::extract::query_is_utf8(query) {
+        return None;
+    }
     let q: SseQuery = serde_urlencoded::from_str(query).ok()?;
     let token = q
         .token
