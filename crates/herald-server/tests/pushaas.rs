@@ -273,10 +273,9 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
             .status(),
         404
     );
-    assert_eq!(
-        json_of(tsuru(&s, reqwest::Method::GET, "/instances", &[]).await).await,
-        json!([])
-    );
+    let res = tsuru(&s, reqwest::Method::GET, "/instances", &[]).await;
+    assert_eq!(res.status(), 404, "no instances left");
+    assert_eq!(json_of(res).await["code"], 11);
 }
 
 #[tokio::test]
@@ -285,7 +284,13 @@ async fn a_recreated_instance_gets_new_credentials() {
     let bind = [("app-host", "h"), ("app-name", "web")];
     let mut passwords = Vec::new();
     for _ in 0..2 {
-        let res = tsuru(&s, reqwest::Method::POST, "", &[("name", "again")]).await;
+        let create = [
+            ("name", "again"),
+            ("plan", "small"),
+            ("team", "t"),
+            ("user", "u"),
+        ];
+        let res = tsuru(&s, reqwest::Method::POST, "", &create).await;
         assert_eq!(res.status(), 201);
         let env = json_of(tsuru(&s, reqwest::Method::POST, "/again/bind-app", &bind).await).await;
         passwords.push(env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned());
@@ -398,4 +403,48 @@ async fn an_instance_push_api_redirects_to_its_admin_page() {
         assert_eq!(page.status(), 200);
         assert!(page.text().await.unwrap().contains("<html"));
     }
+}
+
+/// pushaas's `InstanceForm.Validate`: the plan must be `small` and name,
+/// team and user given, else 400 code 23; listing no instances is its
+/// `InstanceRetrievalNotFound`, 404 code 11.
+#[tokio::test]
+async fn creating_wants_every_field_and_an_empty_list_is_not_found() {
+    let s = server().await;
+    let res = tsuru(&s, reqwest::Method::GET, "/instances", &[]).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        json_of(res).await,
+        json!({"code": 11, "message": "Instance not found", "fields": ""})
+    );
+    let full = [
+        ("name", "f"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    for missing in ["plan", "team", "user"] {
+        let form: Vec<(&str, &str)> = full
+            .iter()
+            .filter(|(k, _)| *k != missing)
+            .copied()
+            .collect();
+        let res = tsuru(&s, reqwest::Method::POST, "", &form).await;
+        assert_eq!(res.status(), 400, "without {missing}");
+        assert_eq!(
+            json_of(res).await,
+            json!({"code": 23, "message": "Invalid instance data", "fields": ""})
+        );
+        let mut empty = full;
+        empty.iter_mut().find(|(k, _)| *k == missing).unwrap().1 = "";
+        let res = tsuru(&s, reqwest::Method::POST, "", &empty).await;
+        assert_eq!(res.status(), 400, "with an empty {missing}");
+    }
+    assert_eq!(
+        tsuru(&s, reqwest::Method::POST, "", &full).await.status(),
+        201
+    );
+    let res = tsuru(&s, reqwest::Method::GET, "/instances", &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(json_of(res).await[0]["name"], "f");
 }

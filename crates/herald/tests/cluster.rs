@@ -1126,7 +1126,13 @@ async fn a_pushaas_instance_is_served_by_every_node() {
     ];
     let n = [Herald::start_on_one_core(&env), Herald::start(&env)];
 
-    let created = tsuru(&n[0], Method::POST, "", &[("name", "shop"), ("team", "t")]).await;
+    let create = [
+        ("name", "shop"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    let created = tsuru(&n[0], Method::POST, "", &create).await;
     assert_eq!(created.status(), 201);
     let bound = tsuru(
         &n[1],

@@ -96,16 +96,18 @@ fn unavailable(e: &BrokerError, code: u16, message: &'static str) -> Response {
 }
 
 /// `POST /resources` (form `name, plan, team, user`) → 201; 409 code 22
-/// when the name is taken; 400 code 23 for a bad name or plan.
+/// when the name is taken; 400 code 23 for a bad name or plan, or no team
+/// or user.
 #[utoipa::path(post, path = "/api/v1/resources", tag = "pushaas",
     operation_id = "pushaas_create", summary = "Creates an instance",
     security(("tsuru_basic" = [])),
     request_body(content = HashMap<String, String>,
         content_type = "application/x-www-form-urlencoded",
-        description = "`name` (`[A-Za-z0-9][A-Za-z0-9_-]{0,62}`), `plan` (`small`, \
-            optional), `team`, `user`"),
+        description = "`name` (`[A-Za-z0-9][A-Za-z0-9_-]{0,62}`), `plan` (`small`), \
+            `team`, `user`: all required"),
     responses((status = 201, description = "Created, ready at once"),
-        (status = 400, description = "Code 23: a bad name or plan", body = TsuruError),
+        (status = 400, description = "Code 23: a bad name or plan, or no team or user",
+            body = TsuruError),
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 409, description = "Code 22: the name is taken", body = TsuruError),
         (status = 500, description = "Code 20: store unreachable", body = TsuruError)))]
@@ -117,16 +119,18 @@ pub(crate) async fn create(
         Ok(f) => f,
         Err(status) => return error(status, 23, "invalid request body"),
     };
-    let name = f.remove("name").unwrap_or_default();
-    let plan = f.remove("plan").filter(|p| !p.is_empty());
-    if !valid_name(&name) || plan.as_deref().is_some_and(|p| p != PLAN) {
+    let mut field = |key: &str| f.remove(key).unwrap_or_default();
+    let (name, plan, team, user) = (field("name"), field("plan"), field("team"), field("user"));
+    // pushaas's `InstanceForm.Validate`: the plan is `small`, and name,
+    // team and user are given (Herald's name rule is stricter).
+    if !valid_name(&name) || plan != PLAN || team.is_empty() || user.is_empty() {
         return error(StatusCode::BAD_REQUEST, 23, "Invalid instance data");
     }
     let stored = Stored {
         name: name.clone(),
-        plan: PLAN.into(),
-        team: f.remove("team").unwrap_or_default(),
-        user: f.remove("user").unwrap_or_default(),
+        plan,
+        team,
+        user,
         password: Alphanumeric.sample_string(&mut rand::rng(), 24),
     };
     let record = Record {
@@ -154,8 +158,9 @@ pub(crate) async fn create(
     }
 }
 
-/// `GET /resources/plans`, `GET /resources/instances`, or `GET
-/// /resources/<name>` (`[{name, plan, team, user, status}]`; 404 code 11).
+/// `GET /resources/plans`, `GET /resources/instances` (404 code 11 when
+/// there are none), or `GET /resources/<name>` (`[{name, plan, team, user,
+/// status}]`; 404 code 11).
 #[utoipa::path(get, path = "/api/v1/resources/{name}", tag = "pushaas",
     operation_id = "pushaas_get", summary = "An instance", security(("tsuru_basic" = [])),
     params(("name" = String, Path, description = super::DOC_NAME)),
@@ -175,6 +180,10 @@ pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String
                     .iter()
                     .filter_map(|r| serde_json::from_slice(&r.value).ok())
                     .collect();
+                if all.is_empty() {
+                    // pushaas's `GetAll` finds no keys: `InstanceRetrievalNotFound`.
+                    return error(StatusCode::NOT_FOUND, 11, "Instance not found");
+                }
                 Json(all.iter().map(Stored::shown).collect::<Vec<_>>()).into_response()
             }
             Err(e) => unavailable(&e, 10, "Failed to retrieve instance"),
@@ -414,6 +423,7 @@ fn plans() {}
     operation_id = "pushaas_instances", summary = "Every instance", security(("tsuru_basic" = [])),
     responses((status = 200, description = "Every instance", body = [Shown]),
         (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 404, description = "Code 11: there are none", body = TsuruError),
         (status = 500, description = "Code 10: store unreachable", body = TsuruError)))]
 #[allow(dead_code)]
 fn list() {}
