@@ -108,7 +108,8 @@ impl Session {
     pub(crate) async fn unsubscribe(&mut self, keys: &[ChannelKey]) {
         for key in keys {
             if let Some(i) = self.channels.iter().position(|k| k == key) {
-                self.channels.swap_remove(i);
+                // In order: replies list the channels as they were subscribed.
+                self.channels.remove(i);
                 self.state.engine.unsubscribe(key, &self.outbox).await;
             }
         }

@@ -298,3 +298,42 @@ async fn undecodable_queries_and_cursors_are_refused() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
 }
+
+/// Errors point at what failed: a batch message by its index, whatever the
+/// error; a WebSocket command by its id, even when another field of it has
+/// the wrong type. And the channel list stays in subscription order.
+#[tokio::test]
+async fn errors_name_the_failing_part() {
+    let server = TestServer::start().await;
+    let res = reqwest::Client::new()
+        .post(server.http("/api/v1/publish/batch"))
+        .json(&json!({"messages": [{"channel": "a", "data": 1}, {"channel": 5, "data": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("messages[1]: "), "{message}");
+
+    let mut ws = server.ws("/ws").await;
+    let reply = command(
+        &mut ws,
+        json!({"id": 7, "cmd": "subscribe", "since": "garbage"}),
+    )
+    .await;
+    assert_eq!(reply["id"], 7, "{reply}");
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+
+    command(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channels": ["news", "a", "b"]}),
+    )
+    .await;
+    let reply = command(
+        &mut ws,
+        json!({"id": 2, "cmd": "unsubscribe", "channel": "news"}),
+    )
+    .await;
+    assert_eq!(reply["result"]["channels"], json!(["a", "b"]), "{reply}");
+}

@@ -390,8 +390,16 @@ impl WsDialect for NativeWs {
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
             Err(e) => {
+                // The id alone may still parse: echo it, so the client can
+                // tell which command failed.
+                #[derive(Deserialize)]
+                struct IdOnly<'a> {
+                    #[serde(borrow)]
+                    id: Option<&'a RawValue>,
+                }
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|c| c.id);
                 let message = format!("malformed command: {e}");
-                return failure(None, "bad_request", &message);
+                return failure(id, "bad_request", &message);
             }
         };
         let id = cmd.id;
@@ -686,10 +694,11 @@ pub(crate) async fn publish(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// The batch's schema, for the OpenAPI document; the handler reads each
+/// message on its own.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
 pub(crate) struct BatchRequest<'a> {
-    #[serde(borrow)]
     messages: Vec<PublishRequest<'a>>,
 }
 
@@ -704,7 +713,14 @@ pub(crate) async fn publish_batch(
 ) -> Result<Response, ApiError> {
     let limits = &state.config.limits;
     let body = read_body(req, limits.max_batch * (limits.max_message_size + 1024)).await?;
-    let batch: BatchRequest = parse(&body)?;
+    // Each message is parsed on its own, so that any error names its index.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        messages: Vec<&'a RawValue>,
+    }
+    let batch: RawBatch = parse(&body)?;
     if batch.messages.is_empty() || batch.messages.len() > limits.max_batch {
         return Err(ApiError::bad_request(format!(
             "a batch holds 1 to {} messages",
@@ -716,10 +732,12 @@ pub(crate) async fn publish_batch(
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            plan(&state, m).map_err(|mut e| {
-                e.message = format!("messages[{i}]: {}", e.message);
-                e
-            })
+            parse(m.get().as_bytes())
+                .and_then(|m| plan(&state, m))
+                .map_err(|mut e| {
+                    e.message = format!("messages[{i}]: {}", e.message);
+                    e
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(plans.len());
