@@ -448,3 +448,97 @@ async fn creating_wants_every_field_and_an_empty_list_is_not_found() {
     assert_eq!(res.status(), 200);
     assert_eq!(json_of(res).await[0]["name"], "f");
 }
+
+/// Units bind as pushaas's `BindUnit`/`UnbindUnit` answer: only for an app
+/// bound to the instance (404 code 120 / 130), a missing instance being its
+/// bind failure (500 code 122), and an unknown unit 404 code 131.
+#[tokio::test]
+async fn units_bind_only_for_a_bound_app() {
+    let s = server().await;
+    let unit = |app: &'static str, host: &'static str| {
+        [("app-name", app), ("app-host", "h"), ("unit-host", host)]
+    };
+    let res = tsuru(&s, reqwest::Method::POST, "/ghost/bind", &unit("web", "u1")).await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(
+        json_of(res).await,
+        json!({"code": 122, "message": "Failed to bind unit to service", "fields": ""})
+    );
+    let create = [
+        ("name", "units"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    assert_eq!(
+        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
+        201
+    );
+    let res = tsuru(&s, reqwest::Method::POST, "/units/bind", &unit("web", "u1")).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        json_of(res).await,
+        json!({"code": 120, "message": "App is not bound to service, could not bind unit",
+               "fields": ""})
+    );
+    let res = tsuru(
+        &s,
+        reqwest::Method::DELETE,
+        "/units/bind",
+        &unit("web", "u1"),
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        json_of(res).await,
+        json!({"code": 130, "message": "App is not bound to service, could not unbind unit",
+               "fields": ""})
+    );
+
+    let bind = [("app-host", "web.example.com"), ("app-name", "web")];
+    let res = tsuru(&s, reqwest::Method::POST, "/units/bind-app", &bind).await;
+    assert_eq!(res.status(), 201);
+    for _ in 0..2 {
+        let res = tsuru(&s, reqwest::Method::POST, "/units/bind", &unit("web", "u1")).await;
+        assert_eq!(
+            res.status(),
+            201,
+            "binding a unit again is fine, as in pushaas"
+        );
+        assert_eq!(json_of(res).await["PUSHAAS_USERNAME"], "units");
+    }
+    let res = tsuru(
+        &s,
+        reqwest::Method::DELETE,
+        "/units/bind",
+        &unit("web", "u2"),
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        json_of(res).await,
+        json!({"code": 131, "message": "Unit is not bound to service", "fields": ""})
+    );
+    let res = tsuru(
+        &s,
+        reqwest::Method::DELETE,
+        "/units/bind",
+        &unit("web", "u1"),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = tsuru(
+        &s,
+        reqwest::Method::DELETE,
+        "/units/bind",
+        &unit("web", "u1"),
+    )
+    .await;
+    assert_eq!(json_of(res).await["code"], 131, "unbound already");
+    // Without `app-name`, the app is the first label of `app-host`.
+    let res = tsuru(&s, reqwest::Method::POST, "/units/bind", &unit("web", "u3")).await;
+    assert_eq!(res.status(), 201);
+    let by_host = [("app-host", "web.example.com"), ("unit-host", "u3")];
+    let res = tsuru(&s, reqwest::Method::DELETE, "/units/bind", &by_host).await;
+    assert_eq!(res.status(), 200);
+}

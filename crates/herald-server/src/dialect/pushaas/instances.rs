@@ -361,51 +361,134 @@ pub(crate) async fn unbind_app(
     }
     let broker = state.app.engine.broker();
     match broker.delete_record(&bindings_kind(&name), &app_name).await {
-        Ok(true) => StatusCode::OK.into_response(),
+        Ok(true) => {
+            // Its units are gone with it (Tsuru unbinds them first anyway).
+            if let Err(e) = drop_units(&state, &name, &app_name).await {
+                tracing::warn!(instance = %name, error = %e, "PushaaS unit binds not dropped.");
+            }
+            StatusCode::OK.into_response()
+        }
         Ok(false) => error(StatusCode::NOT_FOUND, 111, "Instance is not bound to app"),
         Err(e) => unavailable(&e, 112, "Failed to unbind instance from app"),
     }
 }
 
-/// `POST /resources/<name>/bind` (a unit of a bound app) → 201 with the
-/// variables; 404 code 100.
+/// The unit records of app `app` bound to instance `name`, one per unit
+/// host (instance names hold no `:`).
+fn units_kind(name: &str, app: &str) -> String {
+    format!("pushaas:unit:{name}:{app}")
+}
+
+/// Whether app `app` is bound to instance `name`.
+async fn is_bound(state: &TsuruState, name: &str, app: &str) -> Result<bool, BrokerError> {
+    let broker = state.app.engine.broker();
+    Ok(broker.record(&bindings_kind(name), app).await?.is_some())
+}
+
+/// `POST /resources/<name>/bind` (form `app-name, app-host, unit-host`) →
+/// 201 with the variables, as pushaas's `BindUnit`: 404 code 120 when the
+/// app is not bound; 500 code 122 when there is no instance (or no store).
 #[utoipa::path(post, path = "/api/v1/resources/{name}/bind", tag = "pushaas",
     operation_id = "pushaas_bind_unit", summary = "Binds a unit of a bound app",
     security(("tsuru_basic" = [])),
     params(("name" = String, Path, description = super::DOC_NAME)),
+    request_body(content = HashMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "`app-name`, `app-host`, `unit-host`"),
     responses((status = 201, description = super::DOC_VARIABLES),
         (status = 401, description = super::DOC_UNAUTHORIZED),
-        (status = 404, description = "Code 100: no such instance", body = TsuruError),
-        (status = 500, description = "Code 102: store unreachable", body = TsuruError)))]
+        (status = 404, description = "Code 120: the app is not bound", body = TsuruError),
+        (status = 500, description = "Code 122: no such instance, or store unreachable",
+            body = TsuruError)))]
 pub(crate) async fn bind_unit(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match find(&state, &name).await {
-        Ok(Some(stored)) => variables(&state, &headers, &stored),
-        Ok(None) => error(StatusCode::NOT_FOUND, 100, "Instance not found"),
-        Err(e) => unavailable(&e, 102, "Failed to bind instance to app"),
+    const FAILED: &str = "Failed to bind unit to service";
+    let mut f = match form(body) {
+        Ok(f) => f,
+        Err(status) => return error(status, 122, FAILED),
+    };
+    let app = f.remove("app-name").unwrap_or_default();
+    let stored = match find(&state, &name).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return error(StatusCode::INTERNAL_SERVER_ERROR, 122, FAILED),
+        Err(e) => return unavailable(&e, 122, FAILED),
+    };
+    match is_bound(&state, &name, &app).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let message = "App is not bound to service, could not bind unit";
+            return error(StatusCode::NOT_FOUND, 120, message);
+        }
+        Err(e) => return unavailable(&e, 122, FAILED),
     }
+    let record = Record {
+        id: f.remove("unit-host").unwrap_or_default(),
+        value: Bytes::new(),
+        created_ms: now_ms(),
+    };
+    // A unit bound again is fine (pushaas ignores its set's answer).
+    let broker = state.app.engine.broker();
+    if let Err(e) = broker
+        .create_record(&units_kind(&name, &app), record, None)
+        .await
+    {
+        return unavailable(&e, 122, FAILED);
+    }
+    variables(&state, &headers, &stored)
 }
 
-/// `DELETE /resources/<name>/bind` → 200: units hold nothing to release.
+/// `DELETE /resources/<name>/bind` (form `app-name` or `app-host`,
+/// `unit-host`) → 200, as pushaas's `UnbindUnit`: 404 code 130 when the app
+/// is not bound (nor the instance there), 131 when the unit is not.
 #[utoipa::path(delete, path = "/api/v1/resources/{name}/bind", tag = "pushaas",
     operation_id = "pushaas_unbind_unit", summary = "Unbinds a unit",
     security(("tsuru_basic" = [])),
     params(("name" = String, Path, description = super::DOC_NAME)),
+    request_body(content = HashMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "`app-name` (else the first label of `app-host`), `unit-host`"),
     responses((status = 200, description = "Unbound"),
         (status = 401, description = super::DOC_UNAUTHORIZED),
-        (status = 404, description = "Code 110: no such instance", body = TsuruError),
-        (status = 500, description = "Code 112: store unreachable", body = TsuruError)))]
+        (status = 404, description = "Code 130: the app is not bound; code 131: the unit is not",
+            body = TsuruError),
+        (status = 500, description = "Code 132: store unreachable", body = TsuruError)))]
 pub(crate) async fn unbind_unit(
     State(state): State<TsuruState>,
     Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match find(&state, &name).await {
-        Ok(Some(_)) => StatusCode::OK.into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, 110, "Instance not found"),
-        Err(e) => unavailable(&e, 112, "Failed to unbind instance from app"),
+    const FAILED: &str = "Failed to unbind unit from service";
+    let mut f = match form(body) {
+        Ok(f) => f,
+        Err(status) => return error(status, 132, FAILED),
+    };
+    // Tsuru may leave `app-name` out; pushaas then takes `app-host`'s first label.
+    let app = match f.remove("app-name") {
+        Some(app) => app,
+        None => f
+            .get("app-host")
+            .and_then(|h| h.split('.').next())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    match is_bound(&state, &name, &app).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let message = "App is not bound to service, could not unbind unit";
+            return error(StatusCode::NOT_FOUND, 130, message);
+        }
+        Err(e) => return unavailable(&e, 132, FAILED),
+    }
+    let unit = f.remove("unit-host").unwrap_or_default();
+    let broker = state.app.engine.broker();
+    match broker.delete_record(&units_kind(&name, &app), &unit).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, 131, "Unit is not bound to service"),
+        Err(e) => unavailable(&e, 132, FAILED),
     }
 }
 
@@ -428,10 +511,21 @@ fn plans() {}
 #[allow(dead_code)]
 fn list() {}
 
-/// Removes every bind record of instance `name`.
+/// Removes every bind record of instance `name`, its units' too.
 pub(crate) async fn drop_bindings(state: &TsuruState, name: &str) -> Result<(), BrokerError> {
     let broker = state.app.engine.broker();
     let kind = bindings_kind(name);
+    for record in broker.records(&kind).await? {
+        drop_units(state, name, &record.id).await?;
+        broker.delete_record(&kind, &record.id).await?;
+    }
+    Ok(())
+}
+
+/// Removes the unit records of app `app` bound to instance `name`.
+async fn drop_units(state: &TsuruState, name: &str, app: &str) -> Result<(), BrokerError> {
+    let broker = state.app.engine.broker();
+    let kind = units_kind(name, app);
     for record in broker.records(&kind).await? {
         broker.delete_record(&kind, &record.id).await?;
     }
