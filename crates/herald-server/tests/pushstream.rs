@@ -944,3 +944,53 @@ async fn history_markers_follow_offsets_so_resuming_never_repeats() {
     }
     drop(subs);
 }
+
+/// Query arguments read as nginx's `$arg_…`: a repeated name is its first
+/// value, never a Herald-native JSON error; values the module would refuse
+/// get its header-only answer.
+#[tokio::test]
+async fn repeated_query_arguments_take_the_first_value() {
+    let s = server().await;
+    let res = client()
+        .post(s.http("/ps/pub?id=first&id=second"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(json(&res.text().await.unwrap())["channel"], "first");
+    let res = client()
+        .get(s.http("/ps/pub?id=second"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "the second id was not published to");
+    let res = client()
+        .get(s.http("/ps/channels-stats?id=first&id=second"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(&res.text().await.unwrap())["channel"], "first");
+    let res = client()
+        .get(s.http("/ps/lp/first.b1?callback=one&callback=two&tag=1&tag=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().starts_with("one(["));
+    let mut sub = Body::open(s.http("/ps/sub/first.b1?tag=1&tag=2"), &[]).await;
+    assert_eq!(sub.status, 200);
+    assert_eq!(json(&sub.until("}").await)["text"], "x");
+    let mut ws = s.ws("/ps/ws/first.b1?eventid=a&eventid=b").await;
+    assert_eq!(json(&next_text(&mut ws).await)["text"], "x");
+    // Not UTF-8 once decoded: not a channel id, refused the module's way.
+    let res = client()
+        .post(s.http("/ps/pub?id=%FF"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.headers().contains_key(EXPLAIN), "{:?}", res.headers());
+    assert_eq!(res.text().await.unwrap(), "", "header-only");
+}

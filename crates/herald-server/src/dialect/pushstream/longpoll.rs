@@ -19,10 +19,9 @@ use herald_core::Frame;
 use super::events::Presence;
 use super::format::{Kind, PsFormat, TIMEOUT_ID, TIMEOUT_TEXT};
 use super::marker::Marker;
-use super::request::{self, ControlArgs, Refusal};
+use super::request::{self, Args, ControlArgs, Refusal};
 use super::template::Fields;
 use super::{PsState, channels_path, header_only, no_cache};
-use crate::http::extract::Query;
 use crate::session::Session;
 
 /// OpenAPI descriptions `/lp` and `/jsonp` share.
@@ -47,7 +46,7 @@ pub(crate) async fn lp(
     State(ps): State<PsState>,
     method: Method,
     uri: Uri,
-    Query(args): Query<ControlArgs>,
+    Args(args): Args<ControlArgs>,
     headers: HeaderMap,
 ) -> Response {
     let mut res = if method == Method::OPTIONS {

@@ -10,17 +10,16 @@ use herald_core::ChannelKey;
 use serde::Deserialize;
 
 use super::events::{self, CHANNEL_DESTROYED};
-use super::request::{NO_CHANNEL_ID, channel_key, parse_ids};
+use super::request::{Args, NO_CHANNEL_ID, channel_key, parse_ids};
 use super::stats::{self, Fmt};
 use super::{PsState, header_only};
-use crate::http::extract::Query;
 use crate::http::read_body;
 
 const EMPTY_POST: &str = "Empty post requests are not allowed.";
 const EVENTS_CHANNEL: &str = "Only internal routines can change events channel.";
 const CHANNEL_DELETED: &str = "Channel deleted.";
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 pub(crate) struct PubQuery {
     id: Option<String>,
 }
@@ -28,7 +27,7 @@ pub(crate) struct PubQuery {
 /// Every `/pub` request; [`doc`] documents each method.
 pub(crate) async fn handle(
     State(ps): State<PsState>,
-    Query(q): Query<PubQuery>,
+    Args(q): Args<PubQuery>,
     req: Request,
 ) -> Response {
     let methods = if ps.cfg.admin {

@@ -1,11 +1,16 @@
 //! What a subscriber asks for: channels (with `.bN` backtracks), resume
 //! markers, and their validation, with the module's error texts.
 
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::channel::MAX_CHANNEL_NAME_LEN;
 use herald_core::history::History;
 use herald_core::{ChannelKey, Replay};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::PsState;
 use super::events::{self, Presence};
@@ -101,6 +106,35 @@ pub(crate) fn channel_key(state: &PsState, id: &str) -> Result<ChannelKey, Refus
     state
         .channel(id)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// The query string as nginx's `$arg_…` variables read it: a repeated name
+/// is its first value, and nothing is refused here (not UTF-8 once decoded
+/// is decoded lossily): each value is checked where it is used, with the
+/// module's header-only answers.
+pub(crate) struct Args<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequestParts<S> for Args<T> {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self(first_args(parts.uri.query().unwrap_or(""))))
+    }
+}
+
+/// `query` into `T`, the first of each name's values only.
+fn first_args<T: DeserializeOwned + Default>(query: &str) -> T {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let mut first: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if !first.iter().any(|(n, _)| *n == name) {
+            first.push((name, value));
+        }
+    }
+    serde_urlencoded::to_string(&first)
+        .ok()
+        .and_then(|q| serde_urlencoded::from_str(&q).ok())
+        .unwrap_or_default()
 }
 
 /// The query arguments push-stream subscribers may carry (pushstream.js's
@@ -262,5 +296,14 @@ mod tests {
         assert_eq!(got, [("ch1", 3), ("ch2", 0), ("a.b", 0), ("x", 10)]);
         assert!(parse_ids("//").is_empty());
         assert_eq!(percent_decode("a%20b%zz"), "a b%zz");
+    }
+
+    #[test]
+    fn repeated_arguments_keep_the_first() {
+        let a: ControlArgs = first_args("tag=1&tag=2&time=x&callback=%FF");
+        assert_eq!(a.tag.as_deref(), Some("1"));
+        assert_eq!(a.time.as_deref(), Some("x"));
+        assert_eq!(a.callback.as_deref(), Some("\u{FFFD}"));
+        assert!(first_args::<ControlArgs>("%").tag.is_none());
     }
 }

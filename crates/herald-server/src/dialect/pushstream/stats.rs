@@ -15,10 +15,9 @@ use herald_core::channel::MAX_CHANNEL_NAME_LEN;
 use herald_core::{BrokerError, ChannelInfo, ChannelKey};
 use serde::Deserialize;
 
-use super::request::{TOO_LARGE, parse_ids};
+use super::request::{Args, TOO_LARGE, parse_ids};
 use super::{PsState, header_only, no_cache};
 use crate::dialect::utc::Utc;
-use crate::http::extract::Query;
 
 const CRLF: &str = "\r\n";
 
@@ -303,7 +302,7 @@ fn group(ps: &PsState, fmt: Fmt, all: &[ChannelInfo], infos: &[ChannelInfo]) -> 
     text_reply(fmt, fmt.group(&ps.global(all), &items))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 pub(crate) struct StatsQuery {
     id: Option<String>,
 }
@@ -329,7 +328,7 @@ pub(crate) struct StatsQuery {
 pub(crate) async fn handle(
     State(ps): State<PsState>,
     method: Method,
-    Query(q): Query<StatsQuery>,
+    Args(q): Args<StatsQuery>,
     headers: HeaderMap,
 ) -> Response {
     if method != Method::GET {

@@ -17,9 +17,8 @@ use parking_lot::Mutex;
 
 use super::events::Presence;
 use super::format::{Kind, PsFormat};
-use super::request::{self, ControlArgs};
+use super::request::{self, Args, ControlArgs};
 use super::{PsState, channels_path, header_only, longpoll, no_cache};
-use crate::http::extract::Query;
 use crate::lifetime::{Clock, Tick};
 
 use crate::metrics::{ConnectionSlot, Transport};
@@ -45,7 +44,7 @@ pub(crate) async fn sub(
     State(ps): State<PsState>,
     method: Method,
     uri: Uri,
-    Query(args): Query<ControlArgs>,
+    Args(args): Args<ControlArgs>,
     headers: HeaderMap,
 ) -> Response {
     respond(&ps, method, &uri, &args, &headers, false).await
@@ -70,7 +69,7 @@ pub(crate) async fn ev(
     State(ps): State<PsState>,
     method: Method,
     uri: Uri,
-    Query(args): Query<ControlArgs>,
+    Args(args): Args<ControlArgs>,
     headers: HeaderMap,
 ) -> Response {
     respond(&ps, method, &uri, &args, &headers, true).await

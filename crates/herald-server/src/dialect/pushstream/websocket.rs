@@ -16,10 +16,9 @@ use parking_lot::Mutex;
 
 use super::events::Presence;
 use super::format::{Kind, PsFormat};
-use super::request::{self, ControlArgs, Refusal};
+use super::request::{self, Args, ControlArgs, Refusal};
 use super::{PsState, channels_path, header_only};
 use crate::config::ConnectionConfig;
-use crate::http::extract::Query;
 use crate::session::Session;
 use crate::transport::ws::{self, Reply, WsDialect, close};
 
@@ -44,7 +43,7 @@ const POLICY: u16 = 1008;
             headers(("X-Nginx-PushStream-Explain" = String, description = "Why")))))]
 pub(crate) async fn ws(
     State(ps): State<PsState>,
-    Query(args): Query<ControlArgs>,
+    Args(args): Args<ControlArgs>,
     req: Request,
 ) -> Response {
     if req.method() != Method::GET {
