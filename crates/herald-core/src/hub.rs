@@ -620,6 +620,13 @@ impl Hub {
             .map_or(0, |ch| ch.inner.lock().subscribers.len())
     }
 
+    /// Whether connection `id` subscribes to `key` here: not once the
+    /// channel was deleted.
+    pub fn is_subscribed(&self, key: &ChannelKey, id: ConnId) -> bool {
+        self.get(key)
+            .is_some_and(|ch| ch.inner.lock().subscribers.contains_key(&id))
+    }
+
     /// Counts for `key`, if the channel exists on this node.
     pub fn channel_info(&self, key: &ChannelKey) -> Option<ChannelInfo> {
         let ch = self.get(key)?;

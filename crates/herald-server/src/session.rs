@@ -95,10 +95,11 @@ impl Session {
         Ok(subscribed)
     }
 
-    fn check_room(&self, keys: &[ChannelKey]) -> Result<(), ApiError> {
+    fn check_room(&mut self, keys: &[ChannelKey]) -> Result<(), ApiError> {
+        let subscribed = self.channels().len();
         let fresh = keys.iter().filter(|k| !self.channels.contains(k)).count();
         let limit = self.state.config.limits.max_channels_per_connection;
-        if self.channels.len() + fresh > limit {
+        if subscribed + fresh > limit {
             return Err(too_many_channels(limit));
         }
         Ok(())
@@ -115,7 +116,11 @@ impl Session {
         }
     }
 
-    pub(crate) fn channels(&self) -> &[ChannelKey] {
+    /// The channels subscribed, less any deleted since (the hub dropped
+    /// their subscribers): they neither deliver nor count any more.
+    pub(crate) fn channels(&mut self) -> &[ChannelKey] {
+        let (hub, id) = (self.state.engine.hub(), self.outbox.id());
+        self.channels.retain(|key| hub.is_subscribed(key, id));
         &self.channels
     }
 }

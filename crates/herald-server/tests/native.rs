@@ -337,3 +337,33 @@ async fn errors_name_the_failing_part() {
     .await;
     assert_eq!(reply["result"]["channels"], json!(["a", "b"]), "{reply}");
 }
+
+/// A deleted channel leaves the connection's subscriptions: it is no
+/// longer listed, nor counted against the channel limit.
+#[tokio::test]
+async fn a_deleted_channel_leaves_the_subscription_list() {
+    let server = TestServer::with(|c| c.limits.max_channels_per_connection = 2).await;
+    let mut ws = server.ws("/ws?channels=gone,kept").await;
+    server.publish(json!({"channel": "gone", "data": 1})).await;
+    assert_eq!(next_json(&mut ws).await["data"], 1);
+    let res = reqwest::Client::new()
+        .delete(server.http("/api/v1/channels/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "deleted", "channel": "gone"})
+    );
+    let reply = command(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channel": "new"}),
+    )
+    .await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!(["kept", "new"]),
+        "{reply}"
+    );
+}
