@@ -367,3 +367,25 @@ async fn a_deleted_channel_leaves_the_subscription_list() {
         "{reply}"
     );
 }
+
+/// `limits.max_message_size` holds `data` as delivered: indentation that
+/// folding removes does not count.
+#[tokio::test]
+async fn the_size_limit_counts_data_as_delivered() {
+    let server = TestServer::with(|c| c.limits.max_message_size = 1024).await;
+    let client = reqwest::Client::new();
+    let publish = |data: String| {
+        client
+            .post(server.http("/api/v1/publish"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"channel":"a","data":{data}}}"#))
+            .send()
+    };
+    let indented = format!("[1,\n{}2]", " ".repeat(2000));
+    assert_eq!(publish(indented).await.unwrap().status(), 200);
+    let big = format!("\"{}\"", "x".repeat(1100));
+    let res = publish(big).await.unwrap();
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "message_too_large");
+}

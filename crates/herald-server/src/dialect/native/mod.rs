@@ -579,15 +579,17 @@ fn publication(
     event: Option<String>,
     id: Option<String>,
 ) -> Result<Publication, ApiError> {
+    // Measured as delivered: data spread over lines loses its indentation.
+    let data = one_line_json(data);
     let max = state.config.limits.max_message_size;
-    if data.get().len() > max {
+    if data.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
             format!("data is larger than {max} bytes"),
         ));
     }
-    let mut p = Publication::new(one_line_json(data));
+    let mut p = Publication::new(data);
     if let Some(id) = id {
         p.id = Arc::from(label("id", &id)?);
     }
