@@ -542,3 +542,44 @@ async fn units_bind_only_for_a_bound_app() {
     let res = tsuru(&s, reqwest::Method::DELETE, "/units/bind", &by_host).await;
     assert_eq!(res.status(), 200);
 }
+
+/// Every JSON reply is gin's `c.JSON`: `application/json; charset=utf-8`,
+/// fields in the Go structs' order; the plan is pushaas's own.
+#[tokio::test]
+async fn json_replies_are_gins() {
+    let s = server().await;
+    let res = tsuru(&s, reqwest::Method::GET, "/plans", &[]).await;
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"[{"name":"small","description":"The only plan"}]"#
+    );
+    let create = [
+        ("name", "gin"),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    assert_eq!(
+        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
+        201
+    );
+    let bind = [("app-host", "h"), ("app-name", "web")];
+    for (method, path, form) in [
+        (reqwest::Method::GET, "/gin", &[][..]),
+        (reqwest::Method::GET, "/instances", &[][..]),
+        (reqwest::Method::POST, "/gin/bind-app", &bind[..]),
+        (reqwest::Method::POST, "/gin/bind", &bind[..]),
+    ] {
+        let res = tsuru(&s, method, path, form).await;
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/json; charset=utf-8",
+            "{path}"
+        );
+    }
+}

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use crate::http::extract::Path;
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -17,6 +16,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
 use super::{TsuruError, TsuruState, error};
+use crate::dialect::pushapi::gin_json;
 
 /// The record kind instances are stored under.
 const KIND: &str = "pushaas:instance";
@@ -34,6 +34,13 @@ pub(crate) struct Stored {
     user: String,
     /// The push-api password of the instance (the user is its name).
     pub(crate) password: String,
+}
+
+/// A plan, as pushaas's `models.Plan` (field order kept).
+#[derive(Serialize)]
+struct Plan {
+    name: &'static str,
+    description: &'static str,
 }
 
 /// An instance as Tsuru sees it: no password.
@@ -170,10 +177,13 @@ pub(crate) async fn create(
         (status = 500, description = "Code 10: store unreachable", body = TsuruError)))]
 pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
     match name.as_str() {
-        "plans" => Json(serde_json::json!([
-            {"name": PLAN, "description": "A Push Service of its own: push-api and push-stream routes"}
-        ]))
-        .into_response(),
+        "plans" => gin_json(
+            StatusCode::OK,
+            &[Plan {
+                name: PLAN,
+                description: "The only plan",
+            }],
+        ),
         "instances" => match state.app.engine.broker().records(KIND).await {
             Ok(records) => {
                 let all: Vec<Stored> = records
@@ -184,12 +194,13 @@ pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String
                     // pushaas's `GetAll` finds no keys: `InstanceRetrievalNotFound`.
                     return error(StatusCode::NOT_FOUND, 11, "Instance not found");
                 }
-                Json(all.iter().map(Stored::shown).collect::<Vec<_>>()).into_response()
+                let shown: Vec<Shown<'_>> = all.iter().map(Stored::shown).collect();
+                gin_json(StatusCode::OK, &shown)
             }
             Err(e) => unavailable(&e, 10, "Failed to retrieve instance"),
         },
         _ => match find(&state, &name).await {
-            Ok(Some(stored)) => Json([stored.shown()]).into_response(),
+            Ok(Some(stored)) => gin_json(StatusCode::OK, &[stored.shown()]),
             Ok(None) => error(StatusCode::NOT_FOUND, 11, "Instance not found"),
             Err(e) => unavailable(&e, 10, "Failed to retrieve instance"),
         },
@@ -272,7 +283,7 @@ fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Respon
         "PUSHAAS_USERNAME": stored.name,
         "PUSHAAS_PASSWORD": stored.password,
     });
-    (StatusCode::CREATED, Json(env)).into_response()
+    gin_json(StatusCode::CREATED, &env)
 }
 
 /// `POST /resources/<name>/bind-app` (form `app-host, app-name`) → 201 with
@@ -496,7 +507,7 @@ pub(crate) async fn unbind_unit(
 /// `GET /resources/plans`.
 #[utoipa::path(get, path = "/api/v1/resources/plans", tag = "pushaas",
     operation_id = "pushaas_plans", summary = "The plans", security(("tsuru_basic" = [])),
-    responses((status = 200, description = "`[{\"name\": \"small\", \"description\"}]`"),
+    responses((status = 200, description = "`[{\"name\":\"small\",\"description\":\"The only plan\"}]`"),
         (status = 401, description = super::DOC_UNAUTHORIZED)))]
 #[allow(dead_code)]
 fn plans() {}
