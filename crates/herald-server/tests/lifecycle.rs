@@ -427,6 +427,10 @@ async fn shutdown_sends_reconnect_hints_and_closes_with_1012() {
     assert_eq!(next_json(&mut push).await["event"], "ping");
     let mut sse = Sse::connect(&server.http("/sse?channels=a")).await;
     sse.next().await.unwrap();
+    assert!(
+        sse.next().await.unwrap().id.is_some(),
+        "the stream's first id"
+    );
     let mut push_sse = Sse::connect(&server.http("/sse/messages?channels=a")).await;
     push_sse.next().await.unwrap();
 

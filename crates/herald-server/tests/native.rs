@@ -227,6 +227,10 @@ async fn sse_heartbeats_arrive() {
         TestServer::with(|c| c.connection.heartbeat = std::time::Duration::from_millis(100)).await;
     let mut sse = Sse::connect(&server.http("/sse?channels=feed")).await;
     sse.next().await.unwrap();
+    assert!(
+        sse.next().await.unwrap().id.is_some(),
+        "the stream's first id"
+    );
     let beat = sse.next().await.unwrap();
     assert_eq!(beat.comment.as_deref(), Some("heartbeat"));
 }
@@ -388,4 +392,32 @@ async fn the_size_limit_counts_data_as_delivered() {
     assert_eq!(res.status(), 413);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "message_too_large");
+}
+
+/// A stream's preamble carries its first id, which browsers keep without
+/// dispatching an event: one that reconnects before any message arrived
+/// still resumes, and gets what was published meanwhile.
+#[tokio::test]
+async fn an_sse_stream_resumes_from_before_its_first_message() {
+    let server = TestServer::start().await;
+    let url = server.http("/sse?channels=a,b");
+    let mut sse = Sse::connect(&url).await;
+    assert!(sse.next().await.unwrap().retry.is_some());
+    let first = sse.next().await.unwrap();
+    assert_eq!(first.data, None, "{first:?}");
+    let id = first.id.expect("an id before any message");
+    drop(sse);
+    server
+        .publish(json!({"channel": "b", "data": "while away"}))
+        .await;
+    let res = reqwest::Client::new()
+        .get(&url)
+        .header("Last-Event-ID", &id)
+        .send()
+        .await
+        .unwrap();
+    let mut sse = Sse::from_response(res);
+    let ev = sse.next_data().await;
+    let v: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+    assert_eq!(v["data"], "while away");
 }

@@ -247,6 +247,7 @@ async fn open_sse(
         .transpose()
         .map_err(ApiError::bad_request)?
         .unwrap_or_default();
+    let keys_empty = keys.is_empty();
     let mut session = Session::new(state.clone(), Arc::new(SseFormat));
     let mut cursor = Cursor::default();
     let mut preamble = format!(
@@ -270,6 +271,11 @@ async fn open_sse(
             preamble.push_str(&format!("event: recovery\ndata: {note}\n\n"));
         }
         cursor.set_subscribed(&key, &s);
+    }
+    if !keys_empty {
+        // An id without data dispatches no event, yet browsers keep it: one
+        // that reconnects before the first message still resumes.
+        preamble.push_str(&format!("id: {cursor}\n\n"));
     }
     let style = SseStyle {
         preamble: Bytes::from(preamble),
