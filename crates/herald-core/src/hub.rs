@@ -126,8 +126,8 @@ pub struct Hub {
     idle_grace: Duration,
 }
 
-/// [`Hub::idle_grace`] unless set otherwise: longer than clients take to
-/// poll again or reconnect.
+/// How long idle channels are kept unless [`Hub::with_idle_grace`] says
+/// otherwise: longer than clients take to poll again or reconnect.
 pub const IDLE_GRACE: Duration = Duration::from_secs(30);
 
 struct Channel {
