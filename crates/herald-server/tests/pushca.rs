@@ -891,3 +891,34 @@ async fn pushca_connections_outlive_the_native_lifetime_unless_configured() {
     let (code, _) = expect_close(&mut pushca).await;
     assert_eq!(code, 4200);
 }
+
+/// Without a configured URL the request's `Host` names the advertised one,
+/// but only a plain `host[:port]`: a token must not go out inside a URL a
+/// forged `Host` points elsewhere or breaks.
+#[tokio::test]
+async fn a_forged_host_gets_no_url() {
+    let server = server().await;
+    let who = client("w", "a@x", "d1", "APP");
+    for (host, ok) in [
+        ("push.example:8443", true),
+        ("evil.example:1/x?", false),
+        ("u@evil.example", false),
+    ] {
+        let res = reqwest::Client::new()
+            .post(server.http("/open-connection"))
+            .header("host", host)
+            .json(&json!({"client": who}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        if ok {
+            assert_eq!(status, 200, "{host}: {body}");
+            let url = body["externalAdvertisedUrl"].as_str().unwrap();
+            assert!(url.starts_with(&format!("ws://{host}/")), "{url}");
+        } else {
+            assert_eq!(status, 400, "{host}: {body}");
+        }
+    }
+}

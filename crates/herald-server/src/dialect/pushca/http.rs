@@ -145,39 +145,85 @@ fn check_size(state: &AppState, message: &RawValue) -> Result<(), ApiError> {
 
 /// Advertised WebSocket base URLs: configured, or `ws://<Host>/`
 /// (`wss://` when the listener speaks TLS).
-fn addresses(state: &AppState, headers: &HeaderMap, token: &str) -> PusherAddress {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = if state.config.server.tls.files().is_some() {
-        "wss"
-    } else {
-        "ws"
-    };
-    let fallback = format!("{scheme}://{host}/");
-    let cfg = &state.config.pushca;
-    let external = cfg.external_advertised_url.as_deref().unwrap_or(&fallback);
-    let url = |base: &str| {
-        let sep = if base.ends_with('/') { "" } else { "/" };
-        format!("{base}{sep}{token}")
-    };
-    PusherAddress {
-        external_advertised_url: url(external),
-        internal_advertised_url: url(cfg.internal_advertised_url.as_deref().unwrap_or(external)),
-        browser_advertised_url: url(cfg.browser_advertised_url.as_deref().unwrap_or(external)),
+struct Bases {
+    external: String,
+    internal: String,
+    browser: String,
+}
+
+impl Bases {
+    /// The configured URLs; the request's `Host` only for what is not
+    /// configured, and only a plain `host[:port]`: tokens go out inside
+    /// these URLs, which a forged `Host` must not point elsewhere or break.
+    fn of(state: &AppState, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let cfg = &state.config.pushca;
+        let external =
+            match &cfg.external_advertised_url {
+                Some(url) => url.clone(),
+                None => {
+                    let host =
+                        match headers.get(header::HOST) {
+                            None => "localhost",
+                            Some(h) => h.to_str().ok().filter(|h| is_host_and_port(h)).ok_or_else(
+                                || {
+                                    ApiError::bad_request(
+                                        "the Host header is not host[:port] \
+                                 (or set pushca.external_advertised_url)",
+                                    )
+                                },
+                            )?,
+                        };
+                    let scheme = if state.config.server.tls.files().is_some() {
+                        "wss"
+                    } else {
+                        "ws"
+                    };
+                    format!("{scheme}://{host}/")
+                }
+            };
+        Ok(Self {
+            internal: cfg
+                .internal_advertised_url
+                .clone()
+                .unwrap_or_else(|| external.clone()),
+            browser: cfg
+                .browser_advertised_url
+                .clone()
+                .unwrap_or_else(|| external.clone()),
+            external,
+        })
+    }
+
+    fn addresses(&self, token: &str) -> PusherAddress {
+        let url = |base: &str| {
+            let sep = if base.ends_with('/') { "" } else { "/" };
+            format!("{base}{sep}{token}")
+        };
+        PusherAddress {
+            external_advertised_url: url(&self.external),
+            internal_advertised_url: url(&self.internal),
+            browser_advertised_url: url(&self.browser),
+        }
     }
 }
 
-fn open(state: &AppState, headers: &HeaderMap, client: &PClient) -> OpenConnectionResponse {
-    let token = state.pushca.tokens.issue(client);
-    let a = addresses(state, headers, &token);
-    OpenConnectionResponse {
+/// Whether `host` is an authority with nothing but a host and a port.
+fn is_host_and_port(host: &str) -> bool {
+    !host.contains('@') && host.parse::<axum::http::uri::Authority>().is_ok()
+}
+
+fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &PClient,
+) -> Result<OpenConnectionResponse, ApiError> {
+    let a = Bases::of(state, headers)?.addresses(&state.pushca.tokens.issue(client));
+    Ok(OpenConnectionResponse {
         pusher_instance_id: state.pushca.instance_id.clone(),
         external_advertised_url: a.external_advertised_url,
         internal_advertised_url: a.internal_advertised_url,
         browser_advertised_url: a.browser_advertised_url,
-    }
+    })
 }
 
 /// Opens a connection: WebSocket URLs with a token valid for `pushca.token_ttl`.
@@ -193,7 +239,7 @@ pub(crate) async fn open_connection(
     let headers = req.headers().clone();
     let r: OpenConnectionRequest = body(&state, req).await?;
     let _ = r.pusher_instance_id;
-    Ok(Json(open(&state, &headers, &r.client)))
+    Ok(Json(open(&state, &headers, &r.client)?))
 }
 
 /// Opens `poolSize` connections at once (at most `pushca.max_pool_size`).
@@ -216,8 +262,9 @@ pub(crate) async fn open_connection_pool(
             "poolSize must be 1 to {max}"
         )));
     }
+    let bases = Bases::of(&state, &headers)?;
     let addresses = (0..r.pool_size)
-        .map(|_| addresses(&state, &headers, &state.pushca.tokens.issue(&r.client)))
+        .map(|_| bases.addresses(&state.pushca.tokens.issue(&r.client)))
         .collect();
     Ok(Json(OpenConnectionPoolResponse {
         pusher_instance_id: state.pushca.instance_id.clone(),
@@ -377,7 +424,7 @@ pub(crate) async fn sign_in(
         .map_err(|e| ApiError::bad_request(format!("sign-in request is not base64url: {e}")))?;
     let r: OpenConnectionRequest = serde_json::from_slice(&json)
         .map_err(|e| ApiError::bad_request(format!("malformed sign-in request: {e}")))?;
-    let reply = serde_json::to_string(&open(&state, req.headers(), &r.client))
+    let reply = serde_json::to_string(&open(&state, req.headers(), &r.client)?)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let session = Session::new(state.clone(), Arc::new(PushcaFormat));
     ws::upgrade(&state, req, session, SignIn::new(reply))
