@@ -994,3 +994,28 @@ async fn repeated_query_arguments_take_the_first_value() {
     assert!(res.headers().contains_key(EXPLAIN), "{:?}", res.headers());
     assert_eq!(res.text().await.unwrap(), "", "header-only");
 }
+
+/// Polling with only a tag (no time) selects nothing, and the 304 echoes
+/// that tag as `Etag` without inventing a `Last-Modified`, as the module's
+/// `add_polling_headers` does.
+#[tokio::test]
+async fn polling_304_echoes_a_tag_given_without_a_time() {
+    let s = server().await;
+    assert_eq!(publish(&s, "tagonly", "x", None).await.status(), 200);
+    for (path, header) in [
+        ("/ps/sub/tagonly", Some("W/5")),
+        ("/ps/sub/tagonly?tag=7", None),
+    ] {
+        let mut req = client()
+            .get(s.http(path))
+            .header("X-Nginx-PushStream-Mode", "polling");
+        if let Some(tag) = header {
+            req = req.header("If-None-Match", tag);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 304, "{path}");
+        let etag = res.headers().get("etag").map(|v| v.to_str().unwrap());
+        assert_eq!(etag, Some(if header.is_some() { "W/5" } else { "W/7" }));
+        assert!(!res.headers().contains_key("last-modified"), "{path}");
+    }
+}

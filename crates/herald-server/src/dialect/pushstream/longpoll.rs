@@ -119,18 +119,14 @@ pub(crate) async fn answer(
     let mut frames: Vec<Frame> = Vec::new();
     outbox.drain(&mut frames);
     if frames.is_empty() && !long {
-        // Nothing new: 304 with the client's own markers.
+        // Nothing new: 304 with the client's own markers, each echoed when
+        // given (the module keeps a tag that came without a time).
         let mut res = header_only(StatusCode::NOT_MODIFIED, None);
-        if let Some(since) = sub.since {
-            markers(
-                res.headers_mut(),
-                Marker {
-                    time: since.time,
-                    tag: since.tag.unwrap_or(0),
-                },
-                since.tag.is_some(),
-            );
-        }
+        let given = Marker {
+            time: sub.since.map_or(0, |s| s.time),
+            tag: sub.tag.unwrap_or(0),
+        };
+        markers(res.headers_mut(), given, sub.tag.is_some());
         return res;
     }
     if frames.is_empty() {

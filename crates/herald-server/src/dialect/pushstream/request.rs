@@ -159,6 +159,9 @@ pub(crate) struct Subscription {
     pub(crate) channels: Vec<(ChannelKey, usize)>,
     /// `If-Modified-Since` + `If-None-Match`, or `time` + `tag`.
     pub(crate) since: Option<Since>,
+    /// `If-None-Match` or `tag`, even without a time: it selects nothing
+    /// alone, but polling's 304 echoes it as the module does.
+    pub(crate) tag: Option<u64>,
     /// `Last-Event-Id`, or `eventid`.
     pub(crate) last_event_id: Option<String>,
 }
@@ -226,6 +229,7 @@ pub(crate) fn subscription(
     Ok(Subscription {
         channels,
         since: time.map(|time| Since { time, tag }),
+        tag,
         last_event_id,
     })
 }
