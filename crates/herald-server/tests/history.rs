@@ -97,30 +97,39 @@ async fn websocket_resume_replays_then_goes_live() {
     assert_eq!(reply["error"]["code"], "bad_request");
 }
 
-#[tokio::test]
-async fn sse_last_event_id_resumes_every_channel() {
-    let server = server_keeping(100).await;
+/// A stream of `ha` and `hb` that got `a1` then `b1`, closed: its URL and
+/// last event id.
+async fn a1_and_b1_seen(server: &TestServer) -> (String, String) {
     let url = server.http("/sse?channels=ha,hb");
     let mut sse = Sse::connect(&url).await;
-    sse.next().await.unwrap();
     server.publish(json!({"channel": "ha", "data": "a1"})).await;
     server.publish(json!({"channel": "hb", "data": "b1"})).await;
     sse.next_data().await;
-    let last = sse.next_data().await;
-    let last_id = last.id.clone().unwrap();
-    drop(sse);
-    // Missed while away.
-    for (ch, d) in [("ha", "a2"), ("hb", "b2"), ("ha", "a3")] {
-        server.publish(json!({"channel": ch, "data": d})).await;
-    }
+    let last_id = sse.next_data().await.id.unwrap();
+    (url, last_id)
+}
+
+/// An SSE stream at `url` resumed from `last_event_id`.
+async fn resume(url: &str, last_event_id: &str) -> Sse {
     let res = reqwest::Client::new()
-        .get(&url)
-        .header("Last-Event-ID", &last_id)
+        .get(url)
+        .header("Last-Event-ID", last_event_id)
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let mut sse = Sse::from_response(res);
+    Sse::from_response(res)
+}
+
+#[tokio::test]
+async fn sse_last_event_id_resumes_every_channel() {
+    let server = server_keeping(100).await;
+    let (url, last_id) = a1_and_b1_seen(&server).await;
+    // Missed while away.
+    for (ch, d) in [("ha", "a2"), ("hb", "b2"), ("ha", "a3")] {
+        server.publish(json!({"channel": ch, "data": d})).await;
+    }
+    let mut sse = resume(&url, &last_id).await;
     let mut got = Vec::new();
     while got.len() < 3 {
         let ev = sse.next_data().await;
@@ -144,28 +153,14 @@ async fn sse_last_event_id_resumes_every_channel() {
 #[tokio::test]
 async fn sse_resumes_from_any_replayed_event() {
     let server = server_keeping(100).await;
-    let url = server.http("/sse?channels=ha,hb");
-    let mut sse = Sse::connect(&url).await;
-    sse.next().await.unwrap();
-    server.publish(json!({"channel": "ha", "data": "a1"})).await;
-    server.publish(json!({"channel": "hb", "data": "b1"})).await;
-    sse.next_data().await;
-    let mut last_id = sse.next_data().await.id.unwrap();
-    drop(sse);
+    let (url, mut last_id) = a1_and_b1_seen(&server).await;
     for (ch, d) in [("ha", "a2"), ("ha", "a3"), ("hb", "b2"), ("hb", "b3")] {
         server.publish(json!({"channel": ch, "data": d})).await;
     }
     // Take one event per connection, then drop it.
     let mut got = Vec::new();
     while got.len() < 4 {
-        let res = reqwest::Client::new()
-            .get(&url)
-            .header("Last-Event-ID", &last_id)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let ev = Sse::from_response(res).next_data().await;
+        let ev = resume(&url, &last_id).await.next_data().await;
         let v: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
         got.push(v["data"].as_str().unwrap().to_string());
         last_id = ev.id.unwrap();
@@ -452,13 +447,11 @@ async fn a_replay_bigger_than_the_outbox_arrives_whole() {
     );
     assert_eq!(page["cursor"], format!("hbig:{epoch}:{MESSAGES}"));
 
-    let res = reqwest::Client::new()
-        .get(server.http("/sse?channels=hbig"))
-        .header("Last-Event-ID", format!("hbig:{epoch}:0"))
-        .send()
-        .await
-        .unwrap();
-    let mut sse = Sse::from_response(res);
+    let mut sse = resume(
+        &server.http("/sse?channels=hbig"),
+        &format!("hbig:{epoch}:0"),
+    )
+    .await;
     for offset in 1..=MESSAGES {
         let ev = sse.next_data().await;
         assert_eq!(ev.id.unwrap(), format!("hbig:{epoch}:{offset}"));
