@@ -496,16 +496,17 @@ impl Hub {
         };
         let mut guard = ch.inner.lock();
         let inner = &mut *guard;
+        if let Some(held) = &mut inner.gap {
+            // Even a message of a new epoch waits: what is held and what the
+            // gap's read recovers were published before it.
+            held.push(msg.clone());
+            return Delivery::Held;
+        }
         if *inner.epoch != *msg.epoch {
             // A new history generation (first message seen here, or the
             // broker lost its state): start counting from this message.
             inner.epoch = msg.epoch.clone();
             inner.next_offset = msg.offset;
-            inner.gap = None;
-        }
-        if let Some(held) = &mut inner.gap {
-            held.push(msg.clone());
-            return Delivery::Held;
         }
         if msg.offset < inner.next_offset {
             return Delivery::Duplicate;
@@ -552,6 +553,10 @@ impl Hub {
         let mut guard = ch.inner.lock();
         let inner = &mut *guard;
         let Some(held) = inner.gap.take() else { return };
+        // Held messages of a later epoch (the broker lost its state while
+        // the gap was read) follow the gap's own, in the order they came.
+        let (held, later): (Vec<_>, Vec<_>) =
+            held.into_iter().partition(|m| *m.epoch == *inner.epoch);
         let mut all: Vec<Arc<Message>> = recovered
             .into_iter()
             .filter(|m| *m.epoch == *inner.epoch)
@@ -559,7 +564,11 @@ impl Hub {
             .collect();
         all.sort_by_key(|m| m.offset);
         let mut unflushed = Vec::new();
-        for msg in all {
+        for msg in all.into_iter().chain(later) {
+            if *inner.epoch != *msg.epoch {
+                inner.epoch = msg.epoch.clone();
+                inner.next_offset = msg.offset;
+            }
             if msg.offset >= inner.next_offset {
                 inner.published += 1;
                 inner.next_offset = msg.offset + 1;
@@ -1030,6 +1039,32 @@ mod tests {
         assert_eq!(got, want);
         // A new epoch (the broker lost its state) restarts the count.
         assert_eq!(hub.deliver(&remote(1, "S")), Delivery::Reached(1));
+    }
+
+    #[test]
+    fn a_new_epoch_during_a_gap_waits_behind_the_held_messages() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe(&key("hist"), &a);
+        // Data is offset and epoch, e.g. "4R".
+        let msg = |offset: u64, epoch: &str| {
+            let data = Bytes::from(format!("{offset}{epoch}"));
+            Arc::new(Message::new(
+                key("hist"),
+                Publication::new(data),
+                offset,
+                Arc::from(epoch),
+            ))
+        };
+        hub.deliver(&msg(1, "R"));
+        assert!(matches!(hub.deliver(&msg(4, "R")), Delivery::Gap { .. }));
+        // The broker lost its state while 2 and 3 were being read.
+        assert_eq!(hub.deliver(&msg(1, "S")), Delivery::Held);
+        assert_eq!(hub.deliver(&msg(2, "S")), Delivery::Held);
+        hub.fill(&key("hist"), vec![msg(2, "R"), msg(3, "R")]);
+        assert_eq!(hub.deliver(&msg(3, "S")), Delivery::Reached(1));
+        let want = ["1R", "2R", "3R", "4R", "1S", "2S", "3S"].map(|s| Bytes::from(s.to_owned()));
+        assert_eq!(drained(&a), want);
     }
 
     #[test]
