@@ -1019,3 +1019,26 @@ async fn polling_304_echoes_a_tag_given_without_a_time() {
         assert!(!res.headers().contains_key("last-modified"), "{path}");
     }
 }
+
+/// The JSONP callback is percent-decoded once, as nginx's `$arg_callback`
+/// through the module's `unescape_uri`: `%252E` stays `%2E` (and so is not
+/// a plain name), where decoding twice made it a `.`.
+#[tokio::test]
+async fn jsonp_callback_is_decoded_once() {
+    let s = server().await;
+    assert_eq!(publish(&s, "cbonce", "x", None).await.status(), 200);
+    let res = client()
+        .get(s.http("/ps/lp/cbonce.b1?callback=cb%2Ex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().starts_with("cb.x([{"));
+    let res = client()
+        .get(s.http("/ps/lp/cbonce.b1?callback=cb%252Ex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "`cb%2Ex` is not a plain name");
+    assert_eq!(explain(&res), Some("Invalid callback name."));
+}

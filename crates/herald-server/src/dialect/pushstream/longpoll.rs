@@ -75,17 +75,18 @@ pub(crate) async fn lp(
 #[allow(dead_code)]
 fn jsonp() {}
 
-/// A JSONP callback name: letters, digits, `_`, `$` and `.` only.
+/// A JSONP callback name: letters, digits, `_`, `$` and `.` only (the
+/// module takes any; the name is written into a script). `args` holds it
+/// decoded once already, as the module's `unescape_uri` of `$arg_callback`.
 fn callback(args: &ControlArgs) -> Result<Option<String>, Refusal> {
     let Some(name) = args.callback.as_deref().filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    let name = request::percent_decode(name);
     if name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_$.".contains(c))
     {
-        Ok(Some(name))
+        Ok(Some(name.to_owned()))
     } else {
         Err(Refusal::new(
             StatusCode::BAD_REQUEST,
