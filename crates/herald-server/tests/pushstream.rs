@@ -1042,3 +1042,55 @@ async fn jsonp_callback_is_decoded_once() {
     assert_eq!(res.status(), 400, "`cb%2Ex` is not a plain name");
     assert_eq!(explain(&res), Some("Invalid callback name."));
 }
+
+/// The OpenAPI tag names exactly the routes that answer `OPTIONS` (with
+/// the CORS headers); the others answer 405 as the module's do.
+#[tokio::test]
+async fn openapi_names_the_routes_that_answer_options() {
+    let s = server().await;
+    let doc: Value = client()
+        .get(s.http("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tag = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "pushstream")
+        .expect("the pushstream tag");
+    let text = tag["description"].as_str().unwrap();
+    let (claim, _) = text.split_once("`OPTIONS`").expect("OPTIONS is described");
+    for (route, path) in [
+        ("pub", "/ps/pub?id=o"),
+        ("sub", "/ps/sub/o"),
+        ("ev", "/ps/ev/o"),
+        ("lp", "/ps/lp/o"),
+        ("jsonp", "/ps/jsonp/o"),
+        ("ws", "/ps/ws/o"),
+        ("channels-stats", "/ps/channels-stats"),
+    ] {
+        let res = client()
+            .request(reqwest::Method::OPTIONS, s.http(path))
+            .send()
+            .await
+            .unwrap();
+        let answers = res.status() == 200;
+        assert_eq!(
+            claim.contains(&format!("`/{route}`")),
+            answers,
+            "{route}: {text}"
+        );
+        if answers {
+            assert!(
+                res.headers().contains_key("access-control-allow-origin"),
+                "{route}"
+            );
+        } else {
+            assert_eq!(res.status(), 405, "{route}");
+        }
+    }
+}

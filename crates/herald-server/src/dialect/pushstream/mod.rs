@@ -280,9 +280,10 @@ pub(crate) fn channels_path(uri: &Uri) -> &str {
     ),
     tags((name = "pushstream", description = "The nginx push-stream module's URL API \
         (docs/pushstream.md), under `[pushstream] prefix`: shown at the default `/ps`. \
-        Mounted unless `[pushstream] enabled = false`. Every route also answers `OPTIONS` \
-        with the CORS headers of `allowed_origins`; refusals are header-only, with the \
-        reason in `X-Nginx-PushStream-Explain`."))
+        Mounted unless `[pushstream] enabled = false`. `/pub`, `/sub`, `/ev`, `/lp` and \
+        `/jsonp` also answer `OPTIONS` with the CORS headers of `allowed_origins` (`/ws` and \
+        `/channels-stats` answer it 405, as the module's do); refusals are header-only, with \
+        the reason in `X-Nginx-PushStream-Explain`."))
 )]
 pub(crate) struct ApiDoc;
 
