@@ -76,6 +76,31 @@ async fn notify(server: &TestServer, filter: Value, message: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A message to acknowledge, `<id>@@<body>`, as (id, body). The id is the
+/// server's, shaped like Pushca's `<transactionId>-<index>`.
+async fn next_to_ack(ws: &mut Ws) -> (String, String) {
+    let text = next_text(ws).await;
+    let (id, body) = text.split_once("@@").unwrap_or_else(|| panic!("{text}"));
+    assert!(server_made(id), "{text}");
+    (id.to_owned(), body.to_owned())
+}
+
+/// `<UUID>-0`: a transaction id and the index of its only message.
+fn server_made(id: &str) -> bool {
+    id.strip_suffix("-0").is_some_and(|uuid| {
+        uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    })
+}
+
+async fn ack(ws: &mut Ws, cmd: &str, message_id: &str) {
+    send_text(
+        ws,
+        &format!(r#"{cmd}@@ACKNOWLEDGE@@{{"messageId":"{message_id}"}}"#),
+    )
+    .await;
+    assert_eq!(next_text(ws).await, format!("{cmd}@@ACKNOWLEDGE"));
+}
+
 /// Status of a refused WebSocket handshake.
 async fn refused(url: &str) -> u16 {
     match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
@@ -250,9 +275,9 @@ async fn with_acknowledge_is_200_when_acked_and_408_when_not() {
             .status()
             .as_u16()
     });
-    assert_eq!(next_text(&mut ws).await, "m-1@@WithAcknowledgeTest1");
-    send_text(&mut ws, r#"c-1@@ACKNOWLEDGE@@{"messageId":"m-1"}"#).await;
-    assert_eq!(next_text(&mut ws).await, "c-1@@ACKNOWLEDGE");
+    let (id, body) = next_to_ack(&mut ws).await;
+    assert_eq!(body, "WithAcknowledgeTest1");
+    ack(&mut ws, "c-1", &id).await;
     let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
     assert_eq!(status, 200);
 
@@ -264,7 +289,7 @@ async fn with_acknowledge_is_200_when_acked_and_408_when_not() {
     )
     .await;
     assert_eq!(status, 408, "{body}");
-    assert_eq!(next_text(&mut ws).await, "m-2@@ignored");
+    assert_eq!(next_to_ack(&mut ws).await.1, "ignored");
 
     // An incomplete client cannot be sent with-acknowledge.
     let (status, _) = post(
@@ -299,20 +324,18 @@ async fn unacked_delivery_is_retried_with_the_same_id() {
             .as_u16()
     });
     // The first delivery is not acknowledged; the retry carries the same id.
-    assert_eq!(next_text(&mut ws).await, "retry-1@@hello");
-    assert_eq!(next_text(&mut ws).await, "retry-1@@hello");
-    send_text(
-        &mut ws,
-        r#"{"command":"ACKNOWLEDGE","metaData":{"messageId":"retry-1"}}"#,
-    )
-    .await;
+    let (id, body) = next_to_ack(&mut ws).await;
+    assert_eq!(body, "hello");
+    assert_eq!(next_to_ack(&mut ws).await, (id.clone(), body));
+    let legacy = json!({"command": "ACKNOWLEDGE", "metaData": {"messageId": id}});
+    send_text(&mut ws, &legacy.to_string()).await;
     let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
     assert_eq!(status, 200);
 }
 
 /// Ids are client-chosen, so a fallback to another device may reuse one.
-/// A late ack from the first receiver, which still "owes" the id, must not
-/// confirm the second send, whose receiver never acked.
+/// A late ack from the first receiver, which still "owes" its message, must
+/// not confirm the second send, whose receiver never acked.
 #[tokio::test]
 async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
     let server = TestServer::with(|c| {
@@ -334,7 +357,8 @@ async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
         &format!("c1@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{first}"),
     )
     .await;
-    assert_eq!(next_text(&mut ws_b).await, "order-123@@to B");
+    let (id_b, body) = next_to_ack(&mut ws_b).await;
+    assert_eq!(body, "to B");
     let reply = next_text(&mut ws_a).await;
     assert!(reply.contains("acknowledge timeout"), "{reply}");
 
@@ -350,9 +374,8 @@ async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
             .status()
             .as_u16()
     });
-    assert_eq!(next_text(&mut ws_d).await, "order-123@@to D");
-    send_text(&mut ws_b, r#"k@@ACKNOWLEDGE@@{"messageId":"order-123"}"#).await;
-    assert_eq!(next_text(&mut ws_b).await, "k@@ACKNOWLEDGE");
+    assert_eq!(next_to_ack(&mut ws_d).await.1, "to D");
+    ack(&mut ws_b, "k", &id_b).await;
     let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
     assert_eq!(status, 408, "D never acknowledged");
 }
@@ -380,7 +403,7 @@ async fn a_receiver_leaving_unacked_ends_the_wait_early() {
             .status()
             .as_u16()
     });
-    assert_eq!(next_text(&mut ws).await, "g-2@@bye");
+    assert_eq!(next_to_ack(&mut ws).await.1, "bye");
     ws.close(None).await.unwrap();
     drop(ws);
     let status = tokio::time::timeout(Duration::from_secs(5), request)
@@ -415,8 +438,9 @@ async fn delivery_guarantee_is_404_when_not_connected() {
             .status()
             .as_u16()
     });
-    assert_eq!(next_text(&mut ws).await, "g-1@@guaranteed");
-    send_text(&mut ws, r#"a@@ACKNOWLEDGE@@{"messageId":"g-1"}"#).await;
+    let (id, body) = next_to_ack(&mut ws).await;
+    assert_eq!(body, "guaranteed");
+    ack(&mut ws, "a", &id).await;
     assert_eq!(
         tokio::time::timeout(WAIT, request).await.unwrap().unwrap(),
         200
@@ -504,9 +528,9 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
         json!({"id": "msg-7", "client": receiver, "sender": sender, "message": "needs ack"})
     );
     send_text(&mut tx, &with_ack).await;
-    assert_eq!(next_text(&mut rx).await, "msg-7@@needs ack");
-    send_text(&mut rx, r#"r-1@@ACKNOWLEDGE@@{"messageId":"msg-7"}"#).await;
-    assert_eq!(next_text(&mut rx).await, "r-1@@ACKNOWLEDGE");
+    let (id, body) = next_to_ack(&mut rx).await;
+    assert_eq!(body, "needs ack");
+    ack(&mut rx, "r-1", &id).await;
     assert_eq!(next_text(&mut tx).await, "msg-7@@ACKNOWLEDGE");
     // Resent after its ack: the same answer, and nothing sent to the receiver again.
     send_text(&mut tx, &with_ack).await;
@@ -518,7 +542,7 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
         json!({"client": receiver, "message": "ignored"})
     );
     send_text(&mut tx, &unacked).await;
-    assert_eq!(next_text(&mut rx).await, "msg-8@@ignored");
+    assert_eq!(next_to_ack(&mut rx).await.1, "ignored");
     let reply = next_text(&mut tx).await;
     assert!(reply.starts_with("msg-8@@RESPONSE@@"), "{reply}");
     assert!(reply.contains("timeout"), "{reply}");
@@ -534,10 +558,12 @@ async fn ws_commands_send_acknowledge_and_are_idempotent() {
     assert_eq!(next_text(&mut rx).await, "last");
 }
 
-/// A with-ack send whose id is still waiting is refused with an error
-/// RESPONSE (REST answers 409), from another connection or the same one.
+/// Receivers see a message id the server made, `<transactionId>-<index>`
+/// as from Pushca, and acknowledge by it, while each sender is answered
+/// under its own id. Two sends reusing one id are told apart: each is
+/// confirmed only by the ack of its own message.
 #[tokio::test]
-async fn with_ack_of_an_id_in_flight_is_answered_with_an_error() {
+async fn receivers_ack_a_server_made_id_and_senders_keep_theirs() {
     let server = server().await;
     let receiver = client("w", "receiver", "d", "APP");
     let mut tx = connect(&server, &client("w", "s1", "d", "APP")).await;
@@ -549,27 +575,21 @@ async fn with_ack_of_an_id_in_flight_is_answered_with_an_error() {
     };
 
     send_text(&mut tx, &with_ack("s1", "first")).await;
-    assert_eq!(next_text(&mut rx).await, "dup@@first");
-    for (ws, cmd) in [(&mut tx2, "s2"), (&mut tx, "s3")] {
-        send_text(ws, &with_ack(cmd, "second")).await;
-        let reply = next_text(ws).await;
-        let json: Value = serde_json::from_str(
-            reply
-                .strip_prefix("dup@@RESPONSE@@")
-                .unwrap_or_else(|| panic!("{reply}")),
-        )
-        .unwrap();
-        assert!(
-            json["error"].as_str().unwrap().contains("still waiting"),
-            "{reply}"
-        );
-    }
-    // The first send still completes, and nothing else reached the receiver.
-    send_text(&mut rx, r#"a@@ACKNOWLEDGE@@{"messageId":"dup"}"#).await;
-    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
-    assert_eq!(next_text(&mut tx).await, "dup@@ACKNOWLEDGE");
-    notify(&server, json!({"accountId": "receiver"}), "last").await;
-    assert_eq!(next_text(&mut rx).await, "last");
+    let (first, body) = next_to_ack(&mut rx).await;
+    assert_eq!(body, "first");
+    send_text(&mut tx2, &with_ack("s2", "second")).await;
+    let (second, body) = next_to_ack(&mut rx).await;
+    assert_eq!(body, "second");
+    assert_ne!(first, second, "each send has its own id");
+
+    // The senders' id is nothing the receiver owes; the second send's id
+    // confirms the second send only.
+    ack(&mut rx, "a", "dup").await;
+    ack(&mut rx, "b", &second).await;
+    assert_eq!(next_text(&mut tx2).await, "dup@@ACKNOWLEDGE");
+    let reply = next_text(&mut tx).await;
+    assert!(reply.starts_with("dup@@RESPONSE@@"), "{reply}");
+    assert!(reply.contains("acknowledge timeout"), "{reply}");
 }
 
 /// With `metaData.id` other than the command id, the reply is under the
@@ -583,16 +603,16 @@ async fn a_resent_with_ack_command_gets_the_same_reply() {
     let meta = json!({"id": "msgA", "client": receiver, "message": "m"});
     let frame = format!("cmdA@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{meta}");
     send_text(&mut tx, &frame).await;
-    assert_eq!(next_text(&mut rx).await, "msgA@@m");
-    send_text(&mut rx, r#"a@@ACKNOWLEDGE@@{"messageId":"msgA"}"#).await;
-    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
+    let (id, body) = next_to_ack(&mut rx).await;
+    assert_eq!(body, "m");
+    ack(&mut rx, "a", &id).await;
     assert_eq!(next_text(&mut tx).await, "msgA@@ACKNOWLEDGE");
     send_text(&mut tx, &frame).await;
     assert_eq!(next_text(&mut tx).await, "msgA@@ACKNOWLEDGE");
 }
 
 /// `id` is optional in metaData; a legacy frame has no command id either,
-/// so the message gets a generated one, and the reply carries it.
+/// so the sender is answered under the message's own id, as from Pushca.
 #[tokio::test]
 async fn legacy_with_ack_without_an_id_is_sent_under_a_generated_one() {
     let server = server().await;
@@ -602,22 +622,10 @@ async fn legacy_with_ack_without_an_id_is_sent_under_a_generated_one() {
     let legacy = json!({"command": "SEND_MESSAGE_WITH_ACKNOWLEDGE",
         "metaData": {"client": receiver, "message": "L1"}});
     send_text(&mut tx, &legacy.to_string()).await;
-    let got = next_text(&mut rx).await;
-    let (id, body) = got.split_once("@@").unwrap_or_else(|| panic!("{got}"));
+    let (id, body) = next_to_ack(&mut rx).await;
     assert_eq!(body, "L1");
-    assert!(uuid_like(id), "{got}");
-    send_text(
-        &mut rx,
-        &format!(r#"a@@ACKNOWLEDGE@@{{"messageId":"{id}"}}"#),
-    )
-    .await;
-    assert_eq!(next_text(&mut rx).await, "a@@ACKNOWLEDGE");
+    ack(&mut rx, "a", &id).await;
     assert_eq!(next_text(&mut tx).await, format!("{id}@@ACKNOWLEDGE"));
-}
-
-/// A generated message id: a UUID's 36 characters.
-fn uuid_like(id: &str) -> bool {
-    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
 #[tokio::test]

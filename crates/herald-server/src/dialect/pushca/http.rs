@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::token::looks_like_jwt;
 use super::ws::{PushcaWs, SignIn};
-use super::{ClientSearchData, PClient, PushcaFormat, client_filter, targeted};
+use super::{ClientSearchData, PClient, PushcaFormat, check_sender_id, client_filter, targeted};
 use crate::error::ApiError;
 use crate::http::extract::Path;
 use crate::http::read_body;
@@ -284,8 +284,11 @@ pub(crate) async fn send_notification(
     admit(&state)?;
     let r: SendNotificationRequest = body(&state, req).await?;
     check_size(&state, &r.message)?;
-    let msg = targeted(r.id.as_deref(), &r.message).map_err(ApiError::bad_request)?;
-    let out = state.engine.send(&r.filter.filter(), msg).await?;
+    check_sender_id(r.id.as_deref()).map_err(ApiError::bad_request)?;
+    let out = state
+        .engine
+        .send(&r.filter.filter(), targeted(&r.message))
+        .await?;
     tracing::debug!(
         matched = out.matched,
         delivered = out.delivered,
@@ -312,19 +315,16 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
             "'client' needs workSpaceId, accountId, deviceId and applicationId",
         ));
     }
-    let msg = targeted(r.id.as_deref(), &r.message).map_err(ApiError::bad_request)?;
-    let out = state
+    check_sender_id(r.id.as_deref()).map_err(ApiError::bad_request)?;
+    // The message has its own id (see `targeted`): never one in flight.
+    Ok(state
         .engine
-        .send_acked(&client_filter(&r.client), msg, ack_policy(state))
-        .await?;
-    if out == AckOutcome::InFlight {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "in_flight",
-            "a send with this id is still waiting for its acknowledge",
-        ));
-    }
-    Ok(out)
+        .send_acked(
+            &client_filter(&r.client),
+            targeted(&r.message),
+            ack_policy(state),
+        )
+        .await?)
 }
 
 /// Sends to one client and waits for its ACKNOWLEDGE: 200 acked, 408 not.
@@ -332,7 +332,6 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
     request_body = SendNotificationWithAcknowledgeRequest,
     responses((status = 200, description = "Success: the client acknowledged"),
         (status = 408, description = "Acknowledge time out"),
-        (status = 409, description = "This id is already waiting for an acknowledge"),
         (status = 429, description = "Too many requests")))]
 pub(crate) async fn send_with_acknowledge(
     State(state): State<AppState>,

@@ -140,17 +140,20 @@ pub(crate) fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A targeted message from Pushca's `message` (a string, or any JSON).
-pub(crate) fn targeted(
-    id: Option<&str>,
-    message: &serde_json::value::RawValue,
-) -> Result<Targeted, String> {
+/// Checks the sender's own message id, when it gave one.
+pub(crate) fn check_sender_id(id: Option<&str>) -> Result<(), String> {
+    id.map_or(Ok(()), check_id)
+}
+
+/// A targeted message from Pushca's `message` (a string, or any JSON), under
+/// a message id of its own, as Pushca makes one: `<transactionId>-<index>`,
+/// a fresh UUIDv7 and index 0 (one message per send). Receivers see and ack
+/// that id, while the sender is answered under the id it chose; so two sends
+/// that reuse a sender's id never take each other's acks.
+pub(crate) fn targeted(message: &serde_json::value::RawValue) -> Targeted {
     let mut msg = Targeted::new(crate::dialect::one_line_json(message));
-    if let Some(id) = id {
-        check_id(id)?;
-        msg.id = Arc::from(id);
-    }
-    Ok(msg)
+    msg.id = Arc::from(format!("{}-0", uuid::Uuid::now_v7()));
+    msg
 }
 
 /// How Pushca clients receive messages: the body as text, prefixed with
@@ -214,14 +217,11 @@ mod tests {
 
     #[test]
     fn ack_messages_carry_their_id() {
-        let mut m = targeted(
-            Some("m-1"),
-            &serde_json::value::RawValue::from_string(r#""hi""#.into()).unwrap(),
-        )
-        .unwrap();
+        let mut m = targeted(&serde_json::value::RawValue::from_string(r#""hi""#.into()).unwrap());
         assert_eq!(PushcaFormat.encode_targeted(&m), "hi");
         m.ack = true;
-        assert_eq!(PushcaFormat.encode_targeted(&m), "m-1@@hi");
+        assert_eq!(PushcaFormat.encode_targeted(&m), format!("{}@@hi", m.id));
+        assert!(m.id.ends_with("-0"), "{}", m.id);
         assert!(check_id("a@@b").is_err());
     }
 }

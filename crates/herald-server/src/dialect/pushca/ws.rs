@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{ClientSearchData, PClient, client_filter, targeted};
+use super::{ClientSearchData, PClient, check_id, check_sender_id, client_filter, targeted};
 use crate::config::ConnectionConfig;
 use crate::session::Session;
 use crate::state::AppState;
@@ -391,10 +391,10 @@ impl PushcaWs {
             "SEND_MESSAGE" => {
                 let m: SendMessage = decode(meta()?)?;
                 let filter = m.filter.ok_or("SEND_MESSAGE needs a filter")?.filter();
-                let msg = targeted(m.id.as_deref(), m.message)?;
+                check_sender_id(m.id.as_deref())?;
                 let out = state
                     .engine
-                    .send(&filter, msg)
+                    .send(&filter, targeted(m.message))
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::debug!(
@@ -409,18 +409,22 @@ impl PushcaWs {
                 if !m.client.is_complete() {
                     return Err("'client' needs all four fields".into());
                 }
-                // metaData.id, else the command id. A legacy frame may have
-                // neither: the id is generated then, as REST does without `id`.
-                let id = [m.id.as_deref(), Some(cmd.id)]
+                let msg = targeted(m.message);
+                // The sender is answered under its metaData.id, else the
+                // command id; a legacy frame may have neither, and is then
+                // answered under the message's own id, as Pushca does.
+                let reply_id = [m.id.as_deref(), Some(cmd.id)]
                     .into_iter()
                     .flatten()
-                    .find(|s| !s.is_empty());
-                let msg = targeted(id, m.message)?;
+                    .find(|s| !s.is_empty())
+                    .unwrap_or(&msg.id);
+                check_id(reply_id)?;
                 spawn_acked(
                     state.clone(),
                     session.outbox.clone(),
                     self.recent.clone(),
                     cmd.id.to_owned(),
+                    reply_id.to_owned(),
                     client_filter(&m.client),
                     msg,
                 );
@@ -433,17 +437,18 @@ impl PushcaWs {
 }
 
 /// Waits for the receiver's ack off the connection's task, then queues the
-/// sender's reply: `<msgId>@@ACKNOWLEDGE`, or an error RESPONSE. The reply is
-/// recorded under command `cmd_id`, so that a resend gets the very same frame.
+/// sender's reply: `<reply_id>@@ACKNOWLEDGE`, or an error RESPONSE. The reply
+/// is recorded under command `cmd_id`, so that a resend gets the very same
+/// frame.
 fn spawn_acked(
     state: AppState,
     outbox: Arc<Outbox>,
     recent: Recent,
     cmd_id: String,
+    reply_id: String,
     filter: herald_core::Filter,
     msg: herald_core::Targeted,
 ) {
-    let reply_id = msg.id.to_string();
     tokio::spawn(async move {
         let policy = super::http::ack_policy(&state);
         let answer = match state.engine.send_acked(&filter, msg, policy).await {
@@ -454,8 +459,8 @@ fn spawn_acked(
             Ok(AckOutcome::NotConnected) => {
                 Answer::Frame(error(&reply_id, "client is not connected"))
             }
-            // Answered like REST's 409: the sender must not wait for a reply
-            // that would never come.
+            // Not expected, every send having its own message id; still
+            // answered: the sender must not wait for a reply never coming.
             Ok(AckOutcome::InFlight) => Answer::Frame(error(
                 &reply_id,
                 "a send with this id is still waiting for its acknowledge",
