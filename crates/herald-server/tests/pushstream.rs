@@ -1094,3 +1094,19 @@ async fn openapi_names_the_routes_that_answer_options() {
         }
     }
 }
+
+/// Template tokens match in any case, as the module's `ngx_strncasecmp`.
+#[tokio::test]
+async fn template_tokens_match_in_any_case() {
+    let s = server_with(|c| {
+        c.pushstream.message_template = "~ID~|~Text~|~EVENT-id~|~Size~|~nope~".into();
+    })
+    .await;
+    assert_eq!(
+        publish(&s, "caps", "hi", Some(("e1", "t"))).await.status(),
+        200
+    );
+    let res = client().get(s.http("/ps/lp/caps.b1")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "1|hi|e1|2|~nope~");
+}

@@ -1,6 +1,6 @@
 //! push-stream message templates: `~id~ ~channel~ ~text~ ~size~ ~time~
-//! ~tag~ ~event-id~ ~event-type~`, replaced as the module does (text raw,
-//! time as an HTTP-date).
+//! ~tag~ ~event-id~ ~event-type~` in any case, replaced as the module does
+//! (text raw, time as an HTTP-date).
 
 use super::marker::Marker;
 
@@ -71,13 +71,17 @@ impl Template {
         let mut rest = text;
         'scan: while !rest.is_empty() {
             if rest.starts_with('~') {
+                // In any case, as the module matches tokens (`ngx_strncasecmp`).
                 for (token, part) in &TOKENS {
-                    if let Some(after) = rest.strip_prefix(token) {
+                    if rest
+                        .get(..token.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(token))
+                    {
                         if !literal.is_empty() {
                             parts.push(Part::Literal(std::mem::take(&mut literal)));
                         }
                         parts.push(part.clone());
-                        rest = after;
+                        rest = &rest[token.len()..];
                         continue 'scan;
                     }
                 }
