@@ -420,3 +420,44 @@ async fn admin_page_redirect_content_types_and_csp() {
     assert_eq!(res.url().path(), "/tenant/push/admin");
     assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
 }
+
+/// Bodies decode as gin's `BindJSON` (Go's `encoding/json`) reads them:
+/// field names in any case, a repeated field's last value, `null` as an
+/// empty body; anything but an object or `null` is still refused.
+#[tokio::test]
+async fn bodies_decode_as_go_does() {
+    let s = TestServer::start().await;
+    assert_eq!(
+        post(&s, "/v1/channels", r#"{"ID":"caps","TTL":0}"#)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        body_json(get(&s, "/v1/channels/caps").await).await["id"],
+        "caps"
+    );
+    let res = post(&s, "/v1/channels", r#"{"id":"dup","Id":"dup2"}"#).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(get(&s, "/v1/channels/dup2").await.status(), 200);
+    assert_eq!(
+        get(&s, "/v1/channels/dup").await.status(),
+        404,
+        "the last value wins"
+    );
+    let res = post(&s, "/v1/channels", "[]").await;
+    assert_eq!(body_json(res).await["code"], 10);
+
+    let mut sub = Sub::open(&s, "loose").await;
+    assert_eq!(post(&s, "/v1/messages", "null").await.status(), 204);
+    let res = post(
+        &s,
+        "/v1/messages",
+        r#"{"CHANNELS":["loose"],"Content":"a","content":"b"}"#,
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(sub.next().await["text"], "b");
+    let res = post(&s, "/v1/messages", r#""text""#).await;
+    assert_eq!(body_json(res).await["code"], 100);
+}

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::{BrokerError, Record};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, error, gin_json, messages};
+use super::{ApiError, ApiState, error, gin_json, go_json, messages};
 use crate::dialect::utc::Utc;
 use crate::http::extract::Path;
 
@@ -27,7 +27,8 @@ pub(crate) struct Channel {
     pub(crate) created: String,
 }
 
-/// The create body; fields of the wrong type fail as Go's decoder does.
+/// The create body, read by [`go_json`]: fields of the wrong type fail as
+/// Go's decoder does.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = PushApiNewChannel)]
 struct CreateBody {
@@ -73,7 +74,7 @@ fn failed(code: u16, e: &BrokerError) -> Response {
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 500, description = super::DOC_STORE, body = ApiError)))]
 pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<CreateBody>(&body) else {
+    let Some(body) = go_json::<CreateBody>(&body, &["id", "ttl"]) else {
         return error(StatusCode::BAD_REQUEST, 10, "invalid request body");
     };
     let id = body.id.unwrap_or_default();

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, error};
+use super::{ApiError, ApiState, error, go_json};
 use crate::dialect::pushstream::request::{channel_key, parse_ids};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -71,7 +71,7 @@ pub(crate) async fn deliver(state: &ApiState, channels: &[String], content: &str
         (status = 400, description = "Code 100: invalid body", body = ApiError),
         (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn publish(State(state): State<ApiState>, body: Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<MessageBody>(&body) else {
+    let Some(body) = go_json::<MessageBody>(&body, &["channels", "content"]) else {
         return error(StatusCode::BAD_REQUEST, 100, "invalid request body");
     };
     let channels = body.channels.unwrap_or_default();

@@ -23,7 +23,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::dialect::pushstream::PsState;
@@ -150,6 +152,58 @@ pub(crate) fn gin_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     res
 }
 
+/// Decodes a request body into `T` as gin's `BindJSON` (Go's
+/// `encoding/json`) would: a key names the field of `fields` it equals in
+/// any case, a repeated field keeps its last value, and `null` is an empty
+/// body. Anything but an object or `null` fails, as it does in Go.
+pub(crate) fn go_json<T: DeserializeOwned>(body: &[u8], fields: &[&str]) -> Option<T> {
+    let Entries(entries) = serde_json::from_slice(body).ok()?;
+    let mut object = serde_json::Map::new();
+    for (key, value) in entries {
+        if let Some(field) = fields.iter().find(|f| go_fold_eq(f, &key)) {
+            object.insert((*field).to_owned(), value);
+        }
+    }
+    serde_json::from_value(Value::Object(object)).ok()
+}
+
+/// Whether `key` names ASCII `field` as Go's case folding matches it: in
+/// any ASCII case, `ſ` for `s` and the Kelvin sign for `k` included.
+fn go_fold_eq(field: &str, key: &str) -> bool {
+    let fold = |c: char| match c {
+        '\u{17F}' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    };
+    field.chars().map(fold).eq(key.chars().map(fold))
+}
+
+/// An object's entries in the order given, repeats kept; `null` is none.
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object or null")
+            }
+            fn visit_unit<E>(self) -> Result<Entries, E> {
+                Ok(Entries(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// gin's default 404 (also its answer to a wrong method).
 async fn not_found() -> Response {
     let mut res = (StatusCode::NOT_FOUND, "404 page not found").into_response();
@@ -194,4 +248,17 @@ pub(crate) fn router(app: &AppState, mount: Mount) -> Router<AppState> {
     api.fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_fold_as_go_does() {
+        assert!(go_fold_eq("channels", "CHANNELS"));
+        assert!(go_fold_eq("channels", "channel\u{17F}"));
+        assert!(go_fold_eq("k", "\u{212A}"));
+        assert!(!go_fold_eq("id", "idx") && !go_fold_eq("id", "i"));
+    }
 }
