@@ -177,6 +177,42 @@ async fn open_connection_returns_urls_with_a_token_for_the_client() {
     assert_eq!(next_text(&mut ws).await, "p1@@RESPONSE");
 }
 
+/// Pushca's spec: the client must "provide unique object with four
+/// required dimensions". Fewer gets no token, by any of the three routes.
+#[tokio::test]
+async fn a_client_without_all_four_fields_gets_no_connection() {
+    let server = server().await;
+    let mut three = client("w", "a", "d", "APP");
+    three.as_object_mut().unwrap().remove("applicationId");
+    for who in [
+        json!({}),
+        three,
+        client("w", "a", "", "APP"),
+        json!({"workSpaceId": "w", "accountId": "a", "deviceId": null, "applicationId": "APP"}),
+    ] {
+        for (path, body) in [
+            ("/open-connection", json!({"client": who})),
+            (
+                "/open-connection-pool",
+                json!({"client": who, "poolSize": 1}),
+            ),
+        ] {
+            let (status, body) = post(&server, path, body).await;
+            assert_eq!(status, 400, "{path} {who}: {body}");
+            let err: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(err["error"]["code"], "bad_request", "{body}");
+            let message = err["error"]["message"].as_str().unwrap();
+            assert!(message.contains("applicationId"), "{message}");
+        }
+        let request = json!({"client": who}).to_string();
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(request);
+        let url = format!("ws://{}/sign-in/{encoded}", server.addr);
+        assert_eq!(refused(&url).await, 400, "sign-in {who}");
+    }
+    // All four: a token.
+    open_connection(&server, &client("w", "a", "d", "APP")).await;
+}
+
 #[tokio::test]
 async fn send_notification_multicasts_by_partial_filter_and_honours_exclude() {
     let server = server().await;

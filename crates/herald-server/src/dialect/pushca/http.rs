@@ -131,6 +131,19 @@ async fn body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// Refuses a client without all four fields: Pushca's spec calls them
+/// required, to open a connection as to be sent with-acknowledge. A token
+/// for fewer would make a connection that every multicast on the missing
+/// fields reaches, and that no with-acknowledge send can name.
+fn check_complete(client: &PClient) -> Result<(), ApiError> {
+    if client.is_complete() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "'client' needs workSpaceId, accountId, deviceId and applicationId",
+    ))
+}
+
 fn check_size(state: &AppState, message: &RawValue) -> Result<(), ApiError> {
     let max = state.config.limits.max_message_size;
     if message.get().len() > max {
@@ -217,6 +230,7 @@ fn open(
     headers: &HeaderMap,
     client: &PClient,
 ) -> Result<OpenConnectionResponse, ApiError> {
+    check_complete(client)?;
     let a = Bases::of(state, headers)?.addresses(&state.pushca.tokens.issue(client));
     Ok(OpenConnectionResponse {
         pusher_instance_id: state.pushca.instance_id.clone(),
@@ -230,6 +244,7 @@ fn open(
 #[utoipa::path(post, path = "/open-connection", tag = "pushca",
     request_body = OpenConnectionRequest,
     responses((status = 200, description = "The connection's WebSocket URLs and token", body = OpenConnectionResponse),
+        (status = 400, description = "`client` lacks one of its four fields"),
         (status = 429, description = "Too many requests")))]
 pub(crate) async fn open_connection(
     State(state): State<AppState>,
@@ -246,7 +261,7 @@ pub(crate) async fn open_connection(
 #[utoipa::path(post, path = "/open-connection-pool", tag = "pushca",
     request_body = OpenConnectionPoolRequest,
     responses((status = 200, description = "One connection per pool slot", body = OpenConnectionPoolResponse),
-        (status = 400, description = "`poolSize` missing, zero or over `pushca.max_pool_size`"),
+        (status = 400, description = "`client` lacks one of its four fields, or `poolSize` is missing, zero or over `pushca.max_pool_size`"),
         (status = 429, description = "Too many requests")))]
 pub(crate) async fn open_connection_pool(
     State(state): State<AppState>,
@@ -256,6 +271,7 @@ pub(crate) async fn open_connection_pool(
     let headers = req.headers().clone();
     let r: OpenConnectionPoolRequest = body(&state, req).await?;
     let _ = r.pusher_instance_id;
+    check_complete(&r.client)?;
     let max = state.config.pushca.max_pool_size;
     if r.pool_size == 0 || r.pool_size > max {
         return Err(ApiError::bad_request(format!(
@@ -310,11 +326,7 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
     admit(state)?;
     let r: SendNotificationWithAcknowledgeRequest = body(state, req).await?;
     check_size(state, &r.message)?;
-    if !r.client.is_complete() {
-        return Err(ApiError::bad_request(
-            "'client' needs workSpaceId, accountId, deviceId and applicationId",
-        ));
-    }
+    check_complete(&r.client)?;
     check_sender_id(r.id.as_deref()).map_err(ApiError::bad_request)?;
     // The message has its own id (see `targeted`): never one in flight.
     Ok(state
@@ -410,7 +422,7 @@ pub(crate) async fn connect(
 #[utoipa::path(get, path = "/sign-in/{request}", tag = "pushca",
     params(("request" = String, Path, description = "base64url of an OpenConnectionRequest JSON")),
     responses((status = 101, description = "WebSocket: one OpenConnectionResponse frame, then close"),
-        (status = 400, description = "Not base64url of an OpenConnectionRequest")))]
+        (status = 400, description = "Not base64url of an OpenConnectionRequest, or `client` lacks one of its four fields")))]
 pub(crate) async fn sign_in(
     State(state): State<AppState>,
     Path(request): Path<String>,
