@@ -583,3 +583,30 @@ async fn json_replies_are_gins() {
         );
     }
 }
+
+/// A name that is not UTF-8 once percent-decoded names no instance: each
+/// route answers its own not-found as pushaas (gin hands it the name), never
+/// Herald's native JSON error.
+#[tokio::test]
+async fn a_name_that_is_not_utf8_is_no_instance() {
+    let s = server().await;
+    let form = [("app-name", "app"), ("app-host", "app.example")];
+    for (method, path, status, code) in [
+        (reqwest::Method::GET, "/%FF", 404, 11),
+        (reqwest::Method::DELETE, "/%FF", 404, 32),
+        (reqwest::Method::GET, "/%FF/status", 404, 41),
+        (reqwest::Method::POST, "/%FF/bind-app", 404, 100),
+        (reqwest::Method::DELETE, "/%FF/bind-app", 404, 110),
+    ] {
+        let res = tsuru(&s, method.clone(), path, &form).await;
+        assert_eq!(res.status(), status, "{method} {path}");
+        let body = json_of(res).await;
+        assert_eq!(body["code"], code, "{method} {path}: {body}");
+        assert_eq!(body["fields"], "", "pushaas's error shape");
+    }
+    let res = reqwest::get(s.http("/pushaas/instances/%FF/ps/sub/x"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(json_of(res).await["code"], 11);
+}

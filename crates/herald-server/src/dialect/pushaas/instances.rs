@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use crate::http::extract::Path;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +14,7 @@ use herald_core::{BrokerError, Record};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
-use super::{TsuruError, TsuruState, error};
+use super::{Name, TsuruError, TsuruState, error};
 use crate::dialect::pushapi::gin_json;
 
 /// The record kind instances are stored under.
@@ -175,7 +174,7 @@ pub(crate) async fn create(
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 404, description = "Code 11: no such instance", body = TsuruError),
         (status = 500, description = "Code 10: store unreachable", body = TsuruError)))]
-pub(crate) async fn get(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+pub(crate) async fn get(State(state): State<TsuruState>, Name(name): Name) -> Response {
     match name.as_str() {
         "plans" => gin_json(
             StatusCode::OK,
@@ -228,7 +227,7 @@ pub(crate) async fn update() -> StatusCode {
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 404, description = "Code 32: no such instance", body = TsuruError),
         (status = 500, description = "Code 30: store unreachable", body = TsuruError)))]
-pub(crate) async fn remove(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+pub(crate) async fn remove(State(state): State<TsuruState>, Name(name): Name) -> Response {
     let broker = state.app.engine.broker();
     match broker.delete_record(KIND, &name).await {
         Ok(true) => {}
@@ -252,7 +251,7 @@ pub(crate) async fn remove(State(state): State<TsuruState>, Path(name): Path<Str
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 404, description = "Code 41: no such instance", body = TsuruError),
         (status = 500, description = "Code 40: store unreachable", body = TsuruError)))]
-pub(crate) async fn status(State(state): State<TsuruState>, Path(name): Path<String>) -> Response {
+pub(crate) async fn status(State(state): State<TsuruState>, Name(name): Name) -> Response {
     match find(&state, &name).await {
         Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, 41, "Instance not found"),
@@ -303,7 +302,7 @@ fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Respon
             body = TsuruError)))]
 pub(crate) async fn bind_app(
     State(state): State<TsuruState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -358,7 +357,7 @@ pub(crate) async fn bind_app(
         (status = 500, description = "Code 112: store unreachable", body = TsuruError)))]
 pub(crate) async fn unbind_app(
     State(state): State<TsuruState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let app_name = match form(body) {
@@ -413,7 +412,7 @@ async fn is_bound(state: &TsuruState, name: &str, app: &str) -> Result<bool, Bro
             body = TsuruError)))]
 pub(crate) async fn bind_unit(
     State(state): State<TsuruState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -469,7 +468,7 @@ pub(crate) async fn bind_unit(
         (status = 500, description = "Code 132: store unreachable", body = TsuruError)))]
 pub(crate) async fn unbind_unit(
     State(state): State<TsuruState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     const FAILED: &str = "Failed to unbind unit from service";

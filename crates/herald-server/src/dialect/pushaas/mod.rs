@@ -10,14 +10,17 @@
 pub(crate) mod instances;
 pub(crate) mod mount;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
 use crate::dialect::pushapi::{DOC_UNAUTHORIZED, auth, gin_json};
@@ -99,6 +102,31 @@ pub(crate) fn error(status: StatusCode, code: u16, message: &'static str) -> Res
             fields: "",
         },
     )
+}
+
+/// A route's `{name}`, percent-decoded, lossily when not UTF-8: gin hands
+/// such a name to the handler, which finds no such instance and answers
+/// its own not-found, where axum's `Path` (and `RawPathParams`) would
+/// refuse it with Herald's native JSON error. Read from the path below the
+/// prefix, `/api/v1/resources/{name}…` or `/instances/{name}/…` (the routes
+/// of [`router`]).
+pub(crate) struct Name(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let segments: Vec<&str> = parts.uri.path().split('/').skip(1).collect();
+        let at = if segments.first() == Some(&"instances") {
+            1
+        } else {
+            3
+        };
+        let raw = segments.get(at).copied().unwrap_or("");
+        Ok(Self(
+            percent_decode_str(raw).decode_utf8_lossy().into_owned(),
+        ))
+    }
 }
 
 /// Middleware: Tsuru's basic auth, as gin's `BasicAuth` answers.

@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::instances::{self, Stored};
-use super::{TsuruError, TsuruState, error};
+use super::{Name, TsuruError, TsuruState, error};
 use crate::dialect::{pushapi, pushstream};
-use crate::http::extract::Path;
 
 /// The instances' routes built on this node.
 #[derive(Default)]
@@ -129,7 +128,7 @@ fn build(state: &TsuruState, stored: &Stored) -> Mount {
         (status = 503, description = "Code 10: store unreachable", body = TsuruError)))]
 pub(crate) async fn dispatch(
     State(state): State<TsuruState>,
-    Path((name, _)): Path<(String, String)>,
+    Name(name): Name,
     mut req: Request,
 ) -> Response {
     let stored = match instances::find(&state, &name).await {
