@@ -628,6 +628,51 @@ async fn receivers_ack_a_server_made_id_and_senders_keep_theirs() {
     assert!(reply.contains("acknowledge timeout"), "{reply}");
 }
 
+/// Pushca clients split `<id>@@<body>` on every `@@`, so a body with `@@`
+/// could never be acknowledged: such a with-acknowledge send is refused
+/// (REST 400, WS error RESPONSE) and nothing reaches the receiver.
+#[tokio::test]
+async fn a_with_ack_message_containing_the_delimiter_is_refused() {
+    let server = server().await;
+    let receiver = client("w", "receiver", "d", "APP");
+    let mut tx = connect(&server, &client("w", "sender", "d", "APP")).await;
+    let mut rx = connect(&server, &receiver).await;
+    for path in [
+        "/send-notification-with-acknowledge",
+        "/send-notification-with-delivery-guarantee",
+    ] {
+        for message in [json!("a@@b"), json!({"note": "x@@y"})] {
+            let (status, body) = post(
+                &server,
+                path,
+                json!({"client": receiver, "message": message}),
+            )
+            .await;
+            assert_eq!(status, 400, "{path} {message}: {body}");
+            let err: Value = serde_json::from_str(&body).unwrap();
+            let text = err["error"]["message"].as_str().unwrap();
+            assert!(text.contains("'@@'"), "{text}");
+        }
+    }
+    let meta = json!({"id": "m1", "client": receiver, "message": "id@@a@@b"});
+    send_text(
+        &mut tx,
+        &format!("c1@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{meta}"),
+    )
+    .await;
+    let reply = next_text(&mut tx).await;
+    let json: Value = serde_json::from_str(
+        reply
+            .strip_prefix("c1@@RESPONSE@@")
+            .unwrap_or_else(|| panic!("{reply}")),
+    )
+    .unwrap();
+    assert!(json["error"].as_str().unwrap().contains("'@@'"), "{reply}");
+    // A plain message may contain it: its receiver need not answer.
+    notify(&server, json!({"accountId": "receiver"}), "plain@@text").await;
+    assert_eq!(next_text(&mut rx).await, "plain@@text", "nothing before it");
+}
+
 /// With `metaData.id` other than the command id, the reply is under the
 /// message id, and a resend gets that very reply again.
 #[tokio::test]

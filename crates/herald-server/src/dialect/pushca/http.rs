@@ -15,7 +15,10 @@ use utoipa::ToSchema;
 
 use super::token::looks_like_jwt;
 use super::ws::{PushcaWs, SignIn};
-use super::{ClientSearchData, PClient, PushcaFormat, check_sender_id, client_filter, targeted};
+use super::{
+    ClientSearchData, PClient, PushcaFormat, check_sender_id, client_filter, targeted,
+    targeted_with_ack,
+};
 use crate::error::ApiError;
 use crate::http::extract::Path;
 use crate::http::read_body;
@@ -329,13 +332,10 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
     check_complete(&r.client)?;
     check_sender_id(r.id.as_deref()).map_err(ApiError::bad_request)?;
     // The message has its own id (see `targeted`): never one in flight.
+    let msg = targeted_with_ack(&r.message).map_err(ApiError::bad_request)?;
     Ok(state
         .engine
-        .send_acked(
-            &client_filter(&r.client),
-            targeted(&r.message),
-            ack_policy(state),
-        )
+        .send_acked(&client_filter(&r.client), msg, ack_policy(state))
         .await?)
 }
 
@@ -343,6 +343,7 @@ async fn send_acked(state: &AppState, req: Request) -> Result<AckOutcome, ApiErr
 #[utoipa::path(post, path = "/send-notification-with-acknowledge", tag = "pushca",
     request_body = SendNotificationWithAcknowledgeRequest,
     responses((status = 200, description = "Success: the client acknowledged"),
+        (status = 400, description = "Malformed request, `client` lacking a field, or `message` containing `@@`"),
         (status = 408, description = "Acknowledge time out"),
         (status = 429, description = "Too many requests")))]
 pub(crate) async fn send_with_acknowledge(
@@ -369,6 +370,7 @@ pub(crate) async fn send_with_acknowledge(
 #[utoipa::path(post, path = "/send-notification-with-delivery-guarantee", tag = "pushca",
     request_body = SendNotificationWithAcknowledgeRequest,
     responses((status = 200, description = "Delivered and acknowledged"),
+        (status = 400, description = "Malformed request, `client` lacking a field, or `message` containing `@@`"),
         (status = 404, description = "Client not connected"),
         (status = 503, description = "Delivery not confirmed"),
         (status = 429, description = "Too many requests")))]

@@ -156,6 +156,22 @@ pub(crate) fn targeted(message: &serde_json::value::RawValue) -> Targeted {
     msg
 }
 
+/// A message for a with-acknowledge send, as [`targeted`] makes one, unless
+/// its text contains `@@`. Pushca clients split `<id>@@<body>` on every
+/// `@@`: with more than two parts the browser client delivers the whole
+/// frame and never acknowledges it, and the Java client acknowledges but
+/// delivers the body only up to its first `@@`. Such a send cannot
+/// succeed, so it is refused rather than made to time out.
+pub(crate) fn targeted_with_ack(message: &serde_json::value::RawValue) -> Result<Targeted, String> {
+    let msg = targeted(message);
+    if msg.text().contains("@@") {
+        return Err("a message to acknowledge cannot contain '@@': \
+            Pushca clients split frames on it and could not acknowledge it"
+            .into());
+    }
+    Ok(msg)
+}
+
 /// How Pushca clients receive messages: the body as text, prefixed with
 /// `<id>@@` when the receiver must acknowledge it.
 pub(crate) struct PushcaFormat;

@@ -24,7 +24,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{ClientSearchData, PClient, check_id, check_sender_id, client_filter, targeted};
+use super::{
+    ClientSearchData, PClient, check_id, check_sender_id, client_filter, targeted,
+    targeted_with_ack,
+};
 use crate::config::ConnectionConfig;
 use crate::session::Session;
 use crate::state::AppState;
@@ -409,7 +412,7 @@ impl PushcaWs {
                 if !m.client.is_complete() {
                     return Err("'client' needs all four fields".into());
                 }
-                let msg = targeted(m.message);
+                let msg = targeted_with_ack(m.message)?;
                 // The sender is answered under its metaData.id, else the
                 // command id; a legacy frame may have neither, and is then
                 // answered under the message's own id, as Pushca does.
