@@ -9,7 +9,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use herald_server::Config;
 use reqwest::header::HeaderMap;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const EXPLAIN: &str = "x-nginx-pushstream-explain";
@@ -1109,4 +1109,34 @@ async fn template_tokens_match_in_any_case() {
     let res = client().get(s.http("/ps/lp/caps.b1")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "1|hi|e1|2|~nope~");
+}
+
+/// With `store_messages` off a publish nobody hears creates no channel
+/// (documented among the differences from the module); a subscribed
+/// channel exists and is counted.
+#[tokio::test]
+async fn without_stored_messages_only_a_subscribed_channel_exists() {
+    let s = server_with(|c| c.pushstream.store_messages = false).await;
+    let res = publish(&s, "unheard", "x", None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "", "no channel to report");
+    let res = client()
+        .get(s.http("/ps/pub?id=unheard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    let mut sub = Body::open(s.http("/ps/sub/heard"), &[]).await;
+    let res = publish(&s, "heard", "y", None).await;
+    let info = json(&res.text().await.unwrap());
+    assert_eq!(
+        (
+            &info["published_messages"],
+            &info["stored_messages"],
+            &info["subscribers"]
+        ),
+        (&json!(1), &json!(0), &json!(1))
+    );
+    assert_eq!(json(&sub.until("}").await)["text"], "y");
 }
