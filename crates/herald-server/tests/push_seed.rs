@@ -191,3 +191,31 @@ async fn malformed_publish_body_is_a_json_error() {
             .starts_with("malformed body")
     );
 }
+
+/// A documented deviation: the seed takes any channel string, Herald its own
+/// channel rules (shared by every dialect), refused in the seed's error shape.
+#[tokio::test]
+async fn channels_outside_herald_rules_are_refused_in_the_seed_shape() {
+    let server = TestServer::start().await;
+    for channel in ["my channel", "a/b", "ü", &"n".repeat(201)] {
+        let (status, body) =
+            post_message(&server, json!({"channel": channel, "message": "m"})).await;
+        assert_eq!(status, 400, "{channel}: {body}");
+        let object = body.as_object().unwrap();
+        assert_eq!(object.len(), 1, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("channel"),
+            "{body}"
+        );
+    }
+    // `?channels=` is a missing list, not the channel "".
+    let res = reqwest::get(server.http("/sse/messages?channels="))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "'channels' query parameter required"})
+    );
+}
