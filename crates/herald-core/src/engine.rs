@@ -322,6 +322,7 @@ impl Engine {
         policy: AckPolicy,
     ) -> Result<AckOutcome, BrokerError> {
         msg.ack = true;
+        msg.ack_wait = policy.max_wait();
         let Some(mut waiter) = self.directory.expect_ack(msg.id.clone()) else {
             return Ok(AckOutcome::InFlight);
         };

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -131,6 +132,10 @@ pub struct Targeted {
     pub data: Bytes,
     /// Whether receivers must acknowledge it.
     pub ack: bool,
+    /// With `ack`, how long after an attempt its sender may still take an
+    /// ack: a node delivering for a sender elsewhere remembers where to
+    /// route acks that long.
+    pub ack_wait: Duration,
     /// Wall-clock send time in milliseconds since the Unix epoch.
     pub time_ms: u64,
 }
@@ -143,6 +148,7 @@ impl Targeted {
             event: None,
             data,
             ack: false,
+            ack_wait: Duration::ZERO,
             time_ms: crate::message::now_ms(),
         }
     }

@@ -892,6 +892,103 @@ async fn targeted_sends_and_acks_cross_nodes() {
     assert_eq!(status, 408);
 }
 
+/// Publishes every message of `messages` on `channel`, pipelined over one
+/// connection to Redis on `port`; returns once Redis answered them all.
+fn publish_all(port: u16, channel: &str, messages: &[String]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = Vec::new();
+    for m in messages {
+        req.extend_from_slice(
+            format!(
+                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{m}\r\n",
+                channel.len(),
+                m.len()
+            )
+            .as_bytes(),
+        );
+    }
+    s.write_all(&req).unwrap();
+    // Each answer is one integer line.
+    let (mut lines, mut buf) = (0, [0u8; 64 * 1024]);
+    while lines < messages.len() {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed after {lines} answers");
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_finds_its_sender_after_many_other_sends_awaiting_acks() {
+    let redis = RedisServer::start();
+    // B answers the flood below with as many replies, which may hold up its
+    // probe for seconds: a long timeout keeps it from reconnecting (and
+    // losing the rest of the flood) meanwhile.
+    let n = nodes_with(
+        &[redis.url()],
+        2,
+        &[("HERALD_BROKER__REDIS__TIMEOUT_MS", "10000")],
+    );
+    let mut frank = ws(&n[1], &format!("/ws?token={}", token("frank", json!({})))).await;
+    let b_id = until(|| async {
+        let members =
+            herald_testkit::redis::command(redis.port, &["SMEMBERS", "herald:{ident}:nodes"]);
+        let members = members.unwrap_or_default();
+        let id = members.lines().nth(2).map(str::to_owned);
+        id.ok_or(format!("B not registered: {members:?}"))
+    })
+    .await;
+
+    // A sends to frank on B and waits for his ack.
+    let sender = {
+        let node = n[0].addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{node}/api/v1/send"))
+                .json(&json!({"filter": {"user": "frank"}, "data": "confirm", "id": "f-real", "ack": true, "timeout_ms": 20000}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(next_json(&mut frank).await["id"], "f-real");
+
+    // Meanwhile B delivers 100,000 other messages awaiting acks (for a node
+    // of an older version, which does not say how long it waits), then one
+    // to frank that shows B handled them all.
+    let wire_send = |id: &str, user: &str, ack: bool| {
+        json!({"t": "send", "from": "ghost", "req": 1,
+            "filter": {"dims": [["user", user]], "find_any": false, "exclude": []},
+            "msg": {"id": id, "event": null, "data": "1", "ack": ack, "time_ms": 0}})
+        .to_string()
+    };
+    let mut flood: Vec<String> = (0..100_000)
+        .map(|i| wire_send(&format!("other-{i}"), "nobody", true))
+        .collect();
+    flood.push(wire_send("f-marker", "frank", false));
+    let direct = format!("herald:node:{{{b_id}}}:direct");
+    let port = redis.port;
+    tokio::task::spawn_blocking(move || publish_all(port, &direct, &flood))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut frank).await["id"], "f-marker");
+
+    // Frank's ack must still reach A: 200, not 408 after the timeout.
+    frank
+        .send(Message::text(
+            json!({"id": 1, "cmd": "ack", "message_id": "f-real"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut frank).await["id"], 1);
+    assert_eq!(
+        tokio::time::timeout(WAIT, sender).await.unwrap().unwrap(),
+        200
+    );
+}
+
 /// A private CA and a server certificate for 127.0.0.1, made with openssl.
 fn tls_files(dir: &std::path::Path) {
     let run = |args: &[&str]| {

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::identity::{Dim, Directory, Filter, Identity, SendOutcome, Targeted};
@@ -36,8 +36,13 @@ use super::conn::bounded;
 /// How often the registry is brought in line with the local directory.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
-/// Message ids whose origin a node remembers for routing acks.
-const MAX_ORIGINS: usize = 100_000;
+/// How long an ack's route is kept for a sender that did not say how long
+/// it waits (a node of an older version): `delivery.max_ack_timeout`'s
+/// default.
+const DEFAULT_ACK_WAIT_MS: u64 = 60_000;
+
+/// Routes kept before the first look for expired ones.
+const MIN_ORIGINS_SWEEP: usize = 1024;
 
 /// One request or reply between nodes.
 #[derive(Serialize, Deserialize)]
@@ -84,7 +89,14 @@ struct WireMsg {
     /// The payload's JSON text.
     data: String,
     ack: bool,
+    /// How long the sender may still take an ack ([`Targeted::ack_wait`]).
+    #[serde(default = "default_ack_wait_ms")]
+    wait_ms: u64,
     time_ms: u64,
+}
+
+fn default_ack_wait_ms() -> u64 {
+    DEFAULT_ACK_WAIT_MS
 }
 
 fn pairs(identity: &Identity) -> Vec<(String, String)> {
@@ -126,6 +138,7 @@ impl From<&Targeted> for WireMsg {
             event: m.event.as_deref().map(str::to_owned),
             data: String::from_utf8_lossy(&m.data).into_owned(),
             ack: m.ack,
+            wait_ms: m.ack_wait.as_millis() as u64,
             time_ms: m.time_ms,
         }
     }
@@ -138,8 +151,36 @@ impl From<WireMsg> for Targeted {
             event: w.event.map(Arc::from),
             data: Bytes::from(w.data),
             ack: w.ack,
+            ack_wait: Duration::from_millis(w.wait_ms),
             time_ms: w.time_ms,
         }
+    }
+}
+
+/// The node to route each ack to, per message id delivered here for a
+/// sender on another node. A route is kept while its sender may still take
+/// the ack, then dropped on a later insert: the table stays within about
+/// twice the routes in use, and never loses one of those.
+#[derive(Default)]
+struct Origins {
+    /// Origin node and until when its sender waits, by message id.
+    by_id: HashMap<Arc<str>, (String, Instant)>,
+    /// Size at which expired routes are looked for next.
+    sweep_at: usize,
+}
+
+impl Origins {
+    fn insert(&mut self, id: Arc<str>, node: String, wait: Duration) {
+        if self.by_id.len() >= self.sweep_at {
+            let now = Instant::now();
+            self.by_id.retain(|_, (_, until)| *until > now);
+            self.sweep_at = (self.by_id.len() * 2).max(MIN_ORIGINS_SWEEP);
+        }
+        self.by_id.insert(id, (node, Instant::now() + wait));
+    }
+
+    fn take(&mut self, id: &str) -> Option<String> {
+        self.by_id.remove(id).map(|(node, _)| node)
     }
 }
 
@@ -154,7 +195,7 @@ pub(crate) struct Router {
     /// Next request number.
     next_req: AtomicU64,
     /// Origin node per remote message id delivered here with `ack`.
-    origins: Mutex<HashMap<Arc<str>, String>>,
+    origins: Mutex<Origins>,
     /// `find_any` rotation over candidate nodes, per filter.
     rotation: Mutex<HashMap<Vec<(String, String)>, u64>>,
 }
@@ -251,7 +292,7 @@ pub(crate) async fn ack(
     id: &str,
     conn: ConnId,
 ) -> Result<bool, BrokerError> {
-    let origin = router.origins.lock().remove(id);
+    let origin = router.origins.lock().take(id);
     match origin {
         Some(node) if node != inner.config.node_id => {
             let wire = Wire::Ack {
@@ -355,10 +396,7 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
             let msg = Targeted::from(msg);
             if msg.ack {
                 let mut origins = router.origins.lock();
-                if origins.len() >= MAX_ORIGINS {
-                    origins.clear();
-                }
-                origins.insert(msg.id.clone(), from.clone());
+                origins.insert(msg.id.clone(), from.clone(), msg.ack_wait);
             }
             let outcome = router.directory.deliver(&filter, &msg);
             let reply = Wire::Sent {
