@@ -219,3 +219,48 @@ async fn channels_outside_herald_rules_are_refused_in_the_seed_shape() {
         json!({"error": "'channels' query parameter required"})
     );
 }
+
+async fn post_raw(server: &TestServer, body: &'static str) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(server.http("/messages"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// The seed re-serializes a non-string `message` with Jackson, compactly:
+/// what subscribers get does not depend on the publisher's whitespace. A
+/// null `message` its Kotlin model refuses; so does Herald, publishing
+/// nothing.
+#[tokio::test]
+async fn object_messages_arrive_compact_and_null_is_refused() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws/messages?channels=c").await;
+    next_json(&mut ws).await;
+    let (status, body) = post_raw(
+        &server,
+        r#"{"channel": "c", "message": {"a": 1, "b": "x y", "c": [1, 2]} }"#,
+    )
+    .await;
+    assert_eq!((status, body), (202, json!({"subscribers": 1})));
+    assert_eq!(
+        next_json(&mut ws).await["data"]["message"],
+        r#"{"a":1,"b":"x y","c":[1,2]}"#
+    );
+
+    let (status, body) = post_raw(&server, r#"{"channel": "c", "message": null }"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "malformed body: 'message' must not be null"})
+    );
+    post_message(&server, json!({"channel": "c", "message": "after"})).await;
+    assert_eq!(
+        next_json(&mut ws).await["data"]["message"],
+        "after",
+        "nothing was published before"
+    );
+}

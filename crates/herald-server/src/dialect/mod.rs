@@ -49,6 +49,14 @@ pub(crate) fn one_line_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
     if memchr::memchr2(b'\n', b'\r', text).is_none() {
         return bytes::Bytes::copy_from_slice(text);
     }
+    compact_json(raw)
+}
+
+/// The payload bytes of a JSON value without any whitespace between tokens,
+/// as Jackson writes a value back (the Push seed's `writeValueAsString`).
+/// Like [`one_line_json`], it keeps everything else as sent.
+pub(crate) fn compact_json(raw: &serde_json::value::RawValue) -> bytes::Bytes {
+    let text = raw.get().as_bytes();
     // Valid JSON (a `RawValue` is) has no raw control characters inside
     // strings, so every line break is whitespace between tokens.
     let mut out = Vec::with_capacity(text.len());
@@ -110,6 +118,15 @@ mod tests {
         assert_eq!(one_line_json(&raw("{\"a\":\n 1}")), r#"{"a":1}"#);
         assert_eq!(one_line_json(&raw("[1,\r\n2]")), "[1,2]");
         assert_eq!(one_line_json(&raw("{\"s\":\r \"x\"}")), r#"{"s":"x"}"#);
+    }
+
+    #[test]
+    fn compact_json_drops_whitespace_outside_strings_even_on_one_line() {
+        assert_eq!(
+            compact_json(&raw(r#"{"a": 1,  "b": [2, "x y"]}"#)),
+            r#"{"a":1,"b":[2,"x y"]}"#
+        );
+        assert_eq!(compact_json(&raw(r#""s p""#)), r#""s p""#);
     }
 
     #[test]

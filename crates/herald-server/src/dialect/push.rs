@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::dialect::{one_line_json, push_json_str, slot};
+use crate::dialect::{compact_json, push_json_str, slot};
 use crate::http::extract::Query;
 use crate::http::read_body;
 use crate::session::{Session, parse_channel_list};
@@ -80,7 +80,9 @@ pub(crate) struct PublishBody {
 
 /// `POST /messages` → 202 `{"subscribers":N}`.
 #[utoipa::path(post, path = "/messages", tag = "push", operation_id = "push_publish", request_body = PublishBody,
-    responses((status = 202, description = "{\"subscribers\": N}"), (status = 500, description = "{\"error\": msg}")))]
+    responses((status = 202, description = "{\"subscribers\": N}"),
+        (status = 400, description = "{\"error\": msg}: a malformed body, a null `message` or a bad channel"),
+        (status = 500, description = "{\"error\": msg}")))]
 pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Response {
     let body = match read_body(req, state.config.limits.max_message_size + 64 * 1024).await {
         Ok(b) => b,
@@ -90,6 +92,14 @@ pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Resp
         Ok(b) => b,
         Err(e) => return seed_error(StatusCode::BAD_REQUEST, format!("malformed body: {e}")),
     };
+    // The seed's Kotlin model refuses a null `message` as it refuses a
+    // missing one: a malformed body, answered like any other here.
+    if body.message.get() == "null" {
+        return seed_error(
+            StatusCode::BAD_REQUEST,
+            "malformed body: 'message' must not be null",
+        );
+    }
     let key = match state.channel(&body.channel) {
         Ok(k) => k,
         Err(e) => return seed_error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -103,7 +113,7 @@ pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Resp
     }
     match state
         .engine
-        .publish(&key, Publication::new(one_line_json(&body.message)))
+        .publish(&key, Publication::new(compact_json(&body.message)))
         .await
     {
         Ok(p) => (
