@@ -391,7 +391,8 @@ async fn admin_page_redirect_content_types_and_csp() {
         assert_eq!(res.headers()["content-security-policy"], csp.as_str());
         assert!(res.text().await.unwrap().contains(needle), "{path}");
     }
-    // Other methods and paths under /admin are gin's 404.
+    // Other methods are gin's 404 (paths below /admin: see
+    // `unrouted_paths_answer_as_gin_does`).
     let res = client()
         .post(s.http("/push-api/admin"))
         .send()
@@ -399,12 +400,6 @@ async fn admin_page_redirect_content_types_and_csp() {
         .unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(res.text().await.unwrap(), "404 page not found");
-    let res = client()
-        .get(s.http("/push-api/admin/nothing"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
 
     // Any prefix: `/a/b` redirects to `/a/b/admin`.
     let s = TestServer::with(|c| c.pushapi.prefix = "/tenant/push".into()).await;
@@ -460,4 +455,103 @@ async fn bodies_decode_as_go_does() {
     assert_eq!(sub.next().await["text"], "b");
     let res = post(&s, "/v1/messages", r#""text""#).await;
     assert_eq!(body_json(res).await["code"], 100);
+}
+
+/// Paths no route takes, as gin answers them: the path with its trailing
+/// slash toggled when that one is routed (301 for GET, 307 otherwise, no
+/// auth asked, the query kept), the admin page for paths below `/admin/`,
+/// else 404; every `Location` relative, so an instance's prefix works too.
+#[tokio::test]
+async fn unrouted_paths_answer_as_gin_does() {
+    let s = TestServer::with(|c| c.pushaas.enabled = true).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (method, path, status, location) in [
+        (reqwest::Method::GET, "/push-api/api", 301, "./api/"),
+        (
+            reqwest::Method::GET,
+            "/push-api/api/v1/channels/?x=1",
+            301,
+            "../channels?x=1",
+        ),
+        (
+            reqwest::Method::POST,
+            "/push-api/api/v1/messages/",
+            307,
+            "../messages",
+        ),
+        (
+            reqwest::Method::GET,
+            "/push-api/api/v1/channels/c1/",
+            301,
+            "../c1",
+        ),
+        (
+            reqwest::Method::GET,
+            "/push-api/admin/nothing",
+            301,
+            "../admin",
+        ),
+        (
+            reqwest::Method::GET,
+            "/push-api/admin/a/b/",
+            301,
+            "../../../admin",
+        ),
+    ] {
+        let res = no_redirects
+            .request(method.clone(), s.http(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{method} {path}");
+        assert_eq!(res.headers()["location"], location, "{method} {path}");
+    }
+    for path in [
+        "/push-api/api/v1/nothing",
+        "/push-api/api/v1/nothing/",
+        "/push-api/x",
+    ] {
+        let res = client().get(s.http(path)).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        assert_eq!(res.text().await.unwrap(), "404 page not found");
+    }
+    // Followed: the routes themselves, under an instance's prefix too.
+    let res = client()
+        .get(s.http("/push-api/admin/x/y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.url().path(), "/push-api/admin");
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let res = client()
+        .get(s.http("/push-api/api"))
+        .basic_auth(AUTH.0, Some(AUTH.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.url().path(), "/push-api/api/");
+    assert_eq!(body_json(res).await, json!({"data": {"app": "push-api"}}));
+    let res = client()
+        .post(s.http("/pushaas/api/v1/resources"))
+        .basic_auth("tsuru", Some("abc123"))
+        .form(&[
+            ("name", "gin"),
+            ("plan", "small"),
+            ("team", "t"),
+            ("user", "u"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client()
+        .get(s.http("/pushaas/instances/gin/push-api/admin/deep/link"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().path(), "/pushaas/instances/gin/push-api/admin");
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -212,6 +212,90 @@ async fn not_found() -> Response {
     res
 }
 
+/// The paths [`router`] serves (`{id}`: one segment), for gin's trailing
+/// slash redirect. Keep in step with the routes.
+const PATHS: [&str; 14] = [
+    "/",
+    "/api/",
+    "/api/healthcheck",
+    "/api/v1/auth",
+    "/api/v1/channels",
+    "/api/v1/channels/{id}",
+    "/api/v1/config",
+    "/api/v1/messages",
+    "/api/v1/stats/global",
+    "/api/v1/stats/channels/{id}",
+    "/admin",
+    "/admin/",
+    "/admin/app.js",
+    "/admin/app.css",
+];
+
+/// Whether `path` is one of [`PATHS`].
+fn routed(path: &str) -> bool {
+    PATHS.iter().any(|p| {
+        let mut want = p.split('/');
+        let mut got = path.split('/');
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some("{id}"), Some(seg)) if !seg.is_empty() => {}
+                (Some(w), Some(g)) if w == g => {}
+                _ => return false,
+            }
+        }
+    })
+}
+
+/// A path no route takes, as gin answers it: when the path with its
+/// trailing slash removed or added is routed, a redirect there
+/// (`RedirectTrailingSlash`: 301 for `GET`, 307 otherwise); under
+/// `/admin/`, the admin page (push-api's `NoRoute` serves its `index.html`
+/// there for client-side routes; this page has none and its relative URLs
+/// want `/admin`, so it is a 301 to it); otherwise gin's 404. `Location`s
+/// are relative, so they hold under any prefix.
+async fn no_route(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    let (toggled, location) = match path.strip_suffix('/') {
+        Some(bare) if !bare.is_empty() => {
+            let last = bare.rsplit('/').next().unwrap_or("");
+            (bare.to_owned(), format!("../{last}"))
+        }
+        _ => {
+            let last = path.rsplit('/').next().unwrap_or("");
+            (format!("{path}/"), format!("./{last}/"))
+        }
+    };
+    if routed(&toggled) {
+        let location = match uri.query() {
+            Some(q) => format!("{location}?{q}"),
+            None => location,
+        };
+        let status = if method == Method::GET {
+            StatusCode::MOVED_PERMANENTLY
+        } else {
+            StatusCode::TEMPORARY_REDIRECT
+        };
+        return redirect(status, &location);
+    }
+    if let Some(below) = path.strip_prefix("/admin/") {
+        // One `../` per segment below `/admin/` leads back to `/admin`'s level.
+        return redirect(
+            StatusCode::MOVED_PERMANENTLY,
+            &format!("{}admin", "../".repeat(below.split('/').count())),
+        );
+    }
+    not_found().await
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response {
+    let mut res = status.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, value);
+    }
+    res
+}
+
 /// The routes of `mount`, to nest under its prefix.
 pub(crate) fn router(app: &AppState, mount: Mount) -> Router<AppState> {
     let state = ApiState(Arc::new(Inner {
@@ -245,7 +329,7 @@ pub(crate) fn router(app: &AppState, mount: Mount) -> Router<AppState> {
         .route("/admin/", get(admin::redirect_slash))
         .route("/admin/app.js", get(admin::script))
         .route("/admin/app.css", get(admin::style));
-    api.fallback(not_found)
+    api.fallback(no_route)
         .method_not_allowed_fallback(not_found)
         .with_state(state)
 }
