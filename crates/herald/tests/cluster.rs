@@ -369,6 +369,58 @@ async fn a_publish_redis_never_answered_is_outcome_unknown_not_unavailable() {
     assert_eq!(stored, [&json!("before"), &json!("maybe")], "{page}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_message_redis_never_answered_is_outcome_unknown() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    // An SSE receiver on B; its key lets an ack for it go through A.
+    let url = format!("http://{}/sse?token={}", n[1].addr, token("gil", json!({})));
+    let res = reqwest::get(url).await.unwrap();
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let receiver = loop {
+        if let Some(at) = buf.find("\"receiver\":\"") {
+            let rest = &buf[at + 12..];
+            if let Some(end) = rest.find('"') {
+                break rest[..end].to_owned();
+            }
+        }
+        let chunk = tokio::time::timeout(WAIT, body.next()).await.unwrap();
+        buf.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+    };
+    let ack = async || {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/ack", n[0].addr))
+            .json(&json!({"receiver": receiver, "id": "g-1"}))
+            .timeout(WAIT)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ack().await, (200, json!({"acked": false})));
+    let pid = redis_pid(redis.port);
+    signal(&pid, "STOP");
+
+    // A's request to B is in Redis' socket; Redis may deliver it on resuming.
+    let (status, body) = ack().await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (504, &json!("outcome_unknown")),
+        "{body}"
+    );
+    // Once A knows, nothing is sent.
+    ready_until(&n[0], 503).await;
+    let (status, body) = ack().await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("unavailable")),
+        "{body}"
+    );
+    signal(&pid, "CONT");
+}
+
 /// A push-api request with its default credentials.
 async fn push_api(node: &Herald, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
     let res = reqwest::Client::new()

@@ -247,6 +247,8 @@ impl Drop for RedisBroker {
 }
 
 /// Publishes `bytes` on node `node_id`'s direct channel; whether a node heard.
+/// Unanswered in time, it is [`BrokerError::OutcomeUnknown`]: Redis may
+/// still deliver it, and that node act on it.
 pub(crate) async fn send_to_node(
     inner: &Inner,
     node_id: &str,
@@ -262,7 +264,7 @@ pub(crate) async fn send_to_node(
             .query_async(&mut conn),
     )
     .await
-    .map_err(|e| inner.failed(e))?;
+    .map_err(|e| inner.unanswered(e))?;
     Ok(receivers > 0)
 }
 
@@ -437,9 +439,10 @@ impl Broker for RedisBroker {
             .arg(inner.keys.pubsub(channel))
             .arg(notice.as_ref())
             .ignore();
+        // Unanswered, the delete may still run when Redis resumes.
         bounded(inner.config.timeout(), pipe.query_async::<()>(&mut conn))
             .await
-            .map_err(|e| inner.failed(e))
+            .map_err(|e| inner.unanswered(e))
     }
 
     async fn channel_stats(
