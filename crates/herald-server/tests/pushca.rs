@@ -47,6 +47,20 @@ async fn open_connection(server: &TestServer, who: &Value) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// POSTs `body` to `path` in a task of its own (a send that waits for an
+/// ack): its status, once answered.
+fn post_in_background(
+    server: &TestServer,
+    path: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<u16> {
+    let url = server.http(path);
+    tokio::spawn(async move {
+        let res = reqwest::Client::new().post(url).json(&body).send().await;
+        res.unwrap().status().as_u16()
+    })
+}
+
 async fn connect_url(url: &str) -> Ws {
     let (ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
         .await
@@ -299,18 +313,11 @@ async fn with_acknowledge_is_200_when_acked_and_408_when_not() {
     let who = client("w", "acc", "dev", "APP");
     let mut ws = connect(&server, &who).await;
 
-    let s = server.http("/send-notification-with-acknowledge");
-    let body = json!({"id": "m-1", "client": who, "message": "WithAcknowledgeTest1"});
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(s)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let request = post_in_background(
+        &server,
+        "/send-notification-with-acknowledge",
+        json!({"id": "m-1", "client": who, "message": "WithAcknowledgeTest1"}),
+    );
     let (id, body) = next_to_ack(&mut ws).await;
     assert_eq!(body, "WithAcknowledgeTest1");
     ack(&mut ws, "c-1", &id).await;
@@ -347,18 +354,11 @@ async fn unacked_delivery_is_retried_with_the_same_id() {
     .await;
     let who = client("w", "acc", "dev", "APP");
     let mut ws = connect(&server, &who).await;
-    let s = server.http("/send-notification-with-acknowledge");
-    let body = json!({"id": "retry-1", "client": who, "message": "hello"});
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(s)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let request = post_in_background(
+        &server,
+        "/send-notification-with-acknowledge",
+        json!({"id": "retry-1", "client": who, "message": "hello"}),
+    );
     // The first delivery is not acknowledged; the retry carries the same id.
     let (id, body) = next_to_ack(&mut ws).await;
     assert_eq!(body, "hello");
@@ -398,18 +398,11 @@ async fn a_late_ack_of_an_earlier_send_confirms_no_later_send_of_its_id() {
     let reply = next_text(&mut ws_a).await;
     assert!(reply.contains("acknowledge timeout"), "{reply}");
 
-    let s = server.http("/send-notification-with-acknowledge");
-    let body = json!({"id": "order-123", "client": d, "message": "to D"});
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(s)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let request = post_in_background(
+        &server,
+        "/send-notification-with-acknowledge",
+        json!({"id": "order-123", "client": d, "message": "to D"}),
+    );
     assert_eq!(next_to_ack(&mut ws_d).await.1, "to D");
     ack(&mut ws_b, "k", &id_b).await;
     let status = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
@@ -427,18 +420,11 @@ async fn a_receiver_leaving_unacked_ends_the_wait_early() {
     .await;
     let who = client("w", "acc", "dev", "APP");
     let mut ws = connect(&server, &who).await;
-    let s = server.http("/send-notification-with-delivery-guarantee");
-    let body = json!({"id": "g-2", "client": who, "message": "bye"});
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(s)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let request = post_in_background(
+        &server,
+        "/send-notification-with-delivery-guarantee",
+        json!({"id": "g-2", "client": who, "message": "bye"}),
+    );
     assert_eq!(next_to_ack(&mut ws).await.1, "bye");
     ws.close(None).await.unwrap();
     drop(ws);
@@ -462,18 +448,11 @@ async fn delivery_guarantee_is_404_when_not_connected() {
     assert_eq!(status, 404, "{body}");
 
     let mut ws = connect(&server, &who).await;
-    let s = server.http("/send-notification-with-delivery-guarantee");
-    let body = json!({"id": "g-1", "client": who, "message": "guaranteed"});
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(s)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let request = post_in_background(
+        &server,
+        "/send-notification-with-delivery-guarantee",
+        json!({"id": "g-1", "client": who, "message": "guaranteed"}),
+    );
     let (id, body) = next_to_ack(&mut ws).await;
     assert_eq!(body, "guaranteed");
     ack(&mut ws, "a", &id).await;
