@@ -72,6 +72,18 @@ impl Sub {
     }
 }
 
+/// Creates instance `name` as Tsuru does, with the one plan.
+async fn create(s: &TestServer, name: &str) {
+    let form = [
+        ("name", name),
+        ("plan", "small"),
+        ("team", "t"),
+        ("user", "u"),
+    ];
+    let res = tsuru(s, reqwest::Method::POST, "", &form).await;
+    assert_eq!(res.status(), 201, "creating {name}");
+}
+
 #[tokio::test]
 async fn tsuru_creates_binds_and_removes_an_instance() {
     let s = server().await;
@@ -284,14 +296,7 @@ async fn a_recreated_instance_gets_new_credentials() {
     let bind = [("app-host", "h"), ("app-name", "web")];
     let mut passwords = Vec::new();
     for _ in 0..2 {
-        let create = [
-            ("name", "again"),
-            ("plan", "small"),
-            ("team", "t"),
-            ("user", "u"),
-        ];
-        let res = tsuru(&s, reqwest::Method::POST, "", &create).await;
-        assert_eq!(res.status(), 201);
+        create(&s, "again").await;
         let env = json_of(tsuru(&s, reqwest::Method::POST, "/again/bind-app", &bind).await).await;
         passwords.push(env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned());
         let auth = reqwest::Client::new()
@@ -334,16 +339,7 @@ async fn an_instance_counts_only_its_own_published_messages() {
     for _ in 0..3 {
         post(s.http("/ps/pub?id=busy"), None).await;
     }
-    let create = [
-        ("name", "own"),
-        ("plan", "small"),
-        ("team", "t"),
-        ("user", "u"),
-    ];
-    assert_eq!(
-        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
-        201
-    );
+    create(&s, "own").await;
     let bind = [("app-host", "h"), ("app-name", "web")];
     let env = json_of(tsuru(&s, reqwest::Method::POST, "/own/bind-app", &bind).await).await;
     let password = env["PUSHAAS_PASSWORD"].as_str().unwrap().to_owned();
@@ -379,16 +375,7 @@ async fn an_instance_counts_only_its_own_published_messages() {
 #[tokio::test]
 async fn an_instance_push_api_redirects_to_its_admin_page() {
     let s = server().await;
-    let create = [
-        ("name", "adm"),
-        ("plan", "small"),
-        ("team", "t"),
-        ("user", "u"),
-    ];
-    assert_eq!(
-        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
-        201
-    );
+    create(&s, "adm").await;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -464,16 +451,7 @@ async fn units_bind_only_for_a_bound_app() {
         json_of(res).await,
         json!({"code": 122, "message": "Failed to bind unit to service", "fields": ""})
     );
-    let create = [
-        ("name", "units"),
-        ("plan", "small"),
-        ("team", "t"),
-        ("user", "u"),
-    ];
-    assert_eq!(
-        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
-        201
-    );
+    create(&s, "units").await;
     let res = tsuru(&s, reqwest::Method::POST, "/units/bind", &unit("web", "u1")).await;
     assert_eq!(res.status(), 404);
     assert_eq!(
@@ -557,16 +535,7 @@ async fn json_replies_are_gins() {
         res.text().await.unwrap(),
         r#"[{"name":"small","description":"The only plan"}]"#
     );
-    let create = [
-        ("name", "gin"),
-        ("plan", "small"),
-        ("team", "t"),
-        ("user", "u"),
-    ];
-    assert_eq!(
-        tsuru(&s, reqwest::Method::POST, "", &create).await.status(),
-        201
-    );
+    create(&s, "gin").await;
     let bind = [("app-host", "h"), ("app-name", "web")];
     for (method, path, form) in [
         (reqwest::Method::GET, "/gin", &[][..]),
