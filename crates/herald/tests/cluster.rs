@@ -944,6 +944,57 @@ async fn targeted_sends_and_acks_cross_nodes() {
     assert_eq!(status, 408);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_any_never_asks_a_second_node_while_a_silent_one_may_deliver() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let worker = |who| format!("/ws?token={}", token(who, json!({"role": "any1"})));
+    let mut on_b = ws(&n[1], &worker("hal")).await;
+    let mut on_c = ws(&n[2], &worker("ida")).await;
+    let all = json!({"filter": {"labels": {"role": "any1"}}, "data": "warmup"});
+    send_until_matched(&n[0], all, 2).await;
+    // Warm-up attempts may have reached each several times: drain each up
+    // to a marker sent to it alone.
+    for (who, ws) in [("hal", &mut on_b), ("ida", &mut on_c)] {
+        let (_, r) = send(&n[0], json!({"filter": {"user": who}, "data": "synced"})).await;
+        assert_eq!(r["delivered"], 1);
+        while next_json(ws).await["data"] != "synced" {}
+    }
+
+    // B stops answering (its process is paused, its Redis connections stay
+    // open). Turns alternate, so one of two find_any sends asks B first.
+    let b_pid = n[1].pid().to_string();
+    signal(&b_pid, "STOP");
+    let mut answers = Vec::new();
+    for i in 0..2 {
+        let body = json!({"filter": {"labels": {"role": "any1"}, "find_any": true}, "data": i});
+        let (status, reply) = send(&n[0], body).await;
+        answers.push((
+            status,
+            reply["error"]["code"].clone(),
+            reply["delivered"].clone(),
+        ));
+    }
+    signal(&b_pid, "CONT");
+    let silent = answers
+        .iter()
+        .position(|a| a.0 == 504)
+        .unwrap_or_else(|| panic!("no send waited on B: {answers:?}"));
+    assert_eq!(answers[silent].1, "outcome_unknown", "{answers:?}");
+    assert_eq!(
+        answers[1 - silent],
+        (200, json!(null), json!(1)),
+        "{answers:?}"
+    );
+
+    // B delivers the message it took; C got only the other one.
+    assert_eq!(next_json(&mut on_b).await["data"], json!(silent));
+    let (_, r) = send(&n[0], json!({"filter": {"user": "ida"}, "data": "end"})).await;
+    assert_eq!(r["delivered"], 1);
+    assert_eq!(next_json(&mut on_c).await["data"], json!(1 - silent));
+    assert_eq!(next_json(&mut on_c).await["data"], "end");
+}
+
 /// Publishes every message of `messages` on `channel`, pipelined over one
 /// connection to Redis on `port`; returns once Redis answered them all.
 fn publish_all(port: u16, channel: &str, messages: &[String]) {

@@ -232,8 +232,9 @@ pub(crate) async fn send(
         let local = router.directory.deliver(filter, &msg);
         total.matched += local.matched;
         total.delivered += local.delivered;
-        for outcome in futures_util::future::join_all(requests).await {
-            let outcome = outcome?;
+        for asked in futures_util::future::join_all(requests).await {
+            // A node that did not answer in time counts as nothing.
+            let outcome = asked?.reply().unwrap_or_default();
             total.matched += outcome.matched;
             total.delivered += outcome.delivered;
         }
@@ -268,7 +269,17 @@ pub(crate) async fn send(
         let outcome = if node == me {
             router.directory.deliver(filter, &msg)
         } else {
-            request(inner, router, node, filter, &msg).await?
+            match request(inner, router, node, filter, &msg).await? {
+                Asked::Answered(outcome) => outcome,
+                Asked::Gone => SendOutcome::default(),
+                // It may still deliver: asking the next node could make
+                // two receivers.
+                Asked::Silent => {
+                    return Err(BrokerError::OutcomeUnknown(format!(
+                        "node {node} did not answer in time"
+                    )));
+                }
+            }
         };
         matched += outcome.matched;
         if outcome.delivered > 0 {
@@ -323,7 +334,7 @@ pub(crate) async fn ack_for(
         id,
     };
     let acked = ask(inner, router, &router.waiting_acks, node, wire).await?;
-    Ok(acked.unwrap_or(false))
+    Ok(acked.reply().unwrap_or(false))
 }
 
 /// Asks `node` to deliver; waits for its counts (bounded by the broker timeout).
@@ -333,7 +344,7 @@ async fn request(
     node: &str,
     filter: &Filter,
     msg: &Targeted,
-) -> Result<SendOutcome, BrokerError> {
+) -> Result<Asked<SendOutcome>, BrokerError> {
     let from = inner.config.node_id.clone();
     let wire = |req| Wire::Send {
         from,
@@ -341,31 +352,47 @@ async fn request(
         filter: filter.into(),
         msg: msg.into(),
     };
-    let outcome = ask(inner, router, &router.waiting, node, wire).await?;
-    Ok(outcome.unwrap_or_default())
+    ask(inner, router, &router.waiting, node, wire).await
+}
+
+/// What became of a request to another node.
+enum Asked<T> {
+    /// Its reply.
+    Answered(T),
+    /// Nobody listens on that node's channel: it is gone, and did nothing.
+    Gone,
+    /// It took the request but sent no reply in time: it may still act on it.
+    Silent,
+}
+
+impl<T> Asked<T> {
+    fn reply(self) -> Option<T> {
+        match self {
+            Self::Answered(reply) => Some(reply),
+            Self::Gone | Self::Silent => None,
+        }
+    }
 }
 
 /// Sends `node` the request `wire(req)` and waits, within the broker
 /// timeout, for the reply that `on_message` puts in `waiting` under `req`.
-/// `None` when no reply came, or nobody listens on that node's channel (it
-/// is gone).
 async fn ask<T>(
     inner: &Arc<Inner>,
     router: &Router,
     waiting: &Mutex<HashMap<u64, oneshot::Sender<T>>>,
     node: &str,
     wire: impl FnOnce(u64) -> Wire,
-) -> Result<Option<T>, BrokerError> {
+) -> Result<Asked<T>, BrokerError> {
     let req = router.next_req.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     waiting.lock().insert(req, tx);
     let reached = super::send_to_node(inner, node, encode(&wire(req))).await;
     let reply = match reached {
-        Ok(true) => tokio::time::timeout(inner.config.timeout(), rx)
-            .await
-            .ok()
-            .and_then(Result::ok),
-        Ok(false) => None,
+        Ok(true) => match tokio::time::timeout(inner.config.timeout(), rx).await {
+            Ok(Ok(reply)) => Asked::Answered(reply),
+            _ => Asked::Silent,
+        },
+        Ok(false) => Asked::Gone,
         Err(e) => {
             waiting.lock().remove(&req);
             return Err(e);
