@@ -639,10 +639,11 @@ async fn a_with_ack_message_containing_the_delimiter_is_refused() {
         &format!("c1@@SEND_MESSAGE_WITH_ACKNOWLEDGE@@{meta}"),
     )
     .await;
+    // Answered under the id the sender waits on: its metaData.id.
     let reply = next_text(&mut tx).await;
     let json: Value = serde_json::from_str(
         reply
-            .strip_prefix("c1@@RESPONSE@@")
+            .strip_prefix("m1@@RESPONSE@@")
             .unwrap_or_else(|| panic!("{reply}")),
     )
     .unwrap();

@@ -409,18 +409,26 @@ impl PushcaWs {
             }
             "SEND_MESSAGE_WITH_ACKNOWLEDGE" => {
                 let m: SendWithAck = decode(meta()?)?;
-                if !m.client.is_complete() {
-                    return Err("'client' needs all four fields".into());
-                }
-                let msg = targeted_with_ack(m.message)?;
                 // The sender is answered under its metaData.id, else the
                 // command id; a legacy frame may have neither, and is then
                 // answered under the message's own id, as Pushca does.
-                let reply_id = [m.id.as_deref(), Some(cmd.id)]
+                let given = [m.id.as_deref(), Some(cmd.id)]
                     .into_iter()
                     .flatten()
-                    .find(|s| !s.is_empty())
-                    .unwrap_or(&msg.id);
+                    .find(|s| !s.is_empty());
+                // Refusals too: the sender waits on that id, not the command's.
+                let refuse = |why: String| match given {
+                    Some(id) if check_id(id).is_ok() => Ok(Outcome::Now(Some(error(id, &why)))),
+                    _ => Err(why),
+                };
+                if !m.client.is_complete() {
+                    return refuse("'client' needs all four fields".into());
+                }
+                let msg = match targeted_with_ack(m.message) {
+                    Ok(msg) => msg,
+                    Err(why) => return refuse(why),
+                };
+                let reply_id = given.unwrap_or(&msg.id);
                 check_id(reply_id)?;
                 spawn_acked(
                     state.clone(),
