@@ -388,7 +388,7 @@ impl Shared {
                 if r.invalid_token
                     && let Some(tokens) = &self.tokens
                 {
-                    tokens.delete(route, &notification.push.token).await;
+                    tokens.delete(route, &notification.push.token);
                 }
             }
         }
