@@ -76,6 +76,21 @@ impl MobileConfig {
         if self.concurrency == 0 || self.attempts == 0 {
             return Err("mobile.concurrency and mobile.attempts must be at least 1".into());
         }
+        // Each drives a timer, which panics on zero inside its task.
+        for (key, interval) in [
+            ("mobile.statsd.flush_interval", self.statsd.flush_interval),
+            (
+                "mobile.invalid_tokens.flush_interval",
+                self.invalid_tokens.flush_interval,
+            ),
+        ] {
+            if interval.is_zero() {
+                return Err(format!("{key} must be longer than 0 (e.g. \"5s\")"));
+            }
+        }
+        if self.invalid_tokens.batch == 0 {
+            return Err("mobile.invalid_tokens.batch must be at least 1".into());
+        }
         regex::Regex::new(&self.kafka.topics)
             .map_err(|e| format!("mobile.kafka.topics is not a valid pattern: {e}"))?;
         if !["earliest", "latest"].contains(&self.kafka.offset_reset.as_str()) {
@@ -168,5 +183,42 @@ impl Default for StatsdConfig {
             prefix: "herald.mobile".into(),
             flush_interval: Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_intervals_and_batches_are_refused_naming_the_key() {
+        let valid = MobileConfig {
+            enabled: true,
+            webpush: BTreeMap::from([(
+                "game".to_owned(),
+                WebPushConfig {
+                    vapid_key_file: "/etc/herald/vapid.pem".into(),
+                    subject: "mailto:ops@example.com".into(),
+                    ca_file: None,
+                    timeout: Duration::from_secs(10),
+                },
+            )]),
+            ..MobileConfig::default()
+        };
+        assert_eq!(valid.validate(), Ok(()));
+        let refused = |change: &dyn Fn(&mut MobileConfig)| {
+            let mut config = valid.clone();
+            change(&mut config);
+            config.validate().unwrap_err()
+        };
+        let err = refused(&|c| c.statsd.flush_interval = Duration::ZERO);
+        assert!(err.contains("mobile.statsd.flush_interval"), "{err}");
+        let err = refused(&|c| c.invalid_tokens.flush_interval = Duration::ZERO);
+        assert!(
+            err.contains("mobile.invalid_tokens.flush_interval"),
+            "{err}"
+        );
+        let err = refused(&|c| c.invalid_tokens.batch = 0);
+        assert!(err.contains("mobile.invalid_tokens.batch"), "{err}");
     }
 }
