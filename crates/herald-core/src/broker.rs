@@ -112,6 +112,12 @@ pub trait Broker: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// This node is shutting down: removes at once what it keeps in the
+    /// broker for other nodes (subscriber counts, liveness, registrations),
+    /// rather than leaving it to expire, and stops its background work.
+    /// Called once, last. Bounded in time; never fails.
+    async fn leave(&self) {}
+
     /// Whether history lives in the broker (shared by every node) rather than
     /// in the local hub.
     fn keeps_history(&self) -> bool {

@@ -181,6 +181,7 @@ impl Server {
                 "Shutdown timed out; closing the rest."
             );
         }
+        state.engine.broker().leave().await;
         tracing::info!("Herald stopped.");
     }
 }

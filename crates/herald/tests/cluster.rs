@@ -696,6 +696,54 @@ async fn send_until_matched(node: &Herald, body: Value, want: u64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_leaves_no_counts_or_registrations_behind() {
+    let redis = RedisServer::start();
+    let mut n = nodes(&[redis.url()], 2);
+    let path = format!("/ws?channels=cnt&token={}", token("jan", json!({})));
+    let _first = ws(&n[1], &path).await;
+    let _second = ws(&n[1], &path).await;
+    let redis_cmd = |args: &[&str]| herald_testkit::redis::command(redis.port, args);
+    // B's count reached Redis (the channel has a position, so it is listed
+    // without subscribers too) and B is in the registry.
+    until(|| async {
+        let p = publish_ok(&n[0], "cnt", json!("x")).await;
+        (p["subscribers"] == 2).then_some(()).ok_or(p.to_string())
+    })
+    .await;
+    let b_id = until(|| async {
+        let members = redis_cmd(&["SMEMBERS", "herald:{ident}:nodes"]).unwrap_or_default();
+        let id = members.lines().nth(2).map(str::to_owned);
+        id.ok_or(format!("B not registered: {members:?}"))
+    })
+    .await;
+    let node_key = format!("herald:node:{{{b_id}}}");
+    assert_eq!(redis_cmd(&["EXISTS", &node_key]).as_deref(), Some(":1"));
+
+    // Once B exits after SIGTERM, nothing of it is left to expire.
+    assert!(n[1].terminate().success());
+    let (status, stats) = get_json(&n[0], "/api/v1/channels/cnt").await;
+    assert_eq!((status, &stats["subscribers"]), (200, &json!(0)), "{stats}");
+    assert_eq!(redis_cmd(&["EXISTS", &node_key]).as_deref(), Some(":0"));
+    let registered = redis_cmd(&["SISMEMBER", "herald:{ident}:nodes", &b_id]);
+    assert_eq!(registered.as_deref(), Some(":0"));
+    let jan = redis_cmd(&["EXISTS", "herald:{ident}:d:4=userjan"]);
+    assert_eq!(jan.as_deref(), Some(":0"));
+
+    // A Redis that does not answer holds a shutdown up for `timeout_ms` (1 s)
+    // at most.
+    let pid = redis_pid(redis.port);
+    signal(&pid, "STOP");
+    let started = Instant::now();
+    assert!(n[0].terminate().success());
+    signal(&pid, "CONT");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_leaves_the_identity_registry() {
     let redis = RedisServer::start();
     let mut n = nodes(&[redis.url()], 3);

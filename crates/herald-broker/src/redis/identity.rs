@@ -198,6 +198,9 @@ pub(crate) struct Router {
     origins: Mutex<Origins>,
     /// `find_any` rotation over candidate nodes, per filter.
     rotation: Mutex<HashMap<Vec<(String, String)>, u64>>,
+    /// The pairs the sync task last wrote to the registry, for
+    /// [`unregister`].
+    registered: Mutex<HashSet<Dim>>,
 }
 
 impl Router {
@@ -209,6 +212,7 @@ impl Router {
             next_req: AtomicU64::new(1),
             origins: Mutex::default(),
             rotation: Mutex::default(),
+            registered: Mutex::default(),
         }
     }
 }
@@ -587,6 +591,31 @@ pub(crate) async fn run_sync(inner: Arc<Inner>, router: Arc<Router>) {
         {
             written = now;
             registered = want_registered;
+            router.registered.lock().clone_from(&written);
         }
     }
+}
+
+/// Removes this node from the registry: every set the sync task wrote it
+/// to, and `…{ident}:nodes`. The sync task must have stopped.
+pub(crate) async fn unregister(
+    inner: &Inner,
+    router: &Router,
+    mut conn: super::conn::Conn,
+) -> Result<(), BrokerError> {
+    let me = inner.config.node_id.as_str();
+    let mut pipe = redis::pipe();
+    for (k, v) in router.registered.lock().iter() {
+        pipe.cmd("SREM")
+            .arg(inner.keys.ident(k, v))
+            .arg(me)
+            .ignore();
+    }
+    pipe.cmd("SREM")
+        .arg(inner.keys.ident_nodes())
+        .arg(me)
+        .ignore();
+    pipe.query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| inner.failed(e))
 }

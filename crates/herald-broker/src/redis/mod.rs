@@ -58,8 +58,9 @@ const MAX_LISTED: usize = 100_000;
 pub struct RedisBroker {
     /// State shared with the background tasks.
     inner: Arc<Inner>,
-    /// Supervisor, subscriber, reader, sweeper and count tasks; aborted on drop.
-    tasks: Vec<JoinHandle<()>>,
+    /// Supervisor, subscriber, reader, sweeper and count tasks; aborted on
+    /// drop, or by [`Broker::leave`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Cross-node targeting, once enabled.
     router: OnceLock<Arc<identity::Router>>,
     /// The identity registry sync task, once targeting is enabled.
@@ -147,13 +148,13 @@ impl RedisBroker {
         // Abort the tasks started so far if the first session fails.
         let guard = Self {
             inner: inner.clone(),
-            tasks: std::mem::take(&mut tasks),
+            tasks: Mutex::new(std::mem::take(&mut tasks)),
             router: OnceLock::new(),
             sync_task: Mutex::new(None),
         };
         session::establish(&inner).await?;
         let mut broker = guard;
-        broker.tasks.extend([
+        broker.tasks.get_mut().extend([
             tokio::spawn(session::run_supervisor(inner.clone())),
             tokio::spawn(session::run_sweeper(inner.clone())),
             tokio::spawn(counts::run_counts(inner.clone())),
@@ -240,7 +241,12 @@ impl RedisBroker {
 
 impl Drop for RedisBroker {
     fn drop(&mut self) {
-        for task in self.tasks.iter().chain(self.sync_task.lock().as_ref()) {
+        for task in self
+            .tasks
+            .get_mut()
+            .iter()
+            .chain(self.sync_task.get_mut().as_ref())
+        {
             task.abort();
         }
     }
@@ -266,6 +272,39 @@ pub(crate) async fn send_to_node(
     .await
     .map_err(|e| inner.unanswered(e))?;
     Ok(receivers > 0)
+}
+
+/// Removes what this node keeps in Redis for the others: its subscriber
+/// count in every channel it listens to, its identity registry entries and
+/// its liveness key.
+async fn leave_cluster(
+    inner: &Inner,
+    router: Option<&Arc<identity::Router>>,
+) -> Result<(), BrokerError> {
+    let conn = inner.publisher_conn()?;
+    let me = inner.config.node_id.as_str();
+    let channels: Vec<ChannelKey> = inner.subs.channels.lock().keys().cloned().collect();
+    // One command per channel: on a cluster each lives in its own slot.
+    for chunk in channels.chunks(512) {
+        let removals = chunk.iter().map(|key| {
+            let mut conn = conn.clone();
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(inner.keys.subscribers(key)).arg(me);
+            async move { hdel.query_async::<()>(&mut conn).await }
+        });
+        for removed in futures_util::future::join_all(removals).await {
+            removed.map_err(|e| inner.failed(e))?;
+        }
+    }
+    if let Some(router) = router {
+        identity::unregister(inner, router, conn.clone()).await?;
+    }
+    let mut conn = conn;
+    redis::cmd("DEL")
+        .arg(inner.keys.node(me))
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| inner.failed(e))
 }
 
 /// Whether node `node_id` refreshed its liveness key recently.
@@ -415,6 +454,34 @@ impl Broker for RedisBroker {
         match self.router.get() {
             Some(router) => identity::ack_for(&self.inner, router, node, conn, id).await,
             None => Ok(false),
+        }
+    }
+
+    async fn leave(&self) {
+        // Stopped first, and awaited: nothing may write an entry again
+        // after it was removed.
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .drain(..)
+            .chain(self.sync_task.lock().take())
+            .collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let inner = &self.inner;
+        let removed = tokio::time::timeout(
+            inner.config.timeout(),
+            leave_cluster(inner, self.router.get()),
+        )
+        .await;
+        match removed {
+            Ok(Ok(())) => info!("Left the cluster: counts and registrations removed."),
+            Ok(Err(error)) => info!(%error, "Left the cluster; Redis entries left to expire."),
+            Err(_) => info!("Left the cluster; Redis did not answer, entries left to expire."),
         }
     }
 
