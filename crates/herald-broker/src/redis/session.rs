@@ -26,7 +26,8 @@ use super::{Inner, echo};
 /// The live connections of one generation.
 #[derive(Clone)]
 pub(crate) struct Session {
-    /// Counts sessions; pushes from older ones are ignored.
+    /// Counts sessions. A disconnection of an older one is ignored; its
+    /// late messages are not, and the hub drops them by offset.
     pub(crate) generation: u64,
     /// Scripts, reads, counts: multiplexed, never blocked by pub/sub.
     pub(crate) publisher: Conn,
