@@ -142,7 +142,7 @@ async fn read_first(
     shutdown: &Shutdown,
     read_timeout: Option<Duration>,
 ) -> Option<BytesMut> {
-    let mut buf = BytesMut::zeroed(FIRST_READ);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     let deadline = super::deadline(read_timeout);
     tokio::pin!(deadline);
     loop {
@@ -155,12 +155,9 @@ async fn read_first(
         // A whole request read leaves the socket not readable: the
         // session's (or hyper's) first read waits for the client's next
         // bytes instead of failing first.
-        match shared_socket::try_read(stream, &mut buf) {
+        match shared_socket::read_draining(stream, FIRST_READ, || stream.try_read_buf(&mut buf)) {
             Ok(0) => return None,
-            Ok(read) => {
-                buf.truncate(read);
-                return Some(buf);
-            }
+            Ok(_) => return Some(buf),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return None,
         }

@@ -268,7 +268,9 @@ impl<F: Framing> AsyncRead for SocketIo<F> {
         let stream = &this.socket.stream;
         loop {
             ready!(stream.poll_read_ready(cx))?;
-            match try_read(stream, buf.initialize_unfilled()) {
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            match read_draining(stream, room, || (&*SockRef::from(stream)).read(unfilled)) {
                 Ok(read) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
@@ -280,26 +282,29 @@ impl<F: Framing> AsyncRead for SocketIo<F> {
     }
 }
 
-/// Reads what `stream` holds into `buf`, as `TcpStream::try_read` does,
-/// but a read that did not fill `buf` emptied the socket: saying so clears
-/// its readiness now, instead of one more `recv` failing with EAGAIN before
-/// the task sleeps. (Edge-triggered epoll reports the next bytes anew;
-/// tokio's own `poll_read` does the same, and likewise not on Windows, where
-/// readiness is not edge-triggered.)
-pub(crate) fn try_read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let room = buf.len();
-    let mut read = 0;
+/// Runs `read`, a non-blocking read of at most `room` bytes from `stream`,
+/// as `TcpStream::try_read` would; but a read that did not fill `room`
+/// emptied the socket: saying so clears its readiness now, instead of one
+/// more `recv` failing with EAGAIN before the task sleeps. (Edge-triggered
+/// epoll reports the next bytes anew; tokio's own `poll_read` does the same,
+/// and likewise not on Windows, where readiness is not edge-triggered.)
+pub(crate) fn read_draining(
+    stream: &TcpStream,
+    room: usize,
+    mut read: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut got = 0;
     let result = stream.try_io(Interest::READABLE, || {
-        read = (&*SockRef::from(stream)).read(buf)?;
-        if read > 0 && read < room && !cfg!(windows) {
+        got = read()?;
+        if got > 0 && got < room && !cfg!(windows) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(())
     });
     match result {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
         Err(e) => Err(e),
-        Ok(()) => Ok(read),
+        Ok(()) => Ok(got),
     }
 }
 
