@@ -12,6 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -28,6 +29,8 @@ pub const PATH: &str = "/api/v1/push";
 const MAX_NOTIFICATIONS: usize = 1_000;
 /// Users per notification, at most.
 const MAX_USERS: usize = 1_000;
+/// Devices that one request's `users` may fan out to, in all.
+const MAX_REQUEST_DEVICES: usize = 10_000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -142,21 +145,39 @@ async fn push(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesReject
             platform,
         });
     }
-    let deliveries = batch
-        .notifications
-        .iter()
-        .zip(&routes)
-        .map(|(item, route)| deliver(&shared, item, route));
-    let results: Vec<Value> = futures_util::future::join_all(deliveries)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    // Lookups share the budget in order; sends take the pipeline's permits.
+    let budget = tokio::sync::Mutex::new(MAX_REQUEST_DEVICES);
+    // By index: a closure over borrowed items trips the handler's `Send`
+    // check (higher-ranked lifetimes).
+    let items = &batch.notifications;
+    let results: Vec<Vec<Value>> = stream::iter(0..items.len())
+        .map(|i| deliver(&shared, &items[i], &routes[i], &budget))
+        .buffered(shared.concurrency)
+        .collect()
+        .await;
+    let results: Vec<Value> = results.into_iter().flatten().collect();
     axum::Json(json!({ "results": results })).into_response()
 }
 
-/// One item's results: one, or one per device of its users.
-async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
+/// One push, counted with every other in flight (Kafka's too) against
+/// `mobile.concurrency`.
+async fn send(shared: &Shared, route: &Route, payload: &[u8]) -> Delivery {
+    let _permit = shared
+        .permits
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    shared.deliver(route, "http", payload).await
+}
+
+/// One item's results: one, or one per device of its users, taking those
+/// devices out of the request's `budget`.
+async fn deliver(
+    shared: &Shared,
+    item: &Item,
+    route: &Route,
+    budget: &tokio::sync::Mutex<usize>,
+) -> Vec<Value> {
     // Apps come from the request here, not from a topic an operator made:
     // only configured ones reach the stats' labels.
     if !shared.serves(route) {
@@ -172,10 +193,16 @@ async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
     }
     let (Some(users), Some(table)) = (&item.users, &shared.table) else {
         let payload = item.notification.get().as_bytes();
-        return vec![result(shared.deliver(route, "http", payload).await)];
+        return vec![result(send(shared, route, payload).await)];
     };
-    let devices = match table.of_users(route, users).await {
-        Ok(devices) => devices,
+    let mut left = budget.lock().await;
+    let (devices, cut) = match table.of_users(route, users, *left).await {
+        Ok(mut devices) => {
+            let cut = devices.len() > *left;
+            devices.truncate(*left);
+            *left -= devices.len();
+            (devices, cut)
+        }
         Err(e) => {
             tracing::warn!(app = %route.app, error = %e, "Users' tokens not read.");
             return vec![json!({
@@ -185,6 +212,7 @@ async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
             })];
         }
     };
+    drop(left);
     let Ok(Value::Object(template)) = serde_json::from_str::<Value>(item.notification.get()) else {
         return vec![result(Delivery::Skipped {
             reason: "invalid-json",
@@ -195,20 +223,28 @@ async fn deliver(shared: &Shared, item: &Item, route: &Route) -> Vec<Value> {
         Platform::Apns => "DeviceToken",
         _ => "to",
     };
-    let sends = devices.iter().map(|(user, token)| {
-        let mut notification = template.clone();
-        notification.insert(token_key.into(), Value::String(token.clone()));
-        let payload = Value::Object(notification).to_string();
+    // Each copy is made when its turn comes, not all at once.
+    let template = &template;
+    let devices = &devices;
+    let sends = (0..devices.len()).map(|i| {
+        let (user, token) = &devices[i];
         async move {
-            let mut r = result(shared.deliver(route, "http", payload.as_bytes()).await);
+            let mut notification = template.clone();
+            notification.insert(token_key.into(), Value::String(token.clone()));
+            let payload = Value::Object(notification).to_string();
+            let mut r = result(send(shared, route, payload.as_bytes()).await);
             r["user"] = Value::String(user.clone());
             r
         }
     });
-    let mut out = futures_util::future::join_all(sends).await;
+    let mut out: Vec<Value> = stream::iter(sends)
+        .buffered(shared.concurrency)
+        .collect()
+        .await;
+    let missing = if cut { "device-limit" } else { "no-tokens" };
     for user in users {
         if !devices.iter().any(|(u, _)| u == user) {
-            out.push(json!({"sent": false, "user": user, "reason": "no-tokens"}));
+            out.push(json!({"sent": false, "user": user, "reason": missing}));
         }
     }
     out

@@ -53,8 +53,6 @@ pub struct Mobile {
     /// The group member that reads the topics.
     consumer: Arc<StreamConsumer>,
     shared: Arc<Shared>,
-    /// Pushes in flight at once; the consumer waits beyond it.
-    concurrency: usize,
     /// How long in-flight pushes may finish after the stop.
     graceful_timeout: Duration,
     /// How often StatsD gets the counts.
@@ -83,6 +81,11 @@ pub(crate) struct Shared {
     attempts: u32,
     /// Wait between tries when the provider names none.
     retry_backoff: Duration,
+    /// Pushes in flight at once (`mobile.concurrency`), from Kafka and over
+    /// HTTP together: the consumer, and HTTP requests, wait beyond it.
+    pub(crate) permits: Arc<Semaphore>,
+    /// The permits' number.
+    pub(crate) concurrency: usize,
 }
 
 /// A handle on the pipeline's counters.
@@ -223,8 +226,9 @@ impl Mobile {
                     .then(|| TokenTable::new(&config.invalid_tokens)),
                 attempts: config.attempts,
                 retry_backoff: config.retry_backoff,
+                permits: Arc::new(Semaphore::new(config.concurrency)),
+                concurrency: config.concurrency,
             }),
-            concurrency: config.concurrency,
             graceful_timeout: config.graceful_timeout,
             stats_interval: config.statsd.flush_interval,
             tokens_task,
@@ -248,7 +252,7 @@ impl Mobile {
     /// offsets are not committed, so Kafka resends them), commits, and flushes
     /// feedback and stats.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let permits = self.shared.permits.clone();
         let mut tasks = JoinSet::new();
         let mut stats_tick = tokio::time::interval(self.stats_interval);
         tokio::pin!(shutdown);

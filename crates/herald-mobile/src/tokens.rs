@@ -304,9 +304,6 @@ pub(crate) struct TokenTable {
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
-/// Tokens one request may fan out to, at most.
-pub(crate) const MAX_USER_TOKENS: usize = 10_000;
-
 impl TokenTable {
     pub(crate) fn new(config: &InvalidTokensConfig) -> TokenTable {
         TokenTable {
@@ -317,11 +314,12 @@ impl TokenTable {
     }
 
     /// `(user_id, token)` of every device of `users` for `route`, by user
-    /// then token, at most [`MAX_USER_TOKENS`].
+    /// then token, at most `limit + 1` (one more tells the caller it cut).
     pub(crate) async fn of_users(
         &self,
         route: &Route,
         users: &[String],
+        limit: usize,
     ) -> Result<Vec<(String, String)>, DbError> {
         let mut client = self.client.lock().await;
         let live = match client.take() {
@@ -330,8 +328,9 @@ impl TokenTable {
         };
         let sql = format!(
             "SELECT DISTINCT user_id::text, token FROM {} WHERE user_id::text = ANY($1) \
-             ORDER BY 1, 2 LIMIT {MAX_USER_TOKENS}",
-            quoted(&table(&self.template, route))
+             ORDER BY 1, 2 LIMIT {}",
+            quoted(&table(&self.template, route)),
+            limit + 1
         );
         let rows = bounded(live.query(&sql, &[&users])).await;
         // A statement cut short by the client leaves the connection unusable.

@@ -650,3 +650,53 @@ async fn webpush_notifications_arrive_decrypted_and_gone_subscriptions_are_delet
     assert_eq!(service.requests().len(), 2);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_door_keeps_to_mobile_concurrency() {
+    let rig = Rig::start().await;
+    let mut config = rig.config("http-concurrency-group");
+    config.concurrency = 2;
+    let mobile = Mobile::start(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Served here, not spawned: it ends with the request, so a failed
+    // assertion cannot leave it holding the pipeline past Kafka's end.
+    let server = axum::serve(listener, mobile.routes()).into_future();
+    // Long enough that unbounded sends would all be in flight together.
+    rig.apns.answer_after(Duration::from_millis(100));
+
+    let notifications: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({"platform": "apns", "app": "game",
+                   "notification": {"DeviceToken": format!("d{i}"), "Payload": {"aps": {}}}})
+        })
+        .collect();
+    let request = async {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}{}", herald_mobile::http::PATH))
+            .json(&json!({ "notifications": notifications }))
+            .timeout(STEP)
+            .send()
+            .await
+            .unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    let answer = tokio::select! {
+        answer = request => answer,
+        ended = server => panic!("the server ended: {ended:?}"),
+    };
+    drop(mobile);
+    let sent: Vec<&Value> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["sent"])
+        .collect();
+    assert_eq!(sent, [&json!(true); 8], "{answer}");
+    assert_eq!(rig.apns.requests().len(), 8);
+    assert_eq!(
+        rig.apns.peak_in_flight(),
+        2,
+        "mobile.concurrency bounds the HTTP door's pushes"
+    );
+}

@@ -174,6 +174,12 @@ impl MockApns {
         self.server.abandoned.wait_for(n, timeout, what).await;
     }
 
+    /// The most requests this server had in flight (received, not yet
+    /// answered) at once so far.
+    pub fn peak_in_flight(&self) -> usize {
+        self.server.in_flight.peak()
+    }
+
     /// How many different provider tokens (JWTs) verified so far.
     pub fn distinct_jwts(&self) -> usize {
         self.lock().jwts.len()

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub(crate) struct TlsServer {
     /// Requests whose client gave up (reset the stream or closed the
     /// connection) before the answer was sent.
     pub(crate) abandoned: Arc<Recorded<()>>,
+    /// Requests being handled (answer not yet sent), now and at most.
+    pub(crate) in_flight: Arc<InFlight>,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
@@ -94,6 +97,8 @@ where
     let handle = Arc::new(handle);
     let abandoned = Arc::new(Recorded::new());
     let abandons = abandoned.clone();
+    let in_flight = Arc::new(InFlight::default());
+    let flights = in_flight.clone();
 
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -105,6 +110,7 @@ where
             let acceptor = acceptor.clone();
             let handle = handle.clone();
             let abandons = abandons.clone();
+            let flights = flights.clone();
             connections.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -112,6 +118,7 @@ where
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let handle = handle.clone();
+                        let flight = flights.enter();
                         // Hyper drops this future when the client gives up.
                         let unanswered = Unanswered(Some(abandons.clone()));
                         async move {
@@ -122,6 +129,7 @@ where
                                 tokio::time::sleep(delay).await;
                             }
                             unanswered.answered();
+                            drop(flight);
                             Ok::<_, hyper::Error>(reply)
                         }
                     });
@@ -145,8 +153,40 @@ where
         url: format!("https://{addr}"),
         ca_path,
         abandoned,
+        in_flight,
         dir,
         task,
+    }
+}
+
+/// Counts requests between arrival and answer, keeping the peak: how many
+/// a client had in flight at once.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InFlight {
+    /// One more request in flight until the guard drops.
+    fn enter(self: &Arc<Self>) -> Flight {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Flight(self.clone())
+    }
+
+    /// The most requests in flight at once so far.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// A request in flight; leaves the count when dropped (answered or abandoned).
+struct Flight(Arc<InFlight>);
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
