@@ -662,6 +662,40 @@ async fn webpush_gone_subscriptions_are_invalid_tokens() {
 }
 
 #[tokio::test]
+async fn webpush_reads_little_of_an_endless_answer_and_follows_no_redirect() {
+    let (mock, web_push) = web_push().await;
+    // An endpoint whose error page never ends: the answer is its status,
+    // after a few KiB of it, not whatever arrives until the timeout.
+    let endless = mock.subscribe();
+    mock.respond_endlessly(&endless.endpoint, 404);
+    let r = web_push.send(&web(&endless, "hi")).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.invalid_token),
+        (Some(404), "NotFound", true),
+        "{}",
+        r.description
+    );
+    let read = mock.endless_bytes_sent();
+    assert!(read < 256 * 1024, "{read} bytes of the endless body read");
+
+    // A redirect is the answer, not a second POST of the push elsewhere.
+    let (moved, elsewhere) = (mock.subscribe(), mock.subscribe());
+    mock.redirect(&moved.endpoint, 307, &elsewhere.endpoint);
+    let r = web_push.send(&web(&moved, "hi")).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.reason.as_str(), r.invalid_token, r.retry_after),
+        (Some(307), "TemporaryRedirect", false, None)
+    );
+    let ids: Vec<String> = mock.requests().into_iter().map(|q| q.id).collect();
+    let id = |s: &Subscription| s.endpoint.rsplit_once("/push/").unwrap().1.to_owned();
+    assert_eq!(
+        ids,
+        [id(&endless), id(&moved)],
+        "nothing reached {elsewhere:?}"
+    );
+}
+
+#[tokio::test]
 async fn webpush_throttling_and_outages_are_retryable_the_rest_final() {
     let (mock, web_push) = web_push().await;
     let cases = [

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,6 +19,32 @@ use tokio_rustls::TlsAcceptor;
 
 /// What the mocks answer with.
 pub(crate) type Reply = Response<Full<Bytes>>;
+
+/// Marks a [`Reply`] (in its extensions) whose body is replaced by one that
+/// never ends: filler every few milliseconds for as long as the client
+/// reads.
+#[derive(Clone, Copy)]
+pub(crate) struct EndlessBody;
+
+/// The body of an [`EndlessBody`] reply, counting what it gave out.
+struct Endless(tokio::time::Interval, Arc<AtomicUsize>);
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        static FILLER: [u8; 4096] = [b' '; 4096];
+        std::task::ready!(self.0.poll_tick(cx));
+        self.1.fetch_add(FILLER.len(), Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &FILLER,
+        )))))
+    }
+}
 
 /// Which HTTP versions a server speaks: APNs is HTTP/2 only, Google's
 /// endpoints take both.
@@ -39,6 +65,8 @@ pub(crate) struct TlsServer {
     pub(crate) abandoned: Arc<Recorded<()>>,
     /// Requests being handled (answer not yet sent), now and at most.
     pub(crate) in_flight: Arc<InFlight>,
+    /// Bytes of [`EndlessBody`] bodies handed to connections so far.
+    pub(crate) endless_sent: Arc<AtomicUsize>,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
@@ -99,6 +127,8 @@ where
     let abandons = abandoned.clone();
     let in_flight = Arc::new(InFlight::default());
     let flights = in_flight.clone();
+    let endless_sent = Arc::new(AtomicUsize::new(0));
+    let endless_counter = endless_sent.clone();
 
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -111,6 +141,7 @@ where
             let handle = handle.clone();
             let abandons = abandons.clone();
             let flights = flights.clone();
+            let endless_counter = endless_counter.clone();
             connections.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -119,6 +150,7 @@ where
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let handle = handle.clone();
                         let flight = flights.enter();
+                        let counter = endless_counter.clone();
                         // Hyper drops this future when the client gives up.
                         let unanswered = Unanswered(Some(abandons.clone()));
                         async move {
@@ -130,6 +162,15 @@ where
                             }
                             unanswered.answered();
                             drop(flight);
+                            let endless = reply.extensions().get::<EndlessBody>().is_some();
+                            let reply = reply.map(|body| {
+                                if endless {
+                                    let tick = tokio::time::interval(Duration::from_millis(5));
+                                    Either::Right(Endless(tick, counter))
+                                } else {
+                                    Either::Left(body)
+                                }
+                            });
                             Ok::<_, hyper::Error>(reply)
                         }
                     });
@@ -154,6 +195,7 @@ where
         ca_path,
         abandoned,
         in_flight,
+        endless_sent,
         dir,
         task,
     }

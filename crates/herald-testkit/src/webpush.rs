@@ -109,10 +109,14 @@ pub struct MockPushService {
 }
 
 /// A canned answer for one subscription.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Canned {
     status: u16,
     retry_after: Option<u64>,
+    /// A `Location` header, as a redirect carries.
+    location: Option<String>,
+    /// The error body never ends (a hostile or broken endpoint).
+    endless: bool,
 }
 
 /// The browser side of a subscription: what decrypts its pushes.
@@ -217,6 +221,41 @@ impl MockPushService {
         self.canned(endpoint, status, Some(secs));
     }
 
+    /// Answers every valid push to `endpoint` with `status` (a 3xx) and
+    /// `Location: location`.
+    pub fn redirect(&self, endpoint: &str, status: u16, location: &str) {
+        self.canned_as(
+            endpoint,
+            Canned {
+                status,
+                location: Some(location.to_owned()),
+                ..Canned::default()
+            },
+        );
+    }
+
+    /// Answers every valid push to `endpoint` with `status` and a body that
+    /// never ends: a little more every few milliseconds, for as long as the
+    /// client reads.
+    pub fn respond_endlessly(&self, endpoint: &str, status: u16) {
+        self.canned_as(
+            endpoint,
+            Canned {
+                status,
+                endless: true,
+                ..Canned::default()
+            },
+        );
+    }
+
+    /// Bytes of endless bodies (see [`MockPushService::respond_endlessly`])
+    /// sent so far: what clients chose to read of them.
+    pub fn endless_bytes_sent(&self) -> usize {
+        self.server
+            .endless_sent
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<PushRequest> {
         self.state.requests.all()
@@ -236,17 +275,22 @@ impl MockPushService {
     }
 
     fn canned(&self, endpoint: &str, status: u16, retry_after: Option<u64>) {
+        self.canned_as(
+            endpoint,
+            Canned {
+                status,
+                retry_after,
+                ..Canned::default()
+            },
+        );
+    }
+
+    fn canned_as(&self, endpoint: &str, canned: Canned) {
         let id = endpoint
             .rsplit_once("/push/")
             .map_or(endpoint, |(_, id)| id)
             .to_owned();
-        self.lock().canned.insert(
-            id,
-            Canned {
-                status,
-                retry_after,
-            },
-        );
+        self.lock().canned.insert(id, canned);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -262,6 +306,8 @@ struct Verdict {
     retry_after: Option<u64>,
     plaintext: Option<Vec<u8>>,
     vapid: Option<Vapid>,
+    location: Option<String>,
+    endless: bool,
 }
 
 impl Verdict {
@@ -272,6 +318,8 @@ impl Verdict {
             retry_after: None,
             plaintext: None,
             vapid: None,
+            location: None,
+            endless: false,
         }
     }
 }
@@ -310,6 +358,13 @@ impl State {
         };
         if let Some(secs) = verdict.retry_after {
             reply.headers_mut().insert("retry-after", secs.into());
+        }
+        if let Some(location) = &verdict.location {
+            let location = location.parse().expect("a header value");
+            reply.headers_mut().insert("location", location);
+        }
+        if verdict.endless {
+            reply.extensions_mut().insert(tls::EndlessBody);
         }
         let request = PushRequest {
             id,
@@ -366,6 +421,8 @@ impl State {
         if let Some(canned) = inner.canned.get(id) {
             return Verdict {
                 retry_after: canned.retry_after,
+                location: canned.location.clone(),
+                endless: canned.endless,
                 ..error(canned.status, "Canned answer.")
             };
         }
@@ -376,6 +433,8 @@ impl State {
                 retry_after: None,
                 plaintext: Some(plaintext),
                 vapid: Some(vapid),
+                location: None,
+                endless: false,
             },
             Err(e) => error(400, &format!("Cannot decrypt the body: {e}")),
         }

@@ -131,6 +131,10 @@ pub enum ProviderError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the provider text copied into a rejection's description.
 const MAX_DESCRIPTION: usize = 512;
+/// Bound on the answer body read: providers answer small JSON, and a Web
+/// Push endpoint is whatever a subscription names, so the rest is dropped
+/// unread rather than held in memory.
+const MAX_ANSWER: usize = 16 * 1024;
 
 /// The default per-request timeout of both providers' configs.
 pub(crate) fn default_timeout() -> Duration {
@@ -139,11 +143,15 @@ pub(crate) fn default_timeout() -> Duration {
 
 /// One client for every app of a provider: HTTP/2 by ALPN over pooled,
 /// reused connections, trusting the web PKI plus each app's extra root.
+/// Redirects are not followed: no provider sends one, and following would
+/// re-send a push (and its credentials' token) wherever a Web Push endpoint
+/// points; a redirect is a final answer.
 pub(crate) fn http_client<'a>(
     extra_roots: impl IntoIterator<Item = (&'a str, &'a Path)>,
 ) -> Result<Client, ProviderError> {
     let mut builder = Client::builder()
         .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT);
     for (app, path) in extra_roots {
         let pem = read(app, path)?;
@@ -217,7 +225,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Duration {
         .map_or(Duration::ZERO, Duration::from_secs)
 }
 
-/// A provider's answer, read whole.
+/// A provider's answer, its body read up to [`MAX_ANSWER`] bytes.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     /// The header that names an accepted push (`apns-id`, `location`).
@@ -230,17 +238,30 @@ pub(crate) struct Answer {
 /// Sends `request` and reads the answer; a request that never got one is
 /// the rejection [`unsent`] makes of it.
 pub(crate) async fn answer(request: RequestBuilder, id_header: &str) -> Result<Answer, Rejection> {
-    let response = request.send().await.map_err(|e| unsent(&e))?;
+    let mut response = request.send().await.map_err(|e| unsent(&e))?;
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
     let id = Some(id_header)
         .filter(|h| !h.is_empty())
         .and_then(header)
         .map(str::to_owned);
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let mut body = Vec::new();
+    while body.len() < MAX_ANSWER {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
+            }
+            // The end, or a body cut short: what arrived is the answer.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Dropping `response` here abandons whatever is left unread.
     Ok(Answer {
-        status: response.status(),
+        status,
         id,
-        retry_after: retry_after(response.headers()),
-        text: response.text().await.unwrap_or_default(),
+        retry_after,
+        text: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 
