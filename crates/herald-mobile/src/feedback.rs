@@ -49,19 +49,27 @@ pub fn record(notification: &Notification, result: &Result<Sent, Rejection>) -> 
     }
 }
 
+/// APNs: the reference's `token`/`status`, and the seed's own field names
+/// (`structs.ResponseWithMetadata`: `DeviceToken`, `StatusCode`, `Sent`),
+/// which its feedback listener reads; Go matches `apnsID`, `reason` and
+/// `err` to `ApnsID`, `Reason` and `Err` regardless of case.
 fn apns(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String, Value>) -> Value {
     let mut out = json!({
         "token": n.push.token,
+        "DeviceToken": n.push.token,
+        "Sent": result.is_ok(),
         "timestamp": now_ms(),
         "metadata": metadata,
     });
     match result {
         Ok(sent) => {
             out["status"] = 200.into();
+            out["StatusCode"] = 200.into();
             out["apnsID"] = sent.id.clone().into();
         }
         Err(r) => {
             out["status"] = r.status.unwrap_or(0).into();
+            out["StatusCode"] = r.status.unwrap_or(0).into();
             out["reason"] = r.reason.clone().into();
             out["err"] = json!({"key": reason_key(&r.reason), "description": r.description});
         }
@@ -69,6 +77,26 @@ fn apns(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String
     out
 }
 
+/// The seed's GCM feedback `error` for an FCM error code (its
+/// `translateError`): its listener deletes a token on `DEVICE_UNREGISTERED`.
+/// Anything that is not one of FCM's codes (a connection error, an expired
+/// push) is `UNKNOWN`, as in the seed.
+fn seed_gcm_error(reason: &str) -> &'static str {
+    match reason {
+        "INVALID_ARGUMENT" => "INVALID_JSON",
+        "UNREGISTERED" => "DEVICE_UNREGISTERED",
+        "SENDER_ID_MISMATCH" => "SENDER_ID_MISMATCH",
+        "QUOTA_EXCEEDED" => "DEVICE_MESSAGE_RATE_EXCEEDED",
+        "UNAVAILABLE" => "UNAVAILABLE",
+        "INTERNAL" => "INTERNAL_SERVER_ERROR",
+        "THIRD_PARTY_AUTH_ERROR" | "APNS_AUTH_ERROR" => "THIRD_PARTY_AUTH_ERROR",
+        _ => "UNKNOWN",
+    }
+}
+
+/// GCM: the seed's `{"from", "message_id", "message_type", "error",
+/// "error_description", "metadata"}`, with `error` in the seed's codes and
+/// FCM's own code in `fcm_error`.
 fn gcm(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String, Value>) -> Value {
     let mut out = json!({
         "from": n.push.token,
@@ -82,7 +110,8 @@ fn gcm(n: &Notification, result: &Result<Sent, Rejection>, metadata: Map<String,
         }
         Err(r) => {
             out["message_type"] = "nack".into();
-            out["error"] = r.reason.clone().into();
+            out["error"] = seed_gcm_error(&r.reason).into();
+            out["fcm_error"] = r.reason.clone().into();
             out["error_description"] = r.description.clone().into();
         }
     }
@@ -169,6 +198,11 @@ mod tests {
         assert_eq!(f["status"], 410);
         assert_eq!(f["reason"], "Unregistered");
         assert_eq!(f["token"], "tok");
+        // The seed's names, which its feedback listener reads.
+        assert_eq!(
+            (&f["DeviceToken"], &f["StatusCode"], &f["Sent"]),
+            (&json!("tok"), &json!(410), &json!(false))
+        );
         assert_eq!(f["err"]["key"], "unregistered");
         assert_eq!(f["metadata"], json!({"userId":"u1","deleteToken":true}));
         let ok = record(
@@ -178,6 +212,10 @@ mod tests {
             }),
         );
         assert_eq!(ok["status"], 200);
+        assert_eq!(
+            (&ok["DeviceToken"], &ok["StatusCode"], &ok["Sent"]),
+            (&json!("tok"), &json!(200), &json!(true))
+        );
         assert_eq!(ok["apnsID"], "id-1");
         assert!(ok.get("err").is_none());
         assert_eq!(ok["metadata"], json!({"userId":"u1"}));
@@ -228,7 +266,25 @@ mod tests {
         assert_eq!(f["from"], "tok");
         assert_eq!(f["message_id"], "m1");
         assert_eq!(f["message_type"], "nack");
-        assert_eq!(f["error"], "UNREGISTERED");
+        assert_eq!(f["error"], "DEVICE_UNREGISTERED", "the seed's key");
+        assert_eq!(f["fcm_error"], "UNREGISTERED");
         assert_eq!(f["metadata"]["deleteToken"], true);
+    }
+
+    #[test]
+    fn gcm_errors_are_the_seeds_codes() {
+        for (fcm, seed) in [
+            ("INVALID_ARGUMENT", "INVALID_JSON"),
+            ("UNREGISTERED", "DEVICE_UNREGISTERED"),
+            ("SENDER_ID_MISMATCH", "SENDER_ID_MISMATCH"),
+            ("QUOTA_EXCEEDED", "DEVICE_MESSAGE_RATE_EXCEEDED"),
+            ("UNAVAILABLE", "UNAVAILABLE"),
+            ("INTERNAL", "INTERNAL_SERVER_ERROR"),
+            ("THIRD_PARTY_AUTH_ERROR", "THIRD_PARTY_AUTH_ERROR"),
+            ("ConnectionError", "UNKNOWN"),
+            ("HTTP502", "UNKNOWN"),
+        ] {
+            assert_eq!(seed_gcm_error(fcm), seed, "{fcm}");
+        }
     }
 }

@@ -279,6 +279,7 @@ async fn apns_notifications_are_sent_reported_and_dead_tokens_deleted() {
     );
     assert_eq!(records[0]["metadata"], json!({"userId": "u1"}));
     assert_eq!(records[1]["token"], "dead-1");
+    assert_eq!(records[1]["DeviceToken"], "dead-1");
     assert_eq!(records[1]["status"], 410);
     assert_eq!(records[1]["reason"], "Unregistered");
     assert_eq!(records[1]["err"]["key"], "unregistered");
@@ -350,7 +351,8 @@ async fn legacy_gcm_notifications_go_out_as_fcm_v1() {
     assert_eq!(records[0]["message_type"], "ack");
     assert_eq!(records[1]["from"], "g-dead");
     assert_eq!(records[1]["message_type"], "nack");
-    assert_eq!(records[1]["error"], "UNREGISTERED");
+    assert_eq!(records[1]["error"], "DEVICE_UNREGISTERED");
+    assert_eq!(records[1]["fcm_error"], "UNREGISTERED");
     assert_eq!(records[1]["metadata"]["deleteToken"], true);
 
     rig.wait_tokens("game_gcm", "g-alive").await;
