@@ -205,9 +205,13 @@ fn gcm(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
                     v1.insert("android".into(), json!({ "notification": android }));
                 }
             }
+            // As the seed does: each metadata key joins `data` at the top
+            // level, unless `data` has it already (and not null).
             let mut data = m.data.unwrap_or_default();
-            if !metadata.is_empty() {
-                data.insert("M".into(), Value::Object(metadata.clone()));
+            for (key, value) in &metadata {
+                if data.get(key).is_none_or(Value::is_null) {
+                    data.insert(key.clone(), value.clone());
+                }
             }
             if !data.is_empty() {
                 v1.insert("data".into(), Value::Object(stringified(data)));
@@ -418,9 +422,9 @@ mod tests {
             &route(Platform::Gcm),
             br#"{"to":"tok","message_id":"m1","collapse_key":"ck","priority":"high",
                 "time_to_live":60,"dry_run":true,
-                "data":{"x":"1","n":2,"o":{"a":true}},
+                "data":{"x":"1","n":2,"o":{"a":true},"own":"data","gap":null},
                 "notification":{"title":"T","body":"B","sound":"ping","icon":"i","badge":"3"},
-                "metadata":{"k":"v"}}"#,
+                "metadata":{"k":"v","userId":7,"own":"metadata","gap":"filled"}}"#,
         )
         .unwrap();
         assert_eq!(n.push.token, "tok");
@@ -429,7 +433,8 @@ mod tests {
             json!({
                 "notification": {"title":"T","body":"B"},
                 "android": {"notification": {"sound":"ping","icon":"i"}},
-                "data": {"x":"1","n":"2","o":"{\"a\":true}","M":"{\"k\":\"v\"}"}
+                "data": {"x":"1","n":"2","o":"{\"a\":true}","k":"v","userId":"7",
+                         "own":"data","gap":"filled"}
             })
         );
         assert_eq!(n.push.high_priority, Some(true));

@@ -339,7 +339,8 @@ async fn legacy_gcm_notifications_go_out_as_fcm_v1() {
     assert_eq!(message["android"]["priority"], "high");
     assert_eq!(
         message["data"],
-        json!({"level": "7", "M": "{\"campaign\":\"c1\"}"})
+        json!({"level": "7", "campaign": "c1"}),
+        "metadata joins data, as the seed does it"
     );
     let ttl = message["android"]["ttl"].as_str().unwrap();
     let secs: u64 = ttl.trim_end_matches('s').parse().unwrap();
