@@ -191,6 +191,9 @@ fn gcm(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
                         "title" | "body" | "image" => {
                             top.insert(k, v);
                         }
+                        "body_loc_args" | "title_loc_args" => {
+                            android.insert(k, loc_args(v));
+                        }
                         k2 if ANDROID_NOTIFICATION_KEYS.contains(&k2) => {
                             android.insert(k, v);
                         }
@@ -338,6 +341,20 @@ fn web_push(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
     })
 }
 
+/// `*_loc_args` as FCM v1 takes them, a list of strings. The seed's
+/// messages carry a string (its type is `string`, sent as a one-item list);
+/// legacy GCM's was a JSON array written as a string, so a string that is
+/// one becomes that list. A list passes through.
+fn loc_args(value: Value) -> Value {
+    match value {
+        Value::String(text) => match serde_json::from_str::<Vec<String>>(&text) {
+            Ok(args) => args.into(),
+            Err(_) => Value::Array(vec![Value::String(text)]),
+        },
+        other => other,
+    }
+}
+
 /// FCM v1 `data` holds strings only: other values go as their JSON text.
 fn stringified(data: Map<String, Value>) -> Map<String, Value> {
     data.into_iter()
@@ -443,6 +460,35 @@ mod tests {
         assert_eq!(n.message_id.as_deref(), Some("m1"));
         let ttl = n.push.expires_at.unwrap() - now_secs();
         assert!((59..=60).contains(&ttl), "{ttl}");
+    }
+
+    #[test]
+    fn loc_args_become_lists_of_strings() {
+        let body = json!({"to": "t", "notification": {"body_loc_key": "k",
+            "body_loc_args": "Helena", "title_loc_args": "[\"a\",\"b\"]"}});
+        let n = parse(&route(Platform::Gcm), body.to_string().as_bytes()).unwrap();
+        let android = &n.push.payload["android"]["notification"];
+        assert_eq!(
+            android["body_loc_args"],
+            json!(["Helena"]),
+            "the seed's string"
+        );
+        assert_eq!(
+            android["title_loc_args"],
+            json!(["a", "b"]),
+            "legacy GCM's JSON text"
+        );
+        assert_eq!(android["body_loc_key"], "k");
+
+        let n = parse(
+            &route(Platform::Gcm),
+            br#"{"to":"t","notification":{"body_loc_args":["x","y"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            n.push.payload["android"]["notification"]["body_loc_args"],
+            json!(["x", "y"])
+        );
     }
 
     #[test]
