@@ -307,6 +307,28 @@ async fn fcm_exchanges_one_access_token_for_many_concurrent_sends() {
 }
 
 #[tokio::test]
+async fn fcm_a_failed_token_exchange_is_shared_by_the_sends_waiting_for_it() {
+    let (mock, fcm) = fcm().await;
+    mock.fail_token_requests(Some(503));
+    // One send starts the exchange; the other fifteen wait for it.
+    let results = send_concurrently(fcm.clone(), 16).await;
+    for result in &results {
+        let r = result.as_ref().unwrap_err();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.retry_after),
+            (Some(503), "AuthError", Some(Duration::ZERO))
+        );
+    }
+    assert_eq!(mock.token_requests(), 1, "one exchange, its failure shared");
+    assert!(mock.requests().is_empty());
+
+    // A send that did not wait for that exchange tries again.
+    mock.fail_token_requests(None);
+    fcm.send(&push("t-after", json!({}))).await.unwrap();
+    assert_eq!(mock.token_requests(), 2);
+}
+
+#[tokio::test]
 async fn fcm_unregistered_and_invalid_registration_are_invalid_tokens() {
     let (mock, fcm) = fcm().await;
     mock.respond(

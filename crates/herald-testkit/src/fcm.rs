@@ -87,6 +87,8 @@ struct Inner {
     /// Access tokens handed out and not revoked.
     issued: HashSet<String>,
     token_requests: usize,
+    /// While set, the token endpoint answers every request with this status.
+    token_failure: Option<u16>,
     canned: HashMap<String, FcmError>,
 }
 
@@ -171,6 +173,12 @@ impl MockFcm {
         self.lock().issued.clear();
     }
 
+    /// Makes the token endpoint answer every request with `status` (an
+    /// OAuth2 error body) until called again with `None`.
+    pub fn fail_token_requests(&self, status: Option<u16>) {
+        self.lock().token_failure = status;
+    }
+
     /// How many times the token endpoint was called, successfully or not.
     pub fn token_requests(&self) -> usize {
         self.lock().token_requests
@@ -218,7 +226,17 @@ impl State {
 
     /// The OAuth2 token endpoint: a JWT-bearer grant signed by the service account.
     fn token(&self, body: &[u8]) -> Reply {
-        self.lock().token_requests += 1;
+        let failure = {
+            let mut inner = self.lock();
+            inner.token_requests += 1;
+            inner.token_failure
+        };
+        if let Some(status) = failure {
+            return tls::json(
+                status,
+                &json!({"error": "internal_failure", "error_description": "Try again later."}),
+            );
+        }
         let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         if form.get("grant_type").map(String::as_str) != Some(GRANT_TYPE) {
             return tls::json(

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -82,7 +83,19 @@ struct App {
     timeout: Duration,
     /// The access token; the async lock makes concurrent sends wait for one
     /// exchange instead of each starting its own.
-    access: tokio::sync::Mutex<Option<Access>>,
+    access: tokio::sync::Mutex<Exchange>,
+    /// Failed exchanges so far: a send that saw this change while it waited
+    /// for the lock takes the failure it waited for instead of trying again.
+    failures: AtomicU64,
+}
+
+/// What the last exchange gave.
+#[derive(Default)]
+struct Exchange {
+    /// The access token, while there is one.
+    current: Option<Access>,
+    /// Why the last exchange failed, for the sends that waited on it.
+    failed: Option<Rejection>,
 }
 
 /// An OAuth2 access token and when to replace it.
@@ -288,7 +301,8 @@ impl App {
                 .map_err(|e| invalid(format!("private_key is not an RSA PEM key: {e}")))?,
             client_email: account.client_email,
             timeout: config.timeout,
-            access: tokio::sync::Mutex::new(None),
+            access: tokio::sync::Mutex::new(Exchange::default()),
+            failures: AtomicU64::new(0),
         };
         // The key is only parsed when signing: sign now, so a bad key fails
         // here rather than on every push.
@@ -310,12 +324,43 @@ impl App {
     }
 
     /// The current access token, exchanged for a new one when due. Holding
-    /// the lock across the exchange makes it single-flight.
+    /// the lock across the exchange makes it single-flight, failures
+    /// included: the sends that waited for an exchange share its result,
+    /// so a failing token endpoint sees one request, not one per send.
     async fn access_token(&self, client: &Client) -> Result<String, Rejection> {
-        let mut access = self.access.lock().await;
-        if let Some(current) = access.as_ref().filter(|a| Instant::now() < a.refresh_at) {
+        let failures = self.failures.load(Ordering::SeqCst);
+        let mut exchange = self.access.lock().await;
+        if let Some(current) = exchange
+            .current
+            .as_ref()
+            .filter(|a| Instant::now() < a.refresh_at)
+        {
             return Ok(current.token.clone());
         }
+        if self.failures.load(Ordering::SeqCst) != failures
+            && let Some(failed) = &exchange.failed
+        {
+            return Err(failed.clone());
+        }
+        match self.exchange(client).await {
+            Ok(access) => {
+                let token = access.token.clone();
+                *exchange = Exchange {
+                    current: Some(access),
+                    failed: None,
+                };
+                Ok(token)
+            }
+            Err(rejection) => {
+                exchange.failed = Some(rejection.clone());
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                Err(rejection)
+            }
+        }
+    }
+
+    /// One OAuth2 exchange of a fresh assertion for an access token.
+    async fn exchange(&self, client: &Client) -> Result<Access, Rejection> {
         let assertion = self.assertion(now_secs()).map_err(|e| {
             refuse(
                 "AuthError",
@@ -347,19 +392,18 @@ impl App {
         };
         debug!(expires_in = granted.expires_in, "Got an FCM access token.");
         let lifetime = Duration::from_secs(granted.expires_in.saturating_sub(EXPIRY_MARGIN));
-        *access = Some(Access {
-            token: granted.access_token.clone(),
+        Ok(Access {
+            token: granted.access_token,
             refresh_at: Instant::now() + lifetime,
-        });
-        Ok(granted.access_token)
+        })
     }
 
     /// Drops `token` if it is still the cached one, so the next send
     /// exchanges for a new one.
     async fn forget(&self, token: &str) {
-        let mut access = self.access.lock().await;
-        if access.as_ref().is_some_and(|a| a.token == token) {
-            *access = None;
+        let mut exchange = self.access.lock().await;
+        if exchange.current.as_ref().is_some_and(|a| a.token == token) {
+            exchange.current = None;
         }
     }
 }
