@@ -22,7 +22,8 @@ pub struct MobileConfig {
     pub concurrency: usize,
     /// Tries per push when the provider says "later" (429, 5xx); the seed's 3.
     pub attempts: u32,
-    /// Wait between tries when the provider gives no `Retry-After`.
+    /// Wait after the first try when the provider gives no `Retry-After`;
+    /// doubled per try, less up to half at random.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
     /// On shutdown, how long in-flight pushes may take to finish.

@@ -413,7 +413,7 @@ impl Shared {
                     let wait = r
                         .retry_after
                         .filter(|w| !w.is_zero())
-                        .unwrap_or(self.retry_backoff)
+                        .unwrap_or_else(|| backoff(self.retry_backoff, attempt, random_unit()))
                         .min(MAX_RETRY_WAIT);
                     debug!(attempt, reason = %r.reason, ?wait, "Push will be retried.");
                     tokio::time::sleep(wait).await;
@@ -476,4 +476,52 @@ impl Shared {
 
 fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+/// The wait after failed try `attempt` (from 1) when the provider named
+/// none: `base` doubled per try, capped at [`MAX_RETRY_WAIT`], less up to
+/// half of it at random (`random` in [0, 1)), so pushes refused together
+/// (a quota, an outage) do not all come back at the same instant.
+fn backoff(base: Duration, attempt: u32, random: f64) -> Duration {
+    let doubled = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+        .min(MAX_RETRY_WAIT);
+    doubled.mul_f64(1.0 - random.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A number in [0, 1), different on every call; jitter needs no more.
+fn random_unit() -> f64 {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_try_with_jitter_and_a_cap() {
+        let base = Duration::from_millis(100);
+        let ms = |d: Duration| d.as_millis();
+        // No jitter: the full doubled wait; most jitter: half of it.
+        assert_eq!(
+            [1, 2, 3, 4].map(|a| ms(backoff(base, a, 0.0))),
+            [100, 200, 400, 800]
+        );
+        assert_eq!(
+            [1, 2, 3, 4].map(|a| ms(backoff(base, a, 0.999_999))),
+            [50, 100, 200, 400]
+        );
+        assert_eq!(backoff(base, 40, 0.0), MAX_RETRY_WAIT);
+        assert_eq!(backoff(Duration::from_secs(45), 2, 0.0), MAX_RETRY_WAIT);
+        // Two pushes refused together wait differently.
+        let waits: std::collections::HashSet<Duration> =
+            (0..8).map(|_| backoff(base, 2, random_unit())).collect();
+        assert!(waits.len() > 1, "{waits:?}");
+        assert!(
+            waits.iter().all(|w| (base..=2 * base).contains(w)),
+            "{waits:?}"
+        );
+    }
 }
