@@ -220,7 +220,22 @@ fn gcm(route: &Route, value: &[u8]) -> Result<Notification, Invalid> {
                 v1.insert("data".into(), Value::Object(stringified(data)));
             }
             let high = m.priority.map(|p| p.eq_ignore_ascii_case("high"));
-            (m.to, v1, high, m.time_to_live)
+            // `time_to_live: 0` is "now or never" for FCM to apply, as GCM
+            // did: sent as `ttl: "0s"` on every try, not turned into an
+            // expiry that has passed by the time a retry goes.
+            let ttl = match m.time_to_live {
+                Some(0) => {
+                    if let Value::Object(android) = v1
+                        .entry("android")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                    {
+                        android.insert("ttl".into(), "0s".into());
+                    }
+                    None
+                }
+                ttl => ttl,
+            };
+            (m.to, v1, high, ttl)
         }
     };
     if token.is_empty() {

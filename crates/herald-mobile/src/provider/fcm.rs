@@ -449,6 +449,23 @@ mod tests {
     }
 
     #[test]
+    fn time_to_live_zero_goes_as_0s_on_every_try() {
+        let route = crate::topic::Route {
+            app: "a".into(),
+            platform: Platform::Gcm,
+        };
+        let body = br#"{"to":"t","time_to_live":0,"notification":{"sound":"s"}}"#;
+        let n = crate::message::parse(&route, body).unwrap();
+        assert_eq!(n.push.expires_at, None);
+        // A retry seconds later still sends it, for FCM to deliver now or never.
+        let later = message(&n.push, now_secs() + 5).unwrap();
+        assert_eq!(
+            later["android"],
+            json!({"ttl": "0s", "notification": {"sound": "s"}})
+        );
+    }
+
+    #[test]
     fn message_keeps_the_payloads_own_android_keys() {
         let mut p = push(
             json!({"android": {"priority": "high", "ttl": "5s", "restricted_package_name": "x"}}),
