@@ -34,6 +34,8 @@ use crate::{Platform, Provider, Push, Rejection, Sent, feedback};
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 /// Longest a feedback record may wait in the producer's queue.
 const FEEDBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one "Kafka consume failed" warning per this long.
+const CONSUME_WARNING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why the pipeline cannot start.
 #[derive(Debug, Error)]
@@ -255,6 +257,9 @@ impl Mobile {
         let permits = self.shared.permits.clone();
         let mut tasks = JoinSet::new();
         let mut stats_tick = tokio::time::interval(self.stats_interval);
+        // While the brokers are down librdkafka reports errors many times a
+        // second: one warning per interval, the rest at debug.
+        let mut consume_errors = Throttle::new(CONSUME_WARNING_INTERVAL);
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -277,7 +282,12 @@ impl Mobile {
                         payload: m.payload().unwrap_or_default().to_vec(),
                     },
                     Err(e) => {
-                        warn!(error = %e, "Kafka consume failed.");
+                        match consume_errors.allow(Instant::now()) {
+                            Some(suppressed) => {
+                                warn!(error = %e, suppressed, "Kafka consume failed.");
+                            }
+                            None => debug!(error = %e, "Kafka consume failed."),
+                        }
                         continue;
                     }
                 },
@@ -478,6 +488,38 @@ fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
 
+/// Lets a repeated warning through once per interval, counting the rest.
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when the warning may be logged at `now`, `n` being how many
+    /// were held back since the last one; `None` to hold this one back.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// The wait after failed try `attempt` (from 1) when the provider named
 /// none: `base` doubled per try, capped at [`MAX_RETRY_WAIT`], less up to
 /// half of it at random (`random` in [0, 1)), so pushes refused together
@@ -499,6 +541,22 @@ fn random_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_consume_warnings_are_let_through_once_per_interval() {
+        let every = Duration::from_secs(30);
+        let mut throttle = Throttle::new(every);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(throttle.allow(at(0)), Some(0), "the first is logged");
+        // An error every 50 ms, as with the brokers down: held back …
+        let held = (1..600).filter(|i| throttle.allow(at(i * 50)).is_none());
+        assert_eq!(held.count(), 599);
+        // … until the interval has passed, which reports how many were.
+        assert_eq!(throttle.allow(at(30_000)), Some(599));
+        assert_eq!(throttle.allow(at(30_050)), None);
+        assert_eq!(throttle.allow(at(60_000)), Some(1));
+    }
 
     #[test]
     fn backoff_doubles_per_try_with_jitter_and_a_cap() {
