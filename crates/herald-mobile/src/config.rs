@@ -202,6 +202,7 @@ mod tests {
                     subject: "mailto:ops@example.com".into(),
                     ca_file: None,
                     timeout: Duration::from_secs(10),
+                    allow_private_endpoints: false,
                 },
             )]),
             ..MobileConfig::default()

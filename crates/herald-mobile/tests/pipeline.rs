@@ -574,6 +574,8 @@ async fn webpush_notifications_arrive_decrypted_and_gone_subscriptions_are_delet
             subject: "mailto:ops@example.com".into(),
             ca_file: Some(service.ca_pem_path()),
             timeout: STEP,
+            // The mock listens on 127.0.0.1.
+            allow_private_endpoints: true,
         },
     )]);
     let running = Running::start(&config).await;

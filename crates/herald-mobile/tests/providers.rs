@@ -503,6 +503,8 @@ fn web_push_config(mock: &MockPushService, vapid_key_file: std::path::PathBuf) -
         subject: SUBJECT.into(),
         ca_file: Some(mock.ca_pem_path()),
         timeout: STEP,
+        // The mock listens on 127.0.0.1.
+        allow_private_endpoints: true,
     }
 }
 
@@ -804,4 +806,61 @@ async fn webpush_refuses_unknown_apps_bad_endpoints_and_expired_pushes_without_a
     );
 
     assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn webpush_refuses_private_endpoints_unless_the_app_allows_them() {
+    let mock = MockPushService::start().await;
+    let key = mock.issue_vapid_key();
+    let guarded = WebPushConfig {
+        allow_private_endpoints: false,
+        ..web_push_config(&mock, key.clone())
+    };
+    let open = web_push_config(&mock, key);
+    let web_push = WebPush::new(&BTreeMap::from([
+        (APP.to_owned(), guarded),
+        ("open".to_owned(), open),
+    ]))
+    .unwrap();
+    let s = mock.subscribe();
+    let port = s
+        .endpoint
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let path = s.endpoint.split_once("/push/").unwrap().1;
+
+    // An IP literal, its IPv4-mapped IPv6 form, and names that resolve to
+    // loopback (refused by the resolver, when connecting).
+    for endpoint in [
+        s.endpoint.clone(),
+        format!("https://[::ffff:127.0.0.1]:{port}/push/{path}"),
+        format!("https://localhost:{port}/push/{path}"),
+    ] {
+        let mut p = web(&s, "hi");
+        p.token = endpoint.clone();
+        let r = web_push.send(&p).await.unwrap_err();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.retry_after, r.invalid_token),
+            (None, "PrivateEndpoint", None, false),
+            "{endpoint}: {}",
+            r.description
+        );
+        assert!(
+            r.description.contains("not a public address"),
+            "{}",
+            r.description
+        );
+    }
+
+    // The app that allows them reaches the same service: nothing else did.
+    let mut allowed = web(&s, "hi");
+    allowed.app = "open".into();
+    web_push.send(&allowed).await.unwrap();
+    let requests = mock.wait_for(1, STEP).await;
+    assert_eq!(requests.len(), 1, "only the allowed app's push went out");
+    assert_eq!(requests[0].text(), Some("hi"));
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
+use reqwest::{Client, ClientBuilder, RequestBuilder, StatusCode, Url};
 use serde_json::Value;
 
 pub mod apns;
@@ -149,6 +149,14 @@ pub(crate) fn default_timeout() -> Duration {
 pub(crate) fn http_client<'a>(
     extra_roots: impl IntoIterator<Item = (&'a str, &'a Path)>,
 ) -> Result<Client, ProviderError> {
+    Ok(client_builder(extra_roots)?.build()?)
+}
+
+/// [`http_client`]'s settings, for a client that needs more of its own
+/// (Web Push's resolver that keeps only public addresses).
+pub(crate) fn client_builder<'a>(
+    extra_roots: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> Result<ClientBuilder, ProviderError> {
     let mut builder = Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
@@ -164,7 +172,7 @@ pub(crate) fn http_client<'a>(
             builder = builder.add_root_certificate(root);
         }
     }
-    Ok(builder.build()?)
+    Ok(builder)
 }
 
 /// Every app's credentials built by `build` (failing on the first unusable
@@ -265,14 +273,23 @@ pub(crate) async fn answer(request: RequestBuilder, id_header: &str) -> Result<A
     })
 }
 
-/// The push never left: a request that could not be built is final, one
-/// that could not be delivered (connection, TLS, timeout) is worth retrying.
+/// The push never left: a request that could not be built is final, and so
+/// is one to an endpoint whose name resolves only to non-public addresses;
+/// one that could not be delivered (connection, TLS, timeout) is worth
+/// retrying.
 pub(crate) fn unsent(error: &reqwest::Error) -> Rejection {
     if error.is_builder() {
         return refuse(
             "InvalidRequest",
             format!("the request cannot be built: {error}"),
         );
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(private) = cause.downcast_ref::<webpush::PrivateEndpoint>() {
+            return private.rejection();
+        }
+        source = cause.source();
     }
     Rejection {
         status: None,

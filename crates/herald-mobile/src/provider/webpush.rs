@@ -7,7 +7,9 @@
 //! "data": <text>, "urgency"?}` (see `message::webpush`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,6 +19,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use parking_lot::Mutex;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, LOCATION};
 use reqwest::{Client, StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,7 @@ use web_push_native::Auth;
 
 use super::{
     Answer, Platform, Provider, ProviderError, Push, Rejection, Sent, answer, app_of,
-    default_timeout, excerpt, load_apps, read, refuse,
+    client_builder, default_timeout, excerpt, load_apps, read, refuse,
 };
 use crate::message::now_secs;
 
@@ -72,12 +75,22 @@ pub struct WebPushConfig {
     /// Bound on one request, from sending to the full answer.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Send to endpoints on loopback, private, link-local and other
+    /// non-public addresses. Off by default: an endpoint is whatever a
+    /// subscription names, and Herald must not be made to call the services
+    /// of its own network; on only for a private push service or tests.
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
 }
 
-/// Sends to any push service for every configured app over one pooled
-/// client (HTTP/2 where the service offers it).
+/// Sends to any push service for every configured app over pooled clients
+/// (HTTP/2 where the service offers it): one that reaches public addresses
+/// only, and one for the apps that allow private endpoints.
 pub struct WebPush {
+    /// Connects to public addresses only (see [`PublicOnly`]).
     client: Client,
+    /// Connects anywhere: for the apps with `allow_private_endpoints`.
+    open_client: Client,
     apps: HashMap<String, App>,
     /// Age after which a VAPID token is replaced (a field so tests can
     /// shorten it).
@@ -91,6 +104,7 @@ struct App {
     public_key: String,
     subject: String,
     timeout: Duration,
+    allow_private_endpoints: bool,
     /// The `Authorization` value per push-service origin.
     vapid: Mutex<HashMap<String, Vapid>>,
 }
@@ -110,11 +124,19 @@ struct Claims<'a> {
 
 impl WebPush {
     /// Loads every app's VAPID key and checks its subject (failing on the
-    /// first unusable app, named), and builds the client.
-    pub fn new(apps: &BTreeMap<String, WebPushConfig>) -> Result<WebPush, ProviderError> {
-        let (client, apps) = load_apps(apps, |c| c.ca_file.as_deref(), App::new)?;
+    /// first unusable app, named), and builds the clients.
+    pub fn new(configs: &BTreeMap<String, WebPushConfig>) -> Result<WebPush, ProviderError> {
+        let (open_client, apps) = load_apps(configs, |c| c.ca_file.as_deref(), App::new)?;
+        let roots: Vec<_> = configs
+            .iter()
+            .filter_map(|(name, c)| Some((name.as_str(), c.ca_file.as_deref()?)))
+            .collect();
+        let client = client_builder(roots)?
+            .dns_resolver(Arc::new(PublicOnly))
+            .build()?;
         Ok(WebPush {
             client,
+            open_client,
             apps,
             vapid_refresh: VAPID_REFRESH,
         })
@@ -140,6 +162,18 @@ impl Provider for WebPush {
     async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
         let app = app_of(&self.apps, push, "Web Push")?;
         let endpoint = endpoint(&push.token).map_err(|e| refuse("InvalidEndpoint", e))?;
+        // An IP literal is never resolved, so `PublicOnly` cannot see it:
+        // it is checked here.
+        let client = if app.allow_private_endpoints {
+            &self.open_client
+        } else {
+            if let Some(ip) = host_ip(&endpoint)
+                && !is_public(ip)
+            {
+                return Err(PrivateEndpoint(ip.to_string()).rejection());
+            }
+            &self.client
+        };
         let request = Prepared::new(push, now_secs())?;
         let body = web_push_native::encrypt(request.data, &request.p256dh, &request.auth)
             .map_err(|e| refuse("EncryptionFailed", format!("cannot encrypt: {e}")))?;
@@ -148,8 +182,7 @@ impl Provider for WebPush {
             .authorization(&origin, self.vapid_refresh)
             .map_err(|e| refuse("VapidError", format!("cannot sign the VAPID token: {e}")))?;
 
-        let mut builder = self
-            .client
+        let mut builder = client
             .post(endpoint)
             .timeout(app.timeout)
             .header(AUTHORIZATION, authorization)
@@ -359,6 +392,7 @@ impl App {
             public_key: URL_SAFE_NO_PAD.encode(public_key.as_bytes()),
             subject: config.subject.clone(),
             timeout: config.timeout,
+            allow_private_endpoints: config.allow_private_endpoints,
             vapid: Mutex::new(HashMap::new()),
         };
         // Sign once now, so a key that cannot sign fails here rather than
@@ -411,6 +445,93 @@ impl App {
     }
 }
 
+/// An endpoint refused because its host is, or resolves only to, addresses
+/// outside the public internet; the host is named.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a public address (allow_private_endpoints is off)")]
+pub(crate) struct PrivateEndpoint(String);
+
+impl PrivateEndpoint {
+    /// Final, but the subscription is not deleted: a name may resolve
+    /// privately because of the network Herald runs in (split-horizon DNS,
+    /// a local proxy), and deleting every subscription for that would not
+    /// be undone by fixing the configuration.
+    pub(crate) fn rejection(&self) -> Rejection {
+        refuse("PrivateEndpoint", format!("endpoint refused: {self}"))
+    }
+}
+
+/// Resolves names as the system does and keeps only public addresses, so
+/// the check happens where the connection is made: a name cannot pass a
+/// check and then resolve to an internal address when connecting (DNS
+/// rebinding). A name with no public address fails with
+/// [`PrivateEndpoint`].
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str();
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+                .await?
+                .filter(|addr| is_public(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(PrivateEndpoint(host.to_owned()).into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The address an endpoint's host is written as, if it is an IP literal
+/// (which the URL parser has already normalised: `2130706433` and
+/// `127.1` are `127.0.0.1`; IPv6 comes bracketed).
+fn host_ip(url: &Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
+/// Whether `ip` may be on the public internet: not loopback, unspecified,
+/// private, link-local, unique local, shared (CGNAT), multicast, broadcast,
+/// reserved or documentation, nor an IPv4-mapped IPv6 form of one.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => is_public_v4(ip),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(ip),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    !(ip.is_unspecified()
+        || a == 0 // "this network", 0/8
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || (a == 100 && b & 0xc0 == 64) // shared address space (CGNAT), 100.64/10
+        || ip.is_multicast()
+        || a >= 240 // reserved, 240/4, and the broadcast address
+        || ip.is_documentation())
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let documentation = ip.segments()[..2] == [0x2001, 0xdb8];
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_unicast_link_local()
+        || ip.is_unique_local()
+        || ip.is_multicast()
+        || documentation)
+}
+
 /// RFC 8292 §2.1: the contact is a `mailto:` or an `https:` URI.
 fn valid_subject(subject: &str) -> bool {
     match subject.strip_prefix("mailto:") {
@@ -457,6 +578,7 @@ mod tests {
             subject: subject.into(),
             ca_file: None,
             timeout: default_timeout(),
+            allow_private_endpoints: false,
         }
     }
 
@@ -471,7 +593,14 @@ mod tests {
         let parsed: WebPushConfig =
             serde_json::from_str(r#"{"vapid_key_file": "v.pem", "subject": "mailto:a@b.c"}"#)
                 .unwrap();
-        assert_eq!((parsed.ca_file, parsed.timeout), (None, default_timeout()));
+        assert_eq!(
+            (
+                parsed.ca_file,
+                parsed.timeout,
+                parsed.allow_private_endpoints
+            ),
+            (None, default_timeout(), false)
+        );
         let parsed: WebPushConfig = serde_json::from_str(
             r#"{"vapid_key_file": "v.pem", "subject": "mailto:a@b.c", "timeout": "3s"}"#,
         )
@@ -694,6 +823,71 @@ mod tests {
         let (secret, _) = browser();
         let compressed = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(true));
         assert!(subscription_keys(&compressed, "BwcHBwcHBwcHBwcHBwcHBw").is_err());
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        let public = |ip: &str| is_public(ip.parse().unwrap());
+        for ip in [
+            "8.8.8.8",
+            "142.250.74.202",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.32.0.1",
+            "192.169.0.1",
+            "2a00:1450:4007:80e::200a",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(public(ip), "{ip} is public");
+        }
+        for ip in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.255.254",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "febf::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!public(ip), "{ip} is not public");
+        }
+    }
+
+    #[test]
+    fn ip_literal_hosts_are_read_as_the_parser_normalised_them() {
+        let ip = |url: &str| host_ip(&endpoint(url).unwrap()).map(|ip| ip.to_string());
+        assert_eq!(ip("https://127.0.0.1:8443/p").as_deref(), Some("127.0.0.1"));
+        assert_eq!(ip("https://2130706433/p").as_deref(), Some("127.0.0.1"));
+        assert_eq!(ip("https://0x7f.1/p").as_deref(), Some("127.0.0.1"));
+        assert_eq!(ip("https://[::1]:8443/p").as_deref(), Some("::1"));
+        assert_eq!(
+            ip("https://[::ffff:127.0.0.1]/p").as_deref(),
+            Some("::ffff:127.0.0.1")
+        );
+        assert_eq!(ip("https://localhost/p"), None);
+        assert_eq!(ip("https://fcm.googleapis.com/fcm/send/x"), None);
     }
 
     #[test]
