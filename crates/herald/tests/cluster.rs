@@ -72,6 +72,13 @@ fn post_in_background(addr: &str, path: &str, body: Value) -> tokio::task::JoinH
     })
 }
 
+/// Acknowledges `message_id` over `ws` and waits for the reply.
+async fn ack(ws: &mut Ws, message_id: &str) {
+    let cmd = json!({"id": "ack", "cmd": "ack", "message_id": message_id});
+    ws.send(Message::text(cmd.to_string())).await.unwrap();
+    assert_eq!(next_json(ws).await["id"], "ack");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_fan_out_and_cluster_wide_counts() {
     let redis = RedisServer::start();
@@ -979,13 +986,7 @@ async fn targeted_sends_and_acks_cross_nodes() {
         (m["id"].as_str(), m["ack"].as_bool()),
         (Some("x-1"), Some(true))
     );
-    alice_b
-        .send(Message::text(
-            json!({"id": 7, "cmd": "ack", "message_id": "x-1"}).to_string(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut alice_b).await["id"], 7);
+    ack(&mut alice_b, "x-1").await;
     assert_eq!(
         tokio::time::timeout(WAIT, sender).await.unwrap().unwrap(),
         200
@@ -1127,13 +1128,7 @@ async fn an_ack_finds_its_sender_after_many_other_sends_awaiting_acks() {
     assert_eq!(next_json(&mut frank).await["id"], "f-marker");
 
     // Frank's ack must still reach A: 200, not 408 after the timeout.
-    frank
-        .send(Message::text(
-            json!({"id": 1, "cmd": "ack", "message_id": "f-real"}).to_string(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut frank).await["id"], 1);
+    ack(&mut frank, "f-real").await;
     assert_eq!(
         tokio::time::timeout(WAIT, sender).await.unwrap().unwrap(),
         200
