@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{RawSse, RawWs, TestServer, read_some};
-use herald_core::history::{Retention, RetentionRule};
+use common::{RawSse, RawWs, TestServer, keep_history, read_some};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -160,16 +157,7 @@ impl Way {
 /// exactly what was missed.
 #[tokio::test]
 async fn sse_streams_are_the_same_on_either_path() {
-    let server = TestServer::with(|c| {
-        c.history.rules = vec![RetentionRule {
-            pattern: "h*".into(),
-            retention: Retention {
-                size: 100,
-                ttl: Duration::from_secs(300),
-            },
-        }]
-    })
-    .await;
+    let server = TestServer::with(|c| keep_history(c, 100)).await;
     for way in [Way::First, Way::Long, Way::Second] {
         let (a, b) = (format!("ha-{way:?}"), format!("hb-{way:?}"));
         let target = format!("/sse?channels={a},{b}");

@@ -7,21 +7,11 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
-use herald_core::history::{Retention, RetentionRule};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn server_keeping(size: usize) -> TestServer {
-    TestServer::with(|c| {
-        c.history.rules = vec![RetentionRule {
-            pattern: "h*".into(),
-            retention: Retention {
-                size,
-                ttl: Duration::from_secs(300),
-            },
-        }]
-    })
-    .await
+    TestServer::with(|c| keep_history(c, size)).await
 }
 
 async fn get_json(url: String) -> (u16, Value) {
@@ -420,13 +410,7 @@ async fn a_replay_bigger_than_the_outbox_arrives_whole() {
     const MESSAGES: u64 = 30;
     let server = TestServer::with(|c| {
         c.limits.outbox_bytes = 64 * 1024;
-        c.history.rules = vec![RetentionRule {
-            pattern: "h*".into(),
-            retention: Retention {
-                size: 100,
-                ttl: Duration::from_secs(300),
-            },
-        }];
+        keep_history(c, 100);
     })
     .await;
     let payload = "x".repeat(8 * 1024);

@@ -17,6 +17,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Has channels named `h*` keep their last `size` messages for 5 minutes.
+pub fn keep_history(c: &mut Config, size: usize) {
+    use herald_core::history::{Retention, RetentionRule};
+    c.history.rules = vec![RetentionRule {
+        pattern: "h*".into(),
+        retention: Retention {
+            size,
+            ttl: Duration::from_secs(300),
+        },
+    }];
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A running server; shut down when dropped.
