@@ -185,6 +185,36 @@ async fn websocket_publish_when_allowed() {
 }
 
 #[tokio::test]
+async fn reply_false_answers_only_failures() {
+    let server = TestServer::with(|c| c.server.allow_client_publish = true).await;
+    let mut sub = server.ws("/ws?channels=room").await;
+    let mut publisher = server.ws("/ws").await;
+    for n in 0..3 {
+        let cmd = json!({"id": n, "cmd": "publish", "channel": "room", "data": n, "reply": false});
+        publisher.send(Message::text(cmd.to_string())).await.unwrap();
+    }
+    for n in 0..3 {
+        assert_eq!(next_json(&mut sub).await["data"], n);
+    }
+    // Frames keep their order, so the first one back is the ping's: no publish answered.
+    let r = command(&mut publisher, json!({"id": "p", "cmd": "ping"})).await;
+    assert_eq!(r, json!({"id": "p", "result": {}}));
+
+    // A failure is still answered, under its id.
+    let bad = json!({"id": 9, "cmd": "publish", "channel": "room", "reply": false});
+    let r = command(&mut publisher, bad).await;
+    assert_eq!(r["id"], 9, "{r}");
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // Any other command is quiet too, and `reply` must be a boolean.
+    let quiet = json!({"cmd": "subscribe", "channel": "other", "reply": false});
+    publisher.send(Message::text(quiet.to_string())).await.unwrap();
+    let r = command(&mut publisher, json!({"id": 1, "cmd": "ping", "reply": "no"})).await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    server.publish(json!({"channel": "other", "data": "o"})).await;
+    assert_eq!(next_json(&mut publisher).await["data"], "o");
+}
+
+#[tokio::test]
 async fn sse_subscriber_gets_retry_ids_events_and_data() {
     let server = TestServer::start().await;
     let mut sse = Sse::connect(&server.http("/sse?channels=feed")).await;

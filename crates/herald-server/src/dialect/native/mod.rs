@@ -316,6 +316,9 @@ struct Command<'a> {
     message_id: Option<Cow<'a, str>>,
     /// Resume point for `subscribe` to a single channel.
     since: Option<SinceArg>,
+    /// `false`: answer only if the command fails. A client streaming
+    /// publishes (cursor moves, typing) saves a frame per message.
+    reply: Option<bool>,
 }
 
 /// The answer to a command: `{"id", "result"}` or `{"id", "error"}`,
@@ -408,8 +411,9 @@ impl WsDialect for NativeWs {
                 return failure(id, "bad_request", &message);
             }
         };
-        let id = cmd.id;
+        let (id, quiet) = (cmd.id, cmd.reply == Some(false));
         match execute(session, cmd).await {
+            Ok(_) if quiet => Reply::default(),
             Ok(result) => Answer {
                 id,
                 result: Some(result),
