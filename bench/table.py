@@ -248,6 +248,13 @@ SUMMARY = [
     ("pairs-ws", "pairs, 1,000 clients, Herald WS publish, unpaced (100 in flight), 60 s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/message", "lower", [per_delivery_us]),
+        ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
+    ]),
+    ("pairs-ws-noreply", 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (100 in flight), 60 s', [
+        ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
+        ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
+        ("server CPU µs/message", "lower", [per_delivery_us]),
         ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
     ]),
     ("pairs-http-r2890", "pairs, 1,000 clients, HTTP publish at 2,890 msg/s, 60 s", [
@@ -299,14 +306,20 @@ SUMMARY = [
 ]
 
 
+def http_twin(label):
+    """The peers' run a Herald-only WebSocket pairs row is compared with: the same load over
+    HTTP publish."""
+    return label.replace("pairs-ws", "pairs-http").replace("-noreply", "")
+
+
 def summary(runs):
     print("| scenario | figure | better | " + " | ".join(SERVERS) + " | ratio |")
     print("|---|---|---|" + "---|" * len(SERVERS) + "---|")
     for label, title, figures in SUMMARY:
         reps = dict(runs.get(label, {}))
         via_ws = label.startswith("pairs-ws")
-        peers_from = runs.get(label.replace("pairs-ws", "pairs-http"), {}) if via_ws else reps
-        if not reps and not peers_from:
+        peers_from = runs.get(http_twin(label), {}) if via_ws else reps
+        if not reps and (via_ws or not peers_from):
             continue  # not run (e.g. --only, or a results directory from before the scenario)
         first = True
         for fig, better, extractors in figures:
@@ -364,7 +377,7 @@ def main():
         any_report = next(iter(reps.values()))[0]
         kind = any_report["scenario"]
         peer_reps = reps
-        http_label = label.replace("pairs-ws", "pairs-http")
+        http_label = http_twin(label)
         via_ws = label.startswith("pairs-ws")
         herald_only = "pushca" in label
         if via_ws and http_label in runs:

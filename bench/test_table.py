@@ -92,5 +92,50 @@ class Rounds(unittest.TestCase):
         self.assertEqual(cells[6], "0.95×")
 
 
+def pairs_report(rate):
+    return {
+        "scenario": "pairs",
+        "deliveries_per_second": rate,
+        "deliveries": rate * 60,
+        "latency_ms": {"p50_ms": 1.0, "p99_ms": 2.0, "p999_ms": 3.0, "max_ms": 4.0},
+        "lost": 0,
+        "duplicated": 0,
+        "publish_errors": 0,
+        "generator_cpu_seconds": 58.0,
+        "server": {"cpu_seconds": 59.0},
+    }
+
+
+class WebSocketPairs(unittest.TestCase):
+    """Herald-only WebSocket pairs rows take the peers' figures from the HTTP run."""
+
+    reports = {
+        "pairs-http.herald.json": pairs_report(70000),
+        "pairs-http.nchan.json": pairs_report(60000),
+        "pairs-ws-noreply.herald.json": pairs_report(90000),
+    }
+
+    def test_summary_compares_with_the_peers_http_run(self):
+        text = render(self.reports, "--summary")
+        title = 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (100 in flight), 60 s'
+        cells = next(row for row in (l.strip("|").split("|") for l in text.splitlines())
+                     if row[0].strip() == title)
+        cells = [c.strip() for c in cells]
+        self.assertEqual(cells[3:5], ["90,000", "(HTTP) 60,000"])
+        self.assertEqual(cells[6], "1.50×")
+
+    def test_a_row_herald_did_not_run_is_left_out(self):
+        reports = {k: v for k, v in self.reports.items() if "noreply" not in k}
+        self.assertNotIn("reply", render(reports, "--summary"))
+
+    def test_full_table_too(self):
+        lines = [l for l in render(self.reports).splitlines() if "deliveries/s" in l]
+        noreply = [l for l in lines if "reply" in l]
+        self.assertEqual(len(noreply), 1, lines)
+        cells = [c.strip() for c in noreply[0].strip("|").split("|")]
+        self.assertEqual(cells[3:5], ["90,000", "60,000 (http)"])
+        self.assertEqual(cells[6], "1.50×")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -174,6 +174,10 @@ pub(crate) enum Scenario {
         /// and the sender waits for it; reports the sender's round trip too.
         #[arg(long)]
         ack: bool,
+        /// With --target herald --via ws: publish with `"reply": false`, so the server answers
+        /// a publish only if it fails.
+        #[arg(long)]
+        no_reply: bool,
         /// Stop after this many messages even if time remains.
         #[arg(long, default_value_t = 20_000_000)]
         max_messages: u64,

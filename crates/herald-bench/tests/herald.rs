@@ -68,24 +68,14 @@ fn fanout_sse_counts_exactly() {
 fn pairs_over_websocket_and_http_deliver_each_message_once() {
     let server = herald_or_skip!();
     let url = server.url();
-    for via in ["ws", "http"] {
-        let r = bench(&[
-            "pairs",
-            "--target",
-            "herald",
-            "--url",
-            &url,
-            "--via",
-            via,
-            "--clients",
-            "20",
-            "--rate",
-            "200",
-            "--duration",
-            "2s",
-        ]);
+    for via in ["ws", "ws --no-reply", "http"] {
+        let mut args = vec!["pairs", "--target", "herald", "--url", &url, "--via"];
+        args.extend(via.split(' '));
+        args.extend(["--clients", "20", "--rate", "200", "--duration", "2s"]);
+        let r = bench(&args);
         assert_exact_pairs(&r, 20);
-        assert_eq!(n(&r, "publishes_ok"), 400, "{r}");
+        assert_eq!(n(&r, "publishes_ok"), 400, "{via}: {r}");
+        assert_eq!(r["params"]["no_reply"], via.ends_with("reply"), "{r}");
     }
 }
 

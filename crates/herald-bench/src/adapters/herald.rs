@@ -23,17 +23,19 @@ pub(crate) fn publish(channel: &str, payload: &str) -> (String, String) {
 }
 
 /// The `publish` command sending `token`'s payload (`size` bytes) to `channel`, built in one
-/// allocation.
+/// allocation; `no_reply` asks for an answer only if it fails.
 pub(crate) fn ws_publish_frame(
     id: u64,
     channel: impl Display,
     token: &Token,
     size: usize,
+    no_reply: bool,
 ) -> String {
-    let mut out = String::with_capacity(size + 64);
+    let mut out = String::with_capacity(size + 80);
+    let quiet = if no_reply { r#","reply":false"# } else { "" };
     let _ = write!(
         out,
-        r#"{{"id":{id},"cmd":"publish","channel":"{channel}","data":"#
+        r#"{{"id":{id}{quiet},"cmd":"publish","channel":"{channel}","data":"#
     );
     token.write_payload(&mut out, size, Quoting::Plain);
     out.push('}');
@@ -46,9 +48,14 @@ mod tests {
 
     #[test]
     fn frames_are_json() {
-        let f = ws_publish_frame(7, "c1", &Token::Probe { run: 1, channel: 2 }, 0);
+        let f = ws_publish_frame(7, "c1", &Token::Probe { run: 1, channel: 2 }, 0, false);
         let v: serde_json::Value = serde_json::from_str(&f).expect("json");
         assert_eq!(v["id"], 7);
+        assert_eq!(v.get("reply"), None);
+        let f = ws_publish_frame(7, "c1", &Token::Probe { run: 1, channel: 2 }, 0, true);
+        let quiet: serde_json::Value = serde_json::from_str(&f).expect("json");
+        assert_eq!(quiet["reply"], false);
+        assert_eq!(quiet["data"], v["data"]);
         assert_eq!(v["cmd"], "publish");
         assert_eq!(v["channel"], "c1");
         assert_eq!(v["data"]["x"], "hbp:1:2;");

@@ -70,6 +70,8 @@ pub(crate) struct PairMessage<'a> {
     pub(crate) size: usize,
     /// Ask the receiver to acknowledge it (Pushca).
     pub(crate) ack: bool,
+    /// Ask the server not to answer a send that succeeds (Herald).
+    pub(crate) no_reply: bool,
 }
 
 impl PairMessage<'_> {
@@ -198,7 +200,13 @@ impl Adapter {
     /// (Herald's `publish` command, Pushca's `SEND_MESSAGE…`).
     pub(crate) fn ws_send_frame(&self, m: &PairMessage<'_>) -> Option<String> {
         match self.target {
-            Target::Herald => Some(herald::ws_publish_frame(m.id, m.to, &m.token(), m.size)),
+            Target::Herald => Some(herald::ws_publish_frame(
+                m.id,
+                m.to,
+                &m.token(),
+                m.size,
+                m.no_reply,
+            )),
             Target::Pushca => Some(
                 pushca::wire::SendFrame {
                     id: pushca::wire::MsgId {

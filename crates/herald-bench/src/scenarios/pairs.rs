@@ -35,6 +35,8 @@ pub(crate) struct PairsConfig {
     via: Via,
     /// Send with acknowledgement (Pushca).
     ack: bool,
+    /// Herald over WebSocket: ask for no answer to a publish that succeeds.
+    no_reply: bool,
     duration: Duration,
     max_messages: u64,
     payload_bytes: usize,
@@ -50,6 +52,7 @@ impl PairsConfig {
             concurrency,
             max_messages,
             ack,
+            no_reply,
             ..
         } = cli.scenario
         else {
@@ -62,6 +65,7 @@ impl PairsConfig {
             concurrency: u64::from(concurrency.div_ceil(procs).max(1)),
             via,
             ack,
+            no_reply,
             duration: cli.common.duration,
             max_messages: max_messages / u64::from(procs),
             payload_bytes: cli.common.payload_bytes,
@@ -151,6 +155,7 @@ pub(crate) async fn dispatch(
             worker: plan.index,
             size: cfg.payload_bytes,
             ack: cfg.ack,
+            no_reply: cfg.no_reply,
         };
         shared.inflight.fetch_add(1, Relaxed);
         match cfg.via {
@@ -221,6 +226,7 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
         rate,
         concurrency,
         ack,
+        no_reply,
         ..
     } = ctx.cli.scenario
     else {
@@ -239,6 +245,11 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
             "--ack needs --target pushca, not {}",
             target.name()
         )));
+    }
+    if no_reply && (target != Target::Herald || via != Via::Ws) {
+        return Err(BenchError::Config(
+            "--no-reply needs --target herald --via ws".to_owned(),
+        ));
     }
     let before = ctx.server_sample();
     let status = ctx.connect_all().await?;
@@ -277,6 +288,7 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Result<Report> {
             "concurrency": concurrency,
             "via": via,
             "ack": ack,
+            "no_reply": no_reply,
             "payload_bytes": ctx.cli.common.payload_bytes,
             "duration_s": ctx.cli.common.duration.as_secs_f64(),
             "procs": ctx.cli.common.procs,
