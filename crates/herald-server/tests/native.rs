@@ -191,7 +191,10 @@ async fn reply_false_answers_only_failures() {
     let mut publisher = server.ws("/ws").await;
     for n in 0..3 {
         let cmd = json!({"id": n, "cmd": "publish", "channel": "room", "data": n, "reply": false});
-        publisher.send(Message::text(cmd.to_string())).await.unwrap();
+        publisher
+            .send(Message::text(cmd.to_string()))
+            .await
+            .unwrap();
     }
     for n in 0..3 {
         assert_eq!(next_json(&mut sub).await["data"], n);
@@ -207,10 +210,19 @@ async fn reply_false_answers_only_failures() {
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
     // Any other command is quiet too, and `reply` must be a boolean.
     let quiet = json!({"cmd": "subscribe", "channel": "other", "reply": false});
-    publisher.send(Message::text(quiet.to_string())).await.unwrap();
-    let r = command(&mut publisher, json!({"id": 1, "cmd": "ping", "reply": "no"})).await;
+    publisher
+        .send(Message::text(quiet.to_string()))
+        .await
+        .unwrap();
+    let r = command(
+        &mut publisher,
+        json!({"id": 1, "cmd": "ping", "reply": "no"}),
+    )
+    .await;
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
-    server.publish(json!({"channel": "other", "data": "o"})).await;
+    server
+        .publish(json!({"channel": "other", "data": "o"}))
+        .await;
     assert_eq!(next_json(&mut publisher).await["data"], "o");
 }
 
