@@ -206,10 +206,12 @@ each fanout-sse-1ch-${SUBS}sub-r$RATE_LOW sse fanout --subscribers $SUBS --chann
 # shellcheck disable=SC2086 # SEARCH is a list of options
 each fanout-sse-1ch-${SUBS}sub-sustainable sse fanout --subscribers $SUBS --channels 1 $SEARCH
 each pairs-http ws pairs --clients $PAIRS_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
-each_on herald pairs-ws ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 100 --duration $PAIRS_PHASE
+# Over Herald's WebSocket publish, with as many messages in flight as the HTTP publishers keep
+# requests in flight (--publish-concurrency, 32), so latencies compare at equal queueing.
+each_on herald pairs-ws ws pairs --clients $PAIRS_CLIENTS --via ws --concurrency 32 --duration $PAIRS_PHASE
 # The same with `"reply": false`: Herald answers a publish only if it fails, as a client
 # streaming messages would ask (the peers' HTTP publish always answers).
-each_on herald pairs-ws-noreply ws pairs --clients $PAIRS_CLIENTS --via ws --no-reply --concurrency 100 --duration $PAIRS_PHASE
+each_on herald pairs-ws-noreply ws pairs --clients $PAIRS_CLIENTS --via ws --no-reply --concurrency 32 --duration $PAIRS_PHASE
 # The same at the rate of the Pushca seed's published single-node WebSocket run (2,890 msg/s),
 # so latencies are compared at equal load rather than at each server's own maximum.
 each pairs-http-r$PAIRS_RATE ws pairs --clients $PAIRS_CLIENTS --via http --rate $PAIRS_RATE --concurrency 1000 --duration $PAIRS_PHASE

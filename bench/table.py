@@ -239,19 +239,19 @@ SUMMARY = [
     ]),
     ("fanout-sse-1ch-10000sub-sustainable", "fanout 10,000 SSE subs, 1 channel, highest sustainable rate",
      SUSTAINABLE),
-    ("pairs-http", "pairs, 1,000 clients, HTTP publish, unpaced (100 in flight), 60 s", [
+    ("pairs-http", "pairs, 1,000 clients, HTTP publish, unpaced (32 requests in flight), 60 s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
         ("server CPU µs/message", "lower", [per_delivery_us]),
         ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
     ]),
-    ("pairs-ws", "pairs, 1,000 clients, Herald WS publish, unpaced (100 in flight), 60 s", [
+    ("pairs-ws", "pairs, 1,000 clients, Herald WS publish, unpaced (32 in flight), 60 s", [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
         ("server CPU µs/message", "lower", [per_delivery_us]),
         ("generator CPU s (of 60)", None, [lambda r: r["generator_cpu_seconds"]]),
     ]),
-    ("pairs-ws-noreply", 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (100 in flight), 60 s', [
+    ("pairs-ws-noreply", 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (32 in flight), 60 s', [
         ("deliveries/s", "higher", [lambda r: r["deliveries_per_second"]]),
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
         ("server CPU µs/message", "lower", [per_delivery_us]),

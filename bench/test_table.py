@@ -117,7 +117,7 @@ class WebSocketPairs(unittest.TestCase):
 
     def test_summary_compares_with_the_peers_http_run(self):
         text = render(self.reports, "--summary")
-        title = 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (100 in flight), 60 s'
+        title = 'pairs, 1,000 clients, Herald WS publish with "reply": false, unpaced (32 in flight), 60 s'
         cells = next(row for row in (l.strip("|").split("|") for l in text.splitlines())
                      if row[0].strip() == title)
         cells = [c.strip() for c in cells]
