@@ -496,40 +496,102 @@ fn host_ip(url: &Url) -> Option<IpAddr> {
     host.parse().ok()
 }
 
-/// Whether `ip` may be on the public internet: not loopback, unspecified,
-/// private, link-local, unique local, shared (CGNAT), multicast, broadcast,
-/// reserved or documentation, nor an IPv4-mapped IPv6 form of one.
+/// Whether `ip` may be on the public internet, after IANA's IPv4 and IPv6
+/// special-purpose address registries: not loopback, unspecified, private,
+/// link-local, unique local, shared (CGNAT), benchmarking, multicast,
+/// broadcast, reserved, documentation, nor any other range the registries
+/// mark not globally reachable. An IPv6 address that embeds an IPv4 one
+/// (IPv4-mapped, NAT64, 6to4) is judged by the IPv4 address.
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => is_public_v4(ip),
-        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(ip),
+        IpAddr::V6(ip) => match embedded_v4(ip) {
+            Embedded::V4(v4) => is_public_v4(v4),
+            Embedded::Refused => false,
+            Embedded::None => is_public_v6(ip),
         },
     }
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    !(ip.is_unspecified()
-        || a == 0 // "this network", 0/8
+    let [a, b, c, d] = ip.octets();
+    // 192.0.0/24 is IETF protocol assignments, not globally reachable but
+    // for two anycast addresses (PCP, TURN).
+    let protocol_assignments = [a, b, c] == [192, 0, 0] && !matches!(d, 9 | 10);
+    !(a == 0 // "this network", 0/8, the unspecified address included
         || ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
         || (a == 100 && b & 0xc0 == 64) // shared address space (CGNAT), 100.64/10
+        || protocol_assignments
+        || (a == 198 && b & 0xfe == 18) // benchmarking, 198.18/15
         || ip.is_multicast()
         || a >= 240 // reserved, 240/4, and the broadcast address
         || ip.is_documentation())
 }
 
+/// What an IPv6 address says of an IPv4 address inside it.
+enum Embedded {
+    /// Judge the address by this IPv4 one.
+    V4(Ipv4Addr),
+    /// A form with an IPv4 address that cannot be judged: not public.
+    Refused,
+    /// No IPv4 address in it.
+    None,
+}
+
+fn embedded_v4(ip: Ipv6Addr) -> Embedded {
+    let s = ip.segments();
+    let last = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        // IPv4-mapped, ::ffff:0:0/96.
+        [0, 0, 0, 0, 0, 0xffff, ..] => Embedded::V4(last),
+        // NAT64 with the well-known prefix, 64:ff9b::/96 (RFC 6052, which
+        // uses it with /96 only), and the /96 form of the local-use prefix
+        // 64:ff9b:1::/48 (RFC 8215). Local-use prefixes of other lengths
+        // (/48, /56, /64) put the IPv4 address elsewhere, and only the network
+        // knows which length it chose: the rest of 64:ff9b:1::/48 is refused.
+        // With bits 48..96 zero, any other length would read an address in
+        // 0/8, which no translator forwards; this form is unambiguous.
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] | [0x64, 0xff9b, 1, 0, 0, 0, ..] => Embedded::V4(last),
+        [0x64, 0xff9b, 1, ..] => Embedded::Refused,
+        // 6to4, 2002::/16: the IPv4 address in bits 16..48, where the
+        // traffic is tunnelled.
+        [0x2002, high, low, ..] => {
+            Embedded::V4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)))
+        }
+        // Teredo, 2001::/32: the client's address is obfuscated and reached
+        // through whatever relay the network routes 2001::/32 to, which may
+        // be an internal one; the server field says nothing of where the
+        // connection goes. Teredo is all but unused: refused.
+        [0x2001, 0, ..] => Embedded::Refused,
+        _ => Embedded::None,
+    }
+}
+
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let documentation = ip.segments()[..2] == [0x2001, 0xdb8];
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_unicast_link_local()
-        || ip.is_unique_local()
-        || ip.is_multicast()
-        || documentation)
+    let s = ip.segments();
+    // Only global unicast, 2000::/3, is public: outside it are the
+    // unspecified and loopback addresses, IPv4-compatible ::/96 (deprecated),
+    // 64:ff9b::/32 beyond the NAT64 forms taken above, discard-only 100::/64
+    // and the rest of 100::/8, SRv6 SIDs 5f00::/16, unique local fc00::/7,
+    // link-local fe80::/10, site-local fec0::/10 and multicast ff00::/8, and
+    // the unassigned rest.
+    if s[0] & 0xe000 != 0x2000 {
+        return false;
+    }
+    // IETF protocol assignments, 2001::/23: not globally reachable but for
+    // the registry's exceptions (Teredo, 2001::/32, is taken above).
+    if s[0] == 0x2001 && s[1] < 0x200 {
+        return matches!(s, [0x2001, 1, 0, 0, 0, 0, 0, 1..=3]) // PCP, TURN, DNS-SD SRP anycast
+            || s[1] == 3 // AMT, 2001:3::/32
+            || s[1..3] == [4, 0x112] // AS112-v6, 2001:4:112::/48
+            || s[1] & 0xfff0 == 0x20 // ORCHIDv2, 2001:20::/28
+            || s[1] & 0xfff0 == 0x30; // drone remote ID, 2001:30::/28
+    }
+    // Documentation, 2001:db8::/32 and 3fff::/20.
+    let documentation = s[..2] == [0x2001, 0xdb8] || (s[0] == 0x3fff && s[1] < 0x1000);
+    !documentation
 }
 
 /// RFC 8292 §2.1: the contact is a `mailto:` or an `https:` URI.
@@ -870,6 +932,130 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
+        ] {
+            assert!(!public(ip), "{ip} is not public");
+        }
+    }
+
+    /// IANA's special-purpose registries: what must be refused, what must
+    /// pass, IPv6 forms that embed an IPv4 address judged by that address.
+    #[test]
+    fn special_purpose_ranges_and_embedded_ipv4_are_judged() {
+        let public = |ip: &str| is_public(ip.parse().unwrap());
+        for ip in [
+            // 192.0.0/24 but for its two globally reachable anycast addresses.
+            "192.0.0.9",
+            "192.0.0.10",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            // NAT64, well-known prefix (RFC 6052) and local-use /96 (RFC 8215).
+            "64:ff9b::8.8.8.8",
+            "64:ff9b::808:808",
+            "64:ff9b:1::8.8.8.8",
+            // 6to4: the IPv4 address in bits 16..48.
+            "2002:808:808::1",
+            "2002:8e6:4a0a:1:2:3:4:5",
+            // IPv4-mapped.
+            "::ffff:142.250.74.202",
+            // Globally reachable assignments inside 2001::/23.
+            "2001:1::1",
+            "2001:3::1",
+            "2001:4:112::1",
+            "2001:20::1",
+            // Ordinary global unicast, next to the special ranges.
+            "2001:200::1",
+            "2001:db9::1",
+            "2003::1",
+            "2606:4700:4700::1111",
+            "3ffe:ffff::1",
+            "3fff:1000::1",
+        ] {
+            assert!(public(ip), "{ip} is public");
+        }
+        for ip in [
+            "192.0.0.0",
+            "192.0.0.1",
+            "192.0.0.8",
+            "192.0.0.170",
+            "192.0.0.255",
+            "198.18.0.1",
+            "198.19.255.255",
+            "0.0.0.1",
+            "10.255.255.255",
+            "127.1.2.3",
+            "169.254.0.1",
+            "192.0.2.255",
+            "192.168.255.255",
+            "198.51.100.255",
+            "203.0.113.255",
+            "224.0.0.0",
+            "239.255.255.255",
+            "240.0.0.0",
+            "254.255.255.255",
+            // IPv4-mapped.
+            "::ffff:0.0.0.0",
+            "::ffff:100.64.0.1",
+            "::ffff:192.168.0.1",
+            "::ffff:198.18.0.1",
+            "::ffff:255.255.255.255",
+            // NAT64 embedding a non-public address.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::192.168.1.1",
+            "64:ff9b::100.64.0.1",
+            "64:ff9b::0.0.0.0",
+            "64:ff9b:1::10.0.0.1",
+            "64:ff9b:1::127.0.0.1",
+            // Local-use NAT64 not in the /96 form: where its IPv4 address
+            // sits depends on a prefix length only the network knows.
+            "64:ff9b:1:a00:1::",
+            "64:ff9b:1:ffff::8.8.8.8",
+            // The rest of 64:ff9b::/32 is not assigned.
+            "64:ff9b:2::8.8.8.8",
+            "64:ff9b:0:1::8.8.8.8",
+            // 6to4 embedding a non-public address.
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101::1",
+            "2002:6440:1::1",
+            "2002::1",
+            "2002:e000:1::1",
+            // IPv4-compatible (deprecated), public embedded address or not.
+            "::8.8.8.8",
+            "::127.0.0.1",
+            "::0.0.0.2",
+            // Teredo: the client's address is obfuscated, reached through
+            // whatever relay the network routes 2001::/32 to.
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            // Inside 2001::/23 and not globally reachable.
+            "2001:1::4",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:1ff::1",
+            // Documentation.
+            "2001:db8:ffff::1",
+            "3fff::1",
+            "3fff:fff::1",
+            // Discard-only and the rest of 100::/8, outside 2000::/3.
+            "100::1",
+            "100::ffff:1",
+            "100:0:0:1::1",
+            "1::1",
+            "4000::1",
+            "fec0::1",
+            // SRv6 SIDs.
+            "5f00::1",
+            // Unique local, link-local, multicast.
+            "fc00::",
+            "fdff:ffff::1",
+            "fe80::",
+            "fe80::1:2:3:4",
+            "ff0e::1",
+            "ffff::1",
         ] {
             assert!(!public(ip), "{ip} is not public");
         }
