@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::channel::ChannelKey;
 use crate::flusher::Flushers;
 use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
-use crate::message::{Message, Publication, now_ms};
+use crate::message::{Message, Publication, next_publish_time, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
 
@@ -175,6 +175,9 @@ struct ChannelInner {
     /// When the sweep first found the channel idle (no subscribers, nothing
     /// stored); `None` while it is not.
     idle_since: Option<u64>,
+    /// The publish time of the last message sequenced here (see
+    /// [`next_publish_time`]); 0 before the first.
+    last_time_ms: u64,
 }
 
 impl Default for Hub {
@@ -243,6 +246,7 @@ impl Hub {
                         gap: None,
                         removed: false,
                         idle_since: None,
+                        last_time_ms: 0,
                     }),
                 })
             })
@@ -433,11 +437,16 @@ impl Hub {
         }
     }
 
-    /// Assigns the next offset in `key`, stores the message if the channel
-    /// keeps history, and queues it for every local subscriber. Used when
-    /// this node is the channel's only sequencer (the memory broker).
-    pub fn publish_local(&self, key: &ChannelKey, publication: Publication) -> Published {
+    /// Assigns the next offset in `key` and, with it, the publish time
+    /// (whatever `publication` says, see [`next_publish_time`]), stores the
+    /// message if the channel keeps history, and queues it for every local
+    /// subscriber. Used when this node is the channel's only sequencer (the
+    /// memory broker).
+    pub fn publish_local(&self, key: &ChannelKey, mut publication: Publication) -> Published {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        // Read before the lock: a later reading that wins the lock first
+        // only makes this message's time its successor's + 1.
+        let now = now_ms();
         loop {
             let ch = match self.get(key) {
                 Some(ch) => ch,
@@ -459,6 +468,8 @@ impl Hub {
             let offset = inner.next_offset;
             inner.next_offset += 1;
             inner.published += 1;
+            publication.time_ms = next_publish_time(now, inner.last_time_ms);
+            inner.last_time_ms = publication.time_ms;
             let msg = Arc::new(Message::new(
                 key.clone(),
                 publication,
@@ -934,6 +945,37 @@ mod tests {
         assert_ne!(p.epoch, epoch);
     }
 
+    /// The hub stamps each message as it gets its offset, whatever time the
+    /// publisher put on it: a channel's times grow with its offsets and
+    /// never repeat, however fast it publishes.
+    #[test]
+    fn publish_times_grow_with_offsets() {
+        let hub = keeping(10_000);
+        let before = now_ms();
+        for i in 0..3000u64 {
+            let mut p = Publication::new(Bytes::from(i.to_string()));
+            // A publisher's clock that jumps around.
+            p.time_ms = if i % 2 == 0 { 0 } else { before + 3_600_000 };
+            hub.publish_local(&key("hot"), p);
+        }
+        let times = hub
+            .with_history(&key("hot"), |h, _, _| {
+                h.iter().map(|m| m.publication.time_ms).collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(times.len(), 3000);
+        assert!(times[0] >= before && times[0] <= now_ms(), "{}", times[0]);
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+        // Another channel keeps its own times: the wall clock's, again.
+        publish(&hub, "hcold", "x");
+        let cold = hub
+            .with_history(&key("hcold"), |h, _, _| {
+                h.iter().next().unwrap().publication.time_ms
+            })
+            .unwrap();
+        assert!(cold <= now_ms(), "{cold} ran ahead with another channel");
+    }
+
     #[test]
     fn sweep_forgets_idle_channels_only() {
         let hub = Hub::with_policy(HistoryPolicy {
@@ -946,9 +988,8 @@ mod tests {
             }],
         })
         .with_idle_grace(Duration::ZERO);
-        let mut p = Publication::new(Bytes::from_static(b"old"));
-        p.time_ms -= 1000;
-        hub.publish_local(&key("hist"), p);
+        publish(&hub, "hist", "old");
+        std::thread::sleep(Duration::from_millis(5));
         hub.subscribe(&key("busy"), &outbox(1));
         hub.sweep();
         assert!(hub.channel_info(&key("hist")).is_none());

@@ -21,7 +21,10 @@ pub struct Publication {
     pub event: Option<Arc<str>>,
     /// The payload as JSON text, kept raw so it is never re-parsed.
     pub data: Bytes,
-    /// Wall-clock publish time in milliseconds since the Unix epoch.
+    /// Wall-clock publish time in milliseconds since the Unix epoch. What
+    /// sequences the message (the hub, or a broker that keeps offsets)
+    /// sets it again when it assigns the offset, by [`next_publish_time`]:
+    /// within a channel it grows with the offset and never repeats.
     pub time_ms: u64,
 }
 
@@ -49,6 +52,16 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A channel's next publish time: `now`, or one millisecond after its
+/// previous message's time (`last`) when that is later. Messages keep the
+/// order of their offsets even when the wall clock steps back, and a
+/// channel publishing faster than once a millisecond runs a little ahead
+/// of it. The Redis broker's publish script applies the same rule in
+/// Redis' clock.
+pub fn next_publish_time(now: u64, last: u64) -> u64 {
+    now.max(last + 1)
 }
 
 /// A publication placed in a channel: what subscribers receive.
