@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_broker::{HistoryLimits, HistoryPolicy};
-use herald_core::Broker;
+use herald_core::{Broker, Publication};
 use support::{Node, RedisServer, STEP, command, config, eventually, key, recv_n};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +78,70 @@ async fn concurrent_publishes_from_two_nodes_get_distinct_increasing_offsets() {
     let got = recv_n(&outbox, 2 * PER_NODE, STEP).await;
     let offsets: Vec<u64> = got.iter().map(|g| g.offset).collect();
     assert_eq!(offsets, (1..=2 * PER_NODE as u64).collect::<Vec<_>>());
+}
+
+/// A channel's publish times grow with its offsets, in Redis' clock: not
+/// the publishing node's, which may be ahead or behind, and never the same
+/// millisecond twice, however many nodes publish at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_times_grow_with_offsets_in_redis_time() {
+    let redis = RedisServer::start();
+    let mut cfg = config(vec![redis.url()]);
+    cfg.history = HistoryPolicy::new(|_| {
+        Some(HistoryLimits {
+            max_len: 10_000,
+            ttl: Duration::from_secs(60),
+        })
+    });
+    let a = Node::start(cfg.clone()).await;
+    let b = Node::start(cfg).await;
+    let ch = key("timed");
+
+    // Nodes whose clocks are an hour ahead and an hour behind.
+    let now = herald_core::message::now_ms();
+    for (node, skew) in [(&a, now + 3_600_000), (&b, now - 3_600_000)] {
+        let mut p = Publication::new("\"skewed\"".into());
+        p.time_ms = skew;
+        tokio::time::timeout(STEP, node.engine.publish(&ch, p))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    const PER_NODE: usize = 200;
+    let publish_all = |node: &Node| {
+        let calls = (0..PER_NODE).map(|i| {
+            let engine = node.engine.clone();
+            let ch = ch.clone();
+            async move {
+                let p = Publication::new(format!("{i}").into());
+                engine.publish(&ch, p).await.expect("publish")
+            }
+        });
+        futures_util::future::join_all(calls)
+    };
+    tokio::time::timeout(
+        STEP,
+        futures_util::future::join(publish_all(&a), publish_all(&b)),
+    )
+    .await
+    .expect("publishes timed out");
+
+    let h = a.broker.history(&ch, Some(0), 10_000).await.unwrap();
+    assert_eq!(h.messages.len(), 2 * PER_NODE + 2);
+    let times: Vec<u64> = h.messages.iter().map(|m| m.publication.time_ms).collect();
+    let after = herald_core::message::now_ms();
+    assert!(
+        times[0] + 1000 >= now && times[0] <= after,
+        "in Redis' clock, not the node's: {} not in {now}..={after}",
+        times[0]
+    );
+    for (w, m) in times.windows(2).zip(&h.messages[1..]) {
+        assert!(w[0] < w[1], "offset {}: {} after {}", m.offset, w[1], w[0]);
+    }
+    assert!(
+        *times.last().unwrap() <= after + 1000,
+        "the channel's clock runs at most a little ahead"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,10 +5,16 @@
 //! binary body this node builds before publishing:
 //!
 //! ```text
-//! frame = "H1 " offset " " epoch " " body
-//! body  = str16(app) str16(name) str16(id) str16(event) u64(time_ms) data
+//! frame = "H2 " offset " " epoch " " time_ms " " body
+//! body  = str16(app) str16(name) str16(id) str16(event) data
 //! str16 = u16 big-endian length, then that many bytes
 //! ```
+//!
+//! The script assigns the publish time with the offset, in Redis' clock
+//! (see [`script::PUBLISH`](super::script::PUBLISH)). Frames of the
+//! previous layout, `"H1 " offset " " epoch " " body` with `u64(time_ms)`
+//! between `str16(event)` and `data`, may still sit in history streams and
+//! are read too.
 //!
 //! `event` has length 0 when absent (an empty event name is not meaningful).
 //! `data` is the raw JSON text and runs to the end of the frame, so it is
@@ -20,7 +26,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::{ChannelKey, Message, Publication};
 
 /// What starts every frame; bump it when the layout changes.
-const MAGIC: &[u8] = b"H1 ";
+const MAGIC: &[u8] = b"H2 ";
+
+/// What started frames before the script assigned publish times.
+const MAGIC_H1: &[u8] = b"H1 ";
 
 /// What starts a channel-deleted notice: `"D1 " str16(app) str16(name)`.
 const DELETED: &[u8] = b"D1 ";
@@ -65,16 +74,15 @@ pub(crate) enum DecodeError {
 #[error("{0} is longer than 65535 bytes")]
 pub(crate) struct TooLong(pub(crate) &'static str);
 
-/// Builds the body of a frame; the script prepends offset and epoch.
+/// Builds the body of a frame; the script prepends offset, epoch and time.
 pub(crate) fn encode_body(channel: &ChannelKey, p: &Publication) -> Result<Bytes, TooLong> {
     let event = p.event.as_deref().unwrap_or("");
-    let len = 8 + 8 + channel.app().len() + channel.name().len() + p.id.len() + event.len();
+    let len = 8 + channel.app().len() + channel.name().len() + p.id.len() + event.len();
     let mut buf = BytesMut::with_capacity(len + p.data.len());
     put_str16(&mut buf, channel.app(), "app")?;
     put_str16(&mut buf, channel.name(), "channel name")?;
     put_str16(&mut buf, &p.id, "message id")?;
     put_str16(&mut buf, event, "event name")?;
-    buf.put_u64(p.time_ms);
     buf.put_slice(&p.data);
     Ok(buf.freeze())
 }
@@ -88,14 +96,23 @@ fn put_str16(buf: &mut BytesMut, s: &str, what: &'static str) -> Result<(), TooL
 
 /// Reads a whole frame back into a message. `data` shares `frame`'s memory.
 pub(crate) fn decode(frame: Bytes) -> Result<Message, DecodeError> {
-    let rest = frame.strip_prefix(MAGIC).ok_or(DecodeError::Magic)?;
+    let (rest, h1) = match frame.strip_prefix(MAGIC) {
+        Some(rest) => (rest, false),
+        None => (
+            frame.strip_prefix(MAGIC_H1).ok_or(DecodeError::Magic)?,
+            true,
+        ),
+    };
     let (offset, rest) = split_word(rest)?;
-    let (epoch, body) = split_word(rest)?;
-    let offset: u64 = std::str::from_utf8(offset)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(DecodeError::Malformed("offset"))?;
+    let (epoch, mut body) = split_word(rest)?;
+    let offset = number(offset, "offset")?;
     let epoch: Arc<str> = Arc::from(utf8(epoch, "epoch")?);
+    let mut time_ms = 0;
+    if !h1 {
+        let (time, rest) = split_word(body)?;
+        time_ms = number(time, "time")?;
+        body = rest;
+    }
     let body_start = frame.len() - body.len();
 
     let mut r = Reader { buf: body, pos: 0 };
@@ -103,7 +120,9 @@ pub(crate) fn decode(frame: Bytes) -> Result<Message, DecodeError> {
     let name = utf8(r.str16()?, "channel name")?;
     let id: Arc<str> = Arc::from(utf8(r.str16()?, "message id")?);
     let event = utf8(r.str16()?, "event name")?;
-    let time_ms = u64::from_be_bytes(r.take(8)?.try_into().expect("took 8 bytes"));
+    if h1 {
+        time_ms = u64::from_be_bytes(r.take(8)?.try_into().expect("took 8 bytes"));
+    }
     let data = frame.slice(body_start + r.pos..);
 
     let channel =
@@ -124,6 +143,14 @@ fn split_word(b: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
         .position(|&c| c == b' ')
         .ok_or(DecodeError::Truncated)?;
     Ok((&b[..i], &b[i + 1..]))
+}
+
+/// A decimal number of the header.
+fn number(b: &[u8], what: &'static str) -> Result<u64, DecodeError> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DecodeError::Malformed(what))
 }
 
 fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
@@ -155,10 +182,10 @@ impl<'a> Reader<'a> {
 /// Prepends the header the Lua script writes; used by tests and nowhere on
 /// the hot path (the script does this inside Redis).
 #[cfg(test)]
-pub(crate) fn frame(offset: u64, epoch: &str, body: &[u8]) -> Bytes {
+pub(crate) fn frame(offset: u64, epoch: &str, time_ms: u64, body: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();
     buf.put_slice(MAGIC);
-    buf.put_slice(format!("{offset} {epoch} ").as_bytes());
+    buf.put_slice(format!("{offset} {epoch} {time_ms} ").as_bytes());
     buf.put_slice(body);
     buf.freeze()
 }
@@ -176,21 +203,43 @@ mod tests {
         let mut p = Publication::new(Bytes::from_static(br#"{"a":[1,2]} "#));
         p.event = Some(Arc::from("update"));
         let body = encode_body(&key("tenant", "room:1"), &p).unwrap();
-        let m = decode(frame(42, "00ab", &body)).unwrap();
+        let m = decode(frame(42, "00ab", 1_700_000_000_123, &body)).unwrap();
         assert_eq!(m.channel, key("tenant", "room:1"));
         assert_eq!(m.offset, 42);
         assert_eq!(&*m.epoch, "00ab");
         assert_eq!(m.publication.id, p.id);
         assert_eq!(m.publication.event.as_deref(), Some("update"));
-        assert_eq!(m.publication.time_ms, p.time_ms);
+        assert_eq!(
+            m.publication.time_ms, 1_700_000_000_123,
+            "the script's time"
+        );
         assert_eq!(m.publication.data, p.data);
+    }
+
+    #[test]
+    fn reads_frames_of_the_previous_layout() {
+        // "H1 " offset " " epoch " " body, the time inside the body.
+        let mut buf = BytesMut::new();
+        buf.put_slice(b"H1 7 e1 ");
+        for s in ["a", "b", "id-1", "ev"] {
+            put_str16(&mut buf, s, "field").unwrap();
+        }
+        buf.put_u64(1_600_000_000_001);
+        buf.put_slice(b"{\"x\":1}");
+        let m = decode(buf.freeze()).unwrap();
+        assert_eq!((m.offset, &*m.epoch), (7, "e1"));
+        assert_eq!(m.channel, key("a", "b"));
+        assert_eq!(&*m.publication.id, "id-1");
+        assert_eq!(m.publication.event.as_deref(), Some("ev"));
+        assert_eq!(m.publication.time_ms, 1_600_000_000_001);
+        assert_eq!(m.data(), b"{\"x\":1}");
     }
 
     #[test]
     fn absent_event_stays_absent_and_empty_data_is_fine() {
         let p = Publication::new(Bytes::new());
         let body = encode_body(&key("a", "b"), &p).unwrap();
-        let m = decode(frame(1, "e", &body)).unwrap();
+        let m = decode(frame(1, "e", 5, &body)).unwrap();
         assert!(m.publication.event.is_none());
         assert!(m.publication.data.is_empty());
     }
@@ -199,7 +248,7 @@ mod tests {
     fn refuses_garbage_without_panicking() {
         let p = Publication::new(Bytes::from_static(b"1"));
         let body = encode_body(&key("a", "b"), &p).unwrap();
-        let good = frame(7, "e", &body);
+        let good = frame(7, "e", 5, &body);
         // Every cut into the header or the fixed fields fails (the last byte
         // is the data, which may be empty).
         for cut in 0..good.len() - 1 {
@@ -212,6 +261,10 @@ mod tests {
         assert!(matches!(
             decode(Bytes::from_static(b"H1 x e ")),
             Err(DecodeError::Malformed("offset"))
+        ));
+        assert!(matches!(
+            decode(Bytes::from_static(b"H2 1 e x ")),
+            Err(DecodeError::Malformed("time"))
         ));
     }
 

@@ -2,9 +2,10 @@
 //!
 //! - Messages travel over Redis pub/sub, sharded pub/sub on a cluster; a node
 //!   subscribes only to channels with local subscribers ([`subscriber`]).
-//! - One Lua script per publish assigns the offset, keeps the epoch, appends
-//!   to history and broadcasts, atomically ([`script`]), in a compact frame
-//!   ([`codec`]) under per-channel hash-tagged names ([`keys`]).
+//! - One Lua script per publish assigns the offset and the publish time,
+//!   keeps the epoch, appends to history and broadcasts, atomically
+//!   ([`script`]), in a compact frame ([`codec`]) under per-channel
+//!   hash-tagged names ([`keys`]).
 //! - Publishes report the cluster-wide subscriber count ([`counts`]).
 //! - A supervisor checks both connections (a PING, and a message sent to
 //!   itself through every server: [`echo`]), rebuilds them when Redis goes

@@ -12,6 +12,12 @@ use redis::Script;
 /// gets the caller's fresh epoch and any older history is dropped: offsets
 /// restart at 1, and the new epoch tells clients their positions are void.
 ///
+/// The publish time is assigned with the offset, in Redis' clock (no node's):
+/// now, or the channel's previous time (kept in the metadata) + 1 ms when
+/// that is later, as [`next_publish_time`](herald_core::message::next_publish_time)
+/// does on one node. So a channel's times grow with its offsets and never
+/// repeat, whichever nodes publish.
+///
 /// KEYS: meta hash, history stream, subscriber-count hash.
 /// ARGV: body, pub/sub channel, `PUBLISH`|`SPUBLISH`, fresh epoch,
 /// meta ttl (s), history max length (0: none), history ttl (s),
@@ -23,15 +29,23 @@ pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 't')
+local epoch = meta[1]
+local t = redis.call('TIME')
+local time = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if offset == 1 or not epoch then
   epoch = ARGV[4]
   redis.call('HSET', KEYS[1], 'e', epoch)
   redis.call('DEL', KEYS[2])
+else
+  local last = tonumber(meta[2])
+  if last and time <= last then time = last + 1 end
 end
+time = string.format('%d', time)
+redis.call('HSET', KEYS[1], 't', time)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 
-local frame = 'H1 ' .. string.format('%d', offset) .. ' ' .. epoch .. ' ' .. ARGV[1]
+local frame = 'H2 ' .. string.format('%d', offset) .. ' ' .. epoch .. ' ' .. time .. ' ' .. ARGV[1]
 
 local max_len = tonumber(ARGV[6])
 if max_len > 0 then
