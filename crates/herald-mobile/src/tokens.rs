@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -301,7 +302,81 @@ pub(crate) struct TokenTable {
     /// `{app}` and `{platform}` are replaced to name the table.
     template: String,
     /// One connection, opened on first use and again after it fails.
-    client: tokio::sync::Mutex<Option<Client>>,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+/// A connection and what it learnt of the tables' `user_id` columns; a new
+/// connection learns them again.
+struct Connection {
+    client: Client,
+    user_ids: HashMap<String, UserId>,
+}
+
+/// The type of a table's `user_id` column, as far as the lookup cares: the
+/// ids are compared in the column's own type, so an index on it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserId {
+    /// `text` or `varchar`: compared as text.
+    Text,
+    Uuid,
+    Int2,
+    Int4,
+    Int8,
+    /// Anything else: compared as text (`user_id::text`), which no index
+    /// on the column serves.
+    Other,
+}
+
+impl UserId {
+    fn of(ty: &Type) -> UserId {
+        [
+            (Type::TEXT, UserId::Text),
+            (Type::VARCHAR, UserId::Text),
+            (Type::UUID, UserId::Uuid),
+            (Type::INT2, UserId::Int2),
+            (Type::INT4, UserId::Int4),
+            (Type::INT8, UserId::Int8),
+        ]
+        .into_iter()
+        .find_map(|(known, user_id)| (*ty == known).then_some(user_id))
+        .unwrap_or(UserId::Other)
+    }
+
+    /// Whether a user id can match: it is the text form PostgreSQL gives a
+    /// value of the column's type (`user_id::text`). Users were always
+    /// matched on that form, so an id written otherwise (`007` for 7, an
+    /// upper-case or unhyphenated UUID) matches no row, as before; and
+    /// only such ids reach the cast to the column's type, which cannot fail.
+    fn matches(self, id: &str) -> bool {
+        fn canonical<T: std::str::FromStr + ToString>(id: &str) -> bool {
+            id.parse::<T>().is_ok_and(|n| n.to_string() == id)
+        }
+        match self {
+            UserId::Text | UserId::Other => true,
+            UserId::Uuid => {
+                id.len() == 36
+                    && id.char_indices().all(|(i, c)| match i {
+                        8 | 13 | 18 | 23 => c == '-',
+                        _ => matches!(c, '0'..='9' | 'a'..='f'),
+                    })
+            }
+            UserId::Int2 => canonical::<i16>(id),
+            UserId::Int4 => canonical::<i32>(id),
+            UserId::Int8 => canonical::<i64>(id),
+        }
+    }
+
+    /// The `WHERE` clause for ids in `$1` (`text[]`).
+    fn condition(self) -> &'static str {
+        match self {
+            UserId::Text => "user_id = ANY($1::text[])",
+            UserId::Uuid => "user_id = ANY($1::text[]::uuid[])",
+            UserId::Int2 => "user_id = ANY($1::text[]::int2[])",
+            UserId::Int4 => "user_id = ANY($1::text[]::int4[])",
+            UserId::Int8 => "user_id = ANY($1::text[]::int8[])",
+            UserId::Other => "user_id::text = ANY($1::text[])",
+        }
+    }
 }
 
 impl TokenTable {
@@ -309,7 +384,7 @@ impl TokenTable {
         TokenTable {
             url: config.postgres_url.clone(),
             template: config.table.clone(),
-            client: tokio::sync::Mutex::new(None),
+            connection: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -321,27 +396,63 @@ impl TokenTable {
         users: &[String],
         limit: usize,
     ) -> Result<Vec<(String, String)>, DbError> {
-        let mut client = self.client.lock().await;
-        let live = match client.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => connect(&self.url).await?,
+        let mut connection = self.connection.lock().await;
+        let mut live = match connection.take() {
+            Some(c) if !c.client.is_closed() => c,
+            _ => Connection {
+                client: connect(&self.url).await?,
+                user_ids: HashMap::new(),
+            },
         };
-        let sql = format!(
-            "SELECT DISTINCT user_id::text, token FROM {} WHERE user_id::text = ANY($1) \
-             ORDER BY 1, 2 LIMIT {}",
-            quoted(&table(&self.template, route)),
-            limit + 1
-        );
-        let rows = bounded(live.query(&sql, &[&users])).await;
+        let table = quoted(&table(&self.template, route));
+        let rows = lookup(&mut live, &table, users, limit).await;
         // A statement cut short by the client leaves the connection unusable.
         if !matches!(rows, Err(DbError::Timeout(_))) {
-            *client = Some(live);
+            if rows.is_err() {
+                // The table may have changed (or gone): learn it again.
+                live.user_ids.remove(&table);
+            }
+            *connection = Some(live);
         }
-        Ok(rows?
-            .iter()
-            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
-            .collect())
+        rows
     }
+}
+
+/// [`TokenTable::of_users`] on `live`, `table` quoted.
+async fn lookup(
+    live: &mut Connection,
+    table: &str,
+    users: &[String],
+    limit: usize,
+) -> Result<Vec<(String, String)>, DbError> {
+    let user_id = match live.user_ids.get(table) {
+        Some(&known) => known,
+        None => {
+            let sql = format!("SELECT user_id FROM {table} LIMIT 0");
+            let statement = bounded(live.client.prepare(&sql)).await?;
+            let known = UserId::of(statement.columns()[0].type_());
+            live.user_ids.insert(table.to_owned(), known);
+            known
+        }
+    };
+    let ids: Vec<&str> = users
+        .iter()
+        .map(String::as_str)
+        .filter(|id| user_id.matches(id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT DISTINCT user_id::text, token FROM {table} WHERE {} ORDER BY 1, 2 LIMIT {}",
+        user_id.condition(),
+        limit + 1
+    );
+    Ok(bounded(live.client.query(&sql, &[&ids]))
+        .await?
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+        .collect())
 }
 
 /// `name` as a quoted SQL identifier; a dot separates a schema.
@@ -430,6 +541,125 @@ mod tests {
         .await;
         tokens.close();
         tokio::time::timeout(STEP, task).await.unwrap().unwrap();
+    }
+
+    /// A user's devices are found through an index on `user_id`, whatever
+    /// its type, never by reading the whole table; and the ids that match
+    /// are those written as PostgreSQL writes the type (`user_id::text`),
+    /// the rest matching nothing rather than failing the lookup.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn users_are_looked_up_through_the_user_id_index() {
+        let pg = Postgres::start();
+        // The planner then takes an index whenever one can serve.
+        pg.psql("ALTER DATABASE postgres SET enable_seqscan = off");
+        for (app, ty, rows, filler) in [
+            (
+                "uuid",
+                "uuid",
+                "('9e558649-9c23-469d-a11c-59b05813e3d5', 'a1'), \
+                 ('9e558649-9c23-469d-a11c-59b05813e3d5', 'a2'), \
+                 ('57be9009-e616-42c6-9cfe-505508ede2d0', 'b1'), \
+                 ('4223171e-c665-4612-9edd-485f229240bf', 'c1')",
+                "gen_random_uuid()",
+            ),
+            (
+                "int",
+                "bigint",
+                "(7, 'seven'), (42, 'forty-two')",
+                "1000 + i",
+            ),
+            (
+                "text",
+                "text",
+                "('u1', 't1'), ('U1', 't2')",
+                "'filler-' || i",
+            ),
+        ] {
+            pg.psql(&format!(
+                "CREATE TABLE {app}_apns (id serial PRIMARY KEY, user_id {ty}, \
+                 token text NOT NULL); \
+                 INSERT INTO {app}_apns (user_id, token) VALUES {rows}; \
+                 INSERT INTO {app}_apns (user_id, token) \
+                 SELECT {filler}, 'filler-' || i FROM generate_series(1, 2000) i; \
+                 CREATE INDEX {app}_user_id ON {app}_apns (user_id); \
+                 ANALYZE {app}_apns"
+            ));
+        }
+        // `(table, sequential scans, scans of the user_id index)`; building
+        // the index read the table, so they count from here.
+        let scans = || -> Vec<(String, u64, u64)> {
+            pg.psql(
+                "SELECT t.relname, t.seq_scan, i.idx_scan \
+                 FROM pg_stat_user_tables t JOIN pg_stat_user_indexes i USING (relid) \
+                 WHERE i.indexrelname LIKE '%_user_id' ORDER BY 1",
+            )
+            .lines()
+            .map(|line| {
+                let [table, seq, idx] = line.split('|').collect::<Vec<_>>()[..] else {
+                    panic!("{line}")
+                };
+                (table.into(), seq.parse().unwrap(), idx.parse().unwrap())
+            })
+            .collect()
+        };
+        let before = scans();
+        assert_eq!(before.len(), 3, "{before:?}");
+
+        let table = TokenTable::new(&InvalidTokensConfig {
+            postgres_url: pg.url(),
+            ..InvalidTokensConfig::default()
+        });
+        let of_users = async |app: &str, users: &[&str]| {
+            let route = Route {
+                app: app.into(),
+                platform: Platform::Apns,
+            };
+            let users: Vec<String> = users.iter().map(|&u| u.into()).collect();
+            table.of_users(&route, &users, 100).await.unwrap()
+        };
+        let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|&(u, t)| (u.into(), t.into())).collect()
+        };
+        let uuid = "9e558649-9c23-469d-a11c-59b05813e3d5";
+        let found = of_users(
+            "uuid",
+            &[
+                "not-a-uuid",
+                uuid,
+                "",
+                "4223171E-C665-4612-9EDD-485F229240BF",
+                "57be9009e61642c69cfe505508ede2d0",
+                "{57be9009-e616-42c6-9cfe-505508ede2d0}",
+                "57be9009-e616-42c6-9cfe-505508ede2d0x",
+            ],
+        )
+        .await;
+        assert_eq!(found, pairs(&[(uuid, "a1"), (uuid, "a2")]));
+        let found = of_users(
+            "int",
+            &["007", "7", "+42", "42 ", "x", "99999999999999999999", "-0"],
+        )
+        .await;
+        assert_eq!(found, pairs(&[("7", "seven")]));
+        let found = of_users("text", &["nope", "u1"]).await;
+        assert_eq!(found, pairs(&[("u1", "t1")]));
+        // Nothing to look up.
+        assert_eq!(of_users("uuid", &["x", "y"]).await, pairs(&[]));
+        // Closing the connection makes its backend report its scans.
+        drop(table);
+
+        until("every table's scans are counted", async || {
+            scans().iter().zip(&before).all(|(now, then)| now != then)
+        })
+        .await;
+        // Scans of the index (one per id, in a btree), and no sequential one.
+        let after = scans();
+        for ((table, seq_before, idx_before), (_, seq, idx)) in before.iter().zip(&after) {
+            assert!(
+                *seq == *seq_before && idx > idx_before,
+                "{table} was read through its index only: {before:?} then {after:?}"
+            );
+        }
     }
 
     #[test]
