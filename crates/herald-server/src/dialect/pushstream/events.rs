@@ -1,10 +1,13 @@
 //! The events channel (`events_channel_id`): `{"type": "…", "channel": "…"}`
 //! messages, with the type also as the message's `Event-Type`.
 
-use herald_core::{ChannelKey, Engine};
-use tokio::sync::mpsc;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
 
-use super::{PsState, marker};
+use herald_core::{ChannelKey, Engine};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+
+use super::PsState;
 
 pub(crate) const CHANNEL_CREATED: &str = "channel_created";
 pub(crate) const CHANNEL_DESTROYED: &str = "channel_destroyed";
@@ -40,20 +43,37 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     let _ = queue.send((kind, text));
 }
 
-/// The events channel's publisher: one event at a time, each in the
-/// channel's turn. Ends when the mount's state (the sender) is dropped.
+/// The events channel's publisher: one event at a time. Ends when the
+/// mount's state (the sender) is dropped.
 async fn publish_events(
     engine: Engine,
     key: ChannelKey,
     mut queue: mpsc::UnboundedReceiver<(&'static str, String)>,
 ) {
     while let Some((kind, text)) = queue.recv().await {
-        let _turn = marker::turn(&key).await;
         let publication = PsState::publication(&text, None, Some(kind));
         if let Err(e) = engine.publish(&key, publication).await {
             tracing::warn!(error = %e, kind, "Push-stream event not published.");
         }
     }
+}
+
+/// Locks shared by hash between channels: enough that unrelated channels
+/// seldom wait on each other, few enough to allocate once.
+static CREATING: LazyLock<Box<[Mutex<()>]>> =
+    LazyLock::new(|| (0..256).map(|_| Mutex::new(())).collect());
+
+/// With the events channel on, waits until no other publish on this node
+/// is between asking whether `key` [`is_new`] and publishing to it: hold it
+/// across both, so that of first publishes racing on one node only one
+/// announces the channel. `None` when there is nothing to announce.
+pub(crate) async fn creating(state: &PsState, key: &ChannelKey) -> Option<MutexGuard<'static, ()>> {
+    if state.cfg.events_channel_id.is_empty() {
+        return None;
+    }
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    Some(CREATING[h.finish() as usize % CREATING.len()].lock().await)
 }
 
 /// Whether `key` does not exist yet, so that using it creates it: on any

@@ -6,51 +6,27 @@
 //! history and a resuming client agree: `time = time_ms / 1000` and
 //! `tag = time_ms % 1000 + 1`. Tags start at 1 like the module's, so the
 //! long-poll timeout marker `(now, 0)` sorts before every message of its
-//! second. push-stream publications are stamped by [`stamp`], which never
-//! hands out the same millisecond twice in this process: markers are unique
-//! and ordered across channels, as the module's process-wide tag is.
+//! second.
 //!
 //! Resuming finds a message by its markers and goes on by offset, so a
-//! channel's markers must grow with its offsets. A publisher therefore
-//! stamps and publishes while holding the channel's [`turn`]: the module
-//! gets the same from assigning tags under its shared-memory lock.
+//! channel's markers must grow with its offsets. Whatever sequences the
+//! channel assigns the publish time together with the offset, never at or
+//! before the previous message's ([`next_publish_time`]): the hub on a
+//! single node, the Redis publish script (in Redis' clock) in a cluster.
+//! The module gets the same from assigning tags under its shared-memory
+//! lock.
+//!
+//! Markers are unique within a channel, not across channels as the
+//! module's process-wide tag is: a time unique per process would run ahead
+//! of the clock once the whole process published more than a message a
+//! millisecond, and no clock is shared by a cluster's channels.
+//!
+//! [`next_publish_time`]: herald_core::message::next_publish_time
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
+use herald_core::Message;
 use herald_core::message::now_ms;
-use herald_core::{ChannelKey, Message};
-use tokio::sync::{Mutex, MutexGuard};
-
-/// The last millisecond [`stamp`] handed out.
-static LAST_STAMP: AtomicU64 = AtomicU64::new(0);
-
-/// A publish time for a push-stream message: now, or one millisecond after
-/// the previous stamp when that is later.
-pub(crate) fn stamp() -> u64 {
-    let now = now_ms();
-    let prev = LAST_STAMP
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-            Some(now.max(last + 1))
-        })
-        .unwrap_or(now);
-    now.max(prev + 1)
-}
-
-/// Locks shared by hash between channels: enough that unrelated channels
-/// seldom wait on each other, few enough to allocate once.
-static TURNS: LazyLock<Box<[Mutex<()>]>> =
-    LazyLock::new(|| (0..256).map(|_| Mutex::new(())).collect());
-
-/// Waits for `key`'s turn to publish. Hold it from [`stamp`] until the
-/// publish has its offset, so that no later stamp gets an earlier offset.
-pub(crate) async fn turn(key: &ChannelKey) -> MutexGuard<'static, ()> {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    TURNS[h.finish() as usize % TURNS.len()].lock().await
-}
 
 /// A message's position in push-stream terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,13 +112,6 @@ impl Since {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stamps_never_repeat() {
-        let a = stamp();
-        let b = stamp();
-        assert!(b > a);
-    }
 
     #[test]
     fn markers_and_resume_rule() {

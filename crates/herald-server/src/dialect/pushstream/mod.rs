@@ -160,9 +160,9 @@ impl PsState {
         );
     }
 
-    /// A push-stream publication of `text`: the raw body as a JSON string,
-    /// stamped with a unique publish time. Only while holding the channel's
-    /// [`marker::turn`], so that the stamp and the offset agree.
+    /// A push-stream publication of `text`: the raw body as a JSON string.
+    /// Its publish time, which its markers derive from, is assigned with
+    /// its offset (see [`marker`]).
     pub(crate) fn publication(
         text: &str,
         event_id: Option<&str>,
@@ -172,12 +172,11 @@ impl PsState {
         let mut p = Publication::new(Bytes::from(data));
         p.id = Arc::from(event_id.unwrap_or(""));
         p.event = event_type.map(Arc::from);
-        p.time_ms = marker::stamp();
         p
     }
 
-    /// Publishes `text` to `key` in its turn (see [`marker`]), telling the
-    /// events channel when the publish creates the channel.
+    /// Publishes `text` to `key`, telling the events channel when the
+    /// publish creates the channel.
     pub(crate) async fn publish(
         &self,
         key: &ChannelKey,
@@ -185,11 +184,11 @@ impl PsState {
         event_id: Option<&str>,
         event_type: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let turn = marker::turn(key).await;
+        let creating = events::creating(self, key).await;
         let created = events::is_new(self, key).await;
         let publication = Self::publication(text, event_id, event_type);
         self.app.engine.publish(key, publication).await?;
-        drop(turn);
+        drop(creating);
         if created {
             events::emit(self, events::CHANNEL_CREATED, key.name());
         }
