@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_broker::{MemoryBroker, RedisBroker};
 use herald_core::{Engine, Hub};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,7 +21,7 @@ use crate::state::AppState;
 use crate::tls::TlsReloader;
 use crate::transport::rewind::Rewind;
 use crate::transport::write_timeout::WriteTimeout;
-use crate::transport::{self, handshake};
+use crate::transport::{self, handshake, head_errors};
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -116,6 +117,10 @@ impl Server {
         let router = http::router(state.clone(), extra);
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
+                .map_response(|res: axum::response::Response| {
+                    head_errors::note_route_answer(&res);
+                    res
+                })
                 .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
                     req.map(|body| http::BodyTimeout::new(body, read_timeout))
                 })
@@ -247,7 +252,9 @@ where
         ..
     } = conn;
     // Flattened writes go out with one `send`; vectored ones take
-    // `writev`'s slower path through the VFS, and the few bytes copied cost less.
+    // `writev`'s slower path through the VFS, and the few bytes copied cost
+    // less. They also keep hyper's own answers to bad request heads whole,
+    // one write each, for `Rewind` to replace with JSON errors.
     let http = hyper::server::conn::http1::Builder::new()
         .writev(false)
         .timer(TokioTimer::new())
@@ -255,14 +262,17 @@ where
         .max_header_size(max_header_bytes)
         .serve_connection(io, service)
         .with_upgrades();
-    tokio::pin!(http);
-    let result = tokio::select! {
-        r = http.as_mut() => r,
-        () = shutdown.signalled() => {
-            http.as_mut().graceful_shutdown();
-            http.await
+    let served = async {
+        tokio::pin!(http);
+        tokio::select! {
+            r = http.as_mut() => r,
+            () = shutdown.signalled() => {
+                http.as_mut().graceful_shutdown();
+                http.await
+            }
         }
     };
+    let result = head_errors::scope(max_header_bytes, served).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
     }
@@ -283,7 +293,7 @@ async fn serve_tls<S: Service>(tls: TlsReloader, stream: TcpStream, conn: Conn<S
         () = transport::deadline(timeout) => return tracing::debug!(%peer, ?timeout, "TLS handshake timed out."),
         () = conn.shutdown.signalled() => return,
     };
-    serve_http(TokioIo::new(stream), conn).await;
+    serve_http(TokioIo::new(Rewind::new(Bytes::new(), stream)), conn).await;
 }
 
 /// Expires history and forgets idle channels, once a second.

@@ -583,3 +583,38 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
     // The files as installed start.
     files.config().validate().expect("valid files");
 }
+
+/// Over TLS too, a request that does not parse gets a JSON error, and the
+/// connection closes after it.
+#[tokio::test]
+async fn a_malformed_request_over_tls_gets_a_json_400() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |_| {}).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(ca.rustls())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // The server may close without a close_notify.
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection");
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(head.contains("content-type: application/json"), "{text}");
+    assert!(head.contains("connection: close"), "{text}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+}

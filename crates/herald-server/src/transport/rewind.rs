@@ -1,34 +1,60 @@
-//! A TCP stream with bytes already read from it put back in front, so that
-//! hyper can serve a request whose first bytes the WebSocket fast path
-//! ([`super::handshake`]) read and declined.
+//! The stream hyper serves: a TCP stream with bytes already read from it put
+//! back in front, so that hyper can serve a request whose first bytes the
+//! WebSocket fast path ([`super::handshake`]) read and declined (or a TLS
+//! stream, with nothing put back); and whose writes of hyper's own bare
+//! answers to bad request heads go out as Herald's JSON errors
+//! ([`super::head_errors`]).
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub(crate) struct Rewind {
+use crate::transport::head_errors;
+
+pub(crate) struct Rewind<S = TcpStream> {
     /// Read from the socket before hyper took over; empty once hyper has
     /// read it (and then holds no allocation).
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
+    /// What of a JSON error written in place of hyper's answer the stream
+    /// has not taken yet; it goes out before anything else.
+    reply: Bytes,
 }
 
-impl Rewind {
-    pub(crate) fn new(prefix: Bytes, stream: TcpStream) -> Self {
-        Self { prefix, stream }
+impl<S> Rewind<S> {
+    pub(crate) fn new(prefix: Bytes, stream: S) -> Self {
+        Self {
+            prefix,
+            stream,
+            reply: Bytes::new(),
+        }
     }
 
     /// The socket and whatever of the prefix hyper has not read.
-    pub(crate) fn into_parts(self) -> (TcpStream, Bytes) {
+    pub(crate) fn into_parts(self) -> (S, Bytes) {
         (self.stream, self.prefix)
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncWrite + Unpin> Rewind<S> {
+    /// Writes out the rest of a replaced answer; ready once there is none.
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.reply.is_empty() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.reply))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.reply.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -57,13 +83,20 @@ pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
     true
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        ready!(this.poll_reply(cx))?;
+        if let Some(reply) = head_errors::replacement(buf) {
+            // Taken whole: the flush that follows writes the reply out.
+            this.reply = reply;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -71,7 +104,18 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        ready!(this.poll_reply(cx))?;
+        // hyper writes its answers flattened; were they not, one would be
+        // a single slice.
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && let Some(reply) = head_errors::replacement(only)
+        {
+            this.reply = reply;
+            return Poll::Ready(Ok(only.len()));
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -79,10 +123,14 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_reply(cx))?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_reply(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
