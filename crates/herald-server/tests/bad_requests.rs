@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// One response as it came off the wire.
@@ -95,22 +95,6 @@ fn parse_answer(bytes: &[u8]) -> (Answer, usize) {
         },
         start + length,
     )
-}
-
-/// Reads until the server closes the connection (a reset counts: it may
-/// close with bytes unread).
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("the server closes the connection");
-        match read {
-            Ok(0) | Err(_) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Sends `request` on a new connection; the one answer, and that the

@@ -265,28 +265,12 @@ async fn request_heads_over_the_limit_get_431() {
     for head in [&over[..], &endless[..endless.len() - 4]] {
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         stream.write_all(head.as_bytes()).await.unwrap();
-        let answered = read_until_closed_or_reset(&mut stream).await;
+        let answered = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
         assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
     }
 
     let res = reqwest::get(server.http("/health/live")).await.unwrap();
     assert_eq!(res.status(), 200);
-}
-
-/// Like [`read_until_closed`], taking a reset as the end.
-async fn read_until_closed_or_reset(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("the server closes the connection");
-        match read {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 #[tokio::test]

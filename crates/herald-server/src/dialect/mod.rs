@@ -29,9 +29,9 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Ids, epochs and channel names need no escapes: copied between quotes,
     // as serde_json would write them, without its byte-by-byte escaping.
     // No early exit: the whole-string fold vectorizes, and these are short.
-    let plain = !s
-        .bytes()
-        .fold(false, |esc, b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let plain = !s.bytes().fold(false, |esc, b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if plain {
         out.reserve(s.len() + 2);
         out.push(b'"');

@@ -454,3 +454,19 @@ pub async fn connect_with_small_buffer(addr: SocketAddr) -> TcpStream {
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     socket.connect(addr).await.unwrap()
 }
+
+/// Reads until the server closes the connection (a reset counts: it may
+/// close with bytes unread).
+pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the server closes the connection");
+        match read {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
