@@ -36,10 +36,6 @@ async fn tsuru(
         .unwrap()
 }
 
-async fn json_of(res: reqwest::Response) -> Value {
-    res.json().await.unwrap()
-}
-
 /// A push-stream `/sub` stream, message by message (the JSON template).
 struct Sub {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
@@ -243,15 +239,12 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
     assert_eq!(m["text"], "agent");
 
     // Its push-api answers for its own channels and points at its push-stream.
-    let config: Value = reqwest::Client::new()
-        .get(format!("{endpoint}/api/v1/config"))
-        .basic_auth("chat", Some(&password))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config: Value = fetch_json(
+        reqwest::Client::new()
+            .get(format!("{endpoint}/api/v1/config"))
+            .basic_auth("chat", Some(&password)),
+    )
+    .await;
     assert_eq!(
         config["pushStream"]["url"],
         s.http("/pushaas/instances/chat/ps")
@@ -358,15 +351,12 @@ async fn an_instance_counts_only_its_own_published_messages() {
     }
     assert_eq!(published(own_stats).await, 2);
     assert_eq!(published("/ps/channels-stats").await, 3);
-    let global: Value = reqwest::Client::new()
-        .get(s.http("/pushaas/instances/own/push-api/api/v1/stats/global"))
-        .basic_auth("own", Some(&password))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let global: Value = fetch_json(
+        reqwest::Client::new()
+            .get(s.http("/pushaas/instances/own/push-api/api/v1/stats/global"))
+            .basic_auth("own", Some(&password)),
+    )
+    .await;
     assert_eq!(global["all"][0]["published_messages"], 2, "{global}");
 }
 

@@ -1048,14 +1048,7 @@ async fn jsonp_callback_is_decoded_once() {
 #[tokio::test]
 async fn openapi_names_the_routes_that_answer_options() {
     let s = server().await;
-    let doc: Value = client()
-        .get(s.http("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = fetch_json(client().get(s.http("/openapi.json"))).await;
     let tag = doc["tags"]
         .as_array()
         .unwrap()

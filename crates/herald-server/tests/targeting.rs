@@ -340,15 +340,9 @@ async fn pushca_and_native_connections_share_the_directory() {
         c.pushca.secret_key = Some("p".into());
     })
     .await;
-    let res: Value = reqwest::Client::new()
+    let res: Value = fetch_json(reqwest::Client::new()
         .post(server.http("/open-connection"))
-        .json(&json!({"client": {"workSpaceId": "w", "accountId": "acc", "deviceId": "d", "applicationId": "a"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"client": {"workSpaceId": "w", "accountId": "acc", "deviceId": "d", "applicationId": "a"}}))).await;
     let (mut pushca, _) =
         tokio_tungstenite::connect_async(res["externalAdvertisedUrl"].as_str().unwrap())
             .await

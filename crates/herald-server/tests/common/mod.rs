@@ -470,3 +470,13 @@ pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// A response's body as JSON.
+pub async fn json_of(res: reqwest::Response) -> Value {
+    res.json().await.unwrap()
+}
+
+/// Sends `req` and reads its answer as JSON.
+pub async fn fetch_json(req: reqwest::RequestBuilder) -> Value {
+    json_of(req.send().await.unwrap()).await
+}
