@@ -1,5 +1,6 @@
 //! Messages, and their encodings shared by every subscriber of one wire format.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,20 +32,61 @@ pub struct Publication {
 impl Publication {
     /// A publication of `data` (JSON text) with a fresh id, stamped now.
     pub fn new(data: Bytes) -> Self {
+        let time_ms = now_ms();
         Self {
-            id: new_message_id(),
+            id: message_id_at(time_ms),
             event: None,
             data,
-            time_ms: now_ms(),
+            time_ms,
         }
     }
 }
 
 /// A fresh, time-ordered, globally unique message id.
 pub fn new_message_id() -> Arc<str> {
+    message_id_at(now_ms())
+}
+
+/// A fresh message id for a message made at `time_ms`: a lowercase
+/// hyphenated UUIDv7 whose 12-bit `rand_a` counts the ids this thread made
+/// in that millisecond (RFC 9562 §6.2, method 1) and whose 62-bit `rand_b`
+/// comes from a randomly seeded generator. Ids of one thread grow in order;
+/// those of other threads and nodes differ by `rand_b`. Unlike
+/// `Uuid::now_v7`, this takes no lock and reads no clock of its own.
+fn message_id_at(time_ms: u64) -> Arc<str> {
+    thread_local! {
+        /// The last millisecond used, the counter within it, and the
+        /// generator's state.
+        static IDS: Cell<(u64, u16, u64)> = Cell::new((0, 0, rand::random()));
+    }
+    let (ms, count, seed) = IDS.with(|ids| {
+        let (last, count, seed) = ids.get();
+        // A clock stepping back, or more than 4,096 ids in a millisecond,
+        // borrows the next millisecond rather than break the order.
+        let (ms, count) = match count.checked_add(1) {
+            _ if time_ms > last => (time_ms, 0),
+            Some(next) if next < 0x1000 => (last, next),
+            _ => (last + 1, 0),
+        };
+        // SplitMix64's step; its output mix follows.
+        let seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        ids.set((ms, count, seed));
+        (ms, count, seed)
+    });
+    let mut random = seed;
+    random = (random ^ (random >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    random = (random ^ (random >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    random ^= random >> 31;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&((ms << 16) | (0x7000 | u64::from(count))).to_be_bytes());
+    bytes[8..].copy_from_slice(&((random >> 2) | (0b10 << 62)).to_be_bytes());
     // Encoded on the stack: one allocation, the `Arc`'s, and no formatter.
     let mut text = uuid::Uuid::encode_buffer();
-    Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text))
+    Arc::from(
+        &*uuid::Uuid::from_bytes(bytes)
+            .hyphenated()
+            .encode_lower(&mut text),
+    )
 }
 
 /// Milliseconds since the Unix epoch.
@@ -210,6 +252,36 @@ mod tests {
             assert_eq!(**id, parsed.hyphenated().to_string(), "{id}");
         }
         assert!(a < b, "{a} then {b}");
+    }
+
+    #[test]
+    fn message_ids_stay_unique_and_ordered_past_4096_a_millisecond_and_a_clock_step_back() {
+        let t = now_ms();
+        let mut ids: Vec<Arc<str>> = (0..10_000).map(|_| message_id_at(t)).collect();
+        ids.push(message_id_at(t - 5_000));
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        }
+        let ms = |id: &str| {
+            let id = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        };
+        assert_eq!(ms(&ids[0]), t);
+        // 4,096 ids a millisecond: the 10,000th is two milliseconds on,
+        // and the step back stays there.
+        assert_eq!(ms(&ids[9_999]), t + 2);
+        assert_eq!(ms(&ids[10_000]), t + 2);
+    }
+
+    #[test]
+    fn message_ids_of_two_threads_differ_in_the_same_millisecond() {
+        let t = now_ms();
+        let theirs = std::thread::spawn(move || message_id_at(t)).join().unwrap();
+        let ours = message_id_at(t);
+        assert_ne!(ours, theirs);
+        assert_eq!(ours[..18], theirs[..18], "same time and counter");
     }
 
     #[test]
