@@ -6,23 +6,20 @@
 //! every subscriber sees a channel's messages in offset order. Fan-out only
 //! queues shared bytes into outboxes; it never waits on a socket.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::channel::ChannelKey;
+use crate::channel_map::ChannelMap;
 use crate::flusher::Flushers;
 use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
 use crate::message::{Message, Publication, next_publish_time, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
-
-const SHARDS: usize = 64;
 
 /// Channels with at most this many local subscribers are written to their
 /// sockets by the publishing thread, under the channel's lock (unless a
@@ -31,9 +28,6 @@ const SHARDS: usize = 64;
 /// queue under the lock without waking anyone and are written after it,
 /// oldest first, by the hub's [`Flushers`].
 const DIRECT_FAN_OUT: usize = 16;
-
-/// One shard of the channel map.
-type Shard = RwLock<HashMap<ChannelKey, Arc<Channel>>>;
 
 /// The result of publishing one message to one channel.
 #[derive(Debug, Clone)]
@@ -108,9 +102,7 @@ pub struct Subscribed {
 /// The local subscription registry and fan-out engine.
 pub struct Hub {
     /// Channels by key, split across shards to spread lock contention.
-    shards: Box<[Shard]>,
-    /// Picks a key's shard; fixed for the hub's life.
-    hasher: RandomState,
+    channels: ChannelMap<Channel>,
     /// Counters shared with the metrics endpoint.
     stats: Arc<HubStats>,
     /// Which channels keep history.
@@ -195,8 +187,7 @@ impl Hub {
     /// A hub whose channels keep history as `policy` says.
     pub fn with_policy(policy: HistoryPolicy) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            channels: ChannelMap::new(),
             stats: Arc::default(),
             policy,
             flushers: Flushers::new(),
@@ -219,38 +210,25 @@ impl Hub {
         &self.stats
     }
 
-    fn shard(&self, key: &ChannelKey) -> &Shard {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
-    }
-
     fn get(&self, key: &ChannelKey) -> Option<Arc<Channel>> {
-        self.shard(key).read().get(key).cloned()
+        self.channels.get(key)
     }
 
     fn get_or_create(&self, key: &ChannelKey) -> Arc<Channel> {
-        if let Some(ch) = self.get(key) {
-            return ch;
-        }
-        self.shard(key)
-            .write()
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Channel {
-                    inner: Mutex::new(ChannelInner {
-                        subscribers: IndexMap::new(),
-                        next_offset: 1,
-                        epoch: new_epoch(),
-                        published: 0,
-                        retention: self.policy.retention(key),
-                        history: History::default(),
-                        gap: None,
-                        removed: false,
-                        idle_since: None,
-                        last_time_ms: 0,
-                    }),
-                })
-            })
-            .clone()
+        self.channels.get_or_insert_with(key, || Channel {
+            inner: Mutex::new(ChannelInner {
+                subscribers: IndexMap::new(),
+                next_offset: 1,
+                epoch: new_epoch(),
+                published: 0,
+                retention: self.policy.retention(key),
+                history: History::default(),
+                gap: None,
+                removed: false,
+                idle_since: None,
+                last_time_ms: 0,
+            }),
+        })
     }
 
     /// Adds `outbox` to `key`'s subscribers. Returns true when it is the
@@ -382,11 +360,11 @@ impl Hub {
     /// Removes `key` with its history, telling its subscribers in their
     /// format. Returns how many subscribers it had, or `None` if unknown.
     pub fn delete(&self, key: &ChannelKey) -> Option<usize> {
-        let mut shard = self.shard(key).write();
-        let ch = shard.remove(key)?;
+        let mut slot = self.channels.lock(key);
+        let ch = slot.remove()?;
         let mut inner = ch.inner.lock();
         inner.removed = true;
-        drop(shard);
+        drop(slot);
         for sub in inner.subscribers.values() {
             if let Some(frame) = sub.outbox.format().deleted(key) {
                 sub.outbox.push(frame);
@@ -401,39 +379,36 @@ impl Hub {
     pub fn sweep(&self) {
         let now = now_ms();
         let grace = u64::try_from(self.idle_grace.as_millis()).unwrap_or(u64::MAX);
-        for shard in self.shards.iter() {
-            let idle: Vec<(ChannelKey, Arc<Channel>)> = shard
-                .read()
-                .iter()
-                .filter_map(|(k, ch)| {
-                    let mut inner = ch.inner.lock();
-                    let ttl = inner.retention.ttl;
-                    inner.history.expire(now, ttl);
-                    if !(inner.subscribers.is_empty() && inner.history.is_empty()) {
-                        inner.idle_since = None;
-                        return None;
-                    }
-                    let since = *inner.idle_since.get_or_insert(now);
-                    (inner.published > 0 || now.saturating_sub(since) >= grace)
-                        .then(|| (k.clone(), ch.clone()))
-                })
-                .collect();
-            for (key, ch) in idle {
-                self.remove_if_idle(&key, &ch);
-            }
+        let mut idle: Vec<(ChannelKey, Arc<Channel>)> = Vec::new();
+        self.channels.for_each_shard(|channels| {
+            idle.extend(channels.filter_map(|(k, ch)| {
+                let mut inner = ch.inner.lock();
+                let ttl = inner.retention.ttl;
+                inner.history.expire(now, ttl);
+                if !(inner.subscribers.is_empty() && inner.history.is_empty()) {
+                    inner.idle_since = None;
+                    return None;
+                }
+                let since = *inner.idle_since.get_or_insert(now);
+                (inner.published > 0 || now.saturating_sub(since) >= grace)
+                    .then(|| (k.clone(), ch.clone()))
+            }));
+        });
+        for (key, ch) in idle {
+            self.remove_if_idle(&key, &ch);
         }
     }
 
     fn remove_if_idle(&self, key: &ChannelKey, ch: &Arc<Channel>) {
-        let mut shard = self.shard(key).write();
+        let mut slot = self.channels.lock(key);
         let mut inner = ch.inner.lock();
         if inner.subscribers.is_empty()
             && inner.history.is_empty()
             && !inner.removed
-            && shard.get(key).is_some_and(|c| Arc::ptr_eq(c, ch))
+            && slot.get().is_some_and(|c| Arc::ptr_eq(c, ch))
         {
             inner.removed = true;
-            shard.remove(key);
+            slot.remove();
         }
     }
 
@@ -674,20 +649,15 @@ impl Hub {
 
     /// Every channel of `app` on this node, sorted by name.
     pub fn channels(&self, app: &str) -> Vec<ChannelInfo> {
-        let mut all: Vec<ChannelInfo> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                let keys: Vec<ChannelKey> = shard
-                    .read()
-                    .keys()
-                    .filter(|k| k.app() == app)
-                    .cloned()
-                    .collect();
-                keys
-            })
-            .filter_map(|k| self.channel_info(&k))
-            .collect();
+        let mut keys: Vec<ChannelKey> = Vec::new();
+        self.channels.for_each_shard(|channels| {
+            keys.extend(
+                channels
+                    .filter(|(k, _)| k.app() == app)
+                    .map(|(k, _)| k.clone()),
+            );
+        });
+        let mut all: Vec<ChannelInfo> = keys.iter().filter_map(|k| self.channel_info(k)).collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
     }

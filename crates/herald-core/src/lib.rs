@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod channel;
+mod channel_map;
 pub mod engine;
 mod flusher;
 pub mod history;
