@@ -215,21 +215,29 @@ pub(crate) async fn run_tcp(
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
     let mut ignored = [0u8; 512];
+    // Made once: see `ws::run_tcp`.
+    let shutdown = state.shutdown.signalled();
+    tokio::pin!(shutdown);
+    let ready = outbox.ready();
+    tokio::pin!(ready);
     loop {
         tokio::select! {
             biased;
-            () = state.shutdown.signalled() => {
+            () = &mut shutdown => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, io.write_all(&style.reconnect)).await;
                 break;
             }
-            () = outbox.ready() => match socket.write_queued(&outbox, &mut io).await {
-                Ok(None) => {}
-                Ok(Some(why)) => {
-                    tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
-                    break;
+            () = &mut ready => {
+                ready.set(outbox.ready());
+                match socket.write_queued(&outbox, &mut io).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
-            },
+            }
             read = io.read(&mut ignored) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     break;

@@ -318,16 +318,23 @@ async fn run<D, S>(
         if hello.close.is_some() {
             break 'conn hello.close;
         }
+        // Made once, not per turn of the loop: each new one would join
+        // and leave its notifier's waiter list again.
+        let shutdown = state.shutdown.signalled();
+        tokio::pin!(shutdown);
+        let ready = outbox.ready();
+        tokio::pin!(ready);
         loop {
             tokio::select! {
                 biased;
-                () = state.shutdown.signalled() => {
+                () = &mut shutdown => {
                     if let Some(hint) = dialect.reconnect_hint() {
                         let _ = ws.feed(text(hint)).await;
                     }
                     break 'conn Some((close::RESTART, "server restarting, reconnect".into()));
                 }
-                () = outbox.ready() => {
+                () = &mut ready => {
+                    ready.set(outbox.ready());
                     let closed = if let Some(socket) = &direct {
                         match socket.write_queued(&outbox, &mut ws).await {
                             Ok(closed) => closed,
