@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::channel::ChannelKey;
 use crate::history::Position;
 use crate::hub::Published;
-use crate::identity::{Directory, Filter, SendOutcome, Targeted};
+use crate::identity::{AckTo, Directory, Filter, SendOutcome, Targeted};
 use crate::message::{Message, Publication};
 use crate::outbox::ConnId;
 use crate::records::Record;
@@ -90,12 +90,22 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Carries a receiver's ack of message `id` (already checked against the
-    /// receiving connection `conn`) to the node whose sender waits for it.
-    /// Returns whether a sender was waiting.
+    /// receiving connection `conn`) to the send it answers, `to`, as
+    /// [`Directory::acknowledge`] named it. Returns whether a sender was
+    /// waiting (for a send on another node: whether that node heard).
     ///
-    /// The default resolves the waiter on this node only, through `local`.
-    async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
-        Ok(local.ack_received(id, conn))
+    /// The default resolves a send on this node only, through `local`.
+    async fn ack(
+        &self,
+        local: &Directory,
+        id: &str,
+        conn: ConnId,
+        to: AckTo,
+    ) -> Result<bool, BrokerError> {
+        Ok(match to {
+            AckTo::Here(ticket) => local.ack_received(id, conn, Some(ticket)),
+            AckTo::Nobody | AckTo::Node { .. } => false,
+        })
     }
 
     /// This node's name among the broker's nodes; `None` for a broker that

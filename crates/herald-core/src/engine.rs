@@ -378,10 +378,10 @@ impl Engine {
     /// Connection `conn` acknowledges message `id`. Returns whether `conn`
     /// owed that ack; only then is it routed to the waiting sender.
     pub async fn acknowledge(&self, conn: ConnId, id: &str) -> Result<bool, BrokerError> {
-        if !self.directory.acknowledge(conn, id) {
+        let Some(to) = self.directory.acknowledge(conn, id) else {
             return Ok(false);
-        }
-        self.broker.ack(&self.directory, id, conn).await?;
+        };
+        self.broker.ack(&self.directory, id, conn, to).await?;
         Ok(true)
     }
 }

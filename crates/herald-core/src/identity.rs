@@ -133,8 +133,9 @@ pub struct Targeted {
     /// Whether receivers must acknowledge it.
     pub ack: bool,
     /// With `ack`, how long after an attempt its sender may still take an
-    /// ack: a node delivering for a sender elsewhere remembers where to
-    /// route acks that long.
+    /// ack. Carried to other nodes, for those of older versions, which keep
+    /// the route of an ack by id that long; this version keeps it with the
+    /// receiver that owes the ack.
     pub ack_wait: Duration,
     /// Wall-clock send time in milliseconds since the Unix epoch.
     pub time_ms: u64,
@@ -200,12 +201,25 @@ struct Waiting {
     left: Arc<Notify>,
 }
 
+/// The send a receiver's ack answers, as the node that delivered the
+/// message to it recorded it: where to route the ack, and what the waiting
+/// node checks it against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckTo {
+    /// Nobody: no send waited for the id when it was delivered.
+    Nobody,
+    /// The send on this node with this ticket.
+    Here(u64),
+    /// The send with `ticket` on node `node`; `None` when that node, of an
+    /// older version, did not name its send.
+    Node { node: Arc<str>, ticket: Option<u64> },
+}
+
 /// An id a connection owes an ack for.
 struct Owed {
     id: Arc<str>,
-    /// The ticket of the send on this node it was delivered for; `None` when
-    /// the sender is on another node (or nobody waits).
-    ticket: Option<u64>,
+    /// The send it was delivered for.
+    to: AckTo,
 }
 
 /// One connection in the directory.
@@ -230,7 +244,6 @@ struct Index {
 }
 
 /// The local directory of connected identities.
-#[derive(Default)]
 pub struct Directory {
     /// Connections and their postings, read-mostly.
     index: RwLock<Index>,
@@ -239,10 +252,25 @@ pub struct Directory {
     /// Senders waiting for an ack, by message id; the ticket keeps a dropped
     /// waiter from removing a newer one for the same id.
     pending: Mutex<HashMap<Arc<str>, Waiting>>,
-    /// Next waiter ticket.
+    /// Next waiter ticket. Tickets travel with sends to other nodes and
+    /// come back with acks; starting at a random number, they also tell
+    /// this process's sends from those of an earlier process that ran
+    /// under the same node name.
     tickets: AtomicU64,
     /// Targeted messages queued, for metrics.
     delivered: AtomicU64,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            index: RwLock::default(),
+            rotation: Mutex::default(),
+            pending: Mutex::default(),
+            tickets: AtomicU64::new(rand::random()),
+            delivered: AtomicU64::default(),
+        }
+    }
 }
 
 impl Directory {
@@ -279,8 +307,9 @@ impl Directory {
             remove_postings(&mut index.postings, id, &old.identity);
             let pending = self.pending.lock();
             for owed in old.awaiting.lock().iter() {
-                if let Some(w) = pending.get(&owed.id)
-                    && Some(w.ticket) == owed.ticket
+                if let AckTo::Here(ticket) = owed.to
+                    && let Some(w) = pending.get(&owed.id)
+                    && w.ticket == ticket
                 {
                     w.left.notify_one();
                 }
@@ -347,17 +376,41 @@ impl Directory {
         turn
     }
 
+    /// The ticket of the send on this node waiting for an ack of `id`, if
+    /// any: what a delivery on another node names as the send it is for.
+    pub fn waiting_ticket(&self, id: &str) -> Option<u64> {
+        self.pending.lock().get(id).map(|w| w.ticket)
+    }
+
     /// Queues `msg` for every connection `filter` selects on this node. With
-    /// `msg.ack`, each receiver is remembered as owing an ack for `msg.id`.
+    /// `msg.ack`, each receiver is remembered as owing an ack for `msg.id`
+    /// to the send on this node waiting for it.
     pub fn deliver(&self, filter: &Filter, msg: &Targeted) -> SendOutcome {
-        let targets = self.resolve(filter);
         // The send on this node waiting for the id, if any: the receivers
         // owe their ack to it, not to whichever send of the id comes next.
         let ticket = if msg.ack {
-            self.pending.lock().get(&msg.id).map(|w| w.ticket)
+            self.waiting_ticket(&msg.id)
         } else {
             None
         };
+        self.deliver_owed(filter, msg, ticket.map_or(AckTo::Nobody, AckTo::Here))
+    }
+
+    /// As [`deliver`](Self::deliver), for send `ticket` of node `node`: with
+    /// `msg.ack`, each receiver owes its ack to that send, and its ack is
+    /// routed there carrying `ticket`, never to a send on this node.
+    pub fn deliver_for(
+        &self,
+        node: Arc<str>,
+        ticket: Option<u64>,
+        filter: &Filter,
+        msg: &Targeted,
+    ) -> SendOutcome {
+        self.deliver_owed(filter, msg, AckTo::Node { node, ticket })
+    }
+
+    fn deliver_owed(&self, filter: &Filter, msg: &Targeted, to: AckTo) -> SendOutcome {
+        let targets = self.resolve(filter);
         let index = self.index.read();
         let mut outcome = SendOutcome {
             matched: targets.len(),
@@ -371,14 +424,14 @@ impl Directory {
             if msg.ack {
                 let mut awaiting = entry.awaiting.lock();
                 match awaiting.iter_mut().find(|o| o.id == msg.id) {
-                    Some(owed) => owed.ticket = ticket,
+                    Some(owed) => owed.to.clone_from(&to),
                     None => {
                         if awaiting.len() >= MAX_AWAITING {
                             awaiting.pop_front();
                         }
                         awaiting.push_back(Owed {
                             id: msg.id.clone(),
-                            ticket,
+                            to: to.clone(),
                         });
                     }
                 }
@@ -389,7 +442,7 @@ impl Directory {
                 outcome.delivered += 1;
             }
         }
-        if let Some(ticket) = ticket
+        if let AckTo::Here(ticket) = to
             && let Some(w) = self.pending.lock().get_mut(&msg.id)
             && w.ticket == ticket
         {
@@ -405,30 +458,29 @@ impl Directory {
         outcome
     }
 
-    /// Receiver side: connection `conn` acknowledges `id`. True when `conn`
-    /// was sent `id` with an ack request, had not acknowledged it yet, and
-    /// (when that send was made on this node) the send still waits.
-    pub fn acknowledge(&self, conn: ConnId, id: &str) -> bool {
+    /// Receiver side: connection `conn` acknowledges `id`. `Some` when
+    /// `conn` was sent `id` with an ack request and had not acknowledged it
+    /// yet, unless that send was made on this node and has ended: the send
+    /// to give the ack to.
+    pub fn acknowledge(&self, conn: ConnId, id: &str) -> Option<AckTo> {
         let index = self.index.read();
-        let Some(entry) = index.conns.get(&conn) else {
-            return false;
-        };
+        let entry = index.conns.get(&conn)?;
         let owed = {
             let mut awaiting = entry.awaiting.lock();
-            match awaiting.iter().position(|o| &*o.id == id) {
-                Some(i) => awaiting.remove(i),
-                None => return false,
-            }
+            let i = awaiting.iter().position(|o| &*o.id == id)?;
+            awaiting.remove(i)?
         };
         // Owed to a send that has ended: a later send of the same id, maybe
-        // to another connection, must not take this ack as its own.
-        match owed.and_then(|o| o.ticket) {
-            Some(ticket) => self
+        // to another connection, must not take this ack as its own. A send
+        // on another node is checked there, against its ticket.
+        match owed.to {
+            AckTo::Here(ticket) => self
                 .pending
                 .lock()
                 .get(id)
-                .is_some_and(|w| w.ticket == ticket),
-            None => true,
+                .is_some_and(|w| w.ticket == ticket)
+                .then_some(owed.to),
+            to => Some(to),
         }
     }
 
@@ -461,15 +513,19 @@ impl Directory {
         })
     }
 
-    /// An ack of `id` by `conn` reached the node waiting for it. True when a
-    /// sender was waiting for an ack from `conn`: one of this node's
-    /// connections it was delivered to, or any connection once it reached
-    /// other nodes (their acks carry no more than the id).
-    pub fn ack_received(&self, id: &str, conn: ConnId) -> bool {
+    /// An ack of `id` by `conn` reached the node waiting for it, for send
+    /// `ticket` of this node. True when that send still waits, and it ends.
+    ///
+    /// Without a ticket (an ack from a node of an older version, which
+    /// carries no more than the id), true when a send of `id` was waiting
+    /// for an ack from `conn`: one of this node's connections it was
+    /// delivered to, or any connection once it reached other nodes.
+    pub fn ack_received(&self, id: &str, conn: ConnId, ticket: Option<u64>) -> bool {
         let mut pending = self.pending.lock();
-        let ours = pending
-            .get(id)
-            .is_some_and(|w| w.remote != Some(false) || w.reached.contains(&conn));
+        let ours = pending.get(id).is_some_and(|w| match ticket {
+            Some(ticket) => w.ticket == ticket,
+            None => w.remote != Some(false) || w.reached.contains(&conn),
+        });
         ours && pending.remove(id).is_some_and(|w| w.tx.send(conn).is_ok())
     }
 }
@@ -789,10 +845,11 @@ mod tests {
             "one waiter per id"
         );
         dir.deliver(&Filter::new(ident(&[("user", "u1")])), &msg);
-        assert!(!dir.acknowledge(2, &msg.id), "u2 was not sent this id");
-        assert!(dir.acknowledge(1, &msg.id));
-        assert!(!dir.acknowledge(1, &msg.id), "a second ack is a no-op");
-        assert!(dir.ack_received(&msg.id, 1));
+        assert_eq!(dir.acknowledge(2, &msg.id), None, "u2 was not sent this id");
+        let to = dir.acknowledge(1, &msg.id).expect("u1 owes it");
+        assert_eq!(to, AckTo::Here(waiter.ticket));
+        assert_eq!(dir.acknowledge(1, &msg.id), None, "a second ack is a no-op");
+        assert!(dir.ack_received(&msg.id, 1, Some(waiter.ticket)));
         assert_eq!(
             waiter.wait(std::time::Duration::from_secs(1)).await,
             Some(1)
@@ -810,6 +867,7 @@ mod tests {
         let mut msg = Targeted::new(Bytes::from_static(b"1"));
         msg.ack = true;
         let mut first = dir.expect_ack(msg.id.clone()).unwrap();
+        let first_ticket = first.ticket;
         dir.deliver(&to("b"), &msg);
         first.attempted(1);
         drop(first); // b never acked in time
@@ -818,20 +876,82 @@ mod tests {
         let mut second = dir.expect_ack(msg.id.clone()).unwrap();
         dir.deliver(&to("d"), &msg);
         second.attempted(1);
-        assert!(!dir.acknowledge(1, &msg.id), "b owed it to the first send");
-        assert!(!dir.ack_received(&msg.id, 1), "b was not sent the second");
+        assert_eq!(dir.acknowledge(1, &msg.id), None, "b owed the first send");
+        assert!(!dir.ack_received(&msg.id, 1, Some(first_ticket)));
+        assert!(
+            !dir.ack_received(&msg.id, 1, None),
+            "b was not sent the second"
+        );
         assert_eq!(second.try_acked(), None);
-        assert!(dir.acknowledge(2, &msg.id));
-        assert!(dir.ack_received(&msg.id, 2));
+        assert_eq!(
+            dir.acknowledge(2, &msg.id),
+            Some(AckTo::Here(second.ticket))
+        );
+        assert!(dir.ack_received(&msg.id, 2, Some(second.ticket)));
         assert_eq!(second.try_acked(), Some(2));
         drop(second);
 
-        // A send that reached another node takes acks routed from there.
+        // A send that reached another node takes acks routed from there
+        // that name it, and those of older nodes, which name no send.
         let mut third = dir.expect_ack(msg.id.clone()).unwrap();
         dir.deliver(&to("d"), &msg);
         third.attempted(2);
-        assert!(dir.ack_received(&msg.id, 99));
+        assert!(!dir.ack_received(&msg.id, 98, Some(first_ticket)));
+        assert!(dir.ack_received(&msg.id, 99, Some(third.ticket)));
         assert_eq!(third.try_acked(), Some(99));
+        drop(third);
+        let mut fourth = dir.expect_ack(msg.id.clone()).unwrap();
+        dir.deliver(&to("d"), &msg);
+        fourth.attempted(2);
+        assert!(dir.ack_received(&msg.id, 97, None));
+        assert_eq!(fourth.try_acked(), Some(97));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_for_another_node_owes_the_ack_to_that_nodes_send() {
+        let dir = Arc::new(Directory::new());
+        add(&dir, 1, &[("user", "b")]);
+        add(&dir, 2, &[("user", "d")]);
+        let to = |user: &str| Filter::new(ident(&[("user", user)]));
+        let mut msg = Targeted::new(Bytes::from_static(b"1"));
+        msg.ack = true;
+        // A send of the same id waits here too: remote deliveries are not
+        // its own, and their acks go back to their node with its ticket.
+        let mut here = dir.expect_ack(msg.id.clone()).unwrap();
+        let node: Arc<str> = Arc::from("A");
+        dir.deliver_for(node.clone(), Some(7), &to("b"), &msg);
+        dir.deliver_for(node.clone(), Some(8), &to("d"), &msg);
+        let b = dir.acknowledge(1, &msg.id).expect("b owes it");
+        assert_eq!(
+            b,
+            AckTo::Node {
+                node: node.clone(),
+                ticket: Some(7)
+            }
+        );
+        assert_eq!(
+            dir.acknowledge(2, &msg.id),
+            Some(AckTo::Node {
+                node,
+                ticket: Some(8)
+            })
+        );
+        assert_eq!(here.try_acked(), None);
+
+        // A sender of an older version names no send.
+        dir.deliver_for(Arc::from("old"), None, &to("b"), &msg);
+        assert_eq!(
+            dir.acknowledge(1, &msg.id),
+            Some(AckTo::Node {
+                node: Arc::from("old"),
+                ticket: None
+            })
+        );
+
+        // Sent while nobody waited: owed to nobody.
+        drop(here);
+        dir.deliver(&to("b"), &msg);
+        assert_eq!(dir.acknowledge(1, &msg.id), Some(AckTo::Nobody));
     }
 
     #[tokio::test]
@@ -840,8 +960,10 @@ mod tests {
         let id: Arc<str> = Arc::from("m1");
         let mut w = dir.expect_ack(id.clone()).unwrap();
         assert_eq!(w.wait(std::time::Duration::from_millis(1)).await, None);
+        let ticket = w.ticket;
         drop(w);
-        assert!(!dir.ack_received("m1", 1));
+        assert!(!dir.ack_received("m1", 1, Some(ticket)));
+        assert!(!dir.ack_received("m1", 1, None));
         assert!(dir.expect_ack(id).is_some());
     }
 }

@@ -1001,6 +1001,58 @@ async fn targeted_sends_and_acks_cross_nodes() {
     assert_eq!(status, 408);
 }
 
+/// Native ids are the sender's own (Pushca sends get one of their own), so
+/// a fallback to another receiver may reuse one. A late ack owed to an earlier send of the id, which has ended,
+/// must neither confirm a later send of it reaching the same node nor take
+/// the route that the later send's real ack needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    let mut gail = ws(&n[1], &format!("/ws?token={}", token("gail", json!({})))).await;
+    let mut hugo = ws(&n[1], &format!("/ws?token={}", token("hugo", json!({})))).await;
+    // Warm-up attempts may have arrived several times: drain each up to a
+    // marker sent to it alone.
+    for (who, ws) in [("gail", &mut gail), ("hugo", &mut hugo)] {
+        let body = json!({"filter": {"user": who}, "data": "warmup"});
+        send_until_matched(&n[0], body, 1).await;
+        let (_, r) = send(&n[0], json!({"filter": {"user": who}, "data": "synced"})).await;
+        assert_eq!(r["delivered"], 1);
+        while next_json(ws).await["data"] != "synced" {}
+    }
+    let acked = |user: &str, timeout_ms: u64| {
+        json!({"filter": {"user": user}, "data": user, "id": "reused", "ack": true,
+            "timeout_ms": timeout_ms})
+    };
+
+    // Send #1 of the id reaches gail on B, who does not ack in time.
+    let (status, _) = send(&n[0], acked("gail", 300)).await;
+    assert_eq!(status, 408);
+    assert_eq!(next_json(&mut gail).await["id"], "reused");
+
+    // Send #2 of the id reaches hugo on B, who never acks; gail's late ack
+    // of send #1 must not end it as acknowledged.
+    let second = post_in_background(&n[0].addr, "/api/v1/send", acked("hugo", 1500));
+    assert_eq!(next_json(&mut hugo).await["id"], "reused");
+    ack(&mut gail, "reused").await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, second).await.unwrap().unwrap(),
+        408,
+        "hugo never acknowledged send #2"
+    );
+
+    // Send #3 reaches gail again; hugo's late ack of send #2 comes first and
+    // must leave gail's ack its way to A.
+    let third = post_in_background(&n[0].addr, "/api/v1/send", acked("gail", 5000));
+    assert_eq!(next_json(&mut gail).await["id"], "reused");
+    ack(&mut hugo, "reused").await;
+    ack(&mut gail, "reused").await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, third).await.unwrap().unwrap(),
+        200
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_any_never_asks_a_second_node_while_a_silent_one_may_deliver() {
     let redis = RedisServer::start();

@@ -14,16 +14,38 @@
 //!
 //! Requests: the sender asks each candidate to deliver (`find_any`: one
 //! candidate at a time, rotating per filter, until one delivers) and sums
-//! the replies. An ack travels to the node that sent the message, which the
-//! receiving node remembers per message id.
+//! the replies.
+//!
+//! Acks: a message sent with `ack` names the send it is for, by the sending
+//! node (`from`) and the ticket of that send there (`msg.ticket`). The
+//! receiving node remembers both with every connection that owes the ack,
+//! and the connection's ack travels back to that node with the ticket
+//! (`Ack.ticket`), which takes it only while that very send waits. Ids
+//! alone cannot tell sends apart: a sender may reuse an id (a fallback to
+//! another receiver), and a receiver still owing it to an earlier send that
+//! timed out would otherwise, by acking late, confirm the later one.
+//!
+//! Mixed versions. Nodes before tickets kept the route of an ack per
+//! message id (for `msg.wait_ms`) and sent acks by id alone; the fields
+//! added since are optional both ways, and unknown ones are ignored:
+//! - an older sender names no ticket: its receivers here route the ack to
+//!   it as before, by node, without a ticket;
+//! - an older receiver drops the ticket and acks by id alone: the sender
+//!   here then takes the ack as before, from any receiver once a send
+//!   reached another node, so acks from older nodes can still confirm a
+//!   later send of a reused id;
+//! - `wait_ms` is still sent, for older receivers' route tables.
+//!
+//! Only once every node runs this version are late acks of earlier sends
+//! always refused; nothing breaks while versions are mixed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::identity::{Dim, Directory, Filter, Identity, SendOutcome, Targeted};
+use herald_core::identity::{AckTo, Dim, Directory, Filter, Identity, SendOutcome, Targeted};
 use herald_core::{BrokerError, ConnId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -36,13 +58,9 @@ use super::conn::bounded;
 /// How often the registry is brought in line with the local directory.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
-/// How long an ack's route is kept for a sender that did not say how long
-/// it waits (a node of an older version): `delivery.max_ack_timeout`'s
-/// default.
+/// How long a sender that did not say (a node of an older version) waits
+/// for an ack: `delivery.max_ack_timeout`'s default.
 const DEFAULT_ACK_WAIT_MS: u64 = 60_000;
-
-/// Routes kept before the first look for expired ones.
-const MIN_ORIGINS_SWEEP: usize = 1024;
 
 /// One request or reply between nodes.
 #[derive(Serialize, Deserialize)]
@@ -61,8 +79,16 @@ enum Wire {
         matched: usize,
         delivered: usize,
     },
-    /// Connection `conn` of the sending node acknowledged message `id`.
-    Ack { id: String, conn: u64 },
+    /// Connection `conn` of the node sending this acknowledged message `id`,
+    /// which it owed to the send with `ticket` on the node receiving this
+    /// (`None`: from a node of an older version, or for a sender that named
+    /// no ticket).
+    Ack {
+        id: String,
+        conn: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<u64>,
+    },
     /// Acknowledge `id` for local connection `conn`, as if it had acked
     /// itself (an SSE client acking over HTTP on another node), and reply.
     AckFor {
@@ -89,10 +115,16 @@ struct WireMsg {
     /// The payload's JSON text.
     data: String,
     ack: bool,
-    /// How long the sender may still take an ack ([`Targeted::ack_wait`]).
+    /// How long the sender may still take an ack ([`Targeted::ack_wait`]);
+    /// read by nodes of older versions only.
     #[serde(default = "default_ack_wait_ms")]
     wait_ms: u64,
     time_ms: u64,
+    /// With `ack`, the ticket of the send on the sending node this delivery
+    /// is for; receivers' acks carry it back. Absent from a node of an older
+    /// version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ticket: Option<u64>,
 }
 
 fn default_ack_wait_ms() -> u64 {
@@ -140,6 +172,7 @@ impl From<&Targeted> for WireMsg {
             ack: m.ack,
             wait_ms: m.ack_wait.as_millis() as u64,
             time_ms: m.time_ms,
+            ticket: None,
         }
     }
 }
@@ -157,33 +190,6 @@ impl From<WireMsg> for Targeted {
     }
 }
 
-/// The node to route each ack to, per message id delivered here for a
-/// sender on another node. A route is kept while its sender may still take
-/// the ack, then dropped on a later insert: the table stays within about
-/// twice the routes in use, and never loses one of those.
-#[derive(Default)]
-struct Origins {
-    /// Origin node and until when its sender waits, by message id.
-    by_id: HashMap<Arc<str>, (String, Instant)>,
-    /// Size at which expired routes are looked for next.
-    sweep_at: usize,
-}
-
-impl Origins {
-    fn insert(&mut self, id: Arc<str>, node: String, wait: Duration) {
-        if self.by_id.len() >= self.sweep_at {
-            let now = Instant::now();
-            self.by_id.retain(|_, (_, until)| *until > now);
-            self.sweep_at = (self.by_id.len() * 2).max(MIN_ORIGINS_SWEEP);
-        }
-        self.by_id.insert(id, (node, Instant::now() + wait));
-    }
-
-    fn take(&mut self, id: &str) -> Option<String> {
-        self.by_id.remove(id).map(|(node, _)| node)
-    }
-}
-
 /// Cross-node targeting state of one node.
 pub(crate) struct Router {
     /// This node's directory of identified connections.
@@ -194,8 +200,6 @@ pub(crate) struct Router {
     waiting_acks: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     /// Next request number.
     next_req: AtomicU64,
-    /// Origin node per remote message id delivered here with `ack`.
-    origins: Mutex<Origins>,
     /// `find_any` rotation over candidate nodes, per filter.
     rotation: Mutex<HashMap<Vec<(String, String)>, u64>>,
     /// The pairs the sync task last wrote to the registry, for
@@ -210,7 +214,6 @@ impl Router {
             waiting: Mutex::default(),
             waiting_acks: Mutex::default(),
             next_req: AtomicU64::new(1),
-            origins: Mutex::default(),
             rotation: Mutex::default(),
             registered: Mutex::default(),
         }
@@ -227,12 +230,19 @@ pub(crate) async fn send(
     let me = inner.config.node_id.as_str();
     let mut nodes = candidates(inner, filter).await?;
     nodes.sort();
+    // The send on this node waiting for the ack: other nodes' receivers
+    // owe their ack to it, and name it when they ack.
+    let ticket = if msg.ack {
+        router.directory.waiting_ticket(&msg.id)
+    } else {
+        None
+    };
     if !filter.find_any {
         let mut total = SendOutcome::default();
         let remote: Vec<&String> = nodes.iter().filter(|n| n.as_str() != me).collect();
         let requests = remote
             .iter()
-            .map(|node| request(inner, router, node, filter, &msg));
+            .map(|node| request(inner, router, node, filter, &msg, ticket));
         let local = router.directory.deliver(filter, &msg);
         total.matched += local.matched;
         total.delivered += local.delivered;
@@ -273,7 +283,7 @@ pub(crate) async fn send(
         let outcome = if node == me {
             router.directory.deliver(filter, &msg)
         } else {
-            match request(inner, router, node, filter, &msg).await? {
+            match request(inner, router, node, filter, &msg, ticket).await? {
                 Asked::Answered(outcome) => outcome,
                 Asked::Gone => SendOutcome::default(),
                 // It may still deliver: asking the next node could make
@@ -299,24 +309,28 @@ pub(crate) async fn send(
     })
 }
 
-/// Routes an ack of `id` by local connection `conn` to the node that sent
-/// the message (or resolves it here when it was sent here).
+/// Routes an ack of `id` by local connection `conn` to the send it answers,
+/// `to`: on the node that sent the message, with that send's ticket, or
+/// here when it was sent here.
 pub(crate) async fn ack(
     inner: &Arc<Inner>,
     router: &Router,
     id: &str,
     conn: ConnId,
+    to: AckTo,
 ) -> Result<bool, BrokerError> {
-    let origin = router.origins.lock().take(id);
-    match origin {
-        Some(node) if node != inner.config.node_id => {
+    match to {
+        AckTo::Node { node, ticket } if *node != inner.config.node_id => {
             let wire = Wire::Ack {
                 id: id.to_owned(),
                 conn,
+                ticket,
             };
             super::send_to_node(inner, &node, encode(&wire)).await
         }
-        _ => Ok(router.directory.ack_received(id, conn)),
+        AckTo::Node { ticket, .. } => Ok(router.directory.ack_received(id, conn, ticket)),
+        AckTo::Here(ticket) => Ok(router.directory.ack_received(id, conn, Some(ticket))),
+        AckTo::Nobody => Ok(false),
     }
 }
 
@@ -341,20 +355,25 @@ pub(crate) async fn ack_for(
     Ok(acked.reply().unwrap_or(false))
 }
 
-/// Asks `node` to deliver; waits for its counts (bounded by the broker timeout).
+/// Asks `node` to deliver `msg` for send `ticket` of this node; waits for
+/// its counts (bounded by the broker timeout).
 async fn request(
     inner: &Arc<Inner>,
     router: &Router,
     node: &str,
     filter: &Filter,
     msg: &Targeted,
+    ticket: Option<u64>,
 ) -> Result<Asked<SendOutcome>, BrokerError> {
     let from = inner.config.node_id.clone();
     let wire = |req| Wire::Send {
         from,
         req,
         filter: filter.into(),
-        msg: msg.into(),
+        msg: WireMsg {
+            ticket,
+            ..msg.into()
+        },
     };
     ask(inner, router, &router.waiting, node, wire).await
 }
@@ -424,12 +443,14 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
             msg,
         } => {
             let filter = Filter::from(filter);
+            let ticket = msg.ticket;
             let msg = Targeted::from(msg);
-            if msg.ack {
-                let mut origins = router.origins.lock();
-                origins.insert(msg.id.clone(), from.clone(), msg.ack_wait);
-            }
-            let outcome = router.directory.deliver(&filter, &msg);
+            // Receivers owe their acks to send `ticket` of `from`, never to
+            // a send of the same id on this node.
+            let outcome =
+                router
+                    .directory
+                    .deliver_for(Arc::from(from.as_str()), ticket, &filter, &msg);
             let reply = Wire::Sent {
                 req,
                 matched: outcome.matched,
@@ -449,8 +470,8 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
                 let _ = tx.send(SendOutcome { matched, delivered });
             }
         }
-        Wire::Ack { id, conn } => {
-            router.directory.ack_received(&id, conn);
+        Wire::Ack { id, conn, ticket } => {
+            router.directory.ack_received(&id, conn, ticket);
         }
         Wire::AckFor {
             from,
@@ -464,10 +485,11 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
                 // As Engine::acknowledge: the answer is whether `conn` owed
                 // the ack; the sender learns of it through `ack`.
                 let owed = router.directory.acknowledge(conn, &id);
-                if owed {
-                    let _ = ack(&inner, &router, &id, conn).await;
+                let acked = owed.is_some();
+                if let Some(to) = owed {
+                    let _ = ack(&inner, &router, &id, conn, to).await;
                 }
-                let reply = Wire::AckedFor { req, acked: owed };
+                let reply = Wire::AckedFor { req, acked };
                 let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
             });
         }
@@ -618,4 +640,54 @@ pub(crate) async fn unregister(
     pipe.query_async::<()>(&mut conn)
         .await
         .map_err(|e| inner.failed(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_and_acks_name_the_send_and_read_without_it() {
+        let mut msg = Targeted::new(Bytes::from_static(b"1"));
+        msg.ack = true;
+        let send = Wire::Send {
+            from: "A".into(),
+            req: 1,
+            filter: (&Filter::default()).into(),
+            msg: WireMsg {
+                ticket: Some(u64::MAX),
+                ..(&msg).into()
+            },
+        };
+        let json: serde_json::Value = serde_json::from_slice(&encode(&send)).unwrap();
+        assert_eq!(json["msg"]["ticket"], u64::MAX);
+
+        // From a node of an older version: no ticket, no wait.
+        let old = r#"{"t":"send","from":"A","req":1,
+            "filter":{"dims":[],"find_any":false,"exclude":[]},
+            "msg":{"id":"x","event":null,"data":"1","ack":true,"time_ms":0}}"#;
+        let Ok(Wire::Send { msg, .. }) = serde_json::from_str::<Wire>(old) else {
+            panic!("an older send is read");
+        };
+        assert_eq!((msg.ticket, msg.wait_ms), (None, DEFAULT_ACK_WAIT_MS));
+
+        // An ack names its send when it has one, and only then.
+        let ack = |ticket| {
+            encode(&Wire::Ack {
+                id: "x".into(),
+                conn: 3,
+                ticket,
+            })
+        };
+        assert_eq!(&ack(None)[..], br#"{"t":"ack","id":"x","conn":3}"#);
+        assert_eq!(
+            &ack(Some(9))[..],
+            br#"{"t":"ack","id":"x","conn":3,"ticket":9}"#
+        );
+        let old = r#"{"t":"ack","id":"x","conn":3}"#;
+        assert!(matches!(
+            serde_json::from_str::<Wire>(old),
+            Ok(Wire::Ack { ticket: None, .. })
+        ));
+    }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_core::identity::{Directory, Filter, SendOutcome, Targeted};
+use herald_core::identity::{AckTo, Directory, Filter, SendOutcome, Targeted};
 use herald_core::{
     Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, Publication,
     Published, Record, StoredPage,
@@ -440,10 +440,19 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn ack(&self, local: &Directory, id: &str, conn: ConnId) -> Result<bool, BrokerError> {
+    async fn ack(
+        &self,
+        local: &Directory,
+        id: &str,
+        conn: ConnId,
+        to: AckTo,
+    ) -> Result<bool, BrokerError> {
         match self.router.get() {
-            Some(router) => identity::ack(&self.inner, router, id, conn).await,
-            None => Ok(local.ack_received(id, conn)),
+            Some(router) => identity::ack(&self.inner, router, id, conn, to).await,
+            None => Ok(match to {
+                AckTo::Here(ticket) => local.ack_received(id, conn, Some(ticket)),
+                AckTo::Nobody | AckTo::Node { .. } => false,
+            }),
         }
     }
 
