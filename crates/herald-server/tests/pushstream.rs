@@ -823,6 +823,81 @@ async fn events_channel_reports_subscriptions() {
     );
 }
 
+/// However first subscribers (streams, WebSockets) and a publisher race on
+/// new channels, the events channel announces each one once. Each
+/// subscriber asks for many new channels, half of them in reverse order, so
+/// that subscribers meet on channels that are new to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_subscribers_announce_a_new_channel_once() {
+    const ROUNDS: usize = 4;
+    const CHANNELS: usize = 256;
+    const STREAMS: usize = 4;
+    const SOCKETS: usize = 4;
+    let s = server_with(|c| {
+        c.limits.max_channels_per_connection = CHANNELS;
+        c.pushstream.events_channel_id = "events".into();
+        c.pushstream.allow_connections_to_events_channel = true;
+        c.pushstream.message_template = "~text~\n".into();
+    })
+    .await;
+    let mut events = Body::open(s.http("/ps/sub/events"), &[]).await;
+    let mut held = Vec::new();
+    let mut sockets = Vec::new();
+    for round in 0..ROUNDS {
+        let mut names: Vec<String> = (0..CHANNELS).map(|i| format!("r{round}c{i}")).collect();
+        let forward = names.join("/");
+        names.reverse();
+        let backward = names.join("/");
+        let paths = |mode: &str| {
+            [
+                format!("/ps/{mode}/{forward}"),
+                format!("/ps/{mode}/{backward}"),
+            ]
+        };
+        let (subs, ws) = (paths("sub"), paths("ws"));
+        let streams = (0..STREAMS).map(|i| Body::open(s.http(&subs[i % 2]), &[]));
+        let opened = (0..SOCKETS).map(|i| s.ws(&ws[i % 2]));
+        let middle = format!("r{round}c{}", CHANNELS / 2);
+        let (streams, opened, res) = tokio::join!(
+            futures_util::future::join_all(streams),
+            futures_util::future::join_all(opened),
+            publish(&s, &middle, "first", None),
+        );
+        assert_eq!(res.status(), 200);
+        assert!(streams.iter().all(|b| b.status == 200));
+        held.extend(streams);
+        sockets.extend(opened);
+    }
+    // Every event above was queued before this subscription's.
+    let sentinel = Body::open(s.http("/ps/sub/sentinel"), &[]).await;
+    let mut created = vec![[0; CHANNELS]; ROUNDS];
+    let mut subscribed = vec![[0; CHANNELS]; ROUNDS];
+    loop {
+        let v = json(&events.until("\n").await);
+        let channel = v["channel"].as_str().unwrap();
+        if channel == "sentinel" {
+            if v["type"] == "client_subscribed" {
+                break;
+            }
+            continue;
+        }
+        let (round, i) = channel[1..].split_once('c').unwrap();
+        let (round, i): (usize, usize) = (round.parse().unwrap(), i.parse().unwrap());
+        match v["type"].as_str().unwrap() {
+            "channel_created" => created[round][i] += 1,
+            "client_subscribed" => subscribed[round][i] += 1,
+            other => panic!("unexpected {other:?} for {channel}"),
+        }
+    }
+    assert_eq!(subscribed, vec![[STREAMS + SOCKETS; CHANNELS]; ROUNDS]);
+    assert_eq!(
+        created,
+        vec![[1; CHANNELS]; ROUNDS],
+        "channel_created per channel"
+    );
+    drop((held, sockets, sentinel));
+}
+
 /// One message of a `~id~|~time~|~tag~|~text~` body: id, (seconds, tag), text.
 fn parse_marked(body: &str) -> Vec<(i64, (u64, u64), String)> {
     body.lines()

@@ -63,9 +63,10 @@ async fn publish_events(
 static CREATING: LazyLock<Box<[Mutex<()>]>> =
     LazyLock::new(|| (0..256).map(|_| Mutex::new(())).collect());
 
-/// With the events channel on, waits until no other publish on this node
-/// is between asking whether `key` [`is_new`] and publishing to it: hold it
-/// across both, so that of first publishes racing on one node only one
+/// With the events channel on, waits until no other publish or subscription
+/// on this node is between asking whether `key` [`is_new`] and making it
+/// exist (publishing to it, subscribing to it): hold it across both, so that
+/// of first publishers and subscribers racing on one node only one
 /// announces the channel. `None` when there is nothing to announce.
 pub(crate) async fn creating(state: &PsState, key: &ChannelKey) -> Option<MutexGuard<'static, ()>> {
     if state.cfg.events_channel_id.is_empty() {

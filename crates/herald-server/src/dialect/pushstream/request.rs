@@ -276,6 +276,11 @@ pub(crate) async fn subscribe(
     presence: &mut Presence,
 ) -> Result<(), Refusal> {
     for (key, backtrack) in &sub.channels {
+        // Held from asking whether the channel is new until this
+        // subscription made it exist and announced it, as publishers hold
+        // it: of first subscribers and publishers racing on this node, one
+        // announces the channel.
+        let creating = events::creating(state, key).await;
         let created = events::is_new(state, key).await;
         let (backtrack, since) = (*backtrack, sub.since);
         let last_event_id = sub.last_event_id.as_deref();
@@ -285,6 +290,7 @@ pub(crate) async fn subscribe(
             .await
             .map_err(|e| Refusal::new(e.status, e.message))?;
         presence.joined(key, created);
+        drop(creating);
     }
     Ok(())
 }
