@@ -93,7 +93,13 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(res.status(), 200, "publish {body}");
-        res.json().await.unwrap()
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let length = res
+            .content_length()
+            .expect("a publish's answer has a length");
+        let answer = res.bytes().await.unwrap();
+        assert_eq!(answer.len() as u64, length);
+        serde_json::from_slice(&answer).unwrap()
     }
 
     /// Starts shutdown and waits for `run` to return.
