@@ -240,10 +240,7 @@ pub struct ServerConfig {
 }
 
 /// The listener's certificate. With both files set the listener speaks TLS
-/// only. [`Config::validate`] reads them, and the server starts with what
-/// it read (the configuration keeps it, clones included) rather than
-/// reading them again; `Server::tls_reloader` rereads them (the binary does
-/// on SIGHUP).
+/// only; `Server::tls_reloader` rereads them (the binary does on SIGHUP).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -251,38 +248,12 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of that certificate: PKCS#8, PKCS#1 or SEC1.
     pub key_file: Option<PathBuf>,
-    /// The two files as loaded, for these paths, until a server takes them.
-    #[serde(skip)]
-    loaded: crate::tls::Loaded,
 }
 
 impl TlsConfig {
     /// The certificate and key files, when TLS is on.
     pub fn files(&self) -> Option<(&Path, &Path)> {
         Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
-    }
-
-    /// What the listener handshakes with, `None` when TLS is off: the files
-    /// are read and parsed on the first call, later calls (for the same
-    /// paths) answer the same without reading them again.
-    pub(crate) fn server_config(
-        &self,
-    ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, crate::tls::TlsError> {
-        let Some((cert, key)) = self.files() else {
-            return Ok(None);
-        };
-        self.loaded.get_or_load(cert, key).map(Some)
-    }
-
-    /// The same, for the server to start with: this configuration lets go
-    /// of it, so that it does not outlive a reload.
-    pub(crate) fn take_server_config(
-        &self,
-    ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, crate::tls::TlsError> {
-        let Some((cert, key)) = self.files() else {
-            return Ok(None);
-        };
-        self.loaded.take_or_load(cert, key).map(Some)
     }
 }
 
@@ -585,8 +556,7 @@ impl Config {
     }
 
     /// Checks relations between keys that types cannot express, and that
-    /// the TLS files load (loaded once: a server started with this
-    /// configuration, or a clone of it, serves what was read here).
+    /// the TLS files load.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.connection;
         if c.lifetime_min > c.lifetime_max {
@@ -672,9 +642,9 @@ impl Config {
                 "server.tls.cert_file and server.tls.key_file must be set together".into(),
             ));
         }
-        // Kept for the server to start with: the files are read once.
-        tls.server_config()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        if let Some((cert, key)) = tls.files() {
+            crate::tls::server_config(cert, key).map_err(|e| ConfigError(e.to_string()))?;
+        }
         Ok(())
     }
 }

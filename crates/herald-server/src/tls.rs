@@ -1,12 +1,11 @@
-//! TLS on the listener: the certificate files, loaded once at start (by the
-//! configuration's validation, which hands them to the server) and reloaded
+//! TLS on the listener: the certificate files, loaded at start and reloaded
 //! on request (the binary does on SIGHUP).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -95,14 +94,12 @@ struct Inner {
 }
 
 impl TlsReloader {
-    /// Serves what `config` loaded (see [`TlsConfig::server_config`]: a
-    /// validated configuration hands over what validation read, so start-up
-    /// reads the files once); `None` when TLS is off.
+    /// Loads the files `config` names; `None` when TLS is off.
     pub(crate) fn load(config: &TlsConfig) -> Result<Option<Self>, TlsError> {
-        let (Some((cert, key)), Some(current)) = (config.files(), config.take_server_config()?)
-        else {
+        let Some((cert, key)) = config.files() else {
             return Ok(None);
         };
+        let current = server_config(cert, key)?;
         Ok(Some(Self(Arc::new(Inner {
             cert_file: cert.to_owned(),
             key_file: key.to_owned(),
@@ -133,77 +130,12 @@ impl TlsReloader {
     }
 }
 
-/// The certificate and key a [`TlsConfig`] names, once loaded: kept with
-/// the configuration (and its clones) until a server takes them, so that
-/// validating it and starting the server with it read and parse the files
-/// once. Only [`TlsReloader::reload`] reads them again.
-#[derive(Default)]
-pub(crate) struct Loaded(Mutex<Option<LoadedFiles>>);
-
-/// A server configuration and the files it was loaded from.
-#[derive(Clone)]
-struct LoadedFiles {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    config: Arc<rustls::ServerConfig>,
-}
-
-impl Loaded {
-    /// The server configuration of `cert` and `key`: the one loaded before
-    /// from these very paths, else read and parsed now (and kept, when it
-    /// loads).
-    pub(crate) fn get_or_load(
-        &self,
-        cert: &Path,
-        key: &Path,
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let mut slot = self.0.lock();
-        if let Some(loaded) = slot.as_ref()
-            && loaded.cert_file == cert
-            && loaded.key_file == key
-        {
-            return Ok(loaded.config.clone());
-        }
-        let config = server_config(cert, key)?;
-        *slot = Some(LoadedFiles {
-            cert_file: cert.to_owned(),
-            key_file: key.to_owned(),
-            config: config.clone(),
-        });
-        Ok(config)
-    }
-
-    /// The same, keeping nothing.
-    pub(crate) fn take_or_load(
-        &self,
-        cert: &Path,
-        key: &Path,
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let config = self.get_or_load(cert, key)?;
-        *self.0.lock() = None;
-        Ok(config)
-    }
-}
-
-impl Clone for Loaded {
-    fn clone(&self) -> Self {
-        Self(Mutex::new(self.0.lock().clone()))
-    }
-}
-
-impl std::fmt::Debug for Loaded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.lock().is_some() {
-            "Loaded"
-        } else {
-            "NotLoaded"
-        })
-    }
-}
-
 /// A server configuration for the chain in `cert` and the key in `key`:
 /// HTTP/1.1 only (Herald does not speak HTTP/2), with `ring`.
-fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub(crate) fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     const CERT: &str = "server.tls.cert_file";
     const KEY: &str = "server.tls.key_file";
     let chain = CertificateDer::pem_slice_iter(&read(CERT, cert)?)

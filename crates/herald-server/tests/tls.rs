@@ -584,49 +584,6 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
     files.config().validate().expect("valid files");
 }
 
-/// Start-up reads the certificate files once: validating the configuration
-/// loads them, and a server started with it (or a clone of it) serves what
-/// was read then. Only a reload reads the files again, and a configuration
-/// naming other files loads those.
-#[tokio::test]
-async fn a_validated_configuration_hands_its_certificate_to_the_server() {
-    let first = Ca::new("Herald first CA");
-    let later = Ca::new("Herald later CA");
-    let files = Files::new();
-    files.install(&first, KeyFormat::Pkcs8);
-    let config = files.config();
-    config.validate().expect("valid files");
-    // Files that no longer load: only a second read would notice.
-    std::fs::write(files.cert(), "not a certificate\n").unwrap();
-    std::fs::remove_file(files.key()).unwrap();
-    config.validate().expect("validated once already");
-    let server = Server::bind(config.clone())
-        .await
-        .expect("starts with what validation read");
-    let reloader = server.tls_reloader().expect("TLS is configured");
-    let server = TestServer::run(server);
-    assert_served(&server, &first, "the certificate validation read").await;
-
-    let e = reloader.reload().expect_err("a reload reads the files");
-    assert!(matches!(e, TlsError::NoCertificate { .. }), "{e}");
-    assert_served(&server, &first, "after a failed reload").await;
-    files.install(&later, KeyFormat::Pkcs8);
-    reloader.reload().expect("the new files load");
-    assert_served(&server, &later, "after the reload").await;
-
-    let mut moved = config;
-    let missing = files.dir.path().join("missing.pem");
-    moved.server.tls.key_file = Some(missing.clone());
-    let e = moved
-        .validate()
-        .expect_err("other files are read")
-        .to_string();
-    assert!(
-        e.contains("cannot read server.tls.key_file") && e.contains(&missing.display().to_string()),
-        "{e}"
-    );
-}
-
 /// Over TLS too, a request that does not parse gets a JSON error, and the
 /// connection closes after it.
 #[tokio::test]

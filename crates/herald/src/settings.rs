@@ -100,33 +100,6 @@ fn redact(value: &mut toml::Value) {
 mod tests {
     use super::*;
 
-    /// `herald serve` reads the TLS files once: the settings, validated on
-    /// loading, hand what they read to the server.
-    #[tokio::test]
-    async fn the_server_starts_with_the_tls_files_the_settings_loaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-        let signing_key = rcgen::KeyPair::generate().unwrap();
-        std::fs::write(&cert, params.self_signed(&signing_key).unwrap().pem()).unwrap();
-        std::fs::write(&key, signing_key.serialize_pem()).unwrap();
-        let file = dir.path().join("herald.toml");
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            cert.display().to_string(),
-            key.display().to_string(),
-        );
-        std::fs::write(&file, toml).unwrap();
-        let settings = load(Some(&file)).expect("valid settings");
-        // Gone: a second read would fail.
-        std::fs::remove_file(&cert).unwrap();
-        std::fs::remove_file(&key).unwrap();
-        let server = herald_server::Server::bind(settings.server)
-            .await
-            .expect("starts with what loading the settings read");
-        assert!(server.tls_reloader().is_some());
-    }
-
     #[test]
     fn secrets_are_redacted_and_the_rest_kept() {
         let mut config = Settings::default();
