@@ -2,11 +2,14 @@
 //! provider (retrying what the provider asks to have retried), then report
 //! the answer as a feedback record, stats, and a dead-token deletion.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -17,7 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::MobileConfig;
 use crate::message::{self, Notification};
@@ -252,7 +255,8 @@ impl Mobile {
     /// Consumes until `shutdown` resolves, then lets in-flight pushes finish
     /// (up to the graceful timeout, after which they are cancelled: their
     /// offsets are not committed, so Kafka resends them), commits, and flushes
-    /// feedback and stats.
+    /// feedback and stats. A push that panics is logged, counted as failed
+    /// (`internal-error`) and its message skipped.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let permits = self.shared.permits.clone();
         let mut tasks = JoinSet::new();
@@ -300,9 +304,18 @@ impl Mobile {
             while tasks.try_join_next().is_some() {}
             let shared = self.shared.clone();
             tasks.spawn(async move {
-                let feedback = shared.handle(&job).await;
-                drop(permit);
-                feedback.delivered().await;
+                // A panic is caught so its offset still settles; a cancel at
+                // shutdown is not a panic, so that offset stays unsettled.
+                let pushed = AssertUnwindSafe(async {
+                    let feedback = shared.handle(&job).await;
+                    drop(permit);
+                    feedback.delivered().await;
+                })
+                .catch_unwind()
+                .await;
+                if let Err(panic) = pushed {
+                    shared.panicked(&job, &*panic);
+                }
                 shared.done(&job);
             });
         }
@@ -464,6 +477,21 @@ impl Shared {
                     return Feedback(None);
                 }
             }
+        }
+    }
+
+    /// Reports a push that panicked. Its message is skipped, not left in
+    /// flight: that would hold the partition's committed offset back for
+    /// good, and a poison message would panic again on every resend.
+    fn panicked(&self, job: &Job, panic: &(dyn Any + Send)) {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        error!(topic = %job.topic, partition = job.partition, offset = job.offset, panic = %msg, "Push task panicked; message skipped.");
+        if let Some(route) = topic::route(&job.topic) {
+            self.stats.failed(&route, "internal-error");
         }
     }
 

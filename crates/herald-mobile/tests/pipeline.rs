@@ -3,13 +3,16 @@
 //! servers that speak the real protocols, feedback read back from Kafka, dead tokens
 //! deleted from a real PostgreSQL, stats received over UDP as StatsD lines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_mobile::provider::apns::ApnsConfig;
 use herald_mobile::provider::fcm::FcmConfig;
 use herald_mobile::provider::webpush::WebPushConfig;
-use herald_mobile::{Mobile, MobileConfig, MobileMetrics};
+use herald_mobile::{
+    Mobile, MobileConfig, MobileMetrics, Platform, Provider, Push, Rejection, Sent,
+};
 use herald_testkit::apns::MockApns;
 use herald_testkit::fcm::{FcmError, MockFcm};
 use herald_testkit::kafka::Kafka;
@@ -21,6 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -159,7 +163,18 @@ struct Running {
 
 impl Running {
     async fn start(config: &MobileConfig) -> Running {
-        let mobile = Mobile::start(config).await.unwrap();
+        Self::run(Mobile::start(config).await.unwrap())
+    }
+
+    /// A pipeline sending through `providers` instead of the configured ones.
+    async fn with_providers(
+        config: &MobileConfig,
+        providers: HashMap<Platform, Arc<dyn Provider>>,
+    ) -> Running {
+        Self::run(Mobile::with_providers(config, providers).await.unwrap())
+    }
+
+    fn run(mobile: Mobile) -> Running {
         let metrics = mobile.metrics();
         let stop = CancellationToken::new();
         let task = tokio::spawn(mobile.run(stop.clone().cancelled_owned()));
@@ -704,4 +719,85 @@ async fn the_http_door_keeps_to_mobile_concurrency() {
         2,
         "mobile.concurrency bounds the HTTP door's pushes"
     );
+}
+
+/// An APNs provider for the app `game` that takes every push but panics on
+/// the token `poison`, as a provider bug would; it reports each token it is
+/// handed, panicking or not.
+struct PanickingApns(mpsc::UnboundedSender<String>);
+
+#[async_trait::async_trait]
+impl Provider for PanickingApns {
+    fn platform(&self) -> Platform {
+        Platform::Apns
+    }
+
+    fn serves(&self, app: &str) -> bool {
+        app == "game"
+    }
+
+    async fn send(&self, push: &Push) -> Result<Sent, Rejection> {
+        let _ = self.0.send(push.token.clone());
+        if push.token == "poison" {
+            panic!("provider bug on a poison push");
+        }
+        Ok(Sent { id: None })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_push_is_counted_and_skipped_so_its_partition_moves_on() {
+    let rig = Rig::start().await;
+    let mut config = rig.config("panic-group");
+    config.invalid_tokens.postgres_url = String::new();
+    let (tx, mut handed) = mpsc::unbounded_channel();
+    let providers = HashMap::from([(
+        Platform::Apns,
+        Arc::new(PanickingApns(tx)) as Arc<dyn Provider>,
+    )]);
+    let mut next = async || {
+        tokio::time::timeout(STEP, handed.recv())
+            .await
+            .expect("a push reaches the provider")
+            .unwrap()
+    };
+
+    let running = Running::with_providers(&config, providers.clone()).await;
+    for token in ["poison", "after"] {
+        rig.produce(
+            APNS_TOPIC,
+            json!({"DeviceToken": token, "Payload": {"aps": {}}}),
+        )
+        .await;
+    }
+    let first = BTreeSet::from([next().await, next().await]);
+    assert_eq!(first, BTreeSet::from(["after".into(), "poison".into()]));
+    // The stop waits for both pushes' tasks, then commits.
+    let metrics = running.stop().await;
+
+    // Both offsets were settled and committed: a new run resends neither.
+    // A resend would come before `fresh` on the partition, so its task would
+    // be among those the stop waits for; the order tasks run in is not kept.
+    let running = Running::with_providers(&config, providers).await;
+    rig.produce(
+        APNS_TOPIC,
+        json!({"DeviceToken": "fresh", "Payload": {"aps": {}}}),
+    )
+    .await;
+    let mut second = Vec::new();
+    while second.last().is_none_or(|t| t != "fresh") {
+        second.push(next().await);
+    }
+    running.stop().await;
+    while let Ok(token) = handed.try_recv() {
+        second.push(token);
+    }
+    assert_eq!(second, ["fresh"], "settled messages were resent");
+
+    for line in [
+        r#"herald_mobile_failed_total{platform="apns",app="game",reason="internal-error"} 1"#,
+        r#"herald_mobile_acked_total{platform="apns",app="game"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
