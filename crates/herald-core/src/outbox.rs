@@ -4,12 +4,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::message::{Format, Message};
@@ -95,7 +96,38 @@ pub struct Outbox {
     /// Frames and their byte total; held only for O(1) pushes and drains.
     state: Mutex<State>,
     /// Wakes the writer when frames arrive or the outbox closes.
-    notify: Notify,
+    wakeup: Wakeup,
+}
+
+/// Wakes the one task that writes an outbox. A flag and that task's waker:
+/// tokio's `Notify` would lock its list of waiters on every poll, and an
+/// outbox never has more than one waiting task.
+#[derive(Default)]
+struct Wakeup {
+    /// Set by a wake, cleared by the wait that sees it: a wake with nobody
+    /// waiting is kept for the next wait, so none is lost.
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the check and the registration found no waker.
+        if self.set.swap(false, Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// One queued write.
@@ -146,7 +178,7 @@ impl Outbox {
             format,
             limit,
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            wakeup: Wakeup::default(),
         }
     }
 
@@ -212,7 +244,7 @@ impl Outbox {
             if taken.frames == 1 {
                 if taken.partial {
                     drop(state);
-                    self.notify.notify_one();
+                    self.wakeup.wake();
                 }
                 return Pushed::Queued;
             }
@@ -254,13 +286,13 @@ impl Outbox {
             return;
         }
         drop(state);
-        self.notify.notify_one();
+        self.wakeup.wake();
     }
 
     fn enqueue(&self, state: parking_lot::MutexGuard<'_, State>, frame: Frame) -> Pushed {
         let (pushed, first) = self.enqueue_quietly(state, frame);
         if first {
-            self.notify.notify_one();
+            self.wakeup.wake();
         }
         pushed
     }
@@ -281,7 +313,7 @@ impl Outbox {
             state.bytes = 0;
             state.replayed = 0;
             drop(state);
-            self.notify.notify_one();
+            self.wakeup.wake();
             return (Pushed::Overflowed, false);
         }
         state.bytes += len;
@@ -353,12 +385,14 @@ impl Outbox {
             state.closed = Some(why);
         }
         drop(state);
-        self.notify.notify_one();
+        self.wakeup.wake();
     }
 
-    /// Resolves once frames are queued or the outbox closed since the last drain.
+    /// Resolves once frames are queued or the outbox closed since the last
+    /// drain. Only the connection's own task waits: of two tasks waiting at
+    /// once, one would not be woken.
     pub async fn ready(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.wakeup.poll(cx)).await;
     }
 
     /// Bytes waiting to be written.
@@ -519,6 +553,6 @@ mod tests {
         o.push(Bytes::from_static(b"x"));
         tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
             .await
-            .expect("permit stored by notify_one");
+            .expect("a wake before the wait is kept");
     }
 }
