@@ -102,10 +102,7 @@ pub trait Broker: Send + Sync + 'static {
         conn: ConnId,
         to: AckTo,
     ) -> Result<bool, BrokerError> {
-        Ok(match to {
-            AckTo::Here(ticket) => local.ack_received(id, conn, Some(ticket)),
-            AckTo::Nobody | AckTo::Node { .. } => false,
-        })
+        Ok(local.ack_here(id, conn, &to))
     }
 
     /// This node's name among the broker's nodes; `None` for a broker that

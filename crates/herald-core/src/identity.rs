@@ -513,6 +513,16 @@ impl Directory {
         })
     }
 
+    /// `conn`'s ack of `id`, owed to `to`, when `to` is a send on this node:
+    /// true when that send still waits, and it ends. What a broker linking
+    /// no other nodes does with every ack.
+    pub fn ack_here(&self, id: &str, conn: ConnId, to: &AckTo) -> bool {
+        match to {
+            AckTo::Here(ticket) => self.ack_received(id, conn, Some(*ticket)),
+            AckTo::Nobody | AckTo::Node { .. } => false,
+        }
+    }
+
     /// An ack of `id` by `conn` reached the node waiting for it, for send
     /// `ticket` of this node. True when that send still waits, and it ends.
     ///

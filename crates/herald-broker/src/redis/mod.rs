@@ -449,10 +449,7 @@ impl Broker for RedisBroker {
     ) -> Result<bool, BrokerError> {
         match self.router.get() {
             Some(router) => identity::ack(&self.inner, router, id, conn, to).await,
-            None => Ok(match to {
-                AckTo::Here(ticket) => local.ack_received(id, conn, Some(ticket)),
-                AckTo::Nobody | AckTo::Node { .. } => false,
-            }),
+            None => Ok(local.ack_here(id, conn, &to)),
         }
     }
 
