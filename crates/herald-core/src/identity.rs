@@ -868,14 +868,25 @@ mod tests {
         assert!(dir.expect_ack(msg.id.clone()).is_some(), "id free again");
     }
 
-    #[tokio::test]
-    async fn an_ack_owed_to_an_ended_send_confirms_no_later_one() {
+    /// A directory with connection 1 as user `b` and 2 as user `d`, and a
+    /// message to send them with ack.
+    fn b_and_d_owe_acks() -> (Arc<Directory>, Targeted) {
         let dir = Arc::new(Directory::new());
         add(&dir, 1, &[("user", "b")]);
         add(&dir, 2, &[("user", "d")]);
-        let to = |user: &str| Filter::new(ident(&[("user", user)]));
         let mut msg = Targeted::new(Bytes::from_static(b"1"));
         msg.ack = true;
+        (dir, msg)
+    }
+
+    /// The filter for user `user`.
+    fn to(user: &str) -> Filter {
+        Filter::new(ident(&[("user", user)]))
+    }
+
+    #[tokio::test]
+    async fn an_ack_owed_to_an_ended_send_confirms_no_later_one() {
+        let (dir, msg) = b_and_d_owe_acks();
         let mut first = dir.expect_ack(msg.id.clone()).unwrap();
         let first_ticket = first.ticket;
         dir.deliver(&to("b"), &msg);
@@ -919,12 +930,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_delivery_for_another_node_owes_the_ack_to_that_nodes_send() {
-        let dir = Arc::new(Directory::new());
-        add(&dir, 1, &[("user", "b")]);
-        add(&dir, 2, &[("user", "d")]);
-        let to = |user: &str| Filter::new(ident(&[("user", user)]));
-        let mut msg = Targeted::new(Bytes::from_static(b"1"));
-        msg.ack = true;
+        let (dir, msg) = b_and_d_owe_acks();
         // A send of the same id waits here too: remote deliveries are not
         // its own, and their acks go back to their node with its ticket.
         let mut here = dir.expect_ack(msg.id.clone()).unwrap();
