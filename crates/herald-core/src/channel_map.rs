@@ -18,6 +18,7 @@ const SHARDS: usize = 64;
 /// What one shard holds: each channel with its key.
 type Slots<V> = HashTable<(ChannelKey, Arc<V>)>;
 
+/// Values (the hub's channels) by channel key.
 pub(crate) struct ChannelMap<V> {
     /// Shard `i` holds the keys whose hash has `i` in bits 32–37: the table
     /// inside uses the low bits for its slot and the top seven to tell
@@ -93,8 +94,11 @@ impl<V> ChannelMap<V> {
 
 /// One key's place in its write-locked shard.
 pub(crate) struct Slot<'a, V> {
+    /// The shard, held for as long as the slot is.
     slots: RwLockWriteGuard<'a, Slots<V>>,
+    /// The key's hash, computed once for the lock and every lookup after.
     hash: u64,
+    /// The key whose place this is.
     key: &'a ChannelKey,
 }
 

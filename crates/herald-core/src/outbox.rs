@@ -107,6 +107,7 @@ struct Wakeup {
     /// Set by a wake, cleared by the wait that sees it: a wake with nobody
     /// waiting is kept for the next wait, so none is lost.
     set: AtomicBool,
+    /// The waiting task, as its last poll left it.
     waker: AtomicWaker,
 }
 

@@ -69,8 +69,11 @@ pin_project_lite::pin_project! {
     /// [`Shutdown::signalled`]. A connection's loop polls it at every wake-up
     /// of its task; once registered with that task's waker it only reads a
     /// flag, where the token's own future takes two locks per poll.
+    // (pin-project-lite takes no doc comments on fields.)
     pub struct Signalled<'a> {
+        // The shutdown's flag, read at every poll.
         begun: &'a AtomicBool,
+        // What wakes the task: polled until it holds the task's waker.
         #[pin]
         cancelled: WaitForCancellationFuture<'a>,
         // The waker `cancelled` holds, once it is pending.
