@@ -328,9 +328,9 @@ pub(crate) async fn ack(
             };
             super::send_to_node(inner, &node, encode(&wire)).await
         }
+        // Named by this node's own name: a send here, as `AckTo::Here`.
         AckTo::Node { ticket, .. } => Ok(router.directory.ack_received(id, conn, ticket)),
-        AckTo::Here(ticket) => Ok(router.directory.ack_received(id, conn, Some(ticket))),
-        AckTo::Nobody => Ok(false),
+        here => Ok(router.directory.ack_here(id, conn, &here)),
     }
 }
 
