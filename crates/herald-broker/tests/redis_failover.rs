@@ -20,7 +20,9 @@ async fn restart_fails_fast_while_down_then_resubscribes_by_itself() {
 
     redis.kill();
 
-    // A publish racing the failure is bounded by the operation timeout.
+    // A publish racing the failure is bounded by the operation timeout. It
+    // fails either before it is written or, written into a socket whose EOF
+    // the client has not read yet, with its outcome unknown.
     let started = Instant::now();
     let raced = tokio::time::timeout(
         STEP,
@@ -30,7 +32,10 @@ async fn restart_fails_fast_while_down_then_resubscribes_by_itself() {
     .await
     .expect("publish must not hang");
     assert!(
-        matches!(raced, Err(BrokerError::Unavailable(_))),
+        matches!(
+            raced,
+            Err(BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_))
+        ),
         "{raced:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(1500));
