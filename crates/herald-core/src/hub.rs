@@ -99,6 +99,17 @@ pub struct Subscribed {
     pub position: Position,
 }
 
+/// What a hub holds at one moment, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Channels the hub holds.
+    pub channels: usize,
+    /// Local subscriptions, summed over channels.
+    pub subscriptions: usize,
+    /// Messages kept in the channels' history on this node.
+    pub stored: usize,
+}
+
 /// The local subscription registry and fan-out engine.
 pub struct Hub {
     /// Channels by key, split across shards to spread lock contention.
@@ -661,6 +672,21 @@ impl Hub {
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
     }
+
+    /// Counts channels, subscriptions and stored messages, locking each
+    /// channel only while reading its counts.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        self.channels.for_each_shard(|channels| {
+            for (_, ch) in channels {
+                let inner = ch.inner.lock();
+                census.channels += 1;
+                census.subscriptions += inner.subscribers.len();
+                census.stored += inner.history.len();
+            }
+        });
+        census
+    }
 }
 
 fn new_epoch() -> Arc<str> {
@@ -704,6 +730,26 @@ mod tests {
                 },
             }],
         })
+    }
+
+    #[test]
+    fn census_counts_channels_subscriptions_and_history() {
+        let hub = keeping(2);
+        let (a, b) = (outbox(1), outbox(2));
+        hub.subscribe(&key("h1"), &a);
+        hub.subscribe(&key("h1"), &b);
+        hub.subscribe(&key("x"), &a);
+        for data in ["1", "2", "3"] {
+            publish(&hub, "h1", data);
+        }
+        let census = Census {
+            channels: 2,
+            subscriptions: 3,
+            stored: 2,
+        };
+        assert_eq!(hub.census(), census);
+        hub.unsubscribe(&key("x"), 1);
+        assert_eq!(hub.census().subscriptions, 2);
     }
 
     #[test]

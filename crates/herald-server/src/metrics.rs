@@ -1,11 +1,15 @@
 //! Connection counters and the Prometheus text exposition. Labels are of
-//! bounded cardinality: transport names only, never channels or connections.
+//! bounded cardinality: transport, outcome and broker names only, never
+//! channels or connections.
+
+mod process;
 
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_core::stats::{HubStats, LATENCY_BUCKETS_US, SendStats};
+use herald_core::Engine;
+use herald_core::stats::LATENCY_BUCKETS_US;
 
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +97,10 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format.
-    pub(crate) fn render(&self, hub: &HubStats, send: &SendStats) -> String {
-        let mut out = String::with_capacity(4096);
+    pub(crate) fn render(&self, engine: &Engine) -> String {
+        let mut out = String::with_capacity(8192);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (hub, send) = (engine.hub().stats(), engine.send_stats());
 
         header(
             &mut out,
@@ -204,6 +209,43 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
         let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {total}");
+        // Counted at scrape time, so publishing and delivering pay nothing.
+        let census = engine.hub().census();
+        for (name, help, value) in [
+            (
+                "herald_channels",
+                "Channels this node holds.",
+                census.channels,
+            ),
+            (
+                "herald_subscriptions",
+                "Local subscriptions, summed over channels.",
+                census.subscriptions,
+            ),
+            (
+                "herald_history_messages",
+                "Messages kept in this node's channel history.",
+                census.stored,
+            ),
+        ] {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let broker = engine.broker();
+        let name = "herald_broker_ready";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "1 while the broker can take publishes, else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{kind=\"{}\"}} {}",
+            broker.name(),
+            u8::from(broker.is_ready())
+        );
+        process::render(&mut out);
         for render in self.extra.read().iter() {
             render(&mut out);
         }
@@ -232,9 +274,13 @@ mod tests {
         assert!(m.open(Transport::Ws, 2).is_none());
         drop(a);
         assert_eq!(m.connections(), 1);
-        let text = m.render(&HubStats::default(), &SendStats::default());
+        let hub = Arc::new(herald_core::Hub::new());
+        let broker = Arc::new(herald_broker::MemoryBroker::new(hub.clone()));
+        let text = m.render(&Engine::new(hub, broker));
         assert!(text.contains("herald_connections{transport=\"sse\"} 1"));
         assert!(text.contains("herald_connections_refused_total 1"));
         assert!(text.contains("herald_fanout_latency_seconds_bucket{le=\"+Inf\"} 0"));
+        assert!(text.contains("\nherald_subscriptions 0\n"));
+        assert!(text.contains("\nherald_broker_ready{kind=\"memory\"} 1\n"));
     }
 }

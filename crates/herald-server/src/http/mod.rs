@@ -199,10 +199,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let engine = &state.engine;
-    let text = state
-        .metrics
-        .render(engine.hub().stats(), engine.send_stats());
+    let text = state.metrics.render(&state.engine);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
