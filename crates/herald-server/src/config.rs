@@ -235,6 +235,12 @@ pub struct ServerConfig {
     /// request. Zero waits forever.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Web origins whose pages may use Herald from a browser: `*` for any,
+    /// or origins like `https://app.example.com` (`https://*.example.com`
+    /// for subdomains). Herald's own origin is always allowed; a browser
+    /// request from any other is refused with 403. push-stream's routes
+    /// follow `pushstream.allowed_origins` instead.
+    pub allowed_origins: Vec<String>,
     /// TLS on the listener (`https://`, `wss://`); off unless both files are set.
     pub tls: TlsConfig,
 }
@@ -266,6 +272,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            allowed_origins: vec!["*".into()],
             tls: TlsConfig::default(),
         }
     }
@@ -569,6 +576,7 @@ impl Config {
                 "connection.close_grace must be shorter than connection.lifetime_min".into(),
             ));
         }
+        crate::cors::Origins::parse(&self.server.allowed_origins).map_err(ConfigError)?;
         if c.heartbeat.is_zero() {
             return Err(ConfigError("connection.heartbeat must be positive".into()));
         }

@@ -16,6 +16,7 @@ pub mod state;
 pub mod tls;
 
 mod auth;
+mod cors;
 mod cursor;
 mod dialect;
 mod error;

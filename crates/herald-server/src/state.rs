@@ -6,6 +6,7 @@ use herald_core::{ChannelKey, ChannelNameError, Engine};
 
 use crate::auth::Verifier;
 use crate::config::{Config, ConfigError};
+use crate::cors::Origins;
 use crate::dialect::pushca::Pushca;
 use crate::metrics::Metrics;
 use crate::receivers::ReceiverKeys;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub(crate) pushca: Pushca,
     /// Keys that let SSE connections acknowledge over HTTP.
     pub(crate) receivers: ReceiverKeys,
+    /// Which web origins browsers may call Herald from.
+    pub(crate) origins: Arc<Origins>,
 }
 
 impl std::ops::Deref for AppState {
@@ -50,6 +53,7 @@ impl AppState {
             config.auth.receiver_secret.as_deref(),
             engine.broker().node_id(),
         );
+        let origins = Origins::parse(&config.server.allowed_origins).map_err(ConfigError)?;
         Ok(Self(Arc::new(Inner {
             engine,
             config,
@@ -59,6 +63,7 @@ impl AppState {
             auth,
             pushca,
             receivers,
+            origins: Arc::new(origins),
         })))
     }
 

@@ -1,7 +1,8 @@
 //! The push-stream routes in a real browser: `tests/browser/pushstream.mjs`
 //! drives headless Chromium (playwright-core) against this Herald, with
 //! short TTLs so every transport is forced to reconnect and resume;
-//! `tests/browser/admin.mjs` works push-api's admin page.
+//! `tests/browser/admin.mjs` works push-api's admin page; `tests/browser/native.mjs`
+//! uses the native streams and publish from a page on another origin.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -135,6 +136,31 @@ async fn pushapi_admin_page_in_chromium() {
         Command::new("node")
             .arg("admin.mjs")
             .arg(server.http(""))
+            .current_dir(browser_dir()),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_streams_and_publish_from_another_origin_in_chromium() {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    let open = TestServer::start().await;
+    let closed = TestServer::with(|c| {
+        c.server.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let out = succeeds(
+        Command::new("node")
+            .arg("native.mjs")
+            .arg(open.http(""))
+            .arg(closed.http(""))
             .current_dir(browser_dir()),
         Duration::from_secs(120),
     )

@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::cors::CorsLayer;
 use crate::dialect::native::{channels, poll};
 use serde_json::json;
 
@@ -141,7 +142,16 @@ pub fn router(state: AppState, extra: Extra) -> Router {
             crate::publisher_auth::require,
         ))
     };
-    router.with_state(state)
+    // Outermost, so that refusals of keys and bodies reach the page too.
+    // push-stream's mounts (PushaaS instances' included) answer CORS themselves.
+    let skip = [
+        ps.enabled.then(|| format!("{}/", ps.prefix)),
+        tsuru
+            .enabled
+            .then(|| format!("{}/instances/", tsuru.prefix)),
+    ];
+    let cors = CorsLayer::new(state.origins.clone(), skip.into_iter().flatten().collect());
+    router.layer(cors).with_state(state)
 }
 
 /// Reads a request body of at most `limit` bytes.

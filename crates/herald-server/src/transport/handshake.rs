@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::cors::Allowed;
 use crate::dialect::native;
 use crate::metrics::Transport;
 use crate::shutdown::Shutdown;
@@ -54,11 +55,20 @@ pub(crate) async fn serve(
     let Some(head) = Head::parse(&buf) else {
         return Some((stream, buf.freeze()));
     };
+    // A browser's page from an origin that is not allowed is refused by
+    // the router.
+    let allowed = match head.origin {
+        Some(origin) => match state.origins.allow(origin, head.host) {
+            Some(allowed) => Some((allowed, origin)),
+            None => return Some((stream, buf.freeze())),
+        },
+        None => None,
+    };
     // Herald's own routes, the ones nearly every stream uses; the seeds'
     // routes go through the router.
     let declined = match (head.path, head.ws_key) {
         ("/ws", Some(key)) => open_ws(state, &head, key, &buf[head.len..], stream).await,
-        ("/sse", None) => open_sse(state, &head, stream).await,
+        ("/sse", None) => open_sse(state, &head, allowed, stream).await,
         _ => Err(stream),
     };
     declined.err().map(|stream| (stream, buf.freeze()))
@@ -109,6 +119,7 @@ async fn open_ws(
 async fn open_sse(
     state: &AppState,
     head: &Head<'_>,
+    allowed: Option<(Allowed, &[u8])>,
     mut stream: TcpStream,
 ) -> Result<(), TcpStream> {
     let Some(slot) = state
@@ -125,6 +136,18 @@ async fn open_sse(
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut response = Vec::with_capacity(256 + style.preamble.len());
     response.extend_from_slice(EVENT_STREAM);
+    if let Some((allowed, origin)) = allowed {
+        response.extend_from_slice(b"access-control-allow-origin: ");
+        match allowed {
+            Allowed::Any => response.push(b'*'),
+            Allowed::Origin => {
+                response.extend_from_slice(origin);
+                response.extend_from_slice(b"\r\nvary: origin");
+            }
+        }
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"date: ");
     response.extend_from_slice(date.as_bytes());
     response.extend_from_slice(b"\r\n\r\n");
     response.extend_from_slice(&style.preamble);
@@ -168,11 +191,11 @@ async fn read_first(
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
 connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: ";
 
-/// An SSE response's head up to the date's value, as hyper's would be but
-/// for the body's framing.
+/// An SSE response's head up to its CORS and date headers, as hyper's
+/// would be but for the body's framing.
 const EVENT_STREAM: &[u8] = b"HTTP/1.1 200 OK\r\n\
 content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n\
-connection: close\r\ndate: ";
+connection: close\r\n";
 
 /// What the fast path reads from a request.
 struct Head<'a> {
@@ -184,6 +207,10 @@ struct Head<'a> {
     authorization: Option<&'a str>,
     /// `Last-Event-ID`, which resumes an SSE stream.
     last_event_id: Option<&'a str>,
+    /// `Origin`, sent by browsers: the page the stream is opened from.
+    origin: Option<&'a [u8]>,
+    /// `Host`, which names Herald's own origin.
+    host: Option<&'a [u8]>,
     /// `Sec-WebSocket-Key` of a WebSocket handshake; `None` when the
     /// request asks for no upgrade.
     ws_key: Option<&'a [u8]>,
@@ -216,6 +243,7 @@ impl<'a> Head<'a> {
         let (mut connection, mut upgrade, mut version) = (false, false, false);
         let (mut upgrade_header, mut key, mut authorization, mut last_event_id) =
             (false, None, None, None);
+        let (mut origin, mut host) = (None, None);
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("connection") {
@@ -250,6 +278,15 @@ impl<'a> Head<'a> {
                 {
                     return None;
                 }
+            } else if name.eq_ignore_ascii_case("origin") {
+                // Only a value the answer can repeat; the router judges the rest.
+                if origin.replace(h.value).is_some() || !h.value.iter().all(u8::is_ascii_graphic) {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                if host.replace(h.value).is_some() {
+                    return None;
+                }
             } else if name.eq_ignore_ascii_case("content-length")
                 || name.eq_ignore_ascii_case("transfer-encoding")
             {
@@ -267,6 +304,8 @@ impl<'a> Head<'a> {
             query,
             authorization,
             last_event_id,
+            origin,
+            host,
             ws_key: key.filter(|_| ws),
             len,
         })
@@ -290,6 +329,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         assert_eq!(head.query, "channels=a,b");
         assert_eq!(head.ws_key, Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..]));
         assert_eq!(head.authorization, None);
+        assert_eq!((head.host, head.origin), (Some(&b"x"[..]), None));
         assert_eq!(&buf[head.len..], b"\x81\x00");
     }
 
@@ -309,6 +349,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
             text.replace("Host: x", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
             text.replace("Host: x", "Authorization: a\r\nAuthorization: b"),
             text.replace("channels=a,b", "channels=a#b"),
+            text.replace("Host: x", "Origin: https://a\r\nOrigin: https://b"),
+            text.replace("Host: x", "Origin: https://a b"),
         ];
         for case in cases {
             assert!(Head::parse(case.as_bytes()).is_none(), "{case:?}");
