@@ -2,109 +2,55 @@
 
 mod common;
 
-use common::{assert_exact_fanout, assert_exact_pairs, bench, n, start_herald};
-
-macro_rules! herald_or_skip {
-    () => {
-        match start_herald() {
-            Ok(s) => s,
-            Err(reason) => {
-                eprintln!("SKIPPED: Herald could not be started: {reason}");
-                return;
-            }
-        }
-    };
-}
+use common::{assert_exact_fanout, assert_exact_pairs, bench, n, start_herald, started};
 
 #[test]
 fn fanout_websocket_counts_exactly() {
-    let server = herald_or_skip!();
-    let url = server.url();
-    let pid = server.pid.to_string();
-    let r = bench(&[
-        "fanout",
-        "--target",
-        "herald",
-        "--url",
-        &url,
-        "--server-pid",
-        &pid,
-        "--subscribers",
-        "50",
-        "--channels",
-        "5",
-        "--rate",
-        "40",
-        "--duration",
-        "2s",
-    ]);
+    let server = started!("Herald", start_herald());
+    let (url, pid) = (server.url(), server.pid);
+    let r = bench(&format!(
+        "fanout --target herald --url {url} --server-pid {pid} \
+         --subscribers 50 --channels 5 --rate 40 --duration 2s"
+    ));
     assert_exact_fanout(&r, 50, 5, 80);
     assert!(n(&r["server"], "rss_after_kib") > 0, "{r}");
 }
 
 #[test]
 fn fanout_sse_counts_exactly() {
-    let server = herald_or_skip!();
+    let server = started!("Herald", start_herald());
     let url = server.url();
-    let r = bench(&[
-        "fanout",
-        "--target",
-        "herald-sse",
-        "--url",
-        &url,
-        "--subscribers",
-        "30",
-        "--channels",
-        "3",
-        "--rate",
-        "30",
-        "--duration",
-        "2s",
-    ]);
+    let r = bench(&format!(
+        "fanout --target herald-sse --url {url} \
+         --subscribers 30 --channels 3 --rate 30 --duration 2s"
+    ));
     assert_exact_fanout(&r, 30, 3, 60);
 }
 
 #[test]
 fn pairs_over_websocket_and_http_deliver_each_message_once() {
-    let server = herald_or_skip!();
+    let server = started!("Herald", start_herald());
     let url = server.url();
     for via in ["ws", "ws --no-reply", "http"] {
-        let mut args = vec!["pairs", "--target", "herald", "--url", &url, "--via"];
-        args.extend(via.split(' '));
-        args.extend(["--clients", "20", "--rate", "200", "--duration", "2s"]);
-        let r = bench(&args);
-        assert_exact_pairs(&r, 20);
-        assert_eq!(n(&r, "publishes_ok"), 400, "{via}: {r}");
+        let r = bench(&format!(
+            "pairs --target herald --url {url} --via {via} --clients 20 --rate 200 --duration 2s"
+        ));
+        assert_exact_pairs(&r, 20, 400);
         assert_eq!(r["params"]["no_reply"], via.ends_with("reply"), "{r}");
     }
 }
 
 #[test]
 fn pairs_over_pushca_deliver_each_message_once_with_and_without_ack() {
-    let server = herald_or_skip!();
+    let server = started!("Herald", start_herald());
     let url = server.url();
     for (via, ack) in [("ws", false), ("ws", true), ("http", false), ("http", true)] {
-        let mut args = vec![
-            "pairs",
-            "--target",
-            "pushca",
-            "--url",
-            &url,
-            "--via",
-            via,
-            "--clients",
-            "20",
-            "--rate",
-            "200",
-            "--duration",
-            "2s",
-        ];
-        if ack {
-            args.push("--ack");
-        }
-        let r = bench(&args);
-        assert_exact_pairs(&r, 20);
-        assert_eq!(n(&r, "publishes_ok"), 400, "{via} ack={ack}: {r}");
+        let flag = if ack { "--ack" } else { "" };
+        let r = bench(&format!(
+            "pairs --target pushca --url {url} --via {via} {flag} \
+             --clients 20 --rate 200 --duration 2s"
+        ));
+        assert_exact_pairs(&r, 20, 400);
         assert_eq!(r["params"]["via"], via, "{r}");
         // Over WebSocket every send is acknowledged to its sender; over HTTP only with --ack.
         let answered = via == "ws" || ack;
@@ -121,33 +67,14 @@ fn pairs_over_pushca_deliver_each_message_once_with_and_without_ack() {
 
 #[test]
 fn fanout_max_rate_search_finds_a_sustainable_rate() {
-    let server = herald_or_skip!();
+    let server = started!("Herald", start_herald());
     let url = server.url();
     // Two worker processes, so the step commands cross the coordinator's pipes too. A generous
     // p99 limit: this checks the search's mechanics, not the machine's latency.
-    let r = bench(&[
-        "fanout",
-        "--target",
-        "herald",
-        "--url",
-        &url,
-        "--procs",
-        "2",
-        "--subscribers",
-        "20",
-        "--rate",
-        "max",
-        "--rate-start",
-        "20",
-        "--step-duration",
-        "1s",
-        "--max-steps",
-        "4",
-        "--max-p99",
-        "500ms",
-        "--duration",
-        "30s",
-    ]);
+    let r = bench(&format!(
+        "fanout --target herald --url {url} --procs 2 --subscribers 20 --rate max \
+         --rate-start 20 --step-duration 1s --max-steps 4 --max-p99 500ms --duration 30s"
+    ));
     let search = &r["search"];
     let steps = search["steps"].as_array().expect("steps");
     assert!((1..=4).contains(&steps.len()), "{r}");
