@@ -89,9 +89,30 @@ pub fn validate_name(name: &str) -> Result<(), ChannelNameError> {
     }
 }
 
+/// Matches `name` against a pattern with at most one `*`, which stands for
+/// any run of characters (`chat:*`, `*:log`, `*`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, suffix)) => {
+            name.len() >= prefix.len() + suffix.len()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_around_their_one_star() {
+        assert!(pattern_matches("a*z", "az") && pattern_matches("a*z", "abcz"));
+        assert!(!pattern_matches("a*z", "z") && !pattern_matches("a*z", "za"));
+        assert!(pattern_matches("x", "x") && !pattern_matches("x", "xy"));
+        assert!(pattern_matches("*", "anything"));
+    }
 
     #[test]
     fn accepts_common_names() {

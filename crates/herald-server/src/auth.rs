@@ -9,6 +9,7 @@ use herald_core::Identity;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
 
+use crate::access::Grants;
 use crate::config::{AuthConfig, ConfigError};
 use crate::error::ApiError;
 
@@ -31,6 +32,18 @@ struct Claims {
     /// Extra dimensions; values must be strings.
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Protected channels the holder may read: names or patterns with one
+    /// `*` (see [`crate::access`]).
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+/// What a valid token says about its holder.
+pub(crate) struct Verified {
+    /// Who the connection is.
+    pub(crate) identity: Identity,
+    /// The protected channels it may read.
+    pub(crate) grants: Grants,
 }
 
 impl Verifier {
@@ -69,8 +82,8 @@ impl Verifier {
         }))
     }
 
-    /// The identity in `token`, or why it is refused.
-    pub(crate) fn verify(&self, token: &str) -> Result<Identity, ApiError> {
+    /// What `token` says, or why it is refused.
+    pub(crate) fn verify(&self, token: &str) -> Result<Verified, ApiError> {
         let claims = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| unauthorized(format!("invalid token: {e}")))?
             .claims;
@@ -79,9 +92,14 @@ impl Verifier {
                 "invalid token: 'sub' must be non-empty and labels must not redefine 'user'",
             ));
         }
-        Ok(Identity::new(
-            std::iter::once((USER_DIM.to_owned(), claims.sub)).chain(claims.labels),
-        ))
+        let grants = Grants::new(claims.channels)
+            .map_err(|e| unauthorized(format!("invalid token: 'channels': {e}")))?;
+        Ok(Verified {
+            identity: Identity::new(
+                std::iter::once((USER_DIM.to_owned(), claims.sub)).chain(claims.labels),
+            ),
+            grants,
+        })
     }
 }
 
@@ -120,7 +138,7 @@ pub(crate) fn bearer(authorization: &str) -> Option<&str> {
 pub(crate) fn verify(
     state: &crate::state::AppState,
     token: Option<&str>,
-) -> Result<Option<Identity>, ApiError> {
+) -> Result<Option<Verified>, ApiError> {
     let Some(token) = token else {
         return Ok(None);
     };

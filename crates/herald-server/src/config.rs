@@ -418,6 +418,10 @@ pub struct AuthConfig {
     /// `X-Api-Key`) to publish, send, delete channels or mint Pushca
     /// connection tokens. Empty leaves those routes open, as the seeds do.
     pub api_keys: Vec<String>,
+    /// Channels (names, or patterns with one `*`) that only a token whose
+    /// `channels` claim grants them may read, or a WebSocket client publish
+    /// to. Empty leaves every channel open, as the seeds do.
+    pub protected_channels: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -429,6 +433,7 @@ impl Default for AuthConfig {
             leeway: Duration::ZERO,
             receiver_secret: None,
             api_keys: Vec::new(),
+            protected_channels: Vec::new(),
         }
     }
 }
@@ -604,6 +609,13 @@ impl Config {
         if a.receiver_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(ConfigError(
                 "auth.receiver_secret must be at least 16 characters".into(),
+            ));
+        }
+        crate::access::Patterns::new(a.protected_channels.clone())
+            .map_err(|e| ConfigError(format!("auth.protected_channels: {e}")))?;
+        if !a.protected_channels.is_empty() && a.secret.is_none() && a.public_key_path.is_none() {
+            return Err(ConfigError(
+                "auth.protected_channels needs auth.secret or auth.public_key_path to verify the tokens that grant them".into(),
             ));
         }
         for rule in &self.history.rules {

@@ -15,6 +15,7 @@ pub mod shutdown;
 pub mod state;
 pub mod tls;
 
+mod access;
 mod auth;
 mod cors;
 mod cursor;

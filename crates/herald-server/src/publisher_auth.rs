@@ -32,15 +32,8 @@ pub(crate) async fn require_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let keys = &state.config.auth.api_keys;
     match presented(req.headers()) {
-        Some(key)
-            if keys
-                .iter()
-                .any(|k| same_secret(k.as_bytes(), key.as_bytes())) =>
-        {
-            next.run(req).await
-        }
+        Some(key) if is_key(&state, key) => next.run(req).await,
         presented => {
             let why = if presented.is_some() {
                 "the API key is not valid"
@@ -81,6 +74,17 @@ pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str)
         Method::GET => path.starts_with("/sign-in/"),
         _ => false,
     }
+}
+
+/// Whether `headers` present one of the configured publisher keys.
+pub(crate) fn presents_key(state: &AppState, headers: &HeaderMap) -> bool {
+    presented(headers).is_some_and(|key| is_key(state, key))
+}
+
+fn is_key(state: &AppState, key: &str) -> bool {
+    let keys = &state.config.auth.api_keys;
+    keys.iter()
+        .any(|k| same_secret(k.as_bytes(), key.as_bytes()))
 }
 
 /// The key a request presents, if any: a bearer token, else `X-Api-Key`

@@ -8,6 +8,7 @@ use herald_core::{
     outbox::next_conn_id,
 };
 
+use crate::access::Grants;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,6 +23,8 @@ pub(crate) struct Session {
     /// Who the connection is, when a token said so; registered in the
     /// engine's directory for targeted delivery while the session lives.
     identity: Option<Identity>,
+    /// The protected channels its token grants.
+    grants: Grants,
 }
 
 impl Session {
@@ -36,6 +39,7 @@ impl Session {
             outbox,
             channels: Vec::new(),
             identity: None,
+            grants: Grants::default(),
         }
     }
 
@@ -50,9 +54,20 @@ impl Session {
         self.identity = Some(identity);
     }
 
+    /// Lets the connection read the protected channels `grants` names.
+    pub(crate) fn grant(&mut self, grants: Grants) {
+        self.grants = grants;
+    }
+
+    /// Whether the connection may read (or publish to) `keys`.
+    pub(crate) fn may_use(&self, keys: &[ChannelKey]) -> Result<(), ApiError> {
+        self.state.access.check_all(keys, &self.grants)
+    }
+
     /// Subscribes to every channel in `keys` (already validated); all or none
-    /// within the per-connection channel limit.
+    /// within the per-connection channel limit and the connection's grants.
     pub(crate) async fn subscribe(&mut self, keys: Vec<ChannelKey>) -> Result<(), ApiError> {
+        self.may_use(&keys)?;
         self.check_room(&keys)?;
         for key in keys {
             // The hub is authoritative: subscribing again is harmless, and
@@ -83,6 +98,7 @@ impl Session {
         key: ChannelKey,
         replay: Replay<'_>,
     ) -> Result<Subscribed, ApiError> {
+        self.may_use(std::slice::from_ref(&key))?;
         self.check_room(std::slice::from_ref(&key))?;
         let subscribed = self
             .state

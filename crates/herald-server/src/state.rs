@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use herald_core::{ChannelKey, ChannelNameError, Engine};
 
+use crate::access::{Access, Patterns};
 use crate::auth::Verifier;
 use crate::config::{Config, ConfigError};
 use crate::cors::Origins;
@@ -35,6 +36,8 @@ pub struct Inner {
     pub(crate) receivers: ReceiverKeys,
     /// Which web origins browsers may call Herald from.
     pub(crate) origins: Arc<Origins>,
+    /// Which channels only a token's grant may read.
+    pub(crate) access: Access,
 }
 
 impl std::ops::Deref for AppState {
@@ -54,6 +57,8 @@ impl AppState {
             engine.broker().node_id(),
         );
         let origins = Origins::parse(&config.server.allowed_origins).map_err(ConfigError)?;
+        let protected = Patterns::new(config.auth.protected_channels.clone())
+            .map_err(|e| ConfigError(format!("auth.protected_channels: {e}")))?;
         Ok(Self(Arc::new(Inner {
             engine,
             config,
@@ -64,6 +69,7 @@ impl AppState {
             pushca,
             receivers,
             origins: Arc::new(origins),
+            access: Access::new(protected),
         })))
     }
 

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use herald_core::{ChannelInfo, Position, Recovery};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{envelope, position_json};
+use crate::access::check_request;
 use crate::error::ApiError;
 use crate::http::extract::{Path, Query};
 use crate::state::AppState;
@@ -44,13 +45,18 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `GET /api/v1/channels/{ch}`.
-#[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name")),
-    responses((status = 200, description = "Channel counts"), (status = 404, description = "No such channel")))]
+#[utoipa::path(get, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name"),
+        ("token" = Option<String>, Query, description = "JWT granting a protected channel")),
+    responses((status = 200, description = "Channel counts"), (status = 403, description = "A protected channel, not granted"),
+        (status = 404, description = "No such channel")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = state.channel(&name)?;
+    check_request(&state, &key, q.token.as_deref(), &headers)?;
     let info = state
         .engine
         .channel_info(&key)
@@ -84,18 +90,30 @@ pub(crate) struct HistoryQuery {
     /// … of this epoch (required with `since`).
     epoch: Option<String>,
     limit: Option<usize>,
+    /// A JWT granting a protected channel (docs/api.md).
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TokenQuery {
+    /// A JWT granting a protected channel (docs/api.md).
+    token: Option<String>,
 }
 
 /// `GET /api/v1/channels/{ch}/history?since=&epoch=&limit=`: stored
 /// messages, oldest first. Without `since`, the newest `limit`.
-#[utoipa::path(get, path = "/api/v1/channels/{channel}/history", tag = "native", params(("channel" = String, Path, description = "Channel name")),
-    responses((status = 200, description = "Stored messages, oldest first"), (status = 400, description = "`since` without `epoch`, or the reverse")))]
+#[utoipa::path(get, path = "/api/v1/channels/{channel}/history", tag = "native", params(("channel" = String, Path, description = "Channel name"),
+        ("token" = Option<String>, Query, description = "JWT granting a protected channel")),
+    responses((status = 200, description = "Stored messages, oldest first"), (status = 400, description = "`since` without `epoch`, or the reverse"),
+        (status = 403, description = "A protected channel, not granted")))]
 pub(crate) async fn history(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let key = state.channel(&name)?;
+    check_request(&state, &key, q.token.as_deref(), &headers)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let since = match (q.since, q.epoch) {
         (Some(offset), Some(epoch)) => Some(Position {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::auth::Verified;
 use crate::cursor::Cursor;
 use crate::dialect::{one_line_json, push_json_str, slot};
 use crate::error::ApiError;
@@ -123,7 +124,8 @@ pub(crate) struct ChannelsQuery {
     params(("channels" = Option<String>, Query, description = "Comma-separated channels"),
         ("token" = Option<String>, Query, description = "JWT giving the connection an identity")),
     responses((status = 101, description = "WebSocket: native JSON protocol"),
-        (status = 401, description = "Invalid or expired token")))]
+        (status = 401, description = "Invalid or expired token"),
+        (status = 403, description = "A protected channel the token does not grant")))]
 pub(crate) async fn ws(
     State(state): State<AppState>,
     Query(q): Query<ChannelsQuery>,
@@ -162,13 +164,14 @@ async fn open_ws(
     token: Option<&str>,
     channels: Option<&str>,
 ) -> Result<Session, ApiError> {
-    let identity = crate::auth::verify(state, token)?;
+    let verified = crate::auth::verify(state, token)?;
     let keys = parse_channel_list(state, channels.unwrap_or(""))?;
     let mut session = Session::new(state.clone(), Arc::new(WsFormat));
-    session.subscribe(keys).await?;
-    if let Some(identity) = identity {
-        session.identify(identity, Arc::new(WsFormat));
+    if let Some(v) = verified {
+        session.grant(v.grants);
+        session.identify(v.identity, Arc::new(WsFormat));
     }
+    session.subscribe(keys).await?;
     Ok(session)
 }
 
@@ -189,7 +192,8 @@ pub(crate) struct SseQuery {
     params(("channels" = String, Query, description = "Comma-separated channels"),
         ("token" = Option<String>, Query, description = "JWT giving the connection an identity")),
     responses((status = 200, description = "text/event-stream"), (status = 400, description = "Bad channels or cursor"),
-        (status = 401, description = "Invalid or expired token")))]
+        (status = 401, description = "Invalid or expired token"),
+        (status = 403, description = "A protected channel the token does not grant")))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
     Query(q): Query<SseQuery>,
@@ -234,9 +238,9 @@ async fn open_sse(
     token: Option<&str>,
     last_event_id: Option<&str>,
 ) -> Result<(Session, SseStyle), ApiError> {
-    let identity = crate::auth::verify(state, token)?;
+    let verified = crate::auth::verify(state, token)?;
     let keys = parse_channel_list(state, q.channels.as_deref().unwrap_or(""))?;
-    if keys.is_empty() && identity.is_none() {
+    if keys.is_empty() && verified.is_none() {
         return Err(ApiError::bad_request(
             "'channels' query parameter required (or a token, for targeted messages only)",
         ));
@@ -254,7 +258,8 @@ async fn open_sse(
         "retry: {}\n: connected\n\n",
         state.config.connection.sse_retry.as_millis()
     );
-    if let Some(identity) = identity {
+    if let Some(Verified { identity, grants }) = verified {
+        session.grant(grants);
         // The stream cannot carry acks back: its key lets POST /api/v1/ack.
         let receiver = state.receivers.issue(session.outbox.id());
         preamble.push_str(&format!(
@@ -485,6 +490,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
                 .as_deref()
                 .ok_or_else(|| ApiError::bad_request("'channel' is required"))?;
             let key = state.channel(channel)?;
+            session.may_use(std::slice::from_ref(&key))?;
             let data = cmd
                 .data
                 .ok_or_else(|| ApiError::bad_request("'data' is required"))?;

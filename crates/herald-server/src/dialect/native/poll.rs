@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use herald_core::{Format, Frame, Message, Recovery};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{envelope, slot};
+use crate::access::request_grants;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::http::extract::Query;
@@ -45,14 +47,19 @@ pub(crate) struct PollQuery {
     /// Milliseconds to wait for a message when there is none; 0 (the
     /// default) answers at once.
     timeout: Option<u64>,
+    /// A JWT granting protected channels (docs/api.md).
+    token: Option<String>,
 }
 
 /// `GET /poll`.
 #[utoipa::path(get, path = "/poll", tag = "native",
-    responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400, description = "Bad channels or cursor")))]
+    params(("token" = Option<String>, Query, description = "JWT granting protected channels")),
+    responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400, description = "Bad channels or cursor"),
+        (status = 403, description = "A protected channel, not granted")))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Query(q): Query<PollQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<PollReply>, ApiError> {
     let keys = parse_channel_list(&state, q.channels.as_deref().unwrap_or(""))?;
     if keys.is_empty() {
@@ -62,6 +69,7 @@ pub(crate) async fn poll(
     let wait = Duration::from_millis(q.timeout.unwrap_or(0)).min(state.config.poll.max_wait);
 
     let mut session = Session::new(state.clone(), Arc::new(PollFormat));
+    session.grant(request_grants(&state, &keys, q.token.as_deref(), &headers)?);
     let mut cursor = Cursor::default();
     let mut recovery = Map::new();
     for key in keys {

@@ -1,0 +1,148 @@
+//! Protected channels (`auth.protected_channels`): channels of the native
+//! namespace that only a connection whose token grants them may read, on
+//! every route that reads (streams, polling, history), and that WebSocket
+//! clients may publish to only with the same grant. A token grants channels
+//! in its `channels` claim. Routes that carry no Herald token (the seeds'
+//! streams, push-stream) cannot read protected channels at all.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use herald_core::ChannelKey;
+use herald_core::channel::{DEFAULT_APP, pattern_matches};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Channel names, or patterns with one `*` standing for any run of
+/// characters (`user:alice`, `private-*`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Patterns(Arc<[String]>);
+
+/// The protected channels a token grants.
+pub(crate) type Grants = Patterns;
+
+impl Patterns {
+    pub(crate) fn new(list: Vec<String>) -> Result<Self, String> {
+        match list
+            .iter()
+            .find(|p| p.is_empty() || p.matches('*').count() > 1)
+        {
+            Some(bad) => Err(format!(
+                "{bad:?} is neither a channel name nor a pattern with one '*'"
+            )),
+            None => Ok(Self(list.into())),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|p| pattern_matches(p, name))
+    }
+}
+
+/// Which channels are protected.
+#[derive(Debug, Default)]
+pub(crate) struct Access {
+    protected: Patterns,
+}
+
+impl Access {
+    pub(crate) fn new(protected: Patterns) -> Self {
+        Self { protected }
+    }
+
+    /// Refuses `key` (403 `forbidden`) when it is protected and `grants`
+    /// does not name it.
+    pub(crate) fn check(&self, key: &ChannelKey, grants: &Grants) -> Result<(), ApiError> {
+        if self.protected.0.is_empty()
+            || key.app() != DEFAULT_APP
+            || !self.protected.matches(key.name())
+            || grants.matches(key.name())
+        {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "channel {} is protected: it takes a token that grants it",
+                key.name()
+            ),
+        ))
+    }
+
+    /// [`Access::check`] for each of `keys`.
+    pub(crate) fn check_all(&self, keys: &[ChannelKey], grants: &Grants) -> Result<(), ApiError> {
+        keys.iter().try_for_each(|key| self.check(key, grants))
+    }
+}
+
+/// The grants of a request that is not a stream (polling, history, counts)
+/// for reading `keys`: every channel with a publisher key, else its token's
+/// (`token` from the query, or `Authorization: Bearer`). The token is looked
+/// at only when one of `keys` is protected.
+pub(crate) fn request_grants(
+    state: &AppState,
+    keys: &[ChannelKey],
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Grants, ApiError> {
+    let none = Grants::default();
+    if state.access.check_all(keys, &none).is_ok() {
+        return Ok(none);
+    }
+    if crate::publisher_auth::presents_key(state, headers) {
+        return Ok(Patterns(Arc::from(["*".to_owned()])));
+    }
+    let token = crate::auth::request_token(token, headers);
+    Ok(crate::auth::verify(state, token)?.map_or(none, |v| v.grants))
+}
+
+/// Refuses a request that is not a stream unless it may read `key`.
+pub(crate) fn check_request(
+    state: &AppState,
+    key: &ChannelKey,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let keys = std::slice::from_ref(key);
+    let grants = request_grants(state, keys, token, headers)?;
+    state.access.check_all(keys, &grants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(list: &[&str]) -> Patterns {
+        Patterns::new(list.iter().map(|s| s.to_string()).collect()).unwrap()
+    }
+
+    #[test]
+    fn protected_channels_need_a_grant_and_others_do_not() {
+        let access = Access::new(patterns(&["private-*", "user:alice"]));
+        let app = Arc::from(DEFAULT_APP);
+        let key = |name: &str| ChannelKey::new(&app, name).unwrap();
+        let none = Grants::default();
+        access.check(&key("news"), &none).unwrap();
+        assert_eq!(
+            access.check(&key("private-x"), &none).unwrap_err().status,
+            403
+        );
+        assert!(access.check(&key("user:alice"), &none).is_err());
+        let alice = patterns(&["user:alice", "private-a*"]);
+        access.check(&key("user:alice"), &alice).unwrap();
+        access.check(&key("private-abc"), &alice).unwrap();
+        assert!(access.check(&key("private-b"), &alice).is_err());
+        // Other namespaces (PushaaS instances) are their own.
+        let other = ChannelKey::new(&Arc::from("instance"), "private-x").unwrap();
+        access.check(&other, &none).unwrap();
+    }
+
+    #[test]
+    fn a_pattern_has_at_most_one_star() {
+        assert!(Patterns::new(vec!["a*b*".into()]).is_err());
+        assert!(Patterns::new(vec![String::new()]).is_err());
+        assert!(Patterns::new(vec!["*".into(), "a:*".into()]).is_ok());
+    }
+}
