@@ -128,7 +128,7 @@ fn start_peer(script: &str, args: &[&str]) -> Result<Server, String> {
     })
 }
 
-/// The `herald` binary next to this test's own build output, building it if it is missing.
+/// The `herald` binary next to this test's own build output, built first.
 pub fn herald_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // target/<profile>/deps/<test> → target/<profile>/herald
@@ -137,9 +137,8 @@ pub fn herald_binary() -> Result<PathBuf, String> {
         .and_then(|deps| deps.parent())
         .ok_or("unexpected test binary location")?;
     let bin = profile_dir.join("herald");
-    if bin.exists() {
-        return Ok(bin);
-    }
+    // Always asked for: a binary left by an older build would test old code.
+    // Up to date, it costs cargo a second.
     let status = Command::new(env!("CARGO"))
         .args(["build", "-p", "herald"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
