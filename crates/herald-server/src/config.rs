@@ -247,13 +247,27 @@ pub struct ServerConfig {
 
 /// The listener's certificate. With both files set the listener speaks TLS
 /// only; `Server::tls_reloader` rereads them (the binary does on SIGHUP).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, Herald's own certificate first.
     pub cert_file: Option<PathBuf>,
     /// PEM private key of that certificate: PKCS#8, PKCS#1 or SEC1.
     pub key_file: Option<PathBuf>,
+    /// Offer HTTP/2 to clients that ask for it (ALPN `h2`): a browser's
+    /// SSE streams, polls and publishes then share one connection instead
+    /// of six at most per host. WebSockets stay on HTTP/1.1.
+    pub http2: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            http2: true,
+        }
+    }
 }
 
 impl TlsConfig {
@@ -663,7 +677,8 @@ impl Config {
             ));
         }
         if let Some((cert, key)) = tls.files() {
-            crate::tls::server_config(cert, key).map_err(|e| ConfigError(e.to_string()))?;
+            crate::tls::server_config(cert, key, tls.http2)
+                .map_err(|e| ConfigError(e.to_string()))?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_broker::{MemoryBroker, RedisBroker};
 use herald_core::{Engine, Hub};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -121,7 +121,8 @@ impl Server {
                     head_errors::note_route_answer(&res);
                     res
                 })
-                .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    host_from_authority(&mut req);
                     req.map(|body| http::BodyTimeout::new(body, read_timeout))
                 })
                 .map_future(http::AnswerStalled::new)
@@ -197,6 +198,8 @@ trait Service:
         hyper::body::Incoming,
         ResBody = axum::body::Body,
         Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        // HTTP/2 runs each request in a task of its own.
+        Future: Send + 'static,
     >
 {
 }
@@ -206,6 +209,7 @@ impl<S> Service for S where
             hyper::body::Incoming,
             ResBody = axum::body::Body,
             Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            Future: Send + 'static,
         >
 {
 }
@@ -293,7 +297,65 @@ async fn serve_tls<S: Service>(tls: TlsReloader, stream: TcpStream, conn: Conn<S
         () = transport::deadline(timeout) => return tracing::debug!(%peer, ?timeout, "TLS handshake timed out."),
         () = conn.shutdown.signalled() => return,
     };
-    serve_http(TokioIo::new(Rewind::new(Bytes::new(), stream)), conn).await;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(TokioIo::new(stream), conn).await;
+    } else {
+        serve_http(TokioIo::new(Rewind::new(Bytes::new(), stream)), conn).await;
+    }
+}
+
+/// Serves HTTP/2 on one TLS connection: every request a stream of its own
+/// task, until the client goes or, on shutdown, until its requests in flight
+/// (SSE streams included, which end with their reconnect hint) are answered.
+async fn serve_h2<I, S>(io: I, conn: Conn<S>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Service,
+{
+    let Conn {
+        peer,
+        service,
+        shutdown,
+        read_timeout,
+        max_header_bytes,
+        ..
+    } = conn;
+    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // A peer that stops answering pings is gone: its streams end with it.
+    http.timer(TokioTimer::new())
+        .keep_alive_interval(read_timeout)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    if let Some(timeout) = read_timeout {
+        http.keep_alive_timeout(timeout);
+    }
+    let http = http.serve_connection(io, service);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        r = http.as_mut() => r,
+        () = shutdown.signalled() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error.");
+    }
+}
+
+/// Gives an HTTP/2 request the `Host` header its `:authority` stands for,
+/// so that handlers building URLs from the host (Pushca's, push-api's) and
+/// the same-origin check read it whatever the protocol.
+fn host_from_authority<B>(req: &mut hyper::Request<B>) {
+    if req.version() != hyper::Version::HTTP_2 || req.headers().contains_key(hyper::header::HOST) {
+        return;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| hyper::header::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        req.headers_mut().insert(hyper::header::HOST, host);
+    }
 }
 
 /// Expires history and forgets idle channels, once a second.

@@ -88,6 +88,8 @@ struct Inner {
     cert_file: PathBuf,
     /// Reread with `cert_file`; the two must match.
     key_file: PathBuf,
+    /// Whether HTTP/2 is offered.
+    http2: bool,
     /// What new connections handshake with; replaced whole, so sessions
     /// made under an old certificate are not resumed under a new one.
     current: RwLock<Arc<rustls::ServerConfig>>,
@@ -99,10 +101,11 @@ impl TlsReloader {
         let Some((cert, key)) = config.files() else {
             return Ok(None);
         };
-        let current = server_config(cert, key)?;
+        let current = server_config(cert, key, config.http2)?;
         Ok(Some(Self(Arc::new(Inner {
             cert_file: cert.to_owned(),
             key_file: key.to_owned(),
+            http2: config.http2,
             current: RwLock::new(current),
         }))))
     }
@@ -111,7 +114,7 @@ impl TlsReloader {
     /// not load, the ones in use stay and the error is logged and returned.
     pub fn reload(&self) -> Result<(), TlsError> {
         let inner = &self.0;
-        match server_config(&inner.cert_file, &inner.key_file) {
+        match server_config(&inner.cert_file, &inner.key_file, inner.http2) {
             Ok(config) => {
                 *inner.current.write() = config;
                 tracing::info!(cert_file = %inner.cert_file.display(), "TLS certificate reloaded.");
@@ -130,11 +133,12 @@ impl TlsReloader {
     }
 }
 
-/// A server configuration for the chain in `cert` and the key in `key`:
-/// HTTP/1.1 only (Herald does not speak HTTP/2), with `ring`.
+/// A server configuration for the chain in `cert` and the key in `key`,
+/// with `ring`, offering HTTP/2 before HTTP/1.1 when `http2`.
 pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
+    http2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     const CERT: &str = "server.tls.cert_file";
     const KEY: &str = "server.tls.key_file";
@@ -177,6 +181,9 @@ pub(crate) fn server_config(
             },
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if http2 {
+        config.alpn_protocols.insert(0, b"h2".to_vec());
+    }
     Ok(Arc::new(config))
 }
 

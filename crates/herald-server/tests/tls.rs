@@ -618,3 +618,79 @@ async fn a_malformed_request_over_tls_gets_a_json_400() {
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[tokio::test]
+async fn http2_carries_many_sse_streams_and_publishes_on_one_connection() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (mut server, _) = tls_server(&files, |_| {}).await;
+    let client = ca.https();
+
+    // More streams than the six HTTP/1.1 connections a browser opens per host.
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let res = tokio::time::timeout(
+            WAIT,
+            client
+                .get(https_url(&server, &format!("/sse?channels=h2-{i},h2-all")))
+                .send(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        assert_eq!(res.status(), 200);
+        streams.push(Sse::from_response(res));
+    }
+    let res = client
+        .post(https_url(&server, "/api/v1/publish"))
+        .json(&json!({"channel": "h2-all", "data": "to all"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.json::<Value>().await.unwrap()["subscribers"], 20);
+    for sse in &mut streams {
+        let data: Value = serde_json::from_str(&sse.next_data().await.data.unwrap()).unwrap();
+        assert_eq!(data["data"], "to all");
+    }
+    let metrics = client
+        .get(https_url(&server, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_connections{transport=\"sse\"} 20\n"),
+        "{metrics}"
+    );
+
+    // Shutdown ends every stream with its reconnect hint.
+    server.stop().await;
+    for sse in &mut streams {
+        loop {
+            let ev = sse.next().await.expect("the reconnect hint before the end");
+            if ev.event.as_deref() == Some("reconnect") {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_can_be_turned_off() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let (server, _) = tls_server(&files, |c| c.server.tls.http2 = false).await;
+    let res = ca
+        .https()
+        .get(https_url(&server, "/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_11);
+}
