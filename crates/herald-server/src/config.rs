@@ -348,6 +348,14 @@ pub struct LimitsConfig {
     /// a longer one is answered 431 and its connection closed, so a client
     /// cannot make the server buffer without bound.
     pub max_header_bytes: usize,
+    /// Commands one native WebSocket client may send per second, on
+    /// average (0, the default: no limit); beyond it a command is refused
+    /// with `rate_limited`, so one client cannot take the node's time from
+    /// the rest.
+    pub ws_commands_per_second: u32,
+    /// How many commands may come at once before that rate applies
+    /// (0: one second's worth).
+    pub ws_commands_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -360,6 +368,8 @@ impl Default for LimitsConfig {
             outbox_bytes: 1024 * 1024,
             ws_read_buffer: 2048,
             max_header_bytes: 64 * 1024,
+            ws_commands_per_second: 0,
+            ws_commands_burst: 0,
         }
     }
 }

@@ -1,21 +1,25 @@
-//! A token bucket shared by one node's requests of a kind (Pushca's REST
-//! API answers 429 when it is empty).
+//! Token buckets: one shared by a node's requests of a kind (Pushca's REST
+//! API answers 429 when it is empty), or one a connection owns (the native
+//! WebSocket's commands).
 
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
-/// Refills `rate` tokens per second up to `burst`.
-pub(crate) struct RateLimit {
+/// Refills `rate` tokens per second up to `burst`; owned by one task.
+#[derive(Debug)]
+pub(crate) struct Bucket {
     /// Tokens per second; 0 means unlimited.
     rate: f64,
     /// Bucket size.
     burst: f64,
-    /// Tokens left and when they were counted.
-    bucket: Mutex<(f64, Instant)>,
+    /// Tokens left …
+    tokens: f64,
+    /// … when last counted.
+    last: Instant,
 }
 
-impl RateLimit {
+impl Bucket {
     /// `rate` per second (0: unlimited), bursts of `burst` (0: `rate`).
     pub(crate) fn new(rate: u32, burst: u32) -> Self {
         let rate = f64::from(rate);
@@ -23,26 +27,40 @@ impl RateLimit {
         Self {
             rate,
             burst,
-            bucket: Mutex::new((burst, Instant::now())),
+            tokens: burst,
+            last: Instant::now(),
         }
     }
 
     /// Takes one token; false when the bucket is empty.
-    pub(crate) fn try_acquire(&self) -> bool {
+    pub(crate) fn try_acquire(&mut self) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
         let now = Instant::now();
-        let mut bucket = self.bucket.lock();
-        let (tokens, last) = *bucket;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *bucket = (tokens - 1.0, now);
-            true
-        } else {
-            *bucket = (tokens, now);
-            false
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
         }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// A [`Bucket`] shared by many tasks.
+pub(crate) struct RateLimit(Mutex<Bucket>);
+
+impl RateLimit {
+    /// As [`Bucket::new`].
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
+        Self(Mutex::new(Bucket::new(rate, burst)))
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub(crate) fn try_acquire(&self) -> bool {
+        self.0.lock().try_acquire()
     }
 }
 

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 async fn status_and_json(res: reqwest::Response) -> (u16, Value) {
     let status = res.status().as_u16();
@@ -355,4 +357,41 @@ async fn open_streams_outlive_the_read_timeout() {
     let event = sse.next_data().await;
     let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
     assert_eq!(data["data"], 7, "{event:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_client_over_its_command_rate_is_refused_and_others_are_not() {
+    let server = TestServer::with(|c| {
+        c.limits.ws_commands_per_second = 1;
+        c.limits.ws_commands_burst = 5;
+    })
+    .await;
+    let mut flood = server.ws("/ws").await;
+    let mut calm = server.ws("/ws").await;
+    for id in 0..20 {
+        let ping = json!({"id": id, "cmd": "ping"}).to_string();
+        flood.send(Message::text(ping)).await.unwrap();
+    }
+    let mut refused = Vec::new();
+    for id in 0..20 {
+        let reply = next_json(&mut flood).await;
+        assert_eq!(reply["id"], id, "{reply}");
+        if reply["error"]["code"] == "rate_limited" {
+            refused.push(id);
+        } else {
+            assert_eq!(reply["result"], json!({}), "{reply}");
+        }
+    }
+    assert_eq!(
+        refused,
+        (5..20).collect::<Vec<_>>(),
+        "the burst, then refusals"
+    );
+    // Its own bucket: another client is served at once.
+    let reply = command(&mut calm, json!({"id": 1, "cmd": "ping"})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    // The refused client stays connected and is served once its bucket refills.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reply = command(&mut flood, json!({"id": 99, "cmd": "ping"})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
 }

@@ -23,6 +23,7 @@ use crate::dialect::{one_line_json, push_json_str, slot};
 use crate::error::ApiError;
 use crate::http::extract::Query;
 use crate::http::read_body;
+use crate::ratelimit::Bucket;
 use crate::session::{Session, channel_keys, parse_channel_list, too_many_channels};
 use crate::state::AppState;
 use crate::transport::sse::{self, SseStyle};
@@ -133,7 +134,7 @@ pub(crate) async fn ws(
 ) -> Result<Response, ApiError> {
     let token = crate::auth::request_token(q.token.as_deref(), req.headers());
     let session = open_ws(&state, token, q.channels.as_deref()).await?;
-    ws::upgrade(&state, req, session, NativeWs { alive: true })
+    ws::upgrade(&state, req, session, NativeWs::new(&state))
 }
 
 /// `GET /ws` as the handshake fast path read it
@@ -154,7 +155,7 @@ pub(crate) async fn ws_direct(
         .as_deref()
         .or(authorization.and_then(crate::auth::bearer));
     let session = open_ws(state, token, q.channels.as_deref()).await.ok()?;
-    Some((session, NativeWs { alive: true }))
+    Some((session, NativeWs::new(state)))
 }
 
 /// A native WebSocket's session: identified by `token`, subscribed to
@@ -299,6 +300,18 @@ pub(crate) fn position_json(p: &Position) -> Value {
 struct NativeWs {
     /// Whether the client answered since the last ping.
     alive: bool,
+    /// The client's commands, within `limits.ws_commands_per_second`.
+    commands: Bucket,
+}
+
+impl NativeWs {
+    fn new(state: &AppState) -> Self {
+        let l = &state.config.limits;
+        Self {
+            alive: true,
+            commands: Bucket::new(l.ws_commands_per_second, l.ws_commands_burst),
+        }
+    }
 }
 
 /// One client command, parsed loosely so that errors can be precise, and
@@ -417,6 +430,13 @@ impl WsDialect for NativeWs {
             }
         };
         let (id, quiet) = (cmd.id, cmd.reply == Some(false));
+        if !self.commands.try_acquire() {
+            return failure(
+                id,
+                "rate_limited",
+                "too many commands: over limits.ws_commands_per_second",
+            );
+        }
         match execute(session, cmd).await {
             Ok(_) if quiet => Reply::default(),
             Ok(result) => Answer {
