@@ -9,6 +9,7 @@ use herald_mobile::Mobile;
 use herald_server::Server;
 use herald_server::config::LogFormat;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,10 @@ enum Command {
         channels: String,
         #[arg(long, default_value = "ws://127.0.0.1:8080")]
         url: String,
+        /// A connection token (JWT): an identity, and the protected
+        /// channels its `channels` claim grants.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run only the mobile pipeline, configured like the Pusher seed
     /// (`--config` names its YAML file, default `./config/default.yaml`;
@@ -95,7 +100,11 @@ pub(crate) fn main() -> ExitCode {
             url,
             api_key,
         } => runtime(publish(url, api_key, channel, data, event)),
-        Command::Subscribe { channels, url } => runtime(subscribe(url, channels)),
+        Command::Subscribe {
+            channels,
+            url,
+            token,
+        } => runtime(subscribe(url, channels, token)),
         Command::Pusher {
             mode,
             debug,
@@ -307,11 +316,31 @@ async fn publish(
     }
 }
 
-async fn subscribe(url: String, channels: String) -> Result<(), String> {
+async fn subscribe(url: String, channels: String, token: Option<String>) -> Result<(), String> {
     let url = format!("{}/ws?channels={channels}", url.trim_end_matches('/'));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad URL {url}: {e}"))?;
+    if let Some(token) = token {
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a header value".to_owned())?;
+        request.headers_mut().insert("authorization", bearer);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(res) => {
+                let body = res.body().as_deref().map(String::from_utf8_lossy);
+                format!(
+                    "{url} refused: {} {}",
+                    res.status(),
+                    body.unwrap_or_default()
+                )
+            }
+            e => format!("cannot connect to {url}: {e}"),
+        })?;
     while let Some(frame) = ws.next().await {
         match frame.map_err(|e| e.to_string())? {
             Message::Text(t) => println!("{t}"),

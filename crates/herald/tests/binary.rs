@@ -152,6 +152,59 @@ fn cli_publish_presents_an_api_key() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_subscribe_reads_a_protected_channel_with_a_token() {
+    const SECRET: &str = "cli-secret-0123456789";
+    let herald = Herald::start(&[
+        ("HERALD_AUTH__SECRET", SECRET),
+        ("HERALD_AUTH__PROTECTED_CHANNELS", r#"["private-*"]"#),
+    ]);
+    let url = format!("ws://{}", herald.addr);
+    let subscribe = |token: Option<&str>| {
+        let mut cmd = Command::new(HERALD);
+        cmd.args(["subscribe", "private-ops", "--url", &url])
+            .env_remove("HERALD_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = token {
+            cmd.env("HERALD_TOKEN", token);
+        }
+        cmd.spawn().unwrap()
+    };
+    let refused = subscribe(None).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("protected"),
+        "{stderr}"
+    );
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "ops", "channels": ["private-*"], "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut sub = subscribe(Some(&token));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while herald.metric("herald_connections{transport=\"ws\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "subscriber never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = publish_ok(&herald, "private-ops", serde_json::json!("deploy")).await;
+    assert_eq!(reply["subscribers"], 1);
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let got: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(got["data"], "deploy");
+    sub.kill().unwrap();
+    sub.wait().unwrap();
+}
+
 /// Writes a certificate for 127.0.0.1, self-signed as `name`, to `cert` and
 /// its key to `key`; returns the certificate, for clients to trust.
 fn install_certificate(name: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
