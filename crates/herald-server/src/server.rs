@@ -266,16 +266,7 @@ where
         .max_header_size(max_header_bytes)
         .serve_connection(io, service)
         .with_upgrades();
-    let served = async {
-        tokio::pin!(http);
-        tokio::select! {
-            r = http.as_mut() => r,
-            () = shutdown.signalled() => {
-                http.as_mut().graceful_shutdown();
-                http.await
-            }
-        }
-    };
+    let served = until_shutdown(http, &shutdown, |http| http.graceful_shutdown());
     let result = head_errors::scope(max_header_bytes, served).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
@@ -329,16 +320,29 @@ where
         http.keep_alive_timeout(timeout);
     }
     let http = http.serve_connection(io, service);
-    tokio::pin!(http);
-    let result = tokio::select! {
-        r = http.as_mut() => r,
-        () = shutdown.signalled() => {
-            http.as_mut().graceful_shutdown();
-            http.await
-        }
-    };
+    let result = until_shutdown(http, &shutdown, |http| http.graceful_shutdown()).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error.");
+    }
+}
+
+/// Drives an HTTP connection to its end; on shutdown, first tells it
+/// (`graceful`) to take no new requests and finish those in flight.
+async fn until_shutdown<C, E>(
+    conn: C,
+    shutdown: &Shutdown,
+    graceful: fn(std::pin::Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.signalled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
     }
 }
 
