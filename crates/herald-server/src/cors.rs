@@ -84,10 +84,11 @@ impl Origins {
         let (scheme, authority) = origin.split_once("://")?;
         let listed = self.exact.iter().any(|o| o.eq_ignore_ascii_case(origin))
             || self.subdomains.iter().any(|(s, suffix)| {
-                origin.len() > s.len() + suffix.len()
-                    && origin[..s.len()].eq_ignore_ascii_case(s)
-                    && origin.as_bytes()[origin.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
+                // Bytes, not `str` slices: an index may fall inside a character.
+                let o = origin.as_bytes();
+                o.len() > s.len() + suffix.len()
+                    && o[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+                    && o[o.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
             });
         let own = matches!(scheme, "http" | "https")
             && host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_bytes()));
@@ -284,6 +285,8 @@ mod tests {
             "http://a.example.org",
             "http://localhost:3001",
             "null",
+            "https:/é://x.example.org",
+            "https://é.example.orgé",
         ] {
             assert_eq!(allow(refused), None, "{refused}");
         }
