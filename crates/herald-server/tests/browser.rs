@@ -169,3 +169,48 @@ async fn native_streams_and_publish_from_another_origin_in_chromium() {
     eprintln!("{out}");
     assert!(out.contains("\nOK"), "{out}");
 }
+
+/// `clients/js/herald.js` in Chromium (`tests/browser/client.mjs`): it
+/// resumes its channels across forced reconnects with nothing missed or
+/// doubled, reports a gap it cannot fill, and uses tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    const SECRET: &str = "browser-client-test-secret";
+    let server = TestServer::with(|c| {
+        c.connection.lifetime_min = Duration::from_millis(1200);
+        c.connection.lifetime_max = Duration::from_millis(1800);
+        c.connection.close_grace = Duration::from_millis(300);
+        common::keep_history(c, 20);
+        c.auth.secret = Some(SECRET.into());
+        c.auth.protected_channels = vec!["hsecret*".into()];
+        c.server.allow_client_publish = true;
+    })
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "page", "channels": ["hsecret"], "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let out = succeeds(
+        Command::new("node")
+            .arg("client.mjs")
+            .arg(server.http(""))
+            .arg(token)
+            .current_dir(browser_dir()),
+        Duration::from_secs(150),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
