@@ -30,10 +30,6 @@ const fatal = (code) =>
   [1002, 1003, 1007, 1008, 1009].includes(code) || (code >= 4000 && code < 4100) || code >= 4300;
 // "Reconnect with backoff" (slow consumer).
 const slow = (code) => code >= 4100 && code < 4200;
-// A position in no channel's epoch, for a channel not yet seen: the server
-// answers `epoch_changed` (not a gap here) with the channel's position, which
-// a plain `subscribe` does not tell; a drop before its first message is resumed.
-const UNKNOWN = { offset: Number.MAX_SAFE_INTEGER, epoch: "" };
 const failure = (e) => Object.assign(new Error(e.message), { code: e.code });
 
 export class Herald {
@@ -131,19 +127,24 @@ export class Herald {
     }, every / 2);
   }
 
-  // Resubscribes one channel from its position (one channel per `since`).
+  // Subscribes one channel: from its position when it has one (one channel
+  // per `since`), else plainly, learning where it stands from the reply, so
+  // a drop before its first message is resumed too.
   _resume(channel) {
     const had = this.channels.get(channel);
-    this._request({ cmd: "subscribe", channel, since: had || UNKNOWN }).then(
+    const since = had ? { since: had } : {};
+    this._request({ cmd: "subscribe", channel, ...since }).then(
       (r) => {
         if (!this.channels.has(channel)) return; // unsubscribed meanwhile
-        if (r.recovery !== "recovered") {
-          // Nothing is replayed; live messages follow r.position.
-          if (had) this._emit("gap", { channel, recovery: r.recovery, position: r.position });
-          const now = this.channels.get(channel);
-          if (!now || now.epoch !== r.position.epoch || now.offset < r.position.offset) {
-            this.channels.set(channel, r.position);
-          }
+        if (had && r.recovery !== "recovered") {
+          this._emit("gap", { channel, recovery: r.recovery, position: r.position });
+        }
+        // A replay follows the reply, and is what moves the position then.
+        const position = had ? r.recovery !== "recovered" && r.position : r.positions[channel];
+        const now = this.channels.get(channel);
+        // A live message may have come first: only a later position counts.
+        if (position && (!now || now.epoch !== position.epoch || now.offset < position.offset)) {
+          this.channels.set(channel, position);
         }
         this.live.add(channel);
         this._settle(channel, null);

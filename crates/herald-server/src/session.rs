@@ -66,19 +66,30 @@ impl Session {
 
     /// Subscribes to every channel in `keys` (already validated); all or none
     /// within the per-connection channel limit and the connection's grants.
-    pub(crate) async fn subscribe(&mut self, keys: Vec<ChannelKey>) -> Result<(), ApiError> {
+    /// Returns each channel's position when subscribed, in `keys`' order:
+    /// where a client resumes from if it drops before the first message.
+    pub(crate) async fn subscribe(
+        &mut self,
+        keys: Vec<ChannelKey>,
+    ) -> Result<Vec<Position>, ApiError> {
         self.may_use(&keys)?;
         self.check_room(&keys)?;
+        let mut positions = Vec::with_capacity(keys.len());
         for key in keys {
             // The hub is authoritative: subscribing again is harmless, and
             // re-registers a channel that was deleted meanwhile.
-            self.state.engine.subscribe(&key, &self.outbox).await?;
+            let subscribed = self
+                .state
+                .engine
+                .subscribe_with(&key, &self.outbox, Replay::None)
+                .await?;
+            positions.push(subscribed.position);
             tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
             if !self.channels.contains(&key) {
                 self.channels.push(key);
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     /// Subscribes to one channel, first replaying what the client missed

@@ -89,6 +89,39 @@ async fn websocket_resume_replays_then_goes_live() {
 
 /// A stream of `ha` and `hb` that got `a1` then `b1`, closed: its URL and
 /// last event id.
+#[tokio::test]
+async fn a_plain_subscribe_tells_where_to_resume_before_any_message() {
+    let server = server_keeping(10).await;
+    server.publish(json!({"channel": "hq", "data": 1})).await;
+    let mut ws = server.ws("/ws").await;
+    let r = command(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channel": "hq"}),
+    )
+    .await;
+    let position = r["result"]["positions"]["hq"].clone();
+    assert_eq!(position["offset"], 1, "{r}");
+    // The client drops before its first message; two are published meanwhile.
+    drop(ws);
+    for i in [2, 3] {
+        server.publish(json!({"channel": "hq", "data": i})).await;
+    }
+    let mut ws = server.ws("/ws").await;
+    let r = command(
+        &mut ws,
+        json!({"id": 2, "cmd": "subscribe", "channel": "hq", "since": position}),
+    )
+    .await;
+    assert_eq!(
+        (&r["result"]["recovery"], &r["result"]["replayed"]),
+        (&json!("recovered"), &json!(2)),
+        "{r}"
+    );
+    for i in [2, 3] {
+        assert_eq!(next_json(&mut ws).await["data"], i);
+    }
+}
+
 async fn a1_and_b1_seen(server: &TestServer) -> (String, String) {
     let url = server.http("/sse?channels=ha,hb");
     let mut sse = Sse::connect(&url).await;

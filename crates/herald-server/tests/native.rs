@@ -98,7 +98,13 @@ async fn websocket_commands_reply_with_their_ids() {
         json!({"id": 1, "cmd": "subscribe", "channels": ["x", "y"]}),
     )
     .await;
-    assert_eq!(r, json!({"id": 1, "result": {"channels": ["x", "y"]}}));
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["result"]["channels"], json!(["x", "y"]));
+    for ch in ["x", "y"] {
+        let position = &r["result"]["positions"][ch];
+        assert_eq!(position["offset"], 0, "{r}");
+        assert!(position["epoch"].is_string(), "{r}");
+    }
     let r = command(&mut ws, json!({"id": "two", "cmd": "ping"})).await;
     assert_eq!(r, json!({"id": "two", "result": {}}));
     let r = command(

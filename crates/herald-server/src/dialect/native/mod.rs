@@ -474,9 +474,16 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
         Some("subscribe") => {
             let keys = names()?;
             let Some(since) = cmd.since else {
-                session.subscribe(keys).await?;
+                let names: Vec<String> = keys.iter().map(|k| k.name().to_owned()).collect();
+                let positions = session.subscribe(keys).await?;
+                let positions: serde_json::Map<String, Value> = names
+                    .into_iter()
+                    .zip(positions.iter().map(position_json))
+                    .collect();
                 let channels = channel_names(session.channels());
-                return Ok(Done::Other(json!({ "channels": channels })));
+                return Ok(Done::Other(
+                    json!({ "channels": channels, "positions": positions }),
+                ));
             };
             let [key] = <[ChannelKey; 1]>::try_from(keys)
                 .map_err(|_| ApiError::bad_request("'since' needs exactly one channel"))?;
