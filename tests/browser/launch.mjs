@@ -5,10 +5,12 @@ import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-// Returns the browser context; `close(context)` ends it and removes the profile.
-export async function launch() {
+// Returns the browser context, with `options` (playwright's) added;
+// `close(context)` ends it and removes the profile.
+export async function launch(options = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-chromium-"));
   const context = await chromium.launchPersistentContext(userDataDir, {
+    ...options,
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
     args: [

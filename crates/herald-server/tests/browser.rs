@@ -2,7 +2,8 @@
 //! drives headless Chromium (playwright-core) against this Herald, with
 //! short TTLs so every transport is forced to reconnect and resume;
 //! `tests/browser/admin.mjs` works push-api's admin page; `tests/browser/native.mjs`
-//! uses the native streams and publish from a page on another origin.
+//! uses the native streams and publish from a page on another origin;
+//! `tests/browser/h2.mjs` opens many SSE streams over HTTP/2.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -208,6 +209,44 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
             .arg(token)
             .current_dir(browser_dir()),
         Duration::from_secs(150),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
+
+/// HTTPS with HTTP/2 in Chromium (`tests/browser/h2.mjs`): a page keeps more
+/// EventSource streams open than HTTP/1.1 allows it per host, and every one
+/// gets a message published by `fetch`; without HTTP/2, six open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_share_one_http2_connection_in_chromium() {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = |http2: bool| {
+        let (cert, key) = (cert.clone(), key.clone());
+        move |c: &mut herald_server::Config| {
+            c.server.tls.cert_file = Some(cert);
+            c.server.tls.key_file = Some(key);
+            c.server.tls.http2 = http2;
+        }
+    };
+    let h2 = TestServer::with(tls(true)).await;
+    let h1 = TestServer::with(tls(false)).await;
+    let out = succeeds(
+        Command::new("node")
+            .arg("h2.mjs")
+            .arg(format!("https://{}", h2.addr))
+            .arg(format!("https://{}", h1.addr))
+            .current_dir(browser_dir()),
+        Duration::from_secs(120),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
