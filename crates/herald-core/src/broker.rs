@@ -89,6 +89,17 @@ pub trait Broker: Send + Sync + 'static {
         Ok(local.deliver(filter, &msg))
     }
 
+    /// Disconnects every connection `filter` selects, on every node.
+    ///
+    /// The default disconnects this node's, through `local`.
+    async fn disconnect(
+        &self,
+        local: &Directory,
+        filter: &Filter,
+    ) -> Result<SendOutcome, BrokerError> {
+        Ok(local.disconnect(filter))
+    }
+
     /// Carries a receiver's ack of message `id` (already checked against the
     /// receiving connection `conn`) to the send it answers, `to`, as
     /// [`Directory::acknowledge`] named it. Returns whether a sender was

@@ -293,6 +293,12 @@ impl Engine {
         Ok(sent)
     }
 
+    /// Disconnects every connection `filter` selects, cluster-wide: logging
+    /// a user out everywhere, or banning one.
+    pub async fn disconnect(&self, filter: &Filter) -> Result<SendOutcome, BrokerError> {
+        self.broker.disconnect(&self.directory, filter).await
+    }
+
     /// Sends `msg` (marked as needing an ack) and waits until a receiver
     /// acknowledges it. Each attempt re-resolves `filter`, so a retry also
     /// reaches a receiver that reconnected, and carries the same id so

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, oneshot};
 
-use crate::outbox::{ConnId, Outbox, Pushed};
+use crate::outbox::{Closed, ConnId, Outbox, Pushed};
 
 /// One (dimension, value) pair, e.g. `("account", "alice@example.com")`.
 pub type Dim = (Arc<str>, Arc<str>);
@@ -376,6 +376,25 @@ impl Directory {
         turn
     }
 
+    /// Closes every connection on this node that `filter` selects
+    /// (`find_any` aside: all of them) as [`Closed::Evicted`]; their
+    /// transports tell their clients not to come back. `delivered` counts
+    /// the connections this call closed: one closed already, and not yet
+    /// gone, is matched but not counted again.
+    pub fn disconnect(&self, filter: &Filter) -> SendOutcome {
+        let index = self.index.read();
+        let targets = matches(&index, filter);
+        let closed = targets
+            .iter()
+            .filter_map(|id| index.conns.get(id))
+            .filter(|entry| entry.outbox.close(Closed::Evicted))
+            .count();
+        SendOutcome {
+            matched: targets.len(),
+            delivered: closed,
+        }
+    }
+
     /// The ticket of the send on this node waiting for an ack of `id`, if
     /// any: what a delivery on another node names as the send it is for.
     pub fn waiting_ticket(&self, id: &str) -> Option<u64> {
@@ -703,6 +722,28 @@ mod tests {
     fn add_client(dir: &Directory, id: ConnId, ws: &str, acc: &str, dev: &str) {
         let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
         dir.register(Identity::new(client(ws, acc, dev)), outbox, Arc::new(Raw));
+    }
+
+    #[test]
+    fn disconnect_closes_the_matches_once_and_leaves_the_rest() {
+        let dir = Directory::default();
+        let phone = add(&dir, 1, &[("user", "alice"), ("device", "phone")]);
+        let laptop = add(&dir, 2, &[("user", "alice"), ("device", "laptop")]);
+        let bob = add(&dir, 3, &[("user", "bob")]);
+        let alice = Filter {
+            dims: ident(&[("user", "alice")]),
+            find_any: false,
+            exclude: Vec::new(),
+        };
+        let out = dir.disconnect(&alice);
+        assert_eq!((out.matched, out.delivered), (2, 2));
+        let mut frames = Vec::new();
+        assert_eq!(phone.drain(&mut frames), Some(Closed::Evicted));
+        assert_eq!(laptop.drain(&mut frames), Some(Closed::Evicted));
+        assert_eq!(bob.drain(&mut frames), None);
+        // Closed already, not gone yet: matched, not closed again.
+        let out = dir.disconnect(&alice);
+        assert_eq!((out.matched, out.delivered), (2, 0));
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub enum Pushed {
 pub enum Closed {
     /// The client fell behind by more than the byte bound.
     SlowConsumer,
-    /// The server removed the subscriptions (channel deleted, kicked).
+    /// The server disconnected the client on purpose
+    /// ([`crate::Directory::disconnect`]): it should not come back.
     Evicted,
 }
 
@@ -379,14 +380,17 @@ impl Outbox {
         Some(true)
     }
 
-    /// Stops accepting frames and wakes the writer.
-    pub fn close(&self, why: Closed) {
+    /// Stops accepting frames and wakes the writer. Returns whether this
+    /// call closed it (it was open).
+    pub fn close(&self, why: Closed) -> bool {
         let mut state = self.state.lock();
-        if state.closed.is_none() {
+        let open = state.closed.is_none();
+        if open {
             state.closed = Some(why);
         }
         drop(state);
         self.wakeup.wake();
+        open
     }
 
     /// Resolves once frames are queued or the outbox closed since the last

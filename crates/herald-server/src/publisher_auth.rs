@@ -63,6 +63,7 @@ pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str)
             "/api/v1/publish"
                 | "/api/v1/publish/batch"
                 | "/api/v1/send"
+                | "/api/v1/disconnect"
                 | "/messages"
                 | "/open-connection"
                 | "/open-connection-pool"

@@ -543,3 +543,64 @@ async fn sse_connections_are_identified_and_ack_over_http() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn disconnect_closes_every_connection_of_a_user_and_no_other() {
+    let server = TestServer::with(config).await;
+    let mut phone = user(&server, "alice", json!({"device": "phone"})).await;
+    let mut laptop = user(&server, "alice", json!({"device": "laptop"})).await;
+    let mut bob = user(&server, "bob", json!({})).await;
+    let token = jwt(SECRET, "alice", json!({}), 600);
+    let mut stream = Sse::connect(&server.http(&format!("/sse?token={token}"))).await;
+    let disconnect = |body: Value| {
+        reqwest::Client::new()
+            .post(server.http("/api/v1/disconnect"))
+            .json(&body)
+            .send()
+    };
+
+    // One device first, by label.
+    let res = disconnect(json!({"filter": {"user": "alice", "labels": {"device": "phone"}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"disconnected": 1})
+    );
+    assert_eq!(expect_close(&mut phone).await.0, 4009);
+
+    // Then the rest of her connections, the SSE stream included.
+    let res = disconnect(json!({"filter": {"user": "alice"}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"disconnected": 2})
+    );
+    assert_eq!(expect_close(&mut laptop).await.0, 4009);
+    loop {
+        let ev = stream
+            .next()
+            .await
+            .expect("the disconnected event before the end");
+        if ev.event.as_deref() == Some("disconnected") {
+            break;
+        }
+    }
+    assert_eq!(stream.next().await, None, "the stream ends after it");
+
+    // Bob is still served.
+    let (status, reply) = send(&server, json!({"filter": {"user": "bob"}, "data": "hi"})).await;
+    assert_eq!((status, &reply["delivered"]), (200, &json!(1)), "{reply}");
+    assert_eq!(next_json(&mut bob).await["data"], "hi");
+
+    // A filter must name someone: an empty one would empty the server.
+    for bad in [
+        json!({"filter": {}}),
+        json!({"filter": {"user": "bob", "find_any": true}}),
+        json!({"filter": {"user": "bob"}, "extra": 1}),
+    ] {
+        let res = disconnect(bad.clone()).await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+}

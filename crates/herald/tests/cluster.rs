@@ -1006,6 +1006,53 @@ async fn targeted_sends_and_acks_cross_nodes() {
 /// must neither confirm a later send of it reaching the same node nor take
 /// the route that the later send's real ack needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_on_one_node_closes_the_users_connections_on_another() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    let mut alice = ws(&n[1], &format!("/ws?token={}", token("alice", json!({})))).await;
+    let mut bob = ws(&n[1], &format!("/ws?token={}", token("bob", json!({})))).await;
+    // Node A sees alice once the registry has her.
+    send_until_matched(
+        &n[0],
+        json!({"filter": {"user": "alice"}, "data": "sync"}),
+        1,
+    )
+    .await;
+
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/disconnect", n[0].addr))
+        .json(&json!({"filter": {"user": "alice"}}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"disconnected": 1})
+    );
+    let close = loop {
+        let frame = tokio::time::timeout(WAIT, alice.next())
+            .await
+            .expect("alice is closed in time");
+        match frame {
+            Some(Ok(Message::Close(close))) => break close,
+            Some(Ok(_)) => continue,
+            other => panic!("alice's connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4009));
+    // Bob, on the same node, stays.
+    let (_, reply) = send(
+        &n[0],
+        json!({"filter": {"user": "bob"}, "data": "still here"}),
+    )
+    .await;
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    while next_json(&mut bob).await["data"] != "still here" {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 2);

@@ -73,7 +73,14 @@ enum Wire {
         filter: WireFilter,
         msg: WireMsg,
     },
-    /// The reply to a `Send`.
+    /// Disconnect local matches of `filter`; replied to with a `Sent`
+    /// counting them.
+    Disconnect {
+        from: String,
+        req: u64,
+        filter: WireFilter,
+    },
+    /// The reply to a `Send` or a `Disconnect`.
     Sent {
         req: u64,
         matched: usize,
@@ -355,6 +362,34 @@ pub(crate) async fn ack_for(
     Ok(acked.reply().unwrap_or(false))
 }
 
+/// Disconnects the connections `filter` selects on every node that has
+/// one: this node's at once, the others' by request. A node that does not
+/// answer in time counts as none.
+pub(crate) async fn disconnect(
+    inner: &Arc<Inner>,
+    router: &Router,
+    filter: &Filter,
+) -> Result<SendOutcome, BrokerError> {
+    let me = inner.config.node_id.as_str();
+    let nodes = candidates(inner, filter).await?;
+    let from = &inner.config.node_id;
+    let requests = nodes.iter().filter(|n| n.as_str() != me).map(|node| {
+        let wire = |req| Wire::Disconnect {
+            from: from.clone(),
+            req,
+            filter: filter.into(),
+        };
+        ask(inner, router, &router.waiting, node, wire)
+    });
+    let mut total = router.directory.disconnect(filter);
+    for asked in futures_util::future::join_all(requests).await {
+        let outcome = asked?.reply().unwrap_or_default();
+        total.matched += outcome.matched;
+        total.delivered += outcome.delivered;
+    }
+    Ok(total)
+}
+
 /// Asks `node` to deliver `msg` for send `ticket` of this node; waits for
 /// its counts (bounded by the broker timeout).
 async fn request(
@@ -429,6 +464,19 @@ fn encode(wire: &Wire) -> Bytes {
     Bytes::from(serde_json::to_vec(wire).unwrap_or_default())
 }
 
+/// Answers request `req` of node `from` with the counts of `outcome`.
+fn reply_sent(inner: &Arc<Inner>, from: String, req: u64, outcome: SendOutcome) {
+    let reply = Wire::Sent {
+        req,
+        matched: outcome.matched,
+        delivered: outcome.delivered,
+    };
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
+    });
+}
+
 /// Handles a request or reply from another node.
 pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes) {
     let Ok(wire) = serde_json::from_slice::<Wire>(&bytes) else {
@@ -451,15 +499,11 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
                 router
                     .directory
                     .deliver_for(Arc::from(from.as_str()), ticket, &filter, &msg);
-            let reply = Wire::Sent {
-                req,
-                matched: outcome.matched,
-                delivered: outcome.delivered,
-            };
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
-            });
+            reply_sent(inner, from, req, outcome);
+        }
+        Wire::Disconnect { from, req, filter } => {
+            let outcome = router.directory.disconnect(&Filter::from(filter));
+            reply_sent(inner, from, req, outcome);
         }
         Wire::Sent {
             req,

@@ -440,6 +440,17 @@ impl Broker for RedisBroker {
         }
     }
 
+    async fn disconnect(
+        &self,
+        local: &Directory,
+        filter: &Filter,
+    ) -> Result<SendOutcome, BrokerError> {
+        match self.router.get() {
+            Some(router) => identity::disconnect(&self.inner, router, filter).await,
+            None => Ok(local.disconnect(filter)),
+        }
+    }
+
     async fn ack(
         &self,
         local: &Directory,

@@ -162,6 +162,8 @@ pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQ
         preamble: heartbeat.clone(),
         heartbeat,
         reconnect: Bytes::from_static(b"event:reconnect\ndata:{}\n\n"),
+        // The seed's streams carry no identity: nothing disconnects them.
+        disconnected: Bytes::new(),
         cursor: None,
     };
     sse::respond(&state, session, style).unwrap_or_else(|e| seed_error(e.status, e.message))

@@ -280,6 +280,57 @@ pub(crate) struct AckRequest {
     id: String,
 }
 
+/// `POST /api/v1/disconnect` request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DisconnectRequest {
+    /// Which connections: a user, labels, exclusions (`find_any` is
+    /// refused); at least one dimension, so that no request empties the
+    /// server by accident.
+    filter: FilterBody,
+}
+
+/// `POST /api/v1/disconnect` reply.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DisconnectResponse {
+    /// Connections closed, on every node.
+    disconnected: usize,
+}
+
+/// Closes every connection the filter selects, on every node: a WebSocket
+/// with 4009 (don't reconnect), an SSE stream with a `disconnected` event.
+/// Their tokens stay valid: revoke those too to keep a client out.
+#[utoipa::path(post, path = "/api/v1/disconnect", tag = "native",
+    request_body = DisconnectRequest,
+    responses((status = 200, description = "Closed", body = DisconnectResponse),
+        (status = 400, description = "Malformed request, a filter naming no dimension, or `find_any`")))]
+pub(crate) async fn disconnect(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<DisconnectResponse>, ApiError> {
+    let body = read_body(req, 64 * 1024).await?;
+    let r: DisconnectRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    if r.filter.find_any {
+        return Err(ApiError::bad_request("'find_any' makes no sense here"));
+    }
+    let filter = r.filter.filter()?;
+    if filter.dims.dims().is_empty() {
+        return Err(ApiError::bad_request(
+            "the filter must name a user or a label: an empty one selects every connection",
+        ));
+    }
+    let out = state.engine.disconnect(&filter).await?;
+    tracing::info!(
+        identity = ?filter.dims.dims(),
+        disconnected = out.delivered,
+        "Connections disconnected."
+    );
+    Ok(Json(DisconnectResponse {
+        disconnected: out.delivered,
+    }))
+}
+
 /// Acknowledges a targeted message for an SSE connection, which cannot
 /// answer on its stream: 200 `{"acked": bool}` (false when the connection
 /// owed no such ack), 403 for a key this server did not issue.

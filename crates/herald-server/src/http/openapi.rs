@@ -32,6 +32,7 @@ use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
         channels::history,
         send::send,
         send::ack,
+        send::disconnect,
         push::publish,
         push::sse,
         push::ws,

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use herald_core::Frame;
+use herald_core::{Closed, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,6 +35,9 @@ pub(crate) struct SseStyle {
     pub(crate) heartbeat: Bytes,
     /// Sent once, `close_grace` before the lifetime ends, and on shutdown.
     pub(crate) reconnect: Bytes,
+    /// Sent last when the server disconnects the client on purpose
+    /// ([`Closed::Evicted`]); nothing when empty.
+    pub(crate) disconnected: Bytes,
     /// When set, every message gets an `id:` line holding the connection's
     /// position in all its channels, so `Last-Event-ID` resumes them all.
     pub(crate) cursor: Option<Cursor>,
@@ -171,13 +174,21 @@ async fn next_chunk(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)
                 if closed.is_some() {
                     s.done = true;
                 }
+                let farewell = if closed == Some(Closed::Evicted) {
+                    s.style.disconnected.clone()
+                } else {
+                    Bytes::new()
+                };
                 if s.batch.is_empty() {
                     if closed.is_some() {
-                        return None;
+                        return (!farewell.is_empty()).then_some((Ok(farewell), s));
                     }
                     continue;
                 }
-                let chunk = s.render_batch();
+                let mut chunk = s.render_batch();
+                if !farewell.is_empty() {
+                    chunk = [chunk, farewell].concat().into();
+                }
                 return Some((Ok(chunk), s));
             }
             () = tokio::time::sleep_until(deadline) => {
@@ -233,6 +244,10 @@ pub(crate) async fn run_tcp(
                     Ok(None) => {}
                     Ok(Some(why)) => {
                         tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
+                        if why == Closed::Evicted && !style.disconnected.is_empty() {
+                            let bye = io.write_all(&style.disconnected);
+                            let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
+                        }
                         break;
                     }
                     Err(_) => break,

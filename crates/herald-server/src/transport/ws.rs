@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::Frame;
+use herald_core::{Closed, Frame};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -35,6 +35,8 @@ use crate::transport::write_timeout::WriteTimeout;
 pub(crate) mod close {
     /// Malformed frame or command the server cannot continue after. Don't reconnect.
     pub(crate) const BAD_REQUEST: u16 = 4000;
+    /// Disconnected on purpose (`POST /api/v1/disconnect`). Don't reconnect.
+    pub(crate) const DISCONNECTED: u16 = 4009;
     /// Client is too slow: its queue overflowed. Reconnect with backoff.
     pub(crate) const SLOW_CONSUMER: u16 = 4100;
     /// Connection lifetime over. Reconnect now.
@@ -352,9 +354,16 @@ async fn run<D, S>(
                         }
                         closed
                     };
-                    if closed.is_some() {
-                        tracing::debug!(conn, "Slow consumer disconnected.");
-                        break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
+                    match closed {
+                        Some(Closed::SlowConsumer) => {
+                            tracing::debug!(conn, "Slow consumer disconnected.");
+                            break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
+                        }
+                        Some(Closed::Evicted) => {
+                            tracing::debug!(conn, "Disconnected by request.");
+                            break 'conn Some((close::DISCONNECTED, "disconnected by the server".into()));
+                        }
+                        None => {}
                     }
                     if let Some(close) = dialect.after_batch(&mut session).await {
                         break 'conn Some(close);

@@ -287,6 +287,7 @@ async fn open_sse(
         preamble: Bytes::from(preamble),
         heartbeat: Bytes::from_static(b": heartbeat\n\n"),
         reconnect: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"),
+        disconnected: Bytes::from_static(b"event: disconnected\ndata: {}\n\n"),
         cursor: Some(cursor),
     };
     Ok((session, style))
