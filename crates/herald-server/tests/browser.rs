@@ -1,9 +1,12 @@
-//! The push-stream routes in a real browser: `tests/browser/pushstream.mjs`
-//! drives headless Chromium (playwright-core) against this Herald, with
-//! short TTLs so every transport is forced to reconnect and resume;
-//! `tests/browser/admin.mjs` works push-api's admin page; `tests/browser/native.mjs`
-//! uses the native streams and publish from a page on another origin;
-//! `tests/browser/h2.mjs` opens many SSE streams over HTTP/2.
+//! Herald in a real browser: headless Chromium (playwright-core) runs the
+//! scripts in `tests/browser` against servers these tests start:
+//! - `pushstream.mjs`: push-stream's transports, with short TTLs so every
+//!   one is forced to reconnect and resume;
+//! - `admin.mjs`: push-api's admin page;
+//! - `native.mjs`: native streams and publishing from a page on another
+//!   origin, allowed and refused;
+//! - `client.mjs`: `clients/js/herald.js` resuming across reconnects;
+//! - `h2.mjs`: many SSE streams over one HTTP/2 connection.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -63,6 +66,26 @@ async fn missing() -> Option<String> {
     None
 }
 
+/// Runs `node <script> <args>` in `tests/browser`, within `secs`, and
+/// asserts that it printed OK; skips when the browser cannot run.
+async fn run_script(script: &str, args: &[String], secs: u64) {
+    let _one = BROWSER.lock().await;
+    if !prepared().await {
+        return;
+    }
+    let out = succeeds(
+        Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(browser_dir()),
+        Duration::from_secs(secs),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
+    assert!(out.contains("\nOK"), "{out}");
+}
+
 /// One browser at a time: Chromium is heavy and the push-stream test's
 /// timing tight. The guard also keeps two `npm ci` from racing.
 static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -94,11 +117,6 @@ async fn prepared() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushstream_transports_in_chromium_resume_across_reconnects() {
-    let _one = BROWSER.lock().await;
-    if !prepared().await {
-        return;
-    }
-    let dir = browser_dir();
     let server = TestServer::with(|c| {
         let ps = &mut c.pushstream;
         ps.subscriber_ttl = Duration::from_millis(1200);
@@ -107,25 +125,11 @@ async fn pushstream_transports_in_chromium_resume_across_reconnects() {
         ps.max_messages_stored_per_channel = 200;
     })
     .await;
-    let out = succeeds(
-        Command::new("node")
-            .arg("pushstream.mjs")
-            .arg(server.http("/ps"))
-            .current_dir(&dir),
-        Duration::from_secs(150),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{out}");
-    assert!(out.contains("\nOK"), "{out}");
+    run_script("pushstream.mjs", &[server.http("/ps")], 150).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushapi_admin_page_in_chromium() {
-    let _one = BROWSER.lock().await;
-    if !prepared().await {
-        return;
-    }
     let server = TestServer::with(|c| {
         c.pushstream.enabled = true;
         c.pushapi.enabled = true;
@@ -133,42 +137,17 @@ async fn pushapi_admin_page_in_chromium() {
         c.pushapi.persistent_ping_interval = Duration::ZERO;
     })
     .await;
-    let out = succeeds(
-        Command::new("node")
-            .arg("admin.mjs")
-            .arg(server.http(""))
-            .current_dir(browser_dir()),
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{out}");
-    assert!(out.contains("\nOK"), "{out}");
+    run_script("admin.mjs", &[server.http("")], 120).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_streams_and_publish_from_another_origin_in_chromium() {
-    let _one = BROWSER.lock().await;
-    if !prepared().await {
-        return;
-    }
     let open = TestServer::start().await;
     let closed = TestServer::with(|c| {
         c.server.allowed_origins = vec!["https://app.example".into()];
     })
     .await;
-    let out = succeeds(
-        Command::new("node")
-            .arg("native.mjs")
-            .arg(open.http(""))
-            .arg(closed.http(""))
-            .current_dir(browser_dir()),
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{out}");
-    assert!(out.contains("\nOK"), "{out}");
+    run_script("native.mjs", &[open.http(""), closed.http("")], 120).await;
 }
 
 /// `clients/js/herald.js` in Chromium (`tests/browser/client.mjs`): it
@@ -176,10 +155,6 @@ async fn native_streams_and_publish_from_another_origin_in_chromium() {
 /// doubled, reports a gap it cannot fill, and uses tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
-    let _one = BROWSER.lock().await;
-    if !prepared().await {
-        return;
-    }
     const SECRET: &str = "browser-client-test-secret";
     let server = TestServer::with(|c| {
         c.connection.lifetime_min = Duration::from_millis(1200);
@@ -202,18 +177,7 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    let out = succeeds(
-        Command::new("node")
-            .arg("client.mjs")
-            .arg(server.http(""))
-            .arg(token)
-            .current_dir(browser_dir()),
-        Duration::from_secs(150),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{out}");
-    assert!(out.contains("\nOK"), "{out}");
+    run_script("client.mjs", &[server.http(""), token], 150).await;
 }
 
 /// HTTPS with HTTP/2 in Chromium (`tests/browser/h2.mjs`): a page keeps more
@@ -221,10 +185,6 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
 /// gets a message published by `fetch`; without HTTP/2, six open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_share_one_http2_connection_in_chromium() {
-    let _one = BROWSER.lock().await;
-    if !prepared().await {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -240,16 +200,13 @@ async fn sse_streams_share_one_http2_connection_in_chromium() {
     };
     let h2 = TestServer::with(tls(true)).await;
     let h1 = TestServer::with(tls(false)).await;
-    let out = succeeds(
-        Command::new("node")
-            .arg("h2.mjs")
-            .arg(format!("https://{}", h2.addr))
-            .arg(format!("https://{}", h1.addr))
-            .current_dir(browser_dir()),
-        Duration::from_secs(120),
+    run_script(
+        "h2.mjs",
+        &[
+            format!("https://{}", h2.addr),
+            format!("https://{}", h1.addr),
+        ],
+        120,
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{out}");
-    assert!(out.contains("\nOK"), "{out}");
+    .await;
 }
