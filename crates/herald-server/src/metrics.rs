@@ -38,6 +38,8 @@ pub struct Metrics {
     opened: [AtomicU64; 2],
     /// Connections refused because `max_connections` was reached.
     refused: AtomicU64,
+    /// HTTP answers by status class (1xx to 5xx): error rates to alert on.
+    answers: [AtomicU64; 5],
     /// Metrics of parts that run beside the server (the mobile pipeline),
     /// appended to the exposition.
     extra: parking_lot::RwLock<Vec<ExtraMetrics>>,
@@ -89,6 +91,12 @@ impl Metrics {
             metrics: self.clone(),
             transport,
         })
+    }
+
+    /// Counts an HTTP answer with `status`.
+    pub(crate) fn answered(&self, status: axum::http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.answers[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Open streaming connections across transports.
@@ -190,6 +198,20 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", load(value));
         }
 
+        let name = "herald_http_responses_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "HTTP answers by status class (streams opened on their own socket are connections).",
+        );
+        for (class, value) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(&self.answers)
+        {
+            let _ = writeln!(out, "{name}{{class=\"{class}\"}} {}", load(value));
+        }
+
         let name = "herald_fanout_latency_seconds";
         header(
             &mut out,
@@ -276,9 +298,17 @@ mod tests {
         assert_eq!(m.connections(), 1);
         let hub = Arc::new(herald_core::Hub::new());
         let broker = Arc::new(herald_broker::MemoryBroker::new(hub.clone()));
-        let text = m.render(&Engine::new(hub, broker));
+        let engine = Engine::new(hub, broker);
+        let text = m.render(&engine);
         assert!(text.contains("herald_connections{transport=\"sse\"} 1"));
         assert!(text.contains("herald_connections_refused_total 1"));
+        m.answered(axum::http::StatusCode::NOT_FOUND);
+        m.answered(axum::http::StatusCode::OK);
+        m.answered(axum::http::StatusCode::OK);
+        let text = m.render(&engine);
+        assert!(text.contains("herald_http_responses_total{class=\"2xx\"} 2\n"));
+        assert!(text.contains("herald_http_responses_total{class=\"4xx\"} 1\n"));
+        assert!(text.contains("herald_http_responses_total{class=\"5xx\"} 0\n"));
         assert!(text.contains("herald_fanout_latency_seconds_bucket{le=\"+Inf\"} 0"));
         assert!(text.contains("\nherald_subscriptions 0\n"));
         assert!(text.contains("\nherald_broker_ready{kind=\"memory\"} 1\n"));

@@ -115,10 +115,12 @@ impl Server {
         let write_timeout = state.config.server.write_timeout;
         let max_header_bytes = state.config.limits.max_header_bytes;
         let router = http::router(state.clone(), extra);
+        let metrics = state.metrics.clone();
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
-                .map_response(|res: axum::response::Response| {
+                .map_response(move |res: axum::response::Response| {
                     head_errors::note_route_answer(&res);
+                    metrics.answered(res.status());
                     res
                 })
                 .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {

@@ -120,6 +120,20 @@ async fn gauges_follow_subscribers_and_process_metrics_are_there() {
     ws.send(Message::Close(None)).await.unwrap();
     drop(ws);
     scrape_until(&server, |m| m["herald_subscriptions"] == 1.0).await;
+
+    // Answers by class: three publishes, scrapes, one 404.
+    let before = parse(&scrape(&server).await);
+    let missing = reqwest::get(server.http("/no-such-route")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let after = parse(&scrape(&server).await);
+    let class = |m: &HashMap<String, f64>, c: &str| {
+        m[&format!("herald_http_responses_total{{class=\"{c}\"}}")]
+    };
+    assert_eq!(class(&after, "4xx") - class(&before, "4xx"), 1.0);
+    // The scrape that read `before` was answered 200 after it was taken.
+    assert_eq!(class(&after, "2xx") - class(&before, "2xx"), 1.0);
+    assert!(class(&before, "2xx") >= 3.0, "the publishes count");
+    assert_eq!(class(&after, "5xx"), 0.0);
 }
 
 #[test]
