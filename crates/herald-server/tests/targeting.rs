@@ -552,6 +552,20 @@ async fn disconnect_closes_every_connection_of_a_user_and_no_other() {
     let mut bob = user(&server, "bob", json!({})).await;
     let token = jwt(SECRET, "alice", json!({}), 600);
     let mut stream = Sse::connect(&server.http(&format!("/sse?token={token}"))).await;
+    // A head longer than the streams' own first read is hyper's: its body
+    // loop says goodbye too.
+    let padded = reqwest::Client::new()
+        .get(server.http(&format!("/sse?token={token}")))
+        .header("x-pad", "p".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        padded.headers()["transfer-encoding"],
+        "chunked",
+        "served by hyper"
+    );
+    let mut by_hyper = Sse::from_response(padded);
     let disconnect = |body: Value| {
         reqwest::Client::new()
             .post(server.http("/api/v1/disconnect"))
@@ -575,19 +589,21 @@ async fn disconnect_closes_every_connection_of_a_user_and_no_other() {
         .unwrap();
     assert_eq!(
         res.json::<Value>().await.unwrap(),
-        json!({"disconnected": 2})
+        json!({"disconnected": 3})
     );
     assert_eq!(expect_close(&mut laptop).await.0, 4009);
-    loop {
-        let ev = stream
-            .next()
-            .await
-            .expect("the disconnected event before the end");
-        if ev.event.as_deref() == Some("disconnected") {
-            break;
+    for sse in [&mut stream, &mut by_hyper] {
+        loop {
+            let ev = sse
+                .next()
+                .await
+                .expect("the disconnected event before the end");
+            if ev.event.as_deref() == Some("disconnected") {
+                break;
+            }
         }
+        assert_eq!(sse.next().await, None, "the stream ends after it");
     }
-    assert_eq!(stream.next().await, None, "the stream ends after it");
 
     // Bob is still served.
     let (status, reply) = send(&server, json!({"filter": {"user": "bob"}, "data": "hi"})).await;
