@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::channel::ChannelKey;
 use crate::history::Position;
 use crate::hub::Published;
-use crate::identity::{AckTo, Directory, Filter, SendOutcome, Targeted};
+use crate::identity::{AckTo, Directory, Filter, Presence, SendOutcome, Targeted};
 use crate::message::{Message, Publication};
 use crate::outbox::ConnId;
 use crate::records::Record;
@@ -87,6 +87,12 @@ pub trait Broker: Send + Sync + 'static {
         msg: Targeted,
     ) -> Result<SendOutcome, BrokerError> {
         Ok(local.deliver(filter, &msg))
+    }
+
+    /// Who is in channel `key` across the cluster, given `local`: this
+    /// node's own count. The default has no other node to ask.
+    async fn presence(&self, local: Presence, _key: &ChannelKey) -> Result<Presence, BrokerError> {
+        Ok(local)
     }
 
     /// Disconnects every connection `filter` selects, on every node.

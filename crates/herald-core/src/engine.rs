@@ -9,7 +9,7 @@ use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
 use crate::history::{History, Position, Replay};
 use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
-use crate::identity::{Directory, Filter, SendOutcome, Targeted};
+use crate::identity::{Directory, Filter, Presence, SendOutcome, Targeted};
 use crate::message::Publication;
 use crate::outbox::{ConnId, Outbox};
 use crate::stats::SendStats;
@@ -291,6 +291,12 @@ impl Engine {
             stats.unmatched.fetch_add(1, Ordering::Relaxed);
         }
         Ok(sent)
+    }
+
+    /// Who is in channel `key`, on every node: connections per user.
+    pub async fn presence(&self, key: &ChannelKey) -> Result<Presence, BrokerError> {
+        let local = self.directory.presence(&self.hub, key);
+        self.broker.presence(local, key).await
     }
 
     /// Disconnects every connection `filter` selects, cluster-wide: logging

@@ -626,6 +626,13 @@ impl Hub {
             .map_or(0, |ch| ch.inner.lock().subscribers.len())
     }
 
+    /// The connections subscribed to `key` on this node.
+    pub fn subscriber_ids(&self, key: &ChannelKey) -> Vec<ConnId> {
+        self.get(key).map_or_else(Vec::new, |ch| {
+            ch.inner.lock().subscribers.keys().copied().collect()
+        })
+    }
+
     /// Whether connection `id` subscribes to `key` here: not once the
     /// channel was deleted.
     pub fn is_subscribed(&self, key: &ChannelKey, id: ConnId) -> bool {

@@ -171,6 +171,28 @@ pub trait TargetFormat: Send + Sync + 'static {
     fn encode_targeted(&self, msg: &Targeted) -> Bytes;
 }
 
+/// The dimension that names a connection's user (its token's `sub`).
+pub const USER: &str = "user";
+
+/// Who is in a channel: connections per user, and those without one.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Presence {
+    /// Connections per user, by user.
+    pub users: std::collections::BTreeMap<String, usize>,
+    /// Connections with no user: no token, or a token for no user.
+    pub anonymous: usize,
+}
+
+impl Presence {
+    /// Adds another node's count.
+    pub fn merge(&mut self, other: Presence) {
+        for (user, n) in other.users {
+            *self.users.entry(user).or_default() += n;
+        }
+        self.anonymous += other.anonymous;
+    }
+}
+
 /// What one delivery attempt reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SendOutcome {
@@ -374,6 +396,21 @@ impl Directory {
         let turn = (*n % len as u64) as usize;
         *n = n.wrapping_add(1);
         turn
+    }
+
+    /// Who is in channel `key` on this node: its subscribers in `hub`,
+    /// counted by the user their token names, the rest as anonymous.
+    pub fn presence(&self, hub: &crate::Hub, key: &crate::ChannelKey) -> Presence {
+        let ids = hub.subscriber_ids(key);
+        let index = self.index.read();
+        let mut presence = Presence::default();
+        for id in ids {
+            match index.conns.get(&id).and_then(|e| e.identity.get(USER)) {
+                Some(user) => *presence.users.entry(user.to_owned()).or_default() += 1,
+                None => presence.anonymous += 1,
+            }
+        }
+        presence
     }
 
     /// Closes every connection on this node that `filter` selects

@@ -14,7 +14,7 @@ use crate::config::{AuthConfig, ConfigError};
 use crate::error::ApiError;
 
 /// The identity dimension that holds the token's `sub`.
-pub(crate) const USER_DIM: &str = "user";
+pub(crate) const USER_DIM: &str = herald_core::identity::USER;
 
 /// Verifies native tokens.
 pub(crate) struct Verifier {

@@ -620,3 +620,52 @@ async fn disconnect_closes_every_connection_of_a_user_and_no_other() {
         assert_eq!(res.status(), 400, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn presence_counts_a_channels_connections_by_user() {
+    let server = TestServer::with(config).await;
+    let alice = jwt(SECRET, "alice", json!({}), 600);
+    let mut phone = server.ws(&format!("/ws?channels=room&token={alice}")).await;
+    let _laptop = server.ws(&format!("/ws?channels=room&token={alice}")).await;
+    let bob = jwt(SECRET, "bob", json!({}), 600);
+    let _bob = Sse::connect(&server.http(&format!("/sse?channels=room&token={bob}"))).await;
+    let _anonymous = server.ws("/ws?channels=room").await;
+    let _elsewhere = server
+        .ws(&format!(
+            "/ws?channels=hall&token={}",
+            jwt(SECRET, "carol", json!({}), 600)
+        ))
+        .await;
+    let presence = || async {
+        let res = reqwest::get(server.http("/api/v1/channels/room/presence"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(
+        presence().await,
+        json!({
+            "channel": "room",
+            "connections": 4,
+            "users": [{"user": "alice", "connections": 2}, {"user": "bob", "connections": 1}],
+            "anonymous": 1,
+        })
+    );
+    phone.send(Message::Close(None)).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while presence().await["users"][0]["connections"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's phone never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let empty = reqwest::get(server.http("/api/v1/channels/nobody/presence"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(empty["connections"], 0, "{empty}");
+}

@@ -1053,6 +1053,31 @@ async fn a_disconnect_on_one_node_closes_the_users_connections_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_every_nodes_subscribers() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 3);
+    let alice = token("alice", json!({}));
+    let _a1 = ws(&n[1], &format!("/ws?channels=lobby&token={alice}")).await;
+    let _a2 = ws(&n[2], &format!("/ws?channels=lobby&token={alice}")).await;
+    let _bob = ws(
+        &n[0],
+        &format!("/ws?channels=lobby&token={}", token("bob", json!({}))),
+    )
+    .await;
+    let _anonymous = ws(&n[2], "/ws?channels=lobby").await;
+    // Nodes count their subscribers into Redis within a second.
+    let presence = get_until(&n[0], "/api/v1/channels/lobby/presence", |p| {
+        p["connections"] == 4
+    })
+    .await;
+    assert_eq!(
+        presence["users"],
+        json!([{"user": "alice", "connections": 2}, {"user": "bob", "connections": 1}])
+    );
+    assert_eq!(presence["anonymous"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 2);

@@ -45,8 +45,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::identity::{AckTo, Dim, Directory, Filter, Identity, SendOutcome, Targeted};
-use herald_core::{BrokerError, ConnId};
+use herald_core::identity::{
+    AckTo, Dim, Directory, Filter, Identity, Presence, SendOutcome, Targeted,
+};
+use herald_core::{BrokerError, ChannelKey, ConnId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -80,6 +82,16 @@ enum Wire {
         req: u64,
         filter: WireFilter,
     },
+    /// Count who is in channel `name` of `app` here; replied to with a
+    /// `Present`.
+    Presence {
+        from: String,
+        req: u64,
+        app: String,
+        name: String,
+    },
+    /// The reply to a `Presence`.
+    Present { req: u64, presence: Presence },
     /// The reply to a `Send` or a `Disconnect`.
     Sent {
         req: u64,
@@ -205,6 +217,8 @@ pub(crate) struct Router {
     waiting: Mutex<HashMap<u64, oneshot::Sender<SendOutcome>>>,
     /// `AckFor` replies awaited by request number.
     waiting_acks: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    /// `Present` replies awaited by request number.
+    waiting_presence: Mutex<HashMap<u64, oneshot::Sender<Presence>>>,
     /// Next request number.
     next_req: AtomicU64,
     /// `find_any` rotation over candidate nodes, per filter.
@@ -220,6 +234,7 @@ impl Router {
             directory,
             waiting: Mutex::default(),
             waiting_acks: Mutex::default(),
+            waiting_presence: Mutex::default(),
             next_req: AtomicU64::new(1),
             rotation: Mutex::default(),
             registered: Mutex::default(),
@@ -360,6 +375,43 @@ pub(crate) async fn ack_for(
     };
     let acked = ask(inner, router, &router.waiting_acks, node, wire).await?;
     Ok(acked.reply().unwrap_or(false))
+}
+
+/// `local` plus the presence in `key` of every other live node that
+/// counts subscribers to it. A node that does not answer in time counts as
+/// nobody.
+pub(crate) async fn presence(
+    inner: &Arc<Inner>,
+    router: &Router,
+    mut local: Presence,
+    key: &ChannelKey,
+) -> Result<Presence, BrokerError> {
+    let me = inner.config.node_id.as_str();
+    let mut conn = inner.publisher_conn()?;
+    let nodes: Vec<String> = bounded(
+        inner.config.timeout(),
+        redis::cmd("HKEYS")
+            .arg(inner.keys.subscribers(key))
+            .query_async(&mut conn),
+    )
+    .await
+    .map_err(|e| inner.failed(e))?;
+    let from = &inner.config.node_id;
+    let requests = nodes.iter().filter(|n| n.as_str() != me).map(|node| {
+        let wire = |req| Wire::Presence {
+            from: from.clone(),
+            req,
+            app: key.app().to_owned(),
+            name: key.name().to_owned(),
+        };
+        ask(inner, router, &router.waiting_presence, node, wire)
+    });
+    for asked in futures_util::future::join_all(requests).await {
+        if let Some(remote) = asked?.reply() {
+            local.merge(remote);
+        }
+    }
+    Ok(local)
 }
 
 /// Disconnects the connections `filter` selects on every node that has
@@ -504,6 +556,27 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
         Wire::Disconnect { from, req, filter } => {
             let outcome = router.directory.disconnect(&Filter::from(filter));
             reply_sent(inner, from, req, outcome);
+        }
+        Wire::Presence {
+            from,
+            req,
+            app,
+            name,
+        } => {
+            let Ok(key) = ChannelKey::new(&Arc::from(app), &name) else {
+                return;
+            };
+            let presence = router.directory.presence(&inner.hub, &key);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let reply = Wire::Present { req, presence };
+                let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
+            });
+        }
+        Wire::Present { req, presence } => {
+            if let Some(tx) = router.waiting_presence.lock().remove(&req) {
+                let _ = tx.send(presence);
+            }
         }
         Wire::Sent {
             req,

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_core::identity::{AckTo, Directory, Filter, SendOutcome, Targeted};
+use herald_core::identity::{AckTo, Directory, Filter, Presence, SendOutcome, Targeted};
 use herald_core::{
     Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, Publication,
     Published, Record, StoredPage,
@@ -437,6 +437,13 @@ impl Broker for RedisBroker {
         match self.router.get() {
             Some(router) => identity::send(&self.inner, router, filter, msg).await,
             None => Ok(local.deliver(filter, &msg)),
+        }
+    }
+
+    async fn presence(&self, local: Presence, key: &ChannelKey) -> Result<Presence, BrokerError> {
+        match self.router.get() {
+            Some(router) => identity::presence(&self.inner, router, local, key).await,
+            None => Ok(local),
         }
     }
 

@@ -87,6 +87,10 @@ pub fn router(state: AppState, extra: Extra) -> Router {
             get(channels::get).delete(channels::delete),
         )
         .route("/api/v1/channels/{channel}/history", get(channels::history))
+        .route(
+            "/api/v1/channels/{channel}/presence",
+            get(channels::presence),
+        )
         // The Push seed's API.
         .route("/messages", post(push::publish))
         .route("/sse/messages", get(push::sse))

@@ -30,6 +30,7 @@ use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
         channels::get,
         channels::delete,
         channels::history,
+        channels::presence,
         send::send,
         send::ack,
         send::disconnect,

@@ -65,6 +65,35 @@ pub(crate) async fn get(
     Ok(Json(info_json(&info)))
 }
 
+/// `GET /api/v1/channels/{ch}/presence`: who is subscribed, on every node.
+#[utoipa::path(get, path = "/api/v1/channels/{channel}/presence", tag = "native",
+    params(("channel" = String, Path, description = "Channel name"),
+        ("token" = Option<String>, Query, description = "JWT granting a protected channel")),
+    responses((status = 200, description = "`{channel, connections, users: [{user, connections}], anonymous}`"),
+        (status = 403, description = "A protected channel, not granted")))]
+pub(crate) async fn presence(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.channel(&name)?;
+    check_request(&state, &key, q.token.as_deref(), &headers)?;
+    let presence = state.engine.presence(&key).await?;
+    let connections = presence.users.values().sum::<usize>() + presence.anonymous;
+    let users: Vec<Value> = presence
+        .users
+        .iter()
+        .map(|(user, n)| json!({"user": user, "connections": n}))
+        .collect();
+    Ok(Json(json!({
+        "channel": key.name(),
+        "connections": connections,
+        "users": users,
+        "anonymous": presence.anonymous,
+    })))
+}
+
 /// `DELETE /api/v1/channels/{ch}`: subscribers are told and unsubscribed;
 /// history is dropped (the next message starts a new epoch).
 #[utoipa::path(delete, path = "/api/v1/channels/{channel}", tag = "native", params(("channel" = String, Path, description = "Channel name")),
