@@ -7,11 +7,14 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::ChannelKey;
 use herald_core::channel::{DEFAULT_APP, pattern_matches};
 
 use crate::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::state::AppState;
 
 /// Channel names, or patterns with one `*` standing for any run of
@@ -108,6 +111,27 @@ pub(crate) fn check_request(
     let keys = std::slice::from_ref(key);
     let grants = request_grants(state, keys, token, headers)?;
     state.access.check_all(keys, &grants)
+}
+
+/// The channel a route's path names, that the request may read: a
+/// protected one only with a grant (`?token=` or `Authorization: Bearer`)
+/// or a publisher key.
+pub(crate) struct Readable(pub(crate) ChannelKey);
+
+impl FromRequestParts<AppState> for Readable {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+        }
+        let Path(name) = Path::<String>::from_request_parts(parts, state).await?;
+        let Query(q) = Query::<Token>::from_request_parts(parts, state).await?;
+        let key = state.channel(&name)?;
+        check_request(state, &key, q.token.as_deref(), &parts.headers)?;
+        Ok(Self(key))
+    }
 }
 
 #[cfg(test)]

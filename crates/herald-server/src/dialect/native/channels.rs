@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use herald_core::{ChannelInfo, Position, Recovery};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{envelope, position_json};
-use crate::access::check_request;
+use crate::access::Readable;
 use crate::error::ApiError;
 use crate::http::extract::{Path, Query};
 use crate::state::AppState;
@@ -51,17 +51,13 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
         (status = 404, description = "No such channel")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    Readable(key): Readable,
 ) -> Result<Json<Value>, ApiError> {
-    let key = state.channel(&name)?;
-    check_request(&state, &key, q.token.as_deref(), &headers)?;
     let info = state
         .engine
         .channel_info(&key)
         .await?
-        .ok_or_else(|| not_found(&name))?;
+        .ok_or_else(|| not_found(key.name()))?;
     Ok(Json(info_json(&info)))
 }
 
@@ -73,12 +69,8 @@ pub(crate) async fn get(
         (status = 403, description = "A protected channel, not granted")))]
 pub(crate) async fn presence(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    Readable(key): Readable,
 ) -> Result<Json<Value>, ApiError> {
-    let key = state.channel(&name)?;
-    check_request(&state, &key, q.token.as_deref(), &headers)?;
     let presence = state.engine.presence(&key).await?;
     let connections = presence.users.values().sum::<usize>() + presence.anonymous;
     let users: Vec<Value> = presence
@@ -119,14 +111,6 @@ pub(crate) struct HistoryQuery {
     /// … of this epoch (required with `since`).
     epoch: Option<String>,
     limit: Option<usize>,
-    /// A JWT granting a protected channel (docs/api.md).
-    token: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TokenQuery {
-    /// A JWT granting a protected channel (docs/api.md).
-    token: Option<String>,
 }
 
 /// `GET /api/v1/channels/{ch}/history?since=&epoch=&limit=`: stored
@@ -137,12 +121,9 @@ pub(crate) struct TokenQuery {
         (status = 403, description = "A protected channel, not granted")))]
 pub(crate) async fn history(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Readable(key): Readable,
     Query(q): Query<HistoryQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let key = state.channel(&name)?;
-    check_request(&state, &key, q.token.as_deref(), &headers)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
     let since = match (q.since, q.epoch) {
         (Some(offset), Some(epoch)) => Some(Position {
@@ -156,7 +137,7 @@ pub(crate) async fn history(
         .engine
         .history(&key, since.as_ref().map(|p| p.offset), limit)
         .await?
-        .ok_or_else(|| not_found(&name))?;
+        .ok_or_else(|| not_found(key.name()))?;
     let head = &page.position;
     let recovery = since.as_ref().map(|pos| {
         if pos.epoch != head.epoch {
