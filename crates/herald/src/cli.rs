@@ -4,17 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
 use herald_mobile::Mobile;
 use herald_server::Server;
 use herald_server::config::LogFormat;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::pusher;
 use crate::settings::{self, Settings};
+use crate::subscribe::Subscriber;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +54,10 @@ enum Command {
         /// channels its `channels` claim grants.
         #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Keep going: reconnect when the connection ends and resume every
+        /// channel after the last message printed.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Run only the mobile pipeline, configured like the Pusher seed
     /// (`--config` names its YAML file, default `./config/default.yaml`;
@@ -104,7 +106,20 @@ pub(crate) fn main() -> ExitCode {
             channels,
             url,
             token,
-        } => runtime(subscribe(url, channels, token)),
+            follow,
+        } => runtime(
+            Subscriber {
+                url,
+                channels: channels
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                token,
+                follow,
+            }
+            .run(),
+        ),
         Command::Pusher {
             mode,
             debug,
@@ -314,42 +329,4 @@ async fn publish(
     } else {
         Err(format!("server answered {status}"))
     }
-}
-
-async fn subscribe(url: String, channels: String, token: Option<String>) -> Result<(), String> {
-    let url = format!("{}/ws?channels={channels}", url.trim_end_matches('/'));
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad URL {url}: {e}"))?;
-    if let Some(token) = token {
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the token is not a header value".to_owned())?;
-        request.headers_mut().insert("authorization", bearer);
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(res) => {
-                let body = res.body().as_deref().map(String::from_utf8_lossy);
-                format!(
-                    "{url} refused: {} {}",
-                    res.status(),
-                    body.unwrap_or_default()
-                )
-            }
-            e => format!("cannot connect to {url}: {e}"),
-        })?;
-    while let Some(frame) = ws.next().await {
-        match frame.map_err(|e| e.to_string())? {
-            Message::Text(t) => println!("{t}"),
-            Message::Close(c) => {
-                eprintln!("closed: {c:?}");
-                break;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod pusher;
 mod settings;
+mod subscribe;
 
 /// jemalloc instead of glibc malloc: 3–7 % less server CPU per delivery in the fan-out and
 /// pairs benchmarks, at the same RSS per idle connection (docs/benchmarks.md).

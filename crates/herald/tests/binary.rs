@@ -205,6 +205,138 @@ async fn cli_subscribe_reads_a_protected_channel_with_a_token() {
     sub.wait().unwrap();
 }
 
+/// A child process killed when dropped.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TCP relay to `to` whose open connections can be cut at once, as a
+/// network failure would; new ones are relayed again.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(to: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let to = to.clone();
+                conns.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Self { addr, open }
+    }
+
+    /// Drops every relayed connection.
+    fn cut(&self) {
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_subscribe_follow_resumes_after_drops_and_lifetimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        "[connection]\nlifetime_min = \"1200ms\"\nlifetime_max = \"1800ms\"\nclose_grace = \"300ms\"\n\
+         [[history.rules]]\npattern = \"h*\"\nsize = 100\nttl = \"5m\"\n",
+    )
+    .unwrap();
+    let herald = Herald::start(&[("HERALD_CONFIG", config.to_str().unwrap())]);
+    let relay = Relay::start(herald.addr.clone()).await;
+    let sub = Command::new(HERALD)
+        .args(["subscribe", "hfollow", "--follow", "--url"])
+        .arg(format!("ws://{}", relay.addr))
+        .env_remove("HERALD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends: it would follow forever.
+    let mut sub = KillOnDrop(Some(sub));
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = sub.child().stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut got = Vec::new();
+    // One deadline for all of them: other lines (reconnect hints) keep coming.
+    let mut read_until = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < n as usize {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("only {got:?} arrived"));
+            let frame: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if frame["channel"] == "hfollow" {
+                got.push(frame["data"].as_u64().unwrap());
+            }
+        }
+        got.clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while herald.metric("herald_connections{transport=\"ws\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "subscriber never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Over about three connection lifetimes, which end in a reconnect.
+    for i in 1..=20 {
+        publish_ok(&herald, "hfollow", serde_json::json!(i)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    read_until(20);
+    // A drop: what is published before the subscriber is back is resumed.
+    relay.cut();
+    for i in 21..=25 {
+        publish_ok(&herald, "hfollow", serde_json::json!(i)).await;
+    }
+    let got = read_until(25);
+    assert_eq!(
+        got,
+        (1..=25).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    let mut sub = sub.0.take().unwrap();
+    sub.kill().unwrap();
+    let out = sub.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Both ways a connection ends were lived through.
+    assert!(
+        stderr.contains("Library(4200)"),
+        "a lifetime's end: {stderr}"
+    );
+    assert!(stderr.contains("connection lost"), "the drop: {stderr}");
+}
+
 /// Writes a certificate for 127.0.0.1, self-signed as `name`, to `cert` and
 /// its key to `key`; returns the certificate, for clients to trust.
 fn install_certificate(name: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
