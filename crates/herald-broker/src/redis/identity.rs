@@ -516,6 +516,14 @@ fn encode(wire: &Wire) -> Bytes {
     Bytes::from(serde_json::to_vec(wire).unwrap_or_default())
 }
 
+/// Sends `reply` to node `to`, without holding up the message handler.
+fn answer(inner: &Arc<Inner>, to: String, reply: Wire) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _ = super::send_to_node(&inner, &to, encode(&reply)).await;
+    });
+}
+
 /// Answers request `req` of node `from` with the counts of `outcome`.
 fn reply_sent(inner: &Arc<Inner>, from: String, req: u64, outcome: SendOutcome) {
     let reply = Wire::Sent {
@@ -523,10 +531,7 @@ fn reply_sent(inner: &Arc<Inner>, from: String, req: u64, outcome: SendOutcome) 
         matched: outcome.matched,
         delivered: outcome.delivered,
     };
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
-    });
+    answer(inner, from, reply);
 }
 
 /// Handles a request or reply from another node.
@@ -567,11 +572,7 @@ pub(crate) fn on_message(inner: &Arc<Inner>, router: &Arc<Router>, bytes: Bytes)
                 return;
             };
             let presence = router.directory.presence(&inner.hub, &key);
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                let reply = Wire::Present { req, presence };
-                let _ = super::send_to_node(&inner, &from, encode(&reply)).await;
-            });
+            answer(inner, from, Wire::Present { req, presence });
         }
         Wire::Present { req, presence } => {
             if let Some(tx) = router.waiting_presence.lock().remove(&req) {
