@@ -241,6 +241,13 @@ pub struct ServerConfig {
     /// request from any other is refused with 403. push-stream's routes
     /// follow `pushstream.allowed_origins` instead.
     pub allowed_origins: Vec<String>,
+    /// Compress WebSocket messages for clients that offer permessage-deflate
+    /// (every browser does), on every WebSocket route. Each message is
+    /// compressed once, however many subscribers it has.
+    pub ws_compression: bool,
+    /// Messages shorter than this, in bytes, go out uncompressed: too small
+    /// to gain.
+    pub ws_compression_min_size: usize,
     /// TLS on the listener (`https://`, `wss://`); off unless both files are set.
     pub tls: TlsConfig,
 }
@@ -287,6 +294,8 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             allowed_origins: vec!["*".into()],
+            ws_compression: true,
+            ws_compression_min_size: 256,
             tls: TlsConfig::default(),
         }
     }

@@ -6,7 +6,8 @@
 //! - `native.mjs`: native streams and publishing from a page on another
 //!   origin, allowed and refused;
 //! - `client.mjs`: `clients/js/herald.js` resuming across reconnects;
-//! - `h2.mjs`: many SSE streams over one HTTP/2 connection.
+//! - `h2.mjs`: many SSE streams over one HTTP/2 connection;
+//! - `compression.mjs`: permessage-deflate over ws:// and wss://.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -180,24 +181,52 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
     run_script("client.mjs", &[server.http(""), token], 150).await;
 }
 
+/// A self-signed certificate for 127.0.0.1, written to `dir`; the returned
+/// closure turns TLS on in a config, with HTTP/2 or without.
+fn self_signed(
+    dir: &std::path::Path,
+) -> impl Fn(bool) -> Box<dyn FnOnce(&mut herald_server::Config)> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    move |http2: bool| {
+        let (cert, key) = (cert.clone(), key.clone());
+        Box::new(move |c: &mut herald_server::Config| {
+            c.server.tls.cert_file = Some(cert);
+            c.server.tls.key_file = Some(key);
+            c.server.tls.http2 = http2;
+        })
+    }
+}
+
+/// permessage-deflate in Chromium (`tests/browser/compression.mjs`): over
+/// ws:// and wss:// the browser agrees to it, and a large message goes from
+/// the page's `publish` command back to the page intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_compression_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = self_signed(dir.path());
+    let plain = TestServer::with(|c| c.server.allow_client_publish = true).await;
+    let secure = TestServer::with(|c| {
+        tls(false)(c);
+        c.server.allow_client_publish = true;
+    })
+    .await;
+    let urls = [
+        format!("ws://{}", plain.addr),
+        format!("wss://{}", secure.addr),
+    ];
+    run_script("compression.mjs", &urls, 120).await;
+}
+
 /// HTTPS with HTTP/2 in Chromium (`tests/browser/h2.mjs`): a page keeps more
 /// EventSource streams open than HTTP/1.1 allows it per host, and every one
 /// gets a message published by `fetch`; without HTTP/2, six open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_share_one_http2_connection_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let tls = |http2: bool| {
-        let (cert, key) = (cert.clone(), key.clone());
-        move |c: &mut herald_server::Config| {
-            c.server.tls.cert_file = Some(cert);
-            c.server.tls.key_file = Some(key);
-            c.server.tls.http2 = http2;
-        }
-    };
+    let tls = self_signed(dir.path());
     let h2 = TestServer::with(tls(true)).await;
     let h1 = TestServer::with(tls(false)).await;
     run_script(

@@ -95,9 +95,14 @@ async fn open_ws(
     else {
         return Err(stream);
     };
-    let mut response = Vec::with_capacity(128);
+    let deflate = ws::negotiate_deflate(state, head.extensions);
+    let mut response = Vec::with_capacity(192);
     response.extend_from_slice(SWITCHING);
     response.extend_from_slice(derive_accept_key(key).as_bytes());
+    if let Some(deflate) = deflate {
+        response.extend_from_slice(b"\r\nsec-websocket-extensions: ");
+        response.extend_from_slice(deflate.response().as_bytes());
+    }
     response.extend_from_slice(b"\r\n\r\n");
     // Frames published meanwhile wait in the outbox: no socket is attached
     // to it before the session runs.
@@ -106,7 +111,15 @@ async fn open_ws(
         let early = Bytes::copy_from_slice(early);
         // A task of its own, sized for the session alone: this one's future
         // has room for the handshake, and for hyper's connection.
-        let run = ws::run_tcp(state.clone(), stream, early, session, dialect, slot);
+        let run = ws::run_tcp(
+            state.clone(),
+            stream,
+            early,
+            session,
+            dialect,
+            slot,
+            deflate,
+        );
         state.shutdown.spawn(run);
     }
     Ok(())
@@ -214,6 +227,8 @@ struct Head<'a> {
     /// `Sec-WebSocket-Key` of a WebSocket handshake; `None` when the
     /// request asks for no upgrade.
     ws_key: Option<&'a [u8]>,
+    /// `Sec-WebSocket-Extensions`: what the client offers (compression).
+    extensions: Option<&'a [u8]>,
     /// The head's length: what follows are the client's first frames.
     len: usize,
 }
@@ -243,7 +258,7 @@ impl<'a> Head<'a> {
         let (mut connection, mut upgrade, mut version) = (false, false, false);
         let (mut upgrade_header, mut key, mut authorization, mut last_event_id) =
             (false, None, None, None);
-        let (mut origin, mut host) = (None, None);
+        let (mut origin, mut host, mut extensions) = (None, None, None);
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("connection") {
@@ -283,6 +298,11 @@ impl<'a> Head<'a> {
                 if origin.replace(h.value).is_some() || !h.value.iter().all(u8::is_ascii_graphic) {
                     return None;
                 }
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                // Offers over several lines: hyper's handler reads them all.
+                if extensions.replace(h.value).is_some() {
+                    return None;
+                }
             } else if name.eq_ignore_ascii_case("host") {
                 if host.replace(h.value).is_some() {
                     return None;
@@ -307,6 +327,7 @@ impl<'a> Head<'a> {
             origin,
             host,
             ws_key: key.filter(|_| ws),
+            extensions,
             len,
         })
     }

@@ -1,5 +1,6 @@
 //! Transports: how bytes reach a client. Dialects decide what the bytes say.
 
+pub(crate) mod deflate;
 pub(crate) mod handshake;
 pub(crate) mod head_errors;
 pub(crate) mod rewind;

@@ -21,6 +21,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::transport::deflate::Deflate;
 use crate::transport::rewind::read_prefix;
 
 /// How a transport lays frames out on the wire.
@@ -46,16 +47,33 @@ impl<F: Framing> Flush for SocketIo<F> {
     }
 }
 
-/// WebSocket: each frame is one unmasked, final text frame.
-pub(crate) struct WsText;
+/// WebSocket: each frame is one unmasked, final text frame, compressed
+/// when the client agreed to permessage-deflate and it gains.
+#[derive(Default)]
+pub(crate) struct WsText {
+    pub(crate) deflate: Option<Deflate>,
+}
 
 impl Framing for WsText {
     fn lay_out(&mut self, frame: &Frame, out: &mut Vec<u8>) {
         let mut head = [0u8; 10];
-        out.extend_from_slice(text_header(frame.bytes.len(), &mut head));
-        out.extend_from_slice(&frame.bytes);
+        match self.deflate.and_then(|d| d.compress(&frame.bytes)) {
+            Some(compressed) => {
+                out.extend_from_slice(text_header(COMPRESSED, compressed.len(), &mut head));
+                out.extend_from_slice(&compressed);
+            }
+            None => {
+                out.extend_from_slice(text_header(PLAIN, frame.bytes.len(), &mut head));
+                out.extend_from_slice(&frame.bytes);
+            }
+        }
     }
 }
+
+/// The first byte of a final text frame: FIN and the text opcode...
+const PLAIN: u8 = 0x81;
+/// ...and of a compressed one, with RSV1 (RFC 7692 §6).
+const COMPRESSED: u8 = 0xc1;
 
 /// The socket and the unsent rest of frames already started on it.
 pub(crate) struct SharedSocket<F = WsText> {
@@ -217,9 +235,10 @@ impl<F: Framing> DirectWrite for SharedSocket<F> {
     }
 }
 
-/// The header of an unmasked, final text frame of `len` bytes (RFC 6455 §5.2).
-fn text_header(len: usize, buf: &mut [u8; 10]) -> &[u8] {
-    buf[0] = 0x81;
+/// The header of an unmasked, final text frame of `len` bytes (RFC 6455
+/// §5.2), starting with `first`.
+fn text_header(first: u8, len: usize, buf: &mut [u8; 10]) -> &[u8] {
+    buf[0] = first;
     if len < 126 {
         buf[1] = len as u8;
         &buf[..2]
@@ -364,7 +383,7 @@ mod tests {
     #[tokio::test]
     async fn queued_frames_go_out_in_one_write() {
         let (mut peer, server) = connected().await;
-        let socket = SharedSocket::new(server, WsText);
+        let socket = SharedSocket::new(server, WsText::default());
         let frames: Vec<Frame> = ["a", "bb", "ccc"]
             .into_iter()
             .map(|s| Frame::from(Bytes::from(s)))
@@ -388,7 +407,10 @@ mod tests {
     #[tokio::test]
     async fn reads_wake_for_the_next_bytes_after_emptying_the_socket() {
         let (mut peer, server) = connected().await;
-        let mut io = SocketIo::new(SharedSocket::new(server, WsText), Bytes::from_static(b"ea"));
+        let mut io = SocketIo::new(
+            SharedSocket::new(server, WsText::default()),
+            Bytes::from_static(b"ea"),
+        );
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 2, "early bytes first");
         peer.write_all(b"abc").await.unwrap();
@@ -430,7 +452,7 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(4096)
             .unwrap();
-        let socket = SharedSocket::new(server, WsText);
+        let socket = SharedSocket::new(server, WsText::default());
 
         let big = vec![b'a'; 1 << 20];
         let first = Frame::from(Bytes::from(big.clone()));
@@ -469,7 +491,7 @@ mod tests {
         assert_eq!(one(&second), whole);
         let got = reader.await.unwrap();
         let mut head = [0u8; 10];
-        assert_eq!(&got[..10], text_header(1 << 20, &mut head));
+        assert_eq!(&got[..10], text_header(PLAIN, 1 << 20, &mut head));
         assert!(got[10..10 + (1 << 20)].iter().all(|&b| b == b'a'));
         assert_eq!(&got[10 + (1 << 20)..], b"\x81\x04next");
     }
@@ -477,12 +499,15 @@ mod tests {
     #[test]
     fn headers_use_the_shortest_length_form() {
         let mut buf = [0u8; 10];
-        assert_eq!(text_header(5, &mut buf), &[0x81, 5]);
-        assert_eq!(text_header(125, &mut buf), &[0x81, 125]);
-        assert_eq!(text_header(126, &mut buf), &[0x81, 126, 0, 126]);
-        assert_eq!(text_header(65_535, &mut buf), &[0x81, 126, 0xff, 0xff]);
+        assert_eq!(text_header(PLAIN, 5, &mut buf), &[0x81, 5]);
+        assert_eq!(text_header(PLAIN, 125, &mut buf), &[0x81, 125]);
+        assert_eq!(text_header(PLAIN, 126, &mut buf), &[0x81, 126, 0, 126]);
         assert_eq!(
-            text_header(65_536, &mut buf),
+            text_header(PLAIN, 65_535, &mut buf),
+            &[0x81, 126, 0xff, 0xff]
+        );
+        assert_eq!(
+            text_header(PLAIN, 65_536, &mut buf),
             &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]
         );
     }

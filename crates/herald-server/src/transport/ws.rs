@@ -27,6 +27,7 @@ use crate::lifetime::{Clock, Tick};
 use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
+use crate::transport::deflate::{Deflate, Inflate, InflateError};
 use crate::transport::rewind::Rewind;
 use crate::transport::shared_socket::{Flush, SharedSocket, SocketIo, WsText};
 use crate::transport::write_timeout::WriteTimeout;
@@ -132,7 +133,10 @@ pub(crate) trait WsDialect: Send + 'static {
 
 /// Checks the upgrade request and builds the 101 response; [`upgrade`] then
 /// runs the connection on the upgraded socket.
-pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
+pub(crate) fn accept(
+    state: &AppState,
+    req: &mut Request,
+) -> Result<(Response, hyper::upgrade::OnUpgrade, Option<Deflate>), ApiError> {
     let headers = req.headers();
     let lists = |name: header::HeaderName, token: &str| {
         (headers.get_all(name).iter()).any(|v| has_token(v.as_bytes(), token))
@@ -155,6 +159,8 @@ pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnU
         return Err(ApiError::bad_request("Sec-WebSocket-Key is missing"));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = negotiate_deflate(state, offers.iter().map(HeaderValue::as_bytes));
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return Err(ApiError::bad_request("connection cannot be upgraded"));
     };
@@ -167,7 +173,26 @@ pub(crate) fn accept(req: &mut Request) -> Result<(Response, hyper::upgrade::OnU
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
-    Ok((res, on_upgrade))
+    if let Some(deflate) = deflate {
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_str(&deflate.response()).expect("an ASCII header value"),
+        );
+    }
+    Ok((res, on_upgrade, deflate))
+}
+
+/// permessage-deflate, when the server compresses and the client offers it
+/// in a way Herald can accept.
+pub(crate) fn negotiate_deflate<'a>(
+    state: &AppState,
+    offers: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Deflate> {
+    let server = &state.config.server;
+    if !server.ws_compression {
+        return None;
+    }
+    Deflate::negotiate(offers, server.ws_compression_min_size)
 }
 
 /// Whether a comma-separated header value lists `token`, in any case.
@@ -189,7 +214,7 @@ pub(crate) fn upgrade<D: WsDialect>(
         .metrics
         .open(Transport::Ws, state.config.limits.max_connections)
         .ok_or_else(connection_limit)?;
-    let (response, on_upgrade) = accept(&mut req)?;
+    let (response, on_upgrade, deflate) = accept(state, &mut req)?;
     let state = state.clone();
     state.shutdown.clone().spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -206,16 +231,17 @@ pub(crate) fn upgrade<D: WsDialect>(
                 } else {
                     [parts.read_buf, unread].concat().into()
                 };
-                run_tcp(state, stream, early, session, dialect, slot).await;
+                run_tcp(state, stream, early, session, dialect, slot, deflate).await;
             }
             // Not a plain TCP connection (TLS): everything goes through the
             // task, which drains the outbox; fan-outs wake it, as they do any
             // outbox without a socket attached.
             Err(upgraded) => {
                 let config = Some(socket_config(&state));
-                let io = TokioIo::new(upgraded);
+                let limit = state.config.limits.max_message_size;
+                let io = Inflate::new(TokioIo::new(upgraded), deflate, limit);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
-                run(state, ws, None, session, dialect).await;
+                run(state, ws, None, session, dialect, deflate).await;
                 drop(slot);
             }
         }
@@ -225,7 +251,7 @@ pub(crate) fn upgrade<D: WsDialect>(
 
 /// Serves `dialect` on a plain TCP socket whose handshake is done, holding
 /// its connection slot; `early` holds the bytes read past the handshake,
-/// the client's first frames.
+/// the client's first frames; `deflate`, the compression agreed in it.
 pub(crate) async fn run_tcp<D: WsDialect>(
     state: AppState,
     stream: TcpStream,
@@ -233,16 +259,18 @@ pub(crate) async fn run_tcp<D: WsDialect>(
     session: Session,
     dialect: D,
     _slot: ConnectionSlot,
+    deflate: Option<Deflate>,
 ) {
     let config = Some(socket_config(&state));
-    let socket = SharedSocket::new(stream, WsText);
+    let socket = SharedSocket::new(stream, WsText { deflate });
     let io = SocketIo::new(socket.clone(), early);
     // The task's own writes (replies, and every frame without direct
     // writes); direct writes never wait.
     let io = WriteTimeout::new(io, state.config.server.write_timeout);
+    let io = Inflate::new(io, deflate, state.config.limits.max_message_size);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     let direct = dialect.direct_writes().then_some(socket);
-    run(state, ws, direct, session, dialect).await;
+    run(state, ws, direct, session, dialect, deflate).await;
 }
 
 /// tungstenite buffers what the task writes; its flush then writes the
@@ -274,9 +302,14 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
         .max_frame_size(Some(limits.max_message_size))
 }
 
-/// A text frame from already-valid UTF-8 bytes, without validating again.
-fn text(bytes: Bytes) -> Message {
-    Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
+/// A text frame from already-valid UTF-8 bytes, without validating again;
+/// compressed, with `deflate` agreed, when that gains.
+fn text_frame(deflate: Option<Deflate>, bytes: Bytes) -> Message {
+    let compressed = deflate.and_then(|d| d.compress(&bytes));
+    let rsv1 = compressed.is_some();
+    let mut frame = WsFrame::message(compressed.unwrap_or(bytes), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = rsv1;
+    Message::Frame(frame)
 }
 
 /// Serves one WebSocket until it closes. With `direct`, the outbox writes to
@@ -287,12 +320,14 @@ async fn run<D, S>(
     direct: Option<Arc<SharedSocket>>,
     mut session: Session,
     mut dialect: D,
+    deflate: Option<Deflate>,
 ) where
     D: WsDialect,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = session.outbox.id();
-    tracing::debug!(conn, "WebSocket opened.");
+    tracing::debug!(conn, deflate = deflate.is_some(), "WebSocket opened.");
+    let text = |bytes: Bytes| text_frame(deflate, bytes);
     if let Some(socket) = &direct {
         session.outbox.attach(socket.clone());
     }
@@ -485,6 +520,7 @@ fn protocol_error_close(e: WsError) -> Option<(u16, Cow<'static, str>)> {
             ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
         ) => None,
         WsError::Protocol(p) => Some((u16::from(CloseCode::Protocol), p.to_string().into())),
+        WsError::Io(e) => InflateError::find(&e).map(|e| (e.code, e.reason.into())),
         _ => None,
     }
 }

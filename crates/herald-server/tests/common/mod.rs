@@ -290,7 +290,12 @@ impl RawWs {
 
     /// One masked frame with `opcode` and `payload`, as a client sends it.
     pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0x80 | opcode];
+        Self::encode_raw(0x80 | opcode, payload)
+    }
+
+    /// One masked frame whose first byte (FIN, RSV bits, opcode) is `first`.
+    pub fn encode_raw(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first];
         let len = payload.len();
         if len < 126 {
             frame.push(0x80 | len as u8);
@@ -309,15 +314,26 @@ impl RawWs {
 
     /// Sends one masked frame with `opcode` and `payload`.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        let frame = Self::encode(opcode, payload);
-        self.stream.write_all(&frame).await.unwrap();
+        self.send_bytes(&Self::encode(opcode, payload)).await;
+    }
+
+    /// Sends `bytes` (encoded frames) in one write.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
     }
 
     /// The next frame as (opcode, payload); `None` on EOF.
     pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (first, payload) = self.raw_frame().await?;
+        Some((first & 0x0f, payload))
+    }
+
+    /// The next frame as (its first byte: FIN, RSV bits, opcode; payload);
+    /// `None` on EOF.
+    pub async fn raw_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
             if self.buf.len() >= 2 {
-                let opcode = self.buf[0] & 0x0f;
+                let opcode = self.buf[0];
                 let (len, start) = match self.buf[1] & 0x7f {
                     126 if self.buf.len() >= 4 => {
                         (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)

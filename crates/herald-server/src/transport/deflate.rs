@@ -1,0 +1,516 @@
+//! WebSocket compression: permessage-deflate (RFC 7692), which every
+//! browser offers.
+//!
+//! Herald always asks for no context takeover, both ways. Each message is
+//! then compressed on its own, so a fan-out compresses a message once and
+//! hands every subscriber the same bytes ([`Deflate::compress`] remembers
+//! the last few), and a connection keeps no compression window between
+//! messages: an idle connection costs what it did.
+//!
+//! tungstenite reads no compressed frames, so [`Inflate`] sits under it and
+//! turns each compressed message into the plain frame tungstenite expects.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const NAME: &str = "permessage-deflate";
+
+/// What a sync flush ends every compressed message with; the wire leaves
+/// it out (RFC 7692 §7.2.1).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// permessage-deflate as agreed with one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deflate {
+    /// Messages shorter than this go out plain: too small to gain.
+    min_size: usize,
+    /// The client's `server_max_window_bits`, if it asked for one: our
+    /// answer must repeat it.
+    window_bits: Option<u8>,
+}
+
+impl Deflate {
+    /// The first offer in `offers` (the request's `Sec-WebSocket-Extensions`
+    /// values) that Herald can accept, or `None` to send plain frames.
+    pub(crate) fn negotiate<'a>(
+        offers: impl IntoIterator<Item = &'a [u8]>,
+        min_size: usize,
+    ) -> Option<Self> {
+        offers
+            .into_iter()
+            .filter_map(|value| std::str::from_utf8(value).ok())
+            .flat_map(|value| value.split(','))
+            .find_map(|offer| {
+                let window_bits = accept_offer(offer)?;
+                Some(Self {
+                    min_size,
+                    window_bits,
+                })
+            })
+    }
+
+    /// The `Sec-WebSocket-Extensions` value of the `101`.
+    pub(crate) fn response(&self) -> String {
+        let mut value = format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
+        if let Some(bits) = self.window_bits {
+            value.push_str(&format!("; server_max_window_bits={bits}"));
+        }
+        value
+    }
+
+    /// `payload` compressed, when it is worth it: `None` sends it plain.
+    pub(crate) fn compress(&self, payload: &Bytes) -> Option<Bytes> {
+        // Back references reach at most the message's own length back: a
+        // message no longer than a window the client narrowed fits it.
+        let narrowed =
+            (self.window_bits).is_some_and(|bits| bits < 15 && payload.len() > 1 << bits);
+        if payload.len() < self.min_size || narrowed {
+            return None;
+        }
+        RECENT.with_borrow_mut(|recent| recent.compressed(payload))
+    }
+}
+
+/// The window size a valid offer asks of the server (`Some(None)` for the
+/// largest), or `None` when Herald cannot accept `offer`.
+fn accept_offer(offer: &str) -> Option<Option<u8>> {
+    let mut params = offer.split(';').map(str::trim);
+    if !params.next()?.eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let (mut server_bits, mut seen) = (None, [false; 4]);
+    for param in params {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        let bits = || value?.parse::<u8>().ok().filter(|b| (8..=15).contains(b));
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "server_no_context_takeover" if value.is_none() => 0,
+            "client_no_context_takeover" if value.is_none() => 1,
+            "server_max_window_bits" => {
+                server_bits = Some(bits()?);
+                2
+            }
+            // Our inflater reads any window: a limit on the client's is
+            // nothing to answer.
+            "client_max_window_bits" => {
+                if value.is_some() {
+                    bits()?;
+                }
+                3
+            }
+            _ => return None,
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None;
+        }
+    }
+    Some(server_bits)
+}
+
+/// Payloads larger than this are compressed every time, not kept.
+const RECENT_MAX: usize = 64 * 1024;
+
+/// Remembered compressions per thread.
+const RECENT_SLOTS: usize = 32;
+
+thread_local! {
+    /// This thread's compressor and its last compressions.
+    static RECENT: RefCell<Recent> = RefCell::new(Recent::new());
+}
+
+/// A compressor and the last payloads it compressed, by address: a fan-out
+/// lays the same `Bytes` out for every subscriber. Each slot holds its
+/// payload, so the address cannot be freed and reused while it is there.
+struct Recent {
+    deflater: Compress,
+    slots: Vec<Option<(Bytes, Option<Bytes>)>>,
+}
+
+impl Recent {
+    fn new() -> Self {
+        Self {
+            // Fast: the level that keeps a fan-out's latency; JSON still
+            // shrinks to a third or so.
+            deflater: Compress::new(Compression::fast(), false),
+            slots: vec![None; RECENT_SLOTS],
+        }
+    }
+
+    fn compressed(&mut self, payload: &Bytes) -> Option<Bytes> {
+        if payload.len() > RECENT_MAX {
+            return self.deflate(payload);
+        }
+        let slot = (payload.as_ptr() as usize >> 4) % RECENT_SLOTS;
+        if let Some((seen, compressed)) = &self.slots[slot]
+            && seen.as_ptr() == payload.as_ptr()
+            && seen.len() == payload.len()
+        {
+            return compressed.clone();
+        }
+        let compressed = self.deflate(payload);
+        self.slots[slot] = Some((payload.clone(), compressed.clone()));
+        compressed
+    }
+
+    /// One message's compressed bytes, if shorter than the message.
+    fn deflate(&mut self, payload: &[u8]) -> Option<Bytes> {
+        let d = &mut self.deflater;
+        d.reset();
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        loop {
+            let read = d.total_in() as usize;
+            d.compress_vec(&payload[read..], &mut out, FlushCompress::Sync)
+                .ok()?;
+            if d.total_in() as usize == payload.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(payload.len() / 4 + 64);
+        }
+        out.truncate(out.strip_suffix(&TAIL)?.len());
+        (out.len() < payload.len()).then(|| out.into())
+    }
+}
+
+/// Why a client's compressed message was refused, carried to the
+/// connection's task in the `io::Error` that ends its reads.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub(crate) struct InflateError {
+    /// The WebSocket close code to answer with.
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+}
+
+impl InflateError {
+    /// The refusal inside `e`, if it is one.
+    pub(crate) fn find(e: &io::Error) -> Option<&Self> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+/// Reads a client's frames, inflating compressed messages into the plain
+/// frames tungstenite reads; writes pass through. Without deflate agreed it
+/// only forwards.
+pub(crate) struct Inflate<S> {
+    inner: S,
+    reader: Option<Box<Reader>>,
+}
+
+impl<S> Inflate<S> {
+    /// Inflates what `inner` reads when `deflate` was agreed, keeping every
+    /// message within `limit` bytes once inflated.
+    pub(crate) fn new(inner: S, deflate: Option<Deflate>, limit: usize) -> Self {
+        let reader = deflate.map(|_| {
+            Box::new(Reader {
+                limit,
+                raw: BytesMut::new(),
+                out: BytesMut::new(),
+                passing: 0,
+                gathered: None,
+                failed: None,
+            })
+        });
+        Self { inner, reader }
+    }
+}
+
+/// The frame parser's state.
+struct Reader {
+    /// Inflated size a message may reach.
+    limit: usize,
+    /// Bytes read, not parsed yet.
+    raw: BytesMut,
+    /// Bytes for tungstenite.
+    out: BytesMut,
+    /// Bytes left of a frame that passes as it is.
+    passing: usize,
+    /// A compressed message's opcode and payload so far, unmasked.
+    gathered: Option<(u8, Vec<u8>)>,
+    /// Set once a message was refused: reads fail from then on.
+    failed: Option<(u16, &'static str)>,
+}
+
+/// What [`Reader::next_frame`] found at the front of `raw`.
+struct Head {
+    first: u8,
+    len: usize,
+    mask: Option<[u8; 4]>,
+    head_len: usize,
+}
+
+impl Reader {
+    /// Moves every complete thing in `raw` to `out`.
+    fn process(&mut self) {
+        while self.failed.is_none() {
+            if self.passing > 0 {
+                let n = self.passing.min(self.raw.len());
+                if n == 0 {
+                    return;
+                }
+                self.out.extend_from_slice(&self.raw.split_to(n));
+                self.passing -= n;
+                continue;
+            }
+            let Some(head) = self.next_frame() else {
+                return;
+            };
+            let (fin, rsv1, opcode) = (
+                head.first & 0x80 != 0,
+                head.first & 0x40 != 0,
+                head.first & 0x0f,
+            );
+            let starts = rsv1 && matches!(opcode, 1 | 2) && self.gathered.is_none();
+            let continues = opcode == 0 && !rsv1 && self.gathered.is_some();
+            if self.gathered.is_some() && matches!(opcode, 1 | 2) {
+                self.failed = Some((1002, "expected a continuation frame"));
+                return;
+            }
+            // Control frames, plain messages, and anything malformed pass as
+            // they are: tungstenite reads or refuses them.
+            let Some(mask) = head.mask.filter(|_| starts || continues) else {
+                self.passing = head.head_len + head.len;
+                continue;
+            };
+            let so_far = self.gathered.as_ref().map_or(0, |(_, g)| g.len());
+            if so_far + head.len > self.limit {
+                self.failed = Some((1009, "message too big"));
+                return;
+            }
+            if self.raw.len() < head.head_len + head.len {
+                return;
+            }
+            self.raw.advance(head.head_len);
+            let payload = self.raw.split_to(head.len);
+            let (_, gathered) = self.gathered.get_or_insert_with(|| (opcode, Vec::new()));
+            gathered.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+            if fin {
+                let (opcode, mut compressed) = self.gathered.take().expect("gathered above");
+                compressed.extend_from_slice(&TAIL);
+                match inflate(&compressed, self.limit) {
+                    Ok(plain) => self.emit(opcode, &plain),
+                    Err(refusal) => self.failed = Some(refusal),
+                }
+            }
+        }
+    }
+
+    /// The header at the front of `raw`, once all of it has arrived.
+    fn next_frame(&self) -> Option<Head> {
+        let raw = &self.raw[..];
+        let (&first, &second) = (raw.first()?, raw.get(1)?);
+        let (len, mut head_len) = match second & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?)),
+                4,
+            ),
+            127 => (u64::from_be_bytes(raw.get(2..10)?.try_into().ok()?), 10),
+            n => (u64::from(n), 2),
+        };
+        let mask = if second & 0x80 != 0 {
+            let key = raw.get(head_len..head_len + 4)?.try_into().ok()?;
+            head_len += 4;
+            Some(key)
+        } else {
+            None
+        };
+        Some(Head {
+            first,
+            // Longer than memory: tungstenite refuses it by its length.
+            len: usize::try_from(len).unwrap_or(usize::MAX / 2),
+            mask,
+            head_len,
+        })
+    }
+
+    /// Appends one final, plain frame carrying `payload`. It is masked, as
+    /// a client's must be, with the key that changes nothing.
+    fn emit(&mut self, opcode: u8, payload: &[u8]) {
+        self.out.put_u8(0x80 | opcode);
+        let len = payload.len();
+        if len < 126 {
+            self.out.put_u8(0x80 | len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            self.out.put_u8(0x80 | 126);
+            self.out.put_u16(short);
+        } else {
+            self.out.put_u8(0x80 | 127);
+            self.out.put_u64(len as u64);
+        }
+        self.out.put_u32(0);
+        self.out.extend_from_slice(payload);
+    }
+}
+
+thread_local! {
+    /// This thread's inflater, reset for every message.
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// A message's inflated payload, at most `limit` bytes.
+fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, (u16, &'static str)> {
+    const BAD: (u16, &str) = (1007, "invalid compressed data");
+    INFLATER.with_borrow_mut(|d| {
+        d.reset(false);
+        let mut out = Vec::with_capacity((compressed.len() * 4).min(limit + 1));
+        loop {
+            let (read, written) = (d.total_in(), d.total_out());
+            let status = d
+                .decompress_vec(
+                    &compressed[read as usize..],
+                    &mut out,
+                    FlushDecompress::Sync,
+                )
+                .map_err(|_| BAD)?;
+            if out.len() > limit {
+                return Err((1009, "message too big"));
+            }
+            let all_read = d.total_in() as usize == compressed.len();
+            if status == Status::StreamEnd || (all_read && out.len() < out.capacity()) {
+                return Ok(out);
+            }
+            if (d.total_in(), d.total_out()) == (read, written) && out.len() < out.capacity() {
+                return Err(BAD);
+            }
+            out.reserve(out.capacity().min(limit + 1 - out.len()).max(1024));
+        }
+    })
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inflate<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(reader) = this.reader.as_deref_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        loop {
+            if !reader.out.is_empty() {
+                let n = reader.out.len().min(buf.remaining());
+                buf.put_slice(&reader.out.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((code, reason)) = reader.failed {
+                return Poll::Ready(Err(io::Error::other(InflateError { code, reason })));
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            reader.raw.extend_from_slice(read.filled());
+            reader.process();
+            // An idle connection holds no buffers.
+            if reader.raw.is_empty() {
+                reader.raw = BytesMut::new();
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inflate<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(value: &str) -> Option<Deflate> {
+        Deflate::negotiate([value.as_bytes()], 16)
+    }
+
+    #[test]
+    fn browsers_offers_are_accepted() {
+        // Chromium's and Firefox's.
+        for value in [
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate",
+        ] {
+            let d = offer(value).expect(value);
+            assert_eq!(
+                d.response(),
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            );
+        }
+        let d = offer("x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=\"10\"")
+            .expect("the second offer");
+        assert!(d.response().ends_with("; server_max_window_bits=10"));
+    }
+
+    #[test]
+    fn offers_herald_cannot_honour_are_declined() {
+        for value in [
+            "x-webkit-deflate-frame",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; mystery",
+        ] {
+            assert_eq!(offer(value), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn compression_round_trips_and_skips_small_messages() {
+        let d = offer("permessage-deflate").unwrap();
+        let json = Bytes::from("{\"price\":101.25,\"symbol\":\"HRLD\"}".repeat(20));
+        let compressed = d.compress(&json).expect("JSON shrinks");
+        assert!(compressed.len() < json.len() / 4, "{}", compressed.len());
+        let mut wire = compressed.to_vec();
+        wire.extend_from_slice(&TAIL);
+        assert_eq!(inflate(&wire, 1 << 20).unwrap(), json);
+        // Remembered: the same bytes come back for the same payload.
+        assert_eq!(d.compress(&json).unwrap().as_ptr(), compressed.as_ptr());
+        assert_eq!(d.compress(&Bytes::from_static(b"tiny")), None);
+    }
+
+    #[test]
+    fn a_small_window_bounds_the_messages_compressed() {
+        let d = offer("permessage-deflate; server_max_window_bits=8").unwrap();
+        assert!(d.compress(&Bytes::from("a".repeat(256))).is_some());
+        assert_eq!(d.compress(&Bytes::from("a".repeat(257))), None);
+    }
+
+    #[test]
+    fn inflating_stops_at_the_limit() {
+        let d = offer("permessage-deflate").unwrap();
+        let big = Bytes::from(vec![b'a'; 50_000]);
+        let mut wire = d.compress(&big).unwrap().to_vec();
+        wire.extend_from_slice(&TAIL);
+        assert_eq!(inflate(&wire, 49_999), Err((1009, "message too big")));
+        assert_eq!(inflate(&wire, 50_000).unwrap().len(), 50_000);
+        assert_eq!(
+            inflate(b"\xff\xff\xff\x00\x00\xff\xff", 100),
+            Err((1007, "invalid compressed data"))
+        );
+    }
+}

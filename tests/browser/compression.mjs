@@ -1,0 +1,79 @@
+// Drives headless Chromium against Herald over ws:// and wss:// (the plain
+// socket's path and the TLS path): the browser offers permessage-deflate,
+// Herald accepts it, and a large message goes both ways intact: published
+// by the page with the WebSocket `publish` command (which Chromium sends
+// compressed) and delivered back to it (which Herald sends compressed).
+// tests/compression.rs checks the frames themselves.
+//
+// Usage: node compression.mjs ws://127.0.0.1:PLAIN wss://127.0.0.1:TLS
+// (the TLS certificate is not trusted: the browser is told to accept it).
+import { close, launch } from "./launch.mjs";
+import http from "node:http";
+
+const bases = process.argv.slice(2);
+if (bases.length !== 2) {
+  console.error("usage: node compression.mjs ws://127.0.0.1:PLAIN wss://127.0.0.1:TLS");
+  process.exit(2);
+}
+
+const pageServer = http.createServer((req, res) => {
+  res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+  res.end("<!doctype html><title>Herald compression browser test</title>");
+});
+await new Promise((r) => pageServer.listen(0, "127.0.0.1", r));
+const context = await launch({ ignoreHTTPSErrors: true });
+
+try {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => {
+    console.error("FAIL: page error:", e.message);
+    process.exitCode = 1;
+  });
+  await page.goto(`http://127.0.0.1:${pageServer.address().port}/`);
+  for (const base of bases) {
+    const result = await page.evaluate(async (base) => {
+      const rows = Array.from({ length: 500 }, (_, i) => ({ symbol: "HRLD", price: 100 + (i % 7) }));
+      const ws = new WebSocket(`${base}/ws?channels=deflated`);
+      const got = new Promise((ok, no) => {
+        const replies = [];
+        ws.onmessage = (e) => {
+          const m = JSON.parse(e.data);
+          if (m.channel === "deflated") ok({ data: m.data, replies });
+          else replies.push(m);
+        };
+        ws.onclose = (e) => no(new Error(`closed ${e.code} ${e.reason}`));
+        setTimeout(() => no(new Error("no message in 10 s")), 10000);
+      });
+      await new Promise((ok, no) => { ws.onopen = ok; ws.onerror = () => no(new Error("refused")); });
+      ws.send(JSON.stringify({ id: 1, cmd: "publish", channel: "deflated", data: rows }));
+      const { data, replies } = await got;
+      ws.close();
+      return {
+        extensions: ws.extensions,
+        intact: JSON.stringify(data) === JSON.stringify(rows),
+        bytes: JSON.stringify(rows).length,
+        replies,
+      };
+    }, base);
+    console.log(base.split(":")[0], JSON.stringify({ ...result, replies: result.replies.length }));
+    if (!result.extensions.startsWith("permessage-deflate")) {
+      console.error("FAIL: deflate not agreed over", base, result.extensions);
+      process.exitCode = 1;
+    }
+    if (!result.intact) {
+      console.error("FAIL: the message did not come back intact over", base);
+      process.exitCode = 1;
+    }
+    if (result.replies.some((r) => r.error)) {
+      console.error("FAIL: the publish was refused over", base, JSON.stringify(result.replies));
+      process.exitCode = 1;
+    }
+  }
+  if (!process.exitCode) console.log("OK");
+} catch (e) {
+  console.error("FAIL:", e.stack || String(e));
+  process.exitCode = 1;
+} finally {
+  await close(context);
+  pageServer.close();
+}
