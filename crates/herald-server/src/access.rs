@@ -38,6 +38,11 @@ impl Patterns {
         }
     }
 
+    /// Every channel: a publisher's grants.
+    pub(crate) fn all() -> Self {
+        Self(Arc::from(["*".to_owned()]))
+    }
+
     fn matches(&self, name: &str) -> bool {
         self.0.iter().any(|p| pattern_matches(p, name))
     }
@@ -54,14 +59,23 @@ impl Access {
         Self { protected }
     }
 
-    /// Refuses `key` (403 `forbidden`) when it is protected and `grants`
-    /// does not name it.
-    pub(crate) fn check(&self, key: &ChannelKey, grants: &Grants) -> Result<(), ApiError> {
-        if self.protected.0.is_empty()
+    /// Whether any channel is protected.
+    pub(crate) fn protects(&self) -> bool {
+        !self.protected.0.is_empty()
+    }
+
+    /// Whether `grants` may read `key`: it is not protected, or they name it.
+    pub(crate) fn may_read(&self, key: &ChannelKey, grants: &Grants) -> bool {
+        !self.protects()
             || key.app() != DEFAULT_APP
             || !self.protected.matches(key.name())
             || grants.matches(key.name())
-        {
+    }
+
+    /// Refuses `key` (403 `forbidden`) when it is protected and `grants`
+    /// does not name it.
+    pub(crate) fn check(&self, key: &ChannelKey, grants: &Grants) -> Result<(), ApiError> {
+        if self.may_read(key, grants) {
             return Ok(());
         }
         Err(ApiError::new(
@@ -90,15 +104,25 @@ pub(crate) fn request_grants(
     token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Grants, ApiError> {
-    let none = Grants::default();
-    if state.access.check_all(keys, &none).is_ok() {
-        return Ok(none);
+    if state.access.check_all(keys, &Grants::default()).is_ok() {
+        return Ok(Grants::default());
     }
+    grants_of(state, token, headers)
+}
+
+/// What a request that is not a stream may read: every channel with a
+/// publisher key, else what its token grants; no protected channel without
+/// either.
+pub(crate) fn grants_of(
+    state: &AppState,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Grants, ApiError> {
     if crate::publisher_auth::presents_key(state, headers) {
-        return Ok(Patterns(Arc::from(["*".to_owned()])));
+        return Ok(Grants::all());
     }
     let token = crate::auth::request_token(token, headers);
-    Ok(crate::auth::verify(state, token)?.map_or(none, |v| v.grants))
+    Ok(crate::auth::verify(state, token)?.map_or_else(Grants::default, |v| v.grants))
 }
 
 /// Refuses a request that is not a stream unless it may read `key`.

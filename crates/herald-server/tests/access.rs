@@ -237,3 +237,54 @@ fn protected_channels_need_a_way_to_verify_tokens() {
     c.auth.protected_channels = vec!["a*b*".into()];
     assert!(c.validate().is_err());
 }
+
+#[tokio::test]
+async fn listings_show_protected_channels_only_to_those_who_may_read_them() {
+    let server = TestServer::with(config).await;
+    for channel in ["news", "private-a", "user:alice"] {
+        publish(&server, channel, "kept").await;
+    }
+    let names = |body: &Value, list: &str, field: &str| -> Vec<String> {
+        let mut names: Vec<String> = (body[list].as_array().unwrap().iter())
+            .map(|c| c[field].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let client = reqwest::Client::new();
+    let listed = |req: reqwest::RequestBuilder| async {
+        let body = fetch_json(req).await;
+        names(&body, "channels", "channel")
+    };
+    let token = jwt("bob", json!(["private-*"]));
+    let list = server.http("/api/v1/channels");
+    assert_eq!(listed(client.get(&list)).await, ["news"]);
+    assert_eq!(
+        listed(client.get(format!("{list}?token={token}"))).await,
+        ["news", "private-a"]
+    );
+    assert_eq!(
+        listed(client.get(&list).header("x-api-key", KEY)).await,
+        ["news", "private-a", "user:alice"]
+    );
+    let (status, _) = get(&server, "/api/v1/channels?token=forged").await;
+    assert_eq!(status, 401);
+
+    // push-stream's statistics carry no token: a publisher key shows all.
+    let stats = server.http("/ps/channels-stats?id=ALL");
+    let body = fetch_json(client.get(&stats)).await;
+    assert_eq!(names(&body, "infos", "channel"), ["news"], "{body}");
+    assert_eq!(body["channels"], 1, "{body}");
+    let body = fetch_json(client.get(&stats).header("x-api-key", KEY)).await;
+    assert_eq!(names(&body, "infos", "channel").len(), 3, "{body}");
+    let one = server.http("/ps/channels-stats?id=private-a");
+    let res = client.get(&one).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client
+        .get(&one)
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

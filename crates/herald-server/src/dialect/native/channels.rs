@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use herald_core::{ChannelInfo, Position, Recovery};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{envelope, position_json};
-use crate::access::Readable;
+use crate::access::{Grants, Readable, grants_of};
 use crate::error::ApiError;
 use crate::http::extract::{Path, Query};
 use crate::state::AppState;
@@ -35,12 +35,31 @@ fn not_found(name: &str) -> ApiError {
     )
 }
 
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    token: Option<String>,
+}
+
 /// `GET /api/v1/channels`: every channel with subscribers or stored
-/// messages, on any node of a cluster.
-#[utoipa::path(get, path = "/api/v1/channels", tag = "native", responses((status = 200, description = "Channels"), (status = 503, description = "The broker could not list channels")))]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// messages, on any node of a cluster, that the request may read: a
+/// protected one only with a publisher key or a token that grants it.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "native",
+    params(("token" = Option<String>, Query, description = "JWT whose grants add protected channels")),
+    responses((status = 200, description = "Channels"), (status = 503, description = "The broker could not list channels")))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let grants = match state.access.protects() {
+        true => grants_of(&state, q.token.as_deref(), &headers)?,
+        false => Grants::default(),
+    };
     let infos = state.engine.channel_infos(&state.default_app).await?;
-    let channels: Vec<Value> = infos.iter().map(info_json).collect();
+    let channels: Vec<Value> = (infos.iter())
+        .filter(|i| state.access.may_read(&i.key, &grants))
+        .map(info_json)
+        .collect();
     Ok(Json(json!({"channels": channels})))
 }
 

@@ -17,7 +17,9 @@ use serde::Deserialize;
 
 use super::request::{Args, TOO_LARGE, parse_ids};
 use super::{PsState, header_only, no_cache};
+use crate::access::Grants;
 use crate::dialect::utc::Utc;
+use crate::publisher_auth::presents_key;
 
 const CRLF: &str = "\r\n";
 
@@ -335,7 +337,13 @@ pub(crate) async fn handle(
         return super::not_allowed("GET");
     }
     let id = q.id.as_deref().unwrap_or("");
-    let mut res = match answer(&ps, id, Fmt::from_accept(&headers)).await {
+    // Protected channels are counted and listed for publishers only:
+    // push-stream's requests carry no token that could grant them.
+    let grants = match presents_key(&ps.app, &headers) {
+        true => Grants::all(),
+        false => Grants::default(),
+    };
+    let mut res = match answer(&ps, id, Fmt::from_accept(&headers), &grants).await {
         Ok(res) | Err(res) => res,
     };
     let h = res.headers_mut();
@@ -350,10 +358,16 @@ pub(crate) async fn handle(
     res
 }
 
-async fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Result<Response, Response> {
+async fn answer(ps: &PsState, id: &str, fmt: Fmt, grants: &Grants) -> Result<Response, Response> {
     let requested = parse_ids(id);
+    let readable = |key: &ChannelKey| ps.app.access.may_read(key, grants);
+    let all_readable = || async {
+        let mut all = ps.all_channels().await?;
+        all.retain(|i| readable(&i.key));
+        Ok::<_, Response>(all)
+    };
     if requested.is_empty() {
-        let all = ps.all_channels().await?;
+        let all = all_readable().await?;
         let body = fmt.summarized(&ps.global(&all), &ps.summary(&all));
         return Ok(text_reply(fmt, body));
     }
@@ -367,7 +381,7 @@ async fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Result<Response, Response> 
             None => (r.id == "ALL").then_some(""),
         };
         if let Some(prefix) = prefix {
-            let all = ps.all_channels().await?;
+            let all = all_readable().await?;
             let matching: Vec<ChannelInfo> = all
                 .iter()
                 .filter(|i| i.key.name().starts_with(prefix))
@@ -375,7 +389,9 @@ async fn answer(ps: &PsState, id: &str, fmt: Fmt) -> Result<Response, Response> 
                 .collect();
             return Ok(group(ps, fmt, &all, &matching));
         }
-        if let Ok(key) = ps.channel(&r.id) {
+        if let Ok(key) = ps.channel(&r.id)
+            && readable(&key)
+        {
             keys.push(key);
         }
     }
