@@ -23,7 +23,9 @@
 // (30 s), pingInterval (25 s: a silent connection is pinged, then dropped),
 // WebSocket (the constructor to use).
 // More events: "targeted" (docs/targeting.md; acknowledged when it asks),
-// "error" (a command the server refused, e.g. a protected channel).
+// "presence" ({type: "join" | "leave", channel, user}, on channels the
+// server's `presence.events` names), "error" (a command the server refused,
+// e.g. a protected channel).
 
 // Close codes after which the same connection would be refused again.
 const fatal = (code) =>
@@ -171,6 +173,9 @@ export class Herald {
       this.live.delete(m.channel);
       this._settle(m.channel, new Error("deleted"));
       return this._emit("deleted", { channel: m.channel });
+    }
+    if (m.type === "join" || m.type === "leave") {
+      return this._emit("presence", { type: m.type, channel: m.channel, user: m.user });
     }
     if (m.type === "message") {
       this._emit("targeted", m);

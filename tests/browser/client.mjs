@@ -7,7 +7,8 @@
 // 2. gap: the page's socket drops and its network stays down (connections
 //    go nowhere, with growing delays) while more messages than the history
 //    holds are published; on reconnect the client reports `too_old`;
-// 3. tokens: a token granting a protected channel subscribes it and
+// 3. tokens: a token granting a protected channel subscribes it, is told
+//    of its own join there (presence events are on for it), and
 //    receives (and acks) a targeted message; without it the subscribe is
 //    refused; a channel deleted says so; a refused handshake (bad token) is
 //    retried with backoff, not hammered.
@@ -49,7 +50,7 @@ class Flaky extends WebSocket {
 }
 window.clients = {};
 window.start = (name, url, { flaky, ...options }) => {
-  const log = { messages: [], gaps: [], deleted: [], states: [], errors: [], targeted: [] };
+  const log = { messages: [], gaps: [], deleted: [], states: [], errors: [], targeted: [], presence: [] };
   const h = new Herald(url, flaky ? { ...options, WebSocket: Flaky } : options);
   h.on("message", (m) => log.messages.push({ channel: m.channel, offset: m.offset, epoch: m.epoch, n: m.data.n }));
   h.on("gap", (g) => log.gaps.push(g));
@@ -57,6 +58,7 @@ window.start = (name, url, { flaky, ...options }) => {
   h.on("state", (s, why) => log.states.push([s, why?.code ?? null, Date.now()]));
   h.on("error", (e) => log.errors.push({ code: e.code, channel: e.channel, message: e.message }));
   h.on("targeted", (m) => log.targeted.push(m.data));
+  h.on("presence", (p) => log.presence.push(p));
   clients[name] = { h, log };
 };
 window.ready = true;
@@ -217,6 +219,14 @@ async function tokens() {
   await publish("hsecret", 1);
   await publish("hdel", 1);
   await until("tokens: protected message", 5000, () => log("granted"), (l) => l.messages.length === 2);
+  // `hsecret` announces joins: the client's own reached it as presence,
+  // not as a message, and left its resume position alone.
+  const seen = await log("granted");
+  if (JSON.stringify(seen.presence) !== '[{"type":"join","channel":"hsecret","user":"page"}]') {
+    fail("tokens: presence", seen.presence);
+  }
+  const at = await page.evaluate(() => clients.granted.h.channels.get("hsecret"));
+  if (at?.offset !== 1) fail("tokens: hsecret's position after its first message", at);
 
   // A targeted send to the token's `sub`, acknowledged by the client.
   const sent = await until("tokens: acked send", 10000, () =>

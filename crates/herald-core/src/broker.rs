@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::channel::ChannelKey;
 use crate::history::Position;
 use crate::hub::Published;
-use crate::identity::{AckTo, Directory, Filter, Presence, SendOutcome, Targeted};
+use crate::identity::{AckTo, Directory, Filter, Presence, PresenceChange, SendOutcome, Targeted};
 use crate::message::{Message, Publication};
 use crate::outbox::ConnId;
 use crate::records::Record;
@@ -93,6 +93,18 @@ pub trait Broker: Send + Sync + 'static {
     /// node's own count. The default has no other node to ask.
     async fn presence(&self, local: Presence, _key: &ChannelKey) -> Result<Presence, BrokerError> {
         Ok(local)
+    }
+
+    /// Tells the subscribers of `channel` on every other node that a
+    /// connection of `user` joined or left it; this node's were told
+    /// already. The default has no other node.
+    async fn announce(
+        &self,
+        _channel: &ChannelKey,
+        _change: PresenceChange,
+        _user: &str,
+    ) -> Result<(), BrokerError> {
+        Ok(())
     }
 
     /// Disconnects every connection `filter` selects, on every node.

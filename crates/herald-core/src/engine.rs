@@ -9,7 +9,7 @@ use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
 use crate::history::{History, Position, Replay};
 use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
-use crate::identity::{Directory, Filter, Presence, SendOutcome, Targeted};
+use crate::identity::{Directory, Filter, Presence, PresenceChange, SendOutcome, Targeted};
 use crate::message::Publication;
 use crate::outbox::{ConnId, Outbox};
 use crate::stats::SendStats;
@@ -258,6 +258,18 @@ impl Engine {
         self.hub.delete(channel);
         self.broker.delete(channel).await?;
         Ok(Some(info.subscribers))
+    }
+
+    /// Tells `channel`'s subscribers, on every node, that a connection of
+    /// `user` joined or left it.
+    pub async fn announce(
+        &self,
+        channel: &ChannelKey,
+        change: PresenceChange,
+        user: &str,
+    ) -> Result<(), BrokerError> {
+        self.hub.announce(channel, change, user);
+        self.broker.announce(channel, change, user).await
     }
 
     /// Removes `outbox` from `channel`.

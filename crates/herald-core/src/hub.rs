@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 
@@ -17,6 +18,7 @@ use crate::channel::ChannelKey;
 use crate::channel_map::ChannelMap;
 use crate::flusher::Flushers;
 use crate::history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
+use crate::identity::PresenceChange;
 use crate::message::{Message, Publication, next_publish_time, now_ms};
 use crate::outbox::{ConnId, Outbox, Pushed};
 use crate::stats::HubStats;
@@ -382,6 +384,33 @@ impl Hub {
             }
         }
         Some(inner.subscribers.len())
+    }
+
+    /// Tells `key`'s local subscribers, in their formats, that a connection
+    /// of `user` joined or left it. Returns how many were told.
+    pub fn announce(&self, key: &ChannelKey, change: PresenceChange, user: &str) -> usize {
+        let Some(ch) = self.get(key) else { return 0 };
+        let inner = ch.inner.lock();
+        // Each format's frame, built once: a channel has few formats.
+        let mut frames: Vec<(usize, Option<Bytes>)> = Vec::new();
+        let mut told = 0;
+        for sub in inner.subscribers.values() {
+            let format = sub.outbox.format();
+            let slot = format.slot();
+            let frame = match frames.iter().find(|(s, _)| *s == slot) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame = format.presence(key, change, user);
+                    frames.push((slot, frame.clone()));
+                    frame
+                }
+            };
+            if let Some(frame) = frame {
+                sub.outbox.push(frame);
+                told += 1;
+            }
+        }
+        told
     }
 
     /// Drops expired history and forgets channels with neither subscribers
@@ -944,6 +973,24 @@ mod tests {
         };
         let s = hub.subscribe_with(&key("hist"), &lost, Replay::After(pos));
         assert_eq!((s.recovery, s.replayed), (Some(Recovery::EpochChanged), 0));
+    }
+
+    #[test]
+    fn announcements_reach_the_channels_subscribers_only() {
+        let hub = keeping(10);
+        let (a, b, other) = (outbox(1), outbox(2), outbox(3));
+        hub.subscribe(&key("room"), &a);
+        hub.subscribe(&key("room"), &b);
+        hub.subscribe(&key("hall"), &other);
+        assert_eq!(hub.announce(&key("room"), PresenceChange::Join, "alice"), 2);
+        assert_eq!(hub.announce(&key("none"), PresenceChange::Leave, "bob"), 0);
+        let joined = vec![Bytes::from_static(b"join room alice")];
+        assert_eq!(drained(&a), joined);
+        assert_eq!(drained(&b), joined);
+        assert!(drained(&other).is_empty());
+        // Announcements are not messages: nothing is published or stored.
+        let info = hub.channel_info(&key("room")).unwrap();
+        assert_eq!((info.published, info.stored), (0, 0));
     }
 
     #[test]

@@ -174,6 +174,24 @@ pub trait TargetFormat: Send + Sync + 'static {
 /// The dimension that names a connection's user (its token's `sub`).
 pub const USER: &str = "user";
 
+/// A user's connection joining or leaving a channel, told to the channel's
+/// subscribers where presence events are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    Join,
+    Leave,
+}
+
+impl PresenceChange {
+    /// Its name on the wire: `join` or `leave`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Leave => "leave",
+        }
+    }
+}
+
 /// Who is in a channel: connections per user, and those without one.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Presence {

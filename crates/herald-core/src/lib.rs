@@ -33,7 +33,9 @@ pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::{AckOutcome, AckPolicy, Engine};
 pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
 pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
-pub use identity::{Directory, Filter, Identity, Presence, SendOutcome, TargetFormat, Targeted};
+pub use identity::{
+    Directory, Filter, Identity, Presence, PresenceChange, SendOutcome, TargetFormat, Targeted,
+};
 pub use message::{Format, Message, Publication};
 pub use outbox::{Closed, ConnId, DirectWrite, Frame, Outbox, Pushed, Queue, Taken};
 pub use records::Record;

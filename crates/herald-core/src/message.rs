@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::channel::ChannelKey;
+use crate::identity::PresenceChange;
 
 /// How many wire formats one process may register (see [`Format::slot`]).
 /// Every message carries one cache slot per format, stored messages too, so
@@ -206,6 +207,17 @@ pub trait Format: Send + Sync + 'static {
     fn deleted(&self, _channel: &ChannelKey) -> Option<Bytes> {
         None
     }
+
+    /// The frame telling a subscriber that a connection of `user` joined or
+    /// left `channel`, if this format has one.
+    fn presence(
+        &self,
+        _channel: &ChannelKey,
+        _change: PresenceChange,
+        _user: &str,
+    ) -> Option<Bytes> {
+        None
+    }
 }
 
 /// A wire format for tests: the payload as is.
@@ -222,6 +234,9 @@ impl Format for Raw {
     }
     fn deleted(&self, channel: &ChannelKey) -> Option<Bytes> {
         Some(Bytes::from(format!("deleted {channel}")))
+    }
+    fn presence(&self, channel: &ChannelKey, change: PresenceChange, user: &str) -> Option<Bytes> {
+        Some(Bytes::from(format!("{} {channel} {user}", change.as_str())))
     }
 }
 

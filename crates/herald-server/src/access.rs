@@ -43,7 +43,8 @@ impl Patterns {
         Self(Arc::from(["*".to_owned()]))
     }
 
-    fn matches(&self, name: &str) -> bool {
+    /// Whether any pattern matches `name`.
+    pub(crate) fn matches(&self, name: &str) -> bool {
         self.0.iter().any(|p| pattern_matches(p, name))
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub pushca: PushcaConfig,
     /// Which channels keep history for resume, by name pattern.
     pub history: herald_core::HistoryPolicy,
+    /// Which channels tell their subscribers who joins and leaves.
+    pub presence: PresenceConfig,
     pub poll: PollConfig,
     /// The nginx-push-stream-module URL API (docs/pushstream.md).
     pub pushstream: PushStreamConfig,
@@ -28,6 +30,16 @@ pub struct Config {
     pub pushapi: PushApiConfig,
     /// PushaaS's Tsuru service API: instances on demand (docs/pushstream.md).
     pub pushaas: PushaasConfig,
+}
+
+/// Presence events: on the channels named here, each subscriber is told
+/// when a user's connection subscribes (`join`) or goes (`leave`), on every
+/// node. `GET /api/v1/channels/{ch}/presence` tells who is there already.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Channel names, or patterns with one `*` (`room:*`). Empty: no events.
+    pub events: Vec<String>,
 }
 
 /// The Tsuru service API of PushaaS. Each instance is a namespace of its
@@ -651,6 +663,8 @@ impl Config {
                 "auth.protected_channels needs auth.secret or auth.public_key_path to verify the tokens that grant them".into(),
             ));
         }
+        crate::access::Patterns::new(self.presence.events.clone())
+            .map_err(|e| ConfigError(format!("presence.events: {e}")))?;
         for rule in &self.history.rules {
             if rule.pattern.matches('*').count() > 1 {
                 return Err(ConfigError(format!(

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use herald_core::identity::USER;
 use herald_core::{
-    ChannelKey, Format, Identity, Outbox, Position, Replay, Subscribed, TargetFormat,
-    outbox::next_conn_id,
+    ChannelKey, Format, Identity, Outbox, Position, PresenceChange, Replay, Subscribed,
+    TargetFormat, outbox::next_conn_id,
 };
 
 use crate::access::Grants;
@@ -85,9 +86,7 @@ impl Session {
                 .await?;
             positions.push(subscribed.position);
             tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
-            if !self.channels.contains(&key) {
-                self.channels.push(key);
-            }
+            self.added(key).await;
         }
         Ok(positions)
     }
@@ -116,10 +115,39 @@ impl Session {
             .engine
             .subscribe_with(&key, &self.outbox, replay)
             .await?;
-        if !self.channels.contains(&key) {
-            self.channels.push(key);
-        }
+        self.added(key).await;
         Ok(subscribed)
+    }
+
+    /// Records a subscription to `key`, announcing it the first time.
+    async fn added(&mut self, key: ChannelKey) {
+        if self.channels.contains(&key) {
+            return;
+        }
+        self.announce(&key, PresenceChange::Join).await;
+        self.channels.push(key);
+    }
+
+    /// The user whose joins and leaves of `key` its subscribers are told
+    /// of: this connection's, where `presence.events` names the channel.
+    fn announced_user(&self, key: &ChannelKey) -> Option<Arc<str>> {
+        let user = self.identity.as_ref()?.get(USER)?;
+        self.state
+            .presence_events
+            .matches(key.name())
+            .then(|| Arc::from(user))
+    }
+
+    /// Tells `key`'s subscribers on every node that this connection's user
+    /// joined or left it, when they are told of it. A broker that cannot
+    /// pass it on costs the other nodes the event, not the subscription.
+    async fn announce(&self, key: &ChannelKey, change: PresenceChange) {
+        let Some(user) = self.announced_user(key) else {
+            return;
+        };
+        if let Err(error) = self.state.engine.announce(key, change, &user).await {
+            tracing::debug!(channel = %key, %error, "Presence event not passed on.");
+        }
     }
 
     fn check_room(&mut self, keys: &[ChannelKey]) -> Result<(), ApiError> {
@@ -139,6 +167,7 @@ impl Session {
                 // In order: replies list the channels as they were subscribed.
                 self.channels.remove(i);
                 self.state.engine.unsubscribe(key, &self.outbox).await;
+                self.announce(key, PresenceChange::Leave).await;
             }
         }
     }
@@ -159,12 +188,18 @@ impl Drop for Session {
         }
         let hub = self.state.engine.hub();
         let id = self.outbox.id();
+        let left: Vec<(ChannelKey, Arc<str>)> = (self.channels.iter())
+            .filter_map(|key| Some((key.clone(), self.announced_user(key)?)))
+            .collect();
         let vacated: Vec<ChannelKey> = self
             .channels
             .drain(..)
             .filter(|key| hub.unsubscribe(key, id))
             .collect();
-        if vacated.is_empty() {
+        for (key, user) in &left {
+            hub.announce(key, PresenceChange::Leave, user);
+        }
+        if vacated.is_empty() && left.is_empty() {
             return;
         }
         let broker = self.state.engine.broker().clone();
@@ -172,6 +207,9 @@ impl Drop for Session {
             rt.spawn(async move {
                 for key in vacated {
                     let _ = broker.unsubscribe(&key).await;
+                }
+                for (key, user) in left {
+                    let _ = broker.announce(&key, PresenceChange::Leave, &user).await;
                 }
             });
         }

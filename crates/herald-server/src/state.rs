@@ -38,6 +38,8 @@ pub struct Inner {
     pub(crate) origins: Arc<Origins>,
     /// Which channels only a token's grant may read.
     pub(crate) access: Access,
+    /// Which channels announce joins and leaves (`presence.events`).
+    pub(crate) presence_events: Patterns,
 }
 
 impl std::ops::Deref for AppState {
@@ -59,6 +61,8 @@ impl AppState {
         let origins = Origins::parse(&config.server.allowed_origins).map_err(ConfigError)?;
         let protected = Patterns::new(config.auth.protected_channels.clone())
             .map_err(|e| ConfigError(format!("auth.protected_channels: {e}")))?;
+        let presence_events = Patterns::new(config.presence.events.clone())
+            .map_err(|e| ConfigError(format!("presence.events: {e}")))?;
         Ok(Self(Arc::new(Inner {
             engine,
             config,
@@ -70,6 +74,7 @@ impl AppState {
             receivers,
             origins: Arc::new(origins),
             access: Access::new(protected),
+            presence_events,
         })))
     }
 

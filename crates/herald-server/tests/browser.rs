@@ -164,6 +164,7 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
         common::keep_history(c, 20);
         c.auth.secret = Some(SECRET.into());
         c.auth.protected_channels = vec!["hsecret*".into()];
+        c.presence.events = vec!["hsecret".into()];
         c.server.allow_client_publish = true;
     })
     .await;

@@ -669,3 +669,75 @@ async fn presence_counts_a_channels_connections_by_user() {
         .unwrap();
     assert_eq!(empty["connections"], 0, "{empty}");
 }
+
+#[tokio::test]
+async fn presence_events_tell_subscribers_who_joins_and_leaves() {
+    let server = TestServer::with(|c| {
+        config(c);
+        c.presence.events = vec!["room:*".into()];
+    })
+    .await;
+    let token = |sub: &str| jwt(SECRET, sub, json!({}), 600);
+    let event =
+        |change: &str, user: &str| json!({"type": change, "channel": "room:1", "user": user});
+    // Alice's own join reaches her too.
+    let mut alice = server
+        .ws(&format!("/ws?channels=room:1&token={}", token("alice")))
+        .await;
+    assert_eq!(next_json(&mut alice).await, event("join", "alice"));
+    // An anonymous stream is told, but announces nothing itself: alice's
+    // next event is bob's.
+    let mut anonymous = Sse::connect(&server.http("/sse?channels=room:1")).await;
+    let mut bob = server
+        .ws(&format!("/ws?channels=hall&token={}", token("bob")))
+        .await;
+    let reply = command(
+        &mut bob,
+        json!({"id": 1, "cmd": "subscribe", "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!(["hall", "room:1"]),
+        "{reply}"
+    );
+    assert_eq!(next_json(&mut alice).await, event("join", "bob"));
+    let told = anonymous.next_data().await;
+    assert_eq!(told.event.as_deref(), Some("join"));
+    let data: Value = serde_json::from_str(told.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data, json!({"channel": "room:1", "user": "bob"}));
+
+    // Unsubscribing leaves; closing the connection leaves too.
+    command(
+        &mut bob,
+        json!({"id": 2, "cmd": "unsubscribe", "channels": ["room:1"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice).await, event("leave", "bob"));
+    command(
+        &mut bob,
+        json!({"id": 3, "cmd": "subscribe", "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice).await, event("join", "bob"));
+    bob.send(Message::Close(None)).await.unwrap();
+    assert_eq!(next_json(&mut alice).await, event("leave", "bob"));
+
+    // Channels presence.events does not name announce nothing; events are
+    // not messages, so history and offsets never see them.
+    let mut hall = server
+        .ws(&format!("/ws?channels=hall&token={}", token("carol")))
+        .await;
+    server
+        .ws(&format!("/ws?channels=hall&token={}", token("dave")))
+        .await;
+    server
+        .publish(json!({"channel": "hall", "data": "first"}))
+        .await;
+    assert_eq!(next_json(&mut hall).await["data"], "first");
+    let published = server
+        .publish(json!({"channel": "room:1", "data": "msg"}))
+        .await;
+    assert_eq!(published["offset"], 1, "{published}");
+    assert_eq!(next_json(&mut alice).await["data"], "msg");
+}

@@ -1078,6 +1078,35 @@ async fn presence_counts_every_nodes_subscribers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_reach_every_nodes_subscribers_once() {
+    let redis = RedisServer::start();
+    let n = nodes_with(
+        &[redis.url()],
+        2,
+        &[("HERALD_PRESENCE__EVENTS", "[\"room:*\"]")],
+    );
+    let event =
+        |change: &str, user: &str| json!({"type": change, "channel": "room:1", "user": user});
+    let join = |user: &str| format!("/ws?channels=room:1&token={}", token(user, json!({})));
+    let mut alice = ws(&n[0], &join("alice")).await;
+    assert_eq!(next_json(&mut alice).await, event("join", "alice"));
+    let mut carol = ws(&n[1], &join("carol")).await;
+    assert_eq!(next_json(&mut carol).await, event("join", "carol"));
+    assert_eq!(next_json(&mut alice).await, event("join", "carol"));
+    let mut bob = ws(&n[1], &join("bob")).await;
+    assert_eq!(next_json(&mut alice).await, event("join", "bob"));
+    assert_eq!(next_json(&mut carol).await, event("join", "bob"));
+    // Told once: carol, on bob's node, sees the next message right after.
+    publish_ok(&n[0], "room:1", json!("marker")).await;
+    assert_eq!(next_json(&mut carol).await["data"], "marker");
+    assert_eq!(next_json(&mut alice).await["data"], "marker");
+
+    bob.send(Message::Close(None)).await.unwrap();
+    assert_eq!(next_json(&mut alice).await, event("leave", "bob"));
+    assert_eq!(next_json(&mut carol).await, event("leave", "bob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 2);

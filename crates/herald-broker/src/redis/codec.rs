@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::{ChannelKey, Message, Publication};
+use herald_core::{ChannelKey, Message, PresenceChange, Publication};
 
 /// What starts every frame; bump it when the layout changes.
 const MAGIC: &[u8] = b"H2 ";
@@ -46,16 +46,77 @@ pub(crate) fn encode_deleted(channel: &ChannelKey) -> Result<Bytes, TooLong> {
 /// The channel a deleted notice names, if `payload` is one.
 pub(crate) fn decode_deleted(payload: &[u8]) -> Option<ChannelKey> {
     let mut rest = payload.strip_prefix(DELETED)?;
-    let mut take = || {
-        let (len, tail) = rest.split_first_chunk::<2>()?;
-        let len = u16::from_be_bytes(*len) as usize;
-        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
-        rest = tail;
-        std::str::from_utf8(s).ok().map(str::to_owned)
-    };
-    let app = take()?;
-    let name = take()?;
+    let app = take_str16(&mut rest)?;
+    let name = take_str16(&mut rest)?;
     ChannelKey::new(&Arc::from(app), &name).ok()
+}
+
+/// What starts a presence notice:
+/// `"P1 " str16(node) str16(app) str16(name) change str16(user)`, with
+/// `change` one byte, `j` or `l`.
+const PRESENCE: &[u8] = b"P1 ";
+
+/// A connection joining or leaving a channel, as one node tells the others.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PresenceNotice {
+    /// The node that told its own subscribers already.
+    pub(crate) node: String,
+    pub(crate) channel: ChannelKey,
+    pub(crate) change: PresenceChange,
+    pub(crate) user: String,
+}
+
+/// The notice telling the other nodes that a connection of `user` on `node`
+/// joined or left `channel`.
+pub(crate) fn encode_presence(
+    node: &str,
+    channel: &ChannelKey,
+    change: PresenceChange,
+    user: &str,
+) -> Result<Bytes, TooLong> {
+    let len = 12 + node.len() + channel.app().len() + channel.name().len() + user.len();
+    let mut buf = BytesMut::with_capacity(len);
+    buf.put_slice(PRESENCE);
+    put_str16(&mut buf, node, "node id")?;
+    put_str16(&mut buf, channel.app(), "app")?;
+    put_str16(&mut buf, channel.name(), "channel name")?;
+    buf.put_u8(match change {
+        PresenceChange::Join => b'j',
+        PresenceChange::Leave => b'l',
+    });
+    put_str16(&mut buf, user, "user")?;
+    Ok(buf.freeze())
+}
+
+/// The presence notice `payload` holds, if it is one.
+pub(crate) fn decode_presence(payload: &[u8]) -> Option<PresenceNotice> {
+    let mut rest = payload.strip_prefix(PRESENCE)?;
+    let node = take_str16(&mut rest)?;
+    let app = take_str16(&mut rest)?;
+    let name = take_str16(&mut rest)?;
+    let (&change, tail) = rest.split_first()?;
+    rest = tail;
+    let change = match change {
+        b'j' => PresenceChange::Join,
+        b'l' => PresenceChange::Leave,
+        _ => return None,
+    };
+    let user = take_str16(&mut rest)?;
+    Some(PresenceNotice {
+        node,
+        channel: ChannelKey::new(&Arc::from(app), &name).ok()?,
+        change,
+        user,
+    })
+}
+
+/// The `str16` at the front of `rest`, which moves past it.
+fn take_str16(rest: &mut &[u8]) -> Option<String> {
+    let (len, tail) = rest.split_first_chunk::<2>()?;
+    let len = u16::from_be_bytes(*len) as usize;
+    let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+    *rest = tail;
+    std::str::from_utf8(s).ok().map(str::to_owned)
 }
 
 /// Why a frame could not be read.
@@ -196,6 +257,32 @@ mod tests {
 
     fn key(app: &str, name: &str) -> ChannelKey {
         ChannelKey::new(&Arc::from(app), name).unwrap()
+    }
+
+    #[test]
+    fn notices_round_trip_and_are_told_apart() {
+        let channel = key("app", "room:1");
+        let deleted = encode_deleted(&channel).unwrap();
+        assert_eq!(decode_deleted(&deleted), Some(channel.clone()));
+        let joined = encode_presence("node-a", &channel, PresenceChange::Join, "alice").unwrap();
+        assert_eq!(
+            decode_presence(&joined),
+            Some(PresenceNotice {
+                node: "node-a".into(),
+                channel: channel.clone(),
+                change: PresenceChange::Join,
+                user: "alice".into(),
+            })
+        );
+        let left = encode_presence("n", &channel, PresenceChange::Leave, "").unwrap();
+        assert_eq!(
+            decode_presence(&left).unwrap().change,
+            PresenceChange::Leave
+        );
+        assert_eq!(decode_presence(&deleted), None);
+        assert_eq!(decode_deleted(&joined), None);
+        assert_eq!(decode_presence(&joined[..joined.len() - 1]), None);
+        assert!(decode(joined).is_err(), "a notice is not a message");
     }
 
     #[test]

@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::identity::{AckTo, Directory, Filter, Presence, SendOutcome, Targeted};
 use herald_core::{
-    Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, Publication,
-    Published, Record, StoredPage,
+    Broker, BrokerError, ChannelKey, ChannelStats, ConnId, Hub, Message, Position, PresenceChange,
+    Publication, Published, Record, StoredPage,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::{RedisError, Value};
@@ -533,6 +533,23 @@ impl Broker for RedisBroker {
             .ignore();
         // Unanswered, the delete may still run when Redis resumes.
         bounded(inner.config.timeout(), pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|e| inner.unanswered(e))
+    }
+
+    async fn announce(
+        &self,
+        channel: &ChannelKey,
+        change: PresenceChange,
+        user: &str,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let notice = codec::encode_presence(&inner.config.node_id, channel, change, user)
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let mut conn = inner.ready_publisher()?;
+        let mut cmd = redis::cmd(conn.publish_command());
+        cmd.arg(inner.keys.pubsub(channel)).arg(notice.as_ref());
+        bounded(inner.config.timeout(), cmd.query_async::<()>(&mut conn))
             .await
             .map_err(|e| inner.unanswered(e))
     }

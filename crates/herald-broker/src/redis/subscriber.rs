@@ -342,6 +342,13 @@ pub(crate) async fn run_reader(
                     }
                     continue;
                 }
+                if let Some(notice) = codec::decode_presence(&payload) {
+                    // The node it came from told its own subscribers.
+                    if notice.node != inner.config.node_id {
+                        (inner.hub).announce(&notice.channel, notice.change, &notice.user);
+                    }
+                    continue;
+                }
                 if let Some(channel) = codec::decode_deleted(&payload) {
                     if inner.hub.delete(&channel).is_some() {
                         debug!(%channel, "Channel deleted by another node.");

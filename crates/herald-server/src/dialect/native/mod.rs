@@ -12,7 +12,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::{ChannelKey, Format, Message, Position, Publication, Published, Recovery};
+use herald_core::{
+    ChannelKey, Format, Message, Position, PresenceChange, Publication, Published, Recovery,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -75,6 +77,22 @@ impl Format for WsFormat {
         out.push(b'}');
         Some(Bytes::from(out))
     }
+
+    fn presence(&self, channel: &ChannelKey, change: PresenceChange, user: &str) -> Option<Bytes> {
+        let mut out = format!("{{\"type\":\"{}\",", change.as_str()).into_bytes();
+        out.extend_from_slice(&presence_body(channel, user)[1..]);
+        Some(Bytes::from(out))
+    }
+}
+
+/// `{"channel":…,"user":…}`: who joined or left which channel.
+fn presence_body(channel: &ChannelKey, user: &str) -> Vec<u8> {
+    let mut out = b"{\"channel\":".to_vec();
+    push_json_str(&mut out, channel.name());
+    out.extend_from_slice(b",\"user\":");
+    push_json_str(&mut out, user);
+    out.push(b'}');
+    out
 }
 
 /// Native SSE events: an `event:` line when given, the envelope as `data:`.
@@ -108,6 +126,13 @@ impl Format for SseFormat {
         let mut out = b"event: deleted\ndata: {\"channel\":".to_vec();
         push_json_str(&mut out, channel.name());
         out.extend_from_slice(b"}\n\n");
+        Some(Bytes::from(out))
+    }
+
+    fn presence(&self, channel: &ChannelKey, change: PresenceChange, user: &str) -> Option<Bytes> {
+        let mut out = format!("event: {}\ndata: ", change.as_str()).into_bytes();
+        out.extend_from_slice(&presence_body(channel, user));
+        out.extend_from_slice(b"\n\n");
         Some(Bytes::from(out))
     }
 }
