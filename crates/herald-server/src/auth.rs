@@ -36,6 +36,8 @@ struct Claims {
     /// `*` (see [`crate::access`]).
     #[serde(default)]
     channels: Vec<String>,
+    /// When it was issued (Unix seconds), which a revocation compares.
+    iat: Option<u64>,
 }
 
 /// What a valid token says about its holder.
@@ -44,6 +46,9 @@ pub(crate) struct Verified {
     pub(crate) identity: Identity,
     /// The protected channels it may read.
     pub(crate) grants: Grants,
+    /// Its `sub` and `iat`, for revocations.
+    user: String,
+    issued_at: Option<u64>,
 }
 
 impl Verifier {
@@ -96,9 +101,11 @@ impl Verifier {
             .map_err(|e| unauthorized(format!("invalid token: 'channels': {e}")))?;
         Ok(Verified {
             identity: Identity::new(
-                std::iter::once((USER_DIM.to_owned(), claims.sub)).chain(claims.labels),
+                std::iter::once((USER_DIM.to_owned(), claims.sub.clone())).chain(claims.labels),
             ),
             grants,
+            user: claims.sub,
+            issued_at: claims.iat,
         })
     }
 }
@@ -146,7 +153,18 @@ pub(crate) fn verify(
         .auth
         .as_ref()
         .ok_or_else(|| unauthorized("no [auth] key is configured to verify tokens"))?;
-    verifier.verify(token).map(Some)
+    let verified = verifier.verify(token)?;
+    if state
+        .revocations
+        .is_revoked(&verified.user, verified.issued_at)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "this token was revoked: get a new one",
+        ));
+    }
+    Ok(Some(verified))
 }
 
 /// Compares secrets without an early exit on the first differing byte, so

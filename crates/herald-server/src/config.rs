@@ -467,6 +467,11 @@ pub struct AuthConfig {
     /// `channels` claim grants them may read, or a WebSocket client publish
     /// to. Empty leaves every channel open, as the seeds do.
     pub protected_channels: Vec<String>,
+    /// How long a revocation (`POST /api/v1/revoke`) is kept. Tokens it
+    /// revoked that have not expired by then work again: issue tokens that
+    /// expire sooner.
+    #[serde(with = "humantime_serde")]
+    pub revocation_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -479,6 +484,7 @@ impl Default for AuthConfig {
             receiver_secret: None,
             api_keys: Vec::new(),
             protected_channels: Vec::new(),
+            revocation_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -25,6 +25,7 @@ mod lifetime;
 mod publisher_auth;
 mod ratelimit;
 mod receivers;
+mod revocations;
 mod session;
 mod transport;
 

@@ -64,6 +64,7 @@ pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str)
                 | "/api/v1/publish/batch"
                 | "/api/v1/send"
                 | "/api/v1/disconnect"
+                | "/api/v1/revoke"
                 | "/messages"
                 | "/open-connection"
                 | "/open-connection-pool"

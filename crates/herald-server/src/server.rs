@@ -142,6 +142,7 @@ impl Server {
         );
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
+        let revocations = tokio::spawn(crate::revocations::sync(state.clone()));
         loop {
             let accepted = tokio::select! {
                 () = &mut signal => break,
@@ -180,6 +181,7 @@ impl Server {
         }
         drop(listener);
         sweeper.abort();
+        revocations.abort();
         shutdown.trigger();
         let timeout = state.config.server.shutdown_timeout;
         tracing::info!(connections = shutdown.active(), ?timeout, "Shutting down.");

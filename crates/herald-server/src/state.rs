@@ -11,6 +11,7 @@ use crate::cors::Origins;
 use crate::dialect::pushca::Pushca;
 use crate::metrics::Metrics;
 use crate::receivers::ReceiverKeys;
+use crate::revocations::Revocations;
 use crate::shutdown::Shutdown;
 
 /// Shared state, cheap to clone.
@@ -40,6 +41,8 @@ pub struct Inner {
     pub(crate) access: Access,
     /// Which channels announce joins and leaves (`presence.events`).
     pub(crate) presence_events: Patterns,
+    /// Users whose older tokens are refused.
+    pub(crate) revocations: Revocations,
 }
 
 impl std::ops::Deref for AppState {
@@ -75,6 +78,7 @@ impl AppState {
             origins: Arc::new(origins),
             access: Access::new(protected),
             presence_events,
+            revocations: Revocations::default(),
         })))
     }
 

@@ -60,6 +60,12 @@ async fn publisher_routes_want_a_key_and_subscribers_do_not() {
         ),
         (Method::DELETE, "/api/v1/channels/news", Value::Null),
         (Method::POST, "/ps/pub?id=news", Value::Null),
+        (
+            Method::POST,
+            "/api/v1/disconnect",
+            json!({"filter": {"user": "u"}}),
+        ),
+        (Method::POST, "/api/v1/revoke", json!({"user": "u"})),
     ];
     for (method, path, body) in &guarded {
         let (status, err) = call(&s, method.clone(), path, body.clone(), None).await;
@@ -150,6 +156,7 @@ async fn the_openapi_document_marks_the_keyed_routes() {
     for (path, method) in [
         ("/api/v1/publish", "post"),
         ("/api/v1/send", "post"),
+        ("/api/v1/revoke", "post"),
         ("/api/v1/channels/{channel}", "delete"),
         ("/open-connection", "post"),
         ("/ps/pub", "post"),

@@ -741,3 +741,93 @@ async fn presence_events_tell_subscribers_who_joins_and_leaves() {
     assert_eq!(published["offset"], 1, "{published}");
     assert_eq!(next_json(&mut alice).await["data"], "msg");
 }
+
+/// A token for `sub` issued at `iat` (Unix seconds; `None`: no `iat`).
+fn jwt_issued(sub: &str, iat: Option<i64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut claims = json!({"sub": sub, "exp": now + 600});
+    if let Some(iat) = iat {
+        claims["iat"] = json!(iat);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn revoking_a_user_closes_their_connections_and_refuses_older_tokens() {
+    let server = TestServer::with(config).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let old = jwt_issued("alice", Some(now - 60));
+    let mut alice = server.ws(&format!("/ws?token={old}")).await;
+    let mut bob = server
+        .ws(&format!("/ws?token={}", jwt_issued("bob", Some(now - 60))))
+        .await;
+    let revoke = |body: Value| {
+        reqwest::Client::new()
+            .post(server.http("/api/v1/revoke"))
+            .json(&body)
+            .send()
+    };
+
+    let res = revoke(json!({"user": "alice", "until": now}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"user": "alice", "until": now, "disconnected": 1})
+    );
+    assert_eq!(expect_close(&mut alice).await.0, 4009);
+
+    // Older tokens, and tokens that do not say when they were issued, are
+    // refused on every route that reads a token; newer ones work.
+    let ws = |token: &str| format!("ws://{}/ws?token={token}", server.addr);
+    assert_eq!(refused(&ws(&old)).await, 401);
+    assert_eq!(refused(&ws(&jwt_issued("alice", None))).await, 401);
+    let sse = reqwest::get(server.http(&format!("/sse?channels=a&token={old}")))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 401);
+    assert_eq!(json_of(sse).await["error"]["code"], "token_revoked");
+    let fresh = jwt_issued("alice", Some(now + 1));
+    server.ws(&format!("/ws?token={fresh}")).await;
+    // Bob was neither closed nor refused.
+    let (status, reply) = send(&server, json!({"filter": {"user": "bob"}, "data": 1})).await;
+    assert_eq!((status, &reply["delivered"]), (200, &json!(1)), "{reply}");
+    assert_eq!(next_json(&mut bob).await["data"], 1);
+    server
+        .ws(&format!("/ws?token={}", jwt_issued("bob", Some(now - 60))))
+        .await;
+
+    // A second in the future keeps the user out until then: a ban.
+    let res = revoke(json!({"user": "alice", "until": now + 3600}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(refused(&ws(&fresh)).await, 401);
+    // And an earlier second does not lift it.
+    revoke(json!({"user": "alice", "until": now}))
+        .await
+        .unwrap();
+    assert_eq!(refused(&ws(&fresh)).await, 401);
+
+    for bad in [
+        json!({"user": ""}),
+        json!({}),
+        json!({"user": "a", "extra": 1}),
+    ] {
+        let res = revoke(bad.clone()).await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+}

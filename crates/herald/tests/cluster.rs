@@ -1107,6 +1107,61 @@ async fn presence_events_reach_every_nodes_subscribers_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_node_holds_on_every_node() {
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    // Tokens without `iat`: any revocation of their user covers them.
+    let alice = token("alice", json!({}));
+    let mut on_b = ws(&n[1], &format!("/ws?token={alice}")).await;
+    send_until_matched(
+        &n[0],
+        json!({"filter": {"user": "alice"}, "data": "sync"}),
+        1,
+    )
+    .await;
+
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/revoke", n[0].addr))
+        .json(&json!({"user": "alice"}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["disconnected"], 1);
+    let close = loop {
+        match tokio::time::timeout(WAIT, on_b.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(close))) => break close,
+            Some(Ok(_)) => continue,
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4009));
+
+    // Node B, and a node started after the revocation, refuse the token
+    // once they reread the revocations (every second).
+    let late = nodes(&[redis.url()], 1).remove(0);
+    let bob = token("bob", json!({}));
+    for node in [&n[1], &late] {
+        let status = |token: String| async move {
+            let url = format!("http://{}/sse?channels=a&token={token}", node.addr);
+            reqwest::get(url).await.unwrap().status().as_u16()
+        };
+        until(|| async {
+            match status(alice.clone()).await {
+                401 => Ok(()),
+                other => Err(format!("{}: alice's token answered {other}", node.addr)),
+            }
+        })
+        .await;
+        assert_eq!(status(bob.clone()).await, 200, "bob is not revoked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
     let redis = RedisServer::start();
     let n = nodes(&[redis.url()], 2);

@@ -331,6 +331,55 @@ pub(crate) async fn disconnect(
     }))
 }
 
+/// `POST /api/v1/revoke` request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    /// Whose tokens: their `sub`.
+    user: String,
+    /// Tokens issued (`iat`) at or before this Unix second are refused;
+    /// default now. A later second keeps the user out until then.
+    until: Option<u64>,
+}
+
+/// `POST /api/v1/revoke` reply.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RevokeResponse {
+    user: String,
+    /// The last second whose tokens are revoked.
+    until: u64,
+    /// The user's connections closed, on every node.
+    disconnected: usize,
+}
+
+/// Revokes a user's tokens issued up to `until` (tokens without `iat`
+/// too), on every node, for `auth.revocation_ttl`, and closes the user's
+/// connections as `POST /api/v1/disconnect` does: what a ban or a "log out
+/// everywhere" needs.
+#[utoipa::path(post, path = "/api/v1/revoke", tag = "native",
+    request_body = RevokeRequest,
+    responses((status = 200, description = "Revoked", body = RevokeResponse),
+        (status = 400, description = "Malformed request or an empty user")))]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let body = read_body(req, 4096).await?;
+    let r: RevokeRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let user = label("user", &r.user)?;
+    let until = r.until.unwrap_or(herald_core::message::now_ms() / 1000);
+    crate::revocations::revoke(&state, user, until).await?;
+    let filter = Filter::new(Identity::new([(USER_DIM, user)]));
+    let out = state.engine.disconnect(&filter).await?;
+    tracing::info!(user, until, disconnected = out.delivered, "Tokens revoked.");
+    Ok(Json(RevokeResponse {
+        user: user.to_owned(),
+        until,
+        disconnected: out.delivered,
+    }))
+}
+
 /// Acknowledges a targeted message for an SSE connection, which cannot
 /// answer on its stream: 200 `{"acked": bool}` (false when the connection
 /// owed no such ack), 403 for a key this server did not issue.

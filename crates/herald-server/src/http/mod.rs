@@ -78,6 +78,7 @@ pub fn router(state: AppState, extra: Extra) -> Router {
         .route("/api/v1/send", post(send::send))
         .route("/api/v1/ack", post(send::ack))
         .route("/api/v1/disconnect", post(send::disconnect))
+        .route("/api/v1/revoke", post(send::revoke))
         .route("/ws", get(native::ws))
         .route("/sse", get(native::sse))
         .route("/poll", get(poll::poll))

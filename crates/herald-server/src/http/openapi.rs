@@ -34,6 +34,7 @@ use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
         send::send,
         send::ack,
         send::disconnect,
+        send::revoke,
         push::publish,
         push::sse,
         push::ws,

@@ -284,7 +284,10 @@ async fn open_sse(
         "retry: {}\n: connected\n\n",
         state.config.connection.sse_retry.as_millis()
     );
-    if let Some(Verified { identity, grants }) = verified {
+    if let Some(Verified {
+        identity, grants, ..
+    }) = verified
+    {
         session.grant(grants);
         // The stream cannot carry acks back: its key lets POST /api/v1/ack.
         let receiver = state.receivers.issue(session.outbox.id());
