@@ -171,9 +171,14 @@ impl Server {
                 max_header_bytes,
             };
             match &tls {
+                // Boxed: a task copies its future whole as it is spawned,
+                // finishes and is dropped, and this one is kilobytes (the
+                // handshake beside hyper's connection); it lives only until
+                // a stream's own task takes over, so the box costs no memory
+                // held.
                 None => state
                     .shutdown
-                    .spawn(serve_plain(state.clone(), stream, conn)),
+                    .spawn(Box::pin(serve_plain(state.clone(), stream, conn))),
                 // The handshake runs in the connection's task: a slow client
                 // never holds up the accept loop.
                 Some(tls) => state.shutdown.spawn(serve_tls(tls.clone(), stream, conn)),

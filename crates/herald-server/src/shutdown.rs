@@ -44,15 +44,11 @@ impl Shutdown {
     }
 
     /// Runs `fut` as a tracked task.
-    ///
-    /// Boxed: a connection's future is kilobytes, and a task copies the
-    /// future it holds whole each time it moves or changes stage (spawning,
-    /// finishing, dropping), which cost a connect more than the allocation.
     pub(crate) fn spawn<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(Box::pin(fut));
+        self.tracker.spawn(fut);
     }
 
     /// Waits up to `timeout` for every tracked task; returns false on timeout.

@@ -237,12 +237,9 @@ pub(crate) fn upgrade<D: WsDialect>(
             // task, which drains the outbox; fan-outs wake it, as they do any
             // outbox without a socket attached.
             Err(upgraded) => {
-                let config = Some(socket_config(&state));
                 let limit = state.config.limits.max_message_size;
                 let io = Inflate::new(TokioIo::new(upgraded), deflate, limit);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
-                run(state, ws, None, session, dialect, deflate).await;
-                drop(slot);
+                run(state, io, None, session, dialect, deflate, slot).await;
             }
         }
     });
@@ -252,25 +249,26 @@ pub(crate) fn upgrade<D: WsDialect>(
 /// Serves `dialect` on a plain TCP socket whose handshake is done, holding
 /// its connection slot; `early` holds the bytes read past the handshake,
 /// the client's first frames; `deflate`, the compression agreed in it.
-pub(crate) async fn run_tcp<D: WsDialect>(
+///
+/// Not `async`: the task holds [`run`]'s future alone, without a wrapper
+/// keeping room for these arguments beside it for the connection's life.
+pub(crate) fn run_tcp<D: WsDialect>(
     state: AppState,
     stream: TcpStream,
     early: Bytes,
     session: Session,
     dialect: D,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
     deflate: Option<Deflate>,
-) {
-    let config = Some(socket_config(&state));
+) -> impl Future<Output = ()> + Send + use<D> {
     let socket = SharedSocket::new(stream, WsText { deflate });
     let io = SocketIo::new(socket.clone(), early);
     // The task's own writes (replies, and every frame without direct
     // writes); direct writes never wait.
     let io = WriteTimeout::new(io, state.config.server.write_timeout);
     let io = Inflate::new(io, deflate, state.config.limits.max_message_size);
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     let direct = dialect.direct_writes().then_some(socket);
-    run(state, ws, direct, session, dialect, deflate).await;
+    run(state, io, direct, session, dialect, deflate, slot)
 }
 
 /// tungstenite buffers what the task writes; its flush then writes the
@@ -312,19 +310,26 @@ fn text_frame(deflate: Option<Deflate>, bytes: Bytes) -> Message {
     Message::Frame(frame)
 }
 
-/// Serves one WebSocket until it closes. With `direct`, the outbox writes to
-/// that socket itself and the task only finishes what it could not.
+/// Serves one WebSocket on `io` until it closes, holding its connection
+/// slot. With `direct`, the outbox writes to that socket itself and the task
+/// only finishes what it could not.
+///
+/// The WebSocket is made here, not by the caller: a caller that awaited it
+/// first would keep room for both in every connection's task.
 async fn run<D, S>(
     state: AppState,
-    mut ws: WebSocketStream<S>,
+    io: S,
     direct: Option<Arc<SharedSocket>>,
     mut session: Session,
     mut dialect: D,
     deflate: Option<Deflate>,
+    _slot: ConnectionSlot,
 ) where
     D: WsDialect,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let config = Some(socket_config(&state));
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     let conn = session.outbox.id();
     tracing::debug!(conn, deflate = deflate.is_some(), "WebSocket opened.");
     let text = |bytes: Bytes| text_frame(deflate, bytes);

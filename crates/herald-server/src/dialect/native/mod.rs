@@ -489,6 +489,11 @@ fn failure(id: Option<&RawValue>, code: &str, message: &str) -> Reply {
     .frame()
 }
 
+/// Runs one command.
+///
+/// The rarer commands' work is boxed: every native WebSocket's task keeps
+/// room for the largest command in flight, for its whole life, and a
+/// subscription's state is larger than a publish's (docs/benchmarks.md).
 async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiError> {
     let state = session.state.clone();
     let names = || -> Result<Vec<ChannelKey>, ApiError> {
@@ -504,7 +509,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
             let keys = names()?;
             let Some(since) = cmd.since else {
                 let names: Vec<String> = keys.iter().map(|k| k.name().to_owned()).collect();
-                let positions = session.subscribe(keys).await?;
+                let positions = Box::pin(session.subscribe(keys)).await?;
                 let positions: serde_json::Map<String, Value> = names
                     .into_iter()
                     .zip(positions.iter().map(position_json))
@@ -520,7 +525,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
                 offset: since.offset,
                 epoch: Arc::from(since.epoch),
             };
-            let s = session.subscribe_from(key, Some(since)).await?;
+            let s = Box::pin(session.subscribe_from(key, Some(since))).await?;
             Ok(Done::Other(json!({
                 "channels": channel_names(session.channels()),
                 "recovery": s.recovery,
@@ -529,7 +534,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
             })))
         }
         Some("unsubscribe") => {
-            session.unsubscribe(&names()?).await;
+            Box::pin(session.unsubscribe(&names()?)).await;
             let channels = channel_names(session.channels());
             Ok(Done::Other(json!({ "channels": channels })))
         }
@@ -560,7 +565,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
                 .message_id
                 .as_deref()
                 .ok_or_else(|| ApiError::bad_request("'message_id' is required"))?;
-            let acked = state.engine.acknowledge(session.outbox.id(), id).await?;
+            let acked = Box::pin(state.engine.acknowledge(session.outbox.id(), id)).await?;
             tracing::debug!(conn = session.outbox.id(), message = id, acked, "Acked.");
             Ok(Done::Other(crate::dialect::send::ack_result(acked)))
         }
@@ -834,6 +839,38 @@ pub(crate) async fn publish_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every native WebSocket's task holds this future for the connection's
+    /// life. With tokio's task header and trailer (~120 bytes) it must stay
+    /// within jemalloc's 2,560-byte size class: the next class costs each
+    /// connection 512 bytes more, a tenth of its memory (docs/benchmarks.md).
+    #[tokio::test]
+    async fn a_websocket_sessions_task_fits_its_size_class() {
+        let hub = Arc::new(herald_core::Hub::with_policy(Default::default()));
+        let broker = Arc::new(herald_broker::MemoryBroker::new(hub.clone()));
+        let engine = herald_core::Engine::new(hub, broker);
+        let config = crate::Config::default();
+        let state = AppState::new(engine, config, crate::Shutdown::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stream, _peer) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let slot = (state.metrics)
+            .take(crate::metrics::Transport::Ws, 1)
+            .unwrap();
+        let session = Session::new(state.clone(), Arc::new(WsFormat));
+        let dialect = NativeWs::new(&state);
+        let task = ws::run_tcp(
+            state,
+            stream.unwrap(),
+            Bytes::new(),
+            session,
+            dialect,
+            slot,
+            None,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2_432, "a native WebSocket's task is {size} bytes");
+    }
 
     #[test]
     fn hand_written_answers_are_what_serde_writes() {
