@@ -675,6 +675,21 @@ async fn redis_cluster_with_sharded_pubsub() {
     assert_eq!(names, want);
 }
 
+/// The code of the close frame `ws` gets next, skipping other frames;
+/// fails if the connection ends without one.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(close))) => return close.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    }
+}
+
 /// A connection token for user `sub` with `labels`.
 fn token(sub: &str, labels: Value) -> String {
     let exp = std::time::SystemTime::now()
@@ -1031,17 +1046,7 @@ async fn a_disconnect_on_one_node_closes_the_users_connections_on_another() {
         res.json::<Value>().await.unwrap(),
         json!({"disconnected": 1})
     );
-    let close = loop {
-        let frame = tokio::time::timeout(WAIT, alice.next())
-            .await
-            .expect("alice is closed in time");
-        match frame {
-            Some(Ok(Message::Close(close))) => break close,
-            Some(Ok(_)) => continue,
-            other => panic!("alice's connection ended without a close frame: {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|c| u16::from(c.code)), Some(4009));
+    assert_eq!(close_code(&mut alice).await, Some(4009));
     // Bob, on the same node, stays.
     let (_, reply) = send(
         &n[0],
@@ -1129,17 +1134,7 @@ async fn a_revocation_on_one_node_holds_on_every_node() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["disconnected"], 1);
-    let close = loop {
-        match tokio::time::timeout(WAIT, on_b.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(close))) => break close,
-            Some(Ok(_)) => continue,
-            other => panic!("ended without a close frame: {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|c| u16::from(c.code)), Some(4009));
+    assert_eq!(close_code(&mut on_b).await, Some(4009));
 
     // Node B, and a node started after the revocation, refuse the token
     // once they reread the revocations (every second).

@@ -20,7 +20,7 @@ use crate::auth::USER_DIM;
 use crate::dialect::native::{SseFormat, WsFormat};
 use crate::dialect::{one_line_json, push_json_str};
 use crate::error::ApiError;
-use crate::http::read_body;
+use crate::http::read_json;
 use crate::state::AppState;
 
 /// An identity as JSON: the token's `sub` and labels.
@@ -177,9 +177,7 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let body = read_body(req, state.config.limits.max_message_size + 64 * 1024).await?;
-    let r: SendRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let r: SendRequest = read_json(req, state.config.limits.max_message_size + 64 * 1024).await?;
     let filter = r.filter.filter()?;
     let max = state.config.limits.max_message_size;
     if r.data.get().len() > max {
@@ -308,9 +306,7 @@ pub(crate) async fn disconnect(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Json<DisconnectResponse>, ApiError> {
-    let body = read_body(req, 64 * 1024).await?;
-    let r: DisconnectRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let r: DisconnectRequest = read_json(req, 64 * 1024).await?;
     if r.filter.find_any {
         return Err(ApiError::bad_request("'find_any' makes no sense here"));
     }
@@ -364,9 +360,7 @@ pub(crate) async fn revoke(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let body = read_body(req, 4096).await?;
-    let r: RevokeRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let r: RevokeRequest = read_json(req, 4096).await?;
     let user = label("user", &r.user)?;
     let until = r.until.unwrap_or(herald_core::message::now_ms() / 1000);
     crate::revocations::revoke(&state, user, until).await?;
@@ -392,9 +386,7 @@ pub(crate) async fn ack(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = read_body(req, 4096).await?;
-    let r: AckRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let r: AckRequest = read_json(req, 4096).await?;
     let receiver = state.receivers.verify(&r.receiver).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,

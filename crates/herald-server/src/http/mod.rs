@@ -179,6 +179,17 @@ pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiEr
         })
 }
 
+/// Reads a JSON request body of at most `limit` bytes as a `T`; 400 when
+/// it is not one.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = read_body(req, limit).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
 /// axum reports an over-long body through `http_body_util::LengthLimitError`.
 mod http_body_util_limited {
     pub(crate) use http_body_util::LengthLimitError;

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::http::extract::Path;
-use crate::http::read_body;
+use crate::http::read_json;
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::ws;
@@ -129,9 +129,7 @@ async fn body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     req: Request,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(req, state.config.limits.max_message_size + ENVELOPE_BYTES).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    read_json(req, state.config.limits.max_message_size + ENVELOPE_BYTES).await
 }
 
 /// Refuses a client without all four fields: Pushca's spec calls them
