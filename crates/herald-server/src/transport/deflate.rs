@@ -446,6 +446,71 @@ mod tests {
         Deflate::negotiate([value.as_bytes()], 16)
     }
 
+    /// A client's frame: `first` byte, masked `payload`.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    fn reader() -> Reader {
+        Reader {
+            limit: 1 << 16,
+            raw: BytesMut::new(),
+            out: BytesMut::new(),
+            passing: 0,
+            gathered: None,
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn the_stream_reads_the_same_however_it_is_cut() {
+        let text = b"{\"cmd\":\"publish\",\"data\":\"".repeat(20);
+        let mut compressed = offer("permessage-deflate")
+            .unwrap()
+            .compress(&Bytes::from(text.clone()))
+            .unwrap()
+            .to_vec();
+        let tail = compressed.split_off(compressed.len() / 2);
+        // A plain message, a compressed one in two fragments with a ping
+        // between, a pong, and a compressed one whole.
+        let mut wire = client_frame(0x81, b"plain");
+        wire.extend(client_frame(0x41, &compressed));
+        wire.extend(client_frame(0x89, b"ping"));
+        wire.extend(client_frame(0x80, &tail));
+        wire.extend(client_frame(0x8a, b""));
+        compressed.extend_from_slice(&tail);
+        wire.extend(client_frame(0xc1, &compressed));
+        // What tungstenite must see: the plain frames as sent, and each
+        // compressed message as one plain frame masked with zeros.
+        let mut want = client_frame(0x81, b"plain");
+        want.extend(client_frame(0x89, b"ping"));
+        let mut whole = reader();
+        whole.emit(1, &text);
+        want.extend_from_slice(&whole.out);
+        want.extend(client_frame(0x8a, b""));
+        want.extend_from_slice(&whole.out);
+        for cut in [1, 2, 3, 7, 64, wire.len()] {
+            let mut r = reader();
+            for chunk in wire.chunks(cut) {
+                r.raw.extend_from_slice(chunk);
+                r.process();
+            }
+            assert_eq!(r.failed, None, "cut {cut}");
+            assert_eq!(r.out[..], want[..], "cut {cut}");
+        }
+    }
+
     #[test]
     fn browsers_offers_are_accepted() {
         // Chromium's and Firefox's.
