@@ -38,6 +38,8 @@ pub struct Metrics {
     opened: [AtomicU64; 2],
     /// Connections refused because `max_connections` was reached.
     refused: AtomicU64,
+    /// WebSocket handshakes that agreed to permessage-deflate.
+    compressed: AtomicU64,
     /// HTTP answers by status class (1xx to 5xx): error rates to alert on.
     answers: [AtomicU64; 5],
     /// Metrics of parts that run beside the server (the mobile pipeline),
@@ -61,6 +63,11 @@ impl Drop for ConnectionSlot {
 }
 
 impl Metrics {
+    /// Counts a WebSocket handshake that agreed to compression.
+    pub(crate) fn compressed(&self) {
+        self.compressed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes a connection slot unless `max` streaming connections are open.
     pub(crate) fn open(
         self: &Arc<Self>,
@@ -143,6 +150,11 @@ impl Metrics {
                 "herald_connections_refused_total",
                 "Connections refused at the connection limit.",
                 load(&self.refused),
+            ),
+            (
+                "herald_ws_compressed_total",
+                "WebSocket connections opened with permessage-deflate.",
+                load(&self.compressed),
             ),
             (
                 "herald_messages_published_total",

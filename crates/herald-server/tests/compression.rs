@@ -124,6 +124,13 @@ async fn large_messages_reach_clients_that_offer_deflate_compressed() {
     let (compressed, msg) = next_message(&mut plain).await;
     assert!(!compressed);
     assert_eq!(msg["data"], big);
+
+    let metrics = reqwest::get(server.http("/metrics")).await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "herald_ws_compressed_total 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -192,7 +192,11 @@ pub(crate) fn negotiate_deflate<'a>(
     if !server.ws_compression {
         return None;
     }
-    Deflate::negotiate(offers, server.ws_compression_min_size)
+    let deflate = Deflate::negotiate(offers, server.ws_compression_min_size);
+    if deflate.is_some() {
+        state.metrics.compressed();
+    }
+    deflate
 }
 
 /// Whether a comma-separated header value lists `token`, in any case.
