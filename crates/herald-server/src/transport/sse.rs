@@ -6,6 +6,8 @@
 
 use std::convert::Infallible;
 use std::io::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
@@ -13,11 +15,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use herald_core::{Closed, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cursor::{Cursor, Undo};
-
 use crate::error::ApiError;
 use crate::lifetime::{Clock, Tick};
 use crate::metrics::{ConnectionSlot, Transport};
@@ -225,7 +226,6 @@ pub(crate) async fn run_tcp(
     let mut clock = Clock::start(&state.config.connection);
     let sleep = tokio::time::sleep_until(clock.next_deadline());
     tokio::pin!(sleep);
-    let mut ignored = [0u8; 512];
     // Made once: see `ws::run_tcp`.
     let shutdown = state.shutdown.signalled();
     tokio::pin!(shutdown);
@@ -253,7 +253,7 @@ pub(crate) async fn run_tcp(
                     Err(_) => break,
                 }
             }
-            read = io.read(&mut ignored) => {
+            read = std::future::poll_fn(|cx| discard(&mut io, cx)) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     break;
                 }
@@ -280,6 +280,17 @@ pub(crate) async fn run_tcp(
     let _ = tokio::time::timeout(CLOSE_WAIT, io.shutdown()).await;
     drop(session);
     tracing::debug!(conn, "SSE stream closed.");
+}
+
+/// Reads what the client sent and drops it, returning how much: an SSE
+/// client has nothing to say, and only its end matters. The buffer lives
+/// for the call alone: held across the stream's awaits, it would be part
+/// of every idle stream's task.
+fn discard(io: &mut SocketIo<SseFraming>, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    let mut scratch = [0u8; 512];
+    let mut buf = ReadBuf::new(&mut scratch);
+    ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+    Poll::Ready(Ok(buf.filled().len()))
 }
 
 #[cfg(test)]

@@ -840,12 +840,14 @@ pub(crate) async fn publish_batch(
 mod tests {
     use super::*;
 
-    /// Every native WebSocket's task holds this future for the connection's
-    /// life. With tokio's task header and trailer (~120 bytes) it must stay
-    /// within jemalloc's 2,560-byte size class: the next class costs each
-    /// connection 512 bytes more, a tenth of its memory (docs/benchmarks.md).
-    #[tokio::test]
-    async fn a_websocket_sessions_task_fits_its_size_class() {
+    /// A server state, a connected socket and a connection slot on it.
+    async fn connection(
+        transport: crate::metrics::Transport,
+    ) -> (
+        AppState,
+        tokio::net::TcpStream,
+        crate::metrics::ConnectionSlot,
+    ) {
         let hub = Arc::new(herald_core::Hub::with_policy(Default::default()));
         let broker = Arc::new(herald_broker::MemoryBroker::new(hub.clone()));
         let engine = herald_core::Engine::new(hub, broker);
@@ -854,22 +856,39 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stream, _peer) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let slot = (state.metrics)
-            .take(crate::metrics::Transport::Ws, 1)
-            .unwrap();
+        let slot = state.metrics.take(transport, 1).unwrap();
+        (state, stream.unwrap(), slot)
+    }
+
+    /// Every native stream's task holds its future for the connection's
+    /// life, in a tokio cell that adds ~120 bytes, allocated from
+    /// jemalloc's size classes (…, 1,536, 1,792, 2,048, 2,560, …): a future
+    /// that grows past its class costs every idle connection the next
+    /// class's difference, a tenth or more of its memory (docs/benchmarks.md).
+    #[tokio::test]
+    async fn a_websocket_sessions_task_fits_its_size_class() {
+        let (state, stream, slot) = connection(crate::metrics::Transport::Ws).await;
         let session = Session::new(state.clone(), Arc::new(WsFormat));
         let dialect = NativeWs::new(&state);
-        let task = ws::run_tcp(
-            state,
-            stream.unwrap(),
-            Bytes::new(),
-            session,
-            dialect,
-            slot,
-            None,
-        );
+        let task = ws::run_tcp(state, stream, Bytes::new(), session, dialect, slot, None);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2_432, "a native WebSocket's task is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn an_sse_streams_task_fits_its_size_class() {
+        let (state, stream, slot) = connection(crate::metrics::Transport::Sse).await;
+        let session = Session::new(state.clone(), Arc::new(SseFormat));
+        let style = SseStyle {
+            preamble: Bytes::new(),
+            heartbeat: Bytes::new(),
+            reconnect: Bytes::new(),
+            disconnected: Bytes::new(),
+            cursor: Some(Cursor::default()),
+        };
+        let task = sse::run_tcp(state, stream, session, style, slot);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1_408, "a native SSE stream's task is {size} bytes");
     }
 
     #[test]
