@@ -28,16 +28,11 @@ fn config(c: &mut Config) {
 
 /// A token for `sub` granting `channels`.
 fn jwt(sub: &str, channels: Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "channels": channels, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    let exp = herald_testkit::token::unix_now() + 600;
+    herald_testkit::token::hs256(
+        SECRET,
+        &json!({"sub": sub, "channels": channels, "exp": exp}),
     )
-    .unwrap()
 }
 
 async fn publish(server: &TestServer, channel: &str, data: &str) -> Value {

@@ -168,17 +168,9 @@ async fn js_client_in_chromium_resumes_across_reconnects_and_reports_gaps() {
         c.server.allow_client_publish = true;
     })
     .await;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "page", "channels": ["hsecret"], "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let exp = herald_testkit::token::unix_now() + 600;
+    let claims = serde_json::json!({"sub": "page", "channels": ["hsecret"], "exp": exp});
+    let token = herald_testkit::token::hs256(SECRET, &claims);
     run_script("client.mjs", &[server.http(""), token], 150).await;
 }
 

@@ -128,18 +128,10 @@ async fn refused(url: &str) -> u16 {
 }
 
 fn token(secret: &str, exp_offset: i64, who: &Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = herald_testkit::token::unix_now() as i64;
     let claims =
         json!({"aud": "pushca", "iat": now, "exp": now + exp_offset, "jti": "x", "client": who});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    herald_testkit::token::hs256(secret, &claims)
 }
 
 #[tokio::test]

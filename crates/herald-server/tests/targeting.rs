@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use herald_server::Config;
+use herald_testkit::token::{hs256, unix_now};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -20,16 +21,8 @@ fn config(c: &mut Config) {
 }
 
 fn jwt(secret: &str, sub: &str, labels: Value, exp_offset: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "labels": labels, "exp": now + exp_offset}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    let exp = unix_now() as i64 + exp_offset;
+    hs256(secret, &json!({"sub": sub, "labels": labels, "exp": exp}))
 }
 
 async fn user(server: &TestServer, sub: &str, labels: Value) -> Ws {
@@ -420,11 +413,7 @@ async fn asymmetric_tokens_rs256_and_es256() {
             c.auth.public_key_path = Some(public.clone());
         })
         .await;
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
+        let exp = unix_now() + 600;
         let key = match kind {
             "ec" => jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap(),
             _ => jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
@@ -744,29 +733,17 @@ async fn presence_events_tell_subscribers_who_joins_and_leaves() {
 
 /// A token for `sub` issued at `iat` (Unix seconds; `None`: no `iat`).
 fn jwt_issued(sub: &str, iat: Option<i64>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let mut claims = json!({"sub": sub, "exp": now + 600});
+    let mut claims = json!({"sub": sub, "exp": unix_now() + 600});
     if let Some(iat) = iat {
         claims["iat"] = json!(iat);
     }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256(SECRET, &claims)
 }
 
 #[tokio::test]
 async fn revoking_a_user_closes_their_connections_and_refuses_older_tokens() {
     let server = TestServer::with(config).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now() as i64;
     let old = jwt_issued("alice", Some(now - 60));
     let mut alice = server.ws(&format!("/ws?token={old}")).await;
     let mut bob = server

@@ -7,6 +7,7 @@ pub mod redis;
 pub mod apns;
 pub mod fcm;
 mod tls;
+pub mod token;
 pub mod webpush;
 
 use std::io::Read;

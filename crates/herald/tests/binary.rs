@@ -179,17 +179,9 @@ async fn cli_subscribe_reads_a_protected_channel_with_a_token() {
         "{stderr}"
     );
 
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "ops", "channels": ["private-*"], "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let exp = herald_testkit::token::unix_now() + 600;
+    let claims = serde_json::json!({"sub": "ops", "channels": ["private-*"], "exp": exp});
+    let token = herald_testkit::token::hs256(SECRET, &claims);
     let mut sub = subscribe(Some(&token));
     let deadline = Instant::now() + Duration::from_secs(10);
     while herald.metric("herald_connections{transport=\"ws\"}").await < 1.0 {

@@ -692,22 +692,18 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 /// A connection token for user `sub` with `labels`.
 fn token(sub: &str, labels: Value) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "labels": labels, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let exp = herald_testkit::token::unix_now() + 600;
+    herald_testkit::token::hs256(SECRET, &json!({"sub": sub, "labels": labels, "exp": exp}))
 }
 
 async fn send(node: &Herald, body: Value) -> (u16, Value) {
+    post(node, "/api/v1/send", body).await
+}
+
+/// POSTs JSON `body` to `path` on `node`: the status and the JSON answer.
+async fn post(node: &Herald, path: &str, body: Value) -> (u16, Value) {
     let res = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/send", node.addr))
+        .post(format!("http://{}{path}", node.addr))
         .json(&body)
         .timeout(WAIT)
         .send()
@@ -1034,18 +1030,9 @@ async fn a_disconnect_on_one_node_closes_the_users_connections_on_another() {
     )
     .await;
 
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/disconnect", n[0].addr))
-        .json(&json!({"filter": {"user": "alice"}}))
-        .timeout(WAIT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(
-        res.json::<Value>().await.unwrap(),
-        json!({"disconnected": 1})
-    );
+    let body = json!({"filter": {"user": "alice"}});
+    let answer = post(&n[0], "/api/v1/disconnect", body).await;
+    assert_eq!(answer, (200, json!({"disconnected": 1})));
     assert_eq!(close_code(&mut alice).await, Some(4009));
     // Bob, on the same node, stays.
     let (_, reply) = send(
@@ -1125,15 +1112,12 @@ async fn a_revocation_on_one_node_holds_on_every_node() {
     )
     .await;
 
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/revoke", n[0].addr))
-        .json(&json!({"user": "alice"}))
-        .timeout(WAIT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["disconnected"], 1);
+    let (status, answer) = post(&n[0], "/api/v1/revoke", json!({"user": "alice"})).await;
+    assert_eq!(
+        (status, &answer["disconnected"]),
+        (200, &json!(1)),
+        "{answer}"
+    );
     assert_eq!(close_code(&mut on_b).await, Some(4009));
 
     // Node B, and a node started after the revocation, refuse the token
