@@ -1098,6 +1098,96 @@ async fn presence_events_reach_every_nodes_subscribers_once() {
     assert_eq!(next_json(&mut carol).await, event("leave", "bob"));
 }
 
+/// Two nodes telling joins and leaves of `room:*`, and a WebSocket path
+/// joining `room:1` as `user`.
+fn presence_nodes(redis: &RedisServer) -> Vec<Herald> {
+    nodes_with(
+        &[redis.url()],
+        2,
+        &[("HERALD_PRESENCE__EVENTS", "[\"room:*\"]")],
+    )
+}
+
+fn room_event(change: &str, user: &str) -> Value {
+    json!({"type": change, "channel": "room:1", "user": user})
+}
+
+fn join_room(user: &str) -> String {
+    format!("/ws?channels=room:1&token={}", token(user, json!({})))
+}
+
+/// Asserts that nothing but a marker published now reaches `ws` next.
+async fn nothing_more(node: &Herald, ws: &mut Ws) {
+    publish_ok(node, "room:1", json!("marker")).await;
+    assert_eq!(next_json(ws).await["data"], "marker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_leave_the_other_nodes_subscribers() {
+    let redis = RedisServer::start();
+    let mut n = presence_nodes(&redis);
+    let mut alice = ws(&n[0], &join_room("alice")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
+    let _bob_phone = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let _bob_laptop = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let mut carol = ws(&n[1], &join_room("carol")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "carol"));
+    carol.send(Message::Close(None)).await.unwrap();
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "carol"));
+
+    // B dies without a goodbye: once its liveness key lapses, A tells the
+    // leaves B never sent, one per connection, and carol's not again.
+    n[1].child.kill().unwrap();
+    n[1].child.wait().unwrap();
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "bob"));
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "bob"));
+    nothing_more(&n[0], &mut alice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_has_each_user_leave_once() {
+    let redis = RedisServer::start();
+    let mut n = presence_nodes(&redis);
+    let mut alice = ws(&n[0], &join_room("alice")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
+    let mut bob = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let _carol = ws(&n[1], &join_room("carol")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "carol"));
+    bob.send(Message::Close(None)).await.unwrap();
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "bob"));
+
+    // Carol's leave is told as her session ends, or from B's ledger once
+    // A finds B's liveness key gone: either way once, and bob's not again.
+    assert!(n[1].terminate().success());
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "carol"));
+    n[0].wait_log("Presence: node dead, its users leave.");
+    nothing_more(&n[0], &mut alice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_dead_has_its_users_join_again() {
+    let redis = RedisServer::start();
+    let n = presence_nodes(&redis);
+    let mut alice = ws(&n[0], &join_room("alice")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
+    let _bob = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    // B is paused past its liveness key's 3 s: A takes it for dead and
+    // tells bob's leave.
+    let b = n[1].pid().to_string();
+    signal(&b, "STOP");
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "bob"));
+    signal(&b, "CONT");
+
+    // B was alive all along and bob still there: once B renews its key, A
+    // tells bob's join again.
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    nothing_more(&n[0], &mut alice).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_node_holds_on_every_node() {
     let redis = RedisServer::start();

@@ -110,6 +110,27 @@ pub(crate) fn decode_presence(payload: &[u8]) -> Option<PresenceNotice> {
     })
 }
 
+/// A presence ledger's field: `str16(app) str16(name) str16(user)`.
+pub(crate) fn encode_member(channel: &ChannelKey, user: &str) -> Result<Bytes, TooLong> {
+    let mut buf =
+        BytesMut::with_capacity(6 + channel.app().len() + channel.name().len() + user.len());
+    put_str16(&mut buf, channel.app(), "app")?;
+    put_str16(&mut buf, channel.name(), "channel name")?;
+    put_str16(&mut buf, user, "user")?;
+    Ok(buf.freeze())
+}
+
+/// The channel and user a presence ledger's field names.
+pub(crate) fn decode_member(mut field: &[u8]) -> Option<(ChannelKey, String)> {
+    let app = take_str16(&mut field)?;
+    let name = take_str16(&mut field)?;
+    let user = take_str16(&mut field)?;
+    if !field.is_empty() {
+        return None;
+    }
+    Some((ChannelKey::new(&Arc::from(app), &name).ok()?, user))
+}
+
 /// The `str16` at the front of `rest`, which moves past it.
 fn take_str16(rest: &mut &[u8]) -> Option<String> {
     let (len, tail) = rest.split_first_chunk::<2>()?;
@@ -257,6 +278,19 @@ mod tests {
 
     fn key(app: &str, name: &str) -> ChannelKey {
         ChannelKey::new(&Arc::from(app), name).unwrap()
+    }
+
+    #[test]
+    fn ledger_members_round_trip_and_refuse_anything_else() {
+        let channel = key("app:1/x", "room:1");
+        let field = encode_member(&channel, "bob\nthe builder").unwrap();
+        assert_eq!(
+            decode_member(&field),
+            Some((channel.clone(), "bob\nthe builder".to_owned()))
+        );
+        assert_eq!(decode_member(&field[..field.len() - 1]), None);
+        assert_eq!(decode_member(&[&field[..], b"x"].concat()), None);
+        assert!(encode_member(&channel, &"u".repeat(70_000)).is_err());
     }
 
     #[test]

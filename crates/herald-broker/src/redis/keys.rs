@@ -14,6 +14,8 @@
 //! | `P:{app/name}:s`            | hash    | node id → `count:expires_ms`           |
 //! | `P:node:{id}`               | string  | node liveness, refreshed with a TTL    |
 //! | `P:node:{id}:direct`        | pub/sub | node-to-node messages                  |
+//! | `P:node:{id}:presence`      | hash    | the node's announced joins, per user   |
+//! | `P:{presence}:nodes`        | set     | nodes that keep a presence ledger      |
 //! | `P:echo:{tag}:id`           | pub/sub | node `id`'s pub/sub self-checks        |
 //! | `P:{rec:kind}`              | hash    | shared records of one kind             |
 //! | `P:lease:{name}`            | string  | a lease's holder, with a TTL           |
@@ -81,6 +83,16 @@ impl Keys {
     /// The pub/sub channel node `id` listens on for direct messages.
     pub(crate) fn node_direct(&self, id: &str) -> String {
         self.node(id) + ":direct"
+    }
+
+    /// The hash of node `id`'s joins not yet left: channel and user → connections.
+    pub(crate) fn presence_ledger(&self, id: &str) -> String {
+        self.node(id) + ":presence"
+    }
+
+    /// The set of nodes that keep a presence ledger.
+    pub(crate) fn presence_nodes(&self) -> String {
+        format!("{}:{{presence}}:nodes", self.prefix)
     }
 
     /// A `SCAN MATCH` pattern for the metadata and count hashes of `app`'s

@@ -7,6 +7,8 @@
 //!   ([`script`]), in a compact frame ([`codec`]) under per-channel
 //!   hash-tagged names ([`keys`]).
 //! - Publishes report the cluster-wide subscriber count ([`counts`]).
+//! - Presence events outlive a node that dies: its joins are kept in a
+//!   ledger, and the others tell its users' leaves ([`presence`]).
 //! - A supervisor checks both connections (a PING, and a message sent to
 //!   itself through every server: [`echo`]), rebuilds them when Redis goes
 //!   away or a connection dies silently, and resubscribes every wanted
@@ -21,6 +23,7 @@ mod counts;
 mod echo;
 mod identity;
 mod keys;
+mod presence;
 mod records;
 mod script;
 mod session;
@@ -108,6 +111,8 @@ pub(crate) struct Inner {
     push_tx: conn::PushTx,
     /// Echo round trips in flight.
     echoes: echo::Echoes,
+    /// This node's presence ledger, and which other nodes are dead.
+    presence: presence::Presence,
 }
 
 impl RedisBroker {
@@ -139,6 +144,7 @@ impl RedisBroker {
             node_handler: RwLock::new(None),
             push_tx,
             echoes: echo::Echoes::default(),
+            presence: presence::Presence::default(),
             config,
         });
         let fanout = subscriber::Fanout::start(&inner, inner.config.fanout_workers);
@@ -159,6 +165,7 @@ impl RedisBroker {
             tokio::spawn(session::run_supervisor(inner.clone())),
             tokio::spawn(session::run_sweeper(inner.clone())),
             tokio::spawn(counts::run_counts(inner.clone())),
+            tokio::spawn(presence::run_watch(inner.clone())),
         ]);
         info!(cluster, node_id = %inner.config.node_id, "Redis broker connected.");
         Ok(Arc::new(broker))
@@ -483,6 +490,9 @@ impl Broker for RedisBroker {
     }
 
     async fn leave(&self) {
+        // What is still being announced goes out; what is not, the other
+        // nodes tell from the ledger once this one's liveness key is gone.
+        self.inner.presence.close(self.inner.config.timeout()).await;
         // Stopped first, and awaited: nothing may write an entry again
         // after it was removed.
         let tasks: Vec<JoinHandle<()>> = self
@@ -543,15 +553,7 @@ impl Broker for RedisBroker {
         change: PresenceChange,
         user: &str,
     ) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let notice = codec::encode_presence(&inner.config.node_id, channel, change, user)
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
-        let mut conn = inner.ready_publisher()?;
-        let mut cmd = redis::cmd(conn.publish_command());
-        cmd.arg(inner.keys.pubsub(channel)).arg(notice.as_ref());
-        bounded(inner.config.timeout(), cmd.query_async::<()>(&mut conn))
-            .await
-            .map_err(|e| inner.unanswered(e))
+        presence::announce(&self.inner, channel, change, user).await
     }
 
     async fn channel_stats(

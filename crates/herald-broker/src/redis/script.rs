@@ -113,6 +113,21 @@ return 1
     )
 });
 
+/// Counts a join (`+1`) or a leave (`-1`) into a node's presence ledger,
+/// dropping the field at zero, and keeps the ledger from expiring.
+///
+/// KEYS: the ledger. ARGV: field, delta, ttl (ms).
+pub(crate) static COUNT_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"#,
+    )
+});
+
 /// Cluster-wide stats of one channel, read atomically.
 ///
 /// KEYS: meta hash, history stream, subscriber-count hash.

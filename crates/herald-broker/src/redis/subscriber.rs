@@ -343,8 +343,10 @@ pub(crate) async fn run_reader(
                     continue;
                 }
                 if let Some(notice) = codec::decode_presence(&payload) {
-                    // The node it came from told its own subscribers.
-                    if notice.node != inner.config.node_id {
+                    // The node it came from told its own subscribers; a node
+                    // taken for dead had its users told to leave already.
+                    if notice.node != inner.config.node_id && !inner.presence.is_dead(&notice.node)
+                    {
                         (inner.hub).announce(&notice.channel, notice.change, &notice.user);
                     }
                     continue;
