@@ -230,12 +230,23 @@ pub(crate) fn upgrade<D: WsDialect>(
                 let (stream, unread) = parts.io.into_inner().into_inner().into_parts();
                 // Hyper's first read takes the whole prefix (at most 4
                 // KiB), but were any left, it would follow what hyper read.
+                // Copied: hyper's read buffer is kilobytes, and a slice of
+                // it, even an empty one, would keep it whole.
                 let early = if unread.is_empty() {
-                    parts.read_buf
+                    Bytes::copy_from_slice(&parts.read_buf)
                 } else {
                     [parts.read_buf, unread].concat().into()
                 };
-                run_tcp(state, stream, early, session, dialect, slot, deflate).await;
+                let run = run_tcp(
+                    state.clone(),
+                    stream,
+                    early,
+                    session,
+                    dialect,
+                    slot,
+                    deflate,
+                );
+                state.shutdown.spawn(run);
             }
             // Not a plain TCP connection (TLS): everything goes through the
             // task, which drains the outbox; fan-outs wake it, as they do any
@@ -243,7 +254,8 @@ pub(crate) fn upgrade<D: WsDialect>(
             Err(upgraded) => {
                 let limit = state.config.limits.max_message_size;
                 let io = Inflate::new(TokioIo::new(upgraded), deflate, limit);
-                run(state, io, None, session, dialect, deflate, slot).await;
+                let run = run(state.clone(), io, None, session, dialect, deflate, slot);
+                state.shutdown.spawn(run);
             }
         }
     });
