@@ -226,6 +226,8 @@ each_on herald pairs-pushca-ack pushca pairs --clients $PAIRS_CLIENTS --via ws -
 each_on herald pairs-pushca-http pushca pairs --clients $PUSHCA_HTTP_CLIENTS --via http --concurrency 100 --duration $PAIRS_PHASE
 each idle ws idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
 each idle-sse sse idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
+# Pushca clients: identified connections, opened through the router (the seeds' dialects' path).
+each_on herald idle-pushca pushca idle --connections $IDLE_N --procs $PROCS_BIG --duration $PHASE
 each connect ws connect --connections $CONNECT_N --procs $PROCS_BIG --connect-concurrency 200
 
 echo "loadavg at end: $(cat /proc/loadavg)" >>"$out/machine.txt"

@@ -189,6 +189,13 @@ def srv(key):
     return lambda r: get(r, "server", key)
 
 
+IDLE_FIGURES = [
+    ("connections held", "higher", [lambda r: r["alive_at_end"]]),
+    ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
+    ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
+]
+
+
 # The figures of a highest-sustainable-rate row.
 SUSTAINABLE = [
     ("highest sustainable msg/s", "higher", [max_rate]),
@@ -286,16 +293,10 @@ SUMMARY = [
         ("latency p50 / p99 ms", "lower", [lat("p50_ms"), lat("p99_ms")]),
         ("server CPU µs/message", "lower", [per_delivery_us]),
     ]),
-    ("idle", "idle, 19,000 WS connections", [
-        ("connections held", "higher", [lambda r: r["alive_at_end"]]),
-        ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
-        ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
-    ]),
-    ("idle-sse", "idle, 19,000 SSE connections", [
-        ("connections held", "higher", [lambda r: r["alive_at_end"]]),
-        ("server RSS KiB/connection", "lower", [srv("rss_per_connection_kib")]),
-        ("server RSS MiB (all open)", "lower", [lambda r: mib(get(r, "server", "rss_after_kib"))]),
-    ]),
+    ("idle", "idle, 19,000 WS connections", IDLE_FIGURES),
+    ("idle-sse", "idle, 19,000 SSE connections", IDLE_FIGURES),
+    ("idle-pushca", "idle, 19,000 Pushca WS connections (each identified, opened through the router)",
+     IDLE_FIGURES),
     ("connect", "connect to 19,000 (200 at a time)", [
         ("connections/s", "higher", [lambda r: r.get("connects_per_second")]),
         ("connect p50 / p99 ms", "lower", [lambda r: get(r, "connect_latency_ms", "p50_ms"),
