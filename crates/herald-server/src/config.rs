@@ -237,8 +237,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long an HTTP client may keep Herald waiting: for a request's
-    /// headers (and, on an idle keep-alive connection, for its next request)
-    /// and for each part of a request body. Streams are not affected once
+    /// headers (and, on an idle keep-alive or HTTP/2 connection, for its
+    /// next request) and for each part of a request body. Streams are not affected once
     /// open: heartbeats watch them. Zero waits forever.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,

@@ -19,6 +19,7 @@ use crate::http;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::tls::TlsReloader;
+use crate::transport::h2_idle::OpenStreams;
 use crate::transport::rewind::Rewind;
 use crate::transport::write_timeout::WriteTimeout;
 use crate::transport::{self, handshake, head_errors};
@@ -203,10 +204,10 @@ impl Server {
 
 /// The HTTP service every connection runs: the router behind its layers.
 trait Service:
-    hyper::service::HttpService<
-        hyper::body::Incoming,
-        ResBody = axum::body::Body,
-        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<axum::body::Body>,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
         // HTTP/2 runs each request in a task of its own.
         Future: Send + 'static,
     >
@@ -214,10 +215,10 @@ trait Service:
 }
 
 impl<S> Service for S where
-    S: hyper::service::HttpService<
-            hyper::body::Incoming,
-            ResBody = axum::body::Body,
-            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<axum::body::Body>,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
             Future: Send + 'static,
         >
 {
@@ -275,7 +276,7 @@ where
         .max_header_size(max_header_bytes)
         .serve_connection(io, service)
         .with_upgrades();
-    let served = until_shutdown(http, &shutdown, |http| http.graceful_shutdown());
+    let served = until_stopped(http, shutdown.signalled(), |http| http.graceful_shutdown());
     let result = head_errors::scope(max_header_bytes, served).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
@@ -328,18 +329,33 @@ where
     if let Some(timeout) = read_timeout {
         http.keep_alive_timeout(timeout);
     }
-    let http = http.serve_connection(io, service);
-    let result = until_shutdown(http, &shutdown, |http| http.graceful_shutdown()).await;
+    let streams = OpenStreams::default();
+    let http = http.serve_connection(io, streams.track(service));
+    // Idle as long as an HTTP/1.1 connection may wait for its next request.
+    let idle = async {
+        match read_timeout {
+            Some(timeout) => streams.idle_for(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = shutdown.signalled() => {}
+            () = idle => tracing::debug!(%peer, "Idle HTTP/2 connection closed."),
+        }
+    };
+    let result = until_stopped(http, stop, |http| http.graceful_shutdown()).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error.");
     }
 }
 
-/// Drives an HTTP connection to its end; on shutdown, first tells it
-/// (`graceful`) to take no new requests and finish those in flight.
-async fn until_shutdown<C, E>(
+/// Drives an HTTP connection to its end; once `stop` resolves (shutdown),
+/// first tells it (`graceful`) to take no new requests and finish those in
+/// flight.
+async fn until_stopped<C, E>(
     conn: C,
-    shutdown: &Shutdown,
+    stop: impl Future<Output = ()>,
     graceful: fn(std::pin::Pin<&mut C>),
 ) -> Result<(), E>
 where
@@ -348,7 +364,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,
-        () = shutdown.signalled() => {
+        () = stop => {
             graceful(conn.as_mut());
             conn.await
         }

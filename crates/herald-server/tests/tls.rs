@@ -680,6 +680,73 @@ async fn http2_carries_many_sse_streams_and_publishes_on_one_connection() {
     }
 }
 
+/// An HTTP/2 connection to `server` that trusts `ca`: its request sender,
+/// and the task driving it, which ends when the server closes it.
+async fn h2_connection(
+    server: &TestServer,
+    ca: &Ca,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = (*ca.rustls()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(async move { conn.await.unwrap() }))
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_once_its_last_stream_ends() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.install(&ca, KeyFormat::Pkcs8);
+    let idle = Duration::from_secs(1);
+    let (server, _) = tls_server(&files, |c| {
+        c.server.read_timeout = idle;
+        c.connection.heartbeat = Duration::from_millis(200);
+    })
+    .await;
+    let (mut send, conn) = h2_connection(&server, &ca).await;
+    let req = hyper::Request::get(format!("https://{}/sse?channels=h2-idle", server.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    // An open stream keeps the connection past the timeout: eight
+    // heartbeats, 1.6 s, arrive on it.
+    let mut body = res.into_body();
+    for _ in 0..8 {
+        let frame = tokio::time::timeout(WAIT, http_body_util::BodyExt::frame(&mut body))
+            .await
+            .expect("a heartbeat")
+            .expect("the stream still open")
+            .unwrap();
+        assert!(frame.is_data());
+    }
+    assert!(!conn.is_finished());
+
+    // Once the stream ends, the connection goes after the timeout.
+    drop(body);
+    let ended = Instant::now();
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("the idle connection closed")
+        .unwrap();
+    assert!(ended.elapsed() >= idle - Duration::from_millis(100));
+}
+
 #[tokio::test]
 async fn http2_can_be_turned_off() {
     let ca = Ca::new("Herald test CA");

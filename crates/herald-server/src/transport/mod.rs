@@ -1,6 +1,7 @@
 //! Transports: how bytes reach a client. Dialects decide what the bytes say.
 
 pub(crate) mod deflate;
+pub(crate) mod h2_idle;
 pub(crate) mod handshake;
 pub(crate) mod head_errors;
 pub(crate) mod rewind;
