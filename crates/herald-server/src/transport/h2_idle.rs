@@ -23,8 +23,9 @@ pub(crate) struct OpenStreams(Arc<Count>);
 
 #[derive(Default)]
 struct Count {
+    /// Requests in flight, and responses whose bodies have not ended.
     open: AtomicUsize,
-    /// Told whenever `open` changes.
+    /// Told whenever `open` changes, so the idle wait starts over.
     changed: Notify,
 }
 
@@ -74,7 +75,9 @@ impl Drop for Open {
 /// A service whose requests are counted as open streams.
 #[derive(Clone)]
 pub(crate) struct Tracked<S> {
+    /// The connection's service, answering as before.
     inner: S,
+    /// Where each request is counted.
     streams: OpenStreams,
 }
 
@@ -98,10 +101,14 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its stream counted open until it ends.
+    /// A response body that keeps its stream counted open until it ends
+    /// (or is dropped, as when the client resets the stream).
+    // (pin-project-lite takes no doc comments on fields.)
     struct Counted {
+        // The response's own body.
         #[pin]
         body: Body,
+        // Closes the stream's count when the body goes.
         _open: Open,
     }
 }
