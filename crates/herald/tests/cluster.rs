@@ -1098,20 +1098,16 @@ async fn presence_events_reach_every_nodes_subscribers_once() {
     assert_eq!(next_json(&mut carol).await, event("leave", "bob"));
 }
 
-/// Two nodes telling joins and leaves of `room:*`, and a WebSocket path
-/// joining `room:1` as `user`.
-fn presence_nodes(redis: &RedisServer) -> Vec<Herald> {
-    nodes_with(
-        &[redis.url()],
-        2,
-        &[("HERALD_PRESENCE__EVENTS", "[\"room:*\"]")],
-    )
+/// Two nodes on `urls` telling joins and leaves of `room:*`.
+fn presence_nodes(urls: &[String]) -> Vec<Herald> {
+    nodes_with(urls, 2, &[("HERALD_PRESENCE__EVENTS", "[\"room:*\"]")])
 }
 
 fn room_event(change: &str, user: &str) -> Value {
     json!({"type": change, "channel": "room:1", "user": user})
 }
 
+/// A WebSocket path joining `room:1` as `user`.
 fn join_room(user: &str) -> String {
     format!("/ws?channels=room:1&token={}", token(user, json!({})))
 }
@@ -1125,7 +1121,7 @@ async fn nothing_more(node: &Herald, ws: &mut Ws) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_users_leave_the_other_nodes_subscribers() {
     let redis = RedisServer::start();
-    let mut n = presence_nodes(&redis);
+    let mut n = presence_nodes(&[redis.url()]);
     let mut alice = ws(&n[0], &join_room("alice")).await;
     assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
     let _bob_phone = ws(&n[1], &join_room("bob")).await;
@@ -1147,9 +1143,26 @@ async fn a_dead_nodes_users_leave_the_other_nodes_subscribers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_leave_on_a_redis_cluster_too() {
+    // The ledger, the set of nodes with one and the channel's pub/sub live
+    // in three slots.
+    let cluster = RedisCluster::start();
+    let mut n = presence_nodes(&cluster.urls());
+    let mut alice = ws(&n[0], &join_room("alice")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
+    let _bob = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+
+    n[1].child.kill().unwrap();
+    n[1].child.wait().unwrap();
+    assert_eq!(next_json(&mut alice).await, room_event("leave", "bob"));
+    nothing_more(&n[0], &mut alice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shut_down_has_each_user_leave_once() {
     let redis = RedisServer::start();
-    let mut n = presence_nodes(&redis);
+    let mut n = presence_nodes(&[redis.url()]);
     let mut alice = ws(&n[0], &join_room("alice")).await;
     assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
     let mut bob = ws(&n[1], &join_room("bob")).await;
@@ -1170,7 +1183,7 @@ async fn a_node_shut_down_has_each_user_leave_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_taken_for_dead_has_its_users_join_again() {
     let redis = RedisServer::start();
-    let n = presence_nodes(&redis);
+    let n = presence_nodes(&[redis.url()]);
     let mut alice = ws(&n[0], &join_room("alice")).await;
     assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
     let _bob = ws(&n[1], &join_room("bob")).await;
