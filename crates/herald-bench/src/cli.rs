@@ -14,8 +14,10 @@ use crate::adapters::Target;
     about = "Load generator for Herald and its peers (Nchan, sockudo). Loopback targets only."
 )]
 pub(crate) struct Cli {
+    /// What to measure, with the scenario's own options.
     #[command(subcommand)]
     pub(crate) scenario: Scenario,
+    /// The options every scenario shares.
     #[command(flatten)]
     pub(crate) common: Common,
 }

@@ -22,7 +22,9 @@ const SEND_QUEUE: usize = 64;
 /// A channel name, `<prefix>c<index>`, written where it is needed without a String of its own.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelName<'a> {
+    /// The run's channel-name prefix (`--channel-prefix`).
     pub(crate) prefix: &'a str,
+    /// The channel's number, written after the `c`.
     pub(crate) index: u32,
 }
 
@@ -46,6 +48,7 @@ pub(crate) struct Plan {
     pub(crate) globals: Vec<u32>,
     /// Number of channels the connections are spread over.
     pub(crate) channels: u32,
+    /// Prefix of the generated channel names (`<prefix>c<i>`).
     pub(crate) prefix: String,
     /// Source addresses to spread connections over; empty lets the kernel choose.
     pub(crate) sources: Vec<Ipv4Addr>,
@@ -63,14 +66,24 @@ pub(crate) struct Plan {
 
 /// Counters shared by the connection tasks of one worker.
 pub(crate) struct Shared {
+    /// Run id: frames carrying another run's token are counted as stale.
     pub(crate) run: u32,
+    /// Connections established (connected, handshaken, subscribed).
     pub(crate) connected: AtomicU64,
+    /// Connections that failed to connect, handshake or subscribe.
     pub(crate) connect_errors: AtomicU64,
+    /// Established connections that ended before the worker stopped them.
     pub(crate) disconnects: AtomicU64,
+    /// Connections whose warm-up probe arrived: their subscription is known to work.
     pub(crate) confirmed: AtomicU64,
+    /// First receipts of a measured message (fan-out: by an included connection, of this step).
     pub(crate) deliveries: AtomicU64,
+    /// Receipts of a message already received once.
     pub(crate) duplicated: AtomicU64,
+    /// Pairs messages received by a client that was not their receiver, and messages whose id
+    /// or sequence number is out of range.
     pub(crate) misrouted: AtomicU64,
+    /// Measured messages received by connections not included in the measurement.
     pub(crate) unexpected: AtomicU64,
     /// Frames with a token from another run (replayed history), ignored.
     pub(crate) stale: AtomicU64,
@@ -99,9 +112,13 @@ pub(crate) struct Shared {
     pub(crate) confirmed_flags: Vec<AtomicBool>,
     /// Per connection: confirmed when measuring started, so its deliveries are expected.
     pub(crate) included: Vec<AtomicBool>,
+    /// Send-to-receipt latency of counted deliveries (µs).
     pub(crate) latency: Recorder,
+    /// Time from a connection's turn at the gate to its being established (µs).
     pub(crate) connect_latency: Recorder,
+    /// Unix nanoseconds of the first established connection (0: none), for connect rates.
     pub(crate) first_connect_ns: AtomicU64,
+    /// Unix nanoseconds of the latest established connection, for connect rates.
     pub(crate) last_connect_ns: AtomicU64,
     /// Pairs: one bit per message id, set on first delivery.
     pair_seen: Vec<AtomicU64>,
@@ -216,7 +233,9 @@ impl Shared {
 /// What one connection task saw, collected when the worker stops.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientResult {
+    /// The connection's index in its worker, to tell whether it was included.
     pub(crate) local: usize,
+    /// The channel it listened on, to tell how many messages it should have received.
     pub(crate) channel: u32,
     /// Distinct measured fan-out messages received.
     pub(crate) unique: u64,
@@ -225,11 +244,15 @@ pub(crate) struct ClientResult {
 }
 
 pub(crate) struct ClientSet {
+    /// Which connections were opened and how, kept to map connections to channels.
     pub(crate) plan: Plan,
+    /// The counters the connection tasks update, which the worker reads.
     pub(crate) shared: Arc<Shared>,
     /// Per connection, the queue of frames to send (when `plan.senders`).
     pub(crate) senders: Vec<Option<mpsc::Sender<String>>>,
+    /// One task per connection, each returning what it saw once stopped.
     handles: Vec<JoinHandle<ClientResult>>,
+    /// Set to true to make every connection task close its connection and return.
     stop: watch::Sender<bool>,
 }
 
@@ -326,15 +349,25 @@ impl ClientSet {
 }
 
 struct ClientTask {
+    /// Index within the worker: picks the histogram shard and the per-connection flags.
     local: usize,
+    /// Index across workers: the receiver number pairs messages are addressed to.
     global: u32,
+    /// Number of the channel subscribed to, reported in the result.
     channel: u32,
+    /// The channel's name, as subscribed.
     channel_name: String,
+    /// Source address and port to connect from; `None` lets the kernel choose.
     source: Option<(Ipv4Addr, u16)>,
+    /// Opens the connection the target's way.
     adapter: Arc<Adapter>,
+    /// Bounds how many connections are being set up at once.
     gate: Arc<Semaphore>,
+    /// The worker's counters, updated for every frame received.
     shared: Arc<Shared>,
+    /// Changes when the worker stops: the task then closes its connection and returns.
     stop: watch::Receiver<bool>,
+    /// Frames to send over the connection (pairs over WebSocket); `None` when it only listens.
     outgoing: Option<mpsc::Receiver<String>>,
 }
 
@@ -506,6 +539,7 @@ fn latency_us(now_ns: u64, sent_ns: u64) -> u64 {
 /// The set of fan-out sequence numbers a connection has received: a growable bitmap.
 #[derive(Debug, Default)]
 pub(crate) struct SeqSet {
+    /// Bit `seq % 64` of word `seq / 64` is set once `seq` has been received.
     words: Vec<u64>,
     /// Distinct members.
     pub(crate) count: u64,

@@ -20,16 +20,20 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 struct Job {
+    /// The whole request, head and body, written as it is.
     request: Vec<u8>,
     /// Whether the caller reads the response body (publishes do not: no copy for them).
     want_body: bool,
+    /// Where the lane sends the status and body back, or why the request failed.
     reply: oneshot::Sender<Result<(u16, Bytes)>>,
 }
 
 /// A pool of keep-alive connections to one server.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpPool {
+    /// Written as every request's `Host` header.
     authority: String,
+    /// Requests waiting for the next free lane.
     queue: mpsc::Sender<Job>,
     /// Bound on one request: connect, write, and the whole response.
     timeout: Duration,

@@ -26,6 +26,7 @@ pub(crate) enum Chunk {
 }
 
 pub(crate) struct SseStream {
+    /// The connection the event stream is read from.
     tcp: TcpStream,
     /// Bytes read but not yet de-chunked.
     raw: BytesMut,
@@ -33,6 +34,7 @@ pub(crate) struct SseStream {
     body: BytesMut,
     /// Whether the body uses chunked transfer encoding (hyper's default for streams).
     chunked: bool,
+    /// Where the de-chunking is within a chunked body.
     state: Chunk,
 }
 

@@ -36,6 +36,7 @@ pub(crate) fn pairs_to_histogram(pairs: &[(u64, u64)]) -> Histogram<u64> {
 /// Many tasks record into a few mutex-guarded histograms chosen by a key (a connection index),
 /// so 10,000 connections need neither 10,000 histograms nor one contended lock.
 pub(crate) struct Recorder {
+    /// The histograms; a record goes to the one its key picks.
     shards: Vec<Mutex<Histogram<u64>>>,
 }
 

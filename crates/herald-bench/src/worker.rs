@@ -93,10 +93,15 @@ impl Status {
 
 /// One share of the connections and what it does with them.
 pub(crate) struct Worker {
+    /// The command line: the pairs options and the drain limit.
     cli: Cli,
+    /// Which connections this worker holds, and how they are opened.
     plan: Plan,
+    /// Opens the connections and publishes the target's way.
     adapter: Arc<Adapter>,
+    /// The connections, once `Connect` has started them.
     set: Option<ClientSet>,
+    /// The pairs sender, once `Measure` has started it; `Stop` waits for what it sent.
     pairs: Option<JoinHandle<Sent>>,
     /// This process's CPU seconds when measuring started.
     cpu_at_measure: f64,
@@ -342,7 +347,9 @@ async fn reply(out: &mut tokio::io::Stdout, r: &Reply) -> Result<()> {
 pub(crate) struct ChildWorker {
     /// Kept so the child is killed if the coordinator drops it early.
     _child: Child,
+    /// Where commands are written, one JSON object a line.
     stdin: ChildStdin,
+    /// Where replies are read, one JSON object a line.
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
@@ -399,6 +406,7 @@ impl WorkerHandle {
 
 /// All workers, driven together.
 pub(crate) struct Workers {
+    /// Every worker, in index order: one local, or one child process each.
     handles: Vec<WorkerHandle>,
 }
 

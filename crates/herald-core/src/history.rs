@@ -127,6 +127,7 @@ impl Replay<'_> {
 /// One channel's stored messages, oldest first.
 #[derive(Debug, Default)]
 pub struct History {
+    /// Oldest first, so that trimming and expiry pop from the front.
     messages: VecDeque<Arc<Message>>,
 }
 

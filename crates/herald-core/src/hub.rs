@@ -61,6 +61,7 @@ pub enum Delivery {
 /// Counts for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
+    /// The channel these counts are for.
     pub key: ChannelKey,
     /// Connections on this node subscribed to it.
     pub subscribers: usize,
@@ -136,6 +137,7 @@ pub struct Hub {
 pub const IDLE_GRACE: Duration = Duration::from_secs(30);
 
 struct Channel {
+    /// The channel's state, behind a lock of its own so that channels do not contend.
     inner: Mutex<ChannelInner>,
 }
 

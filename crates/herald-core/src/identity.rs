@@ -257,6 +257,7 @@ pub enum AckTo {
 
 /// An id a connection owes an ack for.
 struct Owed {
+    /// The message id an ack must name.
     id: Arc<str>,
     /// The send it was delivered for.
     to: AckTo,

@@ -152,12 +152,15 @@ impl From<Bytes> for Frame {
 
 #[derive(Default)]
 struct State {
+    /// Frames waiting for the connection's task, oldest first.
     frames: VecDeque<Frame>,
+    /// Bytes in `frames`, held to the outbox's limit (raised by `replayed`).
     bytes: usize,
     /// Bytes of replayed history queued since the queue was last empty: they
     /// raise the bound until then. A resume may replay more than the bound
     /// holds; history bounds it, and its bytes are shared with history.
     replayed: usize,
+    /// Why the outbox closed, once it has: frames pushed after are dropped.
     closed: Option<Closed>,
     /// The socket, once the transport attached it; writes skip the queue
     /// only while it is empty, which keeps frames in order.

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 /// In-flight and finished offsets per topic partition.
 #[derive(Default)]
 pub(crate) struct Offsets {
+    /// By topic and partition: each partition's offsets are committed on their own.
     partitions: HashMap<(String, i32), Partition>,
 }
 

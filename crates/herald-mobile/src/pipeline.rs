@@ -57,6 +57,7 @@ pub enum MobileError {
 pub struct Mobile {
     /// The group member that reads the topics.
     consumer: Arc<StreamConsumer>,
+    /// Providers, counters and limits, shared with the push tasks and the HTTP routes.
     shared: Arc<Shared>,
     /// How long in-flight pushes may finish after the stop.
     graceful_timeout: Duration,
@@ -144,6 +145,7 @@ struct Job {
     topic: String,
     /// With the offset, what to commit once the push is done.
     partition: i32,
+    /// Its place in the partition: stored once it and every earlier message are done.
     offset: i64,
     /// The notification, in the platform's JSON.
     payload: Vec<u8>,
@@ -518,8 +520,11 @@ fn millis(d: Duration) -> String {
 
 /// Lets a repeated warning through once per interval, counting the rest.
 struct Throttle {
+    /// The least time between two warnings let through.
     every: Duration,
+    /// When a warning was last let through; `None` before the first.
     last: Option<Instant>,
+    /// Warnings held back since, reported with the next one let through.
     suppressed: u64,
 }
 

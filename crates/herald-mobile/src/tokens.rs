@@ -47,6 +47,7 @@ pub(crate) enum DbError {
 /// Hands dead tokens to the batching task.
 #[derive(Clone)]
 pub(crate) struct InvalidTokens {
+    /// Table and token pairs for the batcher; a full channel drops the token instead of waiting.
     tx: mpsc::Sender<(String, String)>,
     /// Tells the task to flush and end, even while senders remain (the HTTP
     /// push API holds one for as long as the server runs).
@@ -116,8 +117,11 @@ struct Batcher {
 /// What a flush gives back: the connection if still usable, the tokens to
 /// try again, and whether the database was reached at all.
 struct Flushed {
+    /// The connection, when every statement succeeded; `None` opens a new one next time.
     client: Option<Client>,
+    /// Tokens per table to try again in the next flush.
     failed: Pending,
+    /// Whether the database answered at all; if not, only the interval starts the next flush.
     reached: bool,
 }
 
@@ -298,6 +302,7 @@ fn table(template: &str, route: &Route) -> String {
 
 /// Reads the apps' token tables.
 pub(crate) struct TokenTable {
+    /// The database, as `tokio-postgres` takes it.
     url: String,
     /// `{app}` and `{platform}` are replaced to name the table.
     template: String,
@@ -308,7 +313,9 @@ pub(crate) struct TokenTable {
 /// A connection and what it learnt of the tables' `user_id` columns; a new
 /// connection learns them again.
 struct Connection {
+    /// The session the lookups run on.
     client: Client,
+    /// Each table's `user_id` type, by quoted table name; forgotten when a lookup there fails.
     user_ids: HashMap<String, UserId>,
 }
 

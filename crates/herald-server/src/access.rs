@@ -52,6 +52,7 @@ impl Patterns {
 /// Which channels are protected.
 #[derive(Debug, Default)]
 pub(crate) struct Access {
+    /// Channel names and patterns only a token that grants them may read; empty: none.
     protected: Patterns,
 }
 

@@ -46,8 +46,9 @@ pub(crate) struct Verified {
     pub(crate) identity: Identity,
     /// The protected channels it may read.
     pub(crate) grants: Grants,
-    /// Its `sub` and `iat`, for revocations.
+    /// Its `sub`, by which revocations are kept.
     user: String,
+    /// Its `iat`, which a revocation compares; a token without one goes with any revocation.
     issued_at: Option<u64>,
 }
 

@@ -128,10 +128,12 @@ pub(crate) fn refused(origin: &HeaderValue) -> ApiError {
 /// Applies [`Origins`] to every route but those under `skip`.
 #[derive(Clone)]
 pub(crate) struct CorsLayer {
+    /// Shared by every service the layer makes.
     policy: Arc<Policy>,
 }
 
 struct Policy {
+    /// What `server.allowed_origins` allows; the WebSocket handshake checks it too.
     origins: Arc<Origins>,
     /// Path prefixes that answer CORS themselves (push-stream's).
     skip: Vec<String>,
@@ -158,7 +160,9 @@ impl<S> Layer<S> for CorsLayer {
 /// See [`CorsLayer`].
 #[derive(Clone)]
 pub(crate) struct Cors<S> {
+    /// The routes, called for every request not refused or preflighted here.
     inner: S,
+    /// Which origins are allowed, and which paths are left alone.
     policy: Arc<Policy>,
 }
 
@@ -233,9 +237,12 @@ fn add_allow(h: &mut HeaderMap, (value, allowed): (HeaderValue, Allowed)) {
 pin_project_lite::pin_project! {
     /// The inner response, with `Access-Control-Allow-Origin` added when the
     /// request was allowed.
+    // (pin-project-lite takes no doc comments on fields.)
     pub(crate) struct Decorated<F> {
+        // The routes' answer.
         #[pin]
         inner: F,
+        // The header to add, and how; `None` when the request had no `Origin` to answer.
         allow: Option<(HeaderValue, Allowed)>,
     }
 }

@@ -11,6 +11,7 @@ use herald_core::{ChannelKey, Message, Position, Subscribed};
 /// Positions per channel name, in subscription order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Cursor {
+    /// Each channel's name and the last epoch and offset the client has, in subscription order.
     entries: Vec<(Arc<str>, Position)>,
 }
 

@@ -9,9 +9,11 @@ use serde_json::json;
 /// A native API error: `{"error": {"code", "message"}}` with an HTTP status.
 #[derive(Debug)]
 pub(crate) struct ApiError {
+    /// The response's HTTP status.
     pub(crate) status: StatusCode,
     /// Stable, machine-readable code (documented in docs/api.md).
     pub(crate) code: &'static str,
+    /// What went wrong, for people; clients match on `code`.
     pub(crate) message: String,
 }
 

@@ -52,7 +52,9 @@ pub type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// Holds one connection slot; releases it on drop.
 pub(crate) struct ConnectionSlot {
+    /// The counters the slot was taken from, given back on drop.
     metrics: Arc<Metrics>,
+    /// Which transport's open connections the slot counts in.
     transport: Transport,
 }
 

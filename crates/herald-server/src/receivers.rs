@@ -34,6 +34,7 @@ pub(crate) struct ReceiverKeys {
 pub(crate) struct Receiver {
     /// The node holding the connection; `None` for this process.
     pub(crate) node: Option<String>,
+    /// The connection's id on that node.
     pub(crate) conn: ConnId,
 }
 

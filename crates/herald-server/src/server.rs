@@ -228,7 +228,9 @@ impl<S> Service for S where
 struct Conn<S> {
     /// The client, for logs.
     peer: SocketAddr,
+    /// The app's routes, answering every request on the connection.
     service: S,
+    /// Tells the connection to finish its requests in flight and close.
     shutdown: Shutdown,
     /// How long a request's head (or the TLS handshake) may take.
     read_timeout: Option<Duration>,

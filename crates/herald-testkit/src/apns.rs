@@ -76,7 +76,9 @@ impl ApnsRequest {
 
 /// A running mock APNs; stops when dropped.
 pub struct MockApns {
+    /// Serves the mock over TLS until dropped; also holds its key files.
     server: TlsServer,
+    /// Shared with the handler: trusted keys, canned answers, requests.
     state: Arc<State>,
 }
 
@@ -94,7 +96,9 @@ struct Inner {
 }
 
 struct State {
+    /// The trusted keys, canned answers and delay the tests set.
     inner: Mutex<Inner>,
+    /// Every request with its answer, in arrival order.
     requests: Recorded<ApnsRequest>,
 }
 

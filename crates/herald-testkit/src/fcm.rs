@@ -78,7 +78,9 @@ pub struct FcmRequest {
 
 /// A running mock FCM; stops when dropped.
 pub struct MockFcm {
+    /// Serves the mock over TLS until dropped; also holds its service-account files.
     server: TlsServer,
+    /// Shared with the handler: tokens, canned errors, requests.
     state: Arc<State>,
 }
 
@@ -86,15 +88,20 @@ pub struct MockFcm {
 struct Inner {
     /// Access tokens handed out and not revoked.
     issued: HashSet<String>,
+    /// Calls to the token endpoint, successful or not.
     token_requests: usize,
     /// While set, the token endpoint answers every request with this status.
     token_failure: Option<u16>,
+    /// Device token → the error every valid send to it gets.
     canned: HashMap<String, FcmError>,
 }
 
 struct State {
+    /// Written into service-account files, and the `aud` every assertion must name.
     token_url: String,
+    /// The fixture account's public key, which checks the assertions' signatures.
     key: DecodingKey,
+    /// The tokens issued, the failures and the canned errors the tests set.
     inner: Mutex<Inner>,
     /// The `messages:send` requests.
     requests: Recorded<FcmRequest>,

@@ -49,11 +49,13 @@ pub fn free_port() -> u16 {
 
 /// One `redis-server` process.
 pub struct RedisServer {
+    /// The loopback port it listens on, the same across restarts.
     pub port: u16,
     /// Working directory (cluster config file lives here).
     dir: PathBuf,
     /// Extra arguments, kept for restarts.
     extra: Vec<String>,
+    /// The running process; `None` once killed.
     child: Option<Child>,
 }
 
@@ -128,6 +130,7 @@ impl Drop for RedisServer {
 
 /// A 3-master Redis Cluster without replicas.
 pub struct RedisCluster {
+    /// The masters (0–2), then their replicas when started replicated (3–5).
     pub servers: Vec<RedisServer>,
 }
 

@@ -67,7 +67,9 @@ pub(crate) struct TlsServer {
     pub(crate) in_flight: Arc<InFlight>,
     /// Bytes of [`EndlessBody`] bodies handed to connections so far.
     pub(crate) endless_sent: Arc<AtomicUsize>,
+    /// Holds the certificate and the tests' key files; deleted with the server.
     dir: tempfile::TempDir,
+    /// The accept loop, aborted on drop, which ends the connections too.
     task: JoinHandle<()>,
 }
 
@@ -205,7 +207,9 @@ where
 /// a client had in flight at once.
 #[derive(Default)]
 pub(crate) struct InFlight {
+    /// Requests received and not yet answered.
     now: AtomicUsize,
+    /// The most `now` has been.
     peak: AtomicUsize,
 }
 
@@ -278,7 +282,9 @@ pub(crate) fn unix_now() -> u64 {
 /// The requests a mock received, in arrival order, and a signal for tests
 /// that wait for some.
 pub(crate) struct Recorded<T> {
+    /// Everything recorded, in arrival order.
     items: std::sync::Mutex<Vec<T>>,
+    /// How many so far, watched by tests waiting for a number of them.
     count: tokio::sync::watch::Sender<usize>,
 }
 

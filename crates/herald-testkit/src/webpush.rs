@@ -104,14 +104,18 @@ impl PushRequest {
 
 /// A running mock push service; stops when dropped.
 pub struct MockPushService {
+    /// Serves the mock over TLS until dropped; also holds its VAPID key files.
     server: TlsServer,
+    /// Shared with the handler: subscriptions, keys, canned answers, requests.
     state: Arc<State>,
 }
 
 /// A canned answer for one subscription.
 #[derive(Clone, Default)]
 struct Canned {
+    /// The status every valid push to the subscription gets.
     status: u16,
+    /// Sent as `Retry-After`, in seconds.
     retry_after: Option<u64>,
     /// A `Location` header, as a redirect carries.
     location: Option<String>,
@@ -121,26 +125,33 @@ struct Canned {
 
 /// The browser side of a subscription: what decrypts its pushes.
 struct Browser {
+    /// The private half of the subscription's `p256dh`, which decrypts its pushes.
     secret: p256::SecretKey,
+    /// The subscription's auth secret, which decryption also takes.
     auth: Auth,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Subscription id (the endpoint's last segment) → the browser that decrypts its pushes.
     subscriptions: HashMap<String, Browser>,
+    /// Subscription id → the answer every valid push to it gets.
     canned: HashMap<String, Canned>,
     /// VAPID public keys (base64url) handed out by `issue_vapid_key`; once
     /// there is one, tokens signed by any other key are refused, as a push
     /// service refuses a key other than the subscription's
     /// `applicationServerKey`.
     vapid_keys: HashSet<String>,
+    /// Every VAPID token that verified, for tests that count distinct ones.
     jwts: HashSet<String>,
 }
 
 struct State {
     /// `https://127.0.0.1:PORT`, the audience every token must name.
     origin: String,
+    /// The subscriptions, keys and canned answers the tests set.
     inner: Mutex<Inner>,
+    /// Every request with its answer, in arrival order.
     requests: Recorded<PushRequest>,
 }
 
@@ -300,13 +311,19 @@ impl MockPushService {
 
 /// What the mock decided about one request.
 struct Verdict {
+    /// The answer's status: 201 when the push was accepted.
     status: u16,
     /// The error's message (autopush's `message`), or `None` for 201.
     message: Option<String>,
+    /// Sent as `Retry-After`, in seconds.
     retry_after: Option<u64>,
+    /// The decrypted data, when the push was accepted.
     plaintext: Option<Vec<u8>>,
+    /// The token's claims, once it verified (a push refused after that still has them).
     vapid: Option<Vapid>,
+    /// Sent as `Location`: a canned redirect's target.
     location: Option<String>,
+    /// The error body never ends (a canned endless answer).
     endless: bool,
 }
 

@@ -24,6 +24,7 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true, env = "HERALD_CONFIG")]
     config: Option<PathBuf>,
+    /// What to do; without one, serve.
     #[command(subcommand)]
     command: Option<Command>,
 }

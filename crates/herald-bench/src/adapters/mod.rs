@@ -56,13 +56,15 @@ impl Target {
 /// One pairs message, as every dialect's frame needs it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PairMessage<'a> {
+    /// Run id, carried in the token so that messages of other runs are ignored.
     pub(crate) run: u32,
     /// The message number, unique within the worker.
     pub(crate) id: u64,
     /// Unix nanoseconds when it was built.
     pub(crate) sent_ns: u64,
-    /// Sender and receiver (the receiver's channel is where it goes).
+    /// The sender.
     pub(crate) from: ChannelName<'a>,
+    /// The receiver: its channel is where the message goes.
     pub(crate) to: ChannelName<'a>,
     /// The sending worker, for ids unique across workers.
     pub(crate) worker: u32,
@@ -88,6 +90,7 @@ impl PairMessage<'_> {
 /// Connects subscribers and publishes for one target.
 #[derive(Debug, Clone)]
 pub(crate) struct Adapter {
+    /// The server and transport spoken to, which pick every URL and frame format.
     pub(crate) target: Target,
     /// Where subscribers connect (the publish endpoint unless told otherwise).
     pub(crate) sub_endpoint: Endpoint,

@@ -20,7 +20,9 @@ use crate::token::{Token, now_ns};
 /// The fan-out options every phase needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
+    /// Subscribers in total, over every worker.
     pub(crate) subscribers: u32,
+    /// Channels they are spread over (subscriber i on channel i mod channels).
     pub(crate) channels: u32,
 }
 
@@ -47,6 +49,7 @@ impl Shape {
 pub(crate) struct Phase {
     /// Messages the server accepted, per channel.
     pub(crate) published: Vec<u64>,
+    /// Publishes that failed or that the server refused.
     pub(crate) errors: u64,
     /// From the first publish to the last answer, in seconds.
     pub(crate) elapsed: f64,

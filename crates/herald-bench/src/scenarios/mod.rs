@@ -27,10 +27,15 @@ use crate::worker::{Status, Workers};
 const POLL: Duration = Duration::from_millis(200);
 
 pub(crate) struct Ctx {
+    /// The command line the run was started with.
     pub(crate) cli: Cli,
+    /// Run id, carried by every generated message.
     pub(crate) run: u32,
+    /// Publishes the target's way.
     pub(crate) adapter: Arc<Adapter>,
+    /// The workers holding the connections, driven together.
     pub(crate) workers: Workers,
+    /// Problems met on the way, added to the report's warnings.
     pub(crate) warnings: Vec<String>,
 }
 

@@ -32,13 +32,17 @@ pub(crate) struct PairsConfig {
     rate: f64,
     /// Messages in flight (sent, not yet delivered or refused), at most.
     concurrency: u64,
+    /// Over the sender's WebSocket, or through the HTTP publish API.
     via: Via,
     /// Send with acknowledgement (Pushca).
     ack: bool,
     /// Herald over WebSocket: ask for no answer to a publish that succeeds.
     no_reply: bool,
+    /// How long to keep sending.
     duration: Duration,
+    /// This worker's share of `--max-messages`.
     max_messages: u64,
+    /// Size of each message body.
     payload_bytes: usize,
     /// HTTP publish requests in flight, at most.
     publish_concurrency: usize,
@@ -83,6 +87,7 @@ impl PairsConfig {
 pub(crate) struct Sent {
     /// Publishes accepted (HTTP 2xx) or written to the sender's WebSocket.
     pub(crate) ok: u64,
+    /// Publishes that failed, and frames that could not be queued in time.
     pub(crate) errors: u64,
     /// Every send gets an answer to its sender (Pushca over WebSocket, or with acknowledge),
     /// so sends without one can be counted.

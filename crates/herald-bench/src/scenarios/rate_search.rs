@@ -15,10 +15,13 @@ const PRECISION: f64 = 0.10;
 /// halves instead, down to `min_rate`.
 #[derive(Debug, Clone)]
 pub(crate) struct RateSearch {
+    /// The first rate tried (at least `min_rate`).
     start: f64,
     /// Below this a step would publish less than one message.
     min_rate: f64,
+    /// Steps allowed: the search ends there, narrowed down or not.
     max_steps: u32,
+    /// Steps recorded so far.
     steps: u32,
     /// Highest sustainable rate so far.
     good: Option<f64>,

@@ -61,8 +61,11 @@ const PRESENCE: &[u8] = b"P1 ";
 pub(crate) struct PresenceNotice {
     /// The node that told its own subscribers already.
     pub(crate) node: String,
+    /// The channel joined or left.
     pub(crate) channel: ChannelKey,
+    /// Whether the connection joined or left.
     pub(crate) change: PresenceChange,
+    /// The connection's user, whose presence on the channel changed.
     pub(crate) user: String,
 }
 

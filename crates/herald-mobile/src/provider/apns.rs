@@ -71,7 +71,9 @@ fn default_push_type() -> String {
 
 /// Sends to APNs for every configured app over one pooled HTTP/2 client.
 pub struct Apns {
+    /// One pooled HTTP/2 client for every app, trusting every app's extra root.
     client: Client,
+    /// Every configured app, by the name pushes give.
     apps: HashMap<String, App>,
     /// Age after which a provider token is replaced (a field so tests can
     /// shorten it).
@@ -80,20 +82,31 @@ pub struct Apns {
 
 /// One app, ready to send.
 struct App {
+    /// Where pushes go: Apple's sandbox or production host, or the configured endpoint.
     base: Url,
+    /// The app's `.p8` key, which signs the provider tokens.
     key: EncodingKey,
+    /// The provider token's `kid`.
     key_id: String,
+    /// The provider token's `iss`.
     team_id: String,
+    /// Sent as `apns-topic` (the bundle id).
     topic: HeaderValue,
+    /// Sent as `apns-push-type`.
     push_type: HeaderValue,
+    /// The largest body APNs takes for the push type (more for VoIP); larger is refused here.
     max_payload: usize,
+    /// Bound on one request, from sending to the full answer.
     timeout: Duration,
+    /// The current provider token, reused until it is due for renewal or Apple calls it expired.
     jwt: Mutex<Option<Jwt>>,
 }
 
 /// A provider token and when it was made.
 struct Jwt {
+    /// The signed token, sent as the bearer credential.
     token: String,
+    /// When it was signed, to tell when it is due for renewal.
     minted: Instant,
 }
 

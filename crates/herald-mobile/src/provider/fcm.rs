@@ -61,7 +61,9 @@ pub struct FcmConfig {
 
 /// Sends to FCM for every configured app over one pooled HTTP/2 client.
 pub struct Fcm {
+    /// One pooled HTTP/2 client for every app, trusting every app's extra root.
     client: Client,
+    /// Every configured app, by the name pushes give.
     apps: HashMap<String, App>,
 }
 
@@ -76,10 +78,15 @@ struct ServiceAccount {
 
 /// One app, ready to send.
 struct App {
+    /// The project's `messages:send` endpoint.
     send_url: Url,
+    /// The account's `token_uri`: where assertions buy access tokens, and their `aud`.
     token_url: Url,
+    /// The service account, the assertions' `iss`.
     client_email: String,
+    /// The account's private key, which signs the assertions.
     key: EncodingKey,
+    /// Bound on one request: a send, or a token exchange.
     timeout: Duration,
     /// The access token; the async lock makes concurrent sends wait for one
     /// exchange instead of each starting its own.
@@ -100,7 +107,9 @@ struct Exchange {
 
 /// An OAuth2 access token and when to replace it.
 struct Access {
+    /// Sent as the bearer credential of every push.
     token: String,
+    /// When to exchange for a new one: a margin before Google says it expires.
     refresh_at: Instant,
 }
 

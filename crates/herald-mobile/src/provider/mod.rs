@@ -235,11 +235,13 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Duration {
 
 /// A provider's answer, its body read up to [`MAX_ANSWER`] bytes.
 pub(crate) struct Answer {
+    /// Whether the push was accepted, and which kind of refusal otherwise.
     pub(crate) status: StatusCode,
     /// The header that names an accepted push (`apns-id`, `location`).
     pub(crate) id: Option<String>,
     /// `Retry-After`, or zero (see [`retry_after`]).
     pub(crate) retry_after: Duration,
+    /// The body, lossily decoded: where a refusal says why.
     pub(crate) text: String,
 }
 

@@ -91,6 +91,7 @@ pub struct WebPush {
     client: Client,
     /// Connects anywhere: for the apps with `allow_private_endpoints`.
     open_client: Client,
+    /// Every configured app, by the name pushes give.
     apps: HashMap<String, App>,
     /// Age after which a VAPID token is replaced (a field so tests can
     /// shorten it).
@@ -99,11 +100,15 @@ pub struct WebPush {
 
 /// One app, ready to send.
 struct App {
+    /// The app's VAPID key, which signs the tokens.
     key: EncodingKey,
     /// The uncompressed public key, base64url: VAPID's `k`.
     public_key: String,
+    /// The contact every token names as its `sub`.
     subject: String,
+    /// Bound on one request, from sending to the full answer.
     timeout: Duration,
+    /// Sends through `open_client`, which also reaches non-public addresses.
     allow_private_endpoints: bool,
     /// The `Authorization` value per push-service origin.
     vapid: Mutex<HashMap<String, Vapid>>,
@@ -111,7 +116,9 @@ struct App {
 
 /// A VAPID `Authorization` value and when its token was made.
 struct Vapid {
+    /// `vapid t=<token>, k=<public key>`, sent as it is with every push to the origin.
     header: HeaderValue,
+    /// When the token was signed, to tell when it is due for renewal.
     minted: Instant,
 }
 
@@ -216,10 +223,15 @@ impl Provider for WebPush {
 /// What a push needs besides the endpoint, read from its payload and
 /// checked before anything is encrypted.
 struct Prepared {
+    /// The browser's public key, which the data is encrypted for.
     p256dh: p256::PublicKey,
+    /// The subscription's auth secret, which the encryption also takes.
     auth: Auth,
+    /// The plaintext to encrypt, at most `MAX_DATA` bytes.
     data: Vec<u8>,
+    /// Seconds the push service may keep the push for an offline browser (`TTL`).
     ttl: u64,
+    /// Sent as `Urgency`, when the payload or the push's priority sets one.
     urgency: Option<&'static str>,
 }
 

@@ -4,11 +4,17 @@
 /// A UTC calendar time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Utc {
+    /// The proleptic Gregorian year; before 1970 too.
     pub(crate) year: i64,
+    /// From 1 (January) to 12.
     pub(crate) month: u32,
+    /// Day of the month, from 1.
     pub(crate) day: u32,
+    /// From 0 to 23.
     pub(crate) hour: u32,
+    /// From 0 to 59.
     pub(crate) minute: u32,
+    /// From 0 to 59: Unix time has no leap seconds.
     pub(crate) second: u32,
     /// Nanoseconds within the second.
     pub(crate) nanos: u32,

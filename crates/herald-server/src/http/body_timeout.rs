@@ -35,7 +35,9 @@ pub(crate) struct BodyTimedOut(Duration);
 /// (never without one).
 #[derive(Debug)]
 pub(crate) struct BodyTimeout<B> {
+    /// The request's own body, whose frames pass through as they are.
     body: B,
+    /// The longest the client may pause; `None`: no limit.
     timeout: Option<Duration>,
     /// Armed only while the body waits for its client: most bodies arrive
     /// with their headers and never need a timer.
@@ -93,9 +95,12 @@ where
 pin_project! {
     /// A route's answer, replaced by `408 body_timeout` if the request's
     /// body timed out meanwhile, whichever error the route made of it.
+    // (pin-project-lite takes no doc comments on fields.)
     pub(crate) struct AnswerStalled<F> {
+        // The route's own answer.
         #[pin]
         answer: F,
+        // The timeout, once the request's body timed out: the answer is then replaced.
         stalled: Option<Duration>,
     }
 }

@@ -123,7 +123,9 @@ pub(crate) fn mark_keyed(doc: &mut utoipa::openapi::OpenApi) {
 
 /// A dialect's HTTP basic auth, registered under `name`.
 pub(crate) struct BasicAuth {
+    /// The security scheme's name, as the dialect's routes give it in `security(…)`.
     pub(crate) name: &'static str,
+    /// Whose credentials the scheme takes, shown in the document.
     pub(crate) description: &'static str,
 }
 

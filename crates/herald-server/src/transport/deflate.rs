@@ -131,7 +131,9 @@ thread_local! {
 /// lays the same `Bytes` out for every subscriber. Each slot holds its
 /// payload, so the address cannot be freed and reused while it is there.
 struct Recent {
+    /// Reset before each message, so that every message is compressed on its own.
     deflater: Compress,
+    /// By payload address: a payload with its compression (`None`: it would not shrink).
     slots: Vec<Option<(Bytes, Option<Bytes>)>>,
 }
 
@@ -187,6 +189,7 @@ impl Recent {
 pub(crate) struct InflateError {
     /// The WebSocket close code to answer with.
     pub(crate) code: u16,
+    /// The close frame's reason, and the error's message.
     pub(crate) reason: &'static str,
 }
 
@@ -201,7 +204,9 @@ impl InflateError {
 /// frames tungstenite reads; writes pass through. Without deflate agreed it
 /// only forwards.
 pub(crate) struct Inflate<S> {
+    /// The client's socket, read from and written to.
     inner: S,
+    /// The frame parser, when deflate was agreed; without it reads only pass through.
     reader: Option<Box<Reader>>,
 }
 
@@ -241,9 +246,13 @@ struct Reader {
 
 /// What [`Reader::next_frame`] found at the front of `raw`.
 struct Head {
+    /// The first byte: FIN, RSV1 and the opcode.
     first: u8,
+    /// Length of the payload.
     len: usize,
+    /// The masking key, when the frame is masked (a client's must be).
     mask: Option<[u8; 4]>,
+    /// Bytes of header before the payload, masking key included.
     head_len: usize,
 }
 

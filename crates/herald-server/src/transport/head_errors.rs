@@ -119,6 +119,7 @@ pub(crate) fn replacement(write: &[u8]) -> Option<Bytes> {
 /// A response with a status and no body, as hyper writes its own:
 /// `HTTP/1.x <status>\r\n[connection: close\r\n]content-length: 0\r\n[date: …\r\n]\r\n`.
 struct Bare<'a> {
+    /// Which of hyper's answers it is, to pick the JSON error that replaces it.
     status: StatusCode,
     /// The status line, `\r\n` included.
     status_line: &'a [u8],

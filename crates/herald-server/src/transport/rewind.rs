@@ -19,6 +19,7 @@ pub(crate) struct Rewind<S = TcpStream> {
     /// Read from the socket before hyper took over; empty once hyper has
     /// read it (and then holds no allocation).
     prefix: Bytes,
+    /// The connection itself: TCP, or TLS over it.
     stream: S,
     /// What of a JSON error written in place of hyper's answer the stream
     /// has not taken yet; it goes out before anything else.

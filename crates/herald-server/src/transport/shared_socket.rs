@@ -51,6 +51,7 @@ impl<F: Framing> Flush for SocketIo<F> {
 /// when the client agreed to permessage-deflate and it gains.
 #[derive(Default)]
 pub(crate) struct WsText {
+    /// The agreed permessage-deflate, if any: frames that shrink go out compressed.
     pub(crate) deflate: Option<Deflate>,
 }
 
@@ -77,6 +78,7 @@ const COMPRESSED: u8 = 0xc1;
 
 /// The socket and the unsent rest of frames already started on it.
 pub(crate) struct SharedSocket<F = WsText> {
+    /// The client's socket: the task reads it; every write happens under the `rest` lock.
     stream: TcpStream,
     /// Bytes of started frames the socket has not taken yet, and the framing
     /// (which may keep per-connection state); one lock, so that frames are
@@ -86,7 +88,9 @@ pub(crate) struct SharedSocket<F = WsText> {
 }
 
 struct Rest<F> {
+    /// Bytes of started frames the socket has not taken yet; they go out first.
     bytes: BytesMut,
+    /// Lays frames out for the transport, with any per-connection state it keeps.
     framing: F,
 }
 
@@ -255,6 +259,7 @@ fn text_header(first: u8, len: usize, buf: &mut [u8; 10]) -> &[u8] {
 
 /// The task's side of a [`SharedSocket`]: tungstenite's, or the SSE task's.
 pub(crate) struct SocketIo<F = WsText> {
+    /// Shared with the threads that write frames straight from a send or a fan-out.
     socket: Arc<SharedSocket<F>>,
     /// Bytes the HTTP server read past the upgrade request: the client's
     /// first frames, read before the socket.

@@ -47,6 +47,7 @@ pub(crate) struct SseStyle {
 /// Frames as they are, each message preceded by an `id:` line when the
 /// connection keeps a cursor.
 pub(crate) struct SseFraming {
+    /// The connection's position, advanced by each message and written as its `id:`.
     cursor: Option<Cursor>,
     /// How to step the cursor back over each frame laid out since the last
     /// [`Framing::keep`], in case the socket does not take it.
@@ -90,10 +91,15 @@ impl Framing for SseFraming {
 
 /// State carried between body chunks.
 struct Stream {
+    /// The app, for its shutdown signal.
     state: AppState,
+    /// The subscriptions, and the outbox the chunks come from.
     session: Session,
+    /// Adds the cursor's `id:` lines to the frames.
     framing: SseFraming,
+    /// The dialect's preamble, heartbeat, reconnect and farewell frames.
     style: SseStyle,
+    /// When the next heartbeat, reconnect hint or expiry is due.
     clock: Clock,
     /// Reused between drains.
     batch: Vec<Frame>,

@@ -14,7 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 pub(crate) struct WriteTimeout<S> {
+    /// The client's stream, written to and read from.
     inner: S,
+    /// The longest a write may wait with nothing taken; `None`: forever.
     timeout: Option<Duration>,
     /// Armed only while a write waits for room: most writes never do.
     stall: Option<Pin<Box<Sleep>>>,

@@ -78,8 +78,11 @@ impl MsgId {
 /// WebSocket.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SendFrame<'a, N: Display> {
+    /// Command and message id: the server's acknowledgement or error reply echoes it.
     pub(crate) id: MsgId,
+    /// The sending client, written as the message's `sender`.
     pub(crate) from: &'a N,
+    /// The receiving client, written as the `filter` (the `client`, with acknowledge).
     pub(crate) to: &'a N,
     /// The token the message body carries.
     pub(crate) token: Token,

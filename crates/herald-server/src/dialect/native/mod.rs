@@ -703,7 +703,9 @@ pub(crate) struct PublishRequest<'a> {
 
 /// A validated publish: where to and what.
 struct PublishPlan {
+    /// The channels to publish to: one, or several at once.
     keys: Vec<ChannelKey>,
+    /// What every channel gets: the data, with its event and id.
     publication: Publication,
 }
 

@@ -27,6 +27,7 @@ pub(crate) struct Mounts(Mutex<HashMap<String, Arc<Mount>>>);
 
 /// One instance's routes.
 pub(crate) struct Mount {
+    /// The instance's push-api (`/push-api`) and push-stream (`/ps`) routes.
     router: Router,
     /// The password the routes were built with: an instance removed and
     /// made again under the same name gets new routes.

@@ -46,6 +46,7 @@ pub(crate) struct Inner {
     /// The push-stream URL `/api/v1/config` reports; empty: the request's
     /// host and `push_stream_path`.
     pub(crate) push_stream_url: String,
+    /// The push-stream routes' path, joined to the request's host when `push_stream_url` is empty.
     pub(crate) push_stream_path: String,
     /// Ends the keep-alive pings of a mount that is gone.
     pub(crate) retired: CancellationToken,
@@ -60,8 +61,9 @@ pub(crate) struct Mount {
     pub(crate) authorization: Option<String>,
     /// Record kind of its channel records (`push-api:channel` for the default).
     pub(crate) record_kind: String,
-    /// Its push-stream routes' URL and path, for `/api/v1/config`.
+    /// Its push-stream routes' URL, for `/api/v1/config`; empty: the request's host and the path.
     pub(crate) push_stream_url: String,
+    /// Its push-stream routes' path, from which that URL is built when empty.
     pub(crate) push_stream_path: String,
     /// Cancelled when the mount goes away.
     pub(crate) retired: CancellationToken,

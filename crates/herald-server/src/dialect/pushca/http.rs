@@ -160,8 +160,11 @@ fn check_size(state: &AppState, message: &RawValue) -> Result<(), ApiError> {
 /// Advertised WebSocket base URLs: configured, or `ws://<Host>/`
 /// (`wss://` when the listener speaks TLS).
 struct Bases {
+    /// For clients outside the deployment; the other two default to it.
     external: String,
+    /// For clients inside the deployment.
     internal: String,
+    /// For browsers.
     browser: String,
 }
 

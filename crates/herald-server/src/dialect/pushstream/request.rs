@@ -28,7 +28,9 @@ const EVENTS_FORBIDDEN: &str = "Subscription to events channel is not allowed.";
 /// `X-Nginx-PushStream-Explain` text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
+    /// The status the module answers with.
     pub(crate) status: StatusCode,
+    /// Why, as the module words it: sent as `X-Nginx-PushStream-Explain`.
     pub(crate) explain: String,
 }
 

@@ -175,10 +175,13 @@ impl Fmt {
 
 /// One channel's counts, as the module reports them.
 pub(crate) struct Info<'a> {
+    /// The channel id, as clients name it (without the namespace).
     pub(crate) channel: &'a str,
     /// The channel's last message id.
     pub(crate) published: u64,
+    /// Messages kept for backtracks, reported as `stored_messages`.
     pub(crate) stored: usize,
+    /// Connections subscribed to it.
     pub(crate) subscribers: usize,
 }
 
@@ -195,11 +198,13 @@ impl<'a> From<&'a ChannelInfo> for Info<'a> {
 
 /// The server-wide part of group and summarized replies.
 pub(crate) struct Global {
+    /// This machine's host name, as the module reports it.
     pub(crate) hostname: String,
     /// `YYYY-MM-DDTHH:MM:SS`, UTC.
     pub(crate) time: String,
     /// Channels, wildcard ones excluded.
     pub(crate) channels: usize,
+    /// Channels whose ids start with the wildcard prefix, counted apart.
     pub(crate) wildcard: usize,
     /// Seconds since the dialect started.
     pub(crate) uptime: u64,
@@ -209,6 +214,7 @@ pub(crate) struct Global {
 pub(crate) struct Summary {
     /// Messages published on this node since start.
     pub(crate) published: u64,
+    /// Messages kept for backtracks, summed over channels.
     pub(crate) stored: usize,
     /// Subscriptions on this node (a connection counts once per channel).
     pub(crate) subscribers: usize,

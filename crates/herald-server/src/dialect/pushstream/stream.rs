@@ -187,14 +187,19 @@ async fn open(
 
 /// One open stream.
 struct Streaming {
+    /// The mount the stream belongs to, whose app signals shutdown.
     ps: PsState,
+    /// The subscriptions, and the outbox the chunks come from.
     session: Session,
     /// Announces the unsubscriptions when the stream ends.
     presence: Presence,
     /// Channels deleted under this connection, filled by its format.
     deleted: Arc<Mutex<Vec<ChannelKey>>>,
+    /// Sent last when the stream ends on its own (shutdown, expiry, no channel left).
     footer: Bytes,
+    /// Sent at every heartbeat, so that an idle stream still shows it is alive.
     ping: Bytes,
+    /// When the next heartbeat is due, and when the stream expires.
     clock: Clock,
     /// Reused between drains.
     batch: Vec<Frame>,

@@ -41,8 +41,11 @@ pub(crate) struct Template {
 pub(crate) struct Fields<'a> {
     /// The message id: the channel offset, or -1 ping, -2 deleted, -3 timeout.
     pub(crate) id: i64,
+    /// The channel id, for `~channel~`; empty in control messages.
     pub(crate) channel: &'a str,
+    /// The message, raw, for `~text~` (and its length for `~size~`).
     pub(crate) text: &'a str,
+    /// The message's time and tag, for `~time~` and `~tag~`.
     pub(crate) marker: Marker,
     /// The publisher's `Event-Id`, or empty.
     pub(crate) event_id: &'a str,

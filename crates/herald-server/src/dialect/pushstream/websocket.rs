@@ -93,6 +93,7 @@ pub(crate) async fn ws(
 
 /// One push-stream WebSocket.
 struct PushStreamWs {
+    /// The mount the connection belongs to: its chunks, timing and publish rules.
     ps: PsState,
     /// When set, the connection only closes with this refusal.
     refusal: Option<Refusal>,
