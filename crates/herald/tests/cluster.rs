@@ -1294,7 +1294,14 @@ async fn a_late_ack_across_nodes_confirms_no_later_send_of_its_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_any_never_asks_a_second_node_while_a_silent_one_may_deliver() {
     let redis = RedisServer::start();
-    let n = nodes(&[redis.url()], 3);
+    // B must stay alive to the others while it is paused below, through two
+    // sends of up to a second each on a loaded machine: its liveness key
+    // lasts three probe intervals, 9 s here.
+    let n = nodes_with(
+        &[redis.url()],
+        3,
+        &[("HERALD_BROKER__REDIS__PROBE_INTERVAL_MS", "3000")],
+    );
     let worker = |who| format!("/ws?token={}", token(who, json!({"role": "any1"})));
     let mut on_b = ws(&n[1], &worker("hal")).await;
     let mut on_c = ws(&n[2], &worker("ida")).await;
