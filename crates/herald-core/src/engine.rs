@@ -449,7 +449,7 @@ mod ack_tests {
         let hub = Arc::new(Hub::new());
         let engine = Engine::new(hub.clone(), Arc::new(Memory(hub)));
         let outbox = Arc::new(Outbox::new(7, Arc::new(Raw), 1 << 20));
-        engine.directory().register(
+        let _ = engine.directory().register(
             Identity::new([("user", user)]),
             outbox.clone(),
             Arc::new(ById),

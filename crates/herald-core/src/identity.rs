@@ -281,7 +281,121 @@ struct Index {
     /// Every connection with an identity.
     conns: HashMap<ConnId, Entry>,
     /// (dimension, value) → connections, sorted so round-robin is stable.
-    postings: HashMap<Dim, BTreeSet<ConnId>>,
+    postings: HashMap<Dim, Posting>,
+    /// Every dimension name in use, with how many registered pairs use it:
+    /// connections share one copy of each name, as they share one copy of
+    /// each pair through `postings`.
+    names: HashMap<Arc<str>, usize>,
+}
+
+impl Index {
+    /// `identity` holding the index's own copies of the names and pairs it
+    /// has already, so that a thousand connections of one app or account
+    /// keep one copy of those strings, not a thousand.
+    fn shared(&self, identity: Identity) -> Identity {
+        let dims = identity.dims().iter().map(|dim| {
+            if let Some((pair, _)) = self.postings.get_key_value(dim) {
+                return pair.clone();
+            }
+            match self.names.get_key_value(&dim.0) {
+                Some((name, _)) => (name.clone(), dim.1.clone()),
+                None => dim.clone(),
+            }
+        });
+        Identity {
+            dims: dims.collect(),
+        }
+    }
+
+    fn add_postings(&mut self, id: ConnId, identity: &Identity) {
+        for dim in identity.dims() {
+            match self.postings.get_mut(dim) {
+                Some(posting) => posting.insert(id),
+                None => {
+                    self.postings.insert(dim.clone(), Posting::One(id));
+                }
+            }
+            *self.names.entry(dim.0.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove_postings(&mut self, id: ConnId, identity: &Identity) {
+        for dim in identity.dims() {
+            let Some(posting) = self.postings.get_mut(dim) else {
+                continue;
+            };
+            if posting.remove(id) {
+                self.postings.remove(dim);
+            }
+            if let MapEntry::Occupied(mut uses) = self.names.entry(dim.0.clone()) {
+                *uses.get_mut() -= 1;
+                if *uses.get() == 0 {
+                    uses.remove();
+                }
+            }
+        }
+    }
+}
+
+/// The connections with one (dimension, value) pair, ascending. Most pairs
+/// name a single connection (a device, an account), which is kept without
+/// a set of its own.
+enum Posting {
+    One(ConnId),
+    Many(BTreeSet<ConnId>),
+}
+
+impl Posting {
+    fn insert(&mut self, id: ConnId) {
+        match self {
+            Self::One(one) if *one == id => {}
+            Self::One(one) => *self = Self::Many(BTreeSet::from([*one, id])),
+            Self::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; whether none is left.
+    fn remove(&mut self, id: ConnId) -> bool {
+        match self {
+            Self::One(one) => *one == id,
+            Self::Many(set) => {
+                set.remove(&id);
+                match set.len() {
+                    0 => true,
+                    1 => {
+                        let last = *set.first().expect("one left");
+                        *self = Self::One(last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(set) => set.len(),
+        }
+    }
+
+    fn contains(&self, id: &ConnId) -> bool {
+        match self {
+            Self::One(one) => one == id,
+            Self::Many(set) => set.contains(id),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ConnId> + '_ {
+        let (one, many) = match self {
+            Self::One(one) => (Some(*one), None),
+            Self::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// The local directory of connected identities.
@@ -319,25 +433,33 @@ impl Directory {
         Self::default()
     }
 
-    /// Adds (or replaces) connection `outbox`'s identity.
-    pub fn register(&self, identity: Identity, outbox: Arc<Outbox>, format: Arc<dyn TargetFormat>) {
+    /// Adds (or replaces) connection `outbox`'s identity. Returns it as
+    /// stored, sharing the strings other connections have in common with
+    /// it: the copy for the connection to keep.
+    #[must_use = "keeping the identity returned keeps one copy of its strings"]
+    pub fn register(
+        &self,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        format: Arc<dyn TargetFormat>,
+    ) -> Identity {
         let id = outbox.id();
         let mut index = self.index.write();
         if let Some(old) = index.conns.remove(&id) {
-            remove_postings(&mut index.postings, id, &old.identity);
+            index.remove_postings(id, &old.identity);
         }
-        for dim in identity.dims() {
-            index.postings.entry(dim.clone()).or_default().insert(id);
-        }
+        let identity = index.shared(identity);
+        index.add_postings(id, &identity);
         index.conns.insert(
             id,
             Entry {
-                identity,
+                identity: identity.clone(),
                 outbox,
                 format,
                 awaiting: Mutex::default(),
             },
         );
+        identity
     }
 
     /// Removes connection `id`; unknown ids are ignored. Sends on this node
@@ -345,7 +467,7 @@ impl Directory {
     pub fn unregister(&self, id: ConnId) {
         let mut index = self.index.write();
         if let Some(old) = index.conns.remove(&id) {
-            remove_postings(&mut index.postings, id, &old.identity);
+            index.remove_postings(id, &old.identity);
             let pending = self.pending.lock();
             for owed in old.awaiting.lock().iter() {
                 if let AckTo::Here(ticket) = owed.to
@@ -647,20 +769,8 @@ fn matches(index: &Index, filter: &Filter) -> Vec<ConnId> {
     let (smallest, rest) = sets.split_first().expect("at least one dimension");
     smallest
         .iter()
-        .copied()
         .filter(|id| rest.iter().all(|s| s.contains(id)) && !excluded(id))
         .collect()
-}
-
-fn remove_postings(postings: &mut HashMap<Dim, BTreeSet<ConnId>>, id: ConnId, identity: &Identity) {
-    for dim in identity.dims() {
-        if let Some(set) = postings.get_mut(dim) {
-            set.remove(&id);
-            if set.is_empty() {
-                postings.remove(dim);
-            }
-        }
-    }
 }
 
 /// A sender waiting for the ack of one message id; stops waiting when dropped.
@@ -762,7 +872,7 @@ mod tests {
 
     fn add(dir: &Directory, id: ConnId, pairs: &[(&str, &str)]) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-        dir.register(ident(pairs), outbox.clone(), Arc::new(Raw));
+        let _ = dir.register(ident(pairs), outbox.clone(), Arc::new(Raw));
         outbox
     }
 
@@ -777,7 +887,7 @@ mod tests {
 
     fn add_client(dir: &Directory, id: ConnId, ws: &str, acc: &str, dev: &str) {
         let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-        dir.register(Identity::new(client(ws, acc, dev)), outbox, Arc::new(Raw));
+        let _ = dir.register(Identity::new(client(ws, acc, dev)), outbox, Arc::new(Raw));
     }
 
     #[test]
@@ -854,10 +964,61 @@ mod tests {
         dir.unregister(1);
         dir.unregister(3);
         dir.unregister(4);
+        let index = dir.index.read();
+        assert!(index.postings.is_empty(), "postings are cleaned up");
+        assert!(index.names.is_empty(), "names are cleaned up");
+    }
+
+    #[test]
+    fn connections_share_the_strings_of_the_pairs_and_names_they_have_in_common() {
+        let dir = Directory::new();
+        add_client(&dir, 1, "w1", "alice", "phone");
+        add_client(&dir, 2, "w1", "bob", "laptop");
+        let (one, two) = (dir.identity(1).unwrap(), dir.identity(2).unwrap());
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b);
+        let [acc1, app1, dev1, ws1] = one.dims() else {
+            panic!("four dims")
+        };
+        let [acc2, app2, dev2, ws2] = two.dims() else {
+            panic!("four dims")
+        };
         assert!(
-            dir.index.read().postings.is_empty(),
-            "postings are cleaned up"
+            same(&ws1.0, &ws2.0) && same(&ws1.1, &ws2.1),
+            "one copy of workspace=w1"
         );
+        assert!(same(&app1.1, &app2.1), "one copy of application=app");
+        assert!(
+            same(&acc1.0, &acc2.0) && same(&dev1.0, &dev2.0),
+            "one copy of each name"
+        );
+        assert_eq!((&*acc2.1, &*dev2.1), ("bob", "laptop"));
+        // Shared copies do not change what an identity is.
+        assert_eq!(two, Identity::new(client("w1", "bob", "laptop")));
+    }
+
+    #[test]
+    fn a_posting_shrinks_back_to_one_and_keeps_its_order() {
+        let dir = Directory::new();
+        let f = Filter::new(ident(&[("workspace", "w")]));
+        for id in [5, 3, 9] {
+            add_client(&dir, id, "w", &format!("a{id}"), "d");
+        }
+        assert_eq!(dir.resolve(&f), vec![3, 5, 9]);
+        dir.unregister(5);
+        dir.unregister(9);
+        assert!(matches!(
+            dir.index
+                .read()
+                .postings
+                .get(&ident(&[("workspace", "w")]).dims()[0]),
+            Some(Posting::One(3))
+        ));
+        assert_eq!(dir.resolve(&f), vec![3]);
+        // Registering the same connection again changes nothing.
+        add_client(&dir, 3, "w", "a3", "d");
+        add_client(&dir, 7, "w", "a7", "d");
+        assert_eq!(dir.resolve(&f), vec![3, 7]);
+        assert_eq!(dir.index.read().names["workspace"], 2);
     }
 
     #[test]
@@ -873,7 +1034,7 @@ mod tests {
             let who = Identity::new(pairs.clone());
             all.push((id, who));
             let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-            dir.register(Identity::new(pairs), outbox, Arc::new(Raw));
+            let _ = dir.register(Identity::new(pairs), outbox, Arc::new(Raw));
         }
         for ws in 0..3 {
             for acc in 0..7 {

@@ -48,11 +48,8 @@ impl Session {
     /// sends encoded with `format`.
     pub(crate) fn identify(&mut self, identity: Identity, format: Arc<dyn TargetFormat>) {
         tracing::debug!(conn = self.outbox.id(), identity = ?identity.dims(), "Identified.");
-        self.state
-            .engine
-            .directory()
-            .register(identity.clone(), self.outbox.clone(), format);
-        self.identity = Some(identity);
+        let directory = self.state.engine.directory();
+        self.identity = Some(directory.register(identity, self.outbox.clone(), format));
     }
 
     /// Lets the connection read the protected channels `grants` names.
