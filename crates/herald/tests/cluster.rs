@@ -1112,6 +1112,16 @@ fn join_room(user: &str) -> String {
     format!("/ws?channels=room:1&token={}", token(user, json!({})))
 }
 
+/// Alice joins `room:1` on the first node, then bob on the second; alice is
+/// told of both. Their WebSockets.
+async fn alice_then_bob(n: &[Herald]) -> (Ws, Ws) {
+    let mut alice = ws(&n[0], &join_room("alice")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
+    let bob = ws(&n[1], &join_room("bob")).await;
+    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    (alice, bob)
+}
+
 /// Asserts that nothing but a marker published now reaches `ws` next.
 async fn nothing_more(node: &Herald, ws: &mut Ws) {
     publish_ok(node, "room:1", json!("marker")).await;
@@ -1122,10 +1132,7 @@ async fn nothing_more(node: &Herald, ws: &mut Ws) {
 async fn a_dead_nodes_users_leave_the_other_nodes_subscribers() {
     let redis = RedisServer::start();
     let mut n = presence_nodes(&[redis.url()]);
-    let mut alice = ws(&n[0], &join_room("alice")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
-    let _bob_phone = ws(&n[1], &join_room("bob")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let (mut alice, _bob_phone) = alice_then_bob(&n).await;
     let _bob_laptop = ws(&n[1], &join_room("bob")).await;
     assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
     let mut carol = ws(&n[1], &join_room("carol")).await;
@@ -1148,10 +1155,7 @@ async fn a_dead_nodes_users_leave_on_a_redis_cluster_too() {
     // in three slots.
     let cluster = RedisCluster::start();
     let mut n = presence_nodes(&cluster.urls());
-    let mut alice = ws(&n[0], &join_room("alice")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
-    let _bob = ws(&n[1], &join_room("bob")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let (mut alice, _bob) = alice_then_bob(&n).await;
 
     n[1].child.kill().unwrap();
     n[1].child.wait().unwrap();
@@ -1163,10 +1167,7 @@ async fn a_dead_nodes_users_leave_on_a_redis_cluster_too() {
 async fn a_node_shut_down_has_each_user_leave_once() {
     let redis = RedisServer::start();
     let mut n = presence_nodes(&[redis.url()]);
-    let mut alice = ws(&n[0], &join_room("alice")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
-    let mut bob = ws(&n[1], &join_room("bob")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let (mut alice, mut bob) = alice_then_bob(&n).await;
     let _carol = ws(&n[1], &join_room("carol")).await;
     assert_eq!(next_json(&mut alice).await, room_event("join", "carol"));
     bob.send(Message::Close(None)).await.unwrap();
@@ -1184,10 +1185,7 @@ async fn a_node_shut_down_has_each_user_leave_once() {
 async fn a_node_taken_for_dead_has_its_users_join_again() {
     let redis = RedisServer::start();
     let n = presence_nodes(&[redis.url()]);
-    let mut alice = ws(&n[0], &join_room("alice")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "alice"));
-    let _bob = ws(&n[1], &join_room("bob")).await;
-    assert_eq!(next_json(&mut alice).await, room_event("join", "bob"));
+    let (mut alice, _bob) = alice_then_bob(&n).await;
     // B is paused past its liveness key's 3 s: A takes it for dead and
     // tells bob's leave.
     let b = n[1].pid().to_string();
