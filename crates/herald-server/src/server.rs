@@ -352,9 +352,9 @@ where
     }
 }
 
-/// Drives an HTTP connection to its end; once `stop` resolves (shutdown),
-/// first tells it (`graceful`) to take no new requests and finish those in
-/// flight.
+/// Drives an HTTP connection to its end; once `stop` resolves (shutdown, or
+/// an HTTP/2 connection gone idle), first tells it (`graceful`) to take no
+/// new requests and finish those in flight.
 async fn until_stopped<C, E>(
     conn: C,
     stop: impl Future<Output = ()>,
