@@ -301,7 +301,8 @@ fn error(id: &str, message: &str) -> Bytes {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SendMessage<'a> {
-    id: Option<String>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
     filter: Option<ClientSearchData>,
     #[serde(borrow)]
     message: &'a RawValue,
