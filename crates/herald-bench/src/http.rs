@@ -11,11 +11,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::{BenchError, Result};
+use crate::head::{self, Head};
 use crate::net::{self, Endpoint};
 use crate::sse::{Chunk, dechunk};
 
-/// Response heads larger than this are refused.
-const MAX_HEAD: usize = 64 * 1024;
 /// Response bodies larger than this are refused (publish answers are tiny).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -188,36 +187,18 @@ async fn roundtrip(
     if tcp.write_all(request).await.is_err() {
         return Err(Stale);
     }
-    let head_end = loop {
-        if let Some(at) = memchr::memmem::find(buf, b"\r\n\r\n") {
-            break at;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(protocol("response head too large"));
-        }
-        match tcp.read_buf(buf).await {
-            Ok(0) | Err(_) if buf.is_empty() => return Err(Stale),
-            Ok(0) => return Err(protocol("closed inside a response head")),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let head_len = match head::read(tcp, buf).await {
+        Ok(len) => len,
+        // A keep-alive connection the server closed while it was idle: retried on a new one.
+        Err(_) if buf.is_empty() => return Err(Stale),
+        Err(e) => return Err(Failed(e)),
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| protocol("bad response head"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol("bad status line"))?;
-    let mut keep_alive = !status_line.starts_with("HTTP/1.0");
+    let head = Head::parse(&buf[..head_len]).map_err(Failed)?;
+    let status = head.status;
+    let mut keep_alive = !head.status_line.starts_with("HTTP/1.0");
     let mut length = None;
     let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
+    for (name, value) in head.fields() {
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(
                 value
@@ -235,7 +216,7 @@ async fn roundtrip(
             };
         }
     }
-    buf.advance(head_end + 4);
+    buf.advance(head_len + 4);
     let body = if chunked {
         let mut body = BytesMut::new();
         let mut state = Chunk::Size;

@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod conn;
 mod error;
+mod head;
 mod http;
 mod net;
 mod proc;
@@ -24,6 +25,11 @@ use clap::Parser;
 use crate::adapters::Adapter;
 use crate::cli::Cli;
 use crate::net::Endpoint;
+
+/// jemalloc instead of glibc malloc: the generator must not be the limit, and glibc's allocator
+/// was a seventh of its core's time in the connect scenario (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

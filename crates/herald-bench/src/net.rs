@@ -43,10 +43,6 @@ impl Endpoint {
         }
         Ok(Endpoint { addr, authority })
     }
-
-    pub(crate) fn ws(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.authority)
-    }
 }
 
 /// Source ports the generator assigns itself when it binds: below the kernel's ephemeral range
@@ -119,7 +115,7 @@ mod tests {
         assert!(Endpoint::parse("http://8.8.8.8:80").is_err());
         assert!(Endpoint::parse("https://127.0.0.1:80").is_err());
         let e = Endpoint::parse("http://127.0.0.1:8090/").expect("valid");
-        assert_eq!(e.ws("/sub/a"), "ws://127.0.0.1:8090/sub/a");
+        assert_eq!(e.authority, "127.0.0.1:8090");
     }
 
     #[test]

@@ -7,9 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{BenchError, Result};
+use crate::head::{self, Head};
 
-/// Response heads larger than this are refused.
-const MAX_HEAD: usize = 64 * 1024;
 /// A single event larger than this ends the stream as a protocol error.
 const MAX_EVENT: usize = 4 * 1024 * 1024;
 
@@ -47,32 +46,13 @@ impl SseStream {
         );
         tcp.write_all(request.as_bytes()).await?;
         let mut raw = BytesMut::with_capacity(4096);
-        let head_end = loop {
-            if let Some(at) = memchr::memmem::find(&raw, b"\r\n\r\n") {
-                break at;
-            }
-            if raw.len() > MAX_HEAD {
-                return Err(BenchError::Protocol("response head too large".into()));
-            }
-            if tcp.read_buf(&mut raw).await? == 0 {
-                return Err(BenchError::Protocol("closed before response head".into()));
-            }
-        };
-        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-        raw.advance(head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| BenchError::Protocol("bad status line".into()))?;
-        if status != 200 {
-            return Err(BenchError::Status(status));
+        let head_len = head::read(&mut tcp, &mut raw).await?;
+        let head = Head::parse(&raw[..head_len])?;
+        if head.status != 200 {
+            return Err(BenchError::Status(head.status));
         }
-        let chunked = lines.any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:") && l.contains("chunked")
-        });
+        let chunked = head.has_token("transfer-encoding", "chunked");
+        raw.advance(head_len + 4);
         let mut stream = SseStream {
             tcp,
             raw,

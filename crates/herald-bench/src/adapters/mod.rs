@@ -130,11 +130,15 @@ impl Adapter {
             let ep = &self.sub_endpoint;
             Ok(match self.target {
                 Target::Herald => Conn::Ws {
-                    ws: Box::new(ws_handshake(tcp, &ep.ws(&herald::ws_path(channels))).await?),
+                    ws: Box::new(
+                        ws_handshake(tcp, &ep.authority, &herald::ws_path(channels)).await?,
+                    ),
                     pusher: false,
                 },
                 Target::Nchan => Conn::Ws {
-                    ws: Box::new(ws_handshake(tcp, &ep.ws(&nchan::sub_path(channels))).await?),
+                    ws: Box::new(
+                        ws_handshake(tcp, &ep.authority, &nchan::sub_path(channels)).await?,
+                    ),
                     pusher: false,
                 },
                 Target::HeraldSse => Conn::Sse(Box::new(

@@ -22,7 +22,7 @@ const EVENT: &str = "bench";
 /// for every `pusher_internal:subscription_succeeded`. The caller bounds it with a timeout.
 pub(crate) async fn subscribe(tcp: TcpStream, ep: &Endpoint, channels: &[String]) -> Result<Ws> {
     let path = format!("/app/{APP_KEY}?protocol=7&client=herald-bench&version=0.1");
-    let mut ws = ws_handshake(tcp, &ep.ws(&path)).await?;
+    let mut ws = ws_handshake(tcp, &ep.authority, &path).await?;
     wait_for(&mut ws, "pusher:connection_established", 1).await?;
     for channel in channels {
         let cmd = serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel}});

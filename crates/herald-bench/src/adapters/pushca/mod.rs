@@ -66,7 +66,7 @@ pub(crate) async fn connect(
         return Err(BenchError::Status(status));
     }
     let token = token_of(&reply)?;
-    ws_handshake(tcp, &ep.ws(&format!("/{token}"))).await
+    ws_handshake(tcp, &ep.authority, &format!("/{token}")).await
 }
 
 /// `(path, body)` of a REST send of `payload` (a JSON object) to client `name`, with
