@@ -20,7 +20,13 @@ pub(crate) struct Session {
     /// Where fan-out queues this connection's frames.
     pub(crate) outbox: Arc<Outbox>,
     /// Channels subscribed to, in subscription order; few per connection.
+    /// A channel is listed before its subscription is awaited, so a session
+    /// dropped meanwhile (its connection gone, the handler's future with it)
+    /// still leaves it.
     channels: Vec<ChannelKey>,
+    /// Whether the last of `channels` is still being subscribed: its join
+    /// was not announced, so dropping the session announces no leave for it.
+    joining: bool,
     /// Who the connection is, when a token said so; registered in the
     /// engine's directory for targeted delivery while the session lives.
     identity: Option<Identity>,
@@ -39,6 +45,7 @@ impl Session {
             state,
             outbox,
             channels: Vec::new(),
+            joining: false,
             identity: None,
             grants: Grants::default(),
         }
@@ -74,16 +81,8 @@ impl Session {
         self.check_room(&keys)?;
         let mut positions = Vec::with_capacity(keys.len());
         for key in keys {
-            // The hub is authoritative: subscribing again is harmless, and
-            // re-registers a channel that was deleted meanwhile.
-            let subscribed = self
-                .state
-                .engine
-                .subscribe_with(&key, &self.outbox, Replay::None)
-                .await?;
+            let subscribed = self.subscribe_one(key, Replay::None).await?;
             positions.push(subscribed.position);
-            tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
-            self.added(key).await;
         }
         Ok(positions)
     }
@@ -107,22 +106,44 @@ impl Session {
     ) -> Result<Subscribed, ApiError> {
         self.may_use(std::slice::from_ref(&key))?;
         self.check_room(std::slice::from_ref(&key))?;
+        self.subscribe_one(key, replay).await
+    }
+
+    /// Subscribes to `key` (checked), announcing the join the first time.
+    async fn subscribe_one(
+        &mut self,
+        key: ChannelKey,
+        replay: Replay<'_>,
+    ) -> Result<Subscribed, ApiError> {
+        let fresh = !self.channels.contains(&key);
+        if fresh {
+            self.channels.push(key.clone());
+            self.joining = true;
+        }
+        // The hub is authoritative: subscribing again is harmless, and
+        // re-registers a channel that was deleted meanwhile.
         let subscribed = self
             .state
             .engine
             .subscribe_with(&key, &self.outbox, replay)
-            .await?;
-        self.added(key).await;
-        Ok(subscribed)
-    }
-
-    /// Records a subscription to `key`, announcing it the first time.
-    async fn added(&mut self, key: ChannelKey) {
-        if self.channels.contains(&key) {
-            return;
+            .await;
+        let subscribed = match subscribed {
+            Ok(subscribed) => subscribed,
+            Err(e) => {
+                // The engine left the channel already.
+                self.channels.retain(|k| *k != key);
+                self.joining = false;
+                return Err(e.into());
+            }
+        };
+        tracing::debug!(conn = self.outbox.id(), channel = %key, "Subscription added.");
+        if fresh {
+            self.joining = false;
+            // Told locally before the first await, so a leave never comes
+            // before its join.
+            self.announce(&key, PresenceChange::Join).await;
         }
-        self.announce(&key, PresenceChange::Join).await;
-        self.channels.push(key);
+        Ok(subscribed)
     }
 
     /// The user whose joins and leaves of `key` its subscribers are told
@@ -185,7 +206,8 @@ impl Drop for Session {
         }
         let hub = self.state.engine.hub();
         let id = self.outbox.id();
-        let left: Vec<(ChannelKey, Arc<str>)> = (self.channels.iter())
+        let announced = self.channels.len() - usize::from(self.joining);
+        let left: Vec<(ChannelKey, Arc<str>)> = (self.channels[..announced].iter())
             .filter_map(|key| Some((key.clone(), self.announced_user(key)?)))
             .collect();
         let vacated: Vec<ChannelKey> = self
@@ -245,4 +267,67 @@ pub(crate) fn too_many_channels(limit: usize) -> ApiError {
         "too_many_channels",
         format!("at most {limit} channels at once"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use futures_util::FutureExt;
+    use herald_core::{Broker, BrokerError, Engine, Hub, Publication, Published};
+
+    use super::*;
+    use crate::dialect::native::WsFormat;
+
+    /// A broker whose subscribe never finishes, as a Redis subscribe stuck
+    /// behind a slow connection.
+    struct StuckSubscribe(Arc<Hub>);
+
+    #[async_trait::async_trait]
+    impl Broker for StuckSubscribe {
+        async fn publish(&self, c: &ChannelKey, p: Publication) -> Result<Published, BrokerError> {
+            Ok(self.0.publish_local(c, p))
+        }
+        async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            std::future::pending().await
+        }
+        async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+    }
+
+    fn state() -> AppState {
+        let hub = Arc::new(Hub::with_policy(Default::default()));
+        let engine = Engine::new(hub.clone(), Arc::new(StuckSubscribe(hub)));
+        AppState::new(engine, crate::Config::default(), crate::Shutdown::default()).unwrap()
+    }
+
+    /// Polls `f` once and drops it, as hyper drops a handler whose
+    /// connection closed.
+    fn cancel_midway<T>(f: impl Future<Output = T>) {
+        assert!(f.now_or_never().is_none(), "it waits for the broker");
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_cancelled_while_the_broker_works_leaves_nothing_behind() {
+        let state = state();
+        let key = state.channel("news").unwrap();
+        let hub = state.engine.hub().clone();
+        let mut session = Session::new(state.clone(), Arc::new(WsFormat));
+        cancel_midway(session.subscribe(vec![key.clone()]));
+        assert_eq!(hub.subscriber_count(&key), 1, "the hub has it meanwhile");
+        drop(session);
+        assert_eq!(hub.subscriber_count(&key), 0);
+
+        let mut session = Session::new(state, Arc::new(WsFormat));
+        cancel_midway(session.subscribe_from(key.clone(), None));
+        drop(session);
+        assert_eq!(hub.subscriber_count(&key), 0);
+    }
 }
