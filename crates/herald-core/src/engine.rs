@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crate::broker::{Broker, BrokerError, StoredPage};
 use crate::channel::ChannelKey;
-use crate::history::{History, Position, Replay};
+use crate::history::{History, Position, Recovery, Replay};
 use crate::hub::{ChannelInfo, Hub, Published, Subscribed};
 use crate::identity::{Directory, Filter, Presence, PresenceChange, SendOutcome, Targeted};
+use crate::joins::{self, Joins, Turn};
 use crate::message::Publication;
 use crate::outbox::{ConnId, Outbox};
 use crate::stats::SendStats;
@@ -63,8 +64,14 @@ pub enum AckOutcome {
     InFlight,
 }
 
-/// Most stored messages one resume reads from a broker.
-const MAX_REPLAY: usize = 10_000;
+/// Most stored messages one read of a resume asks a broker for; a resume
+/// further behind reads on, page by page, to the head.
+const REPLAY_PAGE: usize = 10_000;
+
+/// Most pages one resume reads: a bound for the loop, far above what a
+/// channel's history holds (a resume that would need more is told its
+/// messages are too old).
+const MAX_REPLAY_PAGES: usize = 100;
 
 /// The hub and the broker, shared by every connection.
 #[derive(Clone)]
@@ -77,6 +84,8 @@ pub struct Engine {
     directory: Arc<Directory>,
     /// Targeted send counters, for metrics.
     send_stats: Arc<SendStats>,
+    /// First broker subscribes in flight, which later subscribers wait for.
+    joins: Arc<Joins>,
 }
 
 impl Engine {
@@ -86,6 +95,7 @@ impl Engine {
             broker,
             directory: Arc::default(),
             send_stats: Arc::default(),
+            joins: Arc::default(),
         }
     }
 
@@ -132,14 +142,36 @@ impl Engine {
         if from_broker {
             return self.subscribe_from_broker(channel, outbox, replay).await;
         }
-        let subscribed = self.hub.subscribe_with(channel, outbox, replay);
-        if subscribed.first_local
-            && let Err(e) = self.broker.subscribe(channel).await
-        {
+        let (turn, subscribed) = self.joins.enter(channel, || {
+            let subscribed = self.hub.subscribe_with(channel, outbox, replay);
+            (subscribed.first_local, subscribed)
+        });
+        if let Err(e) = self.listen(channel, turn).await {
             self.hub.unsubscribe(channel, outbox.id());
             return Err(e);
         }
         Ok(subscribed)
+    }
+
+    /// Makes sure the broker listens to `channel` for this node, as `turn`
+    /// says: subscribing as its first local subscriber, or waiting for the
+    /// first one's subscribe (and subscribing itself if that failed).
+    async fn listen(&self, channel: &ChannelKey, turn: Turn) -> Result<(), BrokerError> {
+        match turn {
+            Turn::Listening => Ok(()),
+            Turn::First(guard) => {
+                let result = self.broker.subscribe(channel).await;
+                guard.done(result.is_ok());
+                result
+            }
+            Turn::Wait(rx) => {
+                if joins::wait(rx).await {
+                    Ok(())
+                } else {
+                    self.broker.subscribe(channel).await
+                }
+            }
+        }
     }
 
     /// Resume against history kept by the broker: subscribe first with live
@@ -150,27 +182,38 @@ impl Engine {
         outbox: &Arc<Outbox>,
         replay: Replay<'_>,
     ) -> Result<Subscribed, BrokerError> {
-        let first_local = self.hub.subscribe_pending(channel, outbox);
+        let (turn, first_local) = self.joins.enter(channel, || {
+            let first = self.hub.subscribe_pending(channel, outbox);
+            (first, first)
+        });
         let fail = |e: BrokerError| {
             self.hub.unsubscribe(channel, outbox.id());
             e
         };
-        if first_local {
-            self.broker.subscribe(channel).await.map_err(fail)?;
-        }
+        self.listen(channel, turn).await.map_err(fail)?;
         let since = match &replay {
             Replay::After(p) => Some(p.offset),
             _ => None,
         };
-        let limit = replay.wants().unwrap_or(MAX_REPLAY);
-        let page = self
+        let limit = replay.wants().unwrap_or(REPLAY_PAGE);
+        let mut page = self
             .broker
             .history(channel, since, limit)
             .await
             .map_err(fail)?;
+        let mut complete = true;
+        if matches!(&replay, Replay::After(p) if p.epoch == page.position.epoch) {
+            complete = self
+                .read_to_head(channel, &mut page, limit)
+                .await
+                .map_err(fail)?;
+        }
         let history = History::from_messages(page.messages);
-        let (recovery, start) =
-            replay.start(&history, &page.position.epoch, page.position.offset + 1);
+        let (recovery, start) = if complete {
+            replay.start(&history, &page.position.epoch, page.position.offset + 1)
+        } else {
+            (Some(Recovery::TooOld), None)
+        };
         let replayed: Vec<_> = start
             .map(|from| history.iter().skip(from).cloned().collect())
             .unwrap_or_default();
@@ -182,6 +225,34 @@ impl Engine {
             recovery,
             position: page.position,
         })
+    }
+
+    /// Extends `page`, read after some offset `limit` at a time, with the
+    /// pages after it until it reaches the head it reports. Whether it did
+    /// within [`MAX_REPLAY_PAGES`]. A page from another epoch (the broker
+    /// lost its history meanwhile) replaces it: the resume is judged on it.
+    async fn read_to_head(
+        &self,
+        channel: &ChannelKey,
+        page: &mut StoredPage,
+        limit: usize,
+    ) -> Result<bool, BrokerError> {
+        for _ in 1..MAX_REPLAY_PAGES {
+            let Some(last) = page.messages.last().map(|m| m.offset) else {
+                return Ok(true);
+            };
+            if page.messages.len() < limit || last >= page.position.offset {
+                return Ok(true);
+            }
+            let next = self.broker.history(channel, Some(last), limit).await?;
+            if next.position.epoch != page.position.epoch || next.messages.is_empty() {
+                *page = next;
+                return Ok(true);
+            }
+            page.messages.extend(next.messages);
+            page.position = next.position;
+        }
+        Ok(false)
     }
 
     /// Reads stored messages of `channel` wherever history lives: after
@@ -641,5 +712,106 @@ mod tests {
         outbox.drain(&mut frames);
         let got: Vec<_> = frames.iter().map(|f| f.bytes.clone()).collect();
         assert_eq!(got, ["2", "3", "4", "5"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    /// A broker whose subscribes wait until the test lets them through.
+    struct SlowSubscribe {
+        hub: Arc<Hub>,
+        gate: tokio::sync::Semaphore,
+        subscribes: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Broker for SlowSubscribe {
+        async fn publish(
+            &self,
+            channel: &ChannelKey,
+            publication: Publication,
+        ) -> Result<Published, BrokerError> {
+            Ok(self.hub.publish_local(channel, publication))
+        }
+        async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            self.subscribes.fetch_add(1, Ordering::Relaxed);
+            self.gate.acquire().await.unwrap().forget();
+            Ok(())
+        }
+        async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_subscriber_waits_for_the_first_ones_broker_subscribe() {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(SlowSubscribe {
+            hub: hub.clone(),
+            gate: tokio::sync::Semaphore::new(0),
+            subscribes: Default::default(),
+        });
+        let engine = Engine::new(hub, broker.clone());
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let subscriber = |id| {
+            let (engine, key) = (engine.clone(), key.clone());
+            tokio::spawn(async move {
+                let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+                engine.subscribe(&key, &outbox).await.map(|_| ())
+            })
+        };
+        let first = subscriber(1);
+        let second = subscriber(2);
+        // Both ran as far as they can (one thread: each yield runs the others).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1, "asked once");
+        assert!(
+            !second.is_finished(),
+            "not subscribed before the node listens"
+        );
+        broker.gate.add_permits(1);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
+        // Listening now: a third does not wait.
+        subscriber(3).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_resume_further_behind_than_one_read_gets_everything() {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(StoringBroker {
+            hub: hub.clone(),
+            log: Mutex::default(),
+            publish_during_read: Mutex::new(None),
+        });
+        let engine = Engine::new(hub, broker.clone());
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let published = 2 * REPLAY_PAGE as u64 + 500;
+        for i in 1..=published {
+            broker.append(&key, text(&i.to_string()));
+        }
+        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 30));
+        let since = Position {
+            offset: 1,
+            epoch: Arc::from("E"),
+        };
+        let s = engine
+            .subscribe_with(&key, &outbox, Replay::After(since))
+            .await
+            .unwrap();
+        assert_eq!(s.recovery, Some(Recovery::Recovered));
+        assert_eq!(s.replayed as u64, published - 1);
+        let mut frames = Vec::new();
+        outbox.drain(&mut frames);
+        let got: Vec<u64> = (frames.iter())
+            .map(|f| std::str::from_utf8(&f.bytes).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(got, (2..=published).collect::<Vec<_>>());
     }
 }

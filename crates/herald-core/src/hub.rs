@@ -145,17 +145,27 @@ struct Channel {
 struct Subscriber {
     /// Where its frames go.
     outbox: Arc<Outbox>,
-    /// While set, live messages wait here instead of the outbox: the
-    /// subscriber is still reading history from the broker, and the two are
-    /// merged by offset when it activates.
-    pending: Option<Vec<Arc<Message>>>,
+    /// Whether live messages go to the outbox yet.
+    feed: Feed,
+}
+
+/// Where a subscriber's live messages go.
+enum Feed {
+    /// To its outbox.
+    Live,
+    /// Held here: the subscriber is still reading history from the broker,
+    /// and the two are merged by offset when it activates.
+    Pending(Vec<Arc<Message>>),
+    /// To its outbox, but it activated while a gap was open, its replay
+    /// reaching this offset: the gap's fill skips what it replayed.
+    Replayed(u64),
 }
 
 impl Subscriber {
     fn live(outbox: &Arc<Outbox>) -> Self {
         Self {
             outbox: outbox.clone(),
-            pending: None,
+            feed: Feed::Live,
         }
     }
 }
@@ -185,6 +195,16 @@ struct ChannelInner {
     /// The publish time of the last message sequenced here (see
     /// [`next_publish_time`]); 0 before the first.
     last_time_ms: u64,
+}
+
+/// Subscribers that activated during a gap, once its fill fanned out the
+/// gap's messages: from now on everything is new to them.
+fn end_replays(subscribers: &mut IndexMap<ConnId, Subscriber>) {
+    for sub in subscribers.values_mut() {
+        if let Feed::Replayed(_) = sub.feed {
+            sub.feed = Feed::Live;
+        }
+    }
 }
 
 impl Default for Hub {
@@ -307,7 +327,7 @@ impl Hub {
                 outbox.id(),
                 Subscriber {
                     outbox: outbox.clone(),
-                    pending: Some(Vec::new()),
+                    feed: Feed::Pending(Vec::new()),
                 },
             );
             return first_local;
@@ -346,9 +366,18 @@ impl Hub {
         for msg in replay {
             sub.outbox.push_replayed(msg);
         }
-        for msg in sub.pending.take().unwrap_or_default() {
-            if msg.offset > history_head {
-                sub.outbox.push_message(&msg);
+        // A gap's fill fans out what it recovers to every live subscriber:
+        // this one replayed some of it already.
+        let feed = if inner.gap.is_some() && *inner.epoch == *position.epoch {
+            Feed::Replayed(history_head)
+        } else {
+            Feed::Live
+        };
+        if let Feed::Pending(pending) = std::mem::replace(&mut sub.feed, feed) {
+            for msg in pending {
+                if msg.offset > history_head {
+                    sub.outbox.push_message(&msg);
+                }
             }
         }
     }
@@ -581,6 +610,7 @@ impl Hub {
         let mut guard = ch.inner.lock();
         let inner = &mut *guard;
         let Some(held) = inner.gap.take() else { return };
+        let gap_epoch = inner.epoch.clone();
         // Held messages of a later epoch (the broker lost its state while
         // the gap was read) follow the gap's own, in the order they came.
         let (held, later): (Vec<_>, Vec<_>) =
@@ -592,16 +622,24 @@ impl Hub {
             .collect();
         all.sort_by_key(|m| m.offset);
         let mut unflushed = Vec::new();
+        let mut replays_ended = false;
         for msg in all.into_iter().chain(later) {
             if *inner.epoch != *msg.epoch {
                 inner.epoch = msg.epoch.clone();
                 inner.next_offset = msg.offset;
+            }
+            if !replays_ended && *msg.epoch != *gap_epoch {
+                end_replays(&mut inner.subscribers);
+                replays_ended = true;
             }
             if msg.offset >= inner.next_offset {
                 inner.published += 1;
                 inner.next_offset = msg.offset + 1;
                 self.fan_out(&mut inner.subscribers, &msg, &mut unflushed);
             }
+        }
+        if !replays_ended {
+            end_replays(&mut inner.subscribers);
         }
         drop(guard);
         self.flushers.flush(unflushed);
@@ -618,10 +656,15 @@ impl Hub {
         let (mut delivered, mut dropped, mut slow) = (0u64, 0u64, 0u64);
         let direct = subscribers.len() <= DIRECT_FAN_OUT;
         for sub in subscribers.values_mut() {
-            if let Some(pending) = &mut sub.pending {
-                pending.push(msg.clone());
-                delivered += 1;
-                continue;
+            match &mut sub.feed {
+                Feed::Live => {}
+                Feed::Pending(pending) => {
+                    pending.push(msg.clone());
+                    delivered += 1;
+                    continue;
+                }
+                Feed::Replayed(through) if msg.offset <= *through => continue,
+                Feed::Replayed(_) => {}
             }
             let pushed = if direct {
                 sub.outbox.push_message_direct(msg)
@@ -1197,6 +1240,34 @@ mod tests {
         hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
         let got = drained(&a);
         assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    #[test]
+    fn a_resume_during_a_gap_gets_each_message_once() {
+        let hub = keeping(100);
+        let (a, b) = (outbox(1), outbox(2));
+        hub.subscribe(&key("hist"), &a);
+        hub.deliver(&remote(1, "R"));
+        assert!(matches!(hub.deliver(&remote(4, "R")), Delivery::Gap { .. }));
+        // b resumes meanwhile, its history read reaching offset 4.
+        hub.subscribe_pending(&key("hist"), &b);
+        let at = Position {
+            offset: 4,
+            epoch: Arc::from("R"),
+        };
+        let replay = [remote(2, "R"), remote(3, "R"), remote(4, "R")];
+        hub.activate(&key("hist"), 2, &replay, &at);
+        hub.fill(&key("hist"), vec![remote(2, "R"), remote(3, "R")]);
+        assert_eq!(hub.deliver(&remote(5, "R")), Delivery::Reached(2));
+        let bytes = |offsets: &[u64]| -> Vec<Bytes> {
+            offsets.iter().map(|o| Bytes::from(o.to_string())).collect()
+        };
+        assert_eq!(drained(&a), bytes(&[1, 2, 3, 4, 5]));
+        assert_eq!(
+            drained(&b),
+            bytes(&[2, 3, 4, 5]),
+            "the fill skips its replay"
+        );
     }
 
     #[test]

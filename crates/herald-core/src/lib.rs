@@ -23,6 +23,7 @@ mod flusher;
 pub mod history;
 pub mod hub;
 pub mod identity;
+mod joins;
 pub mod message;
 pub mod outbox;
 pub mod records;
