@@ -31,7 +31,7 @@ mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -428,8 +428,7 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
-        if let Some(want) = self.inner.subs.channels.lock().get_mut(channel) {
-            *want = Want::Leaving(Instant::now());
+        if self.inner.subs.left(channel) {
             debug!(%channel, "Unsubscribe scheduled.");
         }
         Ok(())

@@ -270,20 +270,28 @@ async fn watch_others(inner: &Inner) -> Result<(), BrokerError> {
         .retain(|node, _| nodes.contains(node));
     for node in nodes.iter().filter(|n| n.as_str() != me) {
         let alive = super::node_alive(inner, node).await?;
+        // Set before telling, so the node's late notices are dropped.
         let was = inner.presence.others.lock().insert(node.clone(), !alive);
-        match (alive, was) {
+        let told = match (alive, was) {
             // Back from the dead: its users are here again.
             (true, Some(true)) => {
                 info!(node, "Presence: node back, its users join again.");
-                tell_locally(inner, node, PresenceChange::Join).await?;
+                tell_locally(inner, node, PresenceChange::Join).await
             }
             // Seen alive, now gone without a goodbye. (One never seen alive
             // died before this node started: its joins were not told here.)
             (false, Some(false)) => {
                 info!(node, "Presence: node dead, its users leave.");
-                tell_locally(inner, node, PresenceChange::Leave).await?;
+                tell_locally(inner, node, PresenceChange::Leave).await
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(e) = told {
+            // Not told: as it was, so that the next check tells it.
+            if let Some(was) = was {
+                inner.presence.others.lock().insert(node.clone(), was);
+            }
+            return Err(e);
         }
         if !alive {
             forget_if_expired(inner, node).await?;

@@ -71,14 +71,23 @@ pub(crate) async fn establish(inner: &Inner) -> Result<(), BrokerError> {
         return Err(e);
     }
     refresh_node_key(inner).await;
+    // Under the session's lock: a disconnection told meanwhile dropped the
+    // session, and must not be followed by turning ready.
+    let session = inner.session.read();
+    if session.is_none() {
+        return Err(BrokerError::Unavailable(
+            "redis: connection lost while connecting".into(),
+        ));
+    }
     inner.ready.store(true, Ordering::Release);
     Ok(())
 }
 
 /// Forgets the current session and turns unready.
 pub(crate) fn drop_session(inner: &Inner, why: &str) {
+    let mut session = inner.session.write();
     let was_ready = inner.ready.swap(false, Ordering::AcqRel);
-    if inner.session.write().take().is_some() && was_ready {
+    if session.take().is_some() && was_ready {
         warn!(reason = why, "Redis connection lost.");
     }
 }

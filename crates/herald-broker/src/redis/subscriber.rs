@@ -53,6 +53,20 @@ pub(crate) struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// The last local subscriber of `channel` left: leave it lazily. An
+    /// unconfirmed channel stays unconfirmed: Redis may not deliver it, so a
+    /// subscriber that returns before the sweep drops it subscribes again
+    /// rather than finding it "still subscribed". Whether it was scheduled.
+    pub(crate) fn left(&self, channel: &ChannelKey) -> bool {
+        match self.channels.lock().get_mut(channel) {
+            Some(want @ (Want::Active | Want::Leaving(_))) => {
+                *want = Want::Leaving(Instant::now());
+                true
+            }
+            Some(Want::Unconfirmed) | None => false,
+        }
+    }
+
     /// `channel` was deleted: the hub dropped its local subscribers at once,
     /// so no last unsubscribe will ever come for them. Leave it lazily, as
     /// after one; the sweep keeps it if a subscriber arrived meanwhile.
@@ -366,5 +380,36 @@ pub(crate) async fn run_reader(
             PushKind::Disconnection => inner.connection_lost(generation),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriptions(channel: &ChannelKey, want: Want) -> Subscriptions {
+        let (ops, _) = mpsc::unbounded_channel();
+        let subs = Subscriptions {
+            channels: Mutex::default(),
+            ops,
+        };
+        subs.channels.lock().insert(channel.clone(), want);
+        subs
+    }
+
+    #[test]
+    fn an_unconfirmed_channel_left_stays_unconfirmed() {
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let subs = subscriptions(&key, Want::Unconfirmed);
+        assert!(!subs.left(&key));
+        // So the next subscribe finds it unconfirmed and sends SUBSCRIBE,
+        // where "leaving" would have read as still subscribed in Redis.
+        assert_eq!(subs.channels.lock()[&key], Want::Unconfirmed);
+
+        let subs = subscriptions(&key, Want::Active);
+        assert!(subs.left(&key));
+        assert!(matches!(subs.channels.lock()[&key], Want::Leaving(_)));
+        let unknown = ChannelKey::new(&Arc::from("app"), "other").unwrap();
+        assert!(!subs.left(&unknown));
     }
 }
