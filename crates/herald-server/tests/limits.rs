@@ -177,7 +177,13 @@ async fn connection_limit_refuses_with_503() {
     }
     let res = reqwest::get(server.http("/sse?channels=a")).await.unwrap();
     assert_eq!(res.status(), 503);
-    assert_eq!(server.metric("herald_connections_refused_total").await, 2.0);
+    // push-stream's WebSocket too: a refusal to retry, not a bad request.
+    let url = format!("ws://{}/ps/ws/a", server.addr);
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(server.metric("herald_connections_refused_total").await, 3.0);
 }
 
 #[tokio::test]

@@ -640,6 +640,14 @@ async fn a_with_ack_message_containing_the_delimiter_is_refused() {
     )
     .unwrap();
     assert!(json["error"].as_str().unwrap().contains("'@@'"), "{reply}");
+    // The legacy form has no command id: the refusal still goes to the id
+    // the sender waits on.
+    let legacy = json!({"command": "SEND_MESSAGE_WITH_ACKNOWLEDGE",
+        "metaData": {"id": "m2", "client": receiver, "message": "a@@b"}});
+    send_text(&mut tx, &legacy.to_string()).await;
+    let reply = next_text(&mut tx).await;
+    assert!(reply.starts_with("m2@@RESPONSE@@"), "{reply}");
+    assert!(reply.contains("'@@'"), "{reply}");
     // A plain message may contain it: its receiver need not answer.
     notify(&server, json!({"accountId": "receiver"}), "plain@@text").await;
     assert_eq!(next_text(&mut rx).await, "plain@@text", "nothing before it");

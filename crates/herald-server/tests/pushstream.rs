@@ -499,6 +499,12 @@ async fn websocket_refusals_close_with_1008_and_the_explain_json() {
         json(&reason),
         serde_json::json!({"http_status": 403, "explain": "Channel id not authorized for this method."})
     );
+    // A quote in the explanation stays JSON.
+    let mut raw = RawWs::connect(s.addr, "/ps/ws/a%22b").await;
+    let (code, reason) = raw.close_frame().await;
+    assert_eq!(code, 1008);
+    let why = json(&reason)["explain"].as_str().unwrap().to_owned();
+    assert!(why.contains("'\"'"), "{why}");
     let res = client().get(s.http("/ps/ws/ch")).send().await.unwrap();
     assert_eq!(res.status(), 400);
     assert!(
@@ -506,6 +512,26 @@ async fn websocket_refusals_close_with_1008_and_the_explain_json() {
             .unwrap()
             .starts_with("Don't have at least one of the mandatory headers")
     );
+}
+
+/// A close frame carries at most 123 bytes of reason: a longer explanation
+/// is cut, and the reason stays JSON.
+#[tokio::test]
+async fn a_long_websocket_refusal_fits_its_close_frame() {
+    let s = server_with(|c| {
+        c.auth.secret = Some("pushstream-test-secret".into());
+        c.auth.protected_channels = vec!["secret-*".into()];
+    })
+    .await;
+    let long = format!("/ps/ws/secret-{}", "x".repeat(100));
+    let mut raw = RawWs::connect(s.addr, &long).await;
+    let (code, reason) = raw.close_frame().await;
+    assert_eq!(code, 1008);
+    assert!(reason.len() <= 123, "{} bytes: {reason}", reason.len());
+    let refusal = json(&reason);
+    assert_eq!(refusal["http_status"], 403);
+    let explain = refusal["explain"].as_str().unwrap();
+    assert!(explain.starts_with("channel secret-xxx"), "{explain}");
 }
 
 #[tokio::test]

@@ -476,6 +476,30 @@ async fn push_api_channel_records_are_shared_by_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_api_refuses_a_ttl_redis_cannot_hold_and_tells_a_failed_publish() {
+    use reqwest::Method;
+    let mut redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 1);
+    let huge = r#"{"id":"far","ttl":10000000000000000}"#;
+    let (status, refused) = push_api(&n[0], Method::POST, "/channels", huge).await;
+    assert_eq!((status, &refused["code"]), (400, &json!(10)));
+    let longest = r#"{"id":"far","ttl":9223372036}"#;
+    let (status, _) = push_api(&n[0], Method::POST, "/channels", longest).await;
+    assert_eq!(status, 201);
+    let (status, listed) = push_api(&n[0], Method::GET, "/channels", "").await;
+    assert_eq!((status, &listed[0]["ttl"]), (200, &json!(9223372036_i64)));
+
+    let message = r#"{"channels":["news"],"content":"hello"}"#;
+    assert_eq!(
+        push_api(&n[0], Method::POST, "/messages", message).await.0,
+        204
+    );
+    redis.kill();
+    let (status, failed) = push_api(&n[0], Method::POST, "/messages", message).await;
+    assert_eq!((status, &failed["code"]), (500, &json!(101)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_stream_events_tell_a_new_channel_once_across_nodes() {
     let redis = RedisServer::start();
     let file = config_file(&[redis.url()]);

@@ -82,7 +82,8 @@ pub(crate) struct PublishBody {
 #[utoipa::path(post, path = "/messages", tag = "push", operation_id = "push_publish", request_body = PublishBody,
     responses((status = 202, description = "{\"subscribers\": N}"),
         (status = 400, description = "{\"error\": msg}: a malformed body, a null `message` or a bad channel"),
-        (status = 500, description = "{\"error\": msg}")))]
+        (status = 503, description = "{\"error\": msg}: the broker did not take the message \
+            (the seed answers 500)")))]
 pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Response {
     let body = match read_body(req, state.config.limits.max_message_size + 64 * 1024).await {
         Ok(b) => b,
@@ -194,19 +195,6 @@ pub(crate) async fn ws(
     ws::upgrade(&state, req, session, dialect).unwrap_or_else(|e| e.into_response())
 }
 
-/// `message` cut to what a close frame carries (123 bytes), at a character.
-fn close_reason(mut message: String) -> String {
-    const MAX: usize = 123;
-    if message.len() > MAX {
-        let mut end = MAX;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
-    message
-}
-
 /// The seed's WebSocket liveness rule and frames.
 struct PushWs {
     /// Set by the client's `{"event":"pong"}`; must be set again before
@@ -227,10 +215,15 @@ impl WsDialect for PushWs {
         match self.refused.take() {
             Some(error) => {
                 let mut reply = Reply::frame(json!({ "error": error }).to_string());
-                reply.close = Some((close::BAD_REQUEST, close_reason(error).into()));
+                reply.close = Some((close::BAD_REQUEST, error.into()));
                 reply
             }
-            None => Reply::frame(Bytes::from_static(b"{\"event\":\"ping\",\"data\":{}}")),
+            None => {
+                // The seed's tick at t=0: it clears the flag like every tick,
+                // so the first ping needs its pong before the next.
+                self.responding = false;
+                Reply::frame(Bytes::from_static(b"{\"event\":\"ping\",\"data\":{}}"))
+            }
         }
     }
 

@@ -48,6 +48,21 @@ pub(crate) mod close {
     pub(crate) const RESTART: u16 = 1012;
 }
 
+/// `reason` cut to what a close frame carries: its payload is at most 125
+/// bytes, two of them the code (RFC 6455 §5.5). A longer one would make
+/// browsers fail the connection (1006) instead of reading the close.
+pub(crate) fn fit_close_reason(reason: &str) -> &str {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// What a dialect wants after handling a client frame.
 #[derive(Default)]
 pub(crate) struct Reply {
@@ -490,7 +505,7 @@ async fn run<D, S>(
     } else if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.as_ref().into(),
+            reason: fit_close_reason(&reason).into(),
         };
         // Best effort: send our close, then give the client a moment to
         // answer; a moment in all, as a client that stopped reading takes
@@ -543,5 +558,20 @@ fn protocol_error_close(e: WsError) -> Option<(u16, Cow<'static, str>)> {
         WsError::Protocol(p) => Some((u16::from(CloseCode::Protocol), p.to_string().into())),
         WsError::Io(e) => InflateError::find(&e).map(|e| (e.code, e.reason.into())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_close_reason;
+
+    #[test]
+    fn close_reasons_are_cut_to_a_close_frame_at_a_character() {
+        assert_eq!(fit_close_reason("short"), "short");
+        let exact = "x".repeat(123);
+        assert_eq!(fit_close_reason(&exact), exact);
+        let long = format!("{}é{}", "x".repeat(122), "y".repeat(50));
+        // "é" takes bytes 122 and 123: the cut falls before it.
+        assert_eq!(fit_close_reason(&long), "x".repeat(122));
     }
 }

@@ -62,14 +62,20 @@ fn failed(code: u16, e: &BrokerError) -> Response {
     )
 }
 
-/// `POST /api/v1/channels` → 201, or 400 with code 10 (bad body) or 11
-/// (exists), 500 with code 12 (store unavailable).
+/// The longest `ttl`, in seconds: push-api's `time.Duration(ttl) *
+/// time.Second` overflows past it (292 years), and Redis' scripts count
+/// expiry times in exact integers of milliseconds only far below.
+const MAX_TTL: i64 = i64::MAX / 1_000_000_000;
+
+/// `POST /api/v1/channels` → 201, or 400 with code 10 (bad body or a `ttl`
+/// past [`MAX_TTL`]) or 11 (exists), 500 with code 12 (store unavailable).
 #[utoipa::path(post, path = "/api/v1/channels", tag = "push-api",
     operation_id = "pushapi_create_channel", summary = "Creates a channel record",
     security(("push_api_basic" = [])),
     request_body = CreateBody,
     responses((status = 201, description = "Created"),
-        (status = 400, description = "Code 10: invalid body; code 11: the channel exists",
+        (status = 400, description = "Code 10: invalid body, or a ttl over 9,223,372,036 s; \
+            code 11: the channel exists",
             body = ApiError),
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 500, description = super::DOC_STORE, body = ApiError)))]
@@ -79,6 +85,9 @@ pub(crate) async fn create(State(state): State<ApiState>, body: Bytes) -> Respon
     };
     let id = body.id.unwrap_or_default();
     let ttl = body.ttl.unwrap_or(0);
+    if ttl > MAX_TTL {
+        return error(StatusCode::BAD_REQUEST, 10, "ttl too large");
+    }
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -206,7 +215,8 @@ pub(crate) fn start_keepalive(state: &ApiState) {
             match live(&state).await {
                 Ok(channels) => {
                     let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
-                    messages::deliver(&state, &ids, "ping").await;
+                    // Failures are logged per channel; the next tick pings again.
+                    let _ = messages::deliver(&state, &ids, "ping").await;
                 }
                 Err(e) => tracing::debug!(error = %e, "push-api keep-alive skipped."),
             }

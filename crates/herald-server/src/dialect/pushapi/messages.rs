@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use herald_core::BrokerError;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, error, go_json};
@@ -39,11 +40,19 @@ pub(crate) fn path_escape(s: &str) -> String {
 
 /// Publishes the escaped `content` to every channel of `channels`, as
 /// push-agent does (an id with `/` is several channels to push-stream).
-pub(crate) async fn deliver(state: &ApiState, channels: &[String], content: &str) {
+/// Invalid ids are skipped, as push-agent's requests for them fail unseen;
+/// a broker that fails is push-api's failed Redis `PUBLISH`: the others are
+/// still tried, and the error is returned.
+pub(crate) async fn deliver(
+    state: &ApiState,
+    channels: &[String],
+    content: &str,
+) -> Result<(), BrokerError> {
     let text = path_escape(content);
     if text.is_empty() {
-        return;
+        return Ok(());
     }
+    let mut failed = None;
     for channel in channels {
         for requested in parse_ids(channel) {
             let key = match channel_key(&state.ps, &requested.id) {
@@ -56,27 +65,37 @@ pub(crate) async fn deliver(state: &ApiState, channels: &[String], content: &str
             };
             if let Err(e) = state.ps.publish(&key, &text, None, None).await {
                 tracing::warn!(channel = %key, error = %e, "push-api publish failed.");
+                failed = Some(e);
             }
         }
     }
+    failed.map_or(Ok(()), Err)
 }
 
 /// `POST /api/v1/messages`.
 #[utoipa::path(post, path = "/api/v1/messages", tag = "push-api",
     operation_id = "pushapi_publish", summary = "Publishes a message to channels",
     security(("push_api_basic" = [])),
-    description = "Invalid channel ids are skipped; the answer is 204 regardless.",
+    description = "Invalid channel ids are skipped.",
     request_body = MessageBody,
     responses((status = 204, description = "Published"),
         (status = 400, description = "Code 100: invalid body", body = ApiError),
-        (status = 401, description = super::DOC_UNAUTHORIZED)))]
+        (status = 401, description = super::DOC_UNAUTHORIZED),
+        (status = 500, description = "Code 101: the broker failed to take the message \
+            for at least one channel (the others got it)", body = ApiError)))]
 pub(crate) async fn publish(State(state): State<ApiState>, body: Bytes) -> Response {
     let Some(body) = go_json::<MessageBody>(&body, &["channels", "content"]) else {
         return error(StatusCode::BAD_REQUEST, 100, "invalid request body");
     };
     let channels = body.channels.unwrap_or_default();
-    deliver(&state, &channels, &body.content.unwrap_or_default()).await;
-    StatusCode::NO_CONTENT.into_response()
+    match deliver(&state, &channels, &body.content.unwrap_or_default()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            101,
+            "failed to publish message",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -533,9 +533,17 @@ impl WsDialect for PushcaWs {
         if let Some(key) = key {
             self.recent.lock().answer(key, answer);
         }
-        // Legacy commands carry no id to answer to; only errors are reported.
+        // Legacy commands carry no id to answer to; only errors are reported,
+        // and answers addressed to an id of their own (a refused send with
+        // acknowledge, to the message's id).
         match reply {
-            Some(r) if !cmd.id.is_empty() || r.starts_with(b"@@RESPONSE@@") => Reply::frame(r),
+            Some(r)
+                if !cmd.id.is_empty()
+                    || !r.starts_with(b"@@")
+                    || r.starts_with(b"@@RESPONSE@@") =>
+            {
+                Reply::frame(r)
+            }
             _ => Reply::default(),
         }
     }

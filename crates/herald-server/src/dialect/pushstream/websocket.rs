@@ -88,7 +88,25 @@ pub(crate) async fn ws(
         presence,
     };
     ws::upgrade(&ps.app, req, session, dialect)
-        .unwrap_or_else(|e| header_only(StatusCode::BAD_REQUEST, Some(&e.message)))
+        .unwrap_or_else(|e| header_only(e.status, Some(&e.message)))
+}
+
+/// The close reason the module refuses a WebSocket with,
+/// `{"http_status": N, "explain":"…"}`, the explanation escaped and cut so
+/// that the whole stays JSON within a close frame.
+fn refusal_reason(refusal: Refusal) -> String {
+    let head = format!(
+        "{{\"http_status\": {}, \"explain\":",
+        refusal.status.as_u16()
+    );
+    let mut explain = refusal.explain;
+    // Bounded: every pass but the last shortens the explanation.
+    loop {
+        let reason = format!("{head}{}}}", serde_json::Value::from(explain.as_str()));
+        if ws::fit_close_reason(&reason).len() == reason.len() || explain.pop().is_none() {
+            return reason;
+        }
+    }
 }
 
 /// One push-stream WebSocket.
@@ -109,12 +127,7 @@ impl WsDialect for PushStreamWs {
     fn greeting(&mut self) -> Reply {
         if let Some(r) = self.refusal.take() {
             self.refused = true;
-            let reason = format!(
-                "{{\"http_status\": {}, \"explain\":\"{}\"}}",
-                r.status.as_u16(),
-                r.explain
-            );
-            return Reply::close(POLICY, reason);
+            return Reply::close(POLICY, refusal_reason(r));
         }
         let header = &self.ps.chunks.header;
         if header.is_empty() {
