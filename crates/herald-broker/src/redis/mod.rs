@@ -370,8 +370,8 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         if !inner.ready.load(Ordering::Acquire) {
             // Subscribers may join the hub before the engine drops this
-            // one, and are accepted without asking: keep the channel wanted
-            // (the sweep forgets it if none stays).
+            // one (they wait for it, then ask for themselves): keep the
+            // channel wanted (the sweep forgets it if none stays).
             inner
                 .subs
                 .channels
@@ -416,7 +416,7 @@ impl Broker for RedisBroker {
             }
             Err(e) => {
                 // Not removed: a subscriber that joined the hub while this
-                // was in flight was accepted, and needs the channel. The
+                // was in flight asks again, and needs the channel. The
                 // sweep drops it once the hub has none.
                 if let Some(want @ Want::Active) = inner.subs.channels.lock().get_mut(channel) {
                     *want = Want::Unconfirmed;
