@@ -325,7 +325,10 @@ async fn a_second_subscriber_waits_for_the_first_ones_redis_subscribe() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     // Told subscribed now, the second would miss what is published before
     // the node listens.
-    assert!(!second.is_finished(), "the second waits for the first's SUBSCRIBE");
+    assert!(
+        !second.is_finished(),
+        "the second waits for the first's SUBSCRIBE"
+    );
     assert!(!first.is_finished());
     signal(&pid, "CONT");
     let (mut first, _) = first.await.unwrap().unwrap();
