@@ -111,6 +111,26 @@ async fn ws_without_channels_sends_the_error_then_closes() {
     assert_eq!(code, 4000);
 }
 
+/// A query string that does not parse is answered in the seed's shapes too:
+/// `{"error": "..."}` over SSE, the error frame and the close over WebSocket.
+#[tokio::test]
+async fn an_unparsable_query_gets_the_seeds_error_shape() {
+    let server = TestServer::start().await;
+    for query in ["channels=%FF", "channels=a&channels=b"] {
+        let res = reqwest::get(server.http(&format!("/sse/messages?{query}")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{query}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert!(body["error"].is_string(), "{query}: {body}");
+        let mut ws = server.ws(&format!("/ws/messages?{query}")).await;
+        let frame = next_json(&mut ws).await;
+        assert!(frame["error"].is_string(), "{query}: {frame}");
+        let (code, _) = expect_close(&mut ws).await;
+        assert_eq!(code, 4000, "{query}");
+    }
+}
+
 /// Every refusal closes with its own reason, not "'channels' … required".
 #[tokio::test]
 async fn ws_refusal_closes_with_the_error_it_sent() {

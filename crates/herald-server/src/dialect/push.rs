@@ -14,6 +14,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::dialect::{compact_json, push_json_str, slot};
+use crate::error::ApiError;
 use crate::http::extract::Query;
 use crate::http::read_body;
 use crate::session::{Session, parse_channel_list};
@@ -153,7 +154,15 @@ async fn subscribed(
 #[utoipa::path(get, path = "/sse/messages", tag = "push", operation_id = "push_sse",
     params(("channels" = String, Query, description = "Comma-separated channels")),
     responses((status = 200, description = "text/event-stream"), (status = 400, description = "Bad channels")))]
-pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQuery>) -> Response {
+pub(crate) async fn sse(
+    State(state): State<AppState>,
+    query: Result<Query<ChannelsQuery>, ApiError>,
+) -> Response {
+    // A query that does not parse is answered in the seed's error shape too.
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return seed_error(e.status, e.message),
+    };
     let session = match subscribed(&state, q.channels.as_deref(), Arc::new(SseFormat)).await {
         Ok(s) => s,
         Err((status, message)) => return seed_error(status, message),
@@ -177,17 +186,22 @@ pub(crate) async fn sse(State(state): State<AppState>, Query(q): Query<ChannelsQ
     responses((status = 101, description = "WebSocket: the Push seed's JSON frames")))]
 pub(crate) async fn ws(
     State(state): State<AppState>,
-    Query(q): Query<ChannelsQuery>,
+    query: Result<Query<ChannelsQuery>, ApiError>,
     req: Request,
 ) -> Response {
-    let (session, refused) =
-        match subscribed(&state, q.channels.as_deref(), Arc::new(WsFormat)).await {
-            Ok(session) => (session, None),
-            Err((_, message)) => {
-                let session = Session::new(state.clone(), Arc::new(WsFormat));
-                (session, Some(message))
-            }
-        };
+    // A query that does not parse is refused like any other channel list:
+    // after the upgrade, with the error frame and the close.
+    let subscribed = match query {
+        Ok(Query(q)) => subscribed(&state, q.channels.as_deref(), Arc::new(WsFormat)).await,
+        Err(e) => Err((e.status, e.message)),
+    };
+    let (session, refused) = match subscribed {
+        Ok(session) => (session, None),
+        Err((_, message)) => {
+            let session = Session::new(state.clone(), Arc::new(WsFormat));
+            (session, Some(message))
+        }
+    };
     let dialect = PushWs {
         responding: true,
         refused,
