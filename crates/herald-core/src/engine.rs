@@ -600,9 +600,23 @@ mod tests {
         hub: Arc<Hub>,
         log: Mutex<Vec<Arc<Message>>>,
         publish_during_read: Mutex<Option<Publication>>,
+        /// When set, a subscribe waits for one of its permits.
+        subscribe_gate: Option<tokio::sync::Semaphore>,
+        /// Subscribes asked for.
+        subscribes: std::sync::atomic::AtomicUsize,
     }
 
     impl StoringBroker {
+        fn new(hub: &Arc<Hub>) -> Self {
+            Self {
+                hub: hub.clone(),
+                log: Mutex::default(),
+                publish_during_read: Mutex::default(),
+                subscribe_gate: None,
+                subscribes: Default::default(),
+            }
+        }
+
         fn append(&self, channel: &ChannelKey, publication: Publication) -> Published {
             let mut log = self.log.lock();
             let offset = log.len() as u64 + 1;
@@ -636,6 +650,10 @@ mod tests {
             Ok(self.append(channel, publication))
         }
         async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            self.subscribes.fetch_add(1, Ordering::Relaxed);
+            if let Some(gate) = &self.subscribe_gate {
+                gate.acquire().await.unwrap().forget();
+            }
             Ok(())
         }
         async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
@@ -688,9 +706,8 @@ mod tests {
     async fn resume_from_broker_history_merges_with_live_messages() {
         let hub = Arc::new(Hub::new());
         let broker = Arc::new(StoringBroker {
-            hub: hub.clone(),
-            log: Mutex::default(),
             publish_during_read: Mutex::new(Some(text("4"))),
+            ..StoringBroker::new(&hub)
         });
         let engine = Engine::new(hub, broker.clone());
         let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
@@ -714,45 +731,13 @@ mod tests {
         assert_eq!(got, ["2", "3", "4", "5"].map(|s| Bytes::from(s.to_owned())));
     }
 
-    /// A broker whose subscribes wait until the test lets them through.
-    struct SlowSubscribe {
-        hub: Arc<Hub>,
-        gate: tokio::sync::Semaphore,
-        subscribes: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Broker for SlowSubscribe {
-        async fn publish(
-            &self,
-            channel: &ChannelKey,
-            publication: Publication,
-        ) -> Result<Published, BrokerError> {
-            Ok(self.hub.publish_local(channel, publication))
-        }
-        async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
-            self.subscribes.fetch_add(1, Ordering::Relaxed);
-            self.gate.acquire().await.unwrap().forget();
-            Ok(())
-        }
-        async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
-            Ok(())
-        }
-        fn is_ready(&self) -> bool {
-            true
-        }
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-    }
-
     #[tokio::test]
     async fn a_second_subscriber_waits_for_the_first_ones_broker_subscribe() {
         let hub = Arc::new(Hub::new());
-        let broker = Arc::new(SlowSubscribe {
-            hub: hub.clone(),
-            gate: tokio::sync::Semaphore::new(0),
-            subscribes: Default::default(),
+        // Subscribes wait until the test lets them through.
+        let broker = Arc::new(StoringBroker {
+            subscribe_gate: Some(tokio::sync::Semaphore::new(0)),
+            ..StoringBroker::new(&hub)
         });
         let engine = Engine::new(hub, broker.clone());
         let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
@@ -774,7 +759,7 @@ mod tests {
             !second.is_finished(),
             "not subscribed before the node listens"
         );
-        broker.gate.add_permits(1);
+        broker.subscribe_gate.as_ref().unwrap().add_permits(1);
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
         assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
@@ -785,11 +770,7 @@ mod tests {
     #[tokio::test]
     async fn a_resume_further_behind_than_one_read_gets_everything() {
         let hub = Arc::new(Hub::new());
-        let broker = Arc::new(StoringBroker {
-            hub: hub.clone(),
-            log: Mutex::default(),
-            publish_during_read: Mutex::new(None),
-        });
+        let broker = Arc::new(StoringBroker::new(&hub));
         let engine = Engine::new(hub, broker.clone());
         let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
         let published = 2 * REPLAY_PAGE as u64 + 500;
