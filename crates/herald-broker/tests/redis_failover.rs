@@ -5,8 +5,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_broker::{HistoryLimits, HistoryPolicy};
 use herald_core::{Broker, BrokerError, Publication};
-use support::{FreezingProxy, Node, RedisServer, STEP, config, eventually, key, recv_n};
+use support::{
+    FreezingProxy, Got, Node, RedisServer, STEP, command, config, eventually, key, recv_n,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_fails_fast_while_down_then_resubscribes_by_itself() {
@@ -107,4 +110,62 @@ async fn a_silently_dead_connection_is_found_and_replaced() {
     let got = recv_n(&outbox, 1, STEP).await;
     assert_eq!(got.len(), 1, "subscription restored on the new connection");
     assert_eq!((got[0].offset, got[0].data.as_str()), (2, "2"));
+}
+
+/// Redis restarting from a snapshot older than its last writes (as after a
+/// crash with `appendfsync everysec`, or a failover to a lagging replica)
+/// rolls the channel's offset counter back: the next messages would take
+/// offsets its subscribers already had, and be dropped as repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_redis_lost_start_a_new_epoch_rather_than_reuse_offsets() {
+    let mut redis = RedisServer::start();
+    let mut cfg = config(vec![redis.url()]);
+    cfg.history = HistoryPolicy::all(HistoryLimits {
+        max_len: 100,
+        ttl: Duration::from_secs(60),
+    });
+    let a = Node::start(cfg.clone()).await;
+    let b = Node::start(cfg).await;
+    let ch = key("snapshot");
+    let outbox = b.subscribe(&ch).await;
+    for data in ["1", "2", "3"] {
+        a.publish(&ch, data).await;
+    }
+    assert_eq!(command(redis.port, &["SAVE"]).as_deref(), Some("+OK"));
+    for data in ["4", "5"] {
+        a.publish(&ch, data).await;
+    }
+    let got = recv_n(&outbox, 5, STEP).await;
+    let offsets: Vec<u64> = got.iter().map(|g| g.offset).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    let lossy = got[0].epoch.clone();
+
+    // Back with offsets 1–3 only.
+    redis.restart();
+    let deadline = Instant::now() + STEP;
+    let renewed = loop {
+        if let Ok(h) = a.broker.history(&ch, None, 0).await
+            && *h.epoch != *lossy
+        {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "B never renewed the epoch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(renewed.offset, 0, "the new epoch starts over");
+    assert!(eventually(STEP, || a.broker.is_ready()).await);
+
+    let after = a.publish(&ch, "6").await;
+    assert_eq!((after.offset, &*after.epoch), (1, &*renewed.epoch));
+    let got = recv_n(&outbox, 1, STEP).await;
+    let want = Got {
+        offset: 1,
+        epoch: renewed.epoch.to_string(),
+        data: "6".into(),
+    };
+    assert_eq!(
+        got,
+        [want],
+        "delivered, not dropped as a repeat of offset 4"
+    );
 }

@@ -209,10 +209,17 @@ impl Engine {
                 .map_err(fail)?;
         }
         let history = History::from_messages(page.messages);
-        let (recovery, start) = if complete {
-            replay.start(&history, &page.position.epoch, page.position.offset + 1)
-        } else {
-            (Some(Recovery::TooOld), None)
+        let (recovery, start) = match &replay {
+            // The broker sequenced every offset a client holds, so one past
+            // its head means it lost writes and may reuse the offsets for
+            // messages this client never saw.
+            Replay::After(p)
+                if p.epoch == page.position.epoch && p.offset > page.position.offset =>
+            {
+                (Some(Recovery::EpochChanged), None)
+            }
+            _ if complete => replay.start(&history, &page.position.epoch, page.position.offset + 1),
+            _ => (Some(Recovery::TooOld), None),
         };
         let replayed: Vec<_> = start
             .map(|from| history.iter().skip(from).cloned().collect())
@@ -794,5 +801,32 @@ mod tests {
             .map(|f| std::str::from_utf8(&f.bytes).unwrap().parse().unwrap())
             .collect();
         assert_eq!(got, (2..=published).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_resume_past_the_brokers_head_is_told_the_epoch_changed() {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(StoringBroker::new(&hub));
+        let engine = Engine::new(hub, broker.clone());
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        for p in ["1", "2", "3"] {
+            engine.publish(&key, text(p)).await.unwrap();
+        }
+        let resume = |offset| {
+            let (engine, key) = (engine.clone(), key.clone());
+            async move {
+                let outbox = Arc::new(Outbox::new(offset, Arc::new(Raw), 1 << 20));
+                let since = Position {
+                    offset,
+                    epoch: Arc::from("E"),
+                };
+                let s = engine.subscribe_with(&key, &outbox, Replay::After(since));
+                (s.await.unwrap().recovery, outbox.queued_bytes())
+            }
+        };
+        assert_eq!(resume(3).await, (Some(Recovery::Recovered), 0));
+        // Offset 5 was this epoch's once: the broker lost it, and its next
+        // messages would take 4 and 5 again.
+        assert_eq!(resume(5).await, (Some(Recovery::EpochChanged), 0));
     }
 }

@@ -192,8 +192,8 @@ struct ChannelInner {
     /// When the sweep first found the channel idle (no subscribers, nothing
     /// stored); `None` while it is not.
     idle_since: Option<u64>,
-    /// The publish time of the last message sequenced here (see
-    /// [`next_publish_time`]); 0 before the first.
+    /// The publish time of the last message sequenced or delivered here
+    /// (see [`next_publish_time`]); 0 before the first.
     last_time_ms: u64,
 }
 
@@ -577,6 +577,7 @@ impl Hub {
         }
         inner.published += 1;
         inner.next_offset = msg.offset + 1;
+        inner.last_time_ms = msg.publication.time_ms;
         let mut unflushed = Vec::new();
         let reached = self.fan_out(&mut inner.subscribers, msg, &mut unflushed);
         drop(guard);
@@ -635,6 +636,7 @@ impl Hub {
             if msg.offset >= inner.next_offset {
                 inner.published += 1;
                 inner.next_offset = msg.offset + 1;
+                inner.last_time_ms = msg.publication.time_ms;
                 self.fan_out(&mut inner.subscribers, &msg, &mut unflushed);
             }
         }
@@ -725,6 +727,22 @@ impl Hub {
             next_offset: inner.next_offset,
             epoch: inner.epoch.clone(),
             stored: inner.history.len(),
+        })
+    }
+
+    /// The position of the last message delivered (or sequenced) on `key`
+    /// here, with its publish time: what the broker that sequenced it must
+    /// still hold. `None` before the first.
+    pub fn last_delivered(&self, key: &ChannelKey) -> Option<(Position, u64)> {
+        let ch = self.get(key)?;
+        let inner = ch.inner.lock();
+        // Once a message went out, only delivered messages move the offset.
+        (inner.published > 0).then(|| {
+            let position = Position {
+                offset: inner.next_offset - 1,
+                epoch: inner.epoch.clone(),
+            };
+            (position, inner.last_time_ms)
         })
     }
 
@@ -1240,6 +1258,55 @@ mod tests {
         hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
         let got = drained(&a);
         assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    #[test]
+    fn last_delivered_follows_what_went_out_not_what_was_announced() {
+        let hub = keeping(100);
+        let a = outbox(1);
+        hub.subscribe_pending(&key("hist"), &a);
+        let at = Position {
+            offset: 7,
+            epoch: Arc::from("R"),
+        };
+        hub.activate(&key("hist"), 1, &[], &at);
+        assert_eq!(hub.last_delivered(&key("hist")), None, "nothing delivered");
+        let timed = |offset, time_ms| {
+            let mut publication = Publication::new(Bytes::from_static(b"m"));
+            publication.time_ms = time_ms;
+            Arc::new(Message::new(
+                key("hist"),
+                publication,
+                offset,
+                Arc::from("R"),
+            ))
+        };
+        hub.deliver(&timed(8, 1_000));
+        assert_eq!(
+            hub.last_delivered(&key("hist")),
+            Some((at_offset(8), 1_000))
+        );
+        // Held behind a gap: not delivered yet.
+        assert!(matches!(
+            hub.deliver(&timed(11, 1_003)),
+            Delivery::Gap { .. }
+        ));
+        assert_eq!(
+            hub.last_delivered(&key("hist")),
+            Some((at_offset(8), 1_000))
+        );
+        hub.fill(&key("hist"), vec![timed(9, 1_001), timed(10, 1_002)]);
+        assert_eq!(
+            hub.last_delivered(&key("hist")),
+            Some((at_offset(11), 1_003))
+        );
+    }
+
+    fn at_offset(offset: u64) -> Position {
+        Position {
+            offset,
+            epoch: Arc::from("R"),
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Real `redis-server` processes, standalone or a 3-master cluster, on free
-//! loopback ports, for tests. Servers run without persistence and are
-//! killed when dropped.
+//! loopback ports, for tests. Servers run without persistence (a test may
+//! `SAVE` a snapshot) and are killed when dropped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -114,7 +114,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, with no data.
+    /// Starts it again on the same port, with no data unless a test saved
+    /// a snapshot (`SAVE`), which it loads.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

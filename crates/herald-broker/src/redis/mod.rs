@@ -341,7 +341,7 @@ impl Broker for RedisBroker {
             .map_err(|e| BrokerError::Protocol(e.to_string()))?;
         let limits = inner.config.history.limits(channel);
         let (max_len, history_ttl) = limits.map_or((0, 0), |l| (l.max_len, l.ttl.as_secs().max(1)));
-        let meta_ttl = inner.config.meta_ttl_secs.max(history_ttl).max(1);
+        let meta_ttl = inner.meta_ttl(history_ttl);
         let mut call = script::PUBLISH.prepare_invoke();
         call.key(inner.keys.meta(channel))
             .key(inner.keys.history(channel))
@@ -702,6 +702,37 @@ impl Inner {
             epoch: Arc::from(epoch),
             offset,
         })
+    }
+
+    /// How long `channel`'s offset and epoch outlive its last write: at
+    /// least as long as its history (`history_ttl`, seconds).
+    fn meta_ttl(&self, history_ttl: u64) -> u64 {
+        self.config.meta_ttl_secs.max(history_ttl).max(1)
+    }
+
+    /// Starts `channel` over in a new epoch if it is still in `epoch`, whose
+    /// writes Redis lost (see [`script::RENEW_EPOCH`]). Whether it renewed
+    /// it (false: another node did, or the channel moved on).
+    pub(crate) async fn renew_epoch(
+        &self,
+        channel: &ChannelKey,
+        epoch: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut conn = self.publisher_conn()?;
+        let history_ttl = self
+            .config
+            .history
+            .limits(channel)
+            .map_or(0, |l| l.ttl.as_secs().max(1));
+        let mut call = script::RENEW_EPOCH.prepare_invoke();
+        call.key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(epoch)
+            .arg(new_epoch())
+            .arg(self.meta_ttl(history_ttl));
+        bounded(self.config.timeout(), call.invoke_async(&mut conn))
+            .await
+            .map_err(|e| self.failed(e))
     }
 
     /// The current session, if any.

@@ -11,6 +11,7 @@ use redis::Script;
 /// metadata is new (first publish, or it expired or Redis lost it) the channel
 /// gets the caller's fresh epoch and any older history is dropped: offsets
 /// restart at 1, and the new epoch tells clients their positions are void.
+/// (After [`RENEW_EPOCH`] the metadata has an epoch at offset 0: kept.)
 ///
 /// The publish time is assigned with the offset, in Redis' clock (no node's):
 /// now, or the channel's previous time (kept in the metadata) + 1 ms when
@@ -33,7 +34,7 @@ local meta = redis.call('HMGET', KEYS[1], 'e', 't')
 local epoch = meta[1]
 local t = redis.call('TIME')
 local time = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if offset == 1 or not epoch then
+if not epoch then
   epoch = ARGV[4]
   redis.call('HSET', KEYS[1], 'e', epoch)
   redis.call('DEL', KEYS[2])
@@ -62,6 +63,29 @@ redis.call(ARGV[3], ARGV[2], frame)
 return {{offset, epoch, subscribers}}
 "#
     ))
+});
+
+/// Starts a channel over in a new epoch at offset 0, with its history
+/// dropped, if it is still in the epoch a node found Redis lost writes of
+/// (`subscriber::catch_up`): Redis reused offsets that node had delivered,
+/// so the old epoch's positions mean different messages to different
+/// clients. Of nodes finding the loss at once, the first renews the epoch
+/// and the others see it renewed.
+///
+/// KEYS: meta hash, history stream. ARGV: the lossy epoch, fresh epoch,
+/// meta ttl (s).
+///
+/// Returns 1 when it renewed the epoch, 0 when the channel had moved on.
+pub(crate) static RENEW_EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 'o', 0)
+redis.call('DEL', KEYS[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"#,
+    )
 });
 
 /// Below this history length trimming is exact (`MAXLEN =`); above it

@@ -280,16 +280,41 @@ impl Fanout {
 }
 
 /// After a reconnect, finds channels with history whose messages were
-/// published while this node was not listening, and recovers them.
+/// published while this node was not listening, and recovers them; and
+/// channels whose writes Redis lost (a restart from a snapshot or an AOF
+/// synced each second, a failover to a replica that lagged), which start
+/// over in a new epoch.
 pub(crate) async fn catch_up(inner: Arc<Inner>) {
     let channels: Vec<ChannelKey> = inner.subs.channels.lock().keys().cloned().collect();
     for channel in channels {
         if inner.config.history.limits(&channel).is_none() {
             continue;
         }
-        let Ok(page) = inner.history(&channel, None, 0).await else {
+        // Read the position, and the last message delivered here with it.
+        let last = inner.hub.last_delivered(&channel);
+        let since = last.as_ref().map(|(seen, _)| seen.offset - 1);
+        let Ok(page) = inner
+            .history(&channel, since, usize::from(since.is_some()))
+            .await
+        else {
             continue;
         };
+        if let Some((seen, time_ms)) = &last
+            && lost_writes(seen, *time_ms, &page)
+        {
+            // Its offsets now name other messages (or will): only a new
+            // epoch tells clients holding them that their position is void.
+            warn!(
+                %channel,
+                delivered = seen.offset,
+                stored = page.offset,
+                "Redis lost messages this node delivered; the channel starts a new epoch."
+            );
+            if let Err(e) = inner.renew_epoch(&channel, &seen.epoch).await {
+                warn!(%channel, error = %e, "Renewing the epoch failed.");
+            }
+            continue;
+        }
         let position = Position {
             offset: page.offset,
             epoch: page.epoch,
@@ -298,6 +323,21 @@ pub(crate) async fn catch_up(inner: Arc<Inner>) {
             recover_gap(inner.clone(), channel, after, before).await;
         }
     }
+}
+
+/// Whether Redis lost writes this node delivered, judged from `page` (read
+/// after the offset before `seen`'s): in `seen`'s epoch its counter is
+/// behind `seen`, or the message it holds at that offset was published at
+/// another time than `time_ms` (the offset was reused after the loss).
+fn lost_writes(seen: &Position, time_ms: u64, page: &super::History) -> bool {
+    if *page.epoch != *seen.epoch {
+        return false;
+    }
+    page.offset < seen.offset
+        || page
+            .messages
+            .first()
+            .is_some_and(|m| m.offset == seen.offset && m.publication.time_ms != time_ms)
 }
 
 /// Reads offsets `after + 1 .. before` of `channel` from history and hands
@@ -411,5 +451,48 @@ mod tests {
         assert!(matches!(subs.channels.lock()[&key], Want::Leaving(_)));
         let unknown = ChannelKey::new(&Arc::from("app"), "other").unwrap();
         assert!(!subs.left(&unknown));
+    }
+
+    #[test]
+    fn lost_writes_are_a_counter_behind_or_an_offset_reused() {
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: Arc::from(epoch),
+        };
+        let page = |offset, epoch: &str, stored: Option<(u64, u64)>| super::super::History {
+            messages: stored
+                .map(|(offset, time_ms)| {
+                    let mut publication = herald_core::Publication::new(Bytes::new());
+                    publication.time_ms = time_ms;
+                    Message::new(key.clone(), publication, offset, Arc::from(epoch))
+                })
+                .into_iter()
+                .collect(),
+            epoch: Arc::from(epoch),
+            offset,
+        };
+        let seen = at(5, "e");
+        assert!(
+            !lost_writes(&seen, 50, &page(5, "e", Some((5, 50)))),
+            "intact"
+        );
+        assert!(
+            !lost_writes(&seen, 50, &page(9, "e", Some((5, 50)))),
+            "moved on"
+        );
+        assert!(
+            !lost_writes(&seen, 50, &page(9, "e", Some((7, 70)))),
+            "trimmed"
+        );
+        assert!(!lost_writes(&seen, 50, &page(2, "f", None)), "a new epoch");
+        assert!(
+            lost_writes(&seen, 50, &page(3, "e", None)),
+            "counter behind"
+        );
+        assert!(
+            lost_writes(&seen, 50, &page(6, "e", Some((5, 61)))),
+            "reused"
+        );
     }
 }
