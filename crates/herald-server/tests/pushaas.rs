@@ -569,3 +569,40 @@ async fn a_name_that_is_not_utf8_is_no_instance() {
     assert_eq!(res.status(), 404);
     assert_eq!(json_of(res).await["code"], 11);
 }
+
+/// Without `pushaas.public_url` the endpoint handed to a bound app is built
+/// from the request's `Host`, but only a plain `host[:port]`; a bind refused
+/// for it binds nothing.
+#[tokio::test]
+async fn a_bind_with_a_forged_host_is_refused_and_binds_nothing() {
+    let s = server().await;
+    create(&s, "hosted").await;
+    let bind = [("app-host", "web.example.com"), ("app-name", "web")];
+    let bind_with_host = |path: &'static str, host: &'static str| {
+        reqwest::Client::new()
+            .post(resources(&s, path))
+            .basic_auth(TSURU.0, Some(TSURU.1))
+            .header("host", host)
+            .form(&bind)
+            .send()
+    };
+    for host in ["evil.example/x?", "u@evil.example"] {
+        let res = bind_with_host("/hosted/bind-app", host).await.unwrap();
+        assert_eq!(res.status(), 400, "{host}");
+        assert_eq!(json_of(res).await["code"], 102);
+    }
+    let res = bind_with_host("/hosted/bind-app", "push.example:9000")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "not bound by the refused attempts");
+    let env = json_of(res).await;
+    assert_eq!(
+        env["PUSHAAS_ENDPOINT"],
+        "http://push.example:9000/pushaas/instances/hosted/push-api"
+    );
+    let res = bind_with_host("/hosted/bind", "evil.example/x?")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(json_of(res).await["code"], 122);
+}

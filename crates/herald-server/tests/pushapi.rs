@@ -296,6 +296,24 @@ async fn config_and_stats() {
         json!({"code": 200, "message": "stats data not found"})
     );
 
+    // Without a configured URL, the `Host` only when it is host[:port].
+    for (host, status) in [("push.example:8080", 200), ("evil.example/x?", 400)] {
+        let res = client()
+            .get(api(&s, "/v1/config"))
+            .basic_auth(AUTH.0, Some(AUTH.1))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{host}");
+        let body = body_json(res).await;
+        if status == 200 {
+            assert_eq!(body["pushStream"]["url"], "http://push.example:8080/ps");
+        } else {
+            assert_eq!(body["code"], 300, "{body}");
+        }
+    }
+
     let s =
         TestServer::with(|c| c.pushapi.push_stream_url = "http://push.example:9080".into()).await;
     assert_eq!(

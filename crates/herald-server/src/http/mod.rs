@@ -9,7 +9,7 @@ pub(crate) use body_timeout::{AnswerStalled, BodyTimeout};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -20,6 +20,32 @@ use serde_json::json;
 use crate::dialect::{native, push, pushaas, pushapi, pushca, pushstream, send};
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// `<scheme>://<Host>` for URLs a compatibility route hands back to its
+/// caller when no public URL is configured (`localhost` without a `Host`);
+/// the scheme is `secure` (`https`, `wss`) when the listener speaks TLS,
+/// else the same without its final `s`.
+/// `None` unless the `Host` is a plain `host[:port]`: anything more would
+/// break the URL, or put a path or credentials of the caller's choosing in
+/// it. (Which host it names is the caller's word; deployments behind a
+/// proxy configure the public URL.)
+pub(crate) fn request_base(state: &AppState, headers: &HeaderMap, secure: &str) -> Option<String> {
+    let host = match headers.get(header::HOST) {
+        None => "localhost",
+        Some(h) => h.to_str().ok().filter(|h| is_host_and_port(h))?,
+    };
+    let scheme = if state.config.server.tls.files().is_some() {
+        secure
+    } else {
+        secure.strip_suffix('s').unwrap_or(secure)
+    };
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Whether `host` is an authority with nothing but a host and a port.
+fn is_host_and_port(host: &str) -> bool {
+    !host.contains('@') && host.parse::<axum::http::uri::Authority>().is_ok()
+}
 
 /// Routes of parts that run beside the server (the mobile push API).
 #[derive(Default)]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::{BrokerError, Record};
 use rand::distr::{Alphanumeric, SampleString};
@@ -259,19 +259,23 @@ pub(crate) async fn status(State(state): State<TsuruState>, Name(name): Name) ->
     }
 }
 
-/// What a bound app gets: where its push-api is and how to log in.
-fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Response {
+/// Where bound apps reach push-api: `pushaas.public_url`, else this
+/// server as the request names it. `None` when the `Host` cannot be used.
+fn public_base(state: &TsuruState, headers: &HeaderMap) -> Option<String> {
     let cfg = &state.app.config.pushaas;
-    let base = if cfg.public_url.is_empty() {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
-        let tls = state.app.config.server.tls.files().is_some();
-        format!("{}://{host}", if tls { "https" } else { "http" })
+    if cfg.public_url.is_empty() {
+        crate::http::request_base(&state.app, headers, "https")
     } else {
-        cfg.public_url.trim_end_matches('/').to_owned()
-    };
+        Some(cfg.public_url.trim_end_matches('/').to_owned())
+    }
+}
+
+/// The refusal of a bind whose `Host` cannot name this server.
+const BAD_HOST: &str = "the Host header is not host[:port] (or set pushaas.public_url)";
+
+/// What a bound app gets: where its push-api is (`base`) and how to log in.
+fn variables(state: &TsuruState, base: &str, stored: &Stored) -> Response {
+    let cfg = &state.app.config.pushaas;
     let endpoint = format!(
         "{base}{}{}",
         cfg.prefix.trim_end_matches('/'),
@@ -295,7 +299,8 @@ fn variables(state: &TsuruState, headers: &HeaderMap, stored: &Stored) -> Respon
         content_type = "application/x-www-form-urlencoded",
         description = "`app-name` (required), `app-host`"),
     responses((status = 201, description = super::DOC_VARIABLES),
-        (status = 400, description = "Code 102: no `app-name`", body = TsuruError),
+        (status = 400, description = "Code 102: no `app-name`, or a `Host` that is not \
+            `host[:port]` and no `pushaas.public_url`", body = TsuruError),
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 404, description = "Code 100: no such instance", body = TsuruError),
         (status = 500, description = "Code 101: already bound; code 102: store unreachable",
@@ -319,6 +324,9 @@ pub(crate) async fn bind_app(
     if app_name.is_empty() {
         return error(StatusCode::BAD_REQUEST, 102, "app-name is required");
     }
+    let Some(base) = public_base(&state, &headers) else {
+        return error(StatusCode::BAD_REQUEST, 102, BAD_HOST);
+    };
     let record = Record {
         id: app_name.clone(),
         value: serde_json::to_vec(&f).unwrap_or_default().into(),
@@ -331,7 +339,7 @@ pub(crate) async fn bind_app(
     {
         Ok(true) => {
             tracing::info!(instance = %name, app = %app_name, "PushaaS instance bound.");
-            variables(&state, &headers, &stored)
+            variables(&state, &base, &stored)
         }
         Ok(false) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -406,6 +414,8 @@ async fn is_bound(state: &TsuruState, name: &str, app: &str) -> Result<bool, Bro
         content_type = "application/x-www-form-urlencoded",
         description = "`app-name`, `app-host`, `unit-host`"),
     responses((status = 201, description = super::DOC_VARIABLES),
+        (status = 400, description = "Code 122: a `Host` that is not `host[:port]` and no \
+            `pushaas.public_url`", body = TsuruError),
         (status = 401, description = super::DOC_UNAUTHORIZED),
         (status = 404, description = "Code 120: the app is not bound", body = TsuruError),
         (status = 500, description = "Code 122: no such instance, or store unreachable",
@@ -435,6 +445,9 @@ pub(crate) async fn bind_unit(
         }
         Err(e) => return unavailable(&e, 122, FAILED),
     }
+    let Some(base) = public_base(&state, &headers) else {
+        return error(StatusCode::BAD_REQUEST, 122, BAD_HOST);
+    };
     let record = Record {
         id: f.remove("unit-host").unwrap_or_default(),
         value: Bytes::new(),
@@ -448,7 +461,7 @@ pub(crate) async fn bind_unit(
     {
         return unavailable(&e, 122, FAILED);
     }
-    variables(&state, &headers, &stored)
+    variables(&state, &base, &stored)
 }
 
 /// `DELETE /resources/<name>/bind` (form `app-name` or `app-host`,

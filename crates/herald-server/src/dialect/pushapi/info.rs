@@ -4,7 +4,7 @@
 
 use crate::http::extract::Path;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
@@ -59,16 +59,15 @@ fn host_and_port(url: &str) -> (String, String) {
     security(("push_api_basic" = [])),
     description = "`url` is `[pushapi] push_stream_url`, or `http://<Host><pushstream prefix>` (`https://` with TLS).",
     responses((status = 200, description = "`{\"pushStream\":{\"hostname\",\"port\",\"url\"}}`"),
+        (status = 400, description = "Code 300: the `Host` is not `host[:port]` and no URL is set"),
         (status = 401, description = super::DOC_UNAUTHORIZED)))]
 pub(crate) async fn config(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let url = if state.push_stream_url.is_empty() {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
-        let tls = state.ps.app.config.server.tls.files().is_some();
-        let scheme = if tls { "https" } else { "http" };
-        format!("{scheme}://{host}{}", state.push_stream_path)
+        let Some(base) = crate::http::request_base(&state.ps.app, &headers, "https") else {
+            let message = "the Host header is not host[:port] (or set pushapi.push_stream_url)";
+            return error(StatusCode::BAD_REQUEST, 300, message);
+        };
+        format!("{base}{}", state.push_stream_path)
     } else {
         state.push_stream_url.clone()
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
 use herald_core::{AckOutcome, AckPolicy};
@@ -174,30 +174,17 @@ impl Bases {
     /// these URLs, which a forged `Host` must not point elsewhere or break.
     fn of(state: &AppState, headers: &HeaderMap) -> Result<Self, ApiError> {
         let cfg = &state.config.pushca;
-        let external =
-            match &cfg.external_advertised_url {
-                Some(url) => url.clone(),
-                None => {
-                    let host =
-                        match headers.get(header::HOST) {
-                            None => "localhost",
-                            Some(h) => h.to_str().ok().filter(|h| is_host_and_port(h)).ok_or_else(
-                                || {
-                                    ApiError::bad_request(
-                                        "the Host header is not host[:port] \
-                                 (or set pushca.external_advertised_url)",
-                                    )
-                                },
-                            )?,
-                        };
-                    let scheme = if state.config.server.tls.files().is_some() {
-                        "wss"
-                    } else {
-                        "ws"
-                    };
-                    format!("{scheme}://{host}/")
-                }
-            };
+        let external = match &cfg.external_advertised_url {
+            Some(url) => url.clone(),
+            None => crate::http::request_base(state, headers, "wss")
+                .map(|base| base + "/")
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "the Host header is not host[:port] \
+                         (or set pushca.external_advertised_url)",
+                    )
+                })?,
+        };
         Ok(Self {
             internal: cfg
                 .internal_advertised_url
@@ -222,11 +209,6 @@ impl Bases {
             browser_advertised_url: url(&self.browser),
         }
     }
-}
-
-/// Whether `host` is an authority with nothing but a host and a port.
-fn is_host_and_port(host: &str) -> bool {
-    !host.contains('@') && host.parse::<axum::http::uri::Authority>().is_ok()
 }
 
 fn open(
