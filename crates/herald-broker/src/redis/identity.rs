@@ -495,21 +495,40 @@ async fn ask<T>(
 ) -> Result<Asked<T>, BrokerError> {
     let req = router.next_req.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
-    waiting.lock().insert(req, tx);
-    let reached = super::send_to_node(inner, node, encode(&wire(req))).await;
-    let reply = match reached {
-        Ok(true) => match tokio::time::timeout(inner.config.timeout(), rx).await {
+    let _entry = Awaited::insert(waiting, req, tx);
+    let reply = match super::send_to_node(inner, node, encode(&wire(req))).await? {
+        true => match tokio::time::timeout(inner.config.timeout(), rx).await {
             Ok(Ok(reply)) => Asked::Answered(reply),
             _ => Asked::Silent,
         },
-        Ok(false) => Asked::Gone,
-        Err(e) => {
-            waiting.lock().remove(&req);
-            return Err(e);
-        }
+        false => Asked::Gone,
     };
-    waiting.lock().remove(&req);
     Ok(reply)
+}
+
+/// A request's entry in its `waiting` map, removed however the wait ends:
+/// answered, timed out, failed, or dropped by a caller that went away (an
+/// HTTP client hanging up on a targeted send).
+struct Awaited<'a, T> {
+    waiting: &'a Mutex<HashMap<u64, oneshot::Sender<T>>>,
+    req: u64,
+}
+
+impl<'a, T> Awaited<'a, T> {
+    fn insert(
+        waiting: &'a Mutex<HashMap<u64, oneshot::Sender<T>>>,
+        req: u64,
+        tx: oneshot::Sender<T>,
+    ) -> Self {
+        waiting.lock().insert(req, tx);
+        Self { waiting, req }
+    }
+}
+
+impl<T> Drop for Awaited<'_, T> {
+    fn drop(&mut self) {
+        self.waiting.lock().remove(&self.req);
+    }
 }
 
 fn encode(wire: &Wire) -> Bytes {
@@ -807,5 +826,21 @@ mod tests {
             serde_json::from_str::<Wire>(old),
             Ok(Wire::Ack { ticket: None, .. })
         ));
+    }
+
+    #[test]
+    fn a_request_abandoned_midway_leaves_no_entry() {
+        use futures_util::FutureExt;
+        let waiting: Mutex<HashMap<u64, oneshot::Sender<bool>>> = Mutex::default();
+        let (tx, rx) = oneshot::channel();
+        let wait = async {
+            let _entry = Awaited::insert(&waiting, 7, tx);
+            rx.await
+        };
+        let mut wait = Box::pin(wait);
+        assert!(wait.as_mut().now_or_never().is_none(), "still waiting");
+        assert!(waiting.lock().contains_key(&7));
+        drop(wait);
+        assert!(waiting.lock().is_empty());
     }
 }
