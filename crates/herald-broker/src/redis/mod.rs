@@ -389,7 +389,7 @@ impl Broker for RedisBroker {
                     debug!(%channel, "Unsubscribe cancelled.");
                     return Ok(());
                 }
-                Some(want @ Want::Unconfirmed) => *want = Want::Active,
+                Some(want @ (Want::Unconfirmed | Want::Retrying)) => *want = Want::Active,
                 None => {
                     channels.insert(channel.clone(), Want::Active);
                 }

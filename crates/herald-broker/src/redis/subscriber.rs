@@ -33,6 +33,9 @@ pub(crate) enum Want {
     /// the hub has subscribers (others may have joined while it was in
     /// flight): reconnects resubscribe it and the sweep retries it.
     Unconfirmed,
+    /// Unconfirmed, with the sweep's SUBSCRIBE in flight: not retried again
+    /// before it answers, however slow Redis is.
+    Retrying,
 }
 
 /// A request to the subscriber task. Requests run in the order sent, so an
@@ -63,7 +66,7 @@ impl Subscriptions {
                 *want = Want::Leaving(Instant::now());
                 true
             }
-            Some(Want::Unconfirmed) | None => false,
+            Some(Want::Unconfirmed | Want::Retrying) | None => false,
         }
     }
 
@@ -188,22 +191,13 @@ pub(crate) fn sweep(inner: &Arc<Inner>) -> Vec<ChannelKey> {
     let mut gone = Vec::new();
     let mut channels = inner.subs.channels.lock();
     channels.retain(|key, want| {
-        match *want {
-            Want::Active => return true,
-            Want::Leaving(since) if since.elapsed() < delay => return true,
-            Want::Leaving(_) if inner.hub.subscriber_count(key) > 0 => {
-                // A subscriber came back without the engine telling us; keep it.
-                *want = Want::Active;
+        match swept(want, || inner.hub.subscriber_count(key), ready, delay) {
+            Swept::Keep => return true,
+            Swept::Retry => {
+                retry(inner, key);
                 return true;
             }
-            Want::Unconfirmed if inner.hub.subscriber_count(key) > 0 => {
-                if ready {
-                    retry(inner, key);
-                }
-                return true;
-            }
-            // A SUBSCRIBE that timed out may still land: unsubscribe too.
-            Want::Leaving(_) | Want::Unconfirmed => {}
+            Swept::Leave => {}
         }
         // Queued under the lock, so a later subscribe's SUBSCRIBE follows it.
         let _ = inner.subs.ops.send(Op::Unsubscribe(inner.keys.pubsub(key)));
@@ -212,6 +206,47 @@ pub(crate) fn sweep(inner: &Arc<Inner>) -> Vec<ChannelKey> {
         false
     });
     gone
+}
+
+/// What the sweep does with a wanted channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Swept {
+    Keep,
+    /// Subscribe it again (it is now [`Want::Retrying`]).
+    Retry,
+    /// Unsubscribe it and forget it.
+    Leave,
+}
+
+/// Decides the sweep's [`Swept`] for `want` (updating it), given its local
+/// `subscribers`, whether Redis is `ready`, and the unsubscribe `delay`.
+fn swept(
+    want: &mut Want,
+    subscribers: impl FnOnce() -> usize,
+    ready: bool,
+    delay: std::time::Duration,
+) -> Swept {
+    match *want {
+        Want::Active => return Swept::Keep,
+        Want::Leaving(since) if since.elapsed() < delay => return Swept::Keep,
+        _ => {}
+    }
+    if subscribers() == 0 {
+        // A SUBSCRIBE that timed out may still land: unsubscribe too.
+        return Swept::Leave;
+    }
+    match *want {
+        Want::Leaving(_) => {
+            // A subscriber came back without the engine telling us; keep it.
+            *want = Want::Active;
+            Swept::Keep
+        }
+        Want::Unconfirmed if ready => {
+            *want = Want::Retrying;
+            Swept::Retry
+        }
+        _ => Swept::Keep,
+    }
 }
 
 /// Subscribes unconfirmed `key` again; confirms it once Redis answered.
@@ -223,14 +258,34 @@ fn retry(inner: &Arc<Inner>, key: &ChannelKey) {
         .send(Op::Subscribe(inner.keys.pubsub(key), tx));
     let (inner, key) = (inner.clone(), key.clone());
     tokio::spawn(async move {
-        if let Ok(Ok(())) = rx.await
-            && let Some(want @ Want::Unconfirmed) = inner.subs.channels.lock().get_mut(&key)
-        {
-            *want = Want::Active;
+        let ok = matches!(rx.await, Ok(Ok(())));
+        let subscribers = inner.hub.subscriber_count(&key);
+        let Some(want) = inner.subs.channels.lock().get_mut(&key).map(|w| {
+            retried(w, ok, subscribers);
+            *w
+        }) else {
+            return;
+        };
+        if want == Want::Active {
             debug!(channel = %key, "Subscribe retried.");
             inner.counts_dirty.notify_one();
         }
     });
+}
+
+/// The sweep's retried SUBSCRIBE of a [`Want::Retrying`] channel answered:
+/// `ok`, or not (the next sweep retries). Confirmed while the channel has
+/// local `subscribers`, else left lazily as the last one would have.
+fn retried(want: &mut Want, ok: bool, subscribers: usize) {
+    if *want != Want::Retrying {
+        // A subscribe of the engine's took over meanwhile.
+        return;
+    }
+    *want = match (ok, subscribers) {
+        (false, _) => Want::Unconfirmed,
+        (true, 0) => Want::Leaving(Instant::now()),
+        (true, _) => Want::Active,
+    };
 }
 
 /// Hands received messages to fan-out workers, one per channel hash, so a
@@ -494,5 +549,40 @@ mod tests {
             lost_writes(&seen, 50, &page(6, "e", Some((5, 61)))),
             "reused"
         );
+    }
+
+    #[test]
+    fn an_unconfirmed_channel_is_retried_once_at_a_time() {
+        let delay = std::time::Duration::from_secs(1);
+        let mut want = Want::Unconfirmed;
+        assert_eq!(
+            swept(&mut want, || 2, false, delay),
+            Swept::Keep,
+            "not ready"
+        );
+        assert_eq!(want, Want::Unconfirmed);
+        assert_eq!(swept(&mut want, || 2, true, delay), Swept::Retry);
+        assert_eq!(want, Want::Retrying);
+        // Redis is slow: later sweeps wait for the answer.
+        assert_eq!(swept(&mut want, || 2, true, delay), Swept::Keep);
+        assert_eq!(swept(&mut want, || 2, true, delay), Swept::Keep);
+        retried(&mut want, false, 2);
+        assert_eq!(want, Want::Unconfirmed, "failed: the next sweep retries");
+        assert_eq!(swept(&mut want, || 2, true, delay), Swept::Retry);
+        retried(&mut want, true, 2);
+        assert_eq!(want, Want::Active);
+
+        // Confirmed after the last subscriber left: left lazily, not kept.
+        let mut want = Want::Retrying;
+        retried(&mut want, true, 0);
+        assert!(matches!(want, Want::Leaving(_)));
+        // Nobody wants it any more: dropped, retry in flight or not.
+        for mut want in [Want::Unconfirmed, Want::Retrying] {
+            assert_eq!(swept(&mut want, || 0, true, delay), Swept::Leave);
+        }
+        // An engine subscribe made it active meanwhile: the answer is moot.
+        let mut want = Want::Active;
+        retried(&mut want, false, 2);
+        assert_eq!(want, Want::Active);
     }
 }
