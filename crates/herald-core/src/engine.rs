@@ -1,8 +1,10 @@
 //! The engine: what transports and dialects call. It ties the local hub to
 //! the broker so that neither callers nor dialects hold routing state.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::broker::{Broker, BrokerError, StoredPage};
@@ -160,9 +162,24 @@ impl Engine {
         match turn {
             Turn::Listening => Ok(()),
             Turn::First(guard) => {
-                let result = self.broker.subscribe(channel).await;
-                guard.done(result.is_ok());
-                result
+                let (broker, key) = (self.broker.clone(), channel.clone());
+                let mut subscribing = Box::pin(async move {
+                    let result = broker.subscribe(&key).await;
+                    guard.done(result.is_ok());
+                    result
+                });
+                // Most brokers answer at once (the memory broker always).
+                let polled = std::future::poll_fn(|cx| Poll::Ready(subscribing.as_mut().poll(cx)));
+                if let Poll::Ready(result) = polled.await {
+                    return result;
+                }
+                // Others wait for this subscribe, so it finishes on its own
+                // task even if this subscriber goes away meanwhile: a
+                // subscribe cut short would send them to subscribe again
+                // while its request is still queued at the broker.
+                tokio::spawn(subscribing).await.unwrap_or_else(|e| {
+                    Err(BrokerError::Unavailable(format!("subscribe task: {e}")))
+                })
             }
             Turn::Wait(rx) => {
                 if joins::wait(rx).await {
@@ -828,5 +845,43 @@ mod tests {
         // Offset 5 was this epoch's once: the broker lost it, and its next
         // messages would take 4 and 5 again.
         assert_eq!(resume(5).await, (Some(Recovery::EpochChanged), 0));
+    }
+
+    #[tokio::test]
+    async fn a_first_subscriber_gone_midway_still_finishes_the_subscribe_others_wait_for() {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(StoringBroker {
+            subscribe_gate: Some(tokio::sync::Semaphore::new(0)),
+            ..StoringBroker::new(&hub)
+        });
+        let engine = Engine::new(hub, broker.clone());
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let subscriber = |id| {
+            let (engine, key) = (engine.clone(), key.clone());
+            tokio::spawn(async move {
+                let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
+                engine.subscribe(&key, &outbox).await.map(|_| ())
+            })
+        };
+        let first = subscriber(1);
+        let second = subscriber(2);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            broker.subscribes.load(Ordering::Relaxed),
+            1,
+            "the second waits for the subscribe in flight, not asking again"
+        );
+        assert!(!second.is_finished());
+        broker.subscribe_gate.as_ref().unwrap().add_permits(1);
+        second.await.unwrap().unwrap();
+        assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
     }
 }
