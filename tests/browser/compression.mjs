@@ -3,7 +3,10 @@
 // Herald accepts it, and a large message goes both ways intact: published
 // by the page with the WebSocket `publish` command (which Chromium sends
 // compressed) and delivered back to it (which Herald sends compressed).
-// tests/compression.rs checks the frames themselves.
+// Then over http:// and https://, an EventSource stream comes as gzip,
+// delivers a large message intact, and, when the server ends it (the
+// connection's lifetime, a few seconds here; a gzip stream without its
+// trailer), reconnects and resumes. tests/compression.rs checks the bytes.
 //
 // Usage: node compression.mjs ws://127.0.0.1:PLAIN wss://127.0.0.1:TLS
 // (the TLS certificate is not trusted: the browser is told to accept it).
@@ -66,6 +69,56 @@ try {
     }
     if (result.replies.some((r) => r.error)) {
       console.error("FAIL: the publish was refused over", base, JSON.stringify(result.replies));
+      process.exitCode = 1;
+    }
+  }
+  for (const base of bases.map((b) => b.replace(/^ws/, "http"))) {
+    const encoding = page
+      .waitForResponse((r) => r.url().startsWith(`${base}/sse?`), { timeout: 10000 })
+      .then((r) => r.headers()["content-encoding"]);
+    const result = await page.evaluate(async (base) => {
+      const rows = Array.from({ length: 500 }, (_, i) => ({ symbol: "HRLD", price: 100 + (i % 7) }));
+      const es = new EventSource(`${base}/sse?channels=gzipped`);
+      let opens = 0;
+      const messages = [];
+      let wake = () => {};
+      es.onopen = () => { opens++; wake(); };
+      es.onmessage = (e) => { messages.push(JSON.parse(e.data).data); wake(); };
+      const until = async (done, what) => {
+        const deadline = Date.now() + 15000;
+        while (!done()) {
+          if (Date.now() > deadline) throw new Error(`no ${what} (${es.readyState})`);
+          await new Promise((r) => { wake = r; setTimeout(r, 100); });
+        }
+      };
+      const publish = (data) =>
+        fetch(`${base}/api/v1/publish`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ channel: "gzipped", data }),
+        });
+      await until(() => opens === 1, "open");
+      await publish(rows);
+      await until(() => messages.length === 1, "message");
+      // The server ends the stream; the browser reconnects and resumes.
+      await until(() => opens === 2, "reconnect");
+      await publish("after");
+      await until(() => messages.length === 2, "message after the reconnect");
+      es.close();
+      return {
+        intact: JSON.stringify(messages[0]) === JSON.stringify(rows),
+        after: messages[1],
+        opens,
+      };
+    }, base);
+    const encoded = await encoding;
+    console.log(base.split(":")[0], "sse", encoded, JSON.stringify(result));
+    if (encoded !== "gzip") {
+      console.error("FAIL: the stream was not gzip over", base, encoded);
+      process.exitCode = 1;
+    }
+    if (!result.intact || result.after !== "after") {
+      console.error("FAIL: SSE messages not intact over", base, JSON.stringify(result));
       process.exitCode = 1;
     }
   }

@@ -257,9 +257,14 @@ pub struct ServerConfig {
     /// (every browser does), on every WebSocket route. Each message is
     /// compressed once, however many subscribers it has.
     pub ws_compression: bool,
-    /// Messages shorter than this, in bytes, go out uncompressed: too small
-    /// to gain.
-    pub ws_compression_min_size: usize,
+    /// Compress SSE streams with gzip for clients whose `Accept-Encoding`
+    /// takes it (every browser's does), on Herald's and the Push seed's SSE
+    /// routes. Each message is compressed once, as for WebSocket.
+    pub sse_compression: bool,
+    /// Messages shorter than this, in bytes, go out uncompressed, over
+    /// WebSocket and SSE: too small to gain.
+    #[serde(alias = "ws_compression_min_size")]
+    pub compression_min_size: usize,
     /// TLS on the listener (`https://`, `wss://`); off unless both files are set.
     pub tls: TlsConfig,
 }
@@ -307,7 +312,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             allowed_origins: vec!["*".into()],
             ws_compression: true,
-            ws_compression_min_size: 256,
+            sse_compression: true,
+            compression_min_size: 256,
             tls: TlsConfig::default(),
         }
     }

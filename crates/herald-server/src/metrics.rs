@@ -38,8 +38,9 @@ pub struct Metrics {
     opened: [AtomicU64; 2],
     /// Connections refused because `max_connections` was reached.
     refused: AtomicU64,
-    /// WebSocket handshakes that agreed to permessage-deflate.
-    compressed: AtomicU64,
+    /// Streams opened compressed, per transport: WebSocket handshakes that
+    /// agreed to permessage-deflate, SSE streams sent as gzip.
+    compressed: [AtomicU64; 2],
     /// HTTP answers by status class (1xx to 5xx): error rates to alert on.
     answers: [AtomicU64; 5],
     /// Metrics of parts that run beside the server (the mobile pipeline),
@@ -65,9 +66,9 @@ impl Drop for ConnectionSlot {
 }
 
 impl Metrics {
-    /// Counts a WebSocket handshake that agreed to compression.
-    pub(crate) fn compressed(&self) {
-        self.compressed.fetch_add(1, Ordering::Relaxed);
+    /// Counts a stream opened compressed.
+    pub(crate) fn compressed(&self, transport: Transport) {
+        self.compressed[transport as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes a connection slot unless `max` streaming connections are open.
@@ -156,7 +157,12 @@ impl Metrics {
             (
                 "herald_ws_compressed_total",
                 "WebSocket connections opened with permessage-deflate.",
-                load(&self.compressed),
+                load(&self.compressed[Transport::Ws as usize]),
+            ),
+            (
+                "herald_sse_compressed_total",
+                "SSE streams sent gzip-compressed.",
+                load(&self.compressed[Transport::Sse as usize]),
             ),
             (
                 "herald_messages_published_total",

@@ -7,7 +7,8 @@
 //!   origin, allowed and refused;
 //! - `client.mjs`: `clients/js/herald.js` resuming across reconnects;
 //! - `h2.mjs`: many SSE streams over one HTTP/2 connection;
-//! - `compression.mjs`: permessage-deflate over ws:// and wss://.
+//! - `compression.mjs`: permessage-deflate over ws:// and wss://, gzip SSE
+//!   over http:// and https://.
 //!
 //! Needs `node`/`npm` and Chromium (`apt-get install -y chromium`, or
 //! `CHROMIUM=/path`); without them the test says so and passes, unless
@@ -193,17 +194,26 @@ fn self_signed(
     }
 }
 
-/// permessage-deflate in Chromium (`tests/browser/compression.mjs`): over
-/// ws:// and wss:// the browser agrees to it, and a large message goes from
-/// the page's `publish` command back to the page intact.
+/// Compression in Chromium (`tests/browser/compression.mjs`): over ws://
+/// and wss:// the browser agrees to permessage-deflate, and a large message
+/// goes from the page's `publish` command back to the page intact; over
+/// http:// and https:// an EventSource stream comes as gzip, and resumes
+/// after the server ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_compression_in_chromium() {
+async fn compression_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
-    let plain = TestServer::with(|c| c.server.allow_client_publish = true).await;
+    // Streams end after 3 s, after a reconnect hint 1 s before.
+    let short = |c: &mut herald_server::Config| {
+        c.server.allow_client_publish = true;
+        c.connection.lifetime_min = Duration::from_secs(3);
+        c.connection.lifetime_max = Duration::from_secs(3);
+        c.connection.close_grace = Duration::from_secs(1);
+    };
+    let plain = TestServer::with(short).await;
     let secure = TestServer::with(|c| {
         tls(false)(c);
-        c.server.allow_client_publish = true;
+        short(c);
     })
     .await;
     let urls = [

@@ -1,6 +1,7 @@
 //! permessage-deflate (RFC 7692): clients that offer it get large messages
 //! compressed and may send compressed ones, on every WebSocket route; bad
 //! compressed input closes only its own connection, with a clear code.
+//! SSE streams go as gzip to clients that accept it.
 
 mod common;
 
@@ -215,4 +216,136 @@ async fn compression_can_be_turned_off() {
     ws.send_bytes(&RawWs::encode_raw(0xc1, &deflate(b"{}")))
         .await;
     assert_eq!(ws.close_frame().await.0, 1002);
+}
+
+/// An SSE stream read as a client that accepts gzip reads it: chunk by
+/// chunk through a streaming decoder.
+struct GzipSse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    decoder: flate2::write::GzDecoder<Vec<u8>>,
+    /// Compressed bytes received.
+    received: usize,
+}
+
+impl GzipSse {
+    async fn open(url: String, accept: &str) -> (reqwest::Response, reqwest::header::HeaderMap) {
+        let res = reqwest::Client::new()
+            .get(url)
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let headers = res.headers().clone();
+        (res, headers)
+    }
+
+    fn new(res: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(res.bytes_stream()),
+            decoder: flate2::write::GzDecoder::new(Vec::new()),
+            received: 0,
+        }
+    }
+
+    /// Reads until the decoded text holds `needle`; returns the text up to
+    /// its end, consuming it, and the compressed bytes that took.
+    async fn until(&mut self, needle: &str) -> (String, usize) {
+        use futures_util::StreamExt;
+        let start = self.received;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(self.decoder.get_ref()).into_owned();
+            if let Some(at) = text.find(needle) {
+                let end = at + needle.len();
+                self.decoder.get_mut().drain(..end);
+                return (text[..end].to_owned(), self.received - start);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
+                .expect("stream ended")
+                .unwrap();
+            self.received += chunk.len();
+            self.decoder.write_all(&chunk).unwrap();
+            self.decoder.flush().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_streams_go_as_gzip_to_clients_that_accept_it() {
+    let server = TestServer::start().await;
+    // Herald's stream (opened before hyper) and the Push seed's (through
+    // the router), as a browser asks for them.
+    for (path, channel, first) in [
+        ("/sse?channels=gz1", "gz1", "id: gz1:"),
+        ("/sse/messages?channels=gz2", "gz2", "event:heartbeat"),
+    ] {
+        let (res, headers) = GzipSse::open(server.http(path), "gzip, deflate, br, zstd").await;
+        assert_eq!(headers["content-encoding"], "gzip", "{path}");
+        assert_eq!(headers["content-type"], "text/event-stream", "{path}");
+        assert!(
+            headers
+                .get_all("vary")
+                .iter()
+                .any(|v| v.to_str().unwrap().contains("accept-encoding")),
+            "{path}: {headers:?}"
+        );
+        let mut sse = GzipSse::new(res);
+        sse.until(first).await;
+        sse.until("\n\n").await;
+        let big = ticker(8000);
+        let text = big.to_string();
+        server
+            .publish(json!({"channel": channel, "data": big}))
+            .await;
+        let (event, took) = sse.until("\n\n").await;
+        let data = event.lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+        let got: Value = serde_json::from_str(data.trim()).unwrap();
+        // Herald's envelope has the data; the seed's, it as a string.
+        let got = match &got["message"] {
+            Value::String(inner) => inner.clone(),
+            _ => got["data"].to_string(),
+        };
+        assert!(got == text, "{path}: another message came");
+        assert!(
+            took < text.len() / 4,
+            "{path}: {took} bytes for {}",
+            text.len()
+        );
+        // A small message goes as it is (stored), still readable.
+        server
+            .publish(json!({"channel": channel, "data": "hi"}))
+            .await;
+        let (event, _) = sse.until("\n\n").await;
+        assert!(event.contains("hi"), "{path}: {event:?}");
+    }
+    assert_eq!(server.metric("herald_sse_compressed_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn sse_goes_plain_unless_gzip_is_accepted_and_turned_on() {
+    let server = TestServer::start().await;
+    for accept in ["identity", "gzip;q=0, br", "deflate"] {
+        let (res, headers) = GzipSse::open(server.http("/sse?channels=p"), accept).await;
+        assert!(headers.get("content-encoding").is_none(), "{accept}");
+        drop(res);
+    }
+    let server = TestServer::with(|c| c.server.sse_compression = false).await;
+    for path in ["/sse?channels=p", "/sse/messages?channels=p"] {
+        let (res, headers) = GzipSse::open(server.http(path), "gzip").await;
+        assert!(headers.get("content-encoding").is_none(), "{path}");
+        assert!(headers.get("vary").is_none(), "{path}: {headers:?}");
+        let mut body = res;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            first.starts_with(b"retry: ") || first.starts_with(b"event:"),
+            "{first:?}"
+        );
+    }
 }

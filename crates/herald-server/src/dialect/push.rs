@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{Format, Message, Publication};
@@ -156,6 +156,7 @@ async fn subscribed(
     responses((status = 200, description = "text/event-stream"), (status = 400, description = "Bad channels")))]
 pub(crate) async fn sse(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ChannelsQuery>, ApiError>,
 ) -> Response {
     // A query that does not parse is answered in the seed's error shape too.
@@ -176,7 +177,8 @@ pub(crate) async fn sse(
         disconnected: Bytes::new(),
         cursor: None,
     };
-    sse::respond(&state, session, style).unwrap_or_else(|e| seed_error(e.status, e.message))
+    sse::respond(&state, session, style, &headers)
+        .unwrap_or_else(|e| seed_error(e.status, e.message))
 }
 
 /// `GET /ws/messages?channels=a,b`. Without channels the seed upgrades, sends

@@ -9,6 +9,9 @@
 //!
 //! tungstenite reads no compressed frames, so [`Inflate`] sits under it and
 //! turns each compressed message into the plain frame tungstenite expects.
+//!
+//! SSE streams are compressed from the same per-message segments
+//! ([`GzipStream`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -114,6 +117,117 @@ fn accept_offer(offer: &str) -> Option<Option<u8>> {
         }
     }
     Some(server_bits)
+}
+
+/// gzip (RFC 1952) for an SSE stream, for clients whose `Accept-Encoding`
+/// takes it (every browser's does).
+///
+/// After the header every frame is a deflate segment of its own that ends
+/// on a byte boundary, so segments made apart join into one valid stream:
+/// a message's segment is the one its WebSocket frames carry (the sync
+/// flush's tail kept), compressed once for all its subscribers; what would
+/// not shrink, and the connection's own lines, go in stored blocks. The
+/// stream gets no trailer (its checksum would mean reading every byte of
+/// every connection): it ends with the connection, which a client reopens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GzipStream {
+    /// Frames shorter than this are stored: too small to gain.
+    min_size: usize,
+}
+
+impl GzipStream {
+    /// The gzip header: deflate, no name or time, unknown OS.
+    pub(crate) const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+    /// gzip when one of `accepts` (the request's `Accept-Encoding` values)
+    /// takes it, by name or `*`, with a quality above zero.
+    pub(crate) fn negotiate<'a>(
+        accepts: impl IntoIterator<Item = &'a [u8]>,
+        min_size: usize,
+    ) -> Option<Self> {
+        let (mut gzip, mut any) = (None, None);
+        for coding in accepts
+            .into_iter()
+            .filter_map(|value| std::str::from_utf8(value).ok())
+            .flat_map(|value| value.split(','))
+        {
+            let mut params = coding.split(';').map(str::trim);
+            let name = params.next().unwrap_or("");
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok());
+            let Some(q) = q else { continue };
+            if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(q);
+            } else if name == "*" {
+                any = Some(q);
+            }
+        }
+        gzip.or(any)
+            .is_some_and(|q| q > 0.0)
+            .then_some(Self { min_size })
+    }
+
+    /// Appends the segment of `frame`, a frame many connections may send:
+    /// compressed once, by address, while it is recent.
+    pub(crate) fn push_shared(&self, frame: &Bytes, out: &mut Vec<u8>) {
+        let compressed = (frame.len() >= self.min_size)
+            .then(|| RECENT.with_borrow_mut(|recent| recent.compressed(frame)))
+            .flatten();
+        push_segment(frame, compressed.as_deref(), out);
+    }
+
+    /// The segment of `frame`, this connection's alone.
+    pub(crate) fn encode(&self, frame: &[u8]) -> Bytes {
+        let compressed = (frame.len() >= self.min_size)
+            .then(|| RECENT.with_borrow_mut(|recent| recent.deflate(frame)))
+            .flatten();
+        let mut out = Vec::with_capacity(frame.len() + 8);
+        push_segment(frame, compressed.as_deref(), &mut out);
+        out.into()
+    }
+}
+
+/// Appends `frame` as its `compressed` segment (without the sync flush's
+/// tail) or, without one, stored.
+fn push_segment(frame: &[u8], compressed: Option<&[u8]>, out: &mut Vec<u8>) {
+    match compressed {
+        Some(compressed) => {
+            out.extend_from_slice(compressed);
+            out.extend_from_slice(&TAIL);
+        }
+        None => {
+            for block in frame.chunks(usize::from(u16::MAX)) {
+                let at = begin_stored(out);
+                out.extend_from_slice(block);
+                end_stored(out, at);
+            }
+        }
+    }
+}
+
+/// Opens a stored deflate block at a byte boundary: its header, with the
+/// length left for [`end_stored`]. Returns where it starts.
+pub(crate) fn begin_stored(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    // Not final, stored, padded to the byte; then LEN and NLEN.
+    out.extend_from_slice(&[0; 5]);
+    at
+}
+
+/// Closes the stored block opened at `at` over what was appended since,
+/// in more than one block if it exceeds a block's 65,535 bytes.
+pub(crate) fn end_stored(out: &mut Vec<u8>, at: usize) {
+    let data = out.len() - at - 5;
+    if let Ok(len) = u16::try_from(data) {
+        out[at + 1..at + 3].copy_from_slice(&len.to_le_bytes());
+        out[at + 3..at + 5].copy_from_slice(&(!len).to_le_bytes());
+        return;
+    }
+    let data = out.split_off(at + 5);
+    out.truncate(at);
+    push_segment(&data, None, out);
 }
 
 /// Payloads larger than this are compressed every time, not kept.
@@ -469,6 +583,76 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
         out
+    }
+
+    fn gzip(accept: &str) -> Option<GzipStream> {
+        GzipStream::negotiate([accept.as_bytes()], 16)
+    }
+
+    #[test]
+    fn gzip_is_taken_when_accepted_by_name_or_star() {
+        assert!(gzip("gzip, deflate, br, zstd").is_some(), "a browser's");
+        assert!(gzip("br;q=1.0, GZIP;q=0.5").is_some());
+        assert!(gzip("x-gzip").is_some());
+        assert!(gzip("*").is_some());
+        assert!(gzip("gzip;q=0").is_none(), "refused by quality");
+        assert!(gzip("gzip;q=0.0, *").is_none(), "named beats the star");
+        assert!(gzip("*;q=0").is_none());
+        assert!(gzip("deflate, br").is_none());
+        assert!(gzip("identity").is_none());
+        assert!(
+            gzip("gzip;q=nope").is_none(),
+            "a quality that does not parse"
+        );
+        assert!(GzipStream::negotiate([], 16).is_none(), "no header");
+        assert!(
+            GzipStream::negotiate([&b"br"[..], b"gzip"], 16).is_some(),
+            "over two lines"
+        );
+    }
+
+    /// The body a client decodes: what follows the header, inflated.
+    fn inflated(stream: &[u8]) -> Vec<u8> {
+        let body = stream.strip_prefix(&GzipStream::HEADER).expect("header");
+        let mut d = Decompress::new(false);
+        let mut out = Vec::with_capacity(1 << 20);
+        d.decompress_vec(body, &mut out, FlushDecompress::Sync)
+            .expect("a valid deflate stream");
+        assert_eq!(d.total_in() as usize, body.len(), "all of it read");
+        out
+    }
+
+    #[test]
+    fn segments_made_apart_read_as_one_stream() {
+        let g = GzipStream { min_size: 16 };
+        let json = Bytes::from(format!(
+            "data: {}\n\n",
+            r#"{"price":101.5,"symbol":"ACME"}"#.repeat(40)
+        ));
+        let noise: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut stream = GzipStream::HEADER.to_vec();
+        stream.extend_from_slice(&g.encode(b": tiny\n\n"));
+        let before = stream.len();
+        g.push_shared(&json, &mut stream);
+        assert!(stream.len() - before < json.len() / 4, "compressed");
+        let at = begin_stored(&mut stream);
+        stream.extend_from_slice(b"id: a:e:7\n");
+        end_stored(&mut stream, at);
+        g.push_shared(&json, &mut stream);
+        stream.extend_from_slice(&g.encode(&noise));
+        let at = begin_stored(&mut stream);
+        stream.extend_from_slice(&noise);
+        end_stored(&mut stream, at);
+
+        let mut want = b": tiny\n\n".to_vec();
+        want.extend_from_slice(&json);
+        want.extend_from_slice(b"id: a:e:7\n");
+        want.extend_from_slice(&json);
+        want.extend_from_slice(&noise);
+        want.extend_from_slice(&noise);
+        assert_eq!(inflated(&stream), want);
     }
 
     fn reader() -> Reader {

@@ -146,9 +146,17 @@ async fn open_sse(
     else {
         return Err(stream);
     };
+    let gzip = sse::negotiate_gzip(state, head.accept_encoding);
+    let (style, framing) = sse::tcp_style(style, gzip);
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut response = Vec::with_capacity(256 + style.preamble.len());
     response.extend_from_slice(EVENT_STREAM);
+    if gzip.is_some() {
+        response.extend_from_slice(b"content-encoding: gzip\r\n");
+    }
+    if state.config.server.sse_compression {
+        response.extend_from_slice(b"vary: accept-encoding\r\n");
+    }
     if let Some((allowed, origin)) = allowed {
         response.extend_from_slice(b"access-control-allow-origin: ");
         match allowed {
@@ -165,7 +173,7 @@ async fn open_sse(
     response.extend_from_slice(b"\r\n\r\n");
     response.extend_from_slice(&style.preamble);
     if stream.write_all(&response).await.is_ok() {
-        let run = sse::run_tcp(state.clone(), stream, session, style, slot);
+        let run = sse::run_tcp(state.clone(), stream, session, (style, framing), slot);
         state.shutdown.spawn(run);
     }
     Ok(())
@@ -229,6 +237,8 @@ struct Head<'a> {
     ws_key: Option<&'a [u8]>,
     /// `Sec-WebSocket-Extensions`: what the client offers (compression).
     extensions: Option<&'a [u8]>,
+    /// `Accept-Encoding`: whether an SSE stream may go as gzip.
+    accept_encoding: Option<&'a [u8]>,
     /// The head's length: what follows are the client's first frames.
     len: usize,
 }
@@ -258,7 +268,7 @@ impl<'a> Head<'a> {
         let (mut connection, mut upgrade, mut version) = (false, false, false);
         let (mut upgrade_header, mut key, mut authorization, mut last_event_id) =
             (false, None, None, None);
-        let (mut origin, mut host, mut extensions) = (None, None, None);
+        let (mut origin, mut host, mut extensions, mut accept_encoding) = (None, None, None, None);
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("connection") {
@@ -303,6 +313,11 @@ impl<'a> Head<'a> {
                 if extensions.replace(h.value).is_some() {
                     return None;
                 }
+            } else if name.eq_ignore_ascii_case("accept-encoding") {
+                // Over several lines: the handler reads them all.
+                if accept_encoding.replace(h.value).is_some() {
+                    return None;
+                }
             } else if name.eq_ignore_ascii_case("host") {
                 if host.replace(h.value).is_some() {
                     return None;
@@ -328,6 +343,7 @@ impl<'a> Head<'a> {
             host,
             ws_key: key.filter(|_| ws),
             extensions,
+            accept_encoding,
             len,
         })
     }

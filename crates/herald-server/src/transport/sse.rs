@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -24,6 +24,7 @@ use crate::lifetime::{Clock, Tick};
 use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
+use crate::transport::deflate::{self, GzipStream};
 use crate::transport::shared_socket::{Framing, SharedSocket, SocketIo};
 use crate::transport::ws::{CLOSE_WAIT, connection_limit, sent_within};
 
@@ -44,21 +45,65 @@ pub(crate) struct SseStyle {
     pub(crate) cursor: Option<Cursor>,
 }
 
+impl SseStyle {
+    /// The style of a stream sent as `gzip`: every fixed frame as its
+    /// segment, the header in front of the preamble.
+    fn encoded(mut self, gzip: Option<GzipStream>) -> Self {
+        if let Some(gzip) = gzip {
+            let mut preamble = GzipStream::HEADER.to_vec();
+            if !self.preamble.is_empty() {
+                preamble.extend_from_slice(&gzip.encode(&self.preamble));
+            }
+            self.preamble = preamble.into();
+            for frame in [
+                &mut self.heartbeat,
+                &mut self.reconnect,
+                &mut self.disconnected,
+            ] {
+                if !frame.is_empty() {
+                    *frame = gzip.encode(frame);
+                }
+            }
+        }
+        self
+    }
+}
+
+/// gzip for an SSE stream, when the server compresses SSE and the client's
+/// `accepts` (its `Accept-Encoding` values) take it.
+pub(crate) fn negotiate_gzip<'a>(
+    state: &AppState,
+    accepts: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<GzipStream> {
+    let server = &state.config.server;
+    if !server.sse_compression {
+        return None;
+    }
+    let gzip = GzipStream::negotiate(accepts, server.compression_min_size);
+    if gzip.is_some() {
+        state.metrics.compressed(Transport::Sse);
+    }
+    gzip
+}
+
 /// Frames as they are, each message preceded by an `id:` line when the
-/// connection keeps a cursor.
+/// connection keeps a cursor; as gzip segments when the stream is gzip.
 pub(crate) struct SseFraming {
     /// The connection's position, advanced by each message and written as its `id:`.
     cursor: Option<Cursor>,
     /// How to step the cursor back over each frame laid out since the last
     /// [`Framing::keep`], in case the socket does not take it.
     laid_out: Vec<Option<Undo>>,
+    /// Set when the stream is gzip.
+    gzip: Option<GzipStream>,
 }
 
 impl SseFraming {
-    fn new(cursor: Option<Cursor>) -> Self {
+    fn new(cursor: Option<Cursor>, gzip: Option<GzipStream>) -> Self {
         Self {
             cursor,
             laid_out: Vec::new(),
+            gzip,
         }
     }
 }
@@ -68,13 +113,21 @@ impl Framing for SseFraming {
         if let Some(cursor) = &mut self.cursor {
             let undo = frame.message.as_ref().map(|msg| {
                 let undo = cursor.advance(msg);
+                // The connection's own line: stored, not compressed.
+                let stored = self.gzip.map(|_| deflate::begin_stored(out));
                 // Writing into a Vec cannot fail.
                 let _ = writeln!(out, "id: {cursor}");
+                if let Some(at) = stored {
+                    deflate::end_stored(out, at);
+                }
                 undo
             });
             self.laid_out.push(undo);
         }
-        out.extend_from_slice(&frame.bytes);
+        match &self.gzip {
+            Some(gzip) => gzip.push_shared(&frame.bytes, out),
+            None => out.extend_from_slice(&frame.bytes),
+        }
     }
 
     fn keep(&mut self, taken: usize) {
@@ -109,22 +162,27 @@ struct Stream {
     _slot: ConnectionSlot,
 }
 
-/// Builds the streaming response for an already-subscribed `session`.
+/// Builds the streaming response for an already-subscribed `session`, to a
+/// request with `headers`.
 pub(crate) fn respond(
     state: &AppState,
     session: Session,
-    mut style: SseStyle,
+    style: SseStyle,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let slot = state
         .metrics
         .open(Transport::Sse, state.config.limits.max_connections)
         .ok_or_else(connection_limit)?;
+    let accepts = headers.get_all(header::ACCEPT_ENCODING);
+    let gzip = negotiate_gzip(state, accepts.iter().map(HeaderValue::as_bytes));
+    let mut style = style.encoded(gzip);
     let first = style.preamble.clone();
     let s = Stream {
         clock: Clock::start(&state.config.connection),
         state: state.clone(),
         session,
-        framing: SseFraming::new(style.cursor.take()),
+        framing: SseFraming::new(style.cursor.take(), gzip),
         style,
         batch: Vec::new(),
         done: false,
@@ -140,13 +198,23 @@ pub(crate) fn respond(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if gzip.is_some() {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    if state.config.server.sse_compression {
+        h.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     Ok(res)
 }
 
 impl Stream {
     /// Joins the drained frames into one chunk, adding cursor ids.
     fn render_batch(&mut self) -> Bytes {
-        if let ([frame], None) = (&mut self.batch[..], &self.framing.cursor) {
+        if let ([frame], None, None) = (
+            &mut self.batch[..],
+            &self.framing.cursor,
+            &self.framing.gzip,
+        ) {
             let bytes = std::mem::take(&mut frame.bytes);
             self.batch.clear();
             return bytes;
@@ -210,21 +278,30 @@ async fn next_chunk(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)
     }
 }
 
+/// `style` for a stream on a plain TCP socket, `gzip` or not: what
+/// [`run_tcp`] takes, its preamble to write after the response head.
+pub(crate) fn tcp_style(style: SseStyle, gzip: Option<GzipStream>) -> (SseStyle, SseFraming) {
+    let mut style = style.encoded(gzip);
+    let framing = SseFraming::new(style.cursor.take(), gzip);
+    (style, framing)
+}
+
 /// Serves an SSE stream on a plain TCP socket, holding its connection slot,
-/// once its response head and `style.preamble` are written. Frames go to the
-/// socket from the publisher; this task writes what the socket could not
-/// take at once, the heartbeats and the hints, and notices the client
-/// leaving. What the client sends is read and ignored.
+/// once its response head and `style.preamble` are written (`style` and
+/// `framing` from [`tcp_style`]). Frames go to the socket from the
+/// publisher; this task writes what the socket could not take at once, the
+/// heartbeats and the hints, and notices the client leaving. What the
+/// client sends is read and ignored.
 pub(crate) async fn run_tcp(
     state: AppState,
     stream: TcpStream,
     session: Session,
-    style: SseStyle,
+    (style, framing): (SseStyle, SseFraming),
     _slot: ConnectionSlot,
 ) {
     let conn = session.outbox.id();
     tracing::debug!(conn, "SSE stream opened.");
-    let socket = SharedSocket::new(stream, SseFraming::new(style.cursor));
+    let socket = SharedSocket::new(stream, framing);
     let mut io = SocketIo::new(socket.clone(), Bytes::new());
     let outbox = session.outbox.clone();
     outbox.attach(socket.clone());
@@ -334,7 +411,7 @@ mod tests {
     /// out again.
     #[test]
     fn frames_the_socket_did_not_take_leave_the_cursor_as_it_was() {
-        let mut framing = SseFraming::new(Some(Cursor::parse("a:e:0,b:e:0").unwrap()));
+        let mut framing = SseFraming::new(Some(Cursor::parse("a:e:0,b:e:0").unwrap()), None);
         let frames = [frame("a", 1), frame("b", 1), frame("a", 2)];
         assert_eq!(
             laid_out(&mut framing, &frames),
@@ -362,9 +439,9 @@ mod tests {
 
     #[test]
     fn frames_without_a_message_or_cursor_go_as_they_are() {
-        let mut framing = SseFraming::new(None);
+        let mut framing = SseFraming::new(None, None);
         assert_eq!(laid_out(&mut framing, &[frame("a", 1)]), "data: a1\n\n");
-        let mut framing = SseFraming::new(Some(Cursor::default()));
+        let mut framing = SseFraming::new(Some(Cursor::default()), None);
         let note = Frame::from(Bytes::from_static(b"event: deleted\ndata: {}\n\n"));
         assert_eq!(
             laid_out(&mut framing, &[note]),

@@ -207,9 +207,9 @@ pub(crate) fn negotiate_deflate<'a>(
     if !server.ws_compression {
         return None;
     }
-    let deflate = Deflate::negotiate(offers, server.ws_compression_min_size);
+    let deflate = Deflate::negotiate(offers, server.compression_min_size);
     if deflate.is_some() {
-        state.metrics.compressed();
+        state.metrics.compressed(Transport::Ws);
     }
     deflate
 }

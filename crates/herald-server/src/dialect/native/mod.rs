@@ -232,7 +232,7 @@ pub(crate) async fn sse(
         .transpose()
         .map_err(|_| ApiError::bad_request("Last-Event-ID is not a cursor: not visible ASCII"))?;
     let (session, style) = open_sse(&state, &q, token, last_event_id).await?;
-    sse::respond(&state, session, style)
+    sse::respond(&state, session, style, &headers)
 }
 
 /// `GET /sse` as the handshake fast path read it
@@ -888,7 +888,7 @@ mod tests {
             disconnected: Bytes::new(),
             cursor: Some(Cursor::default()),
         };
-        let task = sse::run_tcp(state, stream, session, style, slot);
+        let task = sse::run_tcp(state, stream, session, sse::tcp_style(style, None), slot);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1_408, "a native SSE stream's task is {size} bytes");
     }
