@@ -73,7 +73,8 @@ pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str)
                 | "/send-notification-with-delivery-guarantee"
         ),
         Method::DELETE => path.starts_with("/api/v1/channels/"),
-        Method::GET => path.starts_with("/sign-in/"),
+        // The router answers HEAD with the GET handler.
+        Method::GET | Method::HEAD => path.starts_with("/sign-in/"),
         _ => false,
     }
 }

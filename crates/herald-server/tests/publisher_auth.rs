@@ -3,6 +3,7 @@
 
 mod common;
 
+use base64::Engine;
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -110,6 +111,42 @@ async fn publisher_routes_want_a_key_and_subscribers_do_not() {
     );
     let (status, _) = call(&s, Method::GET, "/health/ready", Value::Null, None).await;
     assert_eq!(status, 200);
+}
+
+/// The router answers HEAD with a GET route's handler: a HEAD that asks to
+/// upgrade must neither skip the key nor open a WebSocket.
+#[tokio::test]
+async fn a_head_handshake_neither_skips_the_key_nor_upgrades() {
+    let s = TestServer::with(|c| {
+        c.auth.api_keys = vec![KEY.into()];
+        c.pushca.secret_key = Some("pushca-test-secret".into());
+    })
+    .await;
+    let head = |path: String, key: Option<&'static str>| {
+        let addr = s.addr;
+        async move {
+            let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+            let request = format!(
+                "HEAD {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+            );
+            let (_, head) = RawWs::open(addr, request.as_bytes()).await;
+            head
+        }
+    };
+    let client = json!({"client": {"workSpaceId": "w", "accountId": "a", "deviceId": "d",
+                                   "applicationId": "x"}});
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client.to_string());
+    let sign_in = format!("/sign-in/{encoded}");
+    let answer = head(sign_in.clone(), None).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let answer = head(sign_in, Some(KEY)).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    for path in ["/ws?channels=a", "/ws/messages?channels=a", "/ps/ws/a"] {
+        let answer = head(path.into(), None).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{path}: {answer}");
+    }
 }
 
 #[tokio::test]

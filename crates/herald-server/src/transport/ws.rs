@@ -152,6 +152,15 @@ pub(crate) fn accept(
     state: &AppState,
     req: &mut Request,
 ) -> Result<(Response, hyper::upgrade::OnUpgrade, Option<Deflate>), ApiError> {
+    // The router answers HEAD with the GET handler; a handshake is a GET
+    // (RFC 6455 §4.1).
+    if req.method() != axum::http::Method::GET {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "a WebSocket handshake is a GET",
+        ));
+    }
     let headers = req.headers();
     let lists = |name: header::HeaderName, token: &str| {
         (headers.get_all(name).iter()).any(|v| has_token(v.as_bytes(), token))
