@@ -362,8 +362,8 @@ struct Reader {
 struct Head {
     /// The first byte: FIN, RSV1 and the opcode.
     first: u8,
-    /// Length of the payload.
-    len: usize,
+    /// Length of the payload, as the header says.
+    len: u64,
     /// The masking key, when the frame is masked (a client's must be).
     mask: Option<[u8; 4]>,
     /// Bytes of header before the payload, masking key included.
@@ -371,7 +371,9 @@ struct Head {
 }
 
 impl Reader {
-    /// Moves every complete thing in `raw` to `out`.
+    /// Moves complete things in `raw` to `out`, up to the first compressed
+    /// message: inflating all a read holds at once could take many times
+    /// the message limit (small messages inflate a thousandfold).
     fn process(&mut self) {
         while self.failed.is_none() {
             if self.passing > 0 {
@@ -384,6 +386,15 @@ impl Reader {
                 continue;
             }
             let Some(head) = self.next_frame() else {
+                return;
+            };
+            // Its most significant bit must be 0 (RFC 6455 §5.2); the rest
+            // fits memory's size, and no sum with it wraps.
+            let Some(len) = usize::try_from(head.len)
+                .ok()
+                .filter(|_| head.len >> 63 == 0)
+            else {
+                self.failed = Some((1002, "invalid frame length"));
                 return;
             };
             let (fin, rsv1, opcode) = (
@@ -400,26 +411,29 @@ impl Reader {
             // Control frames, plain messages, and anything malformed pass as
             // they are: tungstenite reads or refuses them.
             let Some(mask) = head.mask.filter(|_| starts || continues) else {
-                self.passing = head.head_len + head.len;
+                self.passing = head.head_len.saturating_add(len);
                 continue;
             };
             let so_far = self.gathered.as_ref().map_or(0, |(_, g)| g.len());
-            if so_far + head.len > self.limit {
+            if so_far.saturating_add(len) > self.limit {
                 self.failed = Some((1009, "message too big"));
                 return;
             }
-            if self.raw.len() < head.head_len + head.len {
+            if self.raw.len() < head.head_len + len {
                 return;
             }
             self.raw.advance(head.head_len);
-            let payload = self.raw.split_to(head.len);
+            let payload = self.raw.split_to(len);
             let (_, gathered) = self.gathered.get_or_insert_with(|| (opcode, Vec::new()));
             gathered.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
             if fin {
                 let (opcode, mut compressed) = self.gathered.take().expect("gathered above");
                 compressed.extend_from_slice(&TAIL);
                 match inflate(&compressed, self.limit) {
-                    Ok(plain) => self.emit(opcode, &plain),
+                    Ok(plain) => {
+                        self.emit(opcode, &plain);
+                        return;
+                    }
                     Err(refusal) => self.failed = Some(refusal),
                 }
             }
@@ -447,8 +461,7 @@ impl Reader {
         };
         Some(Head {
             first,
-            // Longer than memory: tungstenite refuses it by its length.
-            len: usize::try_from(len).unwrap_or(usize::MAX / 2),
+            len,
             mask,
             head_len,
         })
@@ -527,6 +540,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflate<S> {
             if let Some((code, reason)) = reader.failed {
                 return Poll::Ready(Err(io::Error::other(InflateError { code, reason })));
             }
+            // What is buffered goes first, a message at a time.
+            if !reader.raw.is_empty() {
+                let before = reader.raw.len();
+                reader.process();
+                // An idle connection holds no buffers.
+                if reader.raw.is_empty() {
+                    reader.raw = BytesMut::new();
+                }
+                if !reader.out.is_empty() || reader.failed.is_some() || reader.raw.len() != before {
+                    continue;
+                }
+            }
             let mut chunk = [0u8; 4096];
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
@@ -534,11 +559,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflate<S> {
                 return Poll::Ready(Ok(()));
             }
             reader.raw.extend_from_slice(read.filled());
-            reader.process();
-            // An idle connection holds no buffers.
-            if reader.raw.is_empty() {
-                reader.raw = BytesMut::new();
-            }
         }
     }
 }
@@ -655,6 +675,17 @@ mod tests {
         assert_eq!(inflated(&stream), want);
     }
 
+    /// Processes until nothing more can be done without another read.
+    fn drain(r: &mut Reader) {
+        loop {
+            let before = (r.raw.len(), r.out.len());
+            r.process();
+            if r.failed.is_some() || (r.raw.len(), r.out.len()) == before {
+                return;
+            }
+        }
+    }
+
     fn reader() -> Reader {
         Reader {
             limit: 1 << 16,
@@ -697,11 +728,57 @@ mod tests {
             let mut r = reader();
             for chunk in wire.chunks(cut) {
                 r.raw.extend_from_slice(chunk);
-                r.process();
+                drain(&mut r);
             }
             assert_eq!(r.failed, None, "cut {cut}");
             assert_eq!(r.out[..], want[..], "cut {cut}");
         }
+    }
+
+    #[test]
+    fn one_read_of_small_compressed_messages_inflates_one_at_a_time() {
+        let text = vec![b' '; 60_000];
+        let compressed = offer("permessage-deflate")
+            .unwrap()
+            .compress(&Bytes::from(text.clone()))
+            .unwrap();
+        assert!(compressed.len() < 1_000, "{}", compressed.len());
+        let mut r = Reader {
+            limit: 1 << 20,
+            ..reader()
+        };
+        for _ in 0..10 {
+            r.raw.extend(client_frame(0xc1, &compressed));
+        }
+        let mut one = reader();
+        one.emit(1, &text);
+        for left in (0..10).rev() {
+            r.process();
+            assert_eq!(r.out.len(), one.out.len(), "one message inflated");
+            assert_eq!(r.raw.len(), left * (compressed.len() + 8), "the rest kept");
+            r.out.clear();
+        }
+        assert_eq!(r.failed, None);
+    }
+
+    #[test]
+    fn a_length_with_its_top_bit_set_is_refused_not_wrapped() {
+        // A compressed fragment, then a continuation claiming 2^64 - 1 bytes.
+        let mut wire = client_frame(0x41, b"x");
+        wire.extend([0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        wire.extend([1, 2, 3, 4]);
+        let mut r = reader();
+        r.raw.extend_from_slice(&wire);
+        r.process();
+        assert_eq!(r.failed, Some((1002, "invalid frame length")));
+        // The largest valid length is only too big.
+        let mut wire = client_frame(0x41, b"x");
+        wire.extend([0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        wire.extend([1, 2, 3, 4]);
+        let mut r = reader();
+        r.raw.extend_from_slice(&wire);
+        r.process();
+        assert_eq!(r.failed, Some((1009, "message too big")));
     }
 
     #[test]
