@@ -497,3 +497,41 @@ async fn shutdown_finishes_an_in_flight_publish() {
     assert_eq!(next_json(&mut ws).await, json!({"type": "reconnect"}));
     server.stop().await;
 }
+
+/// A client that stops reading once its socket is full, and is then sent
+/// nothing more, overflows no outbox: its connection must still end, by the
+/// heartbeat it cannot be sent, and not be held by the wait for room.
+#[tokio::test]
+async fn a_reader_that_stalls_is_closed_by_its_heartbeat_not_held_open() {
+    let server = TestServer::with(|c| {
+        c.limits.outbox_bytes = 64 << 20;
+        c.connection.heartbeat = Duration::from_millis(200);
+    })
+    .await;
+    let stream = connect_with_small_buffer(server.addr).await;
+    let url = format!("ws://{}/ws?channels=stall", server.addr);
+    let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (_ws, _) = tokio_tungstenite::client_async(url, plain).await.unwrap();
+    let stream = connect_with_small_buffer(server.addr).await;
+    let request = "GET /sse?channels=stall HTTP/1.1\r\nHost: x\r\n\r\n";
+    let sse = RawSse::open(stream, request).await;
+    assert!(!sse.chunked, "the fast path served it: {}", sse.head);
+    let open = async |transport: &str| {
+        let name = format!("herald_connections{{transport=\"{transport}\"}}");
+        server.metric(&name).await
+    };
+    assert_eq!((open("ws").await, open("sse").await), (1.0, 1.0));
+    // About 12 MB, more than the kernel buffers hold, all of it within the
+    // outbox; then nothing more.
+    let data = "x".repeat(16 * 1024);
+    for _ in 0..768 {
+        server
+            .publish(json!({"channel": "stall", "data": data}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (open("ws").await, open("sse").await) != (0.0, 0.0) {
+        assert!(Instant::now() < deadline, "a stalled connection was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

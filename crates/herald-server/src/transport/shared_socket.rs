@@ -9,6 +9,7 @@
 //! which goes out before anything else.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,6 +77,15 @@ const PLAIN: u8 = 0x81;
 /// ...and of a compressed one, with RSV1 (RFC 7692 §6).
 const COMPRESSED: u8 = 0xc1;
 
+/// How far [`SharedSocket::write_queued`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// The queue is written; `Some` when the outbox closed.
+    Written(Option<Closed>),
+    /// The socket is full and something else is due first.
+    Stalled,
+}
+
 /// The socket and the unsent rest of frames already started on it.
 pub(crate) struct SharedSocket<F = WsText> {
     /// The client's socket: the task reads it; every write happens under the `rest` lock.
@@ -108,25 +118,31 @@ impl<F: Framing> SharedSocket<F> {
     /// Writes the outbox's queue here: the connection task's half of
     /// [`herald_core::Outbox::push_direct`]. Also finishes a frame a direct
     /// write left part of, flushing `task` (whatever the task itself holds,
-    /// then [`SharedSocket::rest`]). Returns once the queue is written, or
-    /// at once when the outbox closes: a client that stopped reading
-    /// overflows it, and must not keep the task waiting for room.
+    /// then [`SharedSocket::rest`]). Returns once the queue is written, at
+    /// once when the outbox closes (a client that stopped reading overflows
+    /// it, and must not keep the task waiting for room), or, while the
+    /// socket is full, when `due` completes: something else comes first (a
+    /// heartbeat, the lifetime, shutdown), and the caller calls again once
+    /// the socket is [`writable`](SharedSocket::writable).
     pub(crate) async fn write_queued(
         &self,
         outbox: &Outbox,
         task: &mut impl Flush,
-    ) -> io::Result<Option<Closed>> {
+        due: impl Future<Output = ()>,
+    ) -> io::Result<Queued> {
+        let mut due = std::pin::pin!(due);
         loop {
             match outbox.write_queued() {
-                Queue::Written(Some(closed)) => return Ok(Some(closed)),
+                Queue::Written(Some(closed)) => return Ok(Queued::Written(Some(closed))),
                 Queue::Written(None) => {
                     if self.has_rest() {
                         tokio::select! {
                             flushed = std::future::poll_fn(|cx| task.poll_flush(cx)) => flushed?,
                             () = outbox.ready() => continue,
+                            () = &mut due => return Ok(Queued::Stalled),
                         }
                     }
-                    return Ok(None);
+                    return Ok(Queued::Written(None));
                 }
                 Queue::Blocked => {
                     let room = async {
@@ -138,6 +154,7 @@ impl<F: Framing> SharedSocket<F> {
                     tokio::select! {
                         room = room => room?,
                         () = outbox.ready() => {}
+                        () = &mut due => return Ok(Queued::Stalled),
                     }
                 }
             }
@@ -145,7 +162,7 @@ impl<F: Framing> SharedSocket<F> {
     }
 
     /// Resolves once the socket may take more bytes.
-    async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         self.stream.writable().await
     }
 

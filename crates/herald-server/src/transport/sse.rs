@@ -25,8 +25,8 @@ use crate::metrics::{ConnectionSlot, Transport};
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::deflate::{self, GzipStream};
-use crate::transport::shared_socket::{Framing, SharedSocket, SocketIo};
-use crate::transport::ws::{CLOSE_WAIT, connection_limit, sent_within};
+use crate::transport::shared_socket::{Framing, Queued, SharedSocket, SocketIo};
+use crate::transport::ws::{CLOSE_WAIT, connection_limit, due, sent_within};
 
 /// The fixed frames of one SSE dialect.
 #[derive(Clone, Default)]
@@ -314,8 +314,12 @@ pub(crate) async fn run_tcp(
     tokio::pin!(shutdown);
     let ready = outbox.ready();
     tokio::pin!(ready);
+    // The socket was full when a heartbeat, the lifetime or shutdown came
+    // due: the queue waits for it to take bytes again.
+    let mut stalled = false;
     loop {
-        tokio::select! {
+        // Whether to write the outbox's queue now.
+        let write = tokio::select! {
             biased;
             () = &mut shutdown => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, io.write_all(&style.reconnect)).await;
@@ -323,23 +327,19 @@ pub(crate) async fn run_tcp(
             }
             () = &mut ready => {
                 ready.set(outbox.ready());
-                match socket.write_queued(&outbox, &mut io).await {
-                    Ok(None) => {}
-                    Ok(Some(why)) => {
-                        tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
-                        if why == Closed::Evicted && !style.disconnected.is_empty() {
-                            let bye = io.write_all(&style.disconnected);
-                            let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
-                        }
-                        break;
-                    }
-                    Err(_) => break,
+                true
+            }
+            room = socket.writable(), if stalled => {
+                if room.is_err() {
+                    break;
                 }
+                true
             }
             read = std::future::poll_fn(|cx| discard(&mut io, cx)) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     break;
                 }
+                false
             }
             () = &mut sleep => {
                 let frame = match clock.fire(tokio::time::Instant::now()) {
@@ -354,7 +354,25 @@ pub(crate) async fn run_tcp(
                     break;
                 }
                 sleep.as_mut().reset(clock.next_deadline());
+                false
             }
+        };
+        if !write {
+            continue;
+        }
+        let due = due(shutdown.as_mut(), sleep.as_mut());
+        match socket.write_queued(&outbox, &mut io, due).await {
+            Ok(Queued::Written(None)) => stalled = false,
+            Ok(Queued::Written(Some(why))) => {
+                tracing::debug!(conn, ?why, "SSE stream's outbox closed.");
+                if why == Closed::Evicted && !style.disconnected.is_empty() {
+                    let bye = io.write_all(&style.disconnected);
+                    let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
+                }
+                break;
+            }
+            Ok(Queued::Stalled) => stalled = true,
+            Err(_) => break,
         }
     }
     // The body ends with the connection: what is written goes out first,

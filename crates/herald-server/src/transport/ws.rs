@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -29,7 +31,7 @@ use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::deflate::{Deflate, Inflate, InflateError};
 use crate::transport::rewind::Rewind;
-use crate::transport::shared_socket::{Flush, SharedSocket, SocketIo, WsText};
+use crate::transport::shared_socket::{Flush, Framing, Queued, SharedSocket, SocketIo, WsText};
 use crate::transport::write_timeout::WriteTimeout;
 
 /// Close codes Herald uses (documented in docs/api.md).
@@ -406,8 +408,12 @@ async fn run<D, S>(
         tokio::pin!(shutdown);
         let ready = outbox.ready();
         tokio::pin!(ready);
+        // The socket was full when a heartbeat, the lifetime or shutdown
+        // came due: the queue waits for it to take bytes again.
+        let mut stalled = false;
         loop {
-            tokio::select! {
+            // Whether to write the outbox's queue now.
+            let write = tokio::select! {
                 biased;
                 () = &mut shutdown => {
                     if let Some(hint) = dialect.reconnect_hint() {
@@ -417,37 +423,13 @@ async fn run<D, S>(
                 }
                 () = &mut ready => {
                     ready.set(outbox.ready());
-                    let closed = if let Some(socket) = &direct {
-                        match socket.write_queued(&outbox, &mut ws).await {
-                            Ok(closed) => closed,
-                            Err(_) => break 'conn None,
-                        }
-                    } else {
-                        let closed = outbox.drain(&mut batch);
-                        for frame in batch.drain(..) {
-                            if ws.feed(text(frame.bytes)).await.is_err() {
-                                break 'conn None;
-                            }
-                        }
-                        if ws.flush().await.is_err() {
-                            break 'conn None;
-                        }
-                        closed
-                    };
-                    match closed {
-                        Some(Closed::SlowConsumer) => {
-                            tracing::debug!(conn, "Slow consumer disconnected.");
-                            break 'conn Some((close::SLOW_CONSUMER, "slow consumer: too far behind".into()));
-                        }
-                        Some(Closed::Evicted) => {
-                            tracing::debug!(conn, "Disconnected by request.");
-                            break 'conn Some((close::DISCONNECTED, "disconnected by the server".into()));
-                        }
-                        None => {}
+                    true
+                }
+                room = writable(direct.as_deref()), if stalled => {
+                    if room.is_err() {
+                        break 'conn None;
                     }
-                    if let Some(close) = dialect.after_batch(&mut session).await {
-                        break 'conn Some(close);
-                    }
+                    true
                 }
                 frame = ws.next() => {
                     dialect.on_activity();
@@ -473,6 +455,7 @@ async fn run<D, S>(
                     if let Some(close) = reply.close {
                         break 'conn Some(close);
                     }
+                    false
                 }
                 () = &mut sleep => {
                     match clock.fire(tokio::time::Instant::now()) {
@@ -501,7 +484,53 @@ async fn run<D, S>(
                         None => {}
                     }
                     sleep.as_mut().reset(clock.next_deadline());
+                    false
                 }
+            };
+            if !write {
+                continue;
+            }
+            let closed = if let Some(socket) = &direct {
+                let due = due(shutdown.as_mut(), sleep.as_mut());
+                match socket.write_queued(&outbox, &mut ws, due).await {
+                    Ok(Queued::Written(closed)) => {
+                        stalled = false;
+                        closed
+                    }
+                    Ok(Queued::Stalled) => {
+                        stalled = true;
+                        continue;
+                    }
+                    Err(_) => break 'conn None,
+                }
+            } else {
+                let closed = outbox.drain(&mut batch);
+                for frame in batch.drain(..) {
+                    if ws.feed(text(frame.bytes)).await.is_err() {
+                        break 'conn None;
+                    }
+                }
+                if ws.flush().await.is_err() {
+                    break 'conn None;
+                }
+                closed
+            };
+            match closed {
+                Some(Closed::SlowConsumer) => {
+                    tracing::debug!(conn, "Slow consumer disconnected.");
+                    break 'conn Some((
+                        close::SLOW_CONSUMER,
+                        "slow consumer: too far behind".into(),
+                    ));
+                }
+                Some(Closed::Evicted) => {
+                    tracing::debug!(conn, "Disconnected by request.");
+                    break 'conn Some((close::DISCONNECTED, "disconnected by the server".into()));
+                }
+                None => {}
+            }
+            if let Some(close) = dialect.after_batch(&mut session).await {
+                break 'conn Some(close);
             }
         }
     };
@@ -534,6 +563,29 @@ async fn run<D, S>(
     }
     drop(session);
     tracing::debug!(conn, "WebSocket closed.");
+}
+
+/// Resolves when either of a connection's `shutdown` or `sleep` (its next
+/// heartbeat, hint or expiry) does: what a stalled write gives way to.
+pub(crate) fn due(
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    mut sleep: Pin<&mut tokio::time::Sleep>,
+) -> impl Future<Output = ()> {
+    std::future::poll_fn(move |cx| {
+        if shutdown.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// Resolves once `socket` may take bytes again; never without one.
+pub(crate) async fn writable<F: Framing>(socket: Option<&SharedSocket<F>>) -> std::io::Result<()> {
+    match socket {
+        Some(socket) => socket.writable().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long closing a connection may take: our close frame, then the
