@@ -67,7 +67,7 @@ impl Default for PushaasConfig {
             enabled: false,
             prefix: "/pushaas".into(),
             username: "tsuru".into(),
-            password: "abc123".into(),
+            password: SEED_PASSWORD.into(),
             public_url: String::new(),
         }
     }
@@ -198,7 +198,7 @@ impl Default for PushApiConfig {
             prefix: "/push-api".into(),
             enable_auth: true,
             basic_auth_user: "app".into(),
-            basic_auth_password: "abc123".into(),
+            basic_auth_password: SEED_PASSWORD.into(),
             push_stream_url: String::new(),
             agent: "herald".into(),
             persistent_ping_interval: Duration::from_secs(60),
@@ -600,6 +600,9 @@ fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// push-api's and pushaas's default password, as the seeds ship it.
+pub(crate) const SEED_PASSWORD: &str = "abc123";
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -687,18 +690,47 @@ impl Config {
         }
         let ps = &self.pushstream;
         let pa = &self.pushapi;
-        for (enabled, key, prefix) in [
+        let mounted: Vec<(&str, &str)> = [
             (ps.enabled, "pushstream.prefix", &ps.prefix),
             (pa.enabled, "pushapi.prefix", &pa.prefix),
-        ] {
-            if enabled {
-                check_prefix(key, prefix)?;
+            (self.pushaas.enabled, "pushaas.prefix", &self.pushaas.prefix),
+        ]
+        .into_iter()
+        .filter(|(enabled, ..)| *enabled)
+        .map(|(_, key, prefix)| (key, prefix.as_str()))
+        .collect();
+        for (i, &(key, prefix)) in mounted.iter().enumerate() {
+            check_prefix(key, prefix)?;
+            // One mount inside another's path would take its routes.
+            let inside = |outer: &str| prefix == outer || prefix.starts_with(&format!("{outer}/"));
+            if let Some((other, _)) = mounted[..i]
+                .iter()
+                .find(|(_, other)| inside(other) || other.starts_with(&format!("{prefix}/")))
+            {
+                return Err(ConfigError(format!(
+                    "{other} and {key} must differ, neither inside the other"
+                )));
             }
         }
-        if ps.enabled && pa.enabled && ps.prefix == pa.prefix {
-            return Err(ConfigError(
-                "pushstream.prefix and pushapi.prefix must differ".into(),
-            ));
+        // With publisher keys the operator locked publishing; push-api and
+        // PushaaS publish with their own credentials, which must not be the
+        // seeds' well-known defaults then.
+        if !a.api_keys.is_empty() {
+            if pa.enabled && (!pa.enable_auth || pa.basic_auth_password == SEED_PASSWORD) {
+                return Err(ConfigError(
+                    "auth.api_keys is set, but push-api publishes with the seed's default \
+                     credentials: set pushapi.basic_auth_password (with pushapi.enable_auth) \
+                     or pushapi.enabled = false"
+                        .into(),
+                ));
+            }
+            if self.pushaas.enabled && self.pushaas.password == SEED_PASSWORD {
+                return Err(ConfigError(
+                    "auth.api_keys is set, but PushaaS's Tsuru API has the seed's default \
+                     password: set pushaas.password"
+                        .into(),
+                ));
+            }
         }
         if ps.enabled && ps.store_messages && ps.max_messages_stored_per_channel == 0 {
             return Err(ConfigError(
@@ -726,5 +758,39 @@ impl Config {
                 .map_err(|e| ConfigError(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount that cannot be routed is refused at start, not a panic of
+    /// the router's.
+    #[test]
+    fn mounts_must_be_prefixes_apart() {
+        let mut c = Config::default();
+        c.pushaas.enabled = true;
+        assert!(c.validate().is_ok());
+        for (prefix, why) in [
+            ("pushaas", "must start with '/'"),
+            ("", "must start with '/'"),
+            ("/pushaas/", "not end with '/'"),
+            ("/ps", "neither inside the other"),
+            ("/ps/tsuru", "neither inside the other"),
+            ("/push-api", "neither inside the other"),
+            ("/api/pushaas", "native route"),
+        ] {
+            c.pushaas.prefix = prefix.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{prefix:?}: {e}");
+        }
+        c.pushaas.prefix = "/push".into();
+        assert!(
+            c.validate().is_ok(),
+            "a prefix of another's name, not of its path"
+        );
+        c.pushstream.prefix = "/push/ps".into();
+        assert!(c.validate().is_err());
     }
 }

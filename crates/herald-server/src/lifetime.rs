@@ -78,10 +78,12 @@ fn draw_lifetime(cfg: &ConnectionConfig) -> Option<Duration> {
     if cfg.lifetime_max.is_zero() {
         return None;
     }
-    if cfg.lifetime_max <= cfg.lifetime_min {
+    // Drawn in whole milliseconds: bounds apart by less are one value.
+    let (min, max) = (cfg.lifetime_min.as_millis(), cfg.lifetime_max.as_millis());
+    if max <= min {
         return Some(cfg.lifetime_min);
     }
-    let ms = rand::rng().random_range(cfg.lifetime_min.as_millis()..cfg.lifetime_max.as_millis());
+    let ms = rand::rng().random_range(min..max);
     Some(Duration::from_millis(ms as u64))
 }
 
@@ -119,6 +121,10 @@ mod tests {
     fn equal_bounds_and_zero_are_handled() {
         assert_eq!(draw_lifetime(&cfg(5, 5)), Some(Duration::from_secs(5)));
         assert_eq!(draw_lifetime(&cfg(0, 0)), None);
+        // Apart by less than a millisecond: one value, not an empty range.
+        let mut close = cfg(120, 120);
+        close.lifetime_max += Duration::from_micros(500);
+        assert_eq!(draw_lifetime(&close), Some(Duration::from_secs(120)));
     }
 
     #[tokio::test(start_paused = true)]

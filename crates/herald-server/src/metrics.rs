@@ -34,6 +34,9 @@ impl Transport {
 pub struct Metrics {
     /// Open streaming connections per transport.
     open: [AtomicU64; 2],
+    /// Open streaming connections in all: the one counter `max_connections`
+    /// is taken from, so concurrent handshakes cannot both take the last.
+    total: AtomicU64,
     /// Connections accepted since start per transport.
     opened: [AtomicU64; 2],
     /// Connections refused because `max_connections` was reached.
@@ -62,6 +65,7 @@ pub(crate) struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.metrics.open[self.transport as usize].fetch_sub(1, Ordering::Relaxed);
+        self.metrics.total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -91,11 +95,13 @@ impl Metrics {
         transport: Transport,
         max: usize,
     ) -> Option<ConnectionSlot> {
-        let slot = &self.open[transport as usize];
-        if self.connections() >= max as u64 {
-            return None;
-        }
-        slot.fetch_add(1, Ordering::Relaxed);
+        let max = max as u64;
+        self.total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.open[transport as usize].fetch_add(1, Ordering::Relaxed);
         self.opened[transport as usize].fetch_add(1, Ordering::Relaxed);
         Some(ConnectionSlot {
             metrics: self.clone(),
@@ -111,7 +117,7 @@ impl Metrics {
 
     /// Open streaming connections across transports.
     pub fn connections(&self) -> u64 {
-        self.open.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -332,5 +338,28 @@ mod tests {
         assert!(text.contains("herald_fanout_latency_seconds_bucket{le=\"+Inf\"} 0"));
         assert!(text.contains("\nherald_subscriptions 0\n"));
         assert!(text.contains("\nherald_broker_ready{kind=\"memory\"} 1\n"));
+    }
+
+    /// Handshakes on many threads at once take exactly the slots there are.
+    #[test]
+    fn concurrent_takes_never_pass_the_limit() {
+        let m = Arc::new(Metrics::default());
+        let taken: Vec<_> = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..8)
+                .map(|_| {
+                    let m = m.clone();
+                    s.spawn(move || {
+                        (0..1_000)
+                            .filter_map(|_| m.take(Transport::Ws, 100))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            takers.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(taken.len(), 100);
+        assert_eq!(m.connections(), 100);
+        drop(taken);
+        assert_eq!(m.connections(), 0);
     }
 }

@@ -141,6 +141,15 @@ impl Server {
             broker = state.engine.broker().name(),
             "Herald listening."
         );
+        let pa = &state.config.pushapi;
+        if pa.enabled && (!pa.enable_auth || pa.basic_auth_password == crate::config::SEED_PASSWORD)
+        {
+            tracing::warn!(
+                prefix = %pa.prefix,
+                "push-api publishes with the seed's default credentials; set \
+                 pushapi.basic_auth_password, or pushapi.enabled = false."
+            );
+        }
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         let revocations = tokio::spawn(crate::revocations::sync(state.clone()));

@@ -15,6 +15,7 @@ fn config(c: &mut Config) {
     c.auth.secret = Some(SECRET.into());
     c.auth.protected_channels = vec!["private-*".into(), "user:alice".into()];
     c.auth.api_keys = vec![KEY.into()];
+    c.pushapi.basic_auth_password = "push-api-password".into();
     c.server.allow_client_publish = true;
     // Every channel keeps history, so offsets count every publish.
     c.history.rules = vec![herald_core::history::RetentionRule {

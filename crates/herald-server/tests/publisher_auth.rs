@@ -10,6 +10,13 @@ use serde_json::{Value, json};
 
 const KEY: &str = "publisher-key-0001";
 
+/// Publisher keys, and push-api off its seed's default password (which
+/// Herald refuses beside keys).
+fn keyed(c: &mut herald_server::Config, keys: &[&str]) {
+    c.auth.api_keys = keys.iter().map(|k| k.to_string()).collect();
+    c.pushapi.basic_auth_password = "push-api-password".into();
+}
+
 /// `method path` with `body` and an optional header; the status and JSON body.
 async fn call(
     s: &TestServer,
@@ -32,9 +39,7 @@ async fn call(
 
 #[tokio::test]
 async fn publisher_routes_want_a_key_and_subscribers_do_not() {
-    let s =
-        TestServer::with(|c| c.auth.api_keys = vec!["another-key-0123456789".into(), KEY.into()])
-            .await;
+    let s = TestServer::with(|c| keyed(c, &["another-key-0123456789", KEY])).await;
     let bearer = format!("Bearer {KEY}");
     let publish = json!({"channel": "news", "data": 1});
     let client =
@@ -118,7 +123,7 @@ async fn publisher_routes_want_a_key_and_subscribers_do_not() {
 #[tokio::test]
 async fn a_head_handshake_neither_skips_the_key_nor_upgrades() {
     let s = TestServer::with(|c| {
-        c.auth.api_keys = vec![KEY.into()];
+        keyed(c, &[KEY]);
         c.pushca.secret_key = Some("pushca-test-secret".into());
     })
     .await;
@@ -149,6 +154,37 @@ async fn a_head_handshake_neither_skips_the_key_nor_upgrades() {
     }
 }
 
+/// push-stream's WebSocket publishes its client's text frames, as `/pub`
+/// does: with keys set, only for a handshake that presents one.
+#[tokio::test]
+async fn push_stream_websocket_publishing_wants_a_key_too() {
+    let s = TestServer::with(|c| keyed(c, &[KEY])).await;
+    let mut sub = s.ws("/ws?channels=news").await;
+    let open = |key: Option<&'static str>| {
+        let addr = s.addr;
+        async move {
+            let key = key.map_or(String::new(), |k| format!("X-Api-Key: {k}\r\n"));
+            let request = format!(
+                "GET /ps/ws/news HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{key}\r\n"
+            );
+            let (ws, head) = RawWs::open(addr, request.as_bytes()).await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            ws
+        }
+    };
+    let mut keyless = open(None).await;
+    keyless.send(1, b"from anyone").await;
+    // Its close answered: the frame before it was handled.
+    keyless.send(8, &1000u16.to_be_bytes()).await;
+    assert_eq!(keyless.close_frame().await.0, 1000);
+    let mut keyed = open(Some(KEY)).await;
+    keyed.send(1, b"from the backend").await;
+    let got = next_json(&mut sub).await;
+    assert_eq!(got["data"], "from the backend", "{got}");
+}
+
 #[tokio::test]
 async fn without_keys_the_routes_stay_open() {
     let s = TestServer::start().await;
@@ -172,6 +208,21 @@ fn empty_or_short_keys_are_refused_at_start() {
         assert!(e.contains("auth.api_keys"), "{bad:?}: {e}");
     }
     c.auth.api_keys = vec![KEY.into()];
+    // Beside keys, push-api and PushaaS must not keep the seeds' password.
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("pushapi.basic_auth_password"), "{e}");
+    c.pushapi.enabled = false;
+    assert!(c.validate().is_ok());
+    c.pushapi.enabled = true;
+    c.pushapi.basic_auth_password = "push-api-password".into();
+    assert!(c.validate().is_ok());
+    c.pushapi.enable_auth = false;
+    assert!(c.validate().is_err(), "push-api open to anyone");
+    c.pushapi.enable_auth = true;
+    c.pushaas.enabled = true;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("pushaas.password"), "{e}");
+    c.pushaas.password = "tsuru-password".into();
     assert!(c.validate().is_ok());
     c.auth.receiver_secret = Some("tiny".into());
     assert!(c.validate().is_err());

@@ -6,9 +6,11 @@
 
 mod common;
 
+use base64::Engine;
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 const TSURU: (&str, &str) = ("tsuru", "abc123");
 
@@ -237,6 +239,19 @@ async fn tsuru_creates_binds_and_removes_an_instance() {
     assert!(res.status().is_success(), "{}", res.status());
     let m = mine.next().await.unwrap();
     assert_eq!(m["text"], "agent");
+    // Its WebSocket publishes a client's frames only with them too.
+    ws.send(Message::text("ws anyone")).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("chat:{password}"));
+    let request = format!(
+        "GET /pushaas/instances/chat/ps/ws/room HTTP/1.1\r\nHost: {}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Basic {auth}\r\n\r\n",
+        s.addr
+    );
+    let (mut agent, head) = RawWs::open(s.addr, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    agent.send(1, b"ws agent").await;
+    assert_eq!(mine.next().await.unwrap()["text"], "ws agent");
 
     // Its push-api answers for its own channels and points at its push-stream.
     let config: Value = fetch_json(

@@ -125,7 +125,10 @@ fn config_check_default_and_env_overrides() {
 
 #[test]
 fn cli_publish_presents_an_api_key() {
-    let herald = Herald::start(&[("HERALD_AUTH__API_KEYS", r#"["cli-key-0123456789"]"#)]);
+    let herald = Herald::start(&[
+        ("HERALD_AUTH__API_KEYS", r#"["cli-key-0123456789"]"#),
+        ("HERALD_PUSHAPI__ENABLED", "false"),
+    ]);
     let publish = |key: Option<&str>| {
         let mut cmd = Command::new(HERALD);
         cmd.args([

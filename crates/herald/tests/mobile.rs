@@ -143,7 +143,10 @@ async fn the_http_push_api_sends_through_the_pipeline() {
     let herald = herald_for_shop(
         &kafka,
         &apns,
-        &[("HERALD_AUTH__API_KEYS", r#"["publisher-key-0123456789"]"#)],
+        &[
+            ("HERALD_AUTH__API_KEYS", r#"["publisher-key-0123456789"]"#),
+            ("HERALD_PUSHAPI__ENABLED", "false"),
+        ],
     );
     let push = |body: serde_json::Value, key: Option<&'static str>| {
         let mut req = reqwest::Client::new()

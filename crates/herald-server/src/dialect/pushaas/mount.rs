@@ -154,7 +154,8 @@ pub(crate) async fn dispatch(
     let rest = uri.path().strip_prefix(&own).unwrap_or("/");
     // push-stream's publisher is push-agent's door in PushaaS, never the
     // public's: here it wants the instance's push-api credentials.
-    if rest == "/ps/pub" && !pushapi::auth::presents(req.headers(), &mount.authorization) {
+    let credentials = pushapi::auth::presents(req.headers(), &mount.authorization);
+    if rest == "/ps/pub" && !credentials {
         return pushapi::auth::unauthorized();
     }
     let rest = match uri.query() {
@@ -165,6 +166,9 @@ pub(crate) async fn dispatch(
         Ok(inner) => *req.uri_mut() = inner,
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     }
+    // Nor does its WebSocket publish without them.
+    req.extensions_mut()
+        .insert(pushstream::websocket::MayPublish(credentials));
     match mount.router.clone().oneshot(req).await {
         Ok(res) => res,
         Err(never) => match never {},

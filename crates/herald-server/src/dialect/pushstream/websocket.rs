@@ -34,7 +34,9 @@ const POLICY: u16 = 1008;
         template), WS pings every `ping_interval`, the footer template as a frame then a 1000 \
         close at `subscriber_ttl` or when every channel was deleted. \
         With `websocket_allow_publish` (default on), a client text frame is published to the \
-        connection's channels. Refused subscriptions upgrade, then close with 1008 and \
+        connection's channels, when the handshake presents a publisher key (if keys are set; \
+        on a PushaaS instance, its credentials); otherwise it is ignored. Refused \
+        subscriptions upgrade, then close with 1008 and \
         `{\"http_status\": N, \"explain\": \"…\"}`.",
     params(("channels" = String, Path, description = super::DOC_CHANNELS), ControlArgs,
         super::ResumeHeaders),
@@ -72,6 +74,15 @@ pub(crate) async fn ws(
         );
         return res;
     }
+    let may_publish = ps.cfg.websocket_allow_publish
+        && match req.extensions().get::<MayPublish>() {
+            Some(MayPublish(allowed)) => *allowed,
+            // As `/pub`: with publisher keys, only a handshake that presents one.
+            None => {
+                ps.app.config.auth.api_keys.is_empty()
+                    || crate::publisher_auth::presents_key(&ps.app, req.headers())
+            }
+        };
     let (format, deleted) = PsFormat::new(Kind::Text, ps.render.clone());
     let mut session = Session::new(ps.app.clone(), format);
     let mut presence = Presence::new(&ps);
@@ -82,6 +93,7 @@ pub(crate) async fn ws(
         };
     let dialect = PushStreamWs {
         ps: ps.clone(),
+        may_publish,
         refusal: subscribed.err(),
         refused: false,
         deleted,
@@ -109,10 +121,19 @@ fn refusal_reason(refusal: Refusal) -> String {
     }
 }
 
+/// Whether a push-stream WebSocket's handshake may publish, when the mount
+/// decides it (a PushaaS instance: with its credentials); else the server's
+/// publisher keys do.
+#[derive(Clone, Copy)]
+pub(crate) struct MayPublish(pub(crate) bool);
+
 /// One push-stream WebSocket.
 struct PushStreamWs {
     /// The mount the connection belongs to: its chunks, timing and publish rules.
     ps: PsState,
+    /// Whether the client's text frames are published: the mount allows it
+    /// and the handshake may (see [`MayPublish`]).
+    may_publish: bool,
     /// When set, the connection only closes with this refusal.
     refusal: Option<Refusal>,
     /// Whether it was refused (no templates then).
@@ -184,7 +205,7 @@ impl WsDialect for PushStreamWs {
     }
 
     async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
-        if !self.ps.cfg.websocket_allow_publish || text.is_empty() {
+        if !self.may_publish || text.is_empty() {
             return Reply::default();
         }
         let keys: Vec<ChannelKey> = session
