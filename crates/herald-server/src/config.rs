@@ -666,10 +666,16 @@ impl Config {
                 "auth.api_keys must be at least 16 characters each".into(),
             ));
         }
-        if a.receiver_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(ConfigError(
-                "auth.receiver_secret must be at least 16 characters".into(),
-            ));
+        // Each signs or keys something a client must not forge: an empty or
+        // short one makes that easy.
+        for (key, secret) in [
+            ("auth.receiver_secret", &a.receiver_secret),
+            ("auth.secret", &a.secret),
+            ("pushca.secret_key", &self.pushca.secret_key),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.len() < 16) {
+                return Err(ConfigError(format!("{key} must be at least 16 characters")));
+            }
         }
         crate::access::Patterns::new(a.protected_channels.clone())
             .map_err(|e| ConfigError(format!("auth.protected_channels: {e}")))?;
@@ -792,5 +798,23 @@ mod tests {
         );
         c.pushstream.prefix = "/push/ps".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_short() {
+        let mut c = Config::default();
+        for short in ["", "secret"] {
+            c.auth.secret = Some(short.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("auth.secret"), "{e}");
+            c.auth.secret = None;
+            c.pushca.secret_key = Some(short.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("pushca.secret_key"), "{e}");
+            c.pushca.secret_key = None;
+        }
+        c.auth.secret = Some("sixteen-chars-ok".into());
+        c.pushca.secret_key = Some("sixteen-chars-ok".into());
+        assert!(c.validate().is_ok());
     }
 }

@@ -330,7 +330,7 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
 async fn pushca_and_native_connections_share_the_directory() {
     let server = TestServer::with(|c| {
         config(c);
-        c.pushca.secret_key = Some("p".into());
+        c.pushca.secret_key = Some("pushca-test-secret".into());
     })
     .await;
     let res: Value = fetch_json(reqwest::Client::new()
