@@ -808,3 +808,45 @@ async fn revoking_a_user_closes_their_connections_and_refuses_older_tokens() {
         assert_eq!(res.status(), 400, "{bad}");
     }
 }
+
+/// A revocation another node wrote (its disconnect lost, or this node's
+/// connection opened before it reread them) closes this node's connections
+/// of that user once it is read, and only theirs.
+#[tokio::test]
+async fn a_revocation_learned_from_the_broker_closes_the_users_connections_here() {
+    let server = herald_server::Server::bind({
+        let mut c = TestServer::config();
+        config(&mut c);
+        c
+    })
+    .await
+    .unwrap();
+    let broker = server.state().engine.broker().clone();
+    let server = TestServer::run(server);
+    let now = unix_now() as i64;
+    let mut alice = server
+        .ws(&format!(
+            "/ws?token={}",
+            jwt_issued("alice", Some(now - 60))
+        ))
+        .await;
+    let mut bob = server
+        .ws(&format!("/ws?token={}", jwt_issued("bob", Some(now - 60))))
+        .await;
+    // As another node writes it.
+    let record = herald_core::Record {
+        id: format!("{now}:alice"),
+        value: now.to_string().into(),
+        created_ms: 0,
+    };
+    assert!(
+        broker
+            .create_record("revocation", record, Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(expect_close(&mut alice).await.0, 4009);
+    let (status, reply) = send(&server, json!({"filter": {"user": "bob"}, "data": 1})).await;
+    assert_eq!((status, &reply["delivered"]), (200, &json!(1)), "{reply}");
+    assert_eq!(next_json(&mut bob).await["data"], 1);
+}
