@@ -43,18 +43,26 @@ impl From<ChannelNameError> for ApiError {
 }
 
 impl From<BrokerError> for ApiError {
+    /// The client learns what happened, not the broker's own words (its
+    /// addresses, its scripts' errors): those go to the log.
     fn from(e: BrokerError) -> Self {
+        tracing::debug!(error = %e, "Broker error answered.");
         match e {
             // Not "unavailable": a retry may publish a second copy.
             BrokerError::OutcomeUnknown(_) => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "outcome_unknown",
-                format!("{e}; it may still take effect"),
+                "the broker did not answer in time; it may still take effect",
             ),
-            _ => Self::new(
+            BrokerError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                e.to_string(),
+                "the broker is unavailable; try again later",
+            ),
+            BrokerError::Protocol(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the broker answered something this server cannot use",
             ),
         }
     }

@@ -393,6 +393,24 @@ async fn a_websocket_client_over_its_command_rate_is_refused_and_others_are_not(
         (5..20).collect::<Vec<_>>(),
         "the burst, then refusals"
     );
+    // Malformed commands are counted too: they cost their parse and reply.
+    let mut garbage = server.ws("/ws").await;
+    for id in 0..7 {
+        let bad = format!(r#"{{"id": {id}, "cmd": "#);
+        garbage.send(Message::text(bad)).await.unwrap();
+    }
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        let reply = next_json(&mut garbage).await;
+        codes.push(
+            reply["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes[..5], ["bad_request"; 5], "{codes:?}");
+    assert_eq!(codes[5..], ["rate_limited"; 2], "{codes:?}");
     // Its own bucket: another client is served at once.
     let reply = command(&mut calm, json!({"id": 1, "cmd": "ping"})).await;
     assert_eq!(reply["result"], json!({}), "{reply}");

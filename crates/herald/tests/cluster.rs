@@ -369,6 +369,11 @@ async fn a_publish_redis_never_answered_is_outcome_unknown_not_unavailable() {
         (503, &json!("unavailable")),
         "{body}"
     );
+    // The broker's own words (addresses, script errors) stay in the log.
+    assert_eq!(
+        body["error"]["message"],
+        "the broker is unavailable; try again later"
+    );
 
     // Redis runs the unanswered script when it resumes; the other never ran.
     signal(&pid, "CONT");

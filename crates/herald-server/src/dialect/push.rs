@@ -123,7 +123,7 @@ pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Resp
             Json(json!({"subscribers": p.subscribers})),
         )
             .into_response(),
-        Err(e) => seed_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => seed_error(StatusCode::SERVICE_UNAVAILABLE, ApiError::from(e).message),
     }
 }
 

@@ -325,6 +325,17 @@ pub(crate) fn position_json(p: &Position) -> Value {
     json!({"offset": p.offset, "epoch": p.epoch})
 }
 
+/// The `id` of a command that is refused before it is read, if that much
+/// parses: echoed, so the client can tell which command failed.
+fn command_id(text: &str) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|c| c.id)
+}
+
 /// Native WebSocket connection state.
 struct NativeWs {
     /// Whether the client answered since the last ping.
@@ -443,29 +454,22 @@ impl WsDialect for NativeWs {
     }
 
     async fn on_text(&mut self, session: &mut Session, text: &str) -> Reply {
-        let cmd: Command = match serde_json::from_str(text) {
-            Ok(c) => c,
-            Err(e) => {
-                // The id alone may still parse: echo it, so the client can
-                // tell which command failed.
-                #[derive(Deserialize)]
-                struct IdOnly<'a> {
-                    #[serde(borrow)]
-                    id: Option<&'a RawValue>,
-                }
-                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|c| c.id);
-                let message = format!("malformed command: {e}");
-                return failure(id, "bad_request", &message);
-            }
-        };
-        let (id, quiet) = (cmd.id, cmd.reply == Some(false));
+        // Before parsing: malformed commands count too.
         if !self.commands.try_acquire() {
             return failure(
-                id,
+                command_id(text),
                 "rate_limited",
                 "too many commands: over limits.ws_commands_per_second",
             );
         }
+        let cmd: Command = match serde_json::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!("malformed command: {e}");
+                return failure(command_id(text), "bad_request", &message);
+            }
+        };
+        let (id, quiet) = (cmd.id, cmd.reply == Some(false));
         match execute(session, cmd).await {
             Ok(_) if quiet => Reply::default(),
             Ok(result) => Answer {

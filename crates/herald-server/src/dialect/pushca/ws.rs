@@ -29,6 +29,7 @@ use super::{
     targeted_with_ack,
 };
 use crate::config::ConnectionConfig;
+use crate::error::ApiError;
 use crate::session::Session;
 use crate::state::AppState;
 use crate::transport::ws::{Reply, WsDialect, close};
@@ -388,7 +389,7 @@ impl PushcaWs {
                     .engine
                     .acknowledge(session.outbox.id(), &ack.message_id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ApiError::from(e).message)?;
                 tracing::debug!(conn = session.outbox.id(), message = %ack.message_id, acked, "Acked.");
                 Ok(Outcome::Ack)
             }
@@ -400,7 +401,7 @@ impl PushcaWs {
                     .engine
                     .send(&filter, targeted(m.message))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ApiError::from(e).message)?;
                 tracing::debug!(
                     conn = session.outbox.id(),
                     delivered = out.delivered,
@@ -480,7 +481,7 @@ fn spawn_acked(
             Ok(AckOutcome::TimedOut { .. }) => {
                 Answer::Frame(error(&reply_id, "acknowledge timeout"))
             }
-            Err(e) => Answer::Frame(error(&reply_id, &e.to_string())),
+            Err(e) => Answer::Frame(error(&reply_id, &ApiError::from(e).message)),
         };
         let reply = answer.frame(&reply_id);
         recent.lock().answer(Fingerprint::of(&cmd_id), answer);
