@@ -1,7 +1,7 @@
 //! Errors at the HTTP edge: a status and a JSON body, never a panic.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::{BrokerError, ChannelNameError};
 use serde_json::json;
@@ -15,6 +15,8 @@ pub(crate) struct ApiError {
     pub(crate) code: &'static str,
     /// What went wrong, for people; clients match on `code`.
     pub(crate) message: String,
+    /// A header the answer must carry (a 426's `Upgrade`), if any.
+    pub(crate) header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            header: None,
         }
+    }
+
+    /// The same error, answered with `name: value`.
+    pub(crate) fn with_header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -70,6 +79,10 @@ impl From<BrokerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut res = (self.status, Json(self.body())).into_response();
+        if let Some((name, value)) = self.header {
+            res.headers_mut().insert(name, value);
+        }
+        res
     }
 }

@@ -183,3 +183,55 @@ async fn sse_streams_are_the_same_on_either_path() {
         );
     }
 }
+
+/// Handshakes the RFCs refuse are refused on both paths, with the headers
+/// the refusals must carry.
+#[tokio::test]
+async fn refused_handshakes_say_what_would_be_taken() {
+    let server = TestServer::start().await;
+    for target in ["/ws?channels=a", "/ws/messages?channels=a"] {
+        let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+        for (lines, status, header) in [
+            // Not asking to upgrade: 426, naming the protocol.
+            (String::new(), 426, "upgrade: websocket"),
+            // Another version: refused, naming the one spoken.
+            (
+                format!(
+                    "{upgrade}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                ),
+                400,
+                "sec-websocket-version: 13",
+            ),
+            // A key that is not 16 bytes in base64.
+            (
+                format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc\r\n"),
+                400,
+                "",
+            ),
+            (
+                format!(
+                    "{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\n"
+                ),
+                400,
+                "",
+            ),
+        ] {
+            let (mut stream, head) = {
+                let mut stream = TcpStream::connect(server.addr).await.unwrap();
+                let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    read_some(&mut stream, &mut got).await;
+                }
+                (stream, String::from_utf8_lossy(&got).to_ascii_lowercase())
+            };
+            assert!(
+                head.starts_with(&format!("http/1.1 {status}")),
+                "{target} {lines:?}: {head}"
+            );
+            assert!(head.contains(header), "{target} {lines:?}: {head}");
+            stream.shutdown().await.unwrap();
+        }
+    }
+}

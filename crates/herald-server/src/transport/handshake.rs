@@ -286,7 +286,8 @@ impl<'a> Head<'a> {
                     return None;
                 }
             } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-                if key.replace(h.value).is_some() {
+                // Repeated or malformed: the handler refuses it.
+                if key.replace(h.value).is_some() || !ws::is_websocket_key(h.value) {
                     return None;
                 }
             } else if name.eq_ignore_ascii_case("authorization") {

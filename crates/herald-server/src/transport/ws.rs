@@ -168,22 +168,31 @@ pub(crate) fn accept(
         (headers.get_all(name).iter()).any(|v| has_token(v.as_bytes(), token))
     };
     if !lists(header::CONNECTION, "upgrade") || !lists(header::UPGRADE, "websocket") {
+        // RFC 9110 §15.5.22: a 426 names the protocol to switch to.
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
             "this endpoint speaks WebSocket",
-        ));
+        )
+        .with_header(header::UPGRADE, "websocket"));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+        // RFC 6455 §4.2.2: with the version the server speaks.
+        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13")
+            .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(ApiError::bad_request("Sec-WebSocket-Key is missing"));
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return Err(ApiError::bad_request(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
     let deflate = negotiate_deflate(state, offers.iter().map(HeaderValue::as_bytes));
@@ -563,6 +572,16 @@ async fn run<D, S>(
     }
     drop(session);
     tracing::debug!(conn, "WebSocket closed.");
+}
+
+/// Whether `key` is a `Sec-WebSocket-Key`: 16 bytes in base64 (RFC 6455
+/// §4.1).
+pub(crate) fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
 }
 
 /// Resolves when either of a connection's `shutdown` or `sleep` (its next
