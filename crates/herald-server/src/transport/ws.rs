@@ -384,9 +384,6 @@ async fn run<D, S>(
     let conn = session.outbox.id();
     tracing::debug!(conn, deflate = deflate.is_some(), "WebSocket opened.");
     let text = |bytes: Bytes| text_frame(deflate, bytes);
-    if let Some(socket) = &direct {
-        session.outbox.attach(socket.clone());
-    }
     let timing = dialect.timing();
     let timing = timing.as_ref().unwrap_or(&state.config.connection);
     let mut clock = Clock::start(timing);
@@ -411,6 +408,11 @@ async fn run<D, S>(
         if hello.close.is_some() {
             break 'conn hello.close;
         }
+        // Publishers write straight to the socket from now on: not before
+        // the greeting is out, which must come first.
+        if let Some(socket) = &direct {
+            session.outbox.attach(socket.clone());
+        }
         // Made once, not per turn of the loop: each new one would join
         // and leave its notifier's waiter list again.
         let shutdown = state.shutdown.signalled();
@@ -425,8 +427,10 @@ async fn run<D, S>(
             let write = tokio::select! {
                 biased;
                 () = &mut shutdown => {
+                    // Bounded as the close is: a client that stopped reading
+                    // must not hold shutdown up for a whole write timeout.
                     if let Some(hint) = dialect.reconnect_hint() {
-                        let _ = ws.feed(text(hint)).await;
+                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.feed(text(hint))).await;
                     }
                     break 'conn Some((close::RESTART, "server restarting, reconnect".into()));
                 }
