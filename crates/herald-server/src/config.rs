@@ -677,15 +677,27 @@ impl Config {
                 return Err(ConfigError(format!("{key} must be at least 16 characters")));
             }
         }
-        crate::access::Patterns::new(a.protected_channels.clone())
-            .map_err(|e| ConfigError(format!("auth.protected_channels: {e}")))?;
+        for (key, patterns) in [
+            ("auth.protected_channels", &a.protected_channels),
+            ("presence.events", &self.presence.events),
+        ] {
+            crate::access::Patterns::new(patterns.clone())
+                .map_err(|e| ConfigError(format!("{key}: {e}")))?;
+            // A pattern no channel name can match protects nothing.
+            if let Some(bad) = patterns
+                .iter()
+                .find(|p| herald_core::channel::validate_name(&p.replace('*', "x")).is_err())
+            {
+                return Err(ConfigError(format!(
+                    "{key}: {bad:?} can match no channel name"
+                )));
+            }
+        }
         if !a.protected_channels.is_empty() && a.secret.is_none() && a.public_key_path.is_none() {
             return Err(ConfigError(
                 "auth.protected_channels needs auth.secret or auth.public_key_path to verify the tokens that grant them".into(),
             ));
         }
-        crate::access::Patterns::new(self.presence.events.clone())
-            .map_err(|e| ConfigError(format!("presence.events: {e}")))?;
         for rule in &self.history.rules {
             if rule.pattern.matches('*').count() > 1 {
                 return Err(ConfigError(format!(
@@ -816,5 +828,23 @@ mod tests {
         c.auth.secret = Some("sixteen-chars-ok".into());
         c.pushca.secret_key = Some("sixteen-chars-ok".into());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_pattern_no_channel_name_matches_is_refused() {
+        let mut c = Config::default();
+        c.auth.secret = Some("sixteen-chars-ok".into());
+        for good in ["private-*", "user:alice", "*"] {
+            c.auth.protected_channels = vec![good.into()];
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        for bad in ["private/*", "a,b", "two**", ""] {
+            c.auth.protected_channels = vec![bad.into()];
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("auth.protected_channels"), "{bad:?}: {e}");
+        }
+        c.auth.protected_channels.clear();
+        c.presence.events = vec!["room /*".into()];
+        assert!(c.validate().is_err());
     }
 }
