@@ -490,9 +490,6 @@ impl Hub {
     /// memory broker).
     pub fn publish_local(&self, key: &ChannelKey, mut publication: Publication) -> Published {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        // Read before the lock: a later reading that wins the lock first
-        // only makes this message's time its successor's + 1.
-        let now = now_ms();
         loop {
             let ch = match self.get(key) {
                 Some(ch) => ch,
@@ -514,7 +511,12 @@ impl Hub {
             let offset = inner.next_offset;
             inner.next_offset += 1;
             inner.published += 1;
-            publication.time_ms = next_publish_time(now, inner.last_time_ms);
+            // Read under the lock, as the message goes out under it: a
+            // publisher delayed between reading the clock and fanning out
+            // would stamp its message earlier than ones other channels
+            // delivered meanwhile, and a client resuming several channels
+            // from one time (push-stream's long-poll) would step over it.
+            publication.time_ms = next_publish_time(now_ms(), inner.last_time_ms);
             inner.last_time_ms = publication.time_ms;
             let msg = Arc::new(Message::new(
                 key.clone(),

@@ -1234,3 +1234,73 @@ async fn without_stored_messages_only_a_subscribed_channel_exists() {
     );
     assert_eq!(json(&sub.until("}").await)["text"], "y");
 }
+
+/// A long-poll that ends with nothing for the client (its time ran out, or
+/// its queue overflowed and was dropped) sends it back to where it was:
+/// its own markers, not the clock's, so nothing published meanwhile, in
+/// any channel or by any clock, is stepped over.
+#[tokio::test]
+async fn a_long_poll_that_delivers_nothing_keeps_the_clients_markers() {
+    let s = server_with(|c| {
+        c.pushstream.longpolling_ttl = Duration::from_millis(1000);
+        c.limits.outbox_bytes = 4 * 1024;
+    })
+    .await;
+    publish(&s, "ov", "first", None).await;
+    let res = client().get(s.http("/ps/lp/ov.b1")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let given = marker_headers(&res);
+    let poll = |(lm, etag): (String, String)| {
+        let url = s.http("/ps/lp/ov");
+        async move {
+            client()
+                .get(url)
+                .header("If-Modified-Since", lm)
+                .header("If-None-Match", etag)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = poll(given.clone()).await;
+    assert_eq!(res.status(), 304, "timed out");
+    assert_eq!(marker_headers(&res), given);
+
+    // Messages more than the queue holds, fanned out in one go, overflow a
+    // waiting poll.
+    let waiting = tokio::spawn(poll(given.clone()));
+    let subscribed = async {
+        loop {
+            let stats = client()
+                .get(s.http("/ps/channels-stats?id=ov"))
+                .send()
+                .await
+                .unwrap();
+            if json(&stats.text().await.unwrap())["subscribers"] == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, subscribed).await.unwrap();
+    let batch: Vec<Value> = (0..3)
+        .map(|i| serde_json::json!({"channel": "ov", "data": format!("{i}{}", "b".repeat(3000))}))
+        .collect();
+    let res = client()
+        .post(s.http("/api/v1/publish/batch"))
+        .json(&serde_json::json!({"messages": batch}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(res.status(), 304, "overflowed");
+    assert_eq!(marker_headers(&res), given);
+    // From there the next poll reads them from history.
+    let res = poll(given).await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    for i in 0..3 {
+        assert!(body.contains(&format!("{i}bbb")), "message {i}");
+    }
+}

@@ -119,17 +119,21 @@ pub(crate) async fn answer(
     let outbox = session.outbox.clone();
     let mut frames: Vec<Frame> = Vec::new();
     outbox.drain(&mut frames);
+    // The client's own markers, each echoed when given (the module keeps a
+    // tag that came without a time).
+    let given = Marker {
+        time: sub.since.map_or(0, |s| s.time),
+        tag: sub.tag.unwrap_or(0),
+    };
     if frames.is_empty() && !long {
-        // Nothing new: 304 with the client's own markers, each echoed when
-        // given (the module keeps a tag that came without a time).
+        // Nothing new: 304 with the client's own markers.
         let mut res = header_only(StatusCode::NOT_MODIFIED, None);
-        let given = Marker {
-            time: sub.since.map_or(0, |s| s.time),
-            tag: sub.tag.unwrap_or(0),
-        };
         markers(res.headers_mut(), given, sub.tag.is_some());
         return res;
     }
+    // Where a timeout sends a client that gave no markers: taken before the
+    // last drain, so a message published after that drain is at or past it.
+    let mut now = Marker::now();
     if frames.is_empty() {
         let ttl = ps.cfg.longpolling_ttl;
         tokio::select! {
@@ -137,34 +141,41 @@ pub(crate) async fn answer(
             () = tokio::time::sleep(if ttl.is_zero() { Duration::from_secs(30) } else { ttl }) => {}
             () = ps.app.shutdown.signalled() => {}
         }
+        now = Marker::now();
         outbox.drain(&mut frames);
     }
     drop(session);
     drop(presence);
     if frames.is_empty() {
-        return timed_out(ps, callback.as_deref());
+        // A client with markers keeps them: nothing reached it since (an
+        // overflowed queue was dropped whole, to be read from history).
+        let (marker, with_tag) = match sub.since.is_some() || sub.tag.is_some() {
+            true => (given, sub.tag.is_some()),
+            false => (now, true),
+        };
+        return timed_out(ps, callback.as_deref(), marker, with_tag);
     }
     let newest = frames
         .iter()
         .filter_map(|f| f.message.as_deref().map(Marker::of))
         .max()
-        .unwrap_or_else(Marker::now);
+        .unwrap_or(now);
     let parts: Vec<Bytes> = frames.into_iter().map(|f| f.bytes).collect();
     reply(ps, StatusCode::OK, &parts, callback.as_deref(), newest)
 }
 
-/// The long-poll TTL ran out with nothing to send.
-fn timed_out(ps: &PsState, callback: Option<&str>) -> Response {
-    let now = Marker::now();
+/// The long-poll TTL ran out with nothing to send: the client is sent to
+/// `marker` (its tag too when `with_tag`).
+fn timed_out(ps: &PsState, callback: Option<&str>, marker: Marker, with_tag: bool) -> Response {
     if ps.cfg.timeout_with_body {
         let body = ps
             .render
             .message
             .to_bytes(&Fields::control(TIMEOUT_ID, TIMEOUT_TEXT));
-        return reply(ps, StatusCode::OK, &[Bytes::from(body)], callback, now);
+        return reply(ps, StatusCode::OK, &[Bytes::from(body)], callback, marker);
     }
     let mut res = header_only(StatusCode::NOT_MODIFIED, None);
-    markers(res.headers_mut(), now, true);
+    markers(res.headers_mut(), marker, with_tag);
     res
 }
 
