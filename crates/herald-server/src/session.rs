@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use herald_core::identity::USER;
 use herald_core::{
-    ChannelKey, Format, Identity, Outbox, Position, PresenceChange, Recovery, Replay, Subscribed,
+    ChannelKey, Format, Identity, Outbox, Position, PresenceChange, Replay, Subscribed,
     TargetFormat, outbox::next_conn_id,
 };
 
@@ -120,31 +120,13 @@ impl Session {
             self.channels.push(key.clone());
             self.joining = true;
         }
-        // Still subscribed here: everything since came to this connection
-        // live, so a resume replays nothing (it would repeat what is queued
-        // or sent) and has missed nothing.
-        let live = !fresh
-            && !matches!(replay, Replay::None)
-            && self
-                .state
-                .engine
-                .hub()
-                .is_subscribed(&key, self.outbox.id());
-        let resumed = live && matches!(replay, Replay::After(_));
-        let replay = if live { Replay::None } else { replay };
         // The hub is authoritative: subscribing again is harmless, and
         // re-registers a channel that was deleted meanwhile.
         let subscribed = self
             .state
             .engine
             .subscribe_with(&key, &self.outbox, replay)
-            .await
-            .map(|mut subscribed| {
-                if resumed {
-                    subscribed.recovery = Some(Recovery::Recovered);
-                }
-                subscribed
-            });
+            .await;
         let subscribed = match subscribed {
             Ok(subscribed) => subscribed,
             Err(e) => {
