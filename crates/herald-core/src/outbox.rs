@@ -168,6 +168,8 @@ struct State {
     /// When [`Outbox::push_direct`] was last called: frames closer together
     /// than [`DIRECT_GAP`] go through the queue, where they coalesce.
     last_direct: Option<Instant>,
+    /// Set by [`Outbox::hold`]: nothing is written but by the task.
+    held: bool,
 }
 
 /// Frames for one connection closer together than this (more than ~10,000 a
@@ -243,6 +245,7 @@ impl Outbox {
             .is_none_or(|last| now.duration_since(last) >= DIRECT_GAP);
         if sparse
             && state.frames.is_empty()
+            && !state.held
             && let Some(writer) = &state.writer
         {
             let taken = writer.try_write(&mut std::iter::once(&frame));
@@ -287,6 +290,10 @@ impl Outbox {
     /// would, and wakes the task for whatever the socket did not take.
     pub fn flush(&self) {
         let mut state = self.state.lock();
+        if state.held {
+            // The task writes it after what it holds it for.
+            return;
+        }
         if Self::write_out(&mut state) == Some(true) {
             return;
         }
@@ -324,6 +331,24 @@ impl Outbox {
         state.bytes += len;
         state.frames.push_back(frame);
         (Pushed::Queued, state.frames.len() == 1)
+    }
+
+    /// Until [`Outbox::release`], frames wait in the queue for the
+    /// connection's task, neither written by their publishers nor by a
+    /// flusher: what a command queues (a resume's replay) and live messages
+    /// after it go out behind its reply, which the task writes first.
+    pub fn hold(&self) {
+        self.state.lock().held = true;
+    }
+
+    /// Ends a [`Outbox::hold`], waking the task for what queued meanwhile.
+    pub fn release(&self) {
+        let mut state = self.state.lock();
+        if !std::mem::take(&mut state.held) || state.frames.is_empty() {
+            return;
+        }
+        drop(state);
+        self.wakeup.wake();
     }
 
     /// Moves every queued frame into `out`; returns why the outbox closed, if
@@ -536,6 +561,30 @@ mod tests {
         apart().await;
         o.push_direct(Bytes::from_static(b"4"));
         assert_eq!(o.queued_bytes(), 1, "detached: queued");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_outbox_leaves_every_write_to_its_task() {
+        let o = Outbox::new(1, Arc::new(Raw), 100);
+        let socket = TestSocket::opened();
+        o.attach(socket.clone());
+        o.hold();
+        assert_eq!(o.push_direct(Bytes::from_static(b"1")), Pushed::Queued);
+        o.flush();
+        assert!(
+            socket.written().is_empty(),
+            "neither the publisher nor a flusher"
+        );
+        assert_eq!(o.queued_bytes(), 1);
+        o.release();
+        tokio::time::timeout(Duration::from_secs(1), o.ready())
+            .await
+            .expect("released: the task is woken");
+        assert_eq!(o.write_queued(), Queue::Written(None));
+        assert_eq!(socket.written(), [&b"1"[..]]);
+        tokio::time::advance(DIRECT_GAP).await;
+        o.push_direct(Bytes::from_static(b"2"));
+        assert_eq!(socket.written(), [&b"1"[..], b"2"], "direct again");
     }
 
     #[tokio::test(start_paused = true)]

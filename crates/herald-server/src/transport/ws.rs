@@ -465,6 +465,9 @@ async fn run<D, S>(
                     if ws.flush().await.is_err() {
                         break 'conn None;
                     }
+                    // A command that held the outbox for its reply (a
+                    // resume) lets what queued behind it go.
+                    outbox.release();
                     if let Some(close) = reply.close {
                         break 'conn Some(close);
                     }

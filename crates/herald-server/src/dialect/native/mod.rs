@@ -529,6 +529,9 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
                 offset: since.offset,
                 epoch: Arc::from(since.epoch),
             };
+            // The replay, and live messages after it, follow the reply: the
+            // transport releases the outbox once it wrote it.
+            session.outbox.hold();
             let s = Box::pin(session.subscribe_from(key, Some(since))).await?;
             Ok(Done::Other(json!({
                 "channels": channel_names(session.channels()),
