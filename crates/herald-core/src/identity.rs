@@ -402,8 +402,10 @@ impl Posting {
 pub struct Directory {
     /// Connections and their postings, read-mostly.
     index: RwLock<Index>,
-    /// `findAny` rotation per filter: the next message goes to match `n % len`.
-    rotation: Mutex<HashMap<Filter, u64>>,
+    /// `findAny` rotation per filter's dimensions (whatever it excludes, so
+    /// that senders excluding themselves share one turn): the next message
+    /// goes to match `n % len`.
+    rotation: Mutex<HashMap<Identity, u64>>,
     /// Senders waiting for an ack, by message id; the ticket keeps a dropped
     /// waiter from removing a newer one for the same id.
     pending: Mutex<HashMap<Arc<str>, Waiting>>,
@@ -521,19 +523,31 @@ impl Directory {
     /// (advancing that filter's rotation).
     pub fn resolve(&self, filter: &Filter) -> Vec<ConnId> {
         let index = self.index.read();
-        let all = matches(&index, filter);
-        if !filter.find_any || all.len() <= 1 {
-            return all;
+        let mut all = self.in_turn(&index, filter);
+        if filter.find_any {
+            all.truncate(1);
         }
-        vec![all[self.next_turn(filter, all.len())]]
+        all
+    }
+
+    /// The connections `filter` selects in `index`: ascending, or for
+    /// `find_any` rotated to start at this message's turn (the others
+    /// following, for when it cannot take the message).
+    fn in_turn(&self, index: &Index, filter: &Filter) -> Vec<ConnId> {
+        let mut all = matches(index, filter);
+        if filter.find_any && all.len() > 1 {
+            let turn = self.next_turn(filter, all.len());
+            all.rotate_left(turn);
+        }
+        all
     }
 
     fn next_turn(&self, filter: &Filter, len: usize) -> usize {
         let mut rotation = self.rotation.lock();
-        if rotation.len() >= MAX_ROTATIONS && !rotation.contains_key(filter) {
+        if rotation.len() >= MAX_ROTATIONS && !rotation.contains_key(&filter.dims) {
             rotation.clear();
         }
-        let n = rotation.entry(filter.clone()).or_insert(0);
+        let n = rotation.entry(filter.dims.clone()).or_insert(0);
         let turn = (*n % len as u64) as usize;
         *n = n.wrapping_add(1);
         turn
@@ -607,10 +621,16 @@ impl Directory {
     }
 
     fn deliver_owed(&self, filter: &Filter, msg: &Targeted, to: AckTo) -> SendOutcome {
-        let targets = self.resolve(filter);
+        // Chosen and written under one read of the index: a connection
+        // chosen cannot leave in between.
         let index = self.index.read();
+        let targets = self.in_turn(&index, filter);
         let mut outcome = SendOutcome {
-            matched: targets.len(),
+            matched: if filter.find_any {
+                targets.len().min(1)
+            } else {
+                targets.len()
+            },
             delivered: 0,
         };
         let mut owing = Vec::new();
@@ -632,12 +652,19 @@ impl Directory {
                         });
                     }
                 }
-                owing.push(id);
             }
             // A targeted send reaches one connection or a few: written directly.
             if entry.outbox.push_direct(entry.format.encode_targeted(msg)) == Pushed::Queued {
                 outcome.delivered += 1;
+                if msg.ack {
+                    owing.push(id);
+                }
+                if filter.find_any {
+                    break;
+                }
             }
+            // Closed or overflowing (going away): findAny tries the next in
+            // turn.
         }
         if let AckTo::Here(ticket) = to
             && let Some(w) = self.pending.lock().get_mut(&msg.id)
@@ -1074,6 +1101,46 @@ mod tests {
         let picks: Vec<ConnId> = (0..4).flat_map(|_| dir.resolve(&f)).collect();
         assert!(picks.iter().all(|&p| p == 1 || p == 3));
         assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 2);
+    }
+
+    #[test]
+    fn find_any_passes_a_closed_connection_to_the_next_in_turn() {
+        let dir = Directory::new();
+        let outboxes: Vec<_> = (1..=3)
+            .map(|id| {
+                add(
+                    &dir,
+                    id,
+                    &[("account", "svc"), ("device", &format!("d{id}"))],
+                )
+            })
+            .collect();
+        // Closed (slow, or evicted), not yet unregistered.
+        outboxes[1].close(Closed::SlowConsumer);
+        let mut f = Filter::new(ident(&[("account", "svc")]));
+        f.find_any = true;
+        let msg = Targeted::new(Bytes::from_static(b"1"));
+        for _ in 0..6 {
+            let out = dir.deliver(&f, &msg);
+            assert_eq!(
+                out,
+                SendOutcome {
+                    matched: 1,
+                    delivered: 1
+                }
+            );
+        }
+        let mut frames = Vec::new();
+        let got: Vec<usize> = outboxes
+            .iter()
+            .map(|o| {
+                frames.clear();
+                o.drain(&mut frames);
+                frames.len()
+            })
+            .collect();
+        // 2's turns went to 3, the next in turn.
+        assert_eq!(got, [2, 0, 4]);
     }
 
     #[test]
