@@ -4,10 +4,11 @@
 //! subscribe, or it would be told it is subscribed (and read history, and
 //! go live) while messages still pass this node by.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use tokio::sync::watch;
 
 use crate::channel::ChannelKey;
@@ -16,10 +17,25 @@ use crate::channel::ChannelKey;
 /// broker, each with what it will tell: `Some(true)` once the broker
 /// listens, `Some(false)` if it failed; dropped unsent if its subscriber
 /// gave up.
-#[derive(Default)]
 pub(crate) struct Joins {
-    /// The in-flight subscribes, by channel, each with its number.
-    inflight: Mutex<Inflight>,
+    /// The in-flight subscribes, by channel, each with its number; in
+    /// shards, so that a subscribe replaying history under one shard's lock
+    /// holds up only the channels that hash with it.
+    shards: [Mutex<Inflight>; SHARDS],
+    /// Picks a channel's shard.
+    hasher: RandomState,
+}
+
+/// Shards of [`Joins`].
+const SHARDS: usize = 64;
+
+impl Default for Joins {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: RandomState::new(),
+        }
+    }
 }
 
 /// [`Joins`]' state, behind its lock.
@@ -51,7 +67,7 @@ impl Joins {
         key: &ChannelKey,
         subscribe: impl FnOnce() -> (bool, T),
     ) -> (Turn, T) {
-        let mut inflight = self.inflight.lock();
+        let mut inflight = self.shard(key).lock();
         let (first, value) = subscribe();
         let turn = if first {
             let (tx, rx) = watch::channel(None);
@@ -71,6 +87,11 @@ impl Joins {
             }
         };
         (turn, value)
+    }
+
+    /// The lock `key`'s in-flight subscribe is under.
+    fn shard(&self, key: &ChannelKey) -> &Mutex<Inflight> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 }
 
@@ -95,7 +116,7 @@ impl JoinGuard {
 
 impl Drop for JoinGuard {
     fn drop(&mut self) {
-        let mut inflight = self.joins.inflight.lock();
+        let mut inflight = self.joins.shard(&self.key).lock();
         // A later first subscribe of the channel may have replaced this one.
         if inflight
             .by_channel
