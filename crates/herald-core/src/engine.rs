@@ -75,6 +75,12 @@ const REPLAY_PAGE: usize = 10_000;
 /// messages are too old).
 const MAX_REPLAY_PAGES: usize = 100;
 
+/// Most message bytes one resume reads from a broker. Each resume holds its
+/// own copy of what it replays until the client took it, so a reconnect
+/// storm after a node went away would cost clients × history; a client
+/// further behind is told its messages are too old, and reloads.
+const MAX_REPLAY_BYTES: usize = 32 << 20;
+
 /// The hub and the broker, shared by every connection.
 #[derive(Clone)]
 pub struct Engine {
@@ -253,15 +259,20 @@ impl Engine {
 
     /// Extends `page`, read after some offset `limit` at a time, with the
     /// pages after it until it reaches the head it reports. Whether it did
-    /// within [`MAX_REPLAY_PAGES`]. A page from another epoch (the broker
-    /// lost its history meanwhile) replaces it: the resume is judged on it.
+    /// within [`MAX_REPLAY_PAGES`] and [`MAX_REPLAY_BYTES`]. A page from
+    /// another epoch (the broker lost its history meanwhile) replaces it:
+    /// the resume is judged on it.
     async fn read_to_head(
         &self,
         channel: &ChannelKey,
         page: &mut StoredPage,
         limit: usize,
     ) -> Result<bool, BrokerError> {
+        let mut bytes: usize = page.messages.iter().map(|m| m.data().len()).sum();
         for _ in 1..MAX_REPLAY_PAGES {
+            if bytes > MAX_REPLAY_BYTES {
+                return Ok(false);
+            }
             let Some(last) = page.messages.last().map(|m| m.offset) else {
                 return Ok(true);
             };
@@ -273,6 +284,7 @@ impl Engine {
                 *page = next;
                 return Ok(true);
             }
+            bytes += next.messages.iter().map(|m| m.data().len()).sum::<usize>();
             page.messages.extend(next.messages);
             page.position = next.position;
         }
@@ -883,5 +895,28 @@ mod tests {
         broker.subscribe_gate.as_ref().unwrap().add_permits(1);
         second.await.unwrap().unwrap();
         assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_further_behind_than_its_byte_budget_is_too_old() {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(StoringBroker::new(&hub));
+        let engine = Engine::new(hub, broker.clone());
+        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let big = "x".repeat(1 << 20);
+        for _ in 0..(MAX_REPLAY_BYTES >> 20) + 2 {
+            broker.append(&key, text(&big));
+        }
+        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 20));
+        let since = Position {
+            offset: 1,
+            epoch: Arc::from("E"),
+        };
+        let s = engine
+            .subscribe_with(&key, &outbox, Replay::After(since))
+            .await
+            .unwrap();
+        assert_eq!((s.recovery, s.replayed), (Some(Recovery::TooOld), 0));
+        assert_eq!(outbox.queued_bytes(), 0, "nothing replayed");
     }
 }

@@ -374,9 +374,13 @@ impl Hub {
             Feed::Live
         };
         if let Feed::Pending(pending) = std::mem::replace(&mut sub.feed, feed) {
+            // Held back by the server while history was read, not left
+            // unread by the client: counted as replay, not against its
+            // bound (a busy channel would otherwise close it for being slow,
+            // and again at every resume).
             for msg in pending {
                 if msg.offset > history_head {
-                    sub.outbox.push_message(&msg);
+                    sub.outbox.push_replayed(&msg);
                 }
             }
         }
@@ -1260,6 +1264,25 @@ mod tests {
         hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
         let got = drained(&a);
         assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    #[test]
+    fn messages_held_during_a_history_read_do_not_count_as_slow() {
+        let hub = keeping(100);
+        let small = Arc::new(Outbox::new(1, Arc::new(Raw), 10));
+        hub.subscribe_pending(&key("hist"), &small);
+        // Far more than the outbox's 10 bytes arrive while history is read.
+        for offset in 1..=20 {
+            hub.deliver(&remote(offset, "R"));
+        }
+        let at = Position {
+            offset: 0,
+            epoch: Arc::from("R"),
+        };
+        hub.activate(&key("hist"), 1, &[], &at);
+        let mut frames = Vec::new();
+        assert_eq!(small.drain(&mut frames), None, "not closed as slow");
+        assert_eq!(frames.len(), 20);
     }
 
     #[test]
