@@ -560,6 +560,7 @@ mod ack_tests {
             Identity::new([("user", user)]),
             outbox.clone(),
             Arc::new(ById),
+            None,
         );
         (engine, outbox)
     }

@@ -274,6 +274,9 @@ struct Entry {
     /// Ids delivered with `ack` and not yet acknowledged, oldest first; an
     /// ack is only accepted for an id this connection was actually sent.
     awaiting: Mutex<VecDeque<Owed>>,
+    /// When the token it came with was issued (Unix seconds), when it said:
+    /// a revocation closes only connections whose token it revokes.
+    issued_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -444,6 +447,7 @@ impl Directory {
         identity: Identity,
         outbox: Arc<Outbox>,
         format: Arc<dyn TargetFormat>,
+        issued_at: Option<u64>,
     ) -> Identity {
         let id = outbox.id();
         let mut index = self.index.write();
@@ -459,6 +463,7 @@ impl Directory {
                 outbox,
                 format,
                 awaiting: Mutex::default(),
+                issued_at,
             },
         );
         identity
@@ -585,6 +590,20 @@ impl Directory {
             matched: targets.len(),
             delivered: closed,
         }
+    }
+
+    /// Closes (as [`Closed::Evicted`]) this node's connections that `filter`
+    /// selects and whose token was issued at or before `until` (Unix
+    /// seconds), or did not say when: those a revocation revokes. Returns
+    /// how many it closed.
+    pub fn disconnect_issued_until(&self, filter: &Filter, until: u64) -> usize {
+        let index = self.index.read();
+        matches(&index, filter)
+            .iter()
+            .filter_map(|id| index.conns.get(id))
+            .filter(|entry| entry.issued_at.is_none_or(|iat| iat <= until))
+            .filter(|entry| entry.outbox.close(Closed::Evicted))
+            .count()
     }
 
     /// The ticket of the send on this node waiting for an ack of `id`, if
@@ -899,7 +918,7 @@ mod tests {
 
     fn add(dir: &Directory, id: ConnId, pairs: &[(&str, &str)]) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-        let _ = dir.register(ident(pairs), outbox.clone(), Arc::new(Raw));
+        let _ = dir.register(ident(pairs), outbox.clone(), Arc::new(Raw), None);
         outbox
     }
 
@@ -914,7 +933,12 @@ mod tests {
 
     fn add_client(dir: &Directory, id: ConnId, ws: &str, acc: &str, dev: &str) {
         let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-        let _ = dir.register(Identity::new(client(ws, acc, dev)), outbox, Arc::new(Raw));
+        let _ = dir.register(
+            Identity::new(client(ws, acc, dev)),
+            outbox,
+            Arc::new(Raw),
+            None,
+        );
     }
 
     #[test]
@@ -1061,7 +1085,7 @@ mod tests {
             let who = Identity::new(pairs.clone());
             all.push((id, who));
             let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-            let _ = dir.register(Identity::new(pairs), outbox, Arc::new(Raw));
+            let _ = dir.register(Identity::new(pairs), outbox, Arc::new(Raw), None);
         }
         for ws in 0..3 {
             for acc in 0..7 {

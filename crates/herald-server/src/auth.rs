@@ -49,7 +49,7 @@ pub(crate) struct Verified {
     /// Its `sub`, by which revocations are kept.
     user: String,
     /// Its `iat`, which a revocation compares; a token without one goes with any revocation.
-    issued_at: Option<u64>,
+    pub(crate) issued_at: Option<u64>,
 }
 
 impl Verifier {

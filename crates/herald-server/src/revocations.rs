@@ -54,19 +54,23 @@ impl Revocations {
     }
 
     fn insert(&self, user: &str, last: u64) {
-        let mut until = self.until.write();
-        let entry = until.entry(user.to_owned()).or_default();
-        *entry = (*entry).max(last);
+        // One lock at a time: `replace` takes `recent`, then `until`.
+        let last = {
+            let mut until = self.until.write();
+            let entry = until.entry(user.to_owned()).or_default();
+            *entry = (*entry).max(last);
+            *entry
+        };
         self.recent
             .lock()
-            .insert(user.to_owned(), (*entry, Instant::now()));
+            .insert(user.to_owned(), (last, Instant::now()));
     }
 
     /// Takes `fresh`, as read from the broker, as the revocations, with
     /// what this node revoked lately (the read may have begun before its
     /// record was written); returns the users whose revocation is new here
-    /// or reaches later than before.
-    fn replace(&self, mut fresh: HashMap<String, u64>) -> Vec<String> {
+    /// or reaches later than before, with the second it reaches.
+    fn replace(&self, mut fresh: HashMap<String, u64>) -> Vec<(String, u64)> {
         let mut recent = self.recent.lock();
         recent.retain(|_, (_, at)| at.elapsed() < 2 * SYNC_EVERY);
         for (user, &(last, _)) in recent.iter() {
@@ -77,7 +81,7 @@ impl Revocations {
         let raised = fresh
             .iter()
             .filter(|&(user, &last)| until.get(user).is_none_or(|&known| known < last))
-            .map(|(user, _)| user.clone())
+            .map(|(user, &last)| (user.clone(), last))
             .collect();
         *until = fresh;
         raised
@@ -106,7 +110,7 @@ pub(crate) async fn revoke(state: &AppState, user: &str, last: u64) -> Result<()
 
 /// How long the record revoking up to second `last` is kept, at `now`.
 fn record_ttl(revocation_ttl: Duration, last: u64, now: u64) -> Duration {
-    revocation_ttl + Duration::from_secs(last.saturating_sub(now))
+    revocation_ttl.saturating_add(Duration::from_secs(last.saturating_sub(now)))
 }
 
 fn now_secs() -> u64 {
@@ -128,9 +132,11 @@ pub(crate) async fn sync(state: AppState) {
                     let entry = fresh.entry(user).or_default();
                     *entry = (*entry).max(last);
                 }
-                for user in state.revocations.replace(fresh) {
+                let raised = state.revocations.replace(fresh);
+                for (user, until) in raised {
                     let filter = Filter::new(Identity::new([(USER_DIM, user.as_str())]));
-                    let closed = state.engine.directory().disconnect(&filter).delivered;
+                    let directory = state.engine.directory();
+                    let closed = directory.disconnect_issued_until(&filter, until);
                     if closed > 0 {
                         tracing::info!(%user, closed, "Revoked elsewhere: connections closed.");
                     }
@@ -210,10 +216,9 @@ mod tests {
         let r = Revocations::default();
         r.insert("alice", 100);
         let raised = r.replace(HashMap::from([("bob".into(), 5), ("alice".into(), 100)]));
-        assert_eq!(raised, ["bob"]);
-        let mut raised = r.replace(HashMap::from([("bob".into(), 9), ("alice".into(), 100)]));
-        raised.sort();
-        assert_eq!(raised, ["bob"], "raised");
+        assert_eq!(raised, [("bob".to_owned(), 5)]);
+        let raised = r.replace(HashMap::from([("bob".into(), 9), ("alice".into(), 100)]));
+        assert_eq!(raised, [("bob".to_owned(), 9)], "raised");
         // Revoked here after the read began: not lost to it.
         r.insert("carol", 7);
         assert!(r.replace(HashMap::new()).is_empty(), "not new here");
@@ -222,5 +227,31 @@ mod tests {
         // Gone from the broker (expired): gone here.
         r.replace(HashMap::new());
         assert!(!r.is_revoked("alice", Some(1)));
+    }
+
+    /// A revoke and a reread at once, many times over: they must never
+    /// wait on each other's lock for good.
+    #[test]
+    fn revoking_while_rereading_does_not_deadlock() {
+        let r = std::sync::Arc::new(Revocations::default());
+        let (done, finished) = std::sync::mpsc::channel();
+        for side in 0..2 {
+            let (r, done) = (r.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000u64 {
+                    if side == 0 {
+                        r.insert("alice", i);
+                    } else {
+                        r.replace(HashMap::from([("bob".to_owned(), i)]));
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..2 {
+            finished
+                .recv_timeout(Duration::from_secs(20))
+                .expect("both finished: no deadlock");
+        }
     }
 }

@@ -52,11 +52,17 @@ impl Session {
     }
 
     /// Gives the connection `identity`, making it reachable by targeted
-    /// sends encoded with `format`.
-    pub(crate) fn identify(&mut self, identity: Identity, format: Arc<dyn TargetFormat>) {
+    /// sends encoded with `format`; `issued_at` is its token's `iat`, which
+    /// revocations compare.
+    pub(crate) fn identify(
+        &mut self,
+        identity: Identity,
+        format: Arc<dyn TargetFormat>,
+        issued_at: Option<u64>,
+    ) {
         tracing::debug!(conn = self.outbox.id(), identity = ?identity.dims(), "Identified.");
         let directory = self.state.engine.directory();
-        self.identity = Some(directory.register(identity, self.outbox.clone(), format));
+        self.identity = Some(directory.register(identity, self.outbox.clone(), format, issued_at));
     }
 
     /// Lets the connection read the protected channels `grants` names.

@@ -803,6 +803,7 @@ async fn revoking_a_user_closes_their_connections_and_refuses_older_tokens() {
         json!({"user": ""}),
         json!({}),
         json!({"user": "a", "extra": 1}),
+        json!({"user": "a", "until": u64::MAX}),
     ] {
         let res = revoke(bad.clone()).await.unwrap();
         assert_eq!(res.status(), 400, "{bad}");
@@ -833,6 +834,10 @@ async fn a_revocation_learned_from_the_broker_closes_the_users_connections_here(
     let mut bob = server
         .ws(&format!("/ws?token={}", jwt_issued("bob", Some(now - 60))))
         .await;
+    // Alice logged in again, with a token the revocation does not cover.
+    let mut again = server
+        .ws(&format!("/ws?token={}", jwt_issued("alice", Some(now + 1))))
+        .await;
     // As another node writes it.
     let record = herald_core::Record {
         id: format!("{now}:alice"),
@@ -849,4 +854,11 @@ async fn a_revocation_learned_from_the_broker_closes_the_users_connections_here(
     let (status, reply) = send(&server, json!({"filter": {"user": "bob"}, "data": 1})).await;
     assert_eq!((status, &reply["delivered"]), (200, &json!(1)), "{reply}");
     assert_eq!(next_json(&mut bob).await["data"], 1);
+    let (status, reply) = send(&server, json!({"filter": {"user": "alice"}, "data": 2})).await;
+    assert_eq!((status, &reply["delivered"]), (200, &json!(1)), "{reply}");
+    assert_eq!(
+        next_json(&mut again).await["data"],
+        2,
+        "the newer token stays"
+    );
 }

@@ -338,6 +338,9 @@ pub(crate) struct RevokeRequest {
     until: Option<u64>,
 }
 
+/// How far ahead a revocation's `until` may be.
+const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
 /// `POST /api/v1/revoke` reply.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct RevokeResponse {
@@ -362,7 +365,14 @@ pub(crate) async fn revoke(
 ) -> Result<Json<RevokeResponse>, ApiError> {
     let r: RevokeRequest = read_json(req, 4096).await?;
     let user = label("user", &r.user)?;
-    let until = r.until.unwrap_or(herald_core::message::now_ms() / 1000);
+    let now = herald_core::message::now_ms() / 1000;
+    let until = r.until.unwrap_or(now);
+    // A ban is for a while, not for ever: its record must be able to expire.
+    if until > now + MAX_BAN.as_secs() {
+        return Err(ApiError::bad_request(
+            "'until' is more than ten years ahead",
+        ));
+    }
     crate::revocations::revoke(&state, user, until).await?;
     let filter = Filter::new(Identity::new([(USER_DIM, user)]));
     let out = state.engine.disconnect(&filter).await?;

@@ -195,7 +195,7 @@ async fn open_ws(
     let mut session = Session::new(state.clone(), Arc::new(WsFormat));
     if let Some(v) = verified {
         session.grant(v.grants);
-        session.identify(v.identity, Arc::new(WsFormat));
+        session.identify(v.identity, Arc::new(WsFormat), v.issued_at);
     }
     session.subscribe(keys).await?;
     Ok(session)
@@ -285,7 +285,10 @@ async fn open_sse(
         state.config.connection.sse_retry.as_millis()
     );
     if let Some(Verified {
-        identity, grants, ..
+        identity,
+        grants,
+        issued_at,
+        ..
     }) = verified
     {
         session.grant(grants);
@@ -295,7 +298,7 @@ async fn open_sse(
             "event: identified\ndata: {}\n\n",
             json!({"receiver": receiver})
         ));
-        session.identify(identity, Arc::new(SseFormat));
+        session.identify(identity, Arc::new(SseFormat), issued_at);
     }
     for key in keys {
         let since = resume.get(key.name()).cloned();

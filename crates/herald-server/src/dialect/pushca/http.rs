@@ -397,7 +397,8 @@ pub(crate) async fn connect(
     }
     let client = state.pushca.tokens.verify(&token)?;
     let mut session = Session::new(state.clone(), Arc::new(PushcaFormat));
-    session.identify(client.identity(), Arc::new(PushcaFormat));
+    // Pushca's tokens are not revoked by user.
+    session.identify(client.identity(), Arc::new(PushcaFormat), None);
     let dialect = PushcaWs::new(client, &state);
     ws::upgrade(&state, req, session, dialect)
 }
