@@ -67,13 +67,14 @@ pub enum AckOutcome {
 }
 
 /// Most stored messages one read of a resume asks a broker for; a resume
-/// further behind reads on, page by page, to the head.
-const REPLAY_PAGE: usize = 10_000;
+/// further behind reads on, page by page, to the head. Small enough that
+/// the read past [`MAX_REPLAY_BYTES`] that ends a resume costs little more.
+const REPLAY_PAGE: usize = 1_000;
 
 /// Most pages one resume reads: a bound for the loop, far above what a
 /// channel's history holds (a resume that would need more is told its
 /// messages are too old).
-const MAX_REPLAY_PAGES: usize = 100;
+const MAX_REPLAY_PAGES: usize = 1_000;
 
 /// Most message bytes one resume reads from a broker. Each resume holds its
 /// own copy of what it replays until the client took it, so a reconnect

@@ -319,6 +319,10 @@ impl Outbox {
         // A single frame larger than the bound still goes through to an empty
         // queue: the bound is about falling behind, not about message size.
         let len = frame.bytes.len();
+        if state.held {
+            // Kept back by the server (see `hold`), not left unread.
+            state.replayed += len;
+        }
         if state.bytes + len > self.limit + state.replayed && !state.frames.is_empty() {
             state.closed = Some(Closed::SlowConsumer);
             state.frames.clear();
@@ -585,6 +589,18 @@ mod tests {
         tokio::time::advance(DIRECT_GAP).await;
         o.push_direct(Bytes::from_static(b"2"));
         assert_eq!(socket.written(), [&b"1"[..], b"2"], "direct again");
+    }
+
+    #[test]
+    fn frames_queued_while_held_do_not_count_as_slow() {
+        let o = Outbox::new(1, Arc::new(Raw), 4);
+        o.attach(TestSocket::opened());
+        o.hold();
+        for _ in 0..5 {
+            assert_eq!(o.push_direct(Bytes::from_static(b"123")), Pushed::Queued);
+        }
+        o.release();
+        assert_eq!(o.write_queued(), Queue::Written(None));
     }
 
     #[tokio::test(start_paused = true)]
