@@ -118,12 +118,25 @@ async fn a_silently_dead_connection_is_found_and_replaced() {
 /// offsets its subscribers already had, and be dropped as repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_redis_lost_start_a_new_epoch_rather_than_reuse_offsets() {
+    lost_writes_start_a_new_epoch(true).await;
+}
+
+/// Without history nothing is replayed, but reused offsets would still be
+/// dropped as repeats by the hub, and by clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_channel_without_history_too() {
+    lost_writes_start_a_new_epoch(false).await;
+}
+
+async fn lost_writes_start_a_new_epoch(history: bool) {
     let mut redis = RedisServer::start();
     let mut cfg = config(vec![redis.url()]);
-    cfg.history = HistoryPolicy::all(HistoryLimits {
-        max_len: 100,
-        ttl: Duration::from_secs(60),
-    });
+    if history {
+        cfg.history = HistoryPolicy::all(HistoryLimits {
+            max_len: 100,
+            ttl: Duration::from_secs(60),
+        });
+    }
     let a = Node::start(cfg.clone()).await;
     let b = Node::start(cfg).await;
     let ch = key("snapshot");

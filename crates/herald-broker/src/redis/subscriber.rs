@@ -336,18 +336,24 @@ impl Fanout {
 
 /// After a reconnect, finds channels with history whose messages were
 /// published while this node was not listening, and recovers them; and
-/// channels whose writes Redis lost (a restart from a snapshot or an AOF
+/// channels (with history or not) whose writes Redis lost (a restart from a snapshot or an AOF
 /// synced each second, a failover to a replica that lagged), which start
 /// over in a new epoch.
 pub(crate) async fn catch_up(inner: Arc<Inner>) {
     let channels: Vec<ChannelKey> = inner.subs.channels.lock().keys().cloned().collect();
     for channel in channels {
-        if inner.config.history.limits(&channel).is_none() {
-            continue;
-        }
+        let keeps = inner.config.history.limits(&channel).is_some();
         // Read the position, and the last message delivered here with it.
         let last = inner.hub.last_delivered(&channel);
-        let since = last.as_ref().map(|(seen, _)| seen.offset - 1);
+        // Without history nothing is recovered: only a counter Redis rolled
+        // back (it would reuse offsets) is looked for.
+        if !keeps && last.is_none() {
+            continue;
+        }
+        let since = last
+            .as_ref()
+            .filter(|_| keeps)
+            .map(|(seen, _)| seen.offset - 1);
         let Ok(page) = inner
             .history(&channel, since, usize::from(since.is_some()))
             .await
@@ -368,6 +374,9 @@ pub(crate) async fn catch_up(inner: Arc<Inner>) {
             if let Err(e) = inner.renew_epoch(&channel, &seen.epoch).await {
                 warn!(%channel, error = %e, "Renewing the epoch failed.");
             }
+            continue;
+        }
+        if !keeps {
             continue;
         }
         let position = Position {
