@@ -769,23 +769,33 @@ mod tests {
         assert_eq!(got, ["2", "3", "4", "5"].map(|s| Bytes::from(s.to_owned())));
     }
 
-    #[tokio::test]
-    async fn a_second_subscriber_waits_for_the_first_ones_broker_subscribe() {
+    /// An engine whose broker's subscribes wait until the test lets them
+    /// through, and a way to start subscribers (by connection id) to one
+    /// channel on tasks of their own.
+    fn gated() -> (
+        Arc<StoringBroker>,
+        impl Fn(u64) -> tokio::task::JoinHandle<Result<(), BrokerError>>,
+    ) {
         let hub = Arc::new(Hub::new());
-        // Subscribes wait until the test lets them through.
         let broker = Arc::new(StoringBroker {
             subscribe_gate: Some(tokio::sync::Semaphore::new(0)),
             ..StoringBroker::new(&hub)
         });
         let engine = Engine::new(hub, broker.clone());
         let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
-        let subscriber = |id| {
+        let subscriber = move |id| {
             let (engine, key) = (engine.clone(), key.clone());
             tokio::spawn(async move {
                 let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
                 engine.subscribe(&key, &outbox).await.map(|_| ())
             })
         };
+        (broker, subscriber)
+    }
+
+    #[tokio::test]
+    async fn a_second_subscriber_waits_for_the_first_ones_broker_subscribe() {
+        let (broker, subscriber) = gated();
         let first = subscriber(1);
         let second = subscriber(2);
         // Both ran as far as they can (one thread: each yield runs the others).
@@ -863,20 +873,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_subscriber_gone_midway_still_finishes_the_subscribe_others_wait_for() {
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(StoringBroker {
-            subscribe_gate: Some(tokio::sync::Semaphore::new(0)),
-            ..StoringBroker::new(&hub)
-        });
-        let engine = Engine::new(hub, broker.clone());
-        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
-        let subscriber = |id| {
-            let (engine, key) = (engine.clone(), key.clone());
-            tokio::spawn(async move {
-                let outbox = Arc::new(Outbox::new(id, Arc::new(Raw), 1 << 20));
-                engine.subscribe(&key, &outbox).await.map(|_| ())
-            })
-        };
+        let (broker, subscriber) = gated();
         let first = subscriber(1);
         let second = subscriber(2);
         for _ in 0..10 {
