@@ -346,8 +346,13 @@ impl Mobile {
         if let Some(tokens) = &self.shared.tokens {
             tokens.close();
         }
-        if let Some(task) = self.tokens_task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        if let Some(task) = self.tokens_task.take()
+            && tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+        {
+            // Not silently: the tokens come back with the next push to them.
+            warn!("Invalid tokens not all deleted at shutdown: PostgreSQL took over 10 s.");
         }
     }
 }
