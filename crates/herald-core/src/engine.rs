@@ -740,6 +740,38 @@ mod tests {
         Publication::new(Bytes::from(p.to_owned()))
     }
 
+    /// An engine over a broker that stores history, and its channel `c`.
+    fn storing() -> (Engine, Arc<StoringBroker>, ChannelKey) {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(StoringBroker::new(&hub));
+        let engine = Engine::new(hub, broker.clone());
+        (
+            engine,
+            broker,
+            ChannelKey::new(&Arc::from("app"), "c").unwrap(),
+        )
+    }
+
+    /// A new connection (of `limit` bytes) resuming `key` after `offset`
+    /// of epoch `E`.
+    async fn resume(
+        engine: &Engine,
+        key: &ChannelKey,
+        offset: u64,
+        limit: usize,
+    ) -> (Subscribed, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(offset, Arc::new(Raw), limit));
+        let since = Position {
+            offset,
+            epoch: Arc::from("E"),
+        };
+        let s = engine
+            .subscribe_with(key, &outbox, Replay::After(since))
+            .await
+            .unwrap();
+        (s, outbox)
+    }
+
     #[tokio::test]
     async fn resume_from_broker_history_merges_with_live_messages() {
         let hub = Arc::new(Hub::new());
@@ -752,15 +784,7 @@ mod tests {
         for p in ["1", "2", "3"] {
             engine.publish(&key, text(p)).await.unwrap();
         }
-        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 20));
-        let since = Position {
-            offset: 1,
-            epoch: Arc::from("E"),
-        };
-        let s = engine
-            .subscribe_with(&key, &outbox, Replay::After(since))
-            .await
-            .unwrap();
+        let (s, outbox) = resume(&engine, &key, 1, 1 << 20).await;
         assert_eq!((s.recovery, s.replayed), (Some(Recovery::Recovered), 2));
         engine.publish(&key, text("5")).await.unwrap();
         let mut frames = Vec::new();
@@ -817,23 +841,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_further_behind_than_one_read_gets_everything() {
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(StoringBroker::new(&hub));
-        let engine = Engine::new(hub, broker.clone());
-        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let (engine, broker, key) = storing();
         let published = 2 * REPLAY_PAGE as u64 + 500;
         for i in 1..=published {
             broker.append(&key, text(&i.to_string()));
         }
-        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 30));
-        let since = Position {
-            offset: 1,
-            epoch: Arc::from("E"),
-        };
-        let s = engine
-            .subscribe_with(&key, &outbox, Replay::After(since))
-            .await
-            .unwrap();
+        let (s, outbox) = resume(&engine, &key, 1, 1 << 30).await;
         assert_eq!(s.recovery, Some(Recovery::Recovered));
         assert_eq!(s.replayed as u64, published - 1);
         let mut frames = Vec::new();
@@ -846,29 +859,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_past_the_brokers_head_is_told_the_epoch_changed() {
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(StoringBroker::new(&hub));
-        let engine = Engine::new(hub, broker.clone());
-        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let (engine, _broker, key) = storing();
         for p in ["1", "2", "3"] {
             engine.publish(&key, text(p)).await.unwrap();
         }
-        let resume = |offset| {
-            let (engine, key) = (engine.clone(), key.clone());
-            async move {
-                let outbox = Arc::new(Outbox::new(offset, Arc::new(Raw), 1 << 20));
-                let since = Position {
-                    offset,
-                    epoch: Arc::from("E"),
-                };
-                let s = engine.subscribe_with(&key, &outbox, Replay::After(since));
-                (s.await.unwrap().recovery, outbox.queued_bytes())
-            }
+        let told = async |offset| {
+            let (s, outbox) = resume(&engine, &key, offset, 1 << 20).await;
+            (s.recovery, outbox.queued_bytes())
         };
-        assert_eq!(resume(3).await, (Some(Recovery::Recovered), 0));
+        assert_eq!(told(3).await, (Some(Recovery::Recovered), 0));
         // Offset 5 was this epoch's once: the broker lost it, and its next
         // messages would take 4 and 5 again.
-        assert_eq!(resume(5).await, (Some(Recovery::EpochChanged), 0));
+        assert_eq!(told(5).await, (Some(Recovery::EpochChanged), 0));
     }
 
     #[tokio::test]
@@ -898,23 +900,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_further_behind_than_its_byte_budget_is_too_old() {
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(StoringBroker::new(&hub));
-        let engine = Engine::new(hub, broker.clone());
-        let key = ChannelKey::new(&Arc::from("app"), "c").unwrap();
+        let (engine, broker, key) = storing();
         let big = "x".repeat(1 << 20);
         for _ in 0..(MAX_REPLAY_BYTES >> 20) + 2 {
             broker.append(&key, text(&big));
         }
-        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 20));
-        let since = Position {
-            offset: 1,
-            epoch: Arc::from("E"),
-        };
-        let s = engine
-            .subscribe_with(&key, &outbox, Replay::After(since))
-            .await
-            .unwrap();
+        let (s, outbox) = resume(&engine, &key, 1, 1 << 20).await;
         assert_eq!((s.recovery, s.replayed), (Some(Recovery::TooOld), 0));
         assert_eq!(outbox.queued_bytes(), 0, "nothing replayed");
     }
