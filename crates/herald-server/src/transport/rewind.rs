@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::transport::head_errors;
+use crate::transport::write_timeout::Progress;
 
 pub(crate) struct Rewind<S = TcpStream> {
     /// Read from the socket before hyper took over; empty once hyper has
@@ -40,6 +41,10 @@ impl<S> Rewind<S> {
         (self.stream, self.prefix)
     }
 }
+
+/// The replaced answers it finishes before a write are a few hundred bytes:
+/// the socket takes them whole, or the client is not reading.
+impl<S> Progress for Rewind<S> {}
 
 impl<S: AsyncWrite + Unpin> Rewind<S> {
     /// Writes out the rest of a replaced answer; ready once there is none.

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::transport::deflate::Deflate;
 use crate::transport::rewind::read_prefix;
+use crate::transport::write_timeout::Progress;
 
 /// How a transport lays frames out on the wire.
 pub(crate) trait Framing: Send + 'static {
@@ -171,11 +172,20 @@ impl<F: Framing> SharedSocket<F> {
         !self.rest.lock().bytes.is_empty()
     }
 
-    /// Writes `rest` out; ready once it is empty.
-    fn poll_flush_rest(&self, cx: &mut Context<'_>, rest: &mut BytesMut) -> Poll<io::Result<()>> {
+    /// Writes `rest` out, counting what the socket takes in `sent`; ready
+    /// once it is empty.
+    fn poll_flush_rest(
+        &self,
+        cx: &mut Context<'_>,
+        rest: &mut BytesMut,
+        sent: &mut u64,
+    ) -> Poll<io::Result<()>> {
         while !rest.is_empty() {
             match self.stream.try_write(rest) {
-                Ok(n) => rest.advance(n),
+                Ok(n) => {
+                    rest.advance(n);
+                    *sent += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.stream.poll_write_ready(cx))?;
                 }
@@ -281,6 +291,10 @@ pub(crate) struct SocketIo<F = WsText> {
     /// Bytes the HTTP server read past the upgrade request: the client's
     /// first frames, read before the socket.
     early: Bytes,
+    /// Bytes of the socket's rest written so far: a flush stays pending
+    /// until the whole rest is out, and a client that takes a large frame
+    /// slowly is still making progress ([`Progress`]).
+    sent: u64,
 }
 
 impl<F: Framing> SocketIo<F> {
@@ -292,7 +306,17 @@ impl<F: Framing> SocketIo<F> {
         } else {
             early
         };
-        Self { socket, early }
+        Self {
+            socket,
+            early,
+            sent: 0,
+        }
+    }
+}
+
+impl<F> Progress for SocketIo<F> {
+    fn progress(&self) -> u64 {
+        self.sent
     }
 }
 
@@ -358,9 +382,10 @@ impl<F: Framing> AsyncWrite for SocketIo<F> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let socket = &*self.socket;
+        let this = self.get_mut();
+        let socket = &*this.socket;
         let rest = &mut socket.rest.lock().bytes;
-        ready!(socket.poll_flush_rest(cx, rest))?;
+        ready!(socket.poll_flush_rest(cx, rest, &mut this.sent))?;
         loop {
             match socket.stream.try_write(buf) {
                 Ok(n) => {
@@ -376,8 +401,9 @@ impl<F: Framing> AsyncWrite for SocketIo<F> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let socket = &*self.socket;
-        socket.poll_flush_rest(cx, &mut socket.rest.lock().bytes)
+        let this = self.get_mut();
+        let socket = &*this.socket;
+        socket.poll_flush_rest(cx, &mut socket.rest.lock().bytes, &mut this.sent)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -516,6 +542,53 @@ mod tests {
         assert_eq!(&got[..10], text_header(PLAIN, 1 << 20, &mut head));
         assert!(got[10..10 + (1 << 20)].iter().all(|&b| b == b'a'));
         assert_eq!(&got[10 + (1 << 20)..], b"\x81\x04next");
+    }
+
+    /// A client that takes a large frame's rest slowly, but a little at a
+    /// time, keeps its connection: the write timeout counts from the last
+    /// bytes it took, not from the start of the flush.
+    #[tokio::test]
+    async fn a_slow_reader_of_a_large_rest_is_not_timed_out() {
+        use crate::transport::write_timeout::WriteTimeout;
+        use std::time::Duration;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let mut peer = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let socket = SharedSocket::new(server, WsText::default());
+        let size = 256 << 10;
+        let frame = Frame::from(Bytes::from(vec![b'a'; size]));
+        assert!(socket.try_write(&mut std::iter::once(&frame)).partial);
+
+        // 4 KiB every 20 ms: the flush takes over a second, several timeouts,
+        // with the client never idle for one.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            while got.len() < 10 + size {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let n = peer.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the server closed the connection");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let timeout = Duration::from_millis(250);
+        let mut io = WriteTimeout::new(SocketIo::new(socket, Bytes::new()), timeout);
+        let started = std::time::Instant::now();
+        io.flush().await.expect("the client kept taking bytes");
+        let got = reader.await.unwrap();
+        assert!(started.elapsed() > 2 * timeout, "the flush was not slow");
+        assert_eq!(got.len(), 10 + size);
+        assert!(got[10..].iter().all(|&b| b == b'a'));
     }
 
     #[test]

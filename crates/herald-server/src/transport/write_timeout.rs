@@ -11,7 +11,22 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// A stream that may write part of what it holds while a write stays
+/// pending, because it finishes frames of its own first: its count of bytes
+/// written tells [`WriteTimeout`] that the client is still taking them.
+pub(crate) trait Progress {
+    /// Bytes written so far by writes that were still pending; it grows
+    /// whenever the client takes some of them. Streams whose pending writes
+    /// wrote nothing keep the default.
+    fn progress(&self) -> u64 {
+        0
+    }
+}
+
+impl Progress for TcpStream {}
 
 pub(crate) struct WriteTimeout<S> {
     /// The client's stream, written to and read from.
@@ -20,9 +35,12 @@ pub(crate) struct WriteTimeout<S> {
     timeout: Option<Duration>,
     /// Armed only while a write waits for room: most writes never do.
     stall: Option<Pin<Box<Sleep>>>,
+    /// `inner`'s [`Progress`] when the stall was last armed: more means the
+    /// client took bytes since, and the wait starts over.
+    seen: u64,
 }
 
-impl<S> WriteTimeout<S> {
+impl<S: Progress> WriteTimeout<S> {
     /// `inner`, whose writes wait at most `timeout`; zero waits forever,
     /// as in the configuration.
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
@@ -30,6 +48,7 @@ impl<S> WriteTimeout<S> {
             inner,
             timeout: Some(timeout).filter(|t| !t.is_zero()),
             stall: None,
+            seen: 0,
         }
     }
 
@@ -51,9 +70,14 @@ impl<S> WriteTimeout<S> {
         let Some(timeout) = self.timeout else {
             return Poll::Pending;
         };
+        let progress = self.inner.progress();
         let stall = self
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if progress != self.seen {
+            self.seen = progress;
+            stall.as_mut().reset(Instant::now() + timeout);
+        }
         ready!(stall.as_mut().poll(cx));
         self.stall = None;
         Poll::Ready(Err(io::Error::new(
@@ -73,7 +97,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+impl<S: AsyncWrite + Progress + Unpin> AsyncWrite for WriteTimeout<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -115,6 +139,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Its writes take what fits, so a pending one wrote nothing.
+    impl Progress for tokio::io::DuplexStream {}
 
     #[tokio::test(start_paused = true)]
     async fn a_write_nobody_takes_fails_after_the_timeout() {
