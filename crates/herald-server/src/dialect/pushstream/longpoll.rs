@@ -5,7 +5,8 @@
 //! markers say it missed. With something to send it answers 200 at once,
 //! with `Last-Modified`/`Etag` naming the newest message sent; otherwise it
 //! waits up to `longpolling_ttl` (polling does not wait) and answers 304
-//! with the markers `(now, W/0)`.
+//! with the client's own markers, or, for a client that sent none, markers
+//! naming the moment it subscribed.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use herald_core::Frame;
+use herald_core::message::now_ms;
 
 use super::events::Presence;
 use super::format::{Kind, PsFormat, TIMEOUT_ID, TIMEOUT_TEXT};
@@ -110,6 +112,12 @@ pub(crate) async fn answer(
         Ok(p) => p,
         Err(r) => return header_only(r.status, Some(&r.explain)),
     };
+    // Where a timeout sends a client that gave no markers: just before it
+    // subscribed, so that its next request reads from history whatever was
+    // published since and never reached it. The clock at the timeout would
+    // step over a message stamped before a second boundary and queued after
+    // the last drain (in a cluster, one still on its way from Redis).
+    let subscribed = Marker::from_ms(now_ms().saturating_sub(1));
     let (format, _deleted) = PsFormat::new(Kind::Poll, ps.render.clone());
     let mut session = Session::new(ps.app.clone(), format);
     let mut presence = Presence::new(ps);
@@ -131,9 +139,6 @@ pub(crate) async fn answer(
         markers(res.headers_mut(), given, sub.tag.is_some());
         return res;
     }
-    // Where a timeout sends a client that gave no markers: taken before the
-    // last drain, so a message published after that drain is at or past it.
-    let mut now = Marker::now();
     if frames.is_empty() {
         let ttl = ps.cfg.longpolling_ttl;
         tokio::select! {
@@ -141,7 +146,6 @@ pub(crate) async fn answer(
             () = tokio::time::sleep(if ttl.is_zero() { Duration::from_secs(30) } else { ttl }) => {}
             () = ps.app.shutdown.signalled() => {}
         }
-        now = Marker::now();
         outbox.drain(&mut frames);
     }
     drop(session);
@@ -151,7 +155,7 @@ pub(crate) async fn answer(
         // overflowed queue was dropped whole, to be read from history).
         let (marker, with_tag) = match sub.since.is_some() || sub.tag.is_some() {
             true => (given, sub.tag.is_some()),
-            false => (now, true),
+            false => (subscribed, true),
         };
         return timed_out(ps, callback.as_deref(), marker, with_tag);
     }
@@ -159,7 +163,7 @@ pub(crate) async fn answer(
         .iter()
         .filter_map(|f| f.message.as_deref().map(Marker::of))
         .max()
-        .unwrap_or(now);
+        .unwrap_or_else(Marker::now);
     let parts: Vec<Bytes> = frames.into_iter().map(|f| f.bytes).collect();
     reply(ps, StatusCode::OK, &parts, callback.as_deref(), newest)
 }

@@ -4,9 +4,8 @@
 //!
 //! Both derive from the core message alone, so that live fan-out, stored
 //! history and a resuming client agree: `time = time_ms / 1000` and
-//! `tag = time_ms % 1000 + 1`. Tags start at 1 like the module's, so the
-//! long-poll timeout marker `(now, 0)` sorts before every message of its
-//! second.
+//! `tag = time_ms % 1000 + 1`. Tags start at 1 like the module's, so a
+//! marker `(now, 0)` sorts before every message of its second.
 //!
 //! Resuming finds a message by its markers and goes on by offset, so a
 //! channel's markers must grow with its offsets. Whatever sequences the
@@ -52,7 +51,7 @@ impl Marker {
         }
     }
 
-    /// The long-poll timeout marker: this second, before any of its messages.
+    /// This second, before any of its messages.
     pub(crate) fn now() -> Self {
         Self {
             time: now_ms() / 1000,
