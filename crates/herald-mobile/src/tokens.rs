@@ -294,9 +294,11 @@ async fn connect(url: &str) -> Result<Client, DbError> {
 }
 
 /// Where a route's tokens are: `template` with `{app}` and `{platform}`.
+/// The app goes in lower case: the seed names the table unquoted, which
+/// PostgreSQL folds, so topic `push-MyGame_apns` means table `mygame_apns`.
 fn table(template: &str, route: &Route) -> String {
     template
-        .replace("{app}", &route.app)
+        .replace("{app}", &route.app.to_lowercase())
         .replace("{platform}", route.platform.as_str())
 }
 
@@ -450,15 +452,18 @@ async fn lookup(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    // An operator's table may lack `NOT NULL` on `token`, or keep it in
+    // another type: rows without a token are skipped, the rest read as text.
     let sql = format!(
-        "SELECT DISTINCT user_id::text, token FROM {table} WHERE {} ORDER BY 1, 2 LIMIT {}",
+        "SELECT DISTINCT user_id::text, token::text FROM {table} \
+         WHERE {} AND token IS NOT NULL ORDER BY 1, 2 LIMIT {}",
         user_id.condition(),
         limit + 1
     );
     Ok(bounded(live.client.query(&sql, &[&ids]))
         .await?
         .iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+        .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
         .collect())
 }
 
@@ -609,6 +614,11 @@ mod tests {
             })
             .collect()
         };
+        // An operator's table may allow a row without a token: skipped.
+        pg.psql(
+            "ALTER TABLE int_apns ALTER COLUMN token DROP NOT NULL; \
+             INSERT INTO int_apns (user_id, token) VALUES (7, NULL)",
+        );
         let before = scans();
         assert_eq!(before.len(), 3, "{before:?}");
 
@@ -667,6 +677,13 @@ mod tests {
                 "{table} was read through its index only: {before:?} then {after:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_apps_table_is_named_as_the_seed_names_it_unquoted() {
+        let route = crate::topic::route("push-MyGame_apns_single").unwrap();
+        assert_eq!(table("{app}_{platform}", &route), "mygame_apns");
+        assert_eq!(table("Tokens.{app}", &route), "Tokens.mygame");
     }
 
     #[test]
