@@ -178,6 +178,7 @@ mod tests {
             reason: "Unregistered".into(),
             description: "the device token is inactive".into(),
             invalid_token: true,
+            unless_misconfigured: false,
             retry_after: None,
         }
     }
@@ -250,6 +251,7 @@ mod tests {
             reason: "TooManyRequests".into(),
             description: "slow down".into(),
             invalid_token: false,
+            unless_misconfigured: false,
             retry_after: Some(std::time::Duration::ZERO),
         };
         let f = record(&notification(Platform::WebPush), &Err(busy));

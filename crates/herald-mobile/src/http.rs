@@ -15,7 +15,7 @@ use axum::routing::post;
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::Platform;
@@ -229,9 +229,7 @@ async fn deliver(
     let sends = (0..devices.len()).map(|i| {
         let (user, token) = &devices[i];
         async move {
-            let mut notification = template.clone();
-            notification.insert(token_key.into(), Value::String(token.clone()));
-            let payload = Value::Object(notification).to_string();
+            let payload = Value::Object(addressed(template, token_key, token)).to_string();
             let mut r = result(send(shared, route, payload.as_bytes()).await);
             r["user"] = Value::String(user.clone());
             r
@@ -248,6 +246,19 @@ async fn deliver(
         }
     }
     out
+}
+
+/// `template` sent to `token`: under `token_key`, and in place of a token
+/// an FCM v1 template names itself (`message.token` wins over `to`).
+fn addressed(template: &Map<String, Value>, token_key: &str, token: &str) -> Map<String, Value> {
+    let mut notification = template.clone();
+    notification.insert(token_key.into(), Value::String(token.into()));
+    if let Some(Value::Object(v1)) = notification.get_mut("message")
+        && v1.contains_key("token")
+    {
+        v1.insert("token".into(), Value::String(token.into()));
+    }
+    notification
 }
 
 /// A delivery as the reply shows it.
@@ -274,5 +285,31 @@ fn result(delivery: Delivery) -> Value {
             "description": r.description,
             "invalid_token": r.invalid_token,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_copy_goes_to_its_own_device() {
+        let legacy = json!({"notification": {"title": "hi"}});
+        let Value::Object(legacy) = legacy else {
+            unreachable!()
+        };
+        assert_eq!(
+            Value::Object(addressed(&legacy, "to", "phone")),
+            json!({"to": "phone", "notification": {"title": "hi"}})
+        );
+        // An FCM v1 template naming a token: each copy's device replaces it.
+        let v1 = json!({"message": {"token": "template", "data": {"a": "1"}}});
+        let Value::Object(v1) = v1 else {
+            unreachable!()
+        };
+        assert_eq!(
+            Value::Object(addressed(&v1, "to", "phone")),
+            json!({"to": "phone", "message": {"token": "phone", "data": {"a": "1"}}})
+        );
     }
 }

@@ -83,6 +83,11 @@ pub(crate) struct Shared {
     tokens: Option<InvalidTokens>,
     /// Reads users' tokens, for pushes to users; `None` without a database.
     pub(crate) table: Option<TokenTable>,
+    /// Per app and platform: `true` once a push was accepted, which proves
+    /// the configuration right, so that a refusal a misconfiguration also
+    /// gives ([`Rejection::unless_misconfigured`]) condemns the token;
+    /// `false` while such refusals were only warned about.
+    proven: Mutex<HashMap<(Platform, String), bool>>,
     /// Tries per push, the first included.
     attempts: u32,
     /// Wait between tries when the provider names none.
@@ -231,6 +236,7 @@ impl Mobile {
                 tokens,
                 table: (!config.invalid_tokens.postgres_url.is_empty())
                     .then(|| TokenTable::new(&config.invalid_tokens)),
+                proven: Mutex::default(),
                 attempts: config.attempts,
                 retry_backoff: config.retry_backoff,
                 permits: Arc::new(Semaphore::new(config.concurrency)),
@@ -415,12 +421,16 @@ impl Shared {
         let result = self.send(provider.as_ref(), &notification.push).await;
         self.stats.latency(route, started.elapsed());
         match &result {
-            Ok(_) => self.stats.ack(route),
+            Ok(_) => {
+                self.stats.ack(route);
+                self.prove(route);
+            }
             Err(r) => {
                 debug!(app = %route.app, reason = %r.reason, "Push refused.");
                 self.stats.failed(route, &feedback::reason_key(&r.reason));
                 if r.invalid_token
                     && let Some(tokens) = &self.tokens
+                    && self.condemns(route, r)
                 {
                     tokens.delete(route, &notification.push.token);
                 }
@@ -431,6 +441,39 @@ impl Shared {
             token: notification.push.token,
             result,
             feedback,
+        }
+    }
+
+    /// Records that `route`'s app had a push accepted.
+    fn prove(&self, route: &Route) {
+        let key = (route.platform, route.app.clone());
+        let mut proven = self.proven.lock();
+        if proven.get(&key) != Some(&true) {
+            proven.insert(key, true);
+        }
+    }
+
+    /// Whether `rejection` proves its token dead: it always does, unless
+    /// the app's configuration, not yet proven by an accepted push, could
+    /// have caused it. Such tokens are kept, with one warning per app.
+    fn condemns(&self, route: &Route, rejection: &Rejection) -> bool {
+        if !rejection.unless_misconfigured {
+            return true;
+        }
+        let mut proven = self.proven.lock();
+        match proven.get(&(route.platform, route.app.clone())) {
+            Some(&accepted) => accepted,
+            None => {
+                proven.insert((route.platform, route.app.clone()), false);
+                warn!(
+                    app = %route.app,
+                    platform = route.platform.as_str(),
+                    reason = %rejection.reason,
+                    "Token refused before any push of this app was accepted; tokens are kept \
+                     until one is (check the app's environment and topic)."
+                );
+                false
+            }
         }
     }
 

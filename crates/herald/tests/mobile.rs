@@ -395,3 +395,60 @@ async fn pushes_to_users_reach_every_device_in_their_token_table() {
     .unwrap();
     assert_eq!(res.status(), 400);
 }
+
+/// APNs answers BadDeviceToken for every token of the other environment,
+/// and a wrong topic condemns every token too: such refusals delete a
+/// token only once the app has had a push accepted, so a server started
+/// with `production` or `topic` wrong does not empty the token table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refused_before_any_push_was_accepted_are_kept() {
+    let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE shop_apns (id serial PRIMARY KEY, user_id text, token text NOT NULL)");
+    pg.psql(
+        "INSERT INTO shop_apns (user_id, token) VALUES \
+         ('u1', 'first-refused'), ('u2', 'fine'), ('u3', 'refused-later')",
+    );
+    let apns = MockApns::start().await;
+    apns.respond("first-refused", 400, "BadDeviceToken");
+    apns.respond("refused-later", 400, "BadDeviceToken");
+    let pg_url = pg.url();
+    let herald = herald_for_shop(
+        &kafka,
+        &apns,
+        &[
+            ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
+            ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
+        ],
+    );
+    let push = |token: &str| {
+        let body = json!({"notifications": [{"platform": "apns", "app": "shop",
+            "notification": {"DeviceToken": token, "Payload": {"aps": {"alert": "hi"}}}}]});
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v1/push", herald.addr))
+            .json(&body)
+            .timeout(STEP)
+            .send()
+    };
+    let reason = async |token: &str| -> serde_json::Value {
+        let res = push(token).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let answer: serde_json::Value = res.json().await.unwrap();
+        answer["results"][0]["reason"].clone()
+    };
+    assert_eq!(reason("first-refused").await, "BadDeviceToken");
+    assert_eq!(reason("fine").await, json!(null));
+    assert_eq!(reason("refused-later").await, "BadDeviceToken");
+    // Deletes go in order: once the later token is gone, the first one's
+    // fate is known (a bounded poll: no signal crosses from PostgreSQL).
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = pg.psql("SELECT token FROM shop_apns ORDER BY token");
+        if !left.contains("refused-later") {
+            assert_eq!(left, "fine\nfirst-refused");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "table holds {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -28,12 +28,20 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(40 * 60);
 const MAX_PAYLOAD: usize = 4096;
 const MAX_VOIP_PAYLOAD: usize = 5120;
 /// Reasons that mean the token will never work for this app: the seed's
-/// `deleteToken` set. TopicDisallowed is about the topic, not the token, so
-/// a misconfigured topic condemns every token it is tried with; kept for
-/// parity with the seed.
+/// `deleteToken` set.
 const DEAD_TOKEN: [&str; 4] = [
     "BadDeviceToken",
     "Unregistered",
+    "DeviceTokenNotForTopic",
+    "TopicDisallowed",
+];
+
+/// Of those, the ones a misconfiguration gives for every token: a token of
+/// the other environment (`production`) is a BadDeviceToken, and a wrong
+/// `topic` is DeviceTokenNotForTopic or TopicDisallowed. They condemn a
+/// token only once the app has had a push accepted.
+const DEAD_UNLESS_MISCONFIGURED: [&str; 3] = [
+    "BadDeviceToken",
     "DeviceTokenNotForTopic",
     "TopicDisallowed",
 ];
@@ -219,6 +227,7 @@ fn rejection(status: StatusCode, text: &str, retry: Duration) -> Rejection {
     Rejection {
         status: Some(status.as_u16()),
         invalid_token: DEAD_TOKEN.contains(&reason.as_str()),
+        unless_misconfigured: DEAD_UNLESS_MISCONFIGURED.contains(&reason.as_str()),
         retry_after: retryable.then_some(retry),
         description: excerpt(&format!("APNs answered {status}: {text}")),
         reason,

@@ -197,6 +197,9 @@ impl Provider for Fcm {
     }
 }
 
+/// The longest `android.ttl` FCM takes: 28 days.
+const MAX_TTL_SECS: u64 = 28 * 24 * 3600;
+
 /// The v1 `message`: the payload with the device token, and the push's
 /// expiry, collapse id and priority as `android` options the payload did
 /// not set itself. An expired push is refused here.
@@ -216,6 +219,8 @@ fn message(push: &Push, now: u64) -> Result<Value, Rejection> {
                 format!("expired {}s ago", now - expires_at),
             ));
         };
+        // FCM keeps a message four weeks at most and refuses a longer TTL.
+        let ttl = ttl.min(MAX_TTL_SECS);
         android.insert("ttl".into(), format!("{ttl}s").into());
     }
     if let Some(collapse_id) = &push.collapse_id {
@@ -277,6 +282,7 @@ fn rejection(status: StatusCode, text: &str, retry: Duration) -> Rejection {
         reason,
         description: excerpt(message),
         invalid_token,
+        unless_misconfigured: false,
         retry_after: retryable.then_some(retry),
     }
 }
@@ -396,6 +402,7 @@ impl App {
                 reason: "AuthError".into(),
                 description: excerpt(&format!("the token endpoint answered {status}: {text}")),
                 invalid_token: false,
+                unless_misconfigured: false,
                 retry_after: retryable.then_some(retry),
             });
         };
@@ -449,6 +456,9 @@ mod tests {
 
         p.high_priority = Some(true);
         assert_eq!(message(&p, 1_000).unwrap()["android"]["priority"], "high");
+        // Six weeks ahead: FCM's four weeks at most.
+        p.expires_at = Some(1_000 + 42 * 24 * 3600);
+        assert_eq!(message(&p, 1_000).unwrap()["android"]["ttl"], "2419200s");
         assert!(
             message(&push(json!({})), 0)
                 .unwrap()

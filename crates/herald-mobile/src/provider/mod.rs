@@ -83,6 +83,10 @@ pub struct Rejection {
     pub description: String,
     /// The token will never work again: delete it.
     pub invalid_token: bool,
+    /// `invalid_token` is also what a misconfiguration (the wrong APNs
+    /// environment or topic) answers for every token: the token is deleted
+    /// only once the app has had a push accepted, which rules that out.
+    pub unless_misconfigured: bool,
     /// Worth sending again, after this delay (the provider's `Retry-After`,
     /// or the default backoff when `Some(Duration::ZERO)`).
     pub retry_after: Option<Duration>,
@@ -298,6 +302,7 @@ pub(crate) fn unsent(error: &reqwest::Error) -> Rejection {
         reason: "ConnectionError".into(),
         description: excerpt(&error.to_string()),
         invalid_token: false,
+        unless_misconfigured: false,
         retry_after: Some(Duration::ZERO),
     }
 }
@@ -324,6 +329,7 @@ pub(crate) fn refuse(reason: &str, description: String) -> Rejection {
         reason: reason.into(),
         description,
         invalid_token: false,
+        unless_misconfigured: false,
         retry_after: None,
     }
 }

@@ -366,6 +366,7 @@ fn rejection(status: StatusCode, text: &str, retry: Duration) -> Rejection {
         reason,
         description: excerpt(&format!("the push service answered {status}: {text}")),
         invalid_token: matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE),
+        unless_misconfigured: false,
         retry_after: retryable.then_some(retry),
     }
 }
