@@ -52,10 +52,11 @@ pub(crate) async fn require_key(
 /// routes count when mounted under `ps_prefix`. Also marks the OpenAPI
 /// document's operations, so the two cannot disagree.
 pub(crate) fn is_publisher(ps_prefix: Option<&str>, method: &Method, path: &str) -> bool {
+    // A browser's CORS preflight carries no credentials: it only asks.
     if let Some(prefix) = ps_prefix
         && path.strip_prefix(prefix) == Some("/pub")
     {
-        return true;
+        return *method != Method::OPTIONS;
     }
     match *method {
         Method::POST => matches!(

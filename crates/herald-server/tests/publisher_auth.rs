@@ -118,6 +118,27 @@ async fn publisher_routes_want_a_key_and_subscribers_do_not() {
     assert_eq!(status, 200);
 }
 
+/// A browser asks before publishing from a page (CORS preflight), without
+/// credentials: the push-stream publisher answers it, and wants the key
+/// for the publish itself.
+#[tokio::test]
+async fn a_cors_preflight_to_the_push_stream_publisher_needs_no_key() {
+    let s = TestServer::with(|c| keyed(c, &[KEY])).await;
+    let res = reqwest::Client::new()
+        .request(Method::OPTIONS, s.http("/ps/pub?id=news"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let (status, _) = call(&s, Method::POST, "/ps/pub?id=news", Value::Null, None).await;
+    assert_eq!(status, 401);
+}
+
 /// The router answers HEAD with a GET route's handler: a HEAD that asks to
 /// upgrade must neither skip the key nor open a WebSocket.
 #[tokio::test]
