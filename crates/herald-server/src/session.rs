@@ -251,14 +251,20 @@ pub(crate) fn parse_channel_list(
 
 /// The keys of `names` in the default app, each once, in first-named
 /// order: a channel named twice would be replayed, or published, twice.
+/// More than a connection may hold is refused as soon as it is seen, so a
+/// long list costs no more than the limit's worth of work.
 pub(crate) fn channel_keys<'a>(
     state: &AppState,
     names: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<ChannelKey>, ApiError> {
+    let limit = state.config.limits.max_channels_per_connection;
     let mut keys: Vec<ChannelKey> = Vec::new();
     for name in names {
         let key = state.channel(name)?;
         if !keys.contains(&key) {
+            if keys.len() == limit {
+                return Err(too_many_channels(limit));
+            }
             keys.push(key);
         }
     }

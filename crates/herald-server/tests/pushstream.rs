@@ -185,6 +185,37 @@ async fn publisher_errors_are_header_only_with_explain() {
     assert_eq!(res.headers()["allow"], "GET, POST, PUT");
 }
 
+/// A request naming more channels than a connection may hold is refused
+/// before any of them is touched: each channel would publish and store a
+/// copy of the body.
+#[tokio::test]
+async fn too_many_channels_are_refused_before_any_is_made() {
+    let s = server_with(|c| c.limits.max_channels_per_connection = 3).await;
+    let res = publish(&s, "a/b/c/d", "x", None).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(explain(&res), Some("at most 3 channels per request"));
+    let res = client()
+        .get(s.http("/ps/sub/a/b/c/d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(explain(&res), Some("at most 3 channels per connection"));
+    let res = client().get(s.http("/ps/pub?id=a")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "nothing was created");
+    // At the limit, each channel gets the message.
+    assert_eq!(publish(&s, "a/b/c", "x", None).await.status(), 200);
+    for id in ["a", "b", "c"] {
+        let res = client()
+            .get(s.http(&format!("/ps/pub?id={id}")))
+            .send()
+            .await
+            .unwrap();
+        let info: Value = res.json().await.unwrap();
+        assert_eq!(info["published_messages"], 1, "{id}: {info}");
+    }
+}
+
 #[tokio::test]
 async fn publish_answers_channel_info_and_fans_out_to_each_id() {
     let s = server().await;

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::http::extract::Query;
 use crate::http::read_body;
 use crate::ratelimit::Bucket;
-use crate::session::{Session, channel_keys, parse_channel_list, too_many_channels};
+use crate::session::{Session, channel_keys, parse_channel_list};
 use crate::state::AppState;
 use crate::transport::sse::{self, SseStyle};
 use crate::transport::ws::{self, Reply, WsDialect, close};
@@ -722,14 +722,7 @@ struct PublishPlan {
 fn plan(state: &AppState, req: PublishRequest<'_>) -> Result<PublishPlan, ApiError> {
     let keys = match (req.channel, req.channels) {
         (Some(c), None) => vec![state.channel(&c)?],
-        (None, Some(cs)) if !cs.is_empty() => {
-            let keys = channel_keys(state, cs.iter().map(String::as_str))?;
-            let max = state.config.limits.max_channels_per_connection;
-            if keys.len() > max {
-                return Err(too_many_channels(max));
-            }
-            keys
-        }
+        (None, Some(cs)) if !cs.is_empty() => channel_keys(state, cs.iter().map(String::as_str))?,
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give 'channel' or 'channels', not both",

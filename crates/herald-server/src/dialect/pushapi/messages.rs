@@ -13,6 +13,7 @@ use herald_core::BrokerError;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, error, go_json};
+use crate::dialect::pushstream::PsState;
 use crate::dialect::pushstream::request::{channel_key, parse_ids};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -52,6 +53,7 @@ pub(crate) async fn deliver(
     if text.is_empty() {
         return Ok(());
     }
+    let publication = PsState::publication(&text, None, None);
     let mut failed = None;
     for channel in channels {
         for requested in parse_ids(channel) {
@@ -63,7 +65,7 @@ pub(crate) async fn deliver(
                     continue;
                 }
             };
-            if let Err(e) = state.ps.publish(&key, &text, None, None).await {
+            if let Err(e) = state.ps.publish(&key, publication.clone()).await {
                 tracing::warn!(channel = %key, error = %e, "push-api publish failed.");
                 failed = Some(e);
             }

@@ -175,18 +175,16 @@ impl PsState {
         p
     }
 
-    /// Publishes `text` to `key`, telling the events channel when the
-    /// publish creates the channel.
+    /// Publishes `publication` ([`PsState::publication`]) to `key`, telling
+    /// the events channel when the publish creates the channel. Publishing
+    /// to several channels passes clones, which share the bytes.
     pub(crate) async fn publish(
         &self,
         key: &ChannelKey,
-        text: &str,
-        event_id: Option<&str>,
-        event_type: Option<&str>,
+        publication: Publication,
     ) -> Result<(), BrokerError> {
         let creating = events::creating(self, key).await;
         let created = events::is_new(self, key).await;
-        let publication = Self::publication(text, event_id, event_type);
         self.app.engine.publish(key, publication).await?;
         drop(creating);
         if created {

@@ -62,6 +62,12 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
     if requested.is_empty() {
         return header_only(StatusCode::BAD_REQUEST, Some(NO_CHANNEL_ID));
     }
+    // Before anything per channel: each one publishes (and stores) a copy.
+    let limit = ps.app.config.limits.max_channels_per_connection;
+    if requested.len() > limit {
+        let explain = format!("at most {limit} channels per request");
+        return header_only(StatusCode::FORBIDDEN, Some(&explain));
+    }
     let mut keys: Vec<ChannelKey> = Vec::with_capacity(requested.len());
     for r in &requested {
         match channel_key(ps, &r.id) {
@@ -97,10 +103,9 @@ async fn answer(ps: &PsState, q: PubQuery, req: Request, methods: &'static str) 
         return header_only(StatusCode::BAD_REQUEST, Some(EMPTY_POST));
     }
     let text = String::from_utf8_lossy(&body);
+    let publication = PsState::publication(&text, event_id.as_deref(), event_type.as_deref());
     for key in &keys {
-        let published = ps
-            .publish(key, &text, event_id.as_deref(), event_type.as_deref())
-            .await;
+        let published = ps.publish(key, publication.clone()).await;
         if let Err(e) = published {
             tracing::warn!(channel = %key, error = %e, "Push-stream publish failed.");
             return header_only(StatusCode::INTERNAL_SERVER_ERROR, None);

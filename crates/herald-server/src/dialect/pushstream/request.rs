@@ -187,6 +187,15 @@ pub(crate) fn subscription(
     if requested.is_empty() {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, NO_CHANNEL_ID));
     }
+    // Counted before the work per channel (and the duplicates check, which
+    // compares each with those before it).
+    let limit = state.app.config.limits.max_channels_per_connection;
+    if requested.len() > limit {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("at most {limit} channels per connection"),
+        ));
+    }
     let cfg = &state.cfg;
     let hub = state.app.engine.hub();
     let mut channels = Vec::with_capacity(requested.len());
@@ -210,13 +219,6 @@ pub(crate) fn subscription(
     }
     if wildcards > 0 && (wildcards > cfg.wildcard_max || wildcards == requested.len()) {
         return Err(Refusal::new(StatusCode::FORBIDDEN, TOO_MUCH_WILDCARD));
-    }
-    let limit = state.app.config.limits.max_channels_per_connection;
-    if channels.len() > limit {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!("at most {limit} channels per connection"),
-        ));
     }
     let time = non_empty(args.time.as_deref())
         .or_else(|| header(headers, "if-modified-since"))

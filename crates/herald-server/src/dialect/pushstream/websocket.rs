@@ -214,8 +214,9 @@ impl WsDialect for PushStreamWs {
             .filter(|k| !self.ps.is_events_channel(k.name()))
             .cloned()
             .collect();
+        let publication = PsState::publication(text, None, None);
         for key in keys {
-            if let Err(e) = self.ps.publish(&key, text, None, None).await {
+            if let Err(e) = self.ps.publish(&key, publication.clone()).await {
                 tracing::warn!(channel = %key, error = %e, "Push-stream WebSocket publish failed.");
             }
         }
