@@ -210,28 +210,24 @@ impl Engine {
             let first = self.hub.subscribe_pending(channel, outbox);
             (first, first)
         });
-        let fail = |e: BrokerError| {
+        if let Err(e) = self.listen(channel, turn).await {
             self.hub.unsubscribe(channel, outbox.id());
-            e
-        };
-        self.listen(channel, turn).await.map_err(fail)?;
-        let since = match &replay {
-            Replay::After(p) => Some(p.offset),
+            return Err(e);
+        }
+        let limit = replay.wants().unwrap_or(REPLAY_PAGE);
+        let after = match &replay {
+            Replay::After(p) => Some(p.clone()),
             _ => None,
         };
-        let limit = replay.wants().unwrap_or(REPLAY_PAGE);
-        let mut page = self
-            .broker
-            .history(channel, since, limit)
-            .await
-            .map_err(fail)?;
-        let mut complete = true;
-        if matches!(&replay, Replay::After(p) if p.epoch == page.position.epoch) {
-            complete = self
-                .read_to_head(channel, &mut page, limit)
-                .await
-                .map_err(fail)?;
-        }
+        let (page, complete) = match self.read_replay(channel, after, limit).await {
+            Ok(read) => read,
+            Err(e) => {
+                // The broker listens now: the last subscriber to leave
+                // must tell it, or it listens for good.
+                self.unsubscribe(channel, outbox).await;
+                return Err(e);
+            }
+        };
         let history = History::from_messages(page.messages);
         let (recovery, start) = match &replay {
             // The broker sequenced every offset a client holds, so one past
@@ -256,6 +252,24 @@ impl Engine {
             recovery,
             position: page.position,
         })
+    }
+
+    /// The history a subscribe reads, `limit` at a time: the newest, or
+    /// what follows `after` (up to the broker's head); and whether it
+    /// reached that head.
+    async fn read_replay(
+        &self,
+        channel: &ChannelKey,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<(StoredPage, bool), BrokerError> {
+        let since = after.as_ref().map(|p| p.offset);
+        let mut page = self.broker.history(channel, since, limit).await?;
+        let mut complete = true;
+        if after.is_some_and(|p| p.epoch == page.position.epoch) {
+            complete = self.read_to_head(channel, &mut page, limit).await?;
+        }
+        Ok((page, complete))
     }
 
     /// Extends `page`, read after some offset `limit` at a time, with the
@@ -642,6 +656,10 @@ mod tests {
         subscribe_gate: Option<tokio::sync::Semaphore>,
         /// Subscribes asked for.
         subscribes: std::sync::atomic::AtomicUsize,
+        /// Unsubscribes asked for.
+        unsubscribes: std::sync::atomic::AtomicUsize,
+        /// When set, history reads fail.
+        history_fails: std::sync::atomic::AtomicBool,
     }
 
     impl StoringBroker {
@@ -652,6 +670,8 @@ mod tests {
                 publish_during_read: Mutex::default(),
                 subscribe_gate: None,
                 subscribes: Default::default(),
+                unsubscribes: Default::default(),
+                history_fails: Default::default(),
             }
         }
 
@@ -695,6 +715,7 @@ mod tests {
             Ok(())
         }
         async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
+            self.unsubscribes.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         fn keeps_history(&self) -> bool {
@@ -706,6 +727,9 @@ mod tests {
             since: Option<u64>,
             limit: usize,
         ) -> Result<StoredPage, BrokerError> {
+            if self.history_fails.load(Ordering::Relaxed) {
+                return Err(BrokerError::Unavailable("history read failed".into()));
+            }
             let page = {
                 let log = self.log.lock();
                 let messages: Vec<_> = log
@@ -791,6 +815,27 @@ mod tests {
         outbox.drain(&mut frames);
         let got: Vec<_> = frames.iter().map(|f| f.bytes.clone()).collect();
         assert_eq!(got, ["2", "3", "4", "5"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    /// A subscribe whose history read fails after the broker began to
+    /// listen leaves nothing behind: not the subscriber, nor the broker's
+    /// subscription, which nothing else would ever end.
+    #[tokio::test]
+    async fn a_failed_history_read_ends_the_brokers_subscription() {
+        let (engine, broker, key) = storing();
+        broker.history_fails.store(true, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(1, Arc::new(Raw), 1 << 20));
+        let since = Position {
+            offset: 0,
+            epoch: Arc::from("E"),
+        };
+        let subscribed = engine
+            .subscribe_with(&key, &outbox, Replay::After(since))
+            .await;
+        assert!(subscribed.is_err());
+        assert_eq!(broker.subscribes.load(Ordering::Relaxed), 1);
+        assert_eq!(broker.unsubscribes.load(Ordering::Relaxed), 1);
+        assert_eq!(engine.hub().subscriber_count(&key), 0);
     }
 
     /// An engine whose broker's subscribes wait until the test lets them
