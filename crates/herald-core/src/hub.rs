@@ -177,6 +177,10 @@ struct ChannelInner {
     next_offset: u64,
     /// History generation; new each time the channel is created here.
     epoch: Arc<str>,
+    /// Whether `epoch` is the broker's (learned at a subscribe or from a
+    /// message) rather than this hub's own: only then is a message of
+    /// another epoch past its first offset proof that some were missed.
+    broker_epoch: bool,
     /// Messages published since creation.
     published: u64,
     /// How much history this channel keeps.
@@ -255,6 +259,7 @@ impl Hub {
                 subscribers: IndexMap::new(),
                 next_offset: 1,
                 epoch: new_epoch(),
+                broker_epoch: false,
                 published: 0,
                 retention: self.policy.retention(key),
                 history: History::default(),
@@ -357,6 +362,7 @@ impl Hub {
                 inner.epoch = position.epoch.clone();
                 inner.next_offset = 0;
             }
+            inner.broker_epoch = true;
             inner.next_offset = inner.next_offset.max(position.offset + 1);
         }
         let history_head = position.offset;
@@ -566,10 +572,16 @@ impl Hub {
             return Delivery::Held;
         }
         if *inner.epoch != *msg.epoch {
-            // A new history generation (first message seen here, or the
-            // broker lost its state): start counting from this message.
+            // A new history generation (the broker lost its state, or the
+            // channel expired and started over): its offsets start at 1.
+            // Those before this one were published while this node was not
+            // listening, or are still on their way: on a channel that keeps
+            // history they are read back like any other gap.
+            let missed =
+                inner.broker_epoch && inner.retention.keeps() && !inner.subscribers.is_empty();
             inner.epoch = msg.epoch.clone();
-            inner.next_offset = msg.offset;
+            inner.broker_epoch = true;
+            inner.next_offset = if missed { 1 } else { msg.offset };
         }
         if msg.offset < inner.next_offset {
             return Delivery::Duplicate;
@@ -598,10 +610,16 @@ impl Hub {
     pub fn catch_up(&self, key: &ChannelKey, position: &Position) -> Option<(u64, u64)> {
         let ch = self.get(key)?;
         let mut inner = ch.inner.lock();
-        if *inner.epoch != *position.epoch
-            || inner.gap.is_some()
-            || position.offset < inner.next_offset
-        {
+        if inner.gap.is_some() {
+            return None;
+        }
+        if *inner.epoch != *position.epoch && inner.broker_epoch && inner.retention.keeps() {
+            // The broker started a new generation while this node was not
+            // listening: none of its messages were delivered here.
+            inner.epoch = position.epoch.clone();
+            inner.next_offset = 1;
+        }
+        if *inner.epoch != *position.epoch || position.offset < inner.next_offset {
             return None;
         }
         inner.gap = Some(Vec::new());
@@ -633,6 +651,7 @@ impl Hub {
         for msg in all.into_iter().chain(later) {
             if *inner.epoch != *msg.epoch {
                 inner.epoch = msg.epoch.clone();
+                inner.broker_epoch = true;
                 inner.next_offset = msg.offset;
             }
             if !replays_ended && *msg.epoch != *gap_epoch {
@@ -1258,12 +1277,55 @@ mod tests {
             epoch: Arc::from(epoch),
         };
         assert_eq!(hub.catch_up(&key("hist"), &at(3, "R")), None, "up to date");
-        assert_eq!(hub.catch_up(&key("hist"), &at(9, "X")), None, "other epoch");
         assert_eq!(hub.catch_up(&key("hist"), &at(5, "R")), Some((3, 6)));
         assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Held);
         hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
         let got = drained(&a);
         assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+    }
+
+    /// The broker started a new generation while this node was not
+    /// listening (it lost its state, or the channel expired): its first
+    /// messages are read from history, whether a reconnect's catch-up or
+    /// the next live message finds the new epoch first.
+    #[test]
+    fn a_new_epoch_is_read_from_its_first_offset() {
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: Arc::from(epoch),
+        };
+        let subscribed = |position: Position| {
+            let hub = keeping(100);
+            let a = outbox(1);
+            hub.subscribe_pending(&key("hist"), &a);
+            hub.activate(&key("hist"), 1, &[], &position);
+            (hub, a)
+        };
+        let texts = |list: &[&str]| {
+            list.iter()
+                .map(|s| Bytes::from(s.to_string()))
+                .collect::<Vec<_>>()
+        };
+
+        let (hub, a) = subscribed(at(3, "R"));
+        assert_eq!(hub.deliver(&remote(4, "R")), Delivery::Reached(1));
+        assert_eq!(hub.catch_up(&key("hist"), &at(2, "S")), Some((0, 3)));
+        assert_eq!(hub.deliver(&remote(3, "S")), Delivery::Held);
+        hub.fill(&key("hist"), vec![remote(1, "S"), remote(2, "S")]);
+        assert_eq!(drained(&a), texts(&["4", "1", "2", "3"]));
+
+        // The channel was empty when the subscriber came: no epoch yet.
+        let (hub, a) = subscribed(at(0, ""));
+        assert_eq!(
+            hub.deliver(&remote(3, "S")),
+            Delivery::Gap {
+                after: 0,
+                before: 3
+            }
+        );
+        hub.fill(&key("hist"), vec![remote(1, "S"), remote(2, "S")]);
+        assert_eq!(hub.deliver(&remote(4, "S")), Delivery::Reached(1));
+        assert_eq!(drained(&a), texts(&["1", "2", "3", "4"]));
     }
 
     #[test]
