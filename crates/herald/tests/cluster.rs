@@ -501,6 +501,49 @@ async fn push_api_refuses_a_ttl_redis_cannot_hold_and_tells_a_failed_publish() {
     assert_eq!((status, &failed["code"]), (500, &json!(101)));
 }
 
+/// `authorized_channels_only` lets a subscriber in where messages are
+/// stored anywhere in the cluster, not only where they were published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_stream_authorized_channels_count_the_clusters_messages() {
+    let redis = RedisServer::start();
+    let n = nodes_with(
+        &[redis.url()],
+        2,
+        &[("HERALD_PUSHSTREAM__AUTHORIZED_CHANNELS_ONLY", "true")],
+    );
+    let sub = async |node: &Herald, channel: &str| {
+        reqwest::Client::new()
+            .get(format!("http://{}/ps/sub/{channel}.b1", node.addr))
+            .timeout(WAIT)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        sub(&n[1], "hauth").await.status(),
+        403,
+        "nothing stored yet"
+    );
+    let posted = reqwest::Client::new()
+        .post(format!("http://{}/ps/pub?id=hauth", n[0].addr))
+        .body("stored")
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let mut res = sub(&n[1], "hauth").await;
+    assert_eq!(res.status(), 200);
+    let first = tokio::time::timeout(WAIT, res.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.is_some_and(|c| String::from_utf8_lossy(&c).contains("stored")),
+        "the stored message is replayed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_stream_events_tell_a_new_channel_once_across_nodes() {
     let redis = RedisServer::start();

@@ -197,19 +197,11 @@ pub(crate) fn subscription(
         ));
     }
     let cfg = &state.cfg;
-    let hub = state.app.engine.hub();
     let mut channels = Vec::with_capacity(requested.len());
     let mut wildcards = 0;
     for r in &requested {
         let key = channel_key(state, &r.id)?;
-        let wildcard = !cfg.wildcard_prefix.is_empty() && r.id.starts_with(&cfg.wildcard_prefix);
-        wildcards += usize::from(wildcard);
-        if cfg.authorized_channels_only
-            && !wildcard
-            && hub.channel_info(&key).is_none_or(|i| i.stored == 0)
-        {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, CANNOT_CREATE));
-        }
+        wildcards += usize::from(is_wildcard(state, &r.id));
         if state.is_events_channel(&r.id) && !cfg.allow_connections_to_events_channel {
             return Err(Refusal::new(StatusCode::FORBIDDEN, EVENTS_FORBIDDEN));
         }
@@ -271,14 +263,44 @@ pub(crate) fn replay_start(
     len
 }
 
+/// Whether `id` names a wildcard channel.
+fn is_wildcard(state: &PsState, id: &str) -> bool {
+    let prefix = &state.cfg.wildcard_prefix;
+    !prefix.is_empty() && id.starts_with(prefix.as_str())
+}
+
+/// Under `authorized_channels_only`, refuses a subscription to a channel
+/// (not a wildcard one) without stored messages, as stored anywhere in the
+/// cluster: the broker's count, not this node's.
+async fn authorize(state: &PsState, sub: &Subscription) -> Result<(), Refusal> {
+    if !state.cfg.authorized_channels_only {
+        return Ok(());
+    }
+    for (key, _) in &sub.channels {
+        if is_wildcard(state, key.name()) {
+            continue;
+        }
+        let info = state.app.engine.channel_info(key).await.map_err(|e| {
+            tracing::warn!(channel = %key, error = %e, "Channel lookup failed.");
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable.")
+        })?;
+        if info.is_none_or(|i| i.stored == 0) {
+            return Err(Refusal::new(StatusCode::FORBIDDEN, CANNOT_CREATE));
+        }
+    }
+    Ok(())
+}
+
 /// Subscribes `session` to every channel of `sub`, replaying what each
-/// asks for, and records the subscriptions in `presence`.
+/// asks for, and records the subscriptions in `presence`; refuses what
+/// `authorized_channels_only` forbids before subscribing anything.
 pub(crate) async fn subscribe(
     state: &PsState,
     session: &mut Session,
     sub: &Subscription,
     presence: &mut Presence,
 ) -> Result<(), Refusal> {
+    authorize(state, sub).await?;
     for (key, backtrack) in &sub.channels {
         // Held from asking whether the channel is new until this
         // subscription made it exist and announced it, as publishers hold
