@@ -99,6 +99,36 @@ async fn ws_matches_the_seed_frames() {
     );
 }
 
+/// The seed never deletes a channel; one deleted through another API takes
+/// its subscribers with it, so they are asked to reconnect, with the hint
+/// that comes before every lifetime's end.
+#[tokio::test]
+async fn a_channel_deleted_elsewhere_asks_its_subscribers_to_reconnect() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws/messages?channels=gone").await;
+    assert_eq!(next_json(&mut ws).await["event"], "ping");
+    let mut sse = Sse::connect(&server.http("/sse/messages?channels=gone")).await;
+    assert_eq!(
+        sse.next().await.unwrap().event.as_deref(),
+        Some("heartbeat")
+    );
+    let res = reqwest::Client::new()
+        .delete(server.http("/api/v1/channels/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "reconnect", "data": {}})
+    );
+    let ev = sse.next().await.unwrap();
+    assert_eq!(
+        (ev.event.as_deref(), ev.data.as_deref()),
+        (Some("reconnect"), Some("{}"))
+    );
+}
+
 #[tokio::test]
 async fn ws_without_channels_sends_the_error_then_closes() {
     let server = TestServer::start().await;

@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::{Format, Message, Publication};
+use herald_core::{ChannelKey, Format, Message, Publication};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -50,7 +50,19 @@ impl Format for WsFormat {
         out.push(b'}');
         Bytes::from(out)
     }
+    /// The seed's subscriptions last as long as the connection and it
+    /// never deletes a channel; one deleted through another API took this
+    /// subscriber with it, so the client is asked to reconnect, with the
+    /// hint it gets before every lifetime ends.
+    fn deleted(&self, _channel: &ChannelKey) -> Option<Bytes> {
+        Some(Bytes::from_static(WS_RECONNECT))
+    }
 }
+
+/// The seed's reconnect hint over WebSocket.
+const WS_RECONNECT: &[u8] = b"{\"event\":\"reconnect\",\"data\":{}}";
+/// The seed's reconnect hint over SSE.
+const SSE_RECONNECT: &[u8] = b"event:reconnect\ndata:{}\n\n";
 
 /// SSE events in Spring's framing: `event:message` / `data:{…}`.
 pub(crate) struct SseFormat;
@@ -64,6 +76,10 @@ impl Format for SseFormat {
         out.extend_from_slice(&payload(msg));
         out.extend_from_slice(b"\n\n");
         Bytes::from(out)
+    }
+    /// As [`WsFormat::deleted`].
+    fn deleted(&self, _channel: &ChannelKey) -> Option<Bytes> {
+        Some(Bytes::from_static(SSE_RECONNECT))
     }
 }
 
@@ -172,7 +188,7 @@ pub(crate) async fn sse(
     let style = SseStyle {
         preamble: heartbeat.clone(),
         heartbeat,
-        reconnect: Bytes::from_static(b"event:reconnect\ndata:{}\n\n"),
+        reconnect: Bytes::from_static(SSE_RECONNECT),
         // The seed's streams carry no identity: nothing disconnects them.
         disconnected: Bytes::new(),
         cursor: None,
@@ -253,7 +269,7 @@ impl WsDialect for PushWs {
     }
 
     fn reconnect_hint(&self) -> Option<Bytes> {
-        Some(Bytes::from_static(b"{\"event\":\"reconnect\",\"data\":{}}"))
+        Some(Bytes::from_static(WS_RECONNECT))
     }
 
     fn lifetime_close(&self) -> (u16, &'static str) {
