@@ -83,6 +83,16 @@ impl RedisConfig {
         Duration::from_millis(self.probe_interval_ms.max(10))
     }
 
+    /// How long this node's liveness key lasts. The supervisor renews it
+    /// after each probe, a probe interval plus up to four bounded steps
+    /// apart (PING, the echo's publish and wait, the renewal itself): a
+    /// node whose Redis answers slowly but within `timeout_ms` must not
+    /// lapse, for the others would tell its users' leaves and drop its
+    /// clients from the identity registry.
+    pub(crate) fn liveness_ttl(&self) -> Duration {
+        self.probe_interval() * 3 + self.timeout() * 4
+    }
+
     pub(crate) fn unsubscribe_delay(&self) -> Duration {
         Duration::from_millis(self.unsubscribe_delay_ms)
     }
@@ -216,5 +226,25 @@ mod tests {
         );
         assert_eq!(policy.limits(&other), None);
         assert_eq!(HistoryPolicy::default().limits(&chat), None);
+    }
+
+    /// The liveness key outlives the longest gap between two renewals,
+    /// with a probe interval to spare, whatever the two settings.
+    #[test]
+    fn the_liveness_key_outlasts_slow_probes() {
+        for (interval_ms, timeout_ms) in
+            [(1_000, 1_000), (1_000, 5_000), (200, 10_000), (5_000, 50)]
+        {
+            let c = RedisConfig {
+                probe_interval_ms: interval_ms,
+                timeout_ms,
+                ..RedisConfig::default()
+            };
+            let longest_gap = c.probe_interval() + c.timeout() * 4;
+            assert!(
+                c.liveness_ttl() >= longest_gap + c.probe_interval(),
+                "{interval_ms} ms / {timeout_ms} ms"
+            );
+        }
     }
 }

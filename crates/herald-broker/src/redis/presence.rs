@@ -91,8 +91,7 @@ impl Presence {
 /// How long a ledger outlives its node's last refresh: long enough for
 /// every other node to find the node dead first.
 fn ledger_ttl(inner: &Inner) -> Duration {
-    // The liveness key lasts three probe intervals.
-    (inner.config.probe_interval() * 12).max(Duration::from_secs(60))
+    (inner.config.liveness_ttl() * 4).max(Duration::from_secs(60))
 }
 
 /// Counts `user` joining or leaving `channel` into this node's ledger, then

@@ -104,12 +104,14 @@ async fn probe(inner: &Inner) -> Result<(), BrokerError> {
     echo::round_trip(inner, publisher, &session.echo_channels).await
 }
 
-/// Marks this node alive for a few probe intervals.
+/// Marks this node alive for [`RedisConfig::liveness_ttl`].
+///
+/// [`RedisConfig::liveness_ttl`]: super::config::RedisConfig::liveness_ttl
 async fn refresh_node_key(inner: &Inner) {
     let Ok(mut conn) = inner.publisher_conn() else {
         return;
     };
-    let ttl = inner.config.probe_interval() * 3;
+    let ttl = inner.config.liveness_ttl();
     let mut set = redis::cmd("SET");
     set.arg(inner.keys.node(&inner.config.node_id))
         .arg(herald_core::message::now_ms())
