@@ -268,13 +268,7 @@ pub(crate) async fn send(
         let local = router.directory.deliver(filter, &msg);
         total.matched += local.matched;
         total.delivered += local.delivered;
-        for asked in futures_util::future::join_all(requests).await {
-            // A node that did not answer in time counts as nothing.
-            let outcome = asked?.reply().unwrap_or_default();
-            total.matched += outcome.matched;
-            total.delivered += outcome.delivered;
-        }
-        return Ok(total);
+        return summed(total, futures_util::future::join_all(requests).await);
     }
     // One connection cluster-wide: nodes with matches take turns per filter,
     // each picking one of its own matches in turn. This node counts by its
@@ -433,13 +427,37 @@ pub(crate) async fn disconnect(
         };
         ask(inner, router, &router.waiting, node, wire)
     });
-    let mut total = router.directory.disconnect(filter);
-    for asked in futures_util::future::join_all(requests).await {
-        let outcome = asked?.reply().unwrap_or_default();
-        total.matched += outcome.matched;
-        total.delivered += outcome.delivered;
+    let total = router.directory.disconnect(filter);
+    summed(total, futures_util::future::join_all(requests).await)
+}
+
+/// Adds the other nodes' answers to `total`, this node's own. A node that
+/// did not answer in time counts as nothing; so does one Redis would not
+/// take the request for: what the others did stands, and an error would
+/// have the caller do it all again. Only when nothing was delivered
+/// anywhere is that failure the result.
+fn summed(
+    mut total: SendOutcome,
+    answers: Vec<Result<Asked<SendOutcome>, BrokerError>>,
+) -> Result<SendOutcome, BrokerError> {
+    let mut failed = None;
+    for answer in answers {
+        match answer {
+            Ok(asked) => {
+                let outcome = asked.reply().unwrap_or_default();
+                total.matched += outcome.matched;
+                total.delivered += outcome.delivered;
+            }
+            Err(e) => {
+                debug!(error = %e, "A node could not be asked.");
+                failed.get_or_insert(e);
+            }
+        }
     }
-    Ok(total)
+    match failed {
+        Some(e) if total.delivered == 0 => Err(e),
+        _ => Ok(total),
+    }
 }
 
 /// Asks `node` to deliver `msg` for send `ticket` of this node; waits for
@@ -782,6 +800,28 @@ pub(crate) async fn unregister(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node Redis would not take the request for does not undo what the
+    /// others delivered: the caller would send it all again.
+    #[test]
+    fn a_node_that_could_not_be_asked_counts_as_silent() {
+        let reached = |matched, delivered| SendOutcome { matched, delivered };
+        let unreachable = || Err(BrokerError::Unavailable("master down".into()));
+        let summed_up = summed(
+            reached(1, 1),
+            vec![
+                Ok(Asked::Answered(reached(2, 2))),
+                unreachable(),
+                Ok(Asked::Silent),
+            ],
+        );
+        assert_eq!(summed_up.unwrap(), reached(3, 3));
+        let nothing = summed(reached(0, 0), vec![Ok(Asked::Gone), unreachable()]);
+        assert!(
+            nothing.is_err(),
+            "delivered nowhere: the failure is the answer"
+        );
+    }
 
     #[test]
     fn sends_and_acks_name_the_send_and_read_without_it() {
