@@ -527,7 +527,10 @@ impl Engine {
         let Some(to) = self.directory.acknowledge(conn, id) else {
             return Ok(false);
         };
-        self.broker.ack(&self.directory, id, conn, to).await?;
+        if let Err(e) = self.broker.ack(&self.directory, id, conn, to.clone()).await {
+            self.directory.owe_again(conn, id, to);
+            return Err(e);
+        }
         Ok(true)
     }
 }
@@ -535,15 +538,30 @@ impl Engine {
 #[cfg(test)]
 mod ack_tests {
     use super::*;
-    use crate::identity::{Identity, TargetFormat};
+    use crate::identity::{AckTo, Identity, TargetFormat};
     use crate::message::Raw;
     use bytes::Bytes;
 
-    struct Memory(Arc<Hub>);
+    /// A single-node broker; `failing_acks` acks fail to pass on first.
+    struct Memory(Arc<Hub>, std::sync::atomic::AtomicUsize);
     #[async_trait::async_trait]
     impl Broker for Memory {
         async fn publish(&self, c: &ChannelKey, p: Publication) -> Result<Published, BrokerError> {
             Ok(self.0.publish_local(c, p))
+        }
+        async fn ack(
+            &self,
+            local: &Directory,
+            id: &str,
+            conn: ConnId,
+            to: AckTo,
+        ) -> Result<bool, BrokerError> {
+            let failing = &self.1;
+            if failing.load(Ordering::Relaxed) > 0 {
+                failing.fetch_sub(1, Ordering::Relaxed);
+                return Err(BrokerError::Unavailable("ack not passed on".into()));
+            }
+            Ok(local.ack_here(id, conn, &to))
         }
         async fn subscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
             Ok(())
@@ -569,7 +587,7 @@ mod ack_tests {
 
     fn engine_with(user: &str) -> (Engine, Arc<Outbox>) {
         let hub = Arc::new(Hub::new());
-        let engine = Engine::new(hub.clone(), Arc::new(Memory(hub)));
+        let engine = Engine::new(hub.clone(), Arc::new(Memory(hub, 0.into())));
         let outbox = Arc::new(Outbox::new(7, Arc::new(Raw), 1 << 20));
         let _ = engine.directory().register(
             Identity::new([("user", user)]),
@@ -604,6 +622,30 @@ mod ack_tests {
         assert_eq!(frames.len(), 3);
         assert!(frames.iter().all(|f| f.bytes == id.as_bytes()));
         assert_eq!(policy(3).max_wait(), Duration::from_millis(630));
+    }
+
+    /// An ack that could not be passed on is still owed: the client's
+    /// retry of it reaches the sender.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_that_failed_to_pass_on_can_be_sent_again() {
+        let hub = Arc::new(Hub::new());
+        let engine = Engine::new(hub.clone(), Arc::new(Memory(hub, 1.into())));
+        let outbox = Arc::new(Outbox::new(7, Arc::new(Raw), 1 << 20));
+        let _ = engine.directory().register(
+            Identity::new([("user", "u")]),
+            outbox.clone(),
+            Arc::new(ById),
+            None,
+        );
+        let msg = Targeted::new(Bytes::from_static(b"1"));
+        let id = msg.id.clone();
+        let e2 = engine.clone();
+        let task = tokio::spawn(async move { e2.send_acked(&to("u"), msg, policy(1)).await });
+        outbox.ready().await;
+        assert!(engine.acknowledge(7, &id).await.is_err(), "not passed on");
+        assert!(engine.acknowledge(7, &id).await.unwrap(), "still owed");
+        let out = task.await.unwrap().unwrap();
+        assert!(matches!(out, AckOutcome::Acked { conn: 7, .. }), "{out:?}");
     }
 
     #[tokio::test(start_paused = true)]

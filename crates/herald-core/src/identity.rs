@@ -727,6 +727,22 @@ impl Directory {
         }
     }
 
+    /// Gives back an ack [`Directory::acknowledge`] took, owed to `to`, when
+    /// passing it on failed: the client's retry of it is taken again rather
+    /// than refused as not owed.
+    pub fn owe_again(&self, conn: ConnId, id: &str, to: AckTo) {
+        let index = self.index.read();
+        if let Some(entry) = index.conns.get(&conn) {
+            let mut awaiting = entry.awaiting.lock();
+            if !awaiting.iter().any(|o| &*o.id == id) {
+                awaiting.push_front(Owed {
+                    id: Arc::from(id),
+                    to,
+                });
+            }
+        }
+    }
+
     /// Sender side: starts waiting for an ack of `id`. `None` when another
     /// send of the same id is already waiting.
     pub fn expect_ack(self: &Arc<Self>, id: Arc<str>) -> Option<AckWaiter> {
