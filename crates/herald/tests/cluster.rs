@@ -847,8 +847,11 @@ async fn a_dead_node_leaves_the_identity_registry() {
     let carol = format!("/ws?token={}", token("carol", json!({})));
     let _on_b = ws(&n[1], &carol).await;
     let _on_c = ws(&n[2], &carol).await;
+    let dave = format!("/ws?token={}", token("dave", json!({})));
+    let _dave_on_c = ws(&n[2], &dave).await;
     let body = json!({"filter": {"user": "carol"}, "data": "x"});
     send_until_matched(&n[0], body.clone(), 2).await;
+    send_until_matched(&n[0], json!({"filter": {"user": "dave"}, "data": "x"}), 1).await;
     let registered = || {
         let reply = herald_testkit::redis::command(redis.port, &["SCARD", "herald:{ident}:nodes"]);
         reply.unwrap_or_default()
@@ -873,6 +876,11 @@ async fn a_dead_node_leaves_the_identity_registry() {
             .ok_or(format!("{status} {reply}, registered {left}"))
     })
     .await;
+    // Every set C wrote itself to went with it, not only carol's: nobody
+    // sends to dave, and his set would hold the dead node for good.
+    let dave_set =
+        herald_testkit::redis::command(redis.port, &["EXISTS", "herald:{ident}:d:4=userdave"]);
+    assert_eq!(dave_set.as_deref(), Some(":0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

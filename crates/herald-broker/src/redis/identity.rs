@@ -7,7 +7,9 @@
 //! `…{ident}:nodes` while it has any identified connection. A sync task keeps
 //! these current (every 250 ms). A filter's candidate nodes are the
 //! intersection of its pairs' sets (`SINTER`, one slot), minus nodes whose
-//! liveness key expired; dead nodes are removed from the sets on the way.
+//! liveness key expired. A node lists the sets it wrote itself to in
+//! `…{ident}:n:<node>`, so the first sender to find it dead removes it from
+//! every one of them, not only the filter's: a crashed node leaves nothing.
 //! A node that was only paused finds itself gone from `…:nodes` and writes
 //! its entries again.
 //! Candidates resolve the filter exactly against their own directory.
@@ -680,20 +682,35 @@ async fn candidates(inner: &Inner, filter: &Filter) -> Result<Vec<String>, Broke
     Ok(alive)
 }
 
-/// Removes a dead node from the sets it was found in.
+/// Removes a dead node from the registry: from every set it listed as its
+/// own, from `keys` (the sets it was found in, which a node of an older
+/// version did not list), and last from `…{ident}:nodes`.
 async fn forget_node(inner: &Inner, node: &str, keys: &[String]) {
     let Ok(mut conn) = inner.publisher_conn() else {
         return;
     };
+    let own = inner.keys.ident_of_node(node);
+    let listed: Vec<String> = bounded(
+        inner.config.timeout(),
+        redis::cmd("SMEMBERS").arg(&own).query_async(&mut conn),
+    )
+    .await
+    .unwrap_or_default();
     let mut pipe = redis::pipe();
-    for key in keys
-        .iter()
-        .chain(std::iter::once(&inner.keys.ident_nodes()))
-    {
+    for key in listed.iter().chain(keys) {
         pipe.cmd("SREM").arg(key).arg(node).ignore();
     }
+    pipe.cmd("DEL").arg(&own).ignore();
+    pipe.cmd("SREM")
+        .arg(inner.keys.ident_nodes())
+        .arg(node)
+        .ignore();
     let _: Result<(), _> = bounded(inner.config.timeout(), pipe.query_async(&mut conn)).await;
-    debug!(node, "Dead node removed from the identity registry.");
+    debug!(
+        node,
+        sets = listed.len(),
+        "Dead node removed from the identity registry."
+    );
 }
 
 /// Whether this node is still in `…{ident}:nodes`. [`forget_node`] removes
@@ -742,18 +759,17 @@ pub(crate) async fn run_sync(inner: Arc<Inner>, router: Arc<Router>) {
         if add.is_empty() && remove.is_empty() && want_registered == registered {
             continue;
         }
+        let own = inner.keys.ident_of_node(&me);
         let mut pipe = redis::pipe();
         for (k, v) in &add {
-            pipe.cmd("SADD")
-                .arg(inner.keys.ident(k, v))
-                .arg(&me)
-                .ignore();
+            let key = inner.keys.ident(k, v);
+            pipe.cmd("SADD").arg(&own).arg(&key).ignore();
+            pipe.cmd("SADD").arg(&key).arg(&me).ignore();
         }
         for (k, v) in &remove {
-            pipe.cmd("SREM")
-                .arg(inner.keys.ident(k, v))
-                .arg(&me)
-                .ignore();
+            let key = inner.keys.ident(k, v);
+            pipe.cmd("SREM").arg(&key).arg(&me).ignore();
+            pipe.cmd("SREM").arg(&own).arg(&key).ignore();
         }
         pipe.cmd(if want_registered { "SADD" } else { "SREM" })
             .arg(inner.keys.ident_nodes())
@@ -788,6 +804,7 @@ pub(crate) async fn unregister(
             .arg(me)
             .ignore();
     }
+    pipe.cmd("DEL").arg(inner.keys.ident_of_node(me)).ignore();
     pipe.cmd("SREM")
         .arg(inner.keys.ident_nodes())
         .arg(me)

@@ -80,6 +80,12 @@ impl Keys {
         format!("{}:{{ident}}:nodes", self.prefix)
     }
 
+    /// The set of pair keys ([`Keys::ident`]) node `id` wrote itself to:
+    /// whoever finds the node dead removes it from all of them.
+    pub(crate) fn ident_of_node(&self, id: &str) -> String {
+        format!("{}:{{ident}}:n:{id}", self.prefix)
+    }
+
     /// The pub/sub channel node `id` listens on for direct messages.
     pub(crate) fn node_direct(&self, id: &str) -> String {
         self.node(id) + ":direct"
