@@ -3,6 +3,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_core::{ChannelKey, Engine};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
@@ -13,6 +14,13 @@ pub(crate) const CHANNEL_CREATED: &str = "channel_created";
 pub(crate) const CHANNEL_DESTROYED: &str = "channel_destroyed";
 pub(crate) const CLIENT_SUBSCRIBED: &str = "client_subscribed";
 pub(crate) const CLIENT_UNSUBSCRIBED: &str = "client_unsubscribed";
+
+/// Events waiting to be published, at most: while the broker is slow or
+/// away they would otherwise pile up without bound, to be told minutes late.
+const QUEUE: usize = 10_000;
+
+/// Events dropped for a full queue, since the start.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Publishes one event about `channel`, unless the events channel is off or
 /// `channel` is the events channel itself. Events queue up for one task
@@ -30,7 +38,7 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
         return;
     };
     let queue = state.events.get_or_init(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         rt.spawn(publish_events(state.app.engine.clone(), key, rx));
         tx
     });
@@ -39,8 +47,18 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
     text.push_str("\", \"channel\": \"");
     text.push_str(channel);
     text.push_str("\"}");
-    // Fails only once the task is gone, with the server.
-    let _ = queue.send((kind, text));
+    // Closed only once the task is gone, with the server.
+    if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((kind, text)) {
+        let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        // The first, then at each power of two: a backlog must not flood the log too.
+        if dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped,
+                kind,
+                "Push-stream events queue full; event dropped."
+            );
+        }
+    }
 }
 
 /// The events channel's publisher: one event at a time. Ends when the
@@ -48,7 +66,7 @@ pub(crate) fn emit(state: &PsState, kind: &'static str, channel: &str) {
 async fn publish_events(
     engine: Engine,
     key: ChannelKey,
-    mut queue: mpsc::UnboundedReceiver<(&'static str, String)>,
+    mut queue: mpsc::Receiver<(&'static str, String)>,
 ) {
     while let Some((kind, text)) = queue.recv().await {
         let publication = PsState::publication(&text, None, Some(kind));

@@ -64,7 +64,7 @@ pub(crate) struct Inner {
     pub(crate) chunks: Chunks,
     /// The queue of the events channel's publisher, started by the first
     /// event (see [`events::emit`]).
-    pub(crate) events: OnceLock<mpsc::UnboundedSender<(&'static str, String)>>,
+    pub(crate) events: OnceLock<mpsc::Sender<(&'static str, String)>>,
 }
 
 /// The fixed bytes of streams, rendered from the configuration once.
