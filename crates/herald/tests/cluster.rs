@@ -272,6 +272,49 @@ async fn deleting_a_channel_releases_every_nodes_subscription() {
     assert_eq!(next_json(&mut again).await["data"], "back");
 }
 
+/// A delete reaches another node's subscribers after every message
+/// published before it, however many that node still has to fan out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_does_not_overtake_the_messages_before_it() {
+    const MESSAGES: usize = 1_000;
+    let redis = RedisServer::start();
+    let n = nodes(&[redis.url()], 2);
+    let mut watched = ws(&n[0], "/ws?channels=busy").await;
+    assert_eq!(numsub(&redis, "busy"), ":1");
+    // The watched node is paused while the messages and the delete are
+    // published: on resuming it reads them all from its Redis connection
+    // at once, the delete right behind the messages.
+    let pid = n[0].child.id().to_string();
+    signal(&pid, "STOP");
+    let batch: Vec<Value> = (0..MESSAGES)
+        .map(|i| json!({"channel": "busy", "data": i}))
+        .collect();
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("http://{}/api/v1/publish/batch", n[1].addr))
+        .json(&json!({ "messages": batch }))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    let deleted = client
+        .delete(format!("http://{}/api/v1/channels/busy", n[1].addr))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    signal(&pid, "CONT");
+    assert_eq!(
+        (res.status().as_u16(), deleted.status().as_u16()),
+        (200, 200)
+    );
+    for i in 0..MESSAGES {
+        let frame = next_json(&mut watched).await;
+        assert_eq!(frame["data"], i, "message {i} before the delete: {frame}");
+    }
+    assert_eq!(next_json(&mut watched).await["type"], "deleted");
+}
+
 /// The process id of the Redis server on `port`.
 fn redis_pid(port: u16) -> String {
     let info = herald_testkit::redis::command(port, &["INFO", "server"]).unwrap();

@@ -293,7 +293,7 @@ fn retried(want: &mut Want, ok: bool, subscribers: usize) {
 /// each channel keeps its order.
 pub(crate) struct Fanout {
     /// One queue per worker task.
-    workers: Vec<mpsc::UnboundedSender<Arc<Message>>>,
+    workers: Vec<mpsc::UnboundedSender<Work>>,
     /// Picks a channel's worker.
     hasher: RandomState,
 }
@@ -305,18 +305,11 @@ impl Fanout {
     pub(crate) fn start(inner: &Arc<Inner>, n: usize) -> Self {
         let workers = (0..n.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Message>>();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    while let Some(msg) = rx.recv().await {
-                        if let Delivery::Gap { after, before } = inner.hub.deliver(&msg) {
-                            tokio::spawn(recover_gap(
-                                inner.clone(),
-                                msg.channel.clone(),
-                                after,
-                                before,
-                            ));
-                        }
+                    while let Some(work) = rx.recv().await {
+                        work.run(&inner);
                     }
                 });
                 tx
@@ -328,9 +321,57 @@ impl Fanout {
         }
     }
 
-    fn dispatch(&self, msg: Message) {
-        let i = self.hasher.hash_one(&msg.channel) as usize % self.workers.len();
-        let _ = self.workers[i].send(Arc::new(msg));
+    /// Queues `work` behind everything before it on its channel.
+    fn dispatch(&self, work: Work) {
+        let i = self.hasher.hash_one(work.channel()) as usize % self.workers.len();
+        let _ = self.workers[i].send(work);
+    }
+}
+
+/// What arrives on a channel's pub/sub, in the order it must take effect:
+/// a delete or a presence notice published after a message must not
+/// overtake it, so all three take the channel's worker.
+enum Work {
+    Message(Arc<Message>),
+    Deleted(ChannelKey),
+    Presence(codec::PresenceNotice),
+}
+
+impl Work {
+    fn channel(&self) -> &ChannelKey {
+        match self {
+            Work::Message(msg) => &msg.channel,
+            Work::Deleted(channel) => channel,
+            Work::Presence(notice) => &notice.channel,
+        }
+    }
+
+    fn run(self, inner: &Arc<Inner>) {
+        match self {
+            Work::Message(msg) => {
+                if let Delivery::Gap { after, before } = inner.hub.deliver(&msg) {
+                    tokio::spawn(recover_gap(
+                        inner.clone(),
+                        msg.channel.clone(),
+                        after,
+                        before,
+                    ));
+                }
+            }
+            Work::Deleted(channel) => {
+                if inner.hub.delete(&channel).is_some() {
+                    debug!(%channel, "Channel deleted by another node.");
+                }
+                inner.subs.deleted(&channel);
+            }
+            Work::Presence(notice) => {
+                // The node it came from told its own subscribers; a node
+                // taken for dead had its users told to leave already.
+                if notice.node != inner.config.node_id && !inner.presence.is_dead(&notice.node) {
+                    (inner.hub).announce(&notice.channel, notice.change, &notice.user);
+                }
+            }
+        }
     }
 }
 
@@ -460,26 +501,20 @@ pub(crate) async fn run_reader(
                     }
                     continue;
                 }
-                if let Some(notice) = codec::decode_presence(&payload) {
-                    // The node it came from told its own subscribers; a node
-                    // taken for dead had its users told to leave already.
-                    if notice.node != inner.config.node_id && !inner.presence.is_dead(&notice.node)
-                    {
-                        (inner.hub).announce(&notice.channel, notice.change, &notice.user);
+                let work = if let Some(notice) = codec::decode_presence(&payload) {
+                    Work::Presence(notice)
+                } else if let Some(channel) = codec::decode_deleted(&payload) {
+                    Work::Deleted(channel)
+                } else {
+                    match codec::decode(payload) {
+                        Ok(msg) => Work::Message(Arc::new(msg)),
+                        Err(error) => {
+                            warn!(%error, "Undecodable message dropped.");
+                            continue;
+                        }
                     }
-                    continue;
-                }
-                if let Some(channel) = codec::decode_deleted(&payload) {
-                    if inner.hub.delete(&channel).is_some() {
-                        debug!(%channel, "Channel deleted by another node.");
-                    }
-                    inner.subs.deleted(&channel);
-                    continue;
-                }
-                match codec::decode(payload) {
-                    Ok(msg) => fanout.dispatch(msg),
-                    Err(error) => warn!(%error, "Undecodable message dropped."),
-                }
+                };
+                fanout.dispatch(work);
             }
             PushKind::Disconnection => inner.connection_lost(generation),
             _ => {}
