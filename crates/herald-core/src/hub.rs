@@ -7,7 +7,7 @@
 //! queues shared bytes into outboxes; it never waits on a socket.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,9 +53,41 @@ pub enum Delivery {
     Duplicate,
     /// Held back behind an open gap.
     Held,
-    /// Offsets `after + 1 .. before` are missing: read them from history and
-    /// call [`Hub::fill`]. The message was held back.
-    Gap { after: u64, before: u64 },
+    /// Offsets are missing: read them from history and give them to
+    /// [`Hub::fill`]. The message was held back.
+    Gap(Missing),
+}
+
+/// Offsets `after + 1 .. before` of a channel, missing here: a gap, which
+/// [`Hub::fill`] closes only when given this gap's `id`. A read that
+/// outlived its gap (the channel was dropped and made again, and has a new
+/// gap) must not close another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    /// The last offset delivered before the gap.
+    pub after: u64,
+    /// The first offset delivered (held) after it.
+    pub before: u64,
+    /// Which gap: unique within the process.
+    pub id: u64,
+}
+
+/// Gap ids, process-wide: a channel made again starts no new sequence.
+static GAP_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// An open gap: its id, and the broker's messages held back behind it.
+struct Gap {
+    id: u64,
+    held: Vec<Arc<Message>>,
+}
+
+impl Gap {
+    fn open(held: Vec<Arc<Message>>) -> Self {
+        Self {
+            id: GAP_IDS.fetch_add(1, Ordering::Relaxed),
+            held,
+        }
+    }
 }
 
 /// Counts for one channel.
@@ -189,7 +221,7 @@ struct ChannelInner {
     history: History,
     /// Messages from the broker held back while a gap before them is read
     /// from history; `None` when in order.
-    gap: Option<Vec<Arc<Message>>>,
+    gap: Option<Gap>,
     /// Set when the channel left the shard map; holders of a stale `Arc`
     /// must look it up again.
     removed: bool,
@@ -565,10 +597,10 @@ impl Hub {
         };
         let mut guard = ch.inner.lock();
         let inner = &mut *guard;
-        if let Some(held) = &mut inner.gap {
+        if let Some(gap) = &mut inner.gap {
             // Even a message of a new epoch waits: what is held and what the
             // gap's read recovers were published before it.
-            held.push(msg.clone());
+            gap.held.push(msg.clone());
             return Delivery::Held;
         }
         if *inner.epoch != *msg.epoch {
@@ -587,11 +619,14 @@ impl Hub {
             return Delivery::Duplicate;
         }
         if msg.offset > inner.next_offset && inner.retention.keeps() {
-            inner.gap = Some(vec![msg.clone()]);
-            return Delivery::Gap {
+            let gap = Gap::open(vec![msg.clone()]);
+            let missing = Missing {
                 after: inner.next_offset - 1,
                 before: msg.offset,
+                id: gap.id,
             };
+            inner.gap = Some(gap);
+            return Delivery::Gap(missing);
         }
         inner.published += 1;
         inner.next_offset = msg.offset + 1;
@@ -605,9 +640,9 @@ impl Hub {
 
     /// Opens a gap when the broker's `position` for `key` is ahead of what
     /// this node delivered (messages published while it was not listening).
-    /// Returns the missing range `(after, before)` to read from history and
+    /// Returns what is missing, to read from history and
     /// [`fill`](Hub::fill); live messages are held back meanwhile.
-    pub fn catch_up(&self, key: &ChannelKey, position: &Position) -> Option<(u64, u64)> {
+    pub fn catch_up(&self, key: &ChannelKey, position: &Position) -> Option<Missing> {
         let ch = self.get(key)?;
         let mut inner = ch.inner.lock();
         if inner.gap.is_some() {
@@ -622,19 +657,31 @@ impl Hub {
         if *inner.epoch != *position.epoch || position.offset < inner.next_offset {
             return None;
         }
-        inner.gap = Some(Vec::new());
-        Some((inner.next_offset - 1, position.offset + 1))
+        let gap = Gap::open(Vec::new());
+        let missing = Missing {
+            after: inner.next_offset - 1,
+            before: position.offset + 1,
+            id: gap.id,
+        };
+        inner.gap = Some(gap);
+        Some(missing)
     }
 
-    /// Closes a gap [`Hub::deliver`] reported: delivers `recovered` (read
-    /// from history) and the held-back messages in offset order, once each.
-    /// With nothing recovered (history trimmed), the held messages go out
-    /// anyway and the gap stays visible to clients as an offset jump.
-    pub fn fill(&self, key: &ChannelKey, recovered: Vec<Arc<Message>>) {
+    /// Closes gap `id` ([`Missing::id`]), if still open: delivers
+    /// `recovered` (read from history) and the held-back messages in offset
+    /// order, once each. With nothing recovered (history trimmed), the held
+    /// messages go out anyway and the gap stays visible to clients as an
+    /// offset jump.
+    pub fn fill(&self, key: &ChannelKey, id: u64, recovered: Vec<Arc<Message>>) {
         let Some(ch) = self.get(key) else { return };
         let mut guard = ch.inner.lock();
         let inner = &mut *guard;
-        let Some(held) = inner.gap.take() else { return };
+        if inner.gap.as_ref().is_none_or(|gap| gap.id != id) {
+            return;
+        }
+        let Some(Gap { held, .. }) = inner.gap.take() else {
+            return;
+        };
         let gap_epoch = inner.epoch.clone();
         // Held messages of a later epoch (the broker lost its state while
         // the gap was read) follow the gap's own, in the order they came.
@@ -1216,17 +1263,13 @@ mod tests {
         );
         assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Reached(1));
         assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Duplicate);
-        assert_eq!(
-            hub.deliver(&remote(9, "R")),
-            Delivery::Gap {
-                after: 6,
-                before: 9
-            }
-        );
+        let (range, id) = gap(hub.deliver(&remote(9, "R")));
+        assert_eq!(range, (6, 9));
         assert_eq!(hub.deliver(&remote(10, "R")), Delivery::Held);
         // History returns 7 and 8 (and a stale 6): each goes out once, in order.
         hub.fill(
             &key("hist"),
+            id,
             vec![remote(6, "R"), remote(7, "R"), remote(8, "R")],
         );
         assert_eq!(hub.deliver(&remote(11, "R")), Delivery::Reached(1));
@@ -1256,11 +1299,11 @@ mod tests {
             ))
         };
         hub.deliver(&msg(1, "R"));
-        assert!(matches!(hub.deliver(&msg(4, "R")), Delivery::Gap { .. }));
+        let (_, id) = gap(hub.deliver(&msg(4, "R")));
         // The broker lost its state while 2 and 3 were being read.
         assert_eq!(hub.deliver(&msg(1, "S")), Delivery::Held);
         assert_eq!(hub.deliver(&msg(2, "S")), Delivery::Held);
-        hub.fill(&key("hist"), vec![msg(2, "R"), msg(3, "R")]);
+        hub.fill(&key("hist"), id, vec![msg(2, "R"), msg(3, "R")]);
         assert_eq!(hub.deliver(&msg(3, "S")), Delivery::Reached(1));
         let want = ["1R", "2R", "3R", "4R", "1S", "2S", "3S"].map(|s| Bytes::from(s.to_owned()));
         assert_eq!(drained(&a), want);
@@ -1277,11 +1320,30 @@ mod tests {
             epoch: Arc::from(epoch),
         };
         assert_eq!(hub.catch_up(&key("hist"), &at(3, "R")), None, "up to date");
-        assert_eq!(hub.catch_up(&key("hist"), &at(5, "R")), Some((3, 6)));
+        let missing = hub.catch_up(&key("hist"), &at(5, "R")).unwrap();
+        assert_eq!((missing.after, missing.before), (3, 6));
         assert_eq!(hub.deliver(&remote(6, "R")), Delivery::Held);
-        hub.fill(&key("hist"), vec![remote(4, "R"), remote(5, "R")]);
+        // A read that outlived an earlier gap closes nothing.
+        hub.fill(&key("hist"), missing.id - 1, vec![]);
+        assert_eq!(hub.deliver(&remote(7, "R")), Delivery::Held);
+        hub.fill(
+            &key("hist"),
+            missing.id,
+            vec![remote(4, "R"), remote(5, "R")],
+        );
         let got = drained(&a);
-        assert_eq!(got, ["3", "4", "5", "6"].map(|s| Bytes::from(s.to_owned())));
+        assert_eq!(
+            got,
+            ["3", "4", "5", "6", "7"].map(|s| Bytes::from(s.to_owned()))
+        );
+    }
+
+    /// The range of the gap `delivery` opened, and its id.
+    fn gap(delivery: Delivery) -> ((u64, u64), u64) {
+        let Delivery::Gap(m) = delivery else {
+            panic!("no gap: {delivery:?}")
+        };
+        ((m.after, m.before), m.id)
     }
 
     /// The broker started a new generation while this node was not
@@ -1309,21 +1371,21 @@ mod tests {
 
         let (hub, a) = subscribed(at(3, "R"));
         assert_eq!(hub.deliver(&remote(4, "R")), Delivery::Reached(1));
-        assert_eq!(hub.catch_up(&key("hist"), &at(2, "S")), Some((0, 3)));
+        let missing = hub.catch_up(&key("hist"), &at(2, "S")).unwrap();
+        assert_eq!((missing.after, missing.before), (0, 3));
         assert_eq!(hub.deliver(&remote(3, "S")), Delivery::Held);
-        hub.fill(&key("hist"), vec![remote(1, "S"), remote(2, "S")]);
+        hub.fill(
+            &key("hist"),
+            missing.id,
+            vec![remote(1, "S"), remote(2, "S")],
+        );
         assert_eq!(drained(&a), texts(&["4", "1", "2", "3"]));
 
         // The channel was empty when the subscriber came: no epoch yet.
         let (hub, a) = subscribed(at(0, ""));
-        assert_eq!(
-            hub.deliver(&remote(3, "S")),
-            Delivery::Gap {
-                after: 0,
-                before: 3
-            }
-        );
-        hub.fill(&key("hist"), vec![remote(1, "S"), remote(2, "S")]);
+        let (range, id) = gap(hub.deliver(&remote(3, "S")));
+        assert_eq!(range, (0, 3));
+        hub.fill(&key("hist"), id, vec![remote(1, "S"), remote(2, "S")]);
         assert_eq!(hub.deliver(&remote(4, "S")), Delivery::Reached(1));
         assert_eq!(drained(&a), texts(&["1", "2", "3", "4"]));
     }
@@ -1374,15 +1436,12 @@ mod tests {
             Some((at_offset(8), 1_000))
         );
         // Held behind a gap: not delivered yet.
-        assert!(matches!(
-            hub.deliver(&timed(11, 1_003)),
-            Delivery::Gap { .. }
-        ));
+        let (_, id) = gap(hub.deliver(&timed(11, 1_003)));
         assert_eq!(
             hub.last_delivered(&key("hist")),
             Some((at_offset(8), 1_000))
         );
-        hub.fill(&key("hist"), vec![timed(9, 1_001), timed(10, 1_002)]);
+        hub.fill(&key("hist"), id, vec![timed(9, 1_001), timed(10, 1_002)]);
         assert_eq!(
             hub.last_delivered(&key("hist")),
             Some((at_offset(11), 1_003))
@@ -1402,7 +1461,7 @@ mod tests {
         let (a, b) = (outbox(1), outbox(2));
         hub.subscribe(&key("hist"), &a);
         hub.deliver(&remote(1, "R"));
-        assert!(matches!(hub.deliver(&remote(4, "R")), Delivery::Gap { .. }));
+        let (_, id) = gap(hub.deliver(&remote(4, "R")));
         // b resumes meanwhile, its history read reaching offset 4.
         hub.subscribe_pending(&key("hist"), &b);
         let at = Position {
@@ -1411,7 +1470,7 @@ mod tests {
         };
         let replay = [remote(2, "R"), remote(3, "R"), remote(4, "R")];
         hub.activate(&key("hist"), 2, &replay, &at);
-        hub.fill(&key("hist"), vec![remote(2, "R"), remote(3, "R")]);
+        hub.fill(&key("hist"), id, vec![remote(2, "R"), remote(3, "R")]);
         assert_eq!(hub.deliver(&remote(5, "R")), Delivery::Reached(2));
         let bytes = |offsets: &[u64]| -> Vec<Bytes> {
             offsets.iter().map(|o| Bytes::from(o.to_string())).collect()
@@ -1430,8 +1489,8 @@ mod tests {
         let a = outbox(1);
         hub.subscribe(&key("hist"), &a);
         hub.deliver(&remote(1, "R"));
-        assert!(matches!(hub.deliver(&remote(4, "R")), Delivery::Gap { .. }));
-        hub.fill(&key("hist"), Vec::new());
+        let (_, id) = gap(hub.deliver(&remote(4, "R")));
+        hub.fill(&key("hist"), id, Vec::new());
         assert_eq!(
             drained(&a),
             vec![Bytes::from_static(b"1"), Bytes::from_static(b"4")]

@@ -33,7 +33,7 @@ pub use broker::{Broker, BrokerError, ChannelStats, StoredPage};
 pub use channel::{ChannelKey, ChannelNameError};
 pub use engine::{AckOutcome, AckPolicy, Engine};
 pub use history::{History, HistoryPolicy, Position, Recovery, Replay, Retention};
-pub use hub::{ChannelInfo, Delivery, Hub, Published, Subscribed};
+pub use hub::{ChannelInfo, Delivery, Hub, Missing, Published, Subscribed};
 pub use identity::{
     Directory, Filter, Identity, Presence, PresenceChange, SendOutcome, TargetFormat, Targeted,
 };

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_core::{BrokerError, ChannelKey, Delivery, Message, Position};
+use herald_core::{BrokerError, ChannelKey, Delivery, Message, Missing, Position};
 use parking_lot::Mutex;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -349,13 +349,8 @@ impl Work {
     fn run(self, inner: &Arc<Inner>) {
         match self {
             Work::Message(msg) => {
-                if let Delivery::Gap { after, before } = inner.hub.deliver(&msg) {
-                    tokio::spawn(recover_gap(
-                        inner.clone(),
-                        msg.channel.clone(),
-                        after,
-                        before,
-                    ));
+                if let Delivery::Gap(missing) = inner.hub.deliver(&msg) {
+                    tokio::spawn(recover_gap(inner.clone(), msg.channel.clone(), missing));
                 }
             }
             Work::Deleted(channel) => {
@@ -424,8 +419,8 @@ pub(crate) async fn catch_up(inner: Arc<Inner>) {
             offset: page.offset,
             epoch: page.epoch,
         };
-        if let Some((after, before)) = inner.hub.catch_up(&channel, &position) {
-            recover_gap(inner.clone(), channel, after, before).await;
+        if let Some(missing) = inner.hub.catch_up(&channel, &position) {
+            recover_gap(inner.clone(), channel, missing).await;
         }
     }
 }
@@ -445,16 +440,17 @@ fn lost_writes(seen: &Position, time_ms: u64, page: &super::History) -> bool {
             .is_some_and(|m| m.offset == seen.offset && m.publication.time_ms != time_ms)
 }
 
-/// Reads offsets `after + 1 .. before` of `channel` from history and hands
-/// them to the hub, which then releases the messages it held back.
-async fn recover_gap(inner: Arc<Inner>, channel: ChannelKey, after: u64, before: u64) {
-    let missing = (before - after - 1) as usize;
+/// Reads what is `missing` from `channel` in history and hands it to the
+/// hub, which then releases the messages it held back.
+async fn recover_gap(inner: Arc<Inner>, channel: ChannelKey, missing: Missing) {
+    let Missing { after, before, id } = missing;
+    let count = (before - after - 1) as usize;
     for attempt in 0..3u32 {
-        match inner.history(&channel, Some(after), missing).await {
+        match inner.history(&channel, Some(after), count).await {
             Ok(page) => {
                 let recovered = page.messages.into_iter().map(Arc::new).collect();
                 debug!(%channel, after, before, "Gap recovered from history.");
-                inner.hub.fill(&channel, recovered);
+                inner.hub.fill(&channel, id, recovered);
                 return;
             }
             Err(e) => {
@@ -464,7 +460,7 @@ async fn recover_gap(inner: Arc<Inner>, channel: ChannelKey, after: u64, before:
         }
     }
     warn!(%channel, after, before, "Messages lost: gap not in history.");
-    inner.hub.fill(&channel, Vec::new());
+    inner.hub.fill(&channel, id, Vec::new());
 }
 
 /// What the reader calls for a message on this node's direct channel.
