@@ -489,6 +489,12 @@ async fn legacy_ping_and_malformed_frames_keep_the_connection() {
         ("x2@@NO_SUCH_COMMAND", "x2"),
         ("x3@@CREATE_CHANNEL@@{}", "x3"),
         ("x4@@SEND_MESSAGE", "x4"),
+        // Naming no dimension: every identified connection on the server.
+        (r#"x5@@SEND_MESSAGE@@{"filter":{},"message":"all"}"#, "x5"),
+        (
+            r#"x6@@SEND_MESSAGE@@{"filter":{"findAny":true},"message":"any"}"#,
+            "x6",
+        ),
     ] {
         send_text(&mut ws, frame).await;
         let reply = next_text(&mut ws).await;

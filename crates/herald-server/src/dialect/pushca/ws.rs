@@ -396,6 +396,15 @@ impl PushcaWs {
             "SEND_MESSAGE" => {
                 let m: SendMessage = decode(meta()?)?;
                 let filter = m.filter.ok_or("SEND_MESSAGE needs a filter")?.filter();
+                // A client's filter naming no dimension would reach every
+                // identified connection on the server, other apps' and
+                // Herald's own users' too; a back end may (REST).
+                if filter.dims.dims().is_empty() {
+                    return Err(
+                        "a client's filter must name workSpaceId, accountId, deviceId or applicationId"
+                            .into(),
+                    );
+                }
                 check_sender_id(m.id.as_deref())?;
                 let out = state
                     .engine
