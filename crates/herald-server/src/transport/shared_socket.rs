@@ -101,6 +101,8 @@ pub(crate) struct SharedSocket<F = WsText> {
 struct Rest<F> {
     /// Bytes of started frames the socket has not taken yet; they go out first.
     bytes: BytesMut,
+    /// Set when the socket took some of `bytes`, until [`Progress`] reads it.
+    progressed: bool,
     /// Lays frames out for the transport, with any per-connection state it keeps.
     framing: F,
 }
@@ -111,6 +113,7 @@ impl<F: Framing> SharedSocket<F> {
             stream,
             rest: Mutex::new(Rest {
                 bytes: BytesMut::new(),
+                progressed: false,
                 framing,
             }),
         })
@@ -172,19 +175,14 @@ impl<F: Framing> SharedSocket<F> {
         !self.rest.lock().bytes.is_empty()
     }
 
-    /// Writes `rest` out, counting what the socket takes in `sent`; ready
-    /// once it is empty.
-    fn poll_flush_rest(
-        &self,
-        cx: &mut Context<'_>,
-        rest: &mut BytesMut,
-        sent: &mut u64,
-    ) -> Poll<io::Result<()>> {
-        while !rest.is_empty() {
-            match self.stream.try_write(rest) {
+    /// Writes the rest out, noting when the socket takes some; ready once
+    /// it is empty.
+    fn poll_flush_rest(&self, cx: &mut Context<'_>, rest: &mut Rest<F>) -> Poll<io::Result<()>> {
+        while !rest.bytes.is_empty() {
+            match self.stream.try_write(&rest.bytes) {
                 Ok(n) => {
-                    rest.advance(n);
-                    *sent += n as u64;
+                    rest.bytes.advance(n);
+                    rest.progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.stream.poll_write_ready(cx))?;
@@ -215,6 +213,7 @@ impl<F: Framing> DirectWrite for SharedSocket<F> {
         let Rest {
             bytes: rest,
             framing,
+            ..
         } = &mut *guard;
         if !rest.is_empty() {
             return Taken::NONE;
@@ -291,10 +290,6 @@ pub(crate) struct SocketIo<F = WsText> {
     /// Bytes the HTTP server read past the upgrade request: the client's
     /// first frames, read before the socket.
     early: Bytes,
-    /// Bytes of the socket's rest written so far: a flush stays pending
-    /// until the whole rest is out, and a client that takes a large frame
-    /// slowly is still making progress ([`Progress`]).
-    sent: u64,
 }
 
 impl<F: Framing> SocketIo<F> {
@@ -306,17 +301,15 @@ impl<F: Framing> SocketIo<F> {
         } else {
             early
         };
-        Self {
-            socket,
-            early,
-            sent: 0,
-        }
+        Self { socket, early }
     }
 }
 
+/// A flush stays pending until the socket's whole rest is out: a client
+/// taking a large frame slowly is still making progress.
 impl<F> Progress for SocketIo<F> {
-    fn progress(&self) -> u64 {
-        self.sent
+    fn progressed(&mut self) -> bool {
+        std::mem::take(&mut self.socket.rest.lock().progressed)
     }
 }
 
@@ -382,14 +375,13 @@ impl<F: Framing> AsyncWrite for SocketIo<F> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let socket = &*this.socket;
-        let rest = &mut socket.rest.lock().bytes;
-        ready!(socket.poll_flush_rest(cx, rest, &mut this.sent))?;
+        let socket = &*self.socket;
+        let rest = &mut *socket.rest.lock();
+        ready!(socket.poll_flush_rest(cx, rest))?;
         loop {
             match socket.stream.try_write(buf) {
                 Ok(n) => {
-                    rest.extend_from_slice(&buf[n..]);
+                    rest.bytes.extend_from_slice(&buf[n..]);
                     return Poll::Ready(Ok(buf.len()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -401,9 +393,8 @@ impl<F: Framing> AsyncWrite for SocketIo<F> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let socket = &*this.socket;
-        socket.poll_flush_rest(cx, &mut socket.rest.lock().bytes, &mut this.sent)
+        let socket = &*self.socket;
+        socket.poll_flush_rest(cx, &mut socket.rest.lock())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

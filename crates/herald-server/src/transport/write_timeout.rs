@@ -15,14 +15,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// A stream that may write part of what it holds while a write stays
-/// pending, because it finishes frames of its own first: its count of bytes
-/// written tells [`WriteTimeout`] that the client is still taking them.
+/// pending, because it finishes frames of its own first: it tells
+/// [`WriteTimeout`] that the client is still taking them.
 pub(crate) trait Progress {
-    /// Bytes written so far by writes that were still pending; it grows
-    /// whenever the client takes some of them. Streams whose pending writes
-    /// wrote nothing keep the default.
-    fn progress(&self) -> u64 {
-        0
+    /// Whether the client took bytes of a pending write since the last
+    /// call. Streams whose pending writes write nothing keep the default.
+    fn progressed(&mut self) -> bool {
+        false
     }
 }
 
@@ -35,9 +34,6 @@ pub(crate) struct WriteTimeout<S> {
     timeout: Option<Duration>,
     /// Armed only while a write waits for room: most writes never do.
     stall: Option<Pin<Box<Sleep>>>,
-    /// `inner`'s [`Progress`] when the stall was last armed: more means the
-    /// client took bytes since, and the wait starts over.
-    seen: u64,
 }
 
 impl<S: Progress> WriteTimeout<S> {
@@ -48,7 +44,6 @@ impl<S: Progress> WriteTimeout<S> {
             inner,
             timeout: Some(timeout).filter(|t| !t.is_zero()),
             stall: None,
-            seen: 0,
         }
     }
 
@@ -70,12 +65,10 @@ impl<S: Progress> WriteTimeout<S> {
         let Some(timeout) = self.timeout else {
             return Poll::Pending;
         };
-        let progress = self.inner.progress();
         let stall = self
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if progress != self.seen {
-            self.seen = progress;
+        if self.inner.progressed() {
             stall.as_mut().reset(Instant::now() + timeout);
         }
         ready!(stall.as_mut().poll(cx));
