@@ -16,6 +16,28 @@ fn fanout_websocket_counts_exactly() {
     assert!(n(&r["server"], "rss_after_kib") > 0, "{r}");
 }
 
+/// A publisher that cannot keep its schedule (one publish in flight, far more messages per
+/// second than one at a time allows) sends late, and its messages count from when they were
+/// due: the wait the server's slow answers caused is in the latencies, not left out.
+#[test]
+fn a_late_publisher_counts_latency_from_the_schedule() {
+    let server = started!("Herald", start_herald());
+    let url = server.url();
+    let r = bench(&format!(
+        "fanout --target herald --url {url} --publish-concurrency 1 \
+         --subscribers 2 --channels 1 --rate 20000 --duration 250ms"
+    ));
+    assert_exact_fanout(&r, 2, 1, 5000);
+    let warned = r["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains("behind its schedule"))
+    });
+    assert!(warned, "{r}");
+    // A publish every 50 µs, one at a time: no HTTP round trip is that short, and the last
+    // were due long before they went.
+    assert!(r["latency_ms"]["max_ms"].as_f64().unwrap() > 100.0, "{r}");
+}
+
 #[test]
 fn fanout_sse_counts_exactly() {
     let server = started!("Herald", start_herald());

@@ -56,9 +56,25 @@ pub(crate) struct Phase {
     /// Number of the next message: messages are numbered across phases (message i goes to
     /// channel i mod channels with sequence number i / channels).
     pub(crate) next: u64,
+    /// How far behind its schedule the publisher fell, waiting for a free publish slot
+    /// while the server answered slowly. Latencies count from the scheduled times anyway.
+    pub(crate) max_lag: Duration,
 }
 
 impl Phase {
+    /// A warning for the report when the publisher fell behind its schedule by more than
+    /// a scheduling hiccup: the server was slow to accept publishes, and sent later than
+    /// planned they still count from when they were due.
+    pub(crate) fn lag_warning(&self) -> Option<String> {
+        (self.max_lag > Duration::from_millis(50)).then(|| {
+            format!(
+                "the publisher fell up to {:.0} ms behind its schedule (publishes answered \
+                 slowly); latencies count from the scheduled send times",
+                self.max_lag.as_secs_f64() * 1e3
+            )
+        })
+    }
+
     pub(crate) fn accepted(&self) -> u64 {
         self.published.iter().sum()
     }
@@ -123,6 +139,7 @@ async fn fixed(
         phase.elapsed,
     );
     report.server = usage(ctx, before, start_sample, end_sample);
+    report.warnings.extend(phase.lag_warning());
     Ok(report)
 }
 
@@ -168,12 +185,14 @@ pub(crate) async fn publish(
     let errors = Arc::new(AtomicU64::new(0));
     let concurrency = ctx.cli.common.publish_concurrency.max(1);
     let gate = Arc::new(Semaphore::new(concurrency));
-    let start = Instant::now();
+    let (start, start_ns) = (Instant::now(), now_ns());
     let end = start + duration;
     let mut next = first;
+    let mut max_lag = Duration::ZERO;
     // Bounded by max_messages and the end time.
     while next < max_messages && rate > 0.0 {
-        let due = start + Duration::from_secs_f64((next - first) as f64 / rate);
+        let offset = Duration::from_secs_f64((next - first) as f64 / rate);
+        let due = start + offset;
         if due >= end {
             break;
         }
@@ -181,6 +200,10 @@ pub(crate) async fn publish(
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
+        // Stamped with when it was due, not when a slot came free: a server slow to take
+        // publishes must not hide the wait of the messages it held up (coordinated omission).
+        let sent_ns = start_ns + offset.as_nanos() as u64;
+        max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
         let channel = (next % u64::from(channels)) as u32;
         let seq = next / u64::from(channels);
         let (adapter, published, errors) = (ctx.adapter.clone(), published.clone(), errors.clone());
@@ -191,7 +214,7 @@ pub(crate) async fn publish(
                 run,
                 channel,
                 seq,
-                sent_ns: now_ns(),
+                sent_ns,
             }
             .payload(size);
             match adapter.publish(&name, &payload).await {
@@ -209,6 +232,7 @@ pub(crate) async fn publish(
         errors: errors.load(Relaxed),
         elapsed: start.elapsed().as_secs_f64(),
         next,
+        max_lag,
     }
 }
 

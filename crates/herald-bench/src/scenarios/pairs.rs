@@ -117,16 +117,22 @@ pub(crate) async fn dispatch(
     let errors = Arc::new(AtomicU64::new(0));
     let http_gate = Arc::new(Semaphore::new(cfg.publish_concurrency));
     let mut rng = StdRng::from_os_rng();
-    let start = Instant::now();
+    let (start, start_ns) = (Instant::now(), now_ns());
     let end = start + cfg.duration;
     // Bounded by max_messages and the end time (every wait below is cut at `end`).
     'send: for id in 0..cfg.max_messages.min(plan.pair_ids) {
+        // Paced, a message counts from when it was due, however long the wait for a free
+        // slot below: a server slow to answer must not hide that wait (coordinated
+        // omission). Unpaced, there is no schedule: it counts from when it goes.
+        let mut due_ns = None;
         if cfg.rate > 0.0 {
-            let due = start + Duration::from_secs_f64(id as f64 / cfg.rate);
+            let offset = Duration::from_secs_f64(id as f64 / cfg.rate);
+            let due = start + offset;
             if due >= end {
                 break;
             }
             sleep_until(due).await;
+            due_ns = Some(start_ns + offset.as_nanos() as u64);
         }
         while shared.inflight.load(Relaxed) >= cfg.concurrency {
             let left = end.saturating_duration_since(Instant::now());
@@ -154,7 +160,7 @@ pub(crate) async fn dispatch(
         let message = PairMessage {
             run: plan.run,
             id,
-            sent_ns: now_ns(),
+            sent_ns: due_ns.unwrap_or_else(now_ns),
             from: name(from),
             to: name(to),
             worker: plan.index,
