@@ -401,7 +401,7 @@ impl ClientTask {
         };
         result.alive = true;
         let mut seen = SeqSet::default();
-        let (local, global) = (self.local, self.global);
+        let (local, global, channel) = (self.local, self.global, self.channel);
         // What a received frame asks this connection to answer (a Pushca acknowledgement).
         let mut answer = String::new();
         // One stop future for the whole loop: re-creating it per frame showed in profiles.
@@ -410,7 +410,15 @@ impl ClientTask {
         // Bounded by the stop signal, which the worker always sends, and by the connection's end.
         loop {
             let mut on_payload = |frame: &[u8]| {
-                on_frame(&shared, local, global, &mut seen, frame, &mut answer);
+                on_frame(
+                    &shared,
+                    local,
+                    global,
+                    channel,
+                    &mut seen,
+                    frame,
+                    &mut answer,
+                );
             };
             let frame = tokio::select! {
                 biased;
@@ -446,12 +454,13 @@ async fn next_outgoing(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String
     }
 }
 
-/// Handles one payload of connection `local` (global index `global`); a frame to send back is
-/// appended to `answer`.
+/// Handles one payload of connection `local` (global index `global`, subscribed to channel
+/// `channel` in fan-out); a frame to send back is appended to `answer`.
 fn on_frame(
     shared: &Shared,
     local: usize,
     global: u32,
+    channel: u32,
     seen: &mut SeqSet,
     frame: &[u8],
     answer: &mut String,
@@ -482,6 +491,10 @@ fn on_frame(
             if !shared.confirmed_flags[local].swap(true, Relaxed) {
                 shared.confirmed.fetch_add(1, Relaxed);
             }
+        }
+        // Another channel's message: its sequence number says nothing about this one's.
+        Token::Measured { channel: to, .. } if to != channel => {
+            shared.misrouted.fetch_add(1, Relaxed);
         }
         Token::Measured { seq, sent_ns, .. } => match seen.insert(seq) {
             Some(true) if seq < shared.step_first_seq.load(Relaxed) => {
@@ -599,6 +612,7 @@ mod tests {
             shared,
             local as usize,
             local,
+            0,
             seen,
             frame.as_bytes(),
             &mut answer,
@@ -626,6 +640,19 @@ mod tests {
         assert_eq!(shared.deliveries.load(Relaxed), 2);
         assert_eq!(shared.duplicated.load(Relaxed), 1);
         assert_eq!(shared.stale.load(Relaxed), 1);
+        // Another channel's message is misrouted, and takes no sequence number of this one's.
+        let elsewhere = Token::Measured {
+            run: 9,
+            channel: 1,
+            seq: 3,
+            sent_ns: now_ns(),
+        }
+        .payload(32);
+        feed(&shared, 0, &mut seen, &elsewhere);
+        assert_eq!(shared.misrouted.load(Relaxed), 1);
+        feed(&shared, 0, &mut seen, &m(9, 3));
+        assert_eq!(shared.deliveries.load(Relaxed), 3);
+        shared.misrouted.store(0, Relaxed);
         let probe = Token::Probe { run: 9, channel: 0 }.payload(0);
         feed(&shared, 1, &mut SeqSet::default(), &probe);
         feed(&shared, 1, &mut SeqSet::default(), &probe);

@@ -12,7 +12,6 @@
 //! (Nchan replays the newest one to new subscribers) are told apart and ignored.
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How a payload's own quotes are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +143,12 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Wall-clock time as unix nanoseconds: the clock both the sender and the receiver read.
+/// The monotonic clock in nanoseconds: the clock both the sender and the receiver read. It
+/// is the same in every process of the machine, and unlike the wall clock no NTP step moves
+/// it during a run.
 pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -88,7 +88,10 @@ pub(crate) fn publish(channel: &str, payload: &str) -> (String, String) {
     // Pusher event data is a string: the JSON payload travels escaped inside it.
     let body =
         serde_json::json!({"name": EVENT, "channels": [channel], "data": payload}).to_string();
-    let timestamp = crate::token::now_ns() / 1_000_000_000;
+    // Unix seconds: the server checks them against its own clock.
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let query = signed_query("POST", &path, &body, timestamp);
     (format!("{path}?{query}"), body)
 }
