@@ -41,6 +41,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$repeat" in ''|*[!0-9]*|0) echo "--repeat takes a positive count" >&2; exit 2 ;; esac
+for tool in taskset pgrep curl python3; do
+  command -v "$tool" >/dev/null || { echo "compare.sh needs $tool" >&2; exit 1; }
+done
 out=${out:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
@@ -74,6 +77,14 @@ fi
 # A step's drain ends as soon as everything arrived; up to 10 s lets a failed step's backlog
 # clear before the next step starts.
 SEARCH="--rate max $SEARCH --max-p99 250ms --drain 10s"
+
+# Each server holds up to IDLE_N sockets, and so does the generator over its processes: raise
+# the open-file limit to the hard one (every server and generator started below inherits it).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_N + 500)) ]; then
+  echo "the open-file limit ($(ulimit -n)) is below the $((IDLE_N + 500)) the scenarios need" >&2
+  exit 1
+fi
 
 if [ "$build" = 1 ]; then
   echo "==> building herald and herald-bench (release)" >&2
@@ -119,15 +130,17 @@ start_server() {
       for _ in $(seq 100); do curl -fs -o /dev/null "$url/health/ready" && break; sleep 0.1; done
       curl -fs -o /dev/null "$url/health/ready" || return 1
       ;;
+    # Started on the server's core, so that a server sizing its threads by the CPUs it may
+    # use sees one (sockudo's tokio would otherwise start two workers, then share one core).
     nchan)
-      server_pid=$("$peers/start-nchan.sh" "$PORT_NCHAN" 1 | tail -1) || return 1
+      server_pid=$(taskset -c "$SERVER_CORE" "$peers/start-nchan.sh" "$PORT_NCHAN" 1 | tail -1) || return 1
       url=http://127.0.0.1:$PORT_NCHAN
       ;;
     sockudo)
       # The peer script builds into $HOME/.cache/peers/sockudo and logs beside it, but does
       # not create the parent directory on a fresh machine.
       mkdir -p "$HOME/.cache/peers"
-      server_pid=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1) || return 1
+      server_pid=$(taskset -c "$SERVER_CORE" "$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1) || return 1
       url=http://127.0.0.1:$PORT_SOCKUDO
       ;;
   esac
@@ -163,7 +176,8 @@ run() {
   if ! timeout 900 taskset -c "$GEN_CORE" "$BENCH" "$@" --target "$target" --url "$url" \
        --server-pid "$server_pid" --json >"$json" 2>"$out/$file.log"; then
     echo "    failed (see $out/$file.log)" >&2
-    rm -f "$json"
+    # A stub, so that the table shows the round as missing rather than a median of the rest.
+    printf '{"failed": true, "log": "%s.log"}\n' "$file" >"$json"
   fi
   stop_server
   sleep 1
@@ -187,9 +201,19 @@ each_on() {
 }
 each() { each_on "$servers" "$@"; }
 
+# sockudo's first start builds it (about 13 minutes on two cores): build it here, on both
+# cores, rather than in a first run pinned to one.
+if [[ " $servers " == *" sockudo "* ]] && [ ! -x "${SOCKUDO_ROOT:-$HOME/.cache/peers/sockudo}/bin/sockudo" ]; then
+  echo "==> building sockudo (first use)" >&2
+  mkdir -p "$HOME/.cache/peers"
+  built=$("$peers/start-sockudo.sh" "$PORT_SOCKUDO" | tail -1) || { echo "sockudo did not build" >&2; exit 1; }
+  kill -TERM "$built" 2>/dev/null || true
+  sleep 1
+fi
+
 round=1
 echo "loadavg at start: $(cat /proc/loadavg)" >>"$out/machine.txt"
-grep -m1 'model name' /proc/cpuinfo >>"$out/machine.txt"
+grep -m1 'model name' /proc/cpuinfo >>"$out/machine.txt" || true
 echo "commit $(git -C "$root" rev-parse --short HEAD) (work tree may hold others' uncommitted changes)" >>"$out/machine.txt"
 nproc >>"$out/machine.txt"
 echo "rounds per scenario: $repeat" >>"$out/machine.txt"

@@ -152,6 +152,17 @@ def values(reports, extract):
     return out
 
 
+def good(reports):
+    """The rounds that produced a report (compare.sh leaves a stub for one that failed)."""
+    return [r for r in reports or [] if not r.get("failed")]
+
+
+def incomplete(reports):
+    """' (k/N rounds)' when some of the rounds failed, else ''."""
+    n, k = len(reports or []), len(good(reports))
+    return f" ({k}/{n} rounds)" if k < n else ""
+
+
 def combine(vs, figure):
     """One figure over the rounds: the median, or the sum for a count of failures."""
     if not vs:
@@ -326,6 +337,7 @@ def summary(runs):
         for fig, better, extractors in figures:
             cells, ratios = [], []
             vals = {}
+            short = False
             for s in SERVERS:
                 r = reps.get(s) if s == "herald" else peers_from.get(s)
                 vals[s] = [combine(values(r, e), fig) for e in extractors]
@@ -334,9 +346,13 @@ def summary(runs):
                     text = "n/a"
                 elif via_ws and s != "herald":
                     text = "(HTTP) " + text
-                cells.append(text)
+                cells.append(text + incomplete(r))
+                short = short or bool(incomplete(r))
+            # Across transports the generator's own cost differs too (its core is saturated
+            # in those rows): the figures stand side by side, with no ratio.
+            compared = None if via_ws or short else better
             for i in range(len(extractors)):
-                ratios.append(ratio(vals["herald"][i], [vals[s][i] for s in SERVERS if s != "herald"], better))
+                ratios.append(ratio(vals["herald"][i], [vals[s][i] for s in SERVERS if s != "herald"], compared))
             name = title if first else ""
             first = False
             print(f"| {name} | {fig} | {better or ''} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
@@ -375,8 +391,10 @@ def main():
     print("|---|---|---|" + "---|" * len(SERVERS) + "---|")
     for label in sorted(order, key=key):
         reps = runs[label]
-        any_report = next(iter(reps.values()))[0]
-        kind = any_report["scenario"]
+        reported = [r for rs in reps.values() for r in good(rs)]
+        if not reported:
+            continue  # every round failed: nothing to show but the stubs' logs
+        kind = reported[0]["scenario"]
         peer_reps = reps
         http_label = http_twin(label)
         via_ws = label.startswith("pairs-ws")
@@ -388,11 +406,16 @@ def main():
             if searched and (fig.startswith("latency") or fig.startswith("server CPU")):
                 better = None  # at each server's own rate
             vals, spread = {}, {}
+            short = False
             for s in SERVERS:
                 r = peer_reps.get(s) if s != "herald" else reps.get("herald")
                 vs = values(r, extract)
                 vals[s] = combine(vs, fig)
                 spread[s] = f" ({fmt(min(vs))}–{fmt(max(vs))})" if len(vs) > 1 and fig not in TOTALS else ""
+                spread[s] += incomplete(r)
+                short = short or bool(incomplete(r))
+            if via_ws or short:
+                better = None  # across transports, or over fewer rounds for some server
             if all(v is None for v in vals.values()):
                 continue
             cells = []

@@ -82,6 +82,19 @@ class Rounds(unittest.TestCase):
         self.assertEqual(cells[4], "8.00 / 26.0")
         self.assertEqual(row(text, "errors")[3:5], ["3", "5"])
 
+    def test_a_failed_round_shows_and_withholds_the_ratio(self):
+        reports = dict(self.reports)
+        reports["connect.nchan.r3.json"] = {"failed": True, "log": "connect.nchan.r3.log"}
+        for args in [(), ("--summary",)]:
+            text = render(reports, *args)
+            cells = row(text, "connections/s")
+            self.assertIn("(2/3 rounds)", cells[4], text)
+            self.assertNotIn("rounds", cells[3], text)
+            self.assertEqual(cells[6], "—", text)
+        # Every round of a scenario failed: the row is left out, not a crash.
+        only_stubs = {"connect.herald.json": {"failed": True}}
+        self.assertNotIn("connections/s", render(only_stubs))
+
     def test_one_round_names_files_without_a_round(self):
         text = render({
             "connect.herald.json": connect_report(19000, 0.60, 0, 30.0),
@@ -122,7 +135,8 @@ class WebSocketPairs(unittest.TestCase):
                      if row[0].strip() == title)
         cells = [c.strip() for c in cells]
         self.assertEqual(cells[3:5], ["90,000", "(HTTP) 60,000"])
-        self.assertEqual(cells[6], "1.50×")
+        # The generator's cost differs between the transports: no ratio across them.
+        self.assertEqual(cells[6], "—")
 
     def test_a_row_herald_did_not_run_is_left_out(self):
         reports = {k: v for k, v in self.reports.items() if "noreply" not in k}
@@ -134,7 +148,7 @@ class WebSocketPairs(unittest.TestCase):
         self.assertEqual(len(noreply), 1, lines)
         cells = [c.strip() for c in noreply[0].strip("|").split("|")]
         self.assertEqual(cells[3:5], ["90,000", "60,000 (http)"])
-        self.assertEqual(cells[6], "1.50×")
+        self.assertEqual(cells[6], "—")
 
 
 if __name__ == "__main__":
