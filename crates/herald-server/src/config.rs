@@ -730,6 +730,18 @@ impl Config {
                 )));
             }
         }
+        // An empty password lets anyone in who sends an Authorization header.
+        if pa.enabled && pa.enable_auth && pa.basic_auth_password.is_empty() {
+            return Err(ConfigError(
+                "pushapi.basic_auth_password is empty: set one, or pushapi.enable_auth = false"
+                    .into(),
+            ));
+        }
+        if self.pushaas.enabled && self.pushaas.password.is_empty() {
+            return Err(ConfigError(
+                "pushaas.password is empty: Tsuru's API would be open to anyone".into(),
+            ));
+        }
         // With publisher keys the operator locked publishing; push-api and
         // PushaaS publish with their own credentials, which must not be the
         // seeds' well-known defaults then.

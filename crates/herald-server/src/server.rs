@@ -150,6 +150,13 @@ impl Server {
                  pushapi.basic_auth_password, or pushapi.enabled = false."
             );
         }
+        let pushaas = &state.config.pushaas;
+        if pushaas.enabled && pushaas.password == crate::config::SEED_PASSWORD {
+            tracing::warn!(
+                "PushaaS's Tsuru API has the seed's default password: anyone who knows it \
+                 can list, bind and remove instances; set pushaas.password."
+            );
+        }
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         let revocations = tokio::spawn(crate::revocations::sync(state.clone()));

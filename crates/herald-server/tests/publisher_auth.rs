@@ -247,6 +247,18 @@ fn empty_or_short_keys_are_refused_at_start() {
     assert!(c.validate().is_ok());
     c.auth.receiver_secret = Some("tiny".into());
     assert!(c.validate().is_err());
+
+    // An empty password opens the route to anyone, keys or not.
+    let mut c = herald_server::Config::default();
+    c.pushapi.basic_auth_password = String::new();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("pushapi.basic_auth_password is empty"), "{e}");
+    c.pushapi.enable_auth = false;
+    assert!(c.validate().is_ok(), "no auth asked, as configured");
+    c.pushaas.enabled = true;
+    c.pushaas.password = String::new();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("pushaas.password is empty"), "{e}");
 }
 
 #[tokio::test]
