@@ -106,12 +106,18 @@ pub(crate) struct Shared {
     step_first_seq: AtomicU64,
     /// Fan-out search: first receipts of an earlier step's messages during this step.
     pub(crate) late: AtomicU64,
-    /// Unix nanoseconds of the latest counted fan-out delivery: when a step's deliveries ended.
+    /// When the latest counted fan-out delivery came ([`now_ns`]): when a step's deliveries ended.
     pub(crate) last_delivery_ns: AtomicU64,
     /// Per connection: a warm-up probe arrived.
     pub(crate) confirmed_flags: Vec<AtomicBool>,
     /// Per connection: confirmed when measuring started, so its deliveries are expected.
     pub(crate) included: Vec<AtomicBool>,
+    /// Per connection: it was lost (the server or the network closed it).
+    pub(crate) dropped: Vec<AtomicBool>,
+    /// Per connection, in a rate search: measured in the current step, i.e.
+    /// included and not lost before the step began. A connection the server
+    /// dropped in an overloaded step fails that step, and no later one.
+    pub(crate) in_step: Vec<AtomicBool>,
     /// Send-to-receipt latency of counted deliveries (µs).
     pub(crate) latency: Recorder,
     /// Time from a connection's turn at the gate to its being established (µs).
@@ -154,6 +160,8 @@ impl Shared {
             last_delivery_ns: AtomicU64::new(0),
             confirmed_flags: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             included: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            dropped: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            in_step: (0..connections).map(|_| AtomicBool::new(false)).collect(),
             latency: Recorder::new(shards),
             connect_latency: Recorder::new(shards),
             first_connect_ns: AtomicU64::new(0),
@@ -205,6 +213,11 @@ impl Shared {
     /// reset can at most be counted once more (the reset is not atomic with the receipts).
     pub(crate) fn begin_step(&self, first_seq: u64) {
         self.step_first_seq.store(first_seq, Relaxed);
+        for ((in_step, included), dropped) in
+            self.in_step.iter().zip(&self.included).zip(&self.dropped)
+        {
+            in_step.store(included.load(Relaxed) && !dropped.load(Relaxed), Relaxed);
+        }
         for counter in [
             &self.deliveries,
             &self.duplicated,
@@ -427,6 +440,7 @@ impl ClientTask {
                 r = conn.recv(&mut on_payload) => {
                     if !matches!(r, Ok(true)) {
                         shared.disconnects.fetch_add(1, Relaxed);
+                        shared.dropped[local].store(true, Relaxed);
                         result.alive = false;
                         break;
                     }
@@ -436,8 +450,15 @@ impl ClientTask {
                     std::mem::take(&mut answer)
                 }
             };
-            if conn.send_text(frame).await.is_err() {
+            // A server that stopped reading must not keep the stop waiting.
+            let sent = tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                sent = conn.send_text(frame) => sent,
+            };
+            if sent.is_err() {
                 shared.disconnects.fetch_add(1, Relaxed);
+                shared.dropped[local].store(true, Relaxed);
                 result.alive = false;
                 break;
             }
@@ -618,6 +639,27 @@ mod tests {
             &mut answer,
         );
         answer
+    }
+
+    /// In a rate search, a connection lost in one step is not expected to receive in the
+    /// next: it failed the step it was lost in, and would fail every later one too.
+    #[test]
+    fn a_step_measures_the_connections_alive_when_it_began() {
+        let shared = Shared::new(&plan(3, 128, false), false);
+        for i in 0..2 {
+            shared.included[i].store(true, Relaxed);
+        }
+        shared.begin_step(0);
+        assert!(shared.in_step[0].load(Relaxed) && shared.in_step[1].load(Relaxed));
+        assert!(!shared.in_step[2].load(Relaxed), "never included");
+        shared.dropped[1].store(true, Relaxed);
+        assert!(
+            shared.in_step[1].load(Relaxed),
+            "lost during the step: still expected"
+        );
+        shared.begin_step(10);
+        assert!(shared.in_step[0].load(Relaxed));
+        assert!(!shared.in_step[1].load(Relaxed), "lost before the step");
     }
 
     #[test]

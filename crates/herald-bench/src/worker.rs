@@ -229,7 +229,7 @@ impl Worker {
     }
 
     /// Fan-out search: the current step's figures; expected deliveries are those of the
-    /// included connections on each channel.
+    /// connections measured in the step (included, and not lost before it) on each channel.
     fn snapshot(&self, published: &[u64]) -> WorkerStats {
         let Some(set) = &self.set else {
             return WorkerStats::default();
@@ -241,8 +241,8 @@ impl Worker {
             .plan
             .globals
             .iter()
-            .zip(&shared.included)
-            .filter(|(_, inc)| inc.load(Relaxed))
+            .zip(&shared.in_step)
+            .filter(|(_, measured)| measured.load(Relaxed))
             .map(|(g, _)| published.get((g % channels) as usize).copied().unwrap_or(0))
             .sum();
         stats.lost = stats.expected.saturating_sub(stats.deliveries);
