@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
-use figment::Figment;
+use figment::error::Kind;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::value::Dict;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use herald_mobile::MobileConfig;
 use herald_server::Config;
 use serde::Serialize;
@@ -29,23 +30,82 @@ pub(crate) fn load(file: Option<&Path>) -> Result<Settings, String> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    let figment = figment.merge(
-        Env::prefixed("HERALD_")
-            // Every setting lives in a section (`SECTION__KEY`); other
-            // `HERALD_` variables (`HERALD_CONFIG` names the file) are not settings.
-            .filter(|key| key.as_str().contains("__"))
-            .split("__"),
-    );
-    let mobile: MobileConfig = figment.extract_inner("mobile").map_err(|e| e.to_string())?;
+    // Lossy: a setting the environment gives as text is read as the number
+    // or bool it names where the setting wants one.
+    let figment = figment.merge(Environment);
+    let mobile: MobileConfig = figment.extract_inner_lossy("mobile").map_err(described)?;
     // The server's sections refuse unknown keys: hand them everything but `mobile`.
-    let mut rest: Dict = figment.extract().map_err(|e| e.to_string())?;
+    let mut rest: Dict = figment.extract_lossy().map_err(described)?;
     rest.remove("mobile");
     let server: Config = Figment::from(Serialized::defaults(rest))
-        .extract()
-        .map_err(|e| e.to_string())?;
+        .extract_lossy()
+        .map_err(described)?;
     server.validate().map_err(|e| e.to_string())?;
     mobile.validate()?;
     Ok(Settings { server, mobile })
+}
+
+/// `HERALD_SECTION__KEY=value` settings (`HERALD_SERVER__LISTEN` sets
+/// `server.listen`), each value the text it is. figment's own `Env` reads
+/// `83920174` as a number and `true` as a bool, which a string setting (a
+/// password, a key) then refuses; here numbers and bools are read from the
+/// text where a setting wants one (lossy extraction). A value in brackets
+/// or braces is a list or a table (`HERALD_AUTH__API_KEYS=["…"]`).
+struct Environment;
+
+impl Provider for Environment {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`HERALD_` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        // Every setting lives in a section (`SECTION__KEY`); other `HERALD_`
+        // variables (`HERALD_CONFIG` names the file) are not settings.
+        let env = Env::prefixed("HERALD_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        let mut settings = Figment::new();
+        for (key, text) in env.iter() {
+            let trimmed = text.trim();
+            let value: Value = if trimmed.starts_with(['[', '{']) {
+                trimmed
+                    .parse()
+                    .unwrap_or_else(|_| Value::from(text.clone()))
+            } else {
+                Value::from(text)
+            };
+            settings = settings.merge(Serialized::default(key.as_str(), value));
+        }
+        Ok(Profile::Default.collect(settings.extract::<Dict>()?))
+    }
+}
+
+/// Whether a setting named `key` holds a secret.
+fn is_secret(key: &str) -> bool {
+    ["secret", "password", "api_key", "credentials"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// A configuration error as text, without the value of a secret setting:
+/// the message ends up in terminals and logs.
+fn described(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            if !e.path.iter().any(|part| is_secret(part)) {
+                return e.to_string();
+            }
+            let key = e.path.join(".");
+            match &e.kind {
+                Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
+                    format!("invalid value for {key} (not shown): expected {expected}")
+                }
+                _ => format!("invalid value for {key} (not shown)"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The default configuration as TOML, for `herald config default`.
@@ -69,9 +129,7 @@ fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(table) => {
             for (key, v) in table.iter_mut() {
-                let secret = ["secret", "password", "api_key", "credentials"]
-                    .iter()
-                    .any(|s| key.contains(s));
+                let secret = is_secret(key);
                 match v {
                     toml::Value::String(s) if secret && !s.is_empty() => {
                         *s = "<redacted>".into();
@@ -84,16 +142,41 @@ fn redact(value: &mut toml::Value) {
             }
         }
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
-        toml::Value::String(s) => {
-            if let Some((scheme, rest)) = s.split_once("://")
-                && let Some((credentials, host)) = rest.split_once('@')
-                && !credentials.contains('/')
-            {
-                *s = format!("{scheme}://<redacted>@{host}");
-            }
-        }
+        toml::Value::String(s) => *s = without_credentials(s),
         _ => {}
     }
+}
+
+/// `text` with the credentials a connection string may hold replaced: a
+/// URL's user info (everything before the authority's last `@`, as a
+/// password may hold one), and the value of a `password`/`pass` parameter,
+/// in a query (`?…&password=…`) or a key=value string (`host=db password=…`).
+fn without_credentials(text: &str) -> String {
+    let mut out = text.to_owned();
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@') {
+            out = format!("{scheme}://<redacted>@{}", &rest[at + 1..]);
+        }
+    }
+    for key in ["password=", "pass="] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(key) {
+            let start = from + found;
+            let value = start + key.len();
+            let named = start == 0 || matches!(out.as_bytes()[start - 1], b'?' | b'&' | b' ');
+            if !named {
+                from = value;
+                continue;
+            }
+            let end = out[value..]
+                .find(['&', ' ', '#'])
+                .map_or(out.len(), |e| value + e);
+            out.replace_range(value..end, "<redacted>");
+            from = value + "<redacted>".len();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -134,5 +217,28 @@ mod tests {
         );
         assert!(text.contains("redis://10.0.0.6:6379/a@b"), "{text}");
         assert!(text.contains("basic_auth_user = \"app\""), "{text}");
+    }
+
+    #[test]
+    fn every_form_of_connection_credentials_is_redacted() {
+        for (given, shown) in [
+            ("redis://:p@ss@h:6379", "redis://<redacted>@h:6379"),
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=0&pass=<redacted>",
+            ),
+            (
+                "postgres://db/push?user=u&password=pw&sslmode=off",
+                "postgres://db/push?user=u&password=<redacted>&sslmode=off",
+            ),
+            (
+                "host=db user=u password=pw dbname=push",
+                "host=db user=u password=<redacted> dbname=push",
+            ),
+            ("password=pw", "password=<redacted>"),
+            ("redis://h:6379/0?bypass=1", "redis://h:6379/0?bypass=1"),
+        ] {
+            assert_eq!(without_credentials(given), shown, "{given}");
+        }
     }
 }

@@ -123,6 +123,39 @@ fn config_check_default_and_env_overrides() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Environment values are the text they are: a password made of digits (or
+/// `true`) is a password, numbers and bools are still read where a setting
+/// wants one, and an error never shows a secret's value.
+#[test]
+fn environment_values_keep_their_text_and_errors_hide_secrets() {
+    let check = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(HERALD);
+        cmd.args(["config", "check"]).env_remove("HERALD_CONFIG");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(&[
+        ("HERALD_PUSHAAS__ENABLED", "true"),
+        ("HERALD_PUSHAAS__PASSWORD", "83920174"),
+        ("HERALD_PUSHAPI__BASIC_AUTH_PASSWORD", "true"),
+        ("HERALD_LIMITS__MAX_CONNECTIONS", "1234"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_connections = 1234"), "{text}");
+    assert!(!text.contains("83920174"), "{text}");
+
+    // A list given as a plain string: refused, naming the key, not the key's value.
+    let out = check(&[("HERALD_AUTH__API_KEYS", "k3y-0123456789abcdef")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api_keys"), "{stderr}");
+    assert!(!stderr.contains("k3y-0123456789abcdef"), "{stderr}");
+}
+
 #[test]
 fn cli_publish_presents_an_api_key() {
     let herald = Herald::start(&[
