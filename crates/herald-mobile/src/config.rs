@@ -11,6 +11,9 @@ use crate::provider::apns::ApnsConfig;
 use crate::provider::fcm::FcmConfig;
 use crate::provider::webpush::WebPushConfig;
 
+/// The most pushes `mobile.concurrency` may keep in flight.
+pub const MAX_CONCURRENCY: usize = 100_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MobileConfig {
@@ -76,6 +79,13 @@ impl MobileConfig {
         }
         if self.concurrency == 0 || self.attempts == 0 {
             return Err("mobile.concurrency and mobile.attempts must be at least 1".into());
+        }
+        // Pushes in flight take a semaphore's permits, of which there are
+        // at most this many; far more than any provider takes at once anyway.
+        if self.concurrency > MAX_CONCURRENCY {
+            return Err(format!(
+                "mobile.concurrency must be at most {MAX_CONCURRENCY}"
+            ));
         }
         // Each drives a timer, which panics on zero inside its task.
         for (key, interval) in [
@@ -222,5 +232,11 @@ mod tests {
         );
         let err = refused(&|c| c.invalid_tokens.batch = 0);
         assert!(err.contains("mobile.invalid_tokens.batch"), "{err}");
+        // More than a semaphore holds would panic at start.
+        let err = refused(&|c| c.concurrency = usize::MAX);
+        assert!(err.contains("mobile.concurrency must be at most"), "{err}");
+        let mut at_most = valid.clone();
+        at_most.concurrency = MAX_CONCURRENCY;
+        assert_eq!(at_most.validate(), Ok(()));
     }
 }

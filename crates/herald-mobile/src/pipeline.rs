@@ -265,7 +265,19 @@ impl Mobile {
     /// offsets are not committed, so Kafka resends them), commits, and flushes
     /// feedback and stats. A push that panics is logged, counted as failed
     /// (`internal-error`) and its message skipped.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_until(shutdown, std::future::ready(())).await;
+    }
+
+    /// [`Mobile::run`], for a pipeline that also serves `POST /api/v1/push`:
+    /// its last flushes (feedback, stats, dead tokens) wait for `served`,
+    /// the end of the HTTP requests still in flight when `shutdown` came,
+    /// whose feedback and dead tokens would otherwise be dropped.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        served: impl Future<Output = ()>,
+    ) {
         let permits = self.shared.permits.clone();
         let mut tasks = JoinSet::new();
         let mut stats_tick = tokio::time::interval(self.stats_interval);
@@ -343,6 +355,7 @@ impl Mobile {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "Final offset commit skipped.");
         }
+        served.await;
         if let Some(producer) = &self.shared.producer
             && let Err(e) = producer.flush(FEEDBACK_TIMEOUT)
         {

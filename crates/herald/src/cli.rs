@@ -216,14 +216,20 @@ fn serve(settings: Settings) -> Result<(), String> {
         } else {
             None
         };
-        let stop = CancellationToken::new();
-        let mobile = mobile.map(|m| tokio::spawn(m.run(stop.clone().cancelled_owned())));
+        // Kafka consumption stops with the signal; the pipeline's last
+        // flushes wait for the server's requests in flight (POST /api/v1/push).
+        let (stop, served) = (CancellationToken::new(), CancellationToken::new());
+        let mobile = mobile.map(|m| {
+            let (stop, served) = (stop.clone(), served.clone());
+            tokio::spawn(m.run_until(stop.cancelled_owned(), served.cancelled_owned()))
+        });
         server
             .run(async {
                 stop_signal.await;
                 stop.cancel();
             })
             .await;
+        served.cancel();
         if let Some(mobile) = mobile {
             let _ = mobile.await;
         }

@@ -109,7 +109,10 @@ fn from_seed(seed: &Value, mode: Mode, production: bool) -> Result<MobileConfig,
         production,
         ..MobileConfig::default()
     };
-    if let Some(secs) = number(seed, "gracefulshutdowntimeout") {
+    // The key the seed's code reads, and the spelling its README gives the
+    // variable (`PUSHER_GRACEFULLSHUTDOWNTIMEOUT`).
+    let graceful = ["gracefulshutdowntimeout", "gracefullshutdowntimeout"];
+    if let Some(secs) = graceful.iter().find_map(|key| number(seed, key)) {
         c.graceful_timeout = Duration::from_secs(secs);
     }
     let k = &mut c.kafka;
@@ -167,7 +170,9 @@ fn from_seed(seed: &Value, mode: Mode, production: bool) -> Result<MobileConfig,
     match mode {
         Mode::Apns => {
             if let Some(workers) = number(seed, "apns.concurrentworkers") {
-                c.concurrency = usize::try_from(workers).unwrap_or(usize::MAX).max(1);
+                c.concurrency = usize::try_from(workers)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, herald_mobile::config::MAX_CONCURRENCY);
             }
             for app in list(seed, "apns.apps") {
                 let cert = |key: &str| {
@@ -244,6 +249,12 @@ fn encoded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readmes_spelling_of_the_shutdown_timeout_is_read_too() {
+        let c = from_seed(&seed("gracefullShutdownTimeout: 7"), Mode::Apns, false).unwrap();
+        assert_eq!(c.graceful_timeout, Duration::from_secs(7));
+    }
 
     fn seed(yaml: &str) -> Value {
         lowercased(

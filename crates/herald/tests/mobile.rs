@@ -55,6 +55,30 @@ fn herald_for_shop(kafka: &Kafka, apns: &MockApns, extra: &[(&str, &str)]) -> He
     Herald::start_on_one_core(&env)
 }
 
+/// A PostgreSQL whose `shop_apns` token table holds `rows`
+/// (`('user', 'token'), …`).
+fn shop_tokens(rows: &str) -> Postgres {
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE shop_apns (id serial PRIMARY KEY, user_id text, token text NOT NULL)");
+    pg.psql(&format!(
+        "INSERT INTO shop_apns (user_id, token) VALUES {rows}"
+    ));
+    pg
+}
+
+/// [`herald_for_shop`], deleting dead tokens from `pg` within 100 ms.
+fn herald_deleting_for_shop(kafka: &Kafka, apns: &MockApns, pg: &Postgres) -> Herald {
+    let pg_url = pg.url();
+    herald_for_shop(
+        kafka,
+        apns,
+        &[
+            ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
+            ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_notifications_reach_apns_through_the_binary() {
     let kafka = Kafka::start(&["push-shop_apns_single", "push-shop-apns-feedbacks"]);
@@ -308,23 +332,11 @@ async fn herald_pusher_apns_runs_on_the_seeds_configuration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_to_users_reach_every_device_in_their_token_table() {
     let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
-    let pg = Postgres::start();
-    pg.psql("CREATE TABLE shop_apns (id serial PRIMARY KEY, user_id text, token text NOT NULL)");
-    pg.psql(
-        "INSERT INTO shop_apns (user_id, token) VALUES \
-         ('u1', 'phone-1'), ('u1', 'tablet-1'), ('u2', 'old-2'), ('u9', 'other-9')",
-    );
+    let pg =
+        shop_tokens("('u1', 'phone-1'), ('u1', 'tablet-1'), ('u2', 'old-2'), ('u9', 'other-9')");
     let apns = MockApns::start().await;
     apns.respond("old-2", 410, "Unregistered");
-    let pg_url = pg.url();
-    let herald = herald_for_shop(
-        &kafka,
-        &apns,
-        &[
-            ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
-            ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
-        ],
-    );
+    let herald = herald_deleting_for_shop(&kafka, &apns, &pg);
     let push = |body: serde_json::Value| {
         reqwest::Client::new()
             .post(format!("http://{}/api/v1/push", herald.addr))
@@ -403,24 +415,11 @@ async fn pushes_to_users_reach_every_device_in_their_token_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_refused_before_any_push_was_accepted_are_kept() {
     let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
-    let pg = Postgres::start();
-    pg.psql("CREATE TABLE shop_apns (id serial PRIMARY KEY, user_id text, token text NOT NULL)");
-    pg.psql(
-        "INSERT INTO shop_apns (user_id, token) VALUES \
-         ('u1', 'first-refused'), ('u2', 'fine'), ('u3', 'refused-later')",
-    );
+    let pg = shop_tokens("('u1', 'first-refused'), ('u2', 'fine'), ('u3', 'refused-later')");
     let apns = MockApns::start().await;
     apns.respond("first-refused", 400, "BadDeviceToken");
     apns.respond("refused-later", 400, "BadDeviceToken");
-    let pg_url = pg.url();
-    let herald = herald_for_shop(
-        &kafka,
-        &apns,
-        &[
-            ("HERALD_MOBILE__INVALID_TOKENS__POSTGRES_URL", &pg_url),
-            ("HERALD_MOBILE__INVALID_TOKENS__FLUSH_INTERVAL", "100ms"),
-        ],
-    );
+    let herald = herald_deleting_for_shop(&kafka, &apns, &pg);
     let push = |token: &str| {
         let body = json!({"notifications": [{"platform": "apns", "app": "shop",
             "notification": {"DeviceToken": token, "Payload": {"aps": {"alert": "hi"}}}}]});
@@ -451,4 +450,43 @@ async fn tokens_refused_before_any_push_was_accepted_are_kept() {
         assert!(std::time::Instant::now() < deadline, "table holds {left:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A push over HTTP still in flight when SIGTERM comes is answered, and its
+/// dead token still leaves the table: the pipeline's last flush waits for
+/// the server's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_in_flight_at_shutdown_still_deletes_its_dead_token() {
+    let kafka = Kafka::start(&["push-shop-apns-feedbacks"]);
+    let pg = shop_tokens("('u1', 'gone'), ('u2', 'kept')");
+    let apns = MockApns::start().await;
+    apns.respond("gone", 410, "Unregistered");
+    apns.answer_after(Duration::from_millis(1_500));
+    let mut herald = herald_deleting_for_shop(&kafka, &apns, &pg);
+    let body = json!({"notifications": [{"platform": "apns", "app": "shop",
+        "notification": {"DeviceToken": "gone", "Payload": {"aps": {"alert": "bye"}}}}]});
+    let url = format!("http://{}/api/v1/push", herald.addr);
+    let pushed = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .timeout(STEP)
+            .send()
+            .await
+            .unwrap()
+    });
+    // APNs has the push and holds its answer: the request is in flight.
+    apns.wait_for(1, STEP).await;
+    let status = tokio::task::spawn_blocking(move || herald.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "herald exited with {status}");
+    let res = pushed.await.unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(answer["results"][0]["reason"], "Unregistered");
+    assert_eq!(
+        pg.psql("SELECT token FROM shop_apns ORDER BY token"),
+        "kept"
+    );
 }
