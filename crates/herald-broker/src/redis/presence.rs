@@ -207,7 +207,7 @@ pub(crate) async fn run_watch(inner: Arc<Inner>) {
 
 /// Refreshes this node's ledger and listing, or with `rewrite` writes the
 /// ledger whole.
-async fn keep_ledger(inner: &Inner, rewrite: bool) -> Result<(), BrokerError> {
+pub(crate) async fn keep_ledger(inner: &Inner, rewrite: bool) -> Result<(), BrokerError> {
     let me = &inner.config.node_id;
     let ledger = inner.keys.presence_ledger(me);
     let (any, counts): (bool, Vec<(Bytes, u64)>) = {

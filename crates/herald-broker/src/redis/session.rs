@@ -70,6 +70,13 @@ pub(crate) async fn establish(inner: &Inner) -> Result<(), BrokerError> {
         drop_session(inner, "pub/sub echo failed");
         return Err(e);
     }
+    // The ledger as it is now, before the liveness key says this node is
+    // back: a node that finds it alive again tells its users' joins from
+    // the ledger, which may still hold users who left while Redis was away.
+    if let Err(e) = super::presence::keep_ledger(inner, true).await {
+        drop_session(inner, "presence ledger not written");
+        return Err(e);
+    }
     refresh_node_key(inner).await;
     // Under the session's lock: a disconnection told meanwhile dropped the
     // session, and must not be followed by turning ready.
