@@ -157,6 +157,12 @@ impl Server {
                  can list, bind and remove instances; set pushaas.password."
             );
         }
+        if pushaas.enabled && state.engine.broker().name() == "memory" {
+            tracing::warn!(
+                "PushaaS keeps its instances in the memory broker: a restart forgets them \
+                 while Tsuru still has them bound; use broker.kind = \"redis\"."
+            );
+        }
         tokio::pin!(signal);
         let sweeper = tokio::spawn(sweep(state.engine.hub().clone()));
         let revocations = tokio::spawn(crate::revocations::sync(state.clone()));

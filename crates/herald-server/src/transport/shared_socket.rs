@@ -476,14 +476,13 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "closed");
     }
 
-    /// A frame the socket took in part blocks every other write until the
-    /// task flushed its rest, even when the socket has room again.
-    #[tokio::test]
-    async fn a_partly_written_frame_finishes_before_the_next() {
+    /// A client's socket and the server's shared one over it, both with
+    /// small buffers, so that a large frame goes out in part.
+    async fn small_buffered() -> (TcpStream, Arc<SharedSocket>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpSocket::new_v4().unwrap();
         client.set_recv_buffer_size(4096).unwrap();
-        let mut peer = client
+        let peer = client
             .connect(listener.local_addr().unwrap())
             .await
             .unwrap();
@@ -491,7 +490,14 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(4096)
             .unwrap();
-        let socket = SharedSocket::new(server, WsText::default());
+        (peer, SharedSocket::new(server, WsText::default()))
+    }
+
+    /// A frame the socket took in part blocks every other write until the
+    /// task flushed its rest, even when the socket has room again.
+    #[tokio::test]
+    async fn a_partly_written_frame_finishes_before_the_next() {
+        let (mut peer, socket) = small_buffered().await;
 
         let big = vec![b'a'; 1 << 20];
         let first = Frame::from(Bytes::from(big.clone()));
@@ -543,18 +549,7 @@ mod tests {
         use crate::transport::write_timeout::WriteTimeout;
         use std::time::Duration;
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpSocket::new_v4().unwrap();
-        client.set_recv_buffer_size(4096).unwrap();
-        let mut peer = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        let socket = SharedSocket::new(server, WsText::default());
+        let (mut peer, socket) = small_buffered().await;
         let size = 256 << 10;
         let frame = Frame::from(Bytes::from(vec![b'a'; size]));
         assert!(socket.try_write(&mut std::iter::once(&frame)).partial);

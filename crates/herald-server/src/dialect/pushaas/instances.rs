@@ -228,15 +228,20 @@ pub(crate) async fn update() -> StatusCode {
         (status = 404, description = "Code 32: no such instance", body = TsuruError),
         (status = 500, description = "Code 30: store unreachable", body = TsuruError)))]
 pub(crate) async fn remove(State(state): State<TsuruState>, Name(name): Name) -> Response {
-    let broker = state.app.engine.broker();
-    match broker.delete_record(KIND, &name).await {
-        Ok(true) => {}
-        Ok(false) => return error(StatusCode::NOT_FOUND, 32, "Instance not found"),
+    match find(&state, &name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, 32, "Instance not found"),
         Err(e) => return unavailable(&e, 30, "Failed to delete instance"),
     }
+    // What the instance stored goes first and its record last: a failure
+    // leaves an instance to remove again (Tsuru retries), not leftovers
+    // that a new instance of the name would inherit.
     if let Err(e) = super::mount::purge(&state, &name).await {
-        // The instance is gone; what is left behind expires or is unreachable.
-        tracing::warn!(instance = %name, error = %e, "PushaaS instance not fully purged.");
+        tracing::warn!(instance = %name, error = %e, "PushaaS instance not purged.");
+        return unavailable(&e, 30, "Failed to delete instance");
+    }
+    if let Err(e) = state.app.engine.broker().delete_record(KIND, &name).await {
+        return unavailable(&e, 30, "Failed to delete instance");
     }
     tracing::info!(instance = %name, "PushaaS instance removed.");
     StatusCode::OK.into_response()
