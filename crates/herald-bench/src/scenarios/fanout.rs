@@ -196,13 +196,10 @@ pub(crate) async fn publish(
         if due >= end {
             break;
         }
-        sleep_until(due).await;
+        let sent_ns = on_schedule(due, start_ns + offset.as_nanos() as u64).await;
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
-        // Stamped with when it was due, not when a slot came free: a server slow to take
-        // publishes must not hide the wait of the messages it held up (coordinated omission).
-        let sent_ns = start_ns + offset.as_nanos() as u64;
         max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
         let channel = (next % u64::from(channels)) as u32;
         let seq = next / u64::from(channels);
@@ -234,6 +231,20 @@ pub(crate) async fn publish(
         next,
         max_lag,
     }
+}
+
+/// Waits until a paced message is `due`, and returns the send time it counts from: when
+/// the timer woke, if the sender was on time (the timer's own lateness, up to a
+/// millisecond, is the generator's, not the server's); when it was due (`due_ns`), if the
+/// sender was behind its schedule, held up by a server slow to take earlier messages,
+/// whose wait must not be left out (coordinated omission). Any wait for a free slot after
+/// this counts too.
+pub(crate) async fn on_schedule(due: Instant, due_ns: u64) -> u64 {
+    if Instant::now() >= due {
+        return due_ns;
+    }
+    sleep_until(due).await;
+    now_ns()
 }
 
 /// Waits for `expected` deliveries, at most `--drain`, and stops early once nothing moved for

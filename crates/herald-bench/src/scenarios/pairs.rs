@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 
 use super::{Ctx, own_cpu_since};
 use crate::adapters::{Adapter, PairMessage, Target};
@@ -121,9 +121,10 @@ pub(crate) async fn dispatch(
     let end = start + cfg.duration;
     // Bounded by max_messages and the end time (every wait below is cut at `end`).
     'send: for id in 0..cfg.max_messages.min(plan.pair_ids) {
-        // Paced, a message counts from when it was due, however long the wait for a free
-        // slot below: a server slow to answer must not hide that wait (coordinated
-        // omission). Unpaced, there is no schedule: it counts from when it goes.
+        // Paced, a message counts from its turn in the schedule, however long the wait
+        // for a free slot below: a server slow to answer must not hide that wait
+        // (coordinated omission; see `fanout::on_schedule`). Unpaced, there is no
+        // schedule: it counts from when it goes.
         let mut due_ns = None;
         if cfg.rate > 0.0 {
             let offset = Duration::from_secs_f64(id as f64 / cfg.rate);
@@ -131,8 +132,8 @@ pub(crate) async fn dispatch(
             if due >= end {
                 break;
             }
-            sleep_until(due).await;
-            due_ns = Some(start_ns + offset.as_nanos() as u64);
+            due_ns =
+                Some(super::fanout::on_schedule(due, start_ns + offset.as_nanos() as u64).await);
         }
         while shared.inflight.load(Relaxed) >= cfg.concurrency {
             let left = end.saturating_duration_since(Instant::now());
