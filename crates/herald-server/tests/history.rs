@@ -267,12 +267,7 @@ async fn channel_list_stats_and_delete() {
         (Some(1), Some(1), Some(1))
     );
 
-    let client = reqwest::Client::new();
-    let res = client
-        .delete(server.http("/api/v1/channels/hdel"))
-        .send()
-        .await
-        .unwrap();
+    let res = server.delete_channel("hdel").await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<Value>().await.unwrap(),
@@ -282,12 +277,7 @@ async fn channel_list_stats_and_delete() {
         next_json(&mut ws).await,
         json!({"type": "deleted", "channel": "hdel"})
     );
-    let res = client
-        .delete(server.http("/api/v1/channels/hdel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(server.delete_channel("hdel").await.status(), 404);
     // The subscriber no longer gets the deleted channel, but keeps the other.
     let p = server.publish(json!({"channel": "hdel", "data": 2})).await;
     assert_eq!(p["subscribers"], 0);

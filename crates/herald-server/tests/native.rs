@@ -398,12 +398,7 @@ async fn a_deleted_channel_leaves_the_subscription_list() {
     let mut ws = server.ws("/ws?channels=gone,kept").await;
     server.publish(json!({"channel": "gone", "data": 1})).await;
     assert_eq!(next_json(&mut ws).await["data"], 1);
-    let res = reqwest::Client::new()
-        .delete(server.http("/api/v1/channels/gone"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(server.delete_channel("gone").await.status(), 200);
     assert_eq!(
         next_json(&mut ws).await,
         json!({"type": "deleted", "channel": "gone"})

@@ -112,12 +112,7 @@ async fn a_channel_deleted_elsewhere_asks_its_subscribers_to_reconnect() {
         sse.next().await.unwrap().event.as_deref(),
         Some("heartbeat")
     );
-    let res = reqwest::Client::new()
-        .delete(server.http("/api/v1/channels/gone"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(server.delete_channel("gone").await.status(), 200);
     assert_eq!(
         next_json(&mut ws).await,
         json!({"event": "reconnect", "data": {}})

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 
 use super::{Ctx, own_cpu_since};
 use crate::cli::{Rate, Scenario};
@@ -196,7 +196,7 @@ pub(crate) async fn publish(
         if due >= end {
             break;
         }
-        let sent_ns = on_schedule(due, start_ns + offset.as_nanos() as u64).await;
+        let sent_ns = super::on_schedule(due, start_ns + offset.as_nanos() as u64).await;
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
@@ -231,20 +231,6 @@ pub(crate) async fn publish(
         next,
         max_lag,
     }
-}
-
-/// Waits until a paced message is `due`, and returns the send time it counts from: when
-/// the timer woke, if the sender was on time (the timer's own lateness, up to a
-/// millisecond, is the generator's, not the server's); when it was due (`due_ns`), if the
-/// sender was behind its schedule, held up by a server slow to take earlier messages,
-/// whose wait must not be left out (coordinated omission). Any wait for a free slot after
-/// this counts too.
-pub(crate) async fn on_schedule(due: Instant, due_ns: u64) -> u64 {
-    if Instant::now() >= due {
-        return due_ns;
-    }
-    sleep_until(due).await;
-    now_ns()
 }
 
 /// Waits for `expected` deliveries, at most `--drain`, and stops early once nothing moved for

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::adapters::Adapter;
 use crate::cli::{Cli, Scenario};
@@ -20,7 +20,7 @@ use crate::clients::channel_name;
 use crate::error::Result;
 use crate::proc::{ProcSample, sample_tree, self_cpu_seconds};
 use crate::report::Report;
-use crate::token::Token;
+use crate::token::{Token, now_ns};
 use crate::worker::{Status, Workers};
 
 /// How often the coordinator polls workers while waiting.
@@ -128,4 +128,18 @@ impl Ctx {
 /// CPU seconds of this (coordinator) process since `since`.
 pub(crate) fn own_cpu_since(since: f64) -> f64 {
     (self_cpu_seconds() - since).max(0.0)
+}
+
+/// Waits until a paced message is `due`, and returns the send time it counts from: when
+/// the timer woke, if the sender was on time (the timer's own lateness, up to a
+/// millisecond, is the generator's, not the server's); when it was due (`due_ns`), if the
+/// sender was behind its schedule, held up by a server slow to take earlier messages,
+/// whose wait must not be left out (coordinated omission). Any wait for a free slot after
+/// this counts too.
+pub(crate) async fn on_schedule(due: Instant, due_ns: u64) -> u64 {
+    if Instant::now() >= due {
+        return due_ns;
+    }
+    sleep_until(due).await;
+    now_ns()
 }

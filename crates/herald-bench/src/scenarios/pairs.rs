@@ -123,7 +123,7 @@ pub(crate) async fn dispatch(
     'send: for id in 0..cfg.max_messages.min(plan.pair_ids) {
         // Paced, a message counts from its turn in the schedule, however long the wait
         // for a free slot below: a server slow to answer must not hide that wait
-        // (coordinated omission; see `fanout::on_schedule`). Unpaced, there is no
+        // (coordinated omission; see `on_schedule`). Unpaced, there is no
         // schedule: it counts from when it goes.
         let mut due_ns = None;
         if cfg.rate > 0.0 {
@@ -132,8 +132,7 @@ pub(crate) async fn dispatch(
             if due >= end {
                 break;
             }
-            due_ns =
-                Some(super::fanout::on_schedule(due, start_ns + offset.as_nanos() as u64).await);
+            due_ns = Some(super::on_schedule(due, start_ns + offset.as_nanos() as u64).await);
         }
         while shared.inflight.load(Relaxed) >= cfg.concurrency {
             let left = end.saturating_duration_since(Instant::now());

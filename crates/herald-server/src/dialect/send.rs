@@ -311,7 +311,7 @@ pub(crate) async fn disconnect(
         return Err(ApiError::bad_request("'find_any' makes no sense here"));
     }
     let filter = r.filter.filter()?;
-    if filter.dims.dims().is_empty() {
+    if filter.dims.is_empty() {
         return Err(ApiError::bad_request(
             "the filter must name a user or a label: an empty one selects every connection",
         ));

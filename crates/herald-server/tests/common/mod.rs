@@ -85,6 +85,15 @@ impl TestServer {
     }
 
     /// Publishes natively and returns the JSON reply.
+    /// `DELETE /api/v1/channels/<name>`.
+    pub async fn delete_channel(&self, name: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .delete(self.http(&format!("/api/v1/channels/{name}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn publish(&self, body: Value) -> Value {
         let res = reqwest::Client::new()
             .post(self.http("/api/v1/publish"))

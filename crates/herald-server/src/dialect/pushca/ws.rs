@@ -399,7 +399,7 @@ impl PushcaWs {
                 // A client's filter naming no dimension would reach every
                 // identified connection on the server, other apps' and
                 // Herald's own users' too; a back end may (REST).
-                if filter.dims.dims().is_empty() {
+                if filter.dims.is_empty() {
                     return Err(
                         "a client's filter must name workSpaceId, accountId, deviceId or applicationId"
                             .into(),
