@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+use herald_core::channel::DEFAULT_APP;
 use herald_core::{ChannelKey, ChannelNameError, Engine};
 
 use crate::access::{Access, Patterns};
@@ -9,6 +11,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, ConfigError};
 use crate::cors::Origins;
 use crate::dialect::pushca::Pushca;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::receivers::ReceiverKeys;
 use crate::revocations::Revocations;
@@ -85,5 +88,21 @@ impl AppState {
     /// A channel of the default app.
     pub(crate) fn channel(&self, name: &str) -> Result<ChannelKey, ChannelNameError> {
         ChannelKey::new(&self.default_app, name)
+    }
+
+    /// Refuses publishing to or deleting push-stream's events channel
+    /// through the native and Push-seed APIs: only Herald writes it, as
+    /// push-stream's own publisher says, and subscribers trust what it tells.
+    pub(crate) fn check_writable(&self, key: &ChannelKey) -> Result<(), ApiError> {
+        let ps = &self.config.pushstream;
+        let events = ps.enabled && !ps.events_channel_id.is_empty();
+        if events && key.app() == DEFAULT_APP && key.name() == ps.events_channel_id {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("only Herald writes the events channel {}", key.name()),
+            ));
+        }
+        Ok(())
     }
 }

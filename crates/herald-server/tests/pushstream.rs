@@ -927,6 +927,58 @@ async fn events_channel_reports_subscriptions() {
     );
 }
 
+/// The events channel shares the default app with the native and Push-seed
+/// APIs: neither may write it, or anyone could forge what its subscribers
+/// are told. Other channels stay writable.
+#[tokio::test]
+async fn events_channel_is_not_writable_through_other_apis() {
+    let s = server_with(|c| {
+        c.pushstream.events_channel_id = "events".into();
+        c.server.allow_client_publish = true;
+    })
+    .await;
+    let refused = |code: u16, body: &Value| (code, body["error"]["code"].clone());
+    let native = client()
+        .post(s.http("/api/v1/publish"))
+        .json(&json!({"channels": ["other", "events"], "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = native.status().as_u16();
+    assert_eq!(
+        refused(status, &native.json().await.unwrap()),
+        (403, json!("forbidden"))
+    );
+    let seed = client()
+        .post(s.http("/messages"))
+        .json(&json!({"channel": "events", "message": {"type": "client_subscribed"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.status(), 403);
+    let deleted = s.delete_channel("events").await;
+    let status = deleted.status().as_u16();
+    assert_eq!(
+        refused(status, &deleted.json().await.unwrap()),
+        (403, json!("forbidden"))
+    );
+    let mut ws = s.ws("/ws").await;
+    let r = command(
+        &mut ws,
+        json!({"id": 1, "cmd": "publish", "channel": "events", "data": 1}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    let r = command(
+        &mut ws,
+        json!({"id": 2, "cmd": "publish", "channel": "other", "data": 1}),
+    )
+    .await;
+    assert_eq!(r["result"]["subscribers"], 0, "{r}");
+    // Asserts a 200.
+    s.publish(json!({"channel": "other", "data": 2})).await;
+}
+
 /// However first subscribers (streams, WebSockets) and a publisher race on
 /// new channels, the events channel announces each one once. Each
 /// subscriber asks for many new channels, half of them in reverse order, so

@@ -122,6 +122,9 @@ pub(crate) async fn publish(State(state): State<AppState>, req: Request) -> Resp
         Ok(k) => k,
         Err(e) => return seed_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if let Err(e) = state.check_writable(&key) {
+        return seed_error(e.status, e.message);
+    }
     let max = state.config.limits.max_message_size;
     if body.message.get().len() > max {
         return seed_error(

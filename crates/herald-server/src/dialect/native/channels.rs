@@ -114,6 +114,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = state.channel(&name)?;
+    state.check_writable(&key)?;
     let subscribers = state
         .engine
         .delete(&key)

@@ -562,6 +562,7 @@ async fn execute(session: &mut Session, cmd: Command<'_>) -> Result<Done, ApiErr
                 .ok_or_else(|| ApiError::bad_request("'channel' is required"))?;
             let key = state.channel(channel)?;
             session.may_use(std::slice::from_ref(&key))?;
+            state.check_writable(&key)?;
             let data = cmd
                 .data
                 .ok_or_else(|| ApiError::bad_request("'data' is required"))?;
@@ -730,6 +731,7 @@ fn plan(state: &AppState, req: PublishRequest<'_>) -> Result<PublishPlan, ApiErr
         }
         _ => return Err(ApiError::bad_request("'channel' or 'channels' is required")),
     };
+    keys.iter().try_for_each(|key| state.check_writable(key))?;
     let publication = publication(state, req.data, req.event, req.id)?;
     Ok(PublishPlan { keys, publication })
 }
