@@ -359,7 +359,8 @@ impl Default for ConnectionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Streaming connections (WebSocket + SSE) this node accepts.
+    /// Connections this node holds at once: WebSocket and SSE streams, and
+    /// polls and long-polls while they wait.
     pub max_connections: usize,
     /// Largest published payload or WebSocket message, in bytes.
     pub max_message_size: usize,

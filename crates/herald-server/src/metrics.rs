@@ -16,15 +16,19 @@ use herald_core::stats::LATENCY_BUCKETS_US;
 pub(crate) enum Transport {
     Ws,
     Sse,
+    /// A poll or long-poll request, for as long as it waits: it holds a
+    /// subscription and a socket like a stream does.
+    Poll,
 }
 
 impl Transport {
-    const ALL: [Transport; 2] = [Transport::Ws, Transport::Sse];
+    const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
 
     fn label(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
+            Transport::Poll => "poll",
         }
     }
 }
@@ -33,17 +37,17 @@ impl Transport {
 #[derive(Default)]
 pub struct Metrics {
     /// Open streaming connections per transport.
-    open: [AtomicU64; 2],
-    /// Open streaming connections in all: the one counter `max_connections`
+    open: [AtomicU64; 3],
+    /// Open connections in all: the one counter `max_connections`
     /// is taken from, so concurrent handshakes cannot both take the last.
     total: AtomicU64,
     /// Connections accepted since start per transport.
-    opened: [AtomicU64; 2],
+    opened: [AtomicU64; 3],
     /// Connections refused because `max_connections` was reached.
     refused: AtomicU64,
     /// Streams opened compressed, per transport: WebSocket handshakes that
     /// agreed to permessage-deflate, SSE streams sent as gzip.
-    compressed: [AtomicU64; 2],
+    compressed: [AtomicU64; 3],
     /// HTTP answers by status class (1xx to 5xx): error rates to alert on.
     answers: [AtomicU64; 5],
     /// Metrics of parts that run beside the server (the mobile pipeline),
@@ -130,7 +134,7 @@ impl Metrics {
             &mut out,
             "herald_connections",
             "gauge",
-            "Open streaming connections.",
+            "Open connections: streams, and polls while they wait.",
         );
         for t in Transport::ALL {
             let _ = writeln!(
@@ -144,7 +148,7 @@ impl Metrics {
             &mut out,
             "herald_connections_opened_total",
             "counter",
-            "Streaming connections accepted.",
+            "Connections accepted: streams and polls.",
         );
         for t in Transport::ALL {
             let _ = writeln!(

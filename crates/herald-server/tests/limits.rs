@@ -186,6 +186,55 @@ async fn connection_limit_refuses_with_503() {
     assert_eq!(server.metric("herald_connections_refused_total").await, 3.0);
 }
 
+/// A waiting long-poll holds a subscription and a socket as a stream does,
+/// so it takes one of `max_connections` and gives it back when answered.
+#[tokio::test]
+async fn long_polls_count_against_the_connection_limit() {
+    let server = TestServer::with(|c| c.limits.max_connections = 1).await;
+    let waiting = tokio::spawn(reqwest::get(server.http("/poll?channels=a&timeout=20000")));
+    let deadline = std::time::Instant::now() + WAIT;
+    while server
+        .metric("herald_connections{transport=\"poll\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let url = format!("ws://{}/ws?channels=a", server.addr);
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let (status, body) =
+        status_and_json(reqwest::get(server.http("/poll?channels=b")).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("connection_limit"))
+    );
+    let res = reqwest::get(server.http("/ps/lp/b")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(server.metric("herald_connections_refused_total").await, 3.0);
+
+    server.publish(json!({"channel": "a", "data": 7})).await;
+    let (status, body) = status_and_json(waiting.await.unwrap().unwrap()).await;
+    assert_eq!(
+        (status, body["messages"][0]["data"].clone()),
+        (200, json!(7))
+    );
+    // Answered: its slot is free again.
+    let _ws = server.ws("/ws?channels=a").await;
+    assert_eq!(
+        server
+            .metric("herald_connections_opened_total{transport=\"poll\"}")
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn health_and_metrics() {
     let server = TestServer::start().await;

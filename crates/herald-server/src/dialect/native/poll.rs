@@ -2,7 +2,8 @@
 //!
 //! Each request subscribes for its duration with the client's cursor, so
 //! stored messages it missed are replayed and live ones arrive while it
-//! waits; the reply carries the cursor for the next request.
+//! waits; the reply carries the cursor for the next request. It holds one
+//! of `limits.max_connections` while it runs, as a stream does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,10 @@ use crate::access::request_grants;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::http::extract::Query;
+use crate::metrics::Transport;
 use crate::session::{Session, parse_channel_list};
 use crate::state::AppState;
+use crate::transport::ws::connection_limit;
 
 /// The WebSocket envelope (same cache slot, so never encoded twice), with
 /// the message kept so the cursor can advance.
@@ -55,7 +58,8 @@ pub(crate) struct PollQuery {
 #[utoipa::path(get, path = "/poll", tag = "native",
     params(("token" = Option<String>, Query, description = "JWT granting protected channels")),
     responses((status = 200, description = "Messages after the cursor (long-polls when none)"), (status = 400, description = "Bad channels or cursor"),
-        (status = 403, description = "A protected channel, not granted")))]
+        (status = 403, description = "A protected channel, not granted"),
+        (status = 503, description = "`limits.max_connections` reached")))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Query(q): Query<PollQuery>,
@@ -67,6 +71,10 @@ pub(crate) async fn poll(
     }
     let since = Cursor::parse(q.since.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
     let wait = Duration::from_millis(q.timeout.unwrap_or(0)).min(state.config.poll.max_wait);
+    let _slot = state
+        .metrics
+        .open(Transport::Poll, state.config.limits.max_connections)
+        .ok_or_else(connection_limit)?;
 
     let mut session = Session::new(state.clone(), Arc::new(PollFormat));
     session.grant(request_grants(&state, &keys, q.token.as_deref(), &headers)?);

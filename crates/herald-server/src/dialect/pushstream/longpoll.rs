@@ -24,6 +24,7 @@ use super::marker::Marker;
 use super::request::{self, Args, ControlArgs, Refusal};
 use super::template::Fields;
 use super::{PsState, channels_path, header_only, no_cache};
+use crate::metrics::Transport;
 use crate::session::Session;
 
 /// OpenAPI descriptions `/lp` and `/jsonp` share.
@@ -118,6 +119,10 @@ pub(crate) async fn answer(
     // step over a message stamped before a second boundary and queued after
     // the last drain (in a cluster, one still on its way from Redis).
     let subscribed = Marker::from_ms(now_ms().saturating_sub(1));
+    let max = ps.app.config.limits.max_connections;
+    let Some(_slot) = ps.app.metrics.open(Transport::Poll, max) else {
+        return header_only(StatusCode::SERVICE_UNAVAILABLE, None);
+    };
     let (format, _deleted) = PsFormat::new(Kind::Poll, ps.render.clone());
     let mut session = Session::new(ps.app.clone(), format);
     let mut presence = Presence::new(ps);
