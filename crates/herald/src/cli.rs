@@ -46,7 +46,9 @@ enum Command {
         #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
-    /// Print messages from channels (comma-separated) as they arrive.
+    /// Print messages from channels (comma-separated) as they arrive. Exits
+    /// 0 when the server ends the connection as it may (a normal close, a
+    /// restart, the lifetime over), 1 on any other close.
     Subscribe {
         channels: String,
         #[arg(long, default_value = "ws://127.0.0.1:8080")]

@@ -50,13 +50,17 @@ impl Subscriber {
                 }
                 End::Lost(why) => return Err(why),
             };
-            // 4000–4099 (and protocol errors) say not to come back.
-            if !self.follow || matches!(code, 1002 | 1003 | 1007 | 1008 | 1009 | 4000..=4099) {
-                return if self.follow && code != 0 {
-                    Err(format!("closed with {code}: not reconnecting"))
-                } else {
-                    Ok(())
+            if !self.follow {
+                // An end a client expects (a normal close, a restart, the
+                // lifetime over) is a success; the rest say what went wrong.
+                return match code {
+                    1000 | 1001 | 1005 | 1012 | 4200 => Ok(()),
+                    _ => Err(format!("closed with {code}")),
                 };
+            }
+            // 4000–4099 (and protocol errors) say not to come back.
+            if matches!(code, 1002 | 1003 | 1007 | 1008 | 1009 | 4000..=4099) {
+                return Err(format!("closed with {code}: not reconnecting"));
             }
             let wait = if code == 0 || (4100..4200).contains(&code) {
                 delay = (delay * 2).min(MAX_DELAY);

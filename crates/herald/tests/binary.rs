@@ -58,6 +58,10 @@ async fn cli_publish_and_subscribe_then_sigterm() {
     let sub_out = sub.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&sub_out.stderr);
     assert!(stderr.contains("Restart"), "subscriber saw: {stderr}");
+    assert!(
+        sub_out.status.success(),
+        "a restart is a normal end: {stderr}"
+    );
 }
 
 #[test]
@@ -229,8 +233,18 @@ async fn cli_subscribe_reads_a_protected_channel_with_a_token() {
     let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
     let got: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(got["data"], "deploy");
-    sub.kill().unwrap();
-    sub.wait().unwrap();
+    // Shut out (4009): an error end, which scripts must be able to tell.
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/disconnect", herald.addr))
+        .json(&serde_json::json!({"filter": {"user": "ops"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let out = sub.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("closed with 4009"), "{stderr}");
 }
 
 /// A child process killed when dropped.
