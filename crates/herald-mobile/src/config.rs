@@ -94,6 +94,7 @@ impl MobileConfig {
                 "mobile.invalid_tokens.flush_interval",
                 self.invalid_tokens.flush_interval,
             ),
+            ("mobile.kafka.metadata_refresh", self.kafka.metadata_refresh),
         ] {
             if interval.is_zero() {
                 return Err(format!("{key} must be longer than 0 (e.g. \"5s\")"));
@@ -102,8 +103,7 @@ impl MobileConfig {
         if self.invalid_tokens.batch == 0 {
             return Err("mobile.invalid_tokens.batch must be at least 1".into());
         }
-        regex::Regex::new(&self.kafka.topics)
-            .map_err(|e| format!("mobile.kafka.topics is not a valid pattern: {e}"))?;
+        crate::subscription::Wanted::new(&self.kafka.topics, Vec::new())?;
         if !["earliest", "latest"].contains(&self.kafka.offset_reset.as_str()) {
             return Err("mobile.kafka.offset_reset must be \"earliest\" or \"latest\"".into());
         }
@@ -118,14 +118,16 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group: nodes in one group share the topics' partitions.
     pub group: String,
-    /// Topics to consume: a regular expression (the seed's default).
+    /// Topics to consume: comma-separated names and `^`-patterns (the
+    /// seed's default is one pattern). Of those, a node consumes the ones of
+    /// platforms it has credentials for.
     pub topics: String,
     /// How long the group waits for a silent member before rebalancing.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// Where a new group starts: `latest` or `earliest`.
     pub offset_reset: String,
-    /// How often new topics matching `topics` are looked for.
+    /// How often topics are listed, to consume new ones matching `topics`.
     #[serde(with = "humantime_serde")]
     pub metadata_refresh: Duration,
     /// Produce every provider answer to `push-<app>-<platform>-feedbacks`.

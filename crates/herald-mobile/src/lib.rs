@@ -12,6 +12,7 @@ mod offsets;
 mod pipeline;
 pub mod provider;
 mod stats;
+mod subscription;
 mod tokens;
 pub mod topic;
 

@@ -29,6 +29,7 @@ use crate::provider::apns::Apns;
 use crate::provider::fcm::Fcm;
 use crate::provider::webpush::WebPush;
 use crate::stats::Stats;
+use crate::subscription::{self, Wanted};
 use crate::tokens::{InvalidTokens, TokenTable};
 use crate::topic::{self, Route};
 use crate::{Platform, Provider, Push, Rejection, Sent, feedback};
@@ -53,10 +54,14 @@ pub enum MobileError {
     Stats(#[from] std::io::Error),
 }
 
-/// A started pipeline, subscribed and ready to run.
+/// A started pipeline, ready to run.
 pub struct Mobile {
     /// The group member that reads the topics.
     consumer: Arc<StreamConsumer>,
+    /// The topics to consume, followed while the pipeline runs.
+    wanted: Wanted,
+    /// How often the brokers' topics are listed.
+    metadata_refresh: Duration,
     /// Providers, counters and limits, shared with the push tasks and the HTTP routes.
     shared: Arc<Shared>,
     /// How long in-flight pushes may finish after the stop.
@@ -198,8 +203,8 @@ impl Mobile {
                 millis(kafka.metadata_refresh),
             )
             .create()?;
-        let topics: Vec<&str> = kafka.topics.split(',').map(str::trim).collect();
-        consumer.subscribe(&topics)?;
+        let platforms = providers.keys().copied().collect();
+        let wanted = Wanted::new(&kafka.topics, platforms).map_err(MobileError::Config)?;
         let consumer = Arc::new(consumer);
         let producer = if kafka.feedback {
             Some(
@@ -224,9 +229,11 @@ impl Mobile {
             let (t, task) = InvalidTokens::spawn(&config.invalid_tokens);
             (Some(t), Some(task))
         };
-        info!(topics = %kafka.topics, group = %kafka.group, platforms = providers.len(), "Mobile push subscribed.");
+        info!(topics = %kafka.topics, group = %kafka.group, platforms = providers.len(), "Mobile push ready.");
         Ok(Mobile {
             consumer: consumer.clone(),
+            wanted,
+            metadata_refresh: kafka.metadata_refresh,
             shared: Arc::new(Shared {
                 providers,
                 consumer,
@@ -279,6 +286,11 @@ impl Mobile {
         served: impl Future<Output = ()>,
     ) {
         let permits = self.shared.permits.clone();
+        let topics = tokio::spawn(subscription::follow(
+            self.consumer.clone(),
+            self.wanted,
+            self.metadata_refresh,
+        ));
         let mut tasks = JoinSet::new();
         let mut stats_tick = tokio::time::interval(self.stats_interval);
         // While the brokers are down librdkafka reports errors many times a
@@ -339,6 +351,7 @@ impl Mobile {
                 shared.done(&job);
             });
         }
+        topics.abort();
         while tasks.try_join_next().is_some() {}
         info!(in_flight = tasks.len(), "Mobile push stopping.");
         let drained = async { while tasks.join_next().await.is_some() {} };

@@ -375,6 +375,55 @@ async fn legacy_gcm_notifications_go_out_as_fcm_v1() {
     running.stop().await;
 }
 
+/// The seed runs `pusher apns` and `pusher gcm` as separate processes, often
+/// in one consumer group: each must take only its own platform's topics, or
+/// the group hands it partitions of the other's whose messages it can only
+/// skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_one_group_take_only_their_platforms_topics() {
+    let rig = Rig::start().await;
+    let mut apns_only = rig.config("split-group");
+    apns_only.fcm.clear();
+    let mut gcm_only = rig.config("split-group");
+    gcm_only.apns.clear();
+    let apns_node = Running::start(&apns_only).await;
+    let gcm_node = Running::start(&gcm_only).await;
+    for i in 0..5 {
+        rig.produce(
+            APNS_TOPIC,
+            json!({"DeviceToken": format!("a-{i}"), "Payload": {"aps": {}}}),
+        )
+        .await;
+        rig.produce(GCM_TOPIC, json!({"to": format!("g-{i}"), "data": {}}))
+            .await;
+    }
+    let mut apns: Vec<String> = rig
+        .apns
+        .wait_for(5, STEP)
+        .await
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    let mut fcm: Vec<String> = rig
+        .fcm
+        .wait_for(5, STEP)
+        .await
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    apns.sort();
+    fcm.sort();
+    assert_eq!(apns, ["a-0", "a-1", "a-2", "a-3", "a-4"]);
+    assert_eq!(fcm, ["g-0", "g-1", "g-2", "g-3", "g-4"]);
+    let (apns_metrics, gcm_metrics) = (apns_node.stop().await, gcm_node.stop().await);
+    for text in [apns_metrics, gcm_metrics] {
+        assert!(
+            !text.contains("unknown-app"),
+            "a node skipped another's message:\n{text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_pushes_are_retried_up_to_the_attempt_limit() {
     let rig = Rig::start().await;
