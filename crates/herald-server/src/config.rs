@@ -135,6 +135,13 @@ pub struct PushStreamConfig {
     pub allowed_origins: String,
 }
 
+impl PushStreamConfig {
+    /// Whether `id` names the events channel (none when its id is empty).
+    pub(crate) fn is_events_channel(&self, id: &str) -> bool {
+        !self.events_channel_id.is_empty() && id == self.events_channel_id
+    }
+}
+
 impl Default for PushStreamConfig {
     fn default() -> Self {
         Self {

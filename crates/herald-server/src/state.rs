@@ -95,8 +95,7 @@ impl AppState {
     /// push-stream's own publisher says, and subscribers trust what it tells.
     pub(crate) fn check_writable(&self, key: &ChannelKey) -> Result<(), ApiError> {
         let ps = &self.config.pushstream;
-        let events = ps.enabled && !ps.events_channel_id.is_empty();
-        if events && key.app() == DEFAULT_APP && key.name() == ps.events_channel_id {
+        if ps.enabled && key.app() == DEFAULT_APP && ps.is_events_channel(key.name()) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

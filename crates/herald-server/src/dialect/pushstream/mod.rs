@@ -135,7 +135,7 @@ impl PsState {
     }
 
     pub(crate) fn is_events_channel(&self, id: &str) -> bool {
-        !self.cfg.events_channel_id.is_empty() && id == self.cfg.events_channel_id
+        self.cfg.is_events_channel(id)
     }
 
     pub(crate) fn is_wildcard(&self, id: &str) -> bool {
